@@ -1,0 +1,33 @@
+//! logdrain-gateway: the central service of logdrain.
+//!
+//! The pipeline, one module per stage:
+//!
+//! ```text
+//! agent-shim ──gRPC──▶ ingest ──▶ queue (sled) ──▶ sinks::engine ──▶ sinks::{datadog, ...}
+//!                        │                              │
+//!                        └──▶ tail (live)               └──▶ metrics
+//! ```
+//!
+//! * [`ingest`] authenticates shim streams, de-duplicates batches and acks
+//!   only what the queue made durable; it also serves live `tail`.
+//! * [`queue`] is our own small queue interface over sled: segments per agent,
+//!   a cursor per route, group commit.
+//! * [`route`] decides which destinations a stream's secrets enable.
+//! * [`sinks`] holds the delivery engine (batching, retry, backoff,
+//!   Retry-After, isolation — written once) and one folder per vendor.
+//! * [`metrics`] names every metric the gateway exports.
+//!
+//! The binary (`main.rs`) only parses [`config::Config`] and calls into here.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod queue;
+pub mod route;
+pub mod serve;
+pub mod shutdown;
+pub mod sinks;
+pub mod tail_client;
