@@ -1,1 +1,195 @@
-//! (being written)
+//! Ingest tokens: who may write or tail an agent's lines.
+//!
+//! A token is an HMAC-SHA256 of the agent id under the gateway's signing key,
+//! so a token is bound to exactly one agent id and the gateway needs no token
+//! database. The signing key comes from `LOGDRAIN_SIGNING_KEY`, or is
+//! generated into the data dir on first start. Gateways that share a key
+//! accept each other's tokens (needed for failover).
+//!
+//! This module owns the key and token format. It must never log the key or a
+//! token.
+
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const TOKEN_PREFIX: &str = "ld1_";
+const KEY_FILE: &str = "signing.key";
+/// Shortest signing key accepted from the environment, in bytes.
+pub const MIN_KEY_BYTES: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("LOGDRAIN_SIGNING_KEY is {len} bytes long; use at least {MIN_KEY_BYTES} random bytes (for example the output of `openssl rand -hex 32`)")]
+    KeyTooShort { len: usize },
+    #[error("cannot read the signing key file {path}: {source}; fix its permissions, or set LOGDRAIN_SIGNING_KEY")]
+    ReadKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the signing key file {path}: {source}; make the data dir writable, or set LOGDRAIN_SIGNING_KEY")]
+    WriteKey {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the signing key file {path} is empty or shorter than {MIN_KEY_BYTES} bytes; delete it to generate a new one (this invalidates issued tokens), or set LOGDRAIN_SIGNING_KEY")]
+    KeyFileInvalid { path: PathBuf },
+}
+
+/// The gateway's secret signing key.
+#[derive(Clone)]
+pub struct SigningKey(Vec<u8>);
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
+}
+
+impl SigningKey {
+    /// Uses `from_env` when given; otherwise reads `<data_dir>/signing.key`,
+    /// generating it (32 random bytes, mode 0600) if it does not exist.
+    pub fn load(from_env: Option<&str>, data_dir: &Path) -> Result<Self, AuthError> {
+        if let Some(value) = from_env {
+            let bytes = value.trim().as_bytes().to_vec();
+            if bytes.len() < MIN_KEY_BYTES {
+                return Err(AuthError::KeyTooShort { len: bytes.len() });
+            }
+            return Ok(Self(bytes));
+        }
+        let path = data_dir.join(KEY_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let trimmed = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+                if trimmed.len() < MIN_KEY_BYTES {
+                    return Err(AuthError::KeyFileInvalid { path });
+                }
+                Ok(Self(trimmed))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::generate(&path),
+            Err(source) => Err(AuthError::ReadKey { path, source }),
+        }
+    }
+
+    fn generate(path: &Path) -> Result<Self, AuthError> {
+        let write_err = |source| AuthError::WriteKey {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(write_err)?;
+        }
+        let key = hex::encode(rand::random::<[u8; 32]>());
+        let opened = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+        };
+        let mut file = match opened {
+            Ok(file) => file,
+            // Another process created it first: use theirs.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Self::load(None, path.parent().unwrap_or(Path::new(".")));
+            }
+            Err(e) => return Err(write_err(e)),
+        };
+        file.write_all(key.as_bytes()).map_err(write_err)?;
+        file.sync_all().map_err(write_err)?;
+        Ok(Self(key.into_bytes()))
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(bytes: &[u8]) -> Self {
+        Self(bytes.to_vec())
+    }
+
+    fn mac(&self, domain: &str) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(domain.as_bytes());
+        mac.update(&[0]);
+        mac
+    }
+
+    /// The ingest token for `agent_id`.
+    pub fn token(&self, agent_id: &str) -> String {
+        let mut mac = self.mac("logdrain-ingest-token-v1");
+        mac.update(agent_id.as_bytes());
+        format!(
+            "{TOKEN_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        )
+    }
+
+    /// Whether `token` was issued for `agent_id` (constant-time compare).
+    pub fn verify(&self, agent_id: &str, token: &str) -> bool {
+        let Some(encoded) = token.trim().strip_prefix(TOKEN_PREFIX) else {
+            return false;
+        };
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(encoded) else {
+            return false;
+        };
+        let mut mac = self.mac("logdrain-ingest-token-v1");
+        mac.update(agent_id.as_bytes());
+        mac.verify_slice(&tag).is_ok()
+    }
+
+    /// A key derived for hashing destination credentials into route ids, so
+    /// ids are stable per gateway fleet but reveal nothing about secrets.
+    pub fn credential_hash_key(&self) -> Vec<u8> {
+        self.mac("logdrain-credential-id-v1")
+            .finalize()
+            .into_bytes()
+            .to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_verifies_only_for_its_own_agent() {
+        let key = SigningKey::for_tests(b"0123456789abcdef0123");
+        let token = key.token("agent-a");
+        assert!(key.verify("agent-a", &token));
+        assert!(!key.verify("agent-b", &token));
+        assert!(!key.verify("agent-a", "ld1_garbage"));
+        assert!(!key.verify("agent-a", ""));
+    }
+
+    #[test]
+    fn token_from_another_key_is_refused() {
+        let a = SigningKey::for_tests(b"0123456789abcdef0123");
+        let b = SigningKey::for_tests(b"fedcba9876543210fedc");
+        assert!(!b.verify("agent-a", &a.token("agent-a")));
+    }
+
+    #[test]
+    fn generated_key_is_reused_on_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SigningKey::load(None, dir.path()).unwrap();
+        let second = SigningKey::load(None, dir.path()).unwrap();
+        assert_eq!(first.token("x"), second.token("x"));
+    }
+
+    #[test]
+    fn short_key_from_env_is_refused_with_the_fix() {
+        let err = SigningKey::load(Some("short"), Path::new("/nonexistent")).unwrap_err();
+        assert!(err.to_string().contains("at least 16"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let key = SigningKey::for_tests(b"0123456789abcdef0123");
+        assert!(!format!("{key:?}").contains("0123"));
+    }
+}

@@ -1,1 +1,213 @@
-//! (being written)
+//! Command line and environment configuration of `logdrain-gateway`.
+//!
+//! One typed struct per subcommand, parsed by clap with an environment
+//! variable for every option, and validated before anything starts. This
+//! module must not start tasks or open files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use url::Url;
+
+/// logdrain-gateway: receives agent output from agent-shim over gRPC, queues
+/// it durably (sled) per agent, and forwards it to each tenant's monitoring
+/// vendor (Datadog, CloudWatch Logs, Sentry, New Relic) with the tenant's own
+/// credentials.
+#[derive(Debug, Parser)]
+#[command(name = "logdrain-gateway", version, about, long_about)]
+pub struct Config {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: gRPC ingest, the durable queue, delivery, and the
+    /// HTTP endpoints /metrics, /healthz and /readyz.
+    Serve(ServeConfig),
+    /// Print the ingest token for an agent id. Give it to that agent's
+    /// replicas as LOGDRAIN_TOKEN. It can write and tail only that agent.
+    Token(TokenConfig),
+    /// Follow an agent's lines live, from all of its replicas.
+    Tail(TailConfig),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// Directory that holds the queue (one sled database) and, when
+    /// LOGDRAIN_SIGNING_KEY is unset, the generated signing key.
+    #[arg(long, env = "LOGDRAIN_DATA_DIR", default_value = "./logdrain-data")]
+    pub data_dir: PathBuf,
+
+    /// Key that signs ingest tokens (at least 16 bytes). Gateways that serve
+    /// the same agents must share it. When unset, a key is generated into the
+    /// data dir on first start.
+    #[arg(long, env = "LOGDRAIN_SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    /// Address for the gRPC ingest and tail service.
+    #[arg(long, env = "LOGDRAIN_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
+    pub grpc_listen: SocketAddr,
+
+    /// Address for the HTTP endpoints /metrics, /healthz and /readyz.
+    #[arg(long, env = "LOGDRAIN_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
+    pub http_listen: SocketAddr,
+
+    /// Replace the Datadog base URL (scheme, host and port), for tests and
+    /// proxies. The path /api/v2/logs is kept.
+    #[arg(long, env = "LOGDRAIN_DATADOG_URL")]
+    pub datadog_url: Option<Url>,
+
+    /// On SIGTERM, how long in-flight deliveries may take to finish before
+    /// they are abandoned (their lines stay queued).
+    #[arg(long, env = "LOGDRAIN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// How often a route whose credentials were rejected tries again.
+    #[arg(long, env = "LOGDRAIN_AUTH_RETRY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub auth_retry_interval: Duration,
+
+    /// Timeout of one request to a vendor.
+    #[arg(long, env = "LOGDRAIN_VENDOR_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub vendor_timeout: Duration,
+
+    /// How long a new stream may take to send its opening message.
+    #[arg(long, env = "LOGDRAIN_OPEN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub open_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenConfig {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    /// The agent id the token is for.
+    #[arg(long, env = "LOGDRAIN_AGENT_ID")]
+    pub agent_id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TailConfig {
+    /// The agent whose lines to follow.
+    #[arg(long, env = "LOGDRAIN_AGENT_ID")]
+    pub agent_id: String,
+
+    /// Gateway gRPC URL (`https://` for TLS).
+    #[arg(
+        long,
+        env = "LOGDRAIN_GATEWAY",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub gateway: Url,
+
+    /// The agent's ingest token (see `logdrain-gateway token`).
+    #[arg(long, env = "LOGDRAIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// Print one JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value)
+        .map_err(|e| format!("{value:?} is not a duration ({e}); write it like 10s, 500ms or 2m"))
+}
+
+/// Rules for identifiers that arrive from shims and become vendor fields
+/// (log group names, hosts) and queue keys.
+pub mod ids {
+    /// Longest agent id accepted.
+    pub const MAX_AGENT_ID: usize = 128;
+    /// Longest agent-server id accepted.
+    pub const MAX_AGENT_SERVER_ID: usize = 255;
+
+    /// Checks an agent id: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, not
+    /// starting with `.`.
+    pub fn check_agent_id(id: &str) -> Result<(), String> {
+        check("agent id", id, MAX_AGENT_ID)
+    }
+
+    /// Checks an agent-server id: 1 to 255 characters of `A-Z a-z 0-9 . _ -`,
+    /// not starting with `.`.
+    pub fn check_agent_server_id(id: &str) -> Result<(), String> {
+        check("agent-server id", id, MAX_AGENT_SERVER_ID)
+    }
+
+    fn check(what: &str, id: &str, max: usize) -> Result<(), String> {
+        if id.is_empty() {
+            return Err(format!("the {what} is empty; set it to a name of 1 to {max} characters of A-Z a-z 0-9 . _ -"));
+        }
+        if id.len() > max {
+            return Err(format!(
+                "the {what} is {} characters long; the limit is {max}",
+                id.len()
+            ));
+        }
+        if let Some(bad) = id
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(format!(
+                "the {what} {:?} contains {:?}; use only A-Z a-z 0-9 . _ -",
+                id.escape_debug().to_string(),
+                bad
+            ));
+        }
+        if id.starts_with('.') {
+            return Err(format!(
+                "the {what} {id:?} starts with '.'; start it with a letter or digit"
+            ));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn ordinary_ids_are_accepted() {
+            assert!(check_agent_id("CA_1x2y-3.z").is_ok());
+            assert!(check_agent_server_id("ip-10-0-0-1.ec2.internal").is_ok());
+        }
+
+        #[test]
+        fn slashes_dots_and_control_characters_are_refused() {
+            for bad in ["a/b", "..", "../etc", "a\nb", "a\u{0}b", "", "ü"] {
+                assert!(check_agent_id(bad).is_err(), "{bad:?} must be refused");
+            }
+        }
+
+        #[test]
+        fn over_long_ids_are_refused_naming_the_limit() {
+            let err = check_agent_id(&"a".repeat(300)).unwrap_err();
+            assert!(err.contains("128"), "{err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Config::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_duration_names_the_value_and_the_form() {
+        let err = parse_duration("ten").unwrap_err();
+        assert!(err.contains("\"ten\"") && err.contains("10s"), "{err}");
+    }
+}

@@ -1,1 +1,67 @@
-fn main() {}
+//! `logdrain-gateway`: parses the configuration and runs a subcommand.
+//! Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use logdrain_gateway::config::{Command, Config};
+use logdrain_gateway::{auth, metrics, serve, shutdown, tail_client};
+
+fn main() -> ExitCode {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGDRAIN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("logdrain-gateway: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    match config.command {
+        Command::Serve(serve_config) => runtime.block_on(async {
+            let handle = metrics::install().context("cannot install the metrics recorder")?;
+            serve::run(serve_config, handle, async {
+                match shutdown::signal().await {
+                    Ok(name) => tracing::info!(signal = name, "received signal"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for signals; stop with SIGKILL");
+                        std::future::pending::<()>().await
+                    }
+                }
+            })
+            .await?;
+            Ok(())
+        }),
+        Command::Token(token_config) => {
+            logdrain_gateway::config::ids::check_agent_id(&token_config.agent_id)
+                .map_err(anyhow::Error::msg)?;
+            let key = auth::SigningKey::load(
+                token_config.key.signing_key.as_deref(),
+                &token_config.key.data_dir,
+            )?;
+            println!("{}", key.token(&token_config.agent_id));
+            Ok(())
+        }
+        Command::Tail(tail_config) => runtime.block_on(async {
+            let mut stdout = std::io::stdout();
+            tail_client::run(tail_config, &mut stdout, async {
+                if shutdown::signal().await.is_err() {
+                    std::future::pending::<()>().await
+                }
+            })
+            .await?;
+            Ok(())
+        }),
+    }
+}

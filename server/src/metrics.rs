@@ -89,7 +89,8 @@ pub fn delivery_latency(destination: &str, latency: Duration) {
 /// Lines dropped, by fixed reason (for example `rejected_by_vendor`,
 /// `no_destination`).
 pub fn dropped(agent: &str, reason: &'static str, lines: u64) {
-    counter!("logdrain_dropped_lines_total", "agent" => agent.to_string(), "reason" => reason).increment(lines);
+    counter!("logdrain_dropped_lines_total", "agent" => agent.to_string(), "reason" => reason)
+        .increment(lines);
 }
 
 /// Whether a route is currently blocked (1) and why (`auth`, `config`,

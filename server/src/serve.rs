@@ -1,1 +1,183 @@
-//! (being written)
+//! `logdrain-gateway serve`: wires queue, delivery engine, gRPC ingest and
+//! HTTP together, and runs the shutdown sequence.
+//!
+//! Shutdown, on the future passed in (SIGTERM in the binary):
+//! 1. stop accepting new streams (readyz turns 503, new streams are refused);
+//! 2. open streams finish the batch they are appending, ack it, and end with
+//!    UNAVAILABLE so shims reconnect elsewhere;
+//! 3. deliveries in flight get `--shutdown-grace` to finish;
+//! 4. the queue is flushed.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::auth::{AuthError, SigningKey};
+use crate::config::ServeConfig;
+use crate::http::{self, HttpState};
+use crate::ingest::IngestService;
+use crate::queue::{Queue, QueueError};
+use crate::shutdown::Shutdown;
+use crate::sinks::engine::{Engine, EngineSettings};
+use crate::sinks::{SinkError, SinkFactory, SinkSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create the data dir {path}: {source}; set --data-dir / LOGDRAIN_DATA_DIR to a writable directory")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("cannot open the queue: {0}")]
+    Queue(#[from] QueueError),
+    #[error("cannot listen on {addr} ({what}): {source}; choose a free address with {flag}")]
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+    #[error("invalid delivery settings: {0}")]
+    Sinks(#[from] SinkError),
+    #[error("the gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// Runs the gateway until `stop` resolves, then shuts down cleanly.
+pub async fn run(
+    config: ServeConfig,
+    metrics_handle: PrometheusHandle,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let data_dir = &config.key.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    let key = SigningKey::load(config.key.signing_key.as_deref(), data_dir)?;
+    let (queue, report) = Queue::open(&data_dir.join("queue"))?;
+    if report.quarantined > 0 {
+        tracing::error!(
+            quarantined = report.quarantined,
+            "queue entries could not be read and were set aside; every other entry is served"
+        );
+    }
+    tracing::info!(
+        segments = report.segments,
+        lines = report.lines,
+        routes = report.routes,
+        "queue opened"
+    );
+
+    let shutdown = Shutdown::new();
+    let sinks = SinkFactory::new(SinkSettings {
+        datadog_url: config.datadog_url.clone(),
+        request_timeout: config.vendor_timeout,
+        ..SinkSettings::default()
+    })?;
+    let engine = Engine::new(
+        queue.clone(),
+        EngineSettings {
+            park_interval: config.auth_retry_interval,
+            ..EngineSettings::default()
+        },
+        sinks,
+        shutdown.clone(),
+    );
+    for (route, secrets) in queue.routes()? {
+        engine.ensure_route(route, secrets);
+    }
+
+    let grpc = bind(
+        config.grpc_listen,
+        "gRPC",
+        "--grpc-listen / LOGDRAIN_GRPC_LISTEN",
+    )
+    .await?;
+    let http_listener = bind(
+        config.http_listen,
+        "HTTP",
+        "--http-listen / LOGDRAIN_HTTP_LISTEN",
+    )
+    .await?;
+    let grpc_addr = grpc.local_addr().unwrap_or(config.grpc_listen);
+    let http_addr = http_listener.local_addr().unwrap_or(config.http_listen);
+    // A stable line on stdout tells scripts and tests where we listen.
+    println!("logdrain-gateway: listening grpc={grpc_addr} http={http_addr}");
+    tracing::info!(%grpc_addr, %http_addr, "serving");
+
+    let service = IngestService::new(
+        queue.clone(),
+        engine.clone(),
+        key.clone(),
+        shutdown.clone(),
+        config.open_timeout,
+    );
+    let grpc_shutdown = shutdown.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                grpc_shutdown.wait().await
+            }),
+    );
+    let http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(
+        axum::serve(
+            http_listener,
+            http::router(HttpState {
+                metrics: metrics_handle,
+                engine: engine.clone(),
+                key,
+                shutdown: shutdown.clone(),
+            }),
+        )
+        .with_graceful_shutdown(async move { http_shutdown.wait().await })
+        .into_future(),
+    );
+
+    stop.await;
+    tracing::info!("shutting down: refusing new streams, acking what is durable");
+    shutdown.trigger();
+    let grace = config.shutdown_grace;
+    match tokio::time::timeout(grace, grpc_task).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "gRPC server ended with an error"),
+        Ok(Err(e)) => tracing::error!(error = %e, "gRPC server task failed"),
+        Err(_) => tracing::warn!(?grace, "streams did not end within the grace period"),
+    }
+    engine.shutdown(grace).await;
+    if let Err(e) = queue.flush().await {
+        tracing::error!(error = %e, "final queue flush failed; data acked earlier is already durable");
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(1), http_task).await {
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server ended with an error"),
+        _ => {}
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr,
+            what,
+            flag,
+            source,
+        })
+}

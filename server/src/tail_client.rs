@@ -1,1 +1,149 @@
-//! (being written)
+//! `logdrain-gateway tail`: a client that prints an agent's lines live.
+//!
+//! Each line is prefixed with the agent-server id and stream it came from, or
+//! printed as one JSON object per line with `--json`. This module only reads
+//! from a gateway; it never writes to one.
+
+use std::io::Write;
+
+use logdrain::v1::drain_client::DrainClient;
+use logdrain::v1::{Origin, StreamKind, TailLine, TailRequest};
+use tonic::transport::{ClientTlsConfig, Endpoint};
+
+use crate::config::TailConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("the gateway URL {url} is not usable: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot connect to the gateway at {url}: {reason}; check --gateway / LOGDRAIN_GATEWAY and that the gateway runs")]
+    Connect { url: String, reason: String },
+    #[error("the gateway refused the tail: {0}")]
+    Refused(String),
+    #[error("the tail stream broke: {0}")]
+    Stream(String),
+    #[error("cannot write to stdout: {0}")]
+    Output(std::io::Error),
+}
+
+/// Follows the agent until the gateway ends the stream or `stop` resolves.
+pub async fn run(
+    config: TailConfig,
+    out: &mut (dyn Write + Send),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), TailError> {
+    let url = config.gateway.to_string();
+    let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| TailError::BadUrl {
+        url: url.clone(),
+        reason: e.to_string(),
+    })?;
+    if config.gateway.scheme() == "https" {
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().with_webpki_roots())
+            .map_err(|e| TailError::BadUrl {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| TailError::Connect {
+        url: url.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut client =
+        DrainClient::new(channel).max_decoding_message_size(logdrain::MAX_MESSAGE_BYTES);
+    let mut stream = client
+        .tail(TailRequest {
+            token: config.token.clone(),
+            agent_id: config.agent_id.clone(),
+        })
+        .await
+        .map_err(|s| TailError::Refused(s.message().to_string()))?
+        .into_inner();
+    tokio::pin!(stop);
+    loop {
+        let next = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            next = stream.message() => next,
+        };
+        match next {
+            Ok(Some(line)) => match write_line(out, &line, config.json) {
+                Ok(()) => {}
+                // The reader went away (e.g. `| head`): a normal end.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(TailError::Output(e)),
+            },
+            Ok(None) => return Ok(()),
+            Err(status) => return Err(TailError::Stream(status.message().to_string())),
+        }
+    }
+}
+
+fn write_line(out: &mut (dyn Write + Send), item: &TailLine, json: bool) -> std::io::Result<()> {
+    let Some(line) = &item.line else {
+        return Ok(());
+    };
+    let stream = StreamKind::try_from(line.stream)
+        .unwrap_or(StreamKind::Stdout)
+        .name();
+    let text = String::from_utf8_lossy(&line.data);
+    if json {
+        let origin = if line.origin == Origin::Shim as i32 {
+            "shim"
+        } else {
+            "agent"
+        };
+        let value = serde_json::json!({
+            "agent_server_id": item.agent_server_id,
+            "stream": stream,
+            "timestamp_ns": line.timestamp_ns,
+            "origin": origin,
+            "part": line.part,
+            "more_parts": line.more_parts,
+            "message": text,
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out, "{} {stream} {text}", item.agent_server_id)?;
+    }
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use logdrain::v1::Line;
+
+    fn item() -> TailLine {
+        TailLine {
+            agent_server_id: "replica-1".into(),
+            line: Some(Line {
+                timestamp_ns: 5,
+                stream: StreamKind::Stderr as i32,
+                data: bytes::Bytes::from_static(b"hello \xff"),
+                origin: Origin::Agent as i32,
+                part: 0,
+                more_parts: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn text_output_is_prefixed_with_replica_and_stream() {
+        let mut out = Vec::new();
+        write_line(&mut out, &item(), false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "replica-1 stderr hello \u{fffd}\n"
+        );
+    }
+
+    #[test]
+    fn json_output_has_one_object_per_line() {
+        let mut out = Vec::new();
+        write_line(&mut out, &item(), true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["agent_server_id"], "replica-1");
+        assert_eq!(v["stream"], "stderr");
+        assert_eq!(v["origin"], "agent");
+    }
+}

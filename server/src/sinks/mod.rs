@@ -1,1 +1,335 @@
-//! (being written)
+//! Delivery to the tenant's vendors.
+//!
+//! This module owns the contract between the delivery engine and the vendors:
+//! the [`Sink`] trait, the error a send can end with ([`SinkError`]), the
+//! error a route's secrets can be rejected with ([`SecretError`]), and
+//! [`SinkFactory`], which builds the sink for one route from its secrets.
+//!
+//! * [`engine`] does everything that is the same for every vendor, once:
+//!   one worker per route, batching with a maximum linger, retries with
+//!   backoff and `Retry-After`, splitting rejected payloads, parking routes
+//!   whose credentials are refused, and per-route status.
+//! * Each vendor folder (only [`datadog`] so far) describes its request and
+//!   classifies its responses, and nothing else.
+//!
+//! A sink must never retry, sleep or touch the queue itself: it answers one
+//! send with one [`SinkError`] class, and the engine decides what to do.
+//! Nothing in here may put a secret into an error, a log line or `Debug`
+//! output.
+
+pub mod datadog;
+pub mod engine;
+pub mod level;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use url::Url;
+
+use crate::queue::QueuedLine;
+use crate::route::{DestinationKind, RouteKey, Secrets};
+
+/// How a sink wants its lines batched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most lines in one request.
+    pub max_events: usize,
+    /// Most bytes in one request, as the vendor counts them; the sum of
+    /// [`Sink::event_size`] over a batch never exceeds it (except for a
+    /// batch of a single line, which the sink must shape to fit).
+    pub max_bytes: usize,
+    /// Longest time a line waits at the worker for its batch to fill.
+    pub max_linger: Duration,
+}
+
+/// What a vendor answered to a request it accepted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Lines the vendor refused while accepting the rest of the request
+    /// (for example events outside a time window). They are counted as
+    /// dropped and never retried.
+    pub rejected: u64,
+    /// Why they were refused; never contains a secret.
+    pub rejected_reason: Option<String>,
+}
+
+impl SendOutcome {
+    /// Every line of the request was accepted.
+    pub fn accepted() -> Self {
+        Self::default()
+    }
+}
+
+/// Why a send failed, classified for the engine. `reason` never contains a
+/// secret (no credentials, no URLs carrying credentials).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SinkError {
+    /// Worth trying again later (network errors, 408, 429, 5xx).
+    #[error("{reason}")]
+    Retryable {
+        reason: String,
+        /// How long the vendor asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// Permanent for this payload (400, 413): the engine splits the batch
+    /// until the offending line is alone, then drops it.
+    #[error("the vendor rejected the payload: {reason}")]
+    PayloadRejected { reason: String },
+    /// The vendor refused the credentials (401, 403): the data is kept and
+    /// the route retries slowly.
+    #[error("the vendor refused the credentials: {reason}")]
+    Unauthorized { reason: String },
+    /// The sink cannot work as configured (bad endpoint override, an answer
+    /// that says the endpoint is wrong): the data is kept and the route
+    /// retries slowly.
+    #[error("{reason}")]
+    Config { reason: String },
+}
+
+impl SinkError {
+    /// The fixed class used in metrics (`metrics::failed`).
+    pub fn class(&self) -> &'static str {
+        match self {
+            SinkError::Retryable { .. } => "retryable",
+            SinkError::PayloadRejected { .. } => "permanent",
+            SinkError::Unauthorized { .. } => "auth",
+            SinkError::Config { .. } => "config",
+        }
+    }
+}
+
+/// A route's secrets cannot make a working sink. Names the secret and what it
+/// accepts, and never shows a secret's value.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum SecretError {
+    /// A secret that is not confidential (a region) has a value that is not
+    /// one of the accepted ones; the value is shown.
+    #[error("{secret} {value:?} is not a {what}; use one of {accepted}")]
+    NotOneOf {
+        secret: &'static str,
+        value: String,
+        what: &'static str,
+        accepted: &'static str,
+    },
+    /// A confidential secret cannot be used as it is; its value is not shown.
+    #[error("{secret} cannot be used: {problem}")]
+    Malformed {
+        secret: &'static str,
+        problem: &'static str,
+    },
+    /// A required secret is missing or empty.
+    #[error("{secret} is required to deliver to {destination} but is missing or empty")]
+    Missing {
+        secret: &'static str,
+        destination: DestinationKind,
+    },
+    /// This build cannot deliver to the destination yet.
+    #[error(
+        "destination {destination} is not supported by this gateway version; its lines are kept"
+    )]
+    Unsupported { destination: DestinationKind },
+}
+
+/// One vendor endpoint for one route. Built per route by [`SinkFactory`], so
+/// it knows its agent and credentials.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    fn kind(&self) -> DestinationKind;
+
+    /// Batch limits of this vendor.
+    fn limits(&self) -> BatchLimits;
+
+    /// Bytes `line` adds to a request, counted the way the vendor counts its
+    /// request limit. Never more than `limits().max_bytes`.
+    fn event_size(&self, line: &QueuedLine) -> usize;
+
+    /// Sends `lines` (never empty, in queue order) as one request.
+    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError>;
+}
+
+/// Settings shared by every sink, from the gateway's configuration.
+#[derive(Clone, Debug)]
+pub struct SinkSettings {
+    /// Replaces the scheme, host and port of every Datadog endpoint (the path
+    /// stays `/api/v2/logs`). For tests and proxies.
+    pub datadog_url: Option<Url>,
+    /// Whole-request timeout of every HTTP request to a vendor.
+    pub request_timeout: Duration,
+    /// Timeout for opening a connection to a vendor.
+    pub connect_timeout: Duration,
+    /// Longest time a line waits for its batch to fill.
+    pub max_linger: Duration,
+}
+
+impl Default for SinkSettings {
+    fn default() -> Self {
+        Self {
+            datadog_url: None,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_linger: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Builds the sink of a route from its secrets.
+pub trait BuildSink: Send + Sync + 'static {
+    fn build(&self, route: &RouteKey, secrets: &Secrets) -> Result<Arc<dyn Sink>, SecretError>;
+}
+
+impl<F> BuildSink for F
+where
+    F: Fn(&RouteKey, &Secrets) -> Result<Arc<dyn Sink>, SecretError> + Send + Sync + 'static,
+{
+    fn build(&self, route: &RouteKey, secrets: &Secrets) -> Result<Arc<dyn Sink>, SecretError> {
+        self(route, secrets)
+    }
+}
+
+/// Builds real vendor sinks; holds the one HTTP client (and its connection
+/// pool) that every HTTP sink shares. Credentials are per request.
+#[derive(Clone)]
+pub struct SinkFactory {
+    settings: SinkSettings,
+    http: reqwest::Client,
+}
+
+impl fmt::Debug for SinkFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkFactory")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SinkFactory {
+    /// Checks the settings and builds the shared HTTP client.
+    pub fn new(settings: SinkSettings) -> Result<Self, SinkError> {
+        if let Some(url) = &settings.datadog_url {
+            check_base_url("--datadog-url", url)?;
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("logdrain-gateway/", env!("CARGO_PKG_VERSION")))
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.connect_timeout)
+            // A redirected POST loses its body; a vendor never redirects its
+            // intake, so a redirect means the endpoint is wrong.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| SinkError::Config {
+                reason: format!("cannot set up the HTTP client: {}", e.without_url()),
+            })?;
+        Ok(Self { settings, http })
+    }
+
+    pub fn settings(&self) -> &SinkSettings {
+        &self.settings
+    }
+}
+
+impl BuildSink for SinkFactory {
+    fn build(&self, route: &RouteKey, secrets: &Secrets) -> Result<Arc<dyn Sink>, SecretError> {
+        build_sink(route, secrets, &self.settings, &self.http)
+    }
+}
+
+/// Builds the sink of `route` from its `secrets`. Destinations this version
+/// cannot deliver to are a [`SecretError::Unsupported`]: their lines stay
+/// queued.
+pub fn build_sink(
+    route: &RouteKey,
+    secrets: &Secrets,
+    settings: &SinkSettings,
+    http: &reqwest::Client,
+) -> Result<Arc<dyn Sink>, SecretError> {
+    match route.kind {
+        DestinationKind::Datadog => Ok(Arc::new(datadog::DatadogSink::new(
+            route, secrets, settings, http,
+        )?)),
+        destination @ (DestinationKind::CloudWatch
+        | DestinationKind::Sentry
+        | DestinationKind::NewRelic) => Err(SecretError::Unsupported { destination }),
+    }
+}
+
+fn check_base_url(flag: &str, url: &Url) -> Result<(), SinkError> {
+    let http = matches!(url.scheme(), "http" | "https");
+    if !http || url.host_str().is_none() || url.cannot_be_a_base() {
+        return Err(SinkError::Config {
+            reason: format!(
+                "{flag} {url} is not usable: give an http:// or https:// URL with a host, \
+                 for example http://127.0.0.1:8080"
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(kind: DestinationKind) -> RouteKey {
+        RouteKey {
+            agent_id: "a1".into(),
+            kind,
+            cred_id: "c".into(),
+        }
+    }
+
+    #[test]
+    fn destinations_not_supported_yet_keep_their_lines_and_say_so() {
+        let factory = SinkFactory::new(SinkSettings::default()).unwrap();
+        let secrets = Secrets(
+            [(
+                "SENTRY_DSN".to_string(),
+                "https://k@o.ingest.sentry.io/1".to_string(),
+            )]
+            .into(),
+        );
+        let err = match factory.build(&route(DestinationKind::Sentry), &secrets) {
+            Err(e) => e,
+            Ok(_) => panic!("sentry must not build yet"),
+        };
+        assert_eq!(
+            err.to_string(),
+            "destination sentry is not supported by this gateway version; its lines are kept"
+        );
+    }
+
+    #[test]
+    fn a_datadog_url_override_without_a_host_is_refused() {
+        let settings = SinkSettings {
+            datadog_url: Some(Url::parse("mailto:ops@example.com").unwrap()),
+            ..SinkSettings::default()
+        };
+        let err = SinkFactory::new(settings).unwrap_err();
+        assert!(err.to_string().contains("--datadog-url"), "{err}");
+    }
+
+    #[test]
+    fn payload_and_credential_errors_have_distinct_metric_classes() {
+        let classes = [
+            SinkError::Retryable {
+                reason: String::new(),
+                retry_after: None,
+            }
+            .class(),
+            SinkError::PayloadRejected {
+                reason: String::new(),
+            }
+            .class(),
+            SinkError::Unauthorized {
+                reason: String::new(),
+            }
+            .class(),
+            SinkError::Config {
+                reason: String::new(),
+            }
+            .class(),
+        ];
+        assert_eq!(classes, ["retryable", "permanent", "auth", "config"]);
+    }
+}

@@ -1,0 +1,164 @@
+//! The write path of an append: de-duplicate against the stream's
+//! high-water mark, encode the new lines as segments, and write segments and
+//! mark in one atomic sled batch while updating the agent's index.
+//!
+//! Runs synchronously under a per-stream lock and the agent's index lock;
+//! it must never await (the group commit that makes the write durable is
+//! awaited by [`super::Queue::append`] after every lock is released).
+
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::index::SegMeta;
+use super::{
+    keys, lock, records, segment, unknown, Agent, Append, AppendOutcome, Inner, QueueError,
+};
+use crate::metrics;
+use crate::route::RouteKey;
+
+/// What the synchronous part of an append did.
+pub(super) struct Stored {
+    pub outcome: AppendOutcome,
+    /// The agent to wake and its newest segment, if segments were written.
+    pub notify: Option<(Arc<Agent>, u64)>,
+}
+
+impl Inner {
+    fn stream_lock(&self, agent_id: &str, agent_server_id: &str, boot_id: &str) -> &Mutex<()> {
+        let hash = self
+            .stream_hasher
+            .hash_one((agent_id, agent_server_id, boot_id));
+        &self.streams[(hash % self.streams.len() as u64) as usize]
+    }
+
+    /// The synchronous part of an append: de-duplicate and write. Returns
+    /// the outcome and, if segments were written, whom to notify.
+    pub(super) fn store(&self, append: Append<'_>) -> Result<Stored, QueueError> {
+        let Append {
+            agent_id,
+            agent_server_id,
+            boot_id,
+            first_seq,
+            mut lines,
+            routes,
+        } = append;
+        if let Some(route) = routes.iter().find(|r| r.agent_id != agent_id) {
+            return Err(QueueError::WrongAgent {
+                route: route.to_string(),
+                agent_id: agent_id.to_string(),
+            });
+        }
+        let count = lines.len();
+        let last_seq = match count {
+            0 => None,
+            n => Some(
+                (first_seq > 0)
+                    .then(|| first_seq.checked_add(n as u64 - 1))
+                    .flatten()
+                    .ok_or(QueueError::InvalidSequence {
+                        first_seq,
+                        lines: n,
+                    })?,
+            ),
+        };
+
+        let _stream = lock(self.stream_lock(agent_id, agent_server_id, boot_id));
+        let hwm_key = keys::hwm(agent_id, agent_server_id, boot_id);
+        let hwm = self.get_hwm(&hwm_key)?;
+        let last_seq = match last_seq {
+            Some(last) if last > hwm => last,
+            _ => {
+                let outcome = AppendOutcome {
+                    acked_seq: hwm,
+                    queued: 0,
+                    duplicates: count,
+                };
+                return Ok(Stored {
+                    outcome,
+                    notify: None,
+                });
+            }
+        };
+        // Lines with seq <= hwm; fewer than `count` since last_seq > hwm.
+        let skip = usize::try_from((hwm + 1).saturating_sub(first_seq)).unwrap_or(count);
+        lines.drain(..skip);
+        let mut outcome = AppendOutcome {
+            acked_seq: last_seq,
+            queued: 0,
+            duplicates: skip,
+        };
+        if routes.is_empty() {
+            self.db
+                .insert(hwm_key, &records::encode_hwm(last_seq)[..])?;
+            return Ok(Stored {
+                outcome,
+                notify: None,
+            });
+        }
+
+        let header = segment::Header {
+            agent_server_id: agent_server_id.to_string(),
+            boot_id: boot_id.to_string(),
+            routes: routes.iter().map(segment::StoredTag::of).collect(),
+            ..Default::default()
+        };
+        let encoded = segment::encode_batch(header, first_seq + skip as u64, lines);
+        let (agent, newest, queued) =
+            self.insert_segments(agent_id, routes, encoded, (hwm_key, last_seq))?;
+        outcome.queued = queued;
+        Ok(Stored {
+            outcome,
+            notify: Some((agent, newest)),
+        })
+    }
+
+    /// Writes segments and the stream's new high-water mark in one atomic
+    /// batch and adds them to the agent's index. Returns the agent, the
+    /// newest segment id and the number of lines written.
+    fn insert_segments(
+        &self,
+        agent_id: &str,
+        routes: &[RouteKey],
+        encoded: Vec<segment::Encoded>,
+        (hwm_key, hwm): (Vec<u8>, u64),
+    ) -> Result<(Arc<Agent>, u64, usize), QueueError> {
+        let agent = self.agent(agent_id);
+        let mut index = lock(&agent.index);
+        if let Some(route) = routes.iter().find(|r| !index.has_route(r)) {
+            return Err(unknown(route));
+        }
+        let tags = index.tags_for(routes.iter().map(|r| (r.kind, r.cred_id.as_str())));
+        let mut batch = sled::Batch::default();
+        let mut metas = Vec::with_capacity(encoded.len());
+        for segment in encoded {
+            // Allocated under the agent lock: an agent's segments become
+            // visible in id order, so a cursor never passes an unseen one.
+            let id = self.next_segment.fetch_add(1, Ordering::AcqRel);
+            batch.insert(keys::segment(agent_id, id), segment.value);
+            let meta = SegMeta {
+                lines: segment.lines,
+                bytes: segment.bytes,
+                tags: tags.clone(),
+            };
+            metas.push((id, meta));
+        }
+        batch.insert(hwm_key, &records::encode_hwm(hwm)[..]);
+        self.db.apply_batch(batch)?;
+
+        let (mut lines, mut bytes, mut newest) = (0, 0, 0);
+        for (id, meta) in metas {
+            lines += u64::from(meta.lines);
+            bytes += meta.bytes;
+            newest = id;
+            index.insert_segment(id, meta);
+        }
+        metrics::queue_pushed(agent_id, lines, bytes);
+        let (depth_lines, depth_bytes) = index.depth();
+        metrics::queue_depth(agent_id, depth_lines, depth_bytes);
+        drop(index);
+        // At most the lines of one received batch.
+        let queued = usize::try_from(lines).unwrap_or(usize::MAX);
+        Ok((agent, newest, queued))
+    }
+}

@@ -1,0 +1,118 @@
+//! Errors of the queue layer.
+//!
+//! [`QueueError`] is what callers of [`super::Queue`] see; [`RecordError`]
+//! says why one stored entry could not be decoded. Neither ever carries a
+//! secret value: keys are rendered with [`super::keys::describe`], which shows
+//! agent ids, destination names and credential ids only.
+
+use std::path::PathBuf;
+
+/// An error of the durable queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The sled database could not be opened.
+    #[error(
+        "cannot open the queue database in {dir:?}: {source}; check that the directory is \
+         writable and not used by another gateway process"
+    )]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+
+    /// The database was written by a different version of the queue format.
+    #[error(
+        "the queue database in {dir:?} has format version {found}, this build reads version \
+         {expected}; run the matching gateway version or move the directory aside"
+    )]
+    Format {
+        dir: PathBuf,
+        found: String,
+        expected: u8,
+    },
+
+    /// A read or write of the underlying database failed.
+    #[error("queue storage error: {0}")]
+    Sled(#[from] sled::Error),
+
+    /// A group commit (flush to disk) failed. Nothing written after the last
+    /// successful flush may be acknowledged.
+    #[error(
+        "the queue could not flush to disk: {0}; nothing newer is acknowledged, check the disk \
+         and restart the gateway"
+    )]
+    Flush(#[source] sled::Error),
+
+    /// A stored entry could not be decoded.
+    #[error("corrupt queue entry {key}: {reason}")]
+    Corrupt {
+        key: String,
+        #[source]
+        reason: RecordError,
+    },
+
+    /// The route was never stored with `put_route` (or was removed).
+    #[error(
+        "unknown route {route}: call Queue::put_route before appending, reading or committing"
+    )]
+    UnknownRoute { route: String },
+
+    /// An append named a route of another agent.
+    #[error(
+        "route {route} belongs to another agent than the appended stream's agent {agent_id:?}"
+    )]
+    WrongAgent { route: String, agent_id: String },
+
+    /// An append's sequence numbers are not valid.
+    #[error(
+        "batch with first_seq {first_seq} and {lines} lines is not a valid sequence: sequence \
+         numbers start at 1 and must fit in 64 bits"
+    )]
+    InvalidSequence { first_seq: u64, lines: usize },
+
+    /// A commit named a cursor past anything the queue ever handed out.
+    #[error(
+        "cannot commit route {route} through segment {segment}: no such segment was ever \
+         written (newest is {newest}); commit only cursors returned by Queue::read"
+    )]
+    CursorAhead {
+        route: String,
+        segment: u64,
+        newest: u64,
+    },
+}
+
+/// Why one stored entry could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("value is {found} bytes long, expected {expected}")]
+    Length { found: usize, expected: usize },
+
+    #[error("value is {found} bytes long, shorter than the {min}-byte header")]
+    TooShort { found: usize, min: usize },
+
+    #[error("unknown record format version {0}")]
+    Version(u8),
+
+    #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum { stored: u32, computed: u32 },
+
+    #[error("header length {header} exceeds the {available} bytes that follow it")]
+    HeaderLength { header: usize, available: usize },
+
+    #[error("protobuf decoding failed: {0}")]
+    Decode(#[from] prost::DecodeError),
+
+    #[error("header says {header} lines, the segment holds {found}")]
+    LineCount { header: u64, found: usize },
+
+    #[error("a segment must hold 1 to 4294967295 lines, the header says {0}")]
+    BadLineCount(u64),
+
+    #[error("unknown destination {0:?}")]
+    Destination(String),
+
+    #[error("key does not match the queue's key layout")]
+    Key,
+}

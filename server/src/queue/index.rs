@@ -1,0 +1,363 @@
+//! The in-memory index of one agent's queue: which segments exist, how big
+//! they are, which routes they are tagged with, and each route's committed
+//! cursor.
+//!
+//! It is rebuilt from segment headers at open and kept in step with the
+//! database by [`super::Queue`], which changes it only after the matching
+//! sled write succeeded. It answers "which segments does this route read
+//! next" and "which segments may be freed" without touching the database.
+//! It costs about 64 bytes per queued segment (a segment holds up to a whole
+//! received batch). It must not do I/O.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::Cursor;
+use crate::route::{DestinationKind, RouteKey};
+
+/// A route of this agent, as segments are tagged with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RouteTag {
+    pub kind: DestinationKind,
+    pub cred_id: Arc<str>,
+}
+
+impl RouteTag {
+    pub(crate) fn is(&self, route: &RouteKey) -> bool {
+        self.kind == route.kind && *self.cred_id == *route.cred_id
+    }
+}
+
+/// What the index keeps per segment.
+#[derive(Clone, Debug)]
+pub(crate) struct SegMeta {
+    pub lines: u32,
+    pub bytes: u64,
+    /// Shared between consecutive segments with the same tags.
+    pub tags: Arc<[RouteTag]>,
+}
+
+impl SegMeta {
+    /// Cursor of the segment's last line.
+    fn last(&self, segment: u64) -> Cursor {
+        Cursor {
+            segment,
+            index: self.lines.saturating_sub(1),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RouteEntry {
+    tag: RouteTag,
+    cursor: Option<Cursor>,
+}
+
+/// One segment a read should decode, and the first line index it wants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Planned {
+    pub segment: u64,
+    pub from_index: u32,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct AgentIndex {
+    segments: BTreeMap<u64, SegMeta>,
+    routes: Vec<RouteEntry>,
+    lines: u64,
+    bytes: u64,
+}
+
+impl AgentIndex {
+    /// (lines, bytes) of the segments still queued.
+    pub(crate) fn depth(&self) -> (u64, u64) {
+        (self.lines, self.bytes)
+    }
+
+    pub(crate) fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub(crate) fn newest_segment(&self) -> Option<u64> {
+        self.segments.keys().next_back().copied()
+    }
+
+    pub(crate) fn has_route(&self, route: &RouteKey) -> bool {
+        self.routes.iter().any(|r| r.tag.is(route))
+    }
+
+    /// Adds a route if absent (an existing route keeps its cursor).
+    pub(crate) fn add_route(&mut self, route: &RouteKey, cursor: Option<Cursor>) {
+        if !self.has_route(route) {
+            self.routes.push(RouteEntry {
+                tag: RouteTag {
+                    kind: route.kind,
+                    cred_id: Arc::from(route.cred_id.as_str()),
+                },
+                cursor,
+            });
+        }
+    }
+
+    /// Removes a route; returns whether it existed.
+    pub(crate) fn remove_route(&mut self, route: &RouteKey) -> bool {
+        let before = self.routes.len();
+        self.routes.retain(|r| !r.tag.is(route));
+        self.routes.len() != before
+    }
+
+    /// The route's committed cursor; `None` inside if nothing is committed,
+    /// outer `None` if the route is unknown.
+    pub(crate) fn cursor(&self, route: &RouteKey) -> Option<Option<Cursor>> {
+        self.routes
+            .iter()
+            .find(|r| r.tag.is(route))
+            .map(|r| r.cursor)
+    }
+
+    pub(crate) fn set_cursor(&mut self, route: &RouteKey, cursor: Cursor) {
+        if let Some(entry) = self.routes.iter_mut().find(|r| r.tag.is(route)) {
+            entry.cursor = Some(cursor);
+        }
+    }
+
+    /// Tags for a new segment, shared with the newest segment's when equal.
+    pub(crate) fn tags_for<'a>(
+        &self,
+        routes: impl ExactSizeIterator<Item = (DestinationKind, &'a str)> + Clone,
+    ) -> Arc<[RouteTag]> {
+        if let Some(last) = self.segments.values().next_back() {
+            let same = last.tags.len() == routes.len()
+                && last
+                    .tags
+                    .iter()
+                    .zip(routes.clone())
+                    .all(|(t, (kind, cred))| t.kind == kind && *t.cred_id == *cred);
+            if same {
+                return last.tags.clone();
+            }
+        }
+        routes
+            .map(|(kind, cred_id)| RouteTag {
+                kind,
+                cred_id: Arc::from(cred_id),
+            })
+            .collect()
+    }
+
+    pub(crate) fn insert_segment(&mut self, segment: u64, meta: SegMeta) {
+        self.lines += u64::from(meta.lines);
+        self.bytes += meta.bytes;
+        if let Some(old) = self.segments.insert(segment, meta) {
+            // Segment ids are never reused; keep the depth right regardless.
+            self.lines -= u64::from(old.lines);
+            self.bytes -= old.bytes;
+        }
+    }
+
+    /// Removes segments; returns the (lines, bytes) they held.
+    pub(crate) fn remove_segments(&mut self, segments: &[u64]) -> (u64, u64) {
+        let (mut lines, mut bytes) = (0, 0);
+        for id in segments {
+            if let Some(meta) = self.segments.remove(id) {
+                lines += u64::from(meta.lines);
+                bytes += meta.bytes;
+            }
+        }
+        self.lines -= lines;
+        self.bytes -= bytes;
+        (lines, bytes)
+    }
+
+    /// Segments `route` should read next, strictly after `after`, until
+    /// their lines reach `max_lines` or their bytes reach `max_bytes`.
+    pub(crate) fn plan_read(
+        &self,
+        route: &RouteKey,
+        after: Option<Cursor>,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Vec<Planned> {
+        let start = after.map_or(0, |c| c.segment);
+        let (mut lines, mut bytes) = (0usize, 0usize);
+        let mut plan = Vec::new();
+        for (&segment, meta) in self.segments.range(start..) {
+            if !meta.tags.iter().any(|t| t.is(route)) {
+                continue;
+            }
+            let from_index = match after {
+                Some(c) if c.segment == segment => c.index.saturating_add(1),
+                _ => 0,
+            };
+            if from_index >= meta.lines {
+                continue;
+            }
+            plan.push(Planned {
+                segment,
+                from_index,
+            });
+            lines += (meta.lines - from_index) as usize;
+            bytes = bytes.saturating_add(usize::try_from(meta.bytes).unwrap_or(usize::MAX));
+            if lines >= max_lines || bytes >= max_bytes {
+                break;
+            }
+        }
+        plan
+    }
+
+    /// Whether some live route still needs the segment after `change`.
+    fn held(&self, segment: u64, meta: &SegMeta, change: Change<'_>) -> bool {
+        let last = meta.last(segment);
+        meta.tags.iter().any(|tag| {
+            let cursor = match change {
+                Change::Commit(route, through) if tag.is(route) => Some(through),
+                // A removed route holds nothing.
+                Change::Remove(route) if tag.is(route) => return false,
+                _ => match self.routes.iter().find(|r| r.tag == *tag) {
+                    Some(entry) => entry.cursor,
+                    None => return false,
+                },
+            };
+            cursor.is_none_or(|c| c < last)
+        })
+    }
+
+    /// Segments that become free when `route` commits through `through`.
+    ///
+    /// Only segments between the route's old and new cursor can change
+    /// state, so only those are examined.
+    pub(crate) fn freed_by_commit(&self, route: &RouteKey, through: Cursor) -> Vec<u64> {
+        let from = self.cursor(route).flatten().map_or(0, |c| c.segment);
+        self.segments
+            .range(from..=through.segment)
+            .filter(|(_, meta)| meta.tags.iter().any(|t| t.is(route)))
+            .filter(|(&id, meta)| !self.held(id, meta, Change::Commit(route, through)))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Segments that become free when `route` is removed.
+    pub(crate) fn freed_by_removal(&self, route: &RouteKey) -> Vec<u64> {
+        self.segments
+            .iter()
+            .filter(|(_, meta)| meta.tags.iter().any(|t| t.is(route)))
+            .filter(|(&id, meta)| !self.held(id, meta, Change::Remove(route)))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Every segment no live route holds (at open: tagged only with routes
+    /// whose records are gone).
+    pub(crate) fn unheld(&self) -> Vec<u64> {
+        self.segments
+            .iter()
+            .filter(|(&id, meta)| !self.held(id, meta, Change::None))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+}
+
+/// A change whose effect on holding is being evaluated.
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    None,
+    Commit(&'a RouteKey, Cursor),
+    Remove(&'a RouteKey),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(cred: &str) -> RouteKey {
+        RouteKey {
+            agent_id: "a".into(),
+            kind: DestinationKind::Datadog,
+            cred_id: cred.into(),
+        }
+    }
+
+    fn index_with(segments: &[(u64, u32, &[&str])]) -> AgentIndex {
+        let mut index = AgentIndex::default();
+        for cred in ["x", "y"] {
+            index.add_route(&route(cred), None);
+        }
+        for (id, lines, creds) in segments {
+            let tags = index.tags_for(creds.iter().map(|c| (DestinationKind::Datadog, *c)));
+            index.insert_segment(
+                *id,
+                SegMeta {
+                    lines: *lines,
+                    bytes: u64::from(*lines) * 10,
+                    tags,
+                },
+            );
+        }
+        index
+    }
+
+    #[test]
+    fn plan_skips_untagged_segments_and_resumes_inside_a_segment() {
+        let index = index_with(&[(1, 3, &["x"]), (2, 3, &["y"]), (3, 3, &["x", "y"])]);
+        let plan = index.plan_read(
+            &route("x"),
+            Some(Cursor {
+                segment: 1,
+                index: 1,
+            }),
+            100,
+            usize::MAX,
+        );
+        assert_eq!(
+            plan,
+            vec![
+                Planned {
+                    segment: 1,
+                    from_index: 2
+                },
+                Planned {
+                    segment: 3,
+                    from_index: 0
+                }
+            ]
+        );
+        // A cursor on a segment's last line moves on to the next one.
+        let plan = index.plan_read(
+            &route("y"),
+            Some(Cursor {
+                segment: 2,
+                index: 2,
+            }),
+            1,
+            usize::MAX,
+        );
+        assert_eq!(
+            plan,
+            vec![Planned {
+                segment: 3,
+                from_index: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn a_segment_is_freed_only_past_its_last_line_for_every_tag() {
+        let mut index = index_with(&[(1, 3, &["x", "y"]), (2, 3, &["x"])]);
+        let mid = Cursor {
+            segment: 2,
+            index: 1,
+        };
+        // x passed segment 1 but y still holds it; segment 2 is not passed.
+        assert!(index.freed_by_commit(&route("x"), mid).is_empty());
+        index.set_cursor(&route("x"), mid);
+        let end = Cursor {
+            segment: 1,
+            index: 2,
+        };
+        assert_eq!(index.freed_by_commit(&route("y"), end), vec![1]);
+        // Removing x frees what only x held; y still holds segment 1.
+        assert_eq!(index.freed_by_removal(&route("x")), vec![2]);
+        assert!(index.remove_route(&route("x")));
+        assert_eq!(index.unheld(), vec![2]);
+    }
+}

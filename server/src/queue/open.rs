@@ -1,0 +1,197 @@
+//! Opening the queue: one scan of the database rebuilds every agent's index.
+//!
+//! Keys sort by kind byte (`c`ursors, `h`igh-water marks, `m`eta, `r`outes,
+//! `s`egments), so cursors and routes are known before the first segment is
+//! indexed. Each segment's checksum and header are verified, its lines are
+//! not decoded. An entry that cannot be decoded (or a key of no known
+//! layout) is moved to the `quarantine` tree and counted; it never makes
+//! open fail. Segments that no stored route holds any more are deleted.
+//! This module must not be used after open: the running queue keeps its
+//! index up to date itself.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::commit::GroupCommit;
+use super::error::{QueueError, RecordError};
+use super::index::{AgentIndex, SegMeta};
+use super::keys::{self, Parsed};
+use super::{records, segment, Agent, Cursor, Inner, OpenReport, Queue, STREAM_LOCKS};
+use crate::metrics;
+use crate::route::RouteKey;
+
+/// Name of the tree that holds entries set aside as unreadable.
+const QUARANTINE_TREE: &str = "quarantine";
+
+/// Format version written under [`keys::FORMAT_KEY`].
+const FORMAT_VERSION: u8 = 1;
+
+pub(super) fn open(dir: &Path) -> Result<(Queue, OpenReport), QueueError> {
+    let db = sled::Config::new()
+        .path(dir)
+        .open()
+        .map_err(|source| QueueError::Open {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    let quarantine = db.open_tree(QUARANTINE_TREE)?;
+    check_format(&db, dir)?;
+
+    let mut scan = Scan::default();
+    for item in db.iter() {
+        let (key, value) = item?;
+        scan.visit(&key, &value);
+    }
+
+    for (key, value, reason) in &scan.bad {
+        tracing::warn!(
+            entry = %keys::describe(key),
+            %reason,
+            "queue entry cannot be decoded; moved to quarantine"
+        );
+        quarantine.insert(key, value.clone())?;
+        db.remove(key)?;
+    }
+    let quarantined = scan.bad.len() as u64;
+    if quarantined > 0 {
+        metrics::quarantined(quarantined);
+    }
+
+    let mut report = OpenReport {
+        segments: 0,
+        lines: 0,
+        quarantined,
+        routes: scan.routes,
+    };
+    let mut agents = HashMap::with_capacity(scan.agents.len());
+    for (agent_id, mut index) in scan.agents {
+        free_unheld(&db, &agent_id, &mut index)?;
+        let (lines, bytes) = index.depth();
+        metrics::queue_depth(&agent_id, lines, bytes);
+        report.segments += index.segment_count() as u64;
+        report.lines += lines;
+        agents.insert(agent_id.clone(), Agent::new(agent_id, index));
+    }
+
+    let inner = Inner {
+        dir: dir.to_path_buf(),
+        db: db.clone(),
+        quarantine,
+        agents: RwLock::new(agents),
+        streams: (0..STREAM_LOCKS).map(|_| Mutex::new(())).collect(),
+        stream_hasher: Default::default(),
+        next_segment: AtomicU64::new(scan.max_segment.saturating_add(1)),
+        commit: GroupCommit::new(db),
+    };
+    tracing::info!(
+        segments = report.segments,
+        lines = report.lines,
+        quarantined = report.quarantined,
+        routes = report.routes,
+        "queue opened"
+    );
+    Ok((
+        Queue {
+            inner: Arc::new(inner),
+        },
+        report,
+    ))
+}
+
+fn check_format(db: &sled::Db, dir: &Path) -> Result<(), QueueError> {
+    match db.get(keys::FORMAT_KEY)? {
+        None => {
+            db.insert(keys::FORMAT_KEY, &[FORMAT_VERSION][..])?;
+            Ok(())
+        }
+        Some(value) if value.as_ref() == [FORMAT_VERSION] => Ok(()),
+        Some(value) => Err(QueueError::Format {
+            dir: dir.to_path_buf(),
+            found: value.escape_ascii().to_string(),
+            expected: FORMAT_VERSION,
+        }),
+    }
+}
+
+/// What one pass over the database found.
+#[derive(Default)]
+struct Scan {
+    agents: HashMap<Arc<str>, AgentIndex>,
+    cursors: HashMap<RouteKey, Cursor>,
+    routes: usize,
+    /// Highest segment id referenced by a segment key or a cursor.
+    max_segment: u64,
+    bad: Vec<(sled::IVec, sled::IVec, RecordError)>,
+}
+
+impl Scan {
+    fn visit(&mut self, key: &sled::IVec, value: &sled::IVec) {
+        let result = match keys::parse(key) {
+            Some(Parsed::Cursor(route)) => records::decode_cursor(value).map(|cursor| {
+                self.max_segment = self.max_segment.max(cursor.segment);
+                self.cursors.insert(route, cursor);
+            }),
+            Some(Parsed::Hwm) => records::decode_hwm(value).map(drop),
+            Some(Parsed::Meta) => Ok(()),
+            Some(Parsed::Route(route)) => records::unseal_secrets(value).map(|_| {
+                let cursor = self.cursors.get(&route).copied();
+                self.agent(&route.agent_id).add_route(&route, cursor);
+                self.routes += 1;
+            }),
+            Some(Parsed::Segment { agent_id, segment }) => {
+                self.max_segment = self.max_segment.max(segment);
+                segment::decode_header(value).map(|checked| {
+                    let index = self.agent(&agent_id);
+                    let tags = index.tags_for(checked.tags.iter().map(|(k, c)| (*k, c.as_str())));
+                    index.insert_segment(
+                        segment,
+                        SegMeta {
+                            lines: checked.lines,
+                            bytes: checked.header.data_bytes,
+                            tags,
+                        },
+                    );
+                })
+            }
+            None => Err(RecordError::Key),
+        };
+        if let Err(reason) = result {
+            self.bad.push((key.clone(), value.clone(), reason));
+        }
+    }
+
+    fn agent(&mut self, agent_id: &str) -> &mut AgentIndex {
+        if !self.agents.contains_key(agent_id) {
+            self.agents
+                .insert(Arc::from(agent_id), AgentIndex::default());
+        }
+        // Inserted just above when missing.
+        self.agents
+            .get_mut(agent_id)
+            .unwrap_or_else(|| unreachable!("agent index inserted above"))
+    }
+}
+
+/// Deletes segments no stored route holds (their routes were removed or
+/// their route records were unreadable).
+fn free_unheld(db: &sled::Db, agent_id: &str, index: &mut AgentIndex) -> Result<(), QueueError> {
+    let unheld = index.unheld();
+    if unheld.is_empty() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    for id in &unheld {
+        batch.remove(keys::segment(agent_id, *id));
+    }
+    db.apply_batch(batch)?;
+    let (lines, _) = index.remove_segments(&unheld);
+    tracing::info!(
+        agent = agent_id,
+        segments = unheld.len(),
+        lines,
+        "freed queued segments that no stored route holds"
+    );
+    Ok(())
+}

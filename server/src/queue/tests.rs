@@ -1,0 +1,725 @@
+//! Behaviour of the queue through its public API, on real sled databases in
+//! temporary directories.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use tempfile::TempDir;
+
+use super::*;
+use crate::route::DestinationKind;
+
+fn route(agent: &str, cred: &str) -> RouteKey {
+    RouteKey {
+        agent_id: agent.to_string(),
+        kind: DestinationKind::Datadog,
+        cred_id: cred.to_string(),
+    }
+}
+
+fn secrets(token: &str) -> Secrets {
+    Secrets(BTreeMap::from([(
+        "DATADOG_TOKEN".to_string(),
+        token.to_string(),
+    )]))
+}
+
+fn line(data: &str) -> Line {
+    Line {
+        timestamp_ns: 1,
+        data: Bytes::copy_from_slice(data.as_bytes()),
+        ..Default::default()
+    }
+}
+
+/// Lines `tag-first` ..= `tag-last`.
+fn lines(tag: &str, first: u64, last: u64) -> Vec<Line> {
+    (first..=last)
+        .map(|i| line(&format!("{tag}-{i}")))
+        .collect()
+}
+
+fn one(route: &RouteKey) -> &[RouteKey] {
+    std::slice::from_ref(route)
+}
+
+fn open(dir: &TempDir) -> Queue {
+    Queue::open(dir.path()).expect("queue opens").0
+}
+
+async fn append(
+    queue: &Queue,
+    agent: &str,
+    server: &str,
+    first_seq: u64,
+    lines: Vec<Line>,
+    routes: &[RouteKey],
+) -> AppendOutcome {
+    queue
+        .append(Append {
+            agent_id: agent,
+            agent_server_id: server,
+            boot_id: "boot-1",
+            first_seq,
+            lines,
+            routes,
+        })
+        .await
+        .expect("append succeeds")
+}
+
+/// Reads everything tagged for `route` from the start, a few lines at a
+/// time so paging across segments is exercised.
+fn read_all(queue: &Queue, route: &RouteKey) -> Vec<QueuedLine> {
+    let mut out: Vec<QueuedLine> = Vec::new();
+    loop {
+        let after = out.last().map(|l| l.cursor);
+        let batch = queue.read(route, after, 7, usize::MAX).expect("read");
+        if batch.is_empty() {
+            return out;
+        }
+        out.extend(batch);
+    }
+}
+
+fn data(lines: &[QueuedLine]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| String::from_utf8_lossy(&l.line.data).into_owned())
+        .collect()
+}
+
+fn names(tag: &str, first: u64, last: u64) -> Vec<String> {
+    (first..=last).map(|i| format!("{tag}-{i}")).collect()
+}
+
+#[tokio::test]
+async fn appended_lines_are_read_back_in_order_per_route() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+
+    let first = append(&queue, "agent", "srv-a", 1, lines("a", 1, 10), one(&r)).await;
+    assert_eq!(
+        first,
+        AppendOutcome {
+            acked_seq: 10,
+            queued: 10,
+            duplicates: 0
+        }
+    );
+    append(&queue, "agent", "srv-b", 1, lines("b", 1, 5), one(&r)).await;
+    append(&queue, "agent", "srv-a", 11, lines("a", 11, 20), one(&r)).await;
+
+    let read = read_all(&queue, &r);
+    let mut expected = names("a", 1, 10);
+    expected.extend(names("b", 1, 5));
+    expected.extend(names("a", 11, 20));
+    assert_eq!(data(&read), expected);
+    assert!(read.windows(2).all(|w| w[0].cursor < w[1].cursor));
+    assert_eq!(&*read[10].agent_server_id, "srv-b");
+    assert_eq!(read[0].line.timestamp_ns, 1);
+    assert_eq!(
+        queue.depth("agent"),
+        (25, read.iter().map(|l| l.line.data.len() as u64).sum())
+    );
+}
+
+#[tokio::test]
+async fn duplicate_batch_after_reconnect_is_not_queued_twice() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, lines("l", 1, 10), one(&r)).await;
+
+    // The same batch again (the ack was lost before the reconnect).
+    let again = append(&queue, "agent", "srv", 1, lines("l", 1, 10), one(&r)).await;
+    assert_eq!(
+        again,
+        AppendOutcome {
+            acked_seq: 10,
+            queued: 0,
+            duplicates: 10
+        }
+    );
+    // Partial overlap: 6..=15, of which 6..=10 are already queued.
+    let overlap = append(&queue, "agent", "srv", 6, lines("l", 6, 15), one(&r)).await;
+    assert_eq!(
+        overlap,
+        AppendOutcome {
+            acked_seq: 15,
+            queued: 5,
+            duplicates: 5
+        }
+    );
+    // An older batch wholly below the mark acks the mark.
+    let old = append(&queue, "agent", "srv", 2, lines("l", 2, 3), one(&r)).await;
+    assert_eq!(old.acked_seq, 15);
+    assert_eq!(old.queued, 0);
+
+    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 15));
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 15);
+    // Another boot of the same server is another stream.
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-2").unwrap(), 0);
+}
+
+#[tokio::test]
+async fn gap_in_sequence_is_accepted() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, lines("l", 1, 3), one(&r)).await;
+    // The shim dropped 4..=9.
+    let outcome = append(&queue, "agent", "srv", 10, lines("l", 10, 12), one(&r)).await;
+    assert_eq!(
+        outcome,
+        AppendOutcome {
+            acked_seq: 12,
+            queued: 3,
+            duplicates: 0
+        }
+    );
+    let mut expected = names("l", 1, 3);
+    expected.extend(names("l", 10, 12));
+    assert_eq!(data(&read_all(&queue, &r)), expected);
+}
+
+#[tokio::test]
+async fn batch_without_routes_advances_the_mark_but_stores_nothing() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let outcome = append(&queue, "agent", "srv", 1, lines("l", 1, 4), &[]).await;
+    assert_eq!(
+        outcome,
+        AppendOutcome {
+            acked_seq: 4,
+            queued: 0,
+            duplicates: 0
+        }
+    );
+    assert_eq!(queue.depth("agent"), (0, 0));
+    drop(queue);
+    let queue = open(&dir);
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 4);
+}
+
+#[tokio::test]
+async fn invalid_appends_are_rejected_before_anything_is_written() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let known = route("agent", "c1");
+    queue.put_route(&known, &secrets("t")).unwrap();
+    let attempt = |first_seq: u64, routes: Vec<RouteKey>| {
+        let queue = queue.clone();
+        async move {
+            queue
+                .append(Append {
+                    agent_id: "agent",
+                    agent_server_id: "srv",
+                    boot_id: "boot-1",
+                    first_seq,
+                    lines: lines("l", 1, 2),
+                    routes: &routes,
+                })
+                .await
+        }
+    };
+    assert!(matches!(
+        attempt(1, vec![route("agent", "never-put")]).await,
+        Err(QueueError::UnknownRoute { .. })
+    ));
+    assert!(matches!(
+        attempt(1, vec![route("other-agent", "c1")]).await,
+        Err(QueueError::WrongAgent { .. })
+    ));
+    assert!(matches!(
+        attempt(0, vec![known.clone()]).await,
+        Err(QueueError::InvalidSequence { .. })
+    ));
+    assert!(matches!(
+        attempt(u64::MAX, vec![known.clone()]).await,
+        Err(QueueError::InvalidSequence { .. })
+    ));
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 0);
+    assert!(read_all(&queue, &known).is_empty());
+}
+
+#[tokio::test]
+async fn acked_lines_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 2000), one(&r)).await;
+        append(
+            &queue,
+            "agent",
+            "srv",
+            2001,
+            lines("l", 2001, 2010),
+            one(&r),
+        )
+        .await;
+    }
+    let (queue, report) = Queue::open(dir.path()).unwrap();
+    assert_eq!(report.lines, 2010);
+    // 2000 lines are more than one segment holds.
+    assert_eq!(report.segments, 3);
+    assert_eq!(report.quarantined, 0);
+    assert_eq!(report.routes, 1);
+    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 2010));
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 2010);
+    assert_eq!(queue.depth("agent").0, 2010);
+}
+
+#[tokio::test]
+async fn segment_is_freed_only_when_every_tagged_route_committed() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let (x, y) = (route("agent", "x"), route("agent", "y"));
+    queue.put_route(&x, &secrets("tx")).unwrap();
+    queue.put_route(&y, &secrets("ty")).unwrap();
+    append(
+        &queue,
+        "agent",
+        "srv",
+        1,
+        lines("l", 1, 4),
+        &[x.clone(), y.clone()],
+    )
+    .await;
+    let read = read_all(&queue, &x);
+    let last = read.last().unwrap().cursor;
+    let key = keys::segment("agent", last.segment);
+
+    queue.commit(&x, last).unwrap();
+    assert_eq!(queue.committed(&x).unwrap(), Some(last));
+    assert!(
+        queue.inner.db.get(&key).unwrap().is_some(),
+        "y still holds it"
+    );
+    assert_eq!(queue.depth("agent").0, 4);
+
+    // y commits only part of the segment: still held.
+    queue.commit(&y, read[1].cursor).unwrap();
+    assert!(queue.inner.db.get(&key).unwrap().is_some());
+    assert_eq!(
+        data(
+            &queue
+                .read(&y, Some(read[1].cursor), 10, usize::MAX)
+                .unwrap()
+        ),
+        names("l", 3, 4)
+    );
+
+    queue.commit(&y, last).unwrap();
+    assert!(queue.inner.db.get(&key).unwrap().is_none());
+    assert_eq!(queue.depth("agent"), (0, 0));
+
+    // A cursor never moves back, and the freed data stays freed after reopen.
+    queue.commit(&y, read[0].cursor).unwrap();
+    assert_eq!(queue.committed(&y).unwrap(), Some(last));
+    drop(queue);
+    let (queue, report) = Queue::open(dir.path()).unwrap();
+    assert_eq!(report.lines, 0);
+    assert_eq!(queue.committed(&y).unwrap(), Some(last));
+}
+
+#[tokio::test]
+async fn route_only_sees_segments_tagged_for_it() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let (x, y) = (route("agent", "x"), route("agent", "y"));
+    queue.put_route(&x, &secrets("tx")).unwrap();
+    queue.put_route(&y, &secrets("ty")).unwrap();
+    append(&queue, "agent", "s1", 1, lines("x", 1, 3), one(&x)).await;
+    append(&queue, "agent", "s2", 1, lines("y", 1, 3), one(&y)).await;
+    append(
+        &queue,
+        "agent",
+        "s3",
+        1,
+        lines("xy", 1, 3),
+        &[x.clone(), y.clone()],
+    )
+    .await;
+    append(&queue, "agent", "s1", 4, lines("x", 4, 5), one(&x)).await;
+
+    let mut expected_x = names("x", 1, 3);
+    expected_x.extend(names("xy", 1, 3));
+    expected_x.extend(names("x", 4, 5));
+    assert_eq!(data(&read_all(&queue, &x)), expected_x);
+    let mut expected_y = names("y", 1, 3);
+    expected_y.extend(names("xy", 1, 3));
+    assert_eq!(data(&read_all(&queue, &y)), expected_y);
+
+    // Another agent's route sees nothing of this agent.
+    let other = route("agent-2", "x");
+    queue.put_route(&other, &secrets("tx")).unwrap();
+    assert!(read_all(&queue, &other).is_empty());
+}
+
+#[tokio::test]
+async fn read_respects_max_lines_and_max_bytes_but_returns_at_least_one_line() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    // Each line is 4 bytes ("l-1".."l-9" are 3, so use two digits).
+    append(&queue, "agent", "srv", 10, lines("l", 10, 29), one(&r)).await;
+    assert_eq!(queue.read(&r, None, 3, usize::MAX).unwrap().len(), 3);
+    assert_eq!(queue.read(&r, None, 100, 8).unwrap().len(), 2);
+    assert_eq!(queue.read(&r, None, 100, 1).unwrap().len(), 1);
+    assert_eq!(queue.read(&r, None, 0, 0).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn routes_and_secrets_survive_reopen() {
+    let dir = TempDir::new().unwrap();
+    let (x, y) = (route("agent/with/slashes", "x"), route("agent", "y"));
+    {
+        let queue = open(&dir);
+        queue.put_route(&x, &secrets("token-x")).unwrap();
+        queue.put_route(&y, &secrets("token-y")).unwrap();
+        // Idempotent, and an update replaces the secrets.
+        queue.put_route(&y, &secrets("token-y2")).unwrap();
+        queue.flush().await.unwrap();
+    }
+    let (queue, report) = Queue::open(dir.path()).unwrap();
+    assert_eq!(report.routes, 2);
+    let mut routes = queue.routes().unwrap();
+    routes.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        routes,
+        vec![
+            (y.clone(), secrets("token-y2")),
+            (x.clone(), secrets("token-x"))
+        ]
+    );
+    assert_eq!(queue.committed(&x).unwrap(), None);
+}
+
+#[tokio::test]
+async fn secrets_never_in_debug_output() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    let secret = "very-secret-token-value";
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets(secret)).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 2), one(&r)).await;
+        let shown = format!(
+            "{queue:?} {:?} {:?}",
+            queue.routes().unwrap(),
+            queue.read(&r, None, 10, usize::MAX).unwrap()
+        );
+        assert!(!shown.contains(secret), "{shown}");
+        let error = queue
+            .commit(
+                &r,
+                Cursor {
+                    segment: u64::MAX,
+                    index: 0,
+                },
+            )
+            .unwrap_err();
+        assert!(!format!("{error} {error:?}").contains(secret));
+    }
+    // A corrupt route record: the error and the report do not show it.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let key = keys::route(&r);
+        let mut value = db.get(&key).unwrap().unwrap().to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 0x55;
+        db.insert(&key, value.clone()).unwrap();
+        let error = QueueError::Corrupt {
+            key: keys::describe(&key),
+            reason: records::unseal_secrets(&value).unwrap_err(),
+        };
+        assert!(!format!("{error} {error:?}").contains(secret));
+        db.flush().unwrap();
+    }
+    let (queue, report) = Queue::open(dir.path()).unwrap();
+    assert_eq!(report.quarantined, 1);
+    assert!(!format!("{queue:?} {report:?}").contains(secret));
+}
+
+#[tokio::test]
+async fn corrupt_segment_is_quarantined_and_open_succeeds() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    let bad_segment;
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("a", 1, 3), one(&r)).await;
+        append(&queue, "agent", "srv", 4, lines("b", 4, 6), one(&r)).await;
+        append(&queue, "agent", "srv", 7, lines("c", 7, 9), one(&r)).await;
+        bad_segment = read_all(&queue, &r)[3].cursor.segment;
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(
+            keys::segment("agent", bad_segment),
+            &b"\x01garbage bytes"[..],
+        )
+        .unwrap();
+        db.insert(b"zz unknown key", &b"?"[..]).unwrap();
+        db.insert(keys::hwm("agent", "srv", "old-boot"), &b"short"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let (queue, report) = Queue::open(dir.path()).unwrap();
+    assert_eq!(report.quarantined, 3);
+    assert_eq!(report.segments, 2);
+    assert_eq!(report.lines, 6);
+    let mut expected = names("a", 1, 3);
+    expected.extend(names("c", 7, 9));
+    assert_eq!(data(&read_all(&queue, &r)), expected);
+    assert_eq!(queue.inner.quarantine.len(), 3);
+    drop(queue);
+    // Quarantined entries are not met again.
+    let (_, report) = Queue::open(dir.path()).unwrap();
+    assert_eq!(report.quarantined, 0);
+}
+
+#[tokio::test]
+async fn read_quarantines_a_corrupt_segment_and_continues() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, lines("a", 1, 2), one(&r)).await;
+    append(&queue, "agent", "srv", 3, lines("b", 3, 4), one(&r)).await;
+    let first = queue.read(&r, None, 1, usize::MAX).unwrap()[0]
+        .cursor
+        .segment;
+    // The segment rots while the queue runs.
+    let mut value = queue
+        .inner
+        .db
+        .get(keys::segment("agent", first))
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    value[20] ^= 0xff;
+    queue
+        .inner
+        .db
+        .insert(keys::segment("agent", first), value)
+        .unwrap();
+
+    assert_eq!(data(&read_all(&queue, &r)), names("b", 3, 4));
+    assert_eq!(queue.depth("agent").0, 2);
+    assert_eq!(queue.inner.quarantine.len(), 1);
+}
+
+#[tokio::test]
+async fn remove_route_frees_segments_only_it_held() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let (x, y) = (route("agent", "x"), route("agent", "y"));
+    queue.put_route(&x, &secrets("tx")).unwrap();
+    queue.put_route(&y, &secrets("ty")).unwrap();
+    append(&queue, "agent", "s1", 1, lines("x", 1, 3), one(&x)).await;
+    append(
+        &queue,
+        "agent",
+        "s2",
+        1,
+        lines("xy", 1, 3),
+        &[x.clone(), y.clone()],
+    )
+    .await;
+
+    queue.remove_route(&x).unwrap();
+    assert_eq!(queue.depth("agent").0, 3);
+    assert_eq!(data(&read_all(&queue, &y)), names("xy", 1, 3));
+    assert!(matches!(
+        queue.read(&x, None, 10, 10),
+        Err(QueueError::UnknownRoute { .. })
+    ));
+    queue.remove_route(&x).unwrap();
+
+    drop(queue);
+    let (queue, report) = Queue::open(dir.path()).unwrap();
+    assert_eq!(report.routes, 1);
+    assert_eq!(report.lines, 3);
+    assert_eq!(queue.routes().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn lines_appended_after_reopen_come_after_the_committed_cursor() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    let committed;
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 5), one(&r)).await;
+        committed = read_all(&queue, &r).last().unwrap().cursor;
+        queue.commit(&r, committed).unwrap();
+        queue.flush().await.unwrap();
+    }
+    // Every segment was freed; new ids must still sort after the cursor.
+    let queue = open(&dir);
+    append(&queue, "agent", "srv", 6, lines("l", 6, 8), one(&r)).await;
+    let after = queue.committed(&r).unwrap();
+    assert_eq!(after, Some(committed));
+    assert_eq!(
+        data(&queue.read(&r, after, 100, usize::MAX).unwrap()),
+        names("l", 6, 8)
+    );
+}
+
+#[tokio::test]
+async fn commit_past_anything_written_is_rejected() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, lines("l", 1, 1), one(&r)).await;
+    let ahead = Cursor {
+        segment: 1_000_000,
+        index: 0,
+    };
+    assert!(matches!(
+        queue.commit(&r, ahead),
+        Err(QueueError::CursorAhead { .. })
+    ));
+    assert_eq!(queue.committed(&r).unwrap(), None);
+}
+
+#[tokio::test]
+async fn subscribe_wakes_when_lines_are_appended() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    let mut rx = queue.subscribe("agent");
+    let before = *rx.borrow_and_update();
+    append(&queue, "agent", "srv", 1, lines("l", 1, 1), one(&r)).await;
+    assert!(rx.has_changed().unwrap());
+    let newest = *rx.borrow_and_update();
+    assert!(newest > before);
+    assert_eq!(
+        queue.read(&r, None, 1, 1).unwrap()[0].cursor.segment,
+        newest
+    );
+    // A duplicate stores nothing and wakes no one.
+    append(&queue, "agent", "srv", 1, lines("l", 1, 1), one(&r)).await;
+    assert!(!rx.has_changed().unwrap());
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_flushes() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    queue.flush().await.unwrap();
+    let flushes_before = queue.flush_count();
+
+    // 32 streams (plus 8 repeats of stream 0, racing as on a reconnect)
+    // append at once. The test runtime is single-threaded and `join_all`
+    // polls every append before the flusher task can run, so all of them
+    // register for the same flush.
+    let routes = [r.clone()];
+    let appends = (0..40u64).map(|i| {
+        let queue = queue.clone();
+        let routes = routes.clone();
+        async move {
+            let server = format!("srv-{}", if i < 32 { i } else { 0 });
+            let outcome = queue
+                .append(Append {
+                    agent_id: "agent",
+                    agent_server_id: &server,
+                    boot_id: "boot-1",
+                    first_seq: 1,
+                    lines: lines(&server, 1, 10),
+                    routes: &routes,
+                })
+                .await;
+            (server, outcome)
+        }
+    });
+    let results = futures::future::join_all(appends).await;
+
+    assert_eq!(queue.flush_count() - flushes_before, 1);
+    let mut queued = BTreeMap::new();
+    for (server, outcome) in results {
+        let outcome = outcome.expect("append succeeds");
+        assert_eq!(outcome.acked_seq, 10);
+        assert_eq!(outcome.queued + outcome.duplicates, 10);
+        *queued.entry(server).or_insert(0) += outcome.queued;
+    }
+    assert!(queued.values().all(|n| *n == 10), "{queued:?}");
+    let read = read_all(&queue, &r);
+    assert_eq!(read.len(), 320);
+    for i in 0..32 {
+        let server = format!("srv-{i}");
+        let mine: Vec<_> = read
+            .iter()
+            .filter(|l| *l.agent_server_id == *server)
+            .cloned()
+            .collect();
+        assert_eq!(data(&mine), names(&server, 1, 10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_from_many_tasks_are_all_durable_and_read_once() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    let queue = open(&dir);
+    queue.put_route(&r, &secrets("t")).unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let queue = queue.clone();
+        let routes = vec![r.clone()];
+        tasks.push(tokio::spawn(async move {
+            let server = format!("srv-{t}");
+            for b in 0..25u64 {
+                let first = b * 40 + 1;
+                let outcome = queue
+                    .append(Append {
+                        agent_id: "agent",
+                        agent_server_id: &server,
+                        boot_id: "boot-1",
+                        first_seq: first,
+                        lines: lines(&server, first, first + 39),
+                        routes: &routes,
+                    })
+                    .await
+                    .expect("append");
+                assert_eq!(outcome.acked_seq, first + 39);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let flushes = queue.flush_count();
+    drop(queue);
+    let queue = open(&dir);
+    let read = read_all(&queue, &r);
+    assert_eq!(read.len(), 4000);
+    for t in 0..4 {
+        let server = format!("srv-{t}");
+        let mine: Vec<_> = read
+            .iter()
+            .filter(|l| *l.agent_server_id == *server)
+            .cloned()
+            .collect();
+        assert_eq!(data(&mine), names(&server, 1, 1000));
+    }
+    assert!(
+        flushes <= 100,
+        "one flush per append at most, got {flushes}"
+    );
+}

@@ -1,0 +1,401 @@
+//! Datadog sink: the request body per the contract, batching by Datadog's
+//! limits, and real HTTP requests against a small local intake.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes as Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use flate2::read::GzDecoder;
+use logdrain::v1::{Line, Origin, StreamKind};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use url::Url;
+
+use super::request_builder::{self, MAX_LOG_BYTES, MAX_PAYLOAD_BYTES};
+use super::*;
+use crate::queue::Cursor;
+use crate::sinks::engine::batch::Pending;
+use crate::sinks::level::Level;
+
+const API_KEY: &str = "0123456789abcdef0123456789abcdef";
+const CLIENT_TOKEN: &str = "pubfedcba9876543210fedcba9876543210";
+
+fn queued(index: u32, data: &[u8]) -> QueuedLine {
+    QueuedLine {
+        cursor: Cursor { segment: 7, index },
+        agent_server_id: Arc::from("replica-7"),
+        line: Line {
+            timestamp_ns: 1_700_000_000_123_456_789,
+            stream: StreamKind::Stdout as i32,
+            data: Bytes::copy_from_slice(data),
+            origin: Origin::Agent as i32,
+            part: 0,
+            more_parts: false,
+        },
+    }
+}
+
+fn route() -> RouteKey {
+    RouteKey {
+        agent_id: "agent-42".into(),
+        kind: DestinationKind::Datadog,
+        cred_id: "c".into(),
+    }
+}
+
+fn sink(token: &str, base: Option<Url>) -> DatadogSink {
+    let secrets = Secrets([("DATADOG_TOKEN".to_string(), token.to_string())].into());
+    let settings = SinkSettings {
+        datadog_url: base,
+        ..SinkSettings::default()
+    };
+    DatadogSink::new(&route(), &secrets, &settings, &reqwest::Client::new()).unwrap()
+}
+
+fn gunzip(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    GzDecoder::new(body).read_to_end(&mut out).unwrap();
+    out
+}
+
+fn decode(lines: &[QueuedLine]) -> Vec<Value> {
+    let encoded = request_builder::encode("agent-42", lines).unwrap();
+    let json = gunzip(&encoded.body);
+    assert_eq!(json.len(), encoded.json_bytes);
+    match serde_json::from_slice(&json).unwrap() {
+        Value::Array(entries) => entries,
+        other => panic!("body is not an array: {other}"),
+    }
+}
+
+#[test]
+fn each_line_carries_exactly_the_contract_fields() {
+    let entries = decode(&[queued(0, b"hello world")]);
+    assert_eq!(
+        entries,
+        [json!({
+            "host": "replica-7",
+            "ddsource": "agent-42",
+            "service": "cloud.livekit.io",
+            "stream": "stdout",
+            "message": "hello world",
+            "timestamp": 1_700_000_000_123i64,
+            "status": "info",
+        })]
+    );
+}
+
+#[test]
+fn stderr_lines_are_errors_only_when_the_line_names_no_level() {
+    let mut named = queued(0, b"INFO connected to room");
+    named.line.stream = StreamKind::Stderr as i32;
+    let mut unnamed = queued(1, b"Traceback (most recent call last):");
+    unnamed.line.stream = StreamKind::Stderr as i32;
+    let entries = decode(&[named, unnamed]);
+    assert_eq!(entries[0]["stream"], "stderr");
+    assert_eq!(entries[0]["status"], "info");
+    assert_eq!(entries[1]["status"], "error");
+}
+
+#[test]
+fn levels_map_to_datadog_statuses() {
+    let statuses = [
+        Level::Trace,
+        Level::Debug,
+        Level::Info,
+        Level::Warn,
+        Level::Error,
+        Level::Fatal,
+    ]
+    .map(request_builder::status);
+    assert_eq!(
+        statuses,
+        ["debug", "debug", "info", "warn", "error", "critical"]
+    );
+}
+
+#[test]
+fn pieces_of_a_split_line_carry_their_part_and_nothing_is_added_to_the_message() {
+    let mut first = queued(0, b"aaaa");
+    first.line.more_parts = true;
+    let mut last = queued(1, b"bbbb");
+    last.line.part = 1;
+    let entries = decode(&[first, last]);
+    assert_eq!(entries[0]["message"], "aaaa");
+    assert_eq!(
+        entries[0]["logdrain"],
+        json!({"part": 0, "more_parts": true})
+    );
+    assert_eq!(entries[1]["message"], "bbbb");
+    assert_eq!(
+        entries[1]["logdrain"],
+        json!({"part": 1, "more_parts": false})
+    );
+}
+
+#[test]
+fn only_shim_lines_carry_an_origin() {
+    let mut shim = queued(0, b"agent exited with status 1");
+    shim.line.origin = Origin::Shim as i32;
+    let entries = decode(&[shim, queued(1, b"agent line")]);
+    assert_eq!(entries[0]["logdrain"], json!({"origin": "shim"}));
+    assert!(entries[1].get("logdrain").is_none());
+}
+
+#[test]
+fn bytes_that_are_not_utf8_become_replacement_characters() {
+    let entries = decode(&[queued(0, b"caf\xe9 \xff ok")]);
+    assert_eq!(entries[0]["message"], "caf\u{fffd} \u{fffd} ok");
+}
+
+#[test]
+fn an_over_long_line_is_cut_with_a_visible_marker_within_one_log() {
+    let long = vec![b'a'; 2_500_000];
+    let controls = vec![0x01u8; 400_000]; // six bytes each once escaped
+    for data in [long, controls] {
+        let line = queued(0, &data);
+        let entry = &decode(std::slice::from_ref(&line))[0];
+        let message = entry["message"].as_str().unwrap();
+        let marker = format!("…[truncated by logdrain: {} bytes]", data.len());
+        assert!(message.ends_with(&marker), "no marker");
+        let size = request_builder::event_size("agent-42", &line);
+        assert!(size <= MAX_LOG_BYTES, "{size}");
+        assert!(size > MAX_LOG_BYTES - 10_000, "cut far too short: {size}");
+    }
+}
+
+#[test]
+fn event_sizes_add_up_to_the_exact_body_length() {
+    let mut lines: Vec<QueuedLine> = (0..50)
+        .map(|i| queued(i, format!("line {i} \"quoted\" \\ tab\t é").as_bytes()))
+        .collect();
+    lines[3].line.more_parts = true;
+    lines[4].line.origin = Origin::Shim as i32;
+    lines[5].line.timestamp_ns = -1_500_000; // before the epoch still encodes
+    let encoded = request_builder::encode("agent-42", &lines).unwrap();
+    let sum: usize = lines
+        .iter()
+        .map(|l| request_builder::event_size("agent-42", l))
+        .sum();
+    assert_eq!(sum + 1, encoded.json_bytes);
+}
+
+/// Cuts every batch a worker would cut from `lines` with this sink's limits.
+fn batches(sink: &DatadogSink, lines: Vec<QueuedLine>) -> Vec<Vec<QueuedLine>> {
+    let limits = sink.limits();
+    let mut pending = Pending::new();
+    let now = Instant::now();
+    for line in lines {
+        let size = sink.event_size(&line);
+        pending.push(line, size, now);
+    }
+    let mut out = Vec::new();
+    while !pending.is_empty() {
+        out.push(pending.take_batch(&limits));
+    }
+    out
+}
+
+#[test]
+fn batches_hold_at_most_1000_entries() {
+    let s = sink(API_KEY, None);
+    let lines = (0..2_500).map(|i| queued(i, b"short line")).collect();
+    let sizes: Vec<usize> = batches(&s, lines).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [1_000, 1_000, 500]);
+}
+
+#[test]
+fn batches_stay_within_5_mb_uncompressed() {
+    let s = sink(API_KEY, None);
+    // 1,000 lines of 5,200 bytes would be 5.2 MB: fewer must go per request.
+    let lines: Vec<QueuedLine> = (0..1_000).map(|i| queued(i, &[b'x'; 5_200])).collect();
+    let cut = batches(&s, lines);
+    assert!(cut.len() >= 2);
+    for batch in &cut {
+        let encoded = request_builder::encode("agent-42", batch).unwrap();
+        assert!(
+            encoded.json_bytes <= MAX_PAYLOAD_BYTES,
+            "{}",
+            encoded.json_bytes
+        );
+    }
+    // Lines near the per-log limit: still whole logs, still under 5 MB.
+    let big: Vec<QueuedLine> = (0..12).map(|i| queued(i, &[b'y'; 900_000])).collect();
+    let cut = batches(&s, big);
+    assert_eq!(cut.iter().map(Vec::len).collect::<Vec<_>>(), [5, 5, 2]);
+    for batch in &cut {
+        let encoded = request_builder::encode("agent-42", batch).unwrap();
+        assert!(encoded.json_bytes <= MAX_PAYLOAD_BYTES);
+    }
+}
+
+// ---- real HTTP against a local intake ----
+
+struct Received {
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+#[derive(Clone)]
+struct Intake {
+    answer: (StatusCode, Vec<(&'static str, String)>, String),
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+async fn record(
+    State(intake): State<Intake>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> impl IntoResponse {
+    intake.received.lock().unwrap().push(Received {
+        path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
+        headers,
+        body: body.to_vec(),
+    });
+    let (status, extra, text) = intake.answer.clone();
+    let mut headers = HeaderMap::new();
+    for (name, value) in extra {
+        headers.insert(name, value.parse().unwrap());
+    }
+    (status, headers, text)
+}
+
+/// Starts an intake on port 0 answering every request with `answer`.
+async fn intake(
+    status: StatusCode,
+    headers: Vec<(&'static str, String)>,
+    body: &str,
+) -> (Url, Arc<Mutex<Vec<Received>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let state = Intake {
+        answer: (status, headers, body.to_string()),
+        received: Arc::clone(&received),
+    };
+    let app = axum::Router::new().fallback(record).with_state(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (Url::parse(&format!("http://{addr}")).unwrap(), received)
+}
+
+#[tokio::test]
+async fn an_api_key_request_has_the_header_and_a_gzipped_json_array() {
+    let (base, received) = intake(StatusCode::ACCEPTED, vec![], "{}").await;
+    let s = sink(API_KEY, Some(base));
+    let outcome = s.send(&[queued(0, b"one"), queued(1, b"two")]).await;
+    assert_eq!(outcome, Ok(SendOutcome::accepted()));
+
+    let received = received.lock().unwrap();
+    assert_eq!(received.len(), 1);
+    let r = &received[0];
+    assert_eq!(r.path, "/api/v2/logs");
+    assert_eq!(r.query, None);
+    assert_eq!(r.headers["dd-api-key"], API_KEY);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.headers["content-encoding"], "gzip");
+    let entries: Value = serde_json::from_slice(&gunzip(&r.body)).unwrap();
+    assert_eq!(entries[0]["message"], "one");
+    assert_eq!(entries[1]["message"], "two");
+    assert_eq!(entries.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_client_token_request_carries_the_token_in_the_query_only() {
+    let (base, received) = intake(StatusCode::ACCEPTED, vec![], "").await;
+    let s = sink(CLIENT_TOKEN, Some(base));
+    s.send(&[queued(0, b"one")]).await.unwrap();
+
+    let received = received.lock().unwrap();
+    let r = &received[0];
+    assert_eq!(r.path, "/api/v2/logs");
+    assert_eq!(
+        r.query.as_deref(),
+        Some(format!("dd-api-key={CLIENT_TOKEN}").as_str())
+    );
+    assert!(r.headers.get("dd-api-key").is_none());
+    assert_eq!(r.headers["content-encoding"], "gzip");
+}
+
+#[tokio::test]
+async fn throttling_is_retryable_with_the_intakes_retry_after() {
+    let (base, _) = intake(
+        StatusCode::TOO_MANY_REQUESTS,
+        vec![("retry-after", "7".to_string())],
+        "slow down",
+    )
+    .await;
+    let s = sink(API_KEY, Some(base));
+    match s.send(&[queued(0, b"x")]).await {
+        Err(SinkError::Retryable {
+            retry_after,
+            reason,
+        }) => {
+            assert_eq!(retry_after, Some(Duration::from_secs(7)));
+            assert_eq!(reason, "Datadog answered 429 Too Many Requests: slow down");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_too_large_payload_is_rejected_for_splitting() {
+    let (base, _) = intake(StatusCode::PAYLOAD_TOO_LARGE, vec![], "").await;
+    let s = sink(API_KEY, Some(base));
+    assert!(matches!(
+        s.send(&[queued(0, b"x")]).await,
+        Err(SinkError::PayloadRejected { .. })
+    ));
+}
+
+#[tokio::test]
+async fn refused_credentials_never_show_the_token_even_if_echoed() {
+    let echo = format!(r#"{{"errors":["Forbidden: bad key {CLIENT_TOKEN}"]}}"#);
+    let (base, _) = intake(StatusCode::FORBIDDEN, vec![], &echo).await;
+    let s = sink(CLIENT_TOKEN, Some(base));
+    match s.send(&[queued(0, b"x")]).await {
+        Err(error @ SinkError::Unauthorized { .. }) => {
+            let text = error.to_string();
+            assert!(text.contains("403"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+            assert!(!text.contains(CLIENT_TOKEN), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_intake_is_retryable_and_the_reason_has_no_url_or_token() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let s = sink(
+        CLIENT_TOKEN,
+        Some(Url::parse(&format!("http://{addr}")).unwrap()),
+    );
+    match s.send(&[queued(0, b"x")]).await {
+        Err(SinkError::Retryable { reason, .. }) => {
+            assert!(!reason.contains(CLIENT_TOKEN), "{reason}");
+            assert!(!reason.contains("dd-api-key"), "{reason}");
+            assert!(reason.starts_with("request to Datadog failed"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn debug_of_the_sink_never_shows_the_credential() {
+    for token in [API_KEY, CLIENT_TOKEN] {
+        let debug = format!("{:?}", sink(token, None));
+        assert!(!debug.contains(token), "{debug}");
+    }
+}

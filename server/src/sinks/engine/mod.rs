@@ -1,0 +1,271 @@
+//! The delivery engine: one worker per route, written once for every vendor.
+//!
+//! [`Engine`] owns the set of routes being delivered. [`Engine::ensure_route`]
+//! starts a route's worker (idempotent); each worker runs in its own task
+//! under a small supervisor that restarts it from the committed cursor if it
+//! ever panics. Routes share nothing that is held across an `.await` (no
+//! lock, no bounded channel), so a slow or failing vendor never delays
+//! another route. [`Engine::statuses`] reports every route without secrets,
+//! and [`Engine::shutdown`] stops taking new batches and lets in-flight sends
+//! finish within a grace period.
+//!
+//! The pieces, one job each:
+//! * [`source`]: the queue operations the engine uses (and their impl for
+//!   [`crate::queue::Queue`]).
+//! * [`batch`]: filling a batch by the sink's limits, with a maximum linger.
+//! * [`retry`]: backoff with jitter, `Retry-After`, error class → action.
+//! * [`status`]: what an operator sees per route.
+//! * `worker`: the loop of one route.
+//!
+//! Behaviour of a route, whatever the vendor:
+//!
+//! | vendor answer | what the route does |
+//! |---|---|
+//! | accepted | commit through the last line, count `delivered`, sample latency of the oldest line |
+//! | retryable (network, 408, 429, 5xx) | count `retried`, wait `Retry-After` (at least the minimum backoff) or the jittered backoff, send the same lines again |
+//! | payload rejected (400, 413) | split the batch in halves until one line is rejected alone; drop and count only that line |
+//! | credentials refused (401, 403) | keep the lines, state `unauthorized`, try again every `park_interval` |
+//! | sink misconfigured | keep the lines, state `config`, try again every `park_interval` |
+//!
+//! Delivery is at least once: a line is committed only after its request
+//! was accepted, so lines in flight at a crash are sent again.
+
+pub mod batch;
+pub mod retry;
+pub mod source;
+pub mod status;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+pub use retry::RetryPolicy;
+pub use source::Source;
+pub use status::{RouteState, RouteStatus};
+
+use crate::route::{RouteKey, Secrets};
+use crate::shutdown::Shutdown;
+use crate::sinks::BuildSink;
+use status::StatusCell;
+use worker::{Parts, Stop, Worker};
+
+/// Engine knobs (same for every vendor).
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Backoff after retryable failures.
+    pub retry: RetryPolicy,
+    /// Time between attempts while a route is parked (credentials refused
+    /// or sink misconfigured). Also the pause before restarting a worker
+    /// that panicked.
+    pub park_interval: Duration,
+    /// Longest one send may take before it counts as a retryable failure.
+    pub send_timeout: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            park_interval: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What [`Engine::shutdown`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Workers that stopped on their own within the grace period.
+    pub finished: usize,
+    /// Workers still sending at the end of the grace period, aborted.
+    /// Their unaccepted lines stay queued.
+    pub aborted: usize,
+}
+
+struct RouteEntry {
+    status: StatusCell,
+    /// `None` when the route cannot deliver at all (its sink could not be
+    /// built) or after shutdown took the task.
+    task: Option<JoinHandle<()>>,
+}
+
+struct Inner<S> {
+    source: Arc<S>,
+    settings: EngineSettings,
+    sinks: Box<dyn BuildSink>,
+    stop: Stop,
+    routes: Mutex<HashMap<RouteKey, RouteEntry>>,
+}
+
+/// Delivers every route's queued lines to its vendor. Cheap to clone.
+pub struct Engine<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for Engine<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: Source> Engine<S> {
+    /// `sinks` builds each route's sink (normally a
+    /// [`crate::sinks::SinkFactory`]). Workers stop taking new batches when
+    /// `shutdown` triggers or [`Engine::shutdown`] is called.
+    pub fn new(
+        source: S,
+        settings: EngineSettings,
+        sinks: impl BuildSink,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                source: Arc::new(source),
+                settings,
+                sinks: Box::new(sinks),
+                stop: Stop {
+                    process: shutdown,
+                    engine: Shutdown::new(),
+                },
+                routes: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn routes(&self) -> MutexGuard<'_, HashMap<RouteKey, RouteEntry>> {
+        // Entries are inserted whole, so a panic elsewhere cannot leave the
+        // map inconsistent.
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts delivering `route` if it is not already known. Must be called
+    /// inside a Tokio runtime.
+    ///
+    /// If the route's sink cannot be built from `secrets` (an invalid region,
+    /// an unsupported destination), the route is parked in state `config`
+    /// with the reason in its status, and its lines stay queued.
+    pub fn ensure_route(&self, route: RouteKey, secrets: Secrets) {
+        if self.inner.stop.is_triggered() {
+            return;
+        }
+        let mut routes = self.routes();
+        if routes.contains_key(&route) {
+            return;
+        }
+        let status = StatusCell::new(&route);
+        let task = match self.inner.sinks.build(&route, &secrets) {
+            Ok(sink) => {
+                let parts = Parts {
+                    route: route.clone(),
+                    source: Arc::clone(&self.inner.source),
+                    sink,
+                    settings: self.inner.settings.clone(),
+                    status: status.clone(),
+                    stop: self.inner.stop.clone(),
+                };
+                Some(tokio::spawn(supervise(parts)))
+            }
+            Err(error) => {
+                tracing::warn!(route = %route, error = %error,
+                    "route cannot deliver; its lines are kept");
+                status.update(|s| s.last_error = Some(error.to_string()));
+                status.set_state(RouteState::Config);
+                None
+            }
+        };
+        routes.insert(route, RouteEntry { status, task });
+    }
+
+    /// The status of every known route, sorted by route.
+    pub fn statuses(&self) -> Vec<RouteStatus> {
+        let routes = self.routes();
+        let mut keyed: Vec<(&RouteKey, RouteStatus)> = routes
+            .iter()
+            .map(|(key, entry)| (key, entry.status.snapshot()))
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(b.0));
+        keyed.into_iter().map(|(_, status)| status).collect()
+    }
+
+    /// Stops taking new batches, waits up to `grace` for sends in flight to
+    /// finish (and be committed), then aborts what is left.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        self.inner.stop.engine.trigger();
+        let tasks: Vec<JoinHandle<()>> = self
+            .routes()
+            .values_mut()
+            .filter_map(|entry| entry.task.take())
+            .collect();
+        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
+        let total = tasks.len();
+        let aborted = match tokio::time::timeout(grace, futures::future::join_all(tasks)).await {
+            Ok(_) => 0,
+            Err(_) => {
+                let running: Vec<_> = aborts.iter().filter(|a| !a.is_finished()).collect();
+                for task in &running {
+                    task.abort();
+                }
+                tracing::warn!(
+                    workers = running.len(),
+                    "delivery workers still sending after the grace period were aborted; \
+                     their lines stay queued"
+                );
+                running.len()
+            }
+        };
+        for entry in self.routes().values() {
+            entry.status.set_state(RouteState::Stopped);
+        }
+        ShutdownReport {
+            finished: total - aborted,
+            aborted,
+        }
+    }
+}
+
+/// Aborts the task when dropped, so aborting a supervisor stops its worker.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs a route's worker, restarting it from the committed cursor if it
+/// panics (after `park_interval`).
+async fn supervise<S: Source>(parts: Parts<S>) {
+    loop {
+        let mut worker = AbortOnDrop(tokio::spawn(Worker::new(parts.clone()).run()));
+        match (&mut worker.0).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                tracing::error!(route = %parts.route,
+                    "delivery worker panicked; restarting it from the committed cursor");
+                parts.status.update(|s| {
+                    s.last_error = Some("delivery worker panicked; restarting".to_string())
+                });
+                if parts
+                    .stop
+                    .sleep(parts.settings.park_interval)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Per-route delivery status, for reporting.
+//!
+//! Owns [`RouteStatus`] (what an operator sees for one route) and the cell a
+//! worker updates it through, which also keeps the `route_state` metric in
+//! step with the state. It holds no secrets: the route's credential id is a
+//! keyed hash, and error reasons are redacted by the sinks. The lock is never
+//! held across an `.await`.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use crate::metrics;
+use crate::route::{DestinationKind, RouteKey};
+
+/// What a route's worker is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteState {
+    /// Reading its committed position.
+    Starting,
+    /// Nothing to send; waiting for lines.
+    Idle,
+    /// Filling a batch or sending.
+    Delivering,
+    /// Waiting after a retryable failure; the delay grows with each
+    /// consecutive failure (the route's circuit breaker).
+    Retrying,
+    /// The vendor refused the credentials; lines are kept and retried slowly.
+    Unauthorized,
+    /// The route cannot deliver as configured (invalid or unsupported
+    /// secrets, wrong endpoint); lines are kept.
+    Config,
+    /// The worker has stopped (shutdown).
+    Stopped,
+}
+
+impl RouteState {
+    /// The `reason` label of `metrics::route_state` while in this state.
+    fn blocked_reason(self) -> Option<&'static str> {
+        match self {
+            RouteState::Retrying => Some("retrying"),
+            RouteState::Unauthorized => Some("auth"),
+            RouteState::Config => Some("config"),
+            _ => None,
+        }
+    }
+}
+
+/// One route's status. Never contains a secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouteStatus {
+    pub agent_id: String,
+    #[serde(serialize_with = "destination_name")]
+    pub destination: DestinationKind,
+    /// Keyed hash of the credentials; tells routes apart, reveals nothing.
+    pub cred_id: String,
+    pub state: RouteState,
+    /// The latest failure, kept after recovery for diagnosis.
+    pub last_error: Option<String>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+    pub delivered_lines: u64,
+    pub delivered_requests: u64,
+    pub failed_requests: u64,
+    /// Lines the vendor refused for good (dropped and counted).
+    pub dropped_lines: u64,
+    /// Lines the worker holds in memory, read but not yet accepted.
+    pub pending_lines: u64,
+}
+
+fn destination_name<S: serde::Serializer>(d: &DestinationKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(d.name())
+}
+
+/// Shared handle to one route's status.
+#[derive(Clone, Debug)]
+pub struct StatusCell(Arc<Mutex<RouteStatus>>);
+
+impl StatusCell {
+    pub fn new(route: &RouteKey) -> Self {
+        Self(Arc::new(Mutex::new(RouteStatus {
+            agent_id: route.agent_id.clone(),
+            destination: route.kind,
+            cred_id: route.cred_id.clone(),
+            state: RouteState::Starting,
+            last_error: None,
+            consecutive_failures: 0,
+            delivered_lines: 0,
+            delivered_requests: 0,
+            failed_requests: 0,
+            dropped_lines: 0,
+            pending_lines: 0,
+        })))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RouteStatus> {
+        // A panicking worker cannot leave a status half-written in a way
+        // that matters for reporting, so a poisoned lock is still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn snapshot(&self) -> RouteStatus {
+        self.lock().clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut RouteStatus)) {
+        f(&mut self.lock());
+    }
+
+    /// Moves to `state`, switching the `route_state` metric off for the old
+    /// blocking reason and on for the new one.
+    pub fn set_state(&self, state: RouteState) {
+        let mut status = self.lock();
+        let old = status.state;
+        status.state = state;
+        if old.blocked_reason() != state.blocked_reason() {
+            let dest = status.destination.name();
+            if let Some(reason) = old.blocked_reason() {
+                metrics::route_state(&status.agent_id, dest, reason, false);
+            }
+            if let Some(reason) = state.blocked_reason() {
+                metrics::route_state(&status.agent_id, dest, reason, true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_the_credential_hash_and_no_secret() {
+        let route = RouteKey {
+            agent_id: "a1".into(),
+            kind: DestinationKind::Datadog,
+            cred_id: "0011aabb".into(),
+        };
+        let cell = StatusCell::new(&route);
+        cell.set_state(RouteState::Unauthorized);
+        let json = serde_json::to_value(cell.snapshot()).unwrap();
+        assert_eq!(json["destination"], "datadog");
+        assert_eq!(json["state"], "unauthorized");
+        assert_eq!(json["cred_id"], "0011aabb");
+    }
+}

@@ -1,0 +1,662 @@
+//! Engine behaviour with an in-memory source and a scripted sink, in virtual
+//! time (`start_paused`): every duration below is exact, not a threshold.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::time::{sleep, Instant};
+
+use super::source::memory::MemorySource;
+use super::*;
+use crate::queue::QueuedLine;
+use crate::route::DestinationKind;
+use crate::sinks::{BatchLimits, SecretError, SendOutcome, Sink, SinkError};
+
+/// What the scripted sink does with one send.
+enum Reply {
+    Now(Result<SendOutcome, SinkError>),
+    After(Duration, Result<SendOutcome, SinkError>),
+    Never,
+}
+
+struct Call {
+    at: Instant,
+    payloads: Vec<String>,
+    accepted: bool,
+}
+
+type Script = Box<dyn FnMut(usize, &[QueuedLine]) -> Reply + Send>;
+
+/// A test double of a vendor sink: records every call and answers from a
+/// script (attempt number, lines) → reply.
+struct FakeSink {
+    limits: BatchLimits,
+    calls: Mutex<Vec<Call>>,
+    script: Mutex<Script>,
+}
+
+impl FakeSink {
+    fn new(
+        limits: BatchLimits,
+        script: impl FnMut(usize, &[QueuedLine]) -> Reply + Send + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            calls: Mutex::new(Vec::new()),
+            script: Mutex::new(Box::new(script)),
+        })
+    }
+
+    fn accepting(limits: BatchLimits) -> Arc<Self> {
+        Self::new(limits, |_, _| Reply::Now(Ok(SendOutcome::accepted())))
+    }
+
+    fn call_count(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    fn call_times(&self) -> Vec<Instant> {
+        self.calls.lock().unwrap().iter().map(|c| c.at).collect()
+    }
+
+    fn batch_sizes(&self) -> Vec<usize> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.payloads.len())
+            .collect()
+    }
+
+    /// Payloads of accepted calls, in call order.
+    fn delivered(&self) -> Vec<String> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|c| c.accepted)
+            .flat_map(|c| c.payloads.clone())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Sink for FakeSink {
+    fn kind(&self) -> DestinationKind {
+        DestinationKind::Datadog
+    }
+
+    fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
+    fn event_size(&self, line: &QueuedLine) -> usize {
+        line.line.data.len() + 1
+    }
+
+    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
+        let reply = {
+            let mut calls = self.calls.lock().unwrap();
+            let attempt = calls.len();
+            let reply = (self.script.lock().unwrap())(attempt, lines);
+            let accepted = matches!(reply, Reply::Now(Ok(_)) | Reply::After(_, Ok(_)));
+            calls.push(Call {
+                at: Instant::now(),
+                payloads: lines
+                    .iter()
+                    .map(|l| String::from_utf8_lossy(&l.line.data).into_owned())
+                    .collect(),
+                accepted,
+            });
+            reply
+        };
+        match reply {
+            Reply::Now(result) => result,
+            Reply::After(delay, result) => {
+                sleep(delay).await;
+                result
+            }
+            Reply::Never => std::future::pending().await,
+        }
+    }
+}
+
+fn limits(max_events: usize, max_linger: Duration) -> BatchLimits {
+    BatchLimits {
+        max_events,
+        max_bytes: 1_000_000,
+        max_linger,
+    }
+}
+
+fn route(agent: &str) -> RouteKey {
+    RouteKey {
+        agent_id: agent.to_string(),
+        kind: DestinationKind::Datadog,
+        cred_id: "c0ffee".to_string(),
+    }
+}
+
+fn settings() -> EngineSettings {
+    EngineSettings {
+        retry: RetryPolicy {
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        },
+        ..EngineSettings::default()
+    }
+}
+
+fn engine(
+    source: &MemorySource,
+    sinks: Vec<(RouteKey, Arc<FakeSink>)>,
+    settings: EngineSettings,
+) -> Engine<MemorySource> {
+    let sinks: HashMap<RouteKey, Arc<FakeSink>> = sinks.into_iter().collect();
+    let build = move |route: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+        match sinks.get(route) {
+            Some(sink) => Ok(Arc::clone(sink) as Arc<dyn Sink>),
+            None => Err(SecretError::Unsupported {
+                destination: route.kind,
+            }),
+        }
+    };
+    Engine::new(source.clone(), settings, build, Shutdown::new())
+}
+
+fn payloads(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+fn push(source: &MemorySource, agent: &str, lines: &[String]) {
+    let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+    source.push(agent, &refs);
+}
+
+fn status_of(engine: &Engine<MemorySource>, agent: &str) -> RouteStatus {
+    engine
+        .statuses()
+        .into_iter()
+        .find(|s| s.agent_id == agent)
+        .expect("route is known")
+}
+
+/// Lets virtual time run until `cond` holds (at most a virtual hour).
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..360_000 {
+        if cond() {
+            return;
+        }
+        sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn delivers_everything_in_order_and_commits_the_last_line() {
+    let source = MemorySource::default();
+    let lines = payloads("line-", 250);
+    push(&source, "a1", &lines);
+    let sink = FakeSink::accepting(limits(100, Duration::from_secs(1)));
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("all committed", || {
+        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
+    })
+    .await;
+    assert_eq!(sink.delivered(), lines);
+    assert_eq!(sink.batch_sizes(), [100, 100, 50]);
+    let status = status_of(&engine, "a1");
+    assert_eq!(status.delivered_lines, 250);
+    assert_eq!(status.delivered_requests, 3);
+    assert_eq!(status.pending_lines, 0);
+    until("idle", || {
+        status_of(&engine, "a1").state == RouteState::Idle
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_batches_go_at_once_and_a_partial_batch_waits_for_the_linger() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 150));
+    let sink = FakeSink::accepting(limits(100, Duration::from_secs(1)));
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    let t0 = Instant::now();
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("two sends", || sink.call_count() == 2).await;
+    assert_eq!(sink.call_times(), [t0, t0 + Duration::from_secs(1)]);
+    assert_eq!(sink.batch_sizes(), [100, 50]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lines_appended_while_lingering_join_the_same_batch() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("early", 3));
+    let sink = FakeSink::accepting(limits(100, Duration::from_secs(1)));
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    let t0 = Instant::now();
+    engine.ensure_route(route("a1"), Secrets::default());
+    sleep(Duration::from_millis(400)).await;
+    push(&source, "a1", &payloads("late", 2));
+
+    until("one send", || sink.call_count() == 1).await;
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(sink.call_times(), [t0 + Duration::from_secs(1)]);
+    assert_eq!(
+        sink.delivered(),
+        ["early0", "early1", "early2", "late0", "late1"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn retryable_failures_back_off_exponentially_then_deliver() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 5));
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |attempt, _| {
+        if attempt < 4 {
+            Reply::Now(Err(SinkError::Retryable {
+                reason: "503".into(),
+                retry_after: None,
+            }))
+        } else {
+            Reply::Now(Ok(SendOutcome::accepted()))
+        }
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("retrying", || {
+        status_of(&engine, "a1").state == RouteState::Retrying
+    })
+    .await;
+    until("committed", || {
+        source.committed_cursor(&route("a1")).is_some()
+    })
+    .await;
+    let times = sink.call_times();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(
+        gaps,
+        [100, 200, 400, 800].map(Duration::from_millis),
+        "backoff doubles from the minimum"
+    );
+    let status = status_of(&engine, "a1");
+    assert_eq!(status.failed_requests, 4);
+    assert_eq!(
+        status.consecutive_failures, 0,
+        "a success resets the breaker"
+    );
+    assert_eq!(status.last_error.as_deref(), Some("503"));
+    assert_eq!(sink.delivered().len(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_is_honoured_and_never_shorter_than_the_minimum() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 1));
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |attempt, _| match attempt {
+        0 => Reply::Now(Err(SinkError::Retryable {
+            reason: "429".into(),
+            retry_after: Some(Duration::from_secs(30)),
+        })),
+        1 => Reply::Now(Err(SinkError::Retryable {
+            reason: "429".into(),
+            retry_after: Some(Duration::ZERO),
+        })),
+        _ => Reply::Now(Ok(SendOutcome::accepted())),
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    let t0 = Instant::now();
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("committed", || {
+        source.committed_cursor(&route("a1")).is_some()
+    })
+    .await;
+    assert_eq!(
+        sink.call_times(),
+        [
+            t0,
+            t0 + Duration::from_secs(30),
+            t0 + Duration::from_millis(30_100)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_line_is_isolated_by_splitting_and_only_it_is_dropped() {
+    let source = MemorySource::default();
+    let lines = payloads("l", 8);
+    push(&source, "a1", &lines);
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |_, batch| {
+        if batch.iter().any(|l| &l.line.data[..] == b"l5") {
+            Reply::Now(Err(SinkError::PayloadRejected {
+                reason: "Datadog answered 400 Bad Request".into(),
+            }))
+        } else {
+            Reply::Now(Ok(SendOutcome::accepted()))
+        }
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("all committed", || {
+        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
+    })
+    .await;
+    let expected: Vec<String> = lines.iter().filter(|l| *l != "l5").cloned().collect();
+    assert_eq!(
+        sink.delivered(),
+        expected,
+        "good lines in order, l5 only dropped"
+    );
+    let status = status_of(&engine, "a1");
+    assert_eq!(status.dropped_lines, 1);
+    assert_eq!(status.delivered_lines, 7);
+    // 8 → 4+4 → (2+2) → (1+1): fewer than 2 × 8 sends, never a loop.
+    assert!(sink.call_count() < 2 * 8, "{}", sink.call_count());
+    assert!(
+        sink.call_times().iter().all(|t| *t == sink.call_times()[0]),
+        "splitting does not wait"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_park_the_route_keep_the_lines_and_resume() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 3));
+    let accept = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&accept);
+    let sink = FakeSink::new(limits(100, Duration::ZERO), move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::Now(Ok(SendOutcome::accepted()))
+        } else {
+            Reply::Now(Err(SinkError::Unauthorized {
+                reason: "Datadog answered 403 Forbidden".into(),
+            }))
+        }
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    let t0 = Instant::now();
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("second attempt", || sink.call_count() == 2).await;
+    let status = status_of(&engine, "a1");
+    assert_eq!(status.state, RouteState::Unauthorized);
+    assert!(status.last_error.unwrap().contains("403"));
+    assert_eq!(status.pending_lines, 3);
+    assert_eq!(
+        source.committed_cursor(&route("a1")),
+        None,
+        "lines are kept"
+    );
+    assert_eq!(sink.call_times(), [t0, t0 + Duration::from_secs(60)]);
+
+    accept.store(true, Ordering::SeqCst);
+    until("committed", || {
+        source.committed_cursor(&route("a1")).is_some()
+    })
+    .await;
+    assert_eq!(sink.call_times()[2], t0 + Duration::from_secs(120));
+    assert_eq!(sink.delivered(), ["x0", "x1", "x2"]);
+    until("unparked", || {
+        status_of(&engine, "a1").state == RouteState::Idle
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_or_failing_route_does_not_delay_other_routes() {
+    let source = MemorySource::default();
+    for agent in ["stuck", "failing", "healthy"] {
+        push(&source, agent, &payloads(agent, 10));
+    }
+    let stuck = FakeSink::new(limits(100, Duration::ZERO), |_, _| Reply::Never);
+    let failing = FakeSink::new(limits(100, Duration::ZERO), |_, _| {
+        Reply::Now(Err(SinkError::Retryable {
+            reason: "500".into(),
+            retry_after: None,
+        }))
+    });
+    let healthy = FakeSink::accepting(limits(100, Duration::ZERO));
+    let engine = engine(
+        &source,
+        vec![
+            (route("stuck"), stuck.clone()),
+            (route("failing"), failing.clone()),
+            (route("healthy"), healthy.clone()),
+        ],
+        settings(),
+    );
+    let t0 = Instant::now();
+    for agent in ["stuck", "failing", "healthy"] {
+        engine.ensure_route(route(agent), Secrets::default());
+    }
+    until("stuck and failing started", || {
+        stuck.call_count() == 1 && failing.call_count() >= 2
+    })
+    .await;
+    until("healthy delivered", || {
+        source.committed_cursor(&route("healthy")) == source.last_cursor("healthy")
+    })
+    .await;
+    assert_eq!(healthy.call_times(), [t0], "healthy went at once");
+
+    // More lines for the healthy route while the others are still down.
+    push(&source, "healthy", &payloads("more", 5));
+    until("healthy delivered again", || {
+        source.committed_cursor(&route("healthy")) == source.last_cursor("healthy")
+    })
+    .await;
+    assert_eq!(stuck.call_count(), 1);
+    assert_eq!(source.committed_cursor(&route("stuck")), None);
+    assert_eq!(source.committed_cursor(&route("failing")), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_send_without_an_answer_times_out_and_is_retried() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 2));
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |attempt, _| match attempt {
+        0 => Reply::Never,
+        _ => Reply::Now(Ok(SendOutcome::accepted())),
+    });
+    let settings = EngineSettings {
+        send_timeout: Duration::from_secs(10),
+        ..settings()
+    };
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings);
+    let t0 = Instant::now();
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("committed", || {
+        source.committed_cursor(&route("a1")).is_some()
+    })
+    .await;
+    assert_eq!(sink.call_times(), [t0, t0 + Duration::from_millis(10_100)]);
+    assert!(status_of(&engine, "a1")
+        .last_error
+        .unwrap()
+        .contains("no answer within 10s"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_a_send_in_flight_finish_and_commit() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 4));
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |_, _| {
+        Reply::After(Duration::from_secs(2), Ok(SendOutcome::accepted()))
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+    until("sending", || sink.call_count() == 1).await;
+    push(&source, "a1", &payloads("after", 2));
+
+    let started = Instant::now();
+    let report = engine.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        report,
+        ShutdownReport {
+            finished: 1,
+            aborted: 0
+        }
+    );
+    assert!(Instant::now() - started <= Duration::from_secs(2));
+    assert_eq!(sink.call_count(), 1, "no new batch after shutdown began");
+    assert_eq!(sink.delivered(), ["x0", "x1", "x2", "x3"]);
+    let committed = source.committed_cursor(&route("a1")).unwrap();
+    assert_eq!(committed.index, 3, "the lines after it stay queued");
+    assert_eq!(status_of(&engine, "a1").state, RouteState::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_aborts_sends_still_running_after_the_grace_period() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 4));
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |_, _| Reply::Never);
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+    until("sending", || sink.call_count() == 1).await;
+
+    let started = Instant::now();
+    let report = engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(Instant::now() - started, Duration::from_secs(5));
+    assert_eq!(
+        report,
+        ShutdownReport {
+            finished: 0,
+            aborted: 1
+        }
+    );
+    assert_eq!(
+        source.committed_cursor(&route("a1")),
+        None,
+        "lines stay queued"
+    );
+    assert_eq!(status_of(&engine, "a1").state, RouteState::Stopped);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_process_shutdown_signal_stops_idle_workers() {
+    let source = MemorySource::default();
+    let sink = FakeSink::accepting(limits(100, Duration::ZERO));
+    let process = Shutdown::new();
+    let sinks = Arc::clone(&sink);
+    let engine = Engine::new(
+        source.clone(),
+        settings(),
+        move |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+            Ok(Arc::clone(&sinks) as Arc<dyn Sink>)
+        },
+        process.clone(),
+    );
+    engine.ensure_route(route("a1"), Secrets::default());
+    until("idle", || {
+        status_of(&engine, "a1").state == RouteState::Idle
+    })
+    .await;
+    process.trigger();
+    until("stopped", || {
+        status_of(&engine, "a1").state == RouteState::Stopped
+    })
+    .await;
+    push(&source, "a1", &payloads("x", 1));
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(sink.call_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_whose_secrets_build_no_sink_is_parked_in_config_and_keeps_its_lines() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 2));
+    let engine = Engine::new(
+        source.clone(),
+        settings(),
+        |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+            Err(SecretError::NotOneOf {
+                secret: "DATADOG_REGION",
+                value: "xx".into(),
+                what: "Datadog region",
+                accepted: "us1, eu",
+            })
+        },
+        Shutdown::new(),
+    );
+    engine.ensure_route(route("a1"), Secrets::default());
+    sleep(Duration::from_secs(60)).await;
+
+    let status = status_of(&engine, "a1");
+    assert_eq!(status.state, RouteState::Config);
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some(r#"DATADOG_REGION "xx" is not a Datadog region; use one of us1, eu"#)
+    );
+    assert_eq!(source.committed_cursor(&route("a1")), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn ensure_route_is_idempotent() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 3));
+    let sink = FakeSink::accepting(limits(100, Duration::ZERO));
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    for _ in 0..3 {
+        engine.ensure_route(route("a1"), Secrets::default());
+    }
+    until("committed", || {
+        source.committed_cursor(&route("a1")).is_some()
+    })
+    .await;
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(engine.statuses().len(), 1);
+    assert_eq!(sink.delivered(), ["x0", "x1", "x2"], "each line sent once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_read_failures_are_retried_and_reported() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 3));
+    source.fail_next_reads(3);
+    let sink = FakeSink::accepting(limits(100, Duration::ZERO));
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("committed", || {
+        source.committed_cursor(&route("a1")).is_some()
+    })
+    .await;
+    assert_eq!(sink.delivered(), ["x0", "x1", "x2"]);
+    let error = status_of(&engine, "a1").last_error.unwrap();
+    assert!(
+        error.starts_with("queue failed while reading lines"),
+        "{error}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn lines_a_vendor_refuses_inside_an_accepted_request_are_counted_as_dropped() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 5));
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |_, _| {
+        Reply::Now(Ok(SendOutcome {
+            rejected: 2,
+            rejected_reason: Some("too old".into()),
+        }))
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("committed", || {
+        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
+    })
+    .await;
+    let status = status_of(&engine, "a1");
+    assert_eq!(status.delivered_lines, 3);
+    assert_eq!(status.dropped_lines, 2);
+    assert_eq!(sink.call_count(), 1, "refused lines are not retried");
+}

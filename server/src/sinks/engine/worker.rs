@@ -1,0 +1,416 @@
+//! The delivery loop of one route.
+//!
+//! A [`Worker`] starts at the route's committed cursor, reads lines into a
+//! batch ([`Pending`]), waits up to the sink's linger for a batch to fill,
+//! sends it, and commits only after the vendor accepted. Failures follow
+//! [`action_for`]: back off and retry, split a rejected payload down to the
+//! offending line, or park the route while credentials are refused. It owns
+//! no lock that another route uses, so a slow or failing route never delays
+//! another. It must not know any vendor's request format.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use super::batch::Pending;
+use super::retry::{action_for, Action, Backoff};
+use super::source::Source;
+use super::status::{RouteState, StatusCell};
+use super::EngineSettings;
+use crate::metrics;
+use crate::queue::{Cursor, QueuedLine};
+use crate::route::RouteKey;
+use crate::shutdown::Shutdown;
+use crate::sinks::{BatchLimits, SendOutcome, Sink, SinkError};
+
+/// How often a worker looks for lines when the queue's change signal is gone.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The worker stopped because shutdown began.
+#[derive(Debug)]
+pub(super) struct Stopped;
+
+/// Shutdown of the whole process, or of the engine alone.
+#[derive(Clone, Debug)]
+pub(super) struct Stop {
+    pub process: Shutdown,
+    pub engine: Shutdown,
+}
+
+impl Stop {
+    pub fn is_triggered(&self) -> bool {
+        self.process.is_triggered() || self.engine.is_triggered()
+    }
+
+    pub async fn wait(&self) {
+        tokio::select! {
+            _ = self.process.wait() => {}
+            _ = self.engine.wait() => {}
+        }
+    }
+
+    /// Sleeps for `delay`, or returns early with [`Stopped`].
+    pub async fn sleep(&self, delay: Duration) -> Result<(), Stopped> {
+        tokio::select! {
+            biased;
+            _ = self.wait() => Err(Stopped),
+            _ = sleep(delay) => Ok(()),
+        }
+    }
+}
+
+/// Everything a route's worker is made from; cloned to restart it.
+pub(super) struct Parts<S> {
+    pub route: RouteKey,
+    pub source: Arc<S>,
+    pub sink: Arc<dyn Sink>,
+    pub settings: EngineSettings,
+    pub status: StatusCell,
+    pub stop: Stop,
+}
+
+impl<S> Clone for Parts<S> {
+    fn clone(&self) -> Self {
+        Self {
+            route: self.route.clone(),
+            source: Arc::clone(&self.source),
+            sink: Arc::clone(&self.sink),
+            settings: self.settings.clone(),
+            status: self.status.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+enum Woke {
+    Changed,
+    Deadline,
+}
+
+pub(super) struct Worker<S> {
+    parts: Parts<S>,
+    limits: BatchLimits,
+    /// Failures of the vendor (backoff between attempts).
+    backoff: Backoff,
+    /// Failures of the queue itself.
+    source_backoff: Backoff,
+    pending: Pending,
+    /// Cursor of the last line read into `pending` (or committed at start).
+    position: Option<Cursor>,
+}
+
+impl<S: Source> Worker<S> {
+    pub fn new(parts: Parts<S>) -> Self {
+        let limits = parts.sink.limits();
+        let policy = parts.settings.retry;
+        Self {
+            parts,
+            limits,
+            backoff: Backoff::new(policy),
+            source_backoff: Backoff::new(policy),
+            pending: Pending::new(),
+            position: None,
+        }
+    }
+
+    /// Runs until shutdown. Lines not yet accepted stay queued.
+    pub async fn run(mut self) {
+        let Err(Stopped) = self.deliver_forever().await;
+        self.parts.status.update(|s| s.pending_lines = 0);
+        self.parts.status.set_state(RouteState::Stopped);
+    }
+
+    async fn deliver_forever(&mut self) -> Result<std::convert::Infallible, Stopped> {
+        self.position = self.committed_position().await?;
+        let mut changes = self.parts.source.subscribe(&self.parts.route.agent_id);
+        loop {
+            if self.parts.stop.is_triggered() {
+                return Err(Stopped);
+            }
+            // Mark the signal seen before reading, so an append that races
+            // with the read wakes the wait below.
+            changes.borrow_and_update();
+            self.fill().await?;
+            self.report_pending(0);
+            if self.pending.is_empty() {
+                self.parts.status.set_state(RouteState::Idle);
+                self.wait_for_lines(&mut changes, None).await?;
+                continue;
+            }
+            self.parts.status.set_state(RouteState::Delivering);
+            if !self.pending.is_full(&self.limits) {
+                if let Some(deadline) = self.pending.deadline(&self.limits) {
+                    if Instant::now() < deadline {
+                        match self.wait_for_lines(&mut changes, Some(deadline)).await? {
+                            Woke::Changed => continue,
+                            Woke::Deadline => {}
+                        }
+                    }
+                }
+            }
+            let batch = self.pending.take_batch(&self.limits);
+            self.deliver(&batch).await?;
+        }
+    }
+
+    /// The committed cursor, retrying while the queue fails.
+    async fn committed_position(&mut self) -> Result<Option<Cursor>, Stopped> {
+        loop {
+            match self.parts.source.committed(&self.parts.route) {
+                Ok(position) => {
+                    self.source_backoff.reset();
+                    return Ok(position);
+                }
+                Err(e) => {
+                    self.source_failed("reading the committed cursor", e.to_string())
+                        .await?
+                }
+            }
+        }
+    }
+
+    /// Reads lines after `position` until a batch is full or nothing more is
+    /// queued.
+    async fn fill(&mut self) -> Result<(), Stopped> {
+        while !self.pending.is_full(&self.limits) {
+            let (max_lines, max_bytes) = self.pending.room(&self.limits);
+            let read =
+                self.parts
+                    .source
+                    .read(&self.parts.route, self.position, max_lines, max_bytes);
+            match read {
+                Ok(lines) if lines.is_empty() => break,
+                Ok(lines) => {
+                    self.source_backoff.reset();
+                    let now = Instant::now();
+                    let before = self.pending.len();
+                    for line in lines {
+                        if self.position.is_some_and(|p| line.cursor <= p) {
+                            continue; // already read; the source repeated it
+                        }
+                        self.position = Some(line.cursor);
+                        let size = self.parts.sink.event_size(&line);
+                        self.pending.push(line, size, now);
+                    }
+                    if self.pending.len() == before {
+                        break; // nothing new: do not spin on a repeating source
+                    }
+                }
+                Err(e) => self.source_failed("reading lines", e.to_string()).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn source_failed(&mut self, doing: &'static str, error: String) -> Result<(), Stopped> {
+        let delay = self.source_backoff.fail(None);
+        tracing::warn!(route = %self.parts.route, error = %error, retry_in = ?delay,
+            "queue failed while {doing}; retrying");
+        self.parts
+            .status
+            .update(|s| s.last_error = Some(format!("queue failed while {doing}: {error}")));
+        self.parts.stop.sleep(delay).await
+    }
+
+    /// Waits for appended lines, the linger `deadline`, or shutdown.
+    async fn wait_for_lines(
+        &self,
+        changes: &mut watch::Receiver<u64>,
+        deadline: Option<Instant>,
+    ) -> Result<Woke, Stopped> {
+        let changed = async {
+            if changes.changed().await.is_err() {
+                // The signal is gone (queue shutting down or replaced): poll.
+                sleep(POLL_INTERVAL).await;
+            }
+        };
+        let lingered = async {
+            match deadline {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = self.parts.stop.wait() => Err(Stopped),
+            _ = lingered => Ok(Woke::Deadline),
+            _ = changed => Ok(Woke::Changed),
+        }
+    }
+
+    /// Delivers `batch`, splitting rejected payloads, until every line is
+    /// accepted or dropped. Returns early only on shutdown; whatever was not
+    /// committed then stays queued.
+    async fn deliver(&mut self, batch: &[QueuedLine]) -> Result<(), Stopped> {
+        // Ranges still to send, the next one last; left halves go first so
+        // commits stay in queue order.
+        let mut todo: Vec<Range<usize>> = Vec::with_capacity(16);
+        todo.push(0..batch.len());
+        while let Some(range) = todo.pop() {
+            self.report_pending(todo.iter().map(|r| r.len()).sum::<usize>() + range.len());
+            let lines = &batch[range.clone()];
+            loop {
+                if self.parts.stop.is_triggered() {
+                    return Err(Stopped);
+                }
+                let error = match self.send(lines).await {
+                    Ok(outcome) => {
+                        self.accepted(lines, outcome);
+                        break;
+                    }
+                    Err(error) => error,
+                };
+                self.failed(&error, lines.len());
+                match action_for(&error, lines.len()) {
+                    Action::Retry { retry_after } => {
+                        let route = &self.parts.route;
+                        metrics::retried(&route.agent_id, route.kind.name(), lines.len() as u64);
+                        let delay = self.backoff.fail(retry_after);
+                        self.parts.status.set_state(RouteState::Retrying);
+                        self.parts.stop.sleep(delay).await?;
+                    }
+                    Action::Split => {
+                        let mid = range.start + range.len() / 2;
+                        todo.push(mid..range.end);
+                        todo.push(range.start..mid);
+                        break;
+                    }
+                    Action::Drop => {
+                        self.drop_rejected(lines, &error);
+                        break;
+                    }
+                    Action::ParkUnauthorized | Action::ParkConfig => {
+                        self.backoff.fail(None);
+                        let state = if matches!(error, SinkError::Unauthorized { .. }) {
+                            RouteState::Unauthorized
+                        } else {
+                            RouteState::Config
+                        };
+                        self.parts.status.set_state(state);
+                        self.parts
+                            .stop
+                            .sleep(self.parts.settings.park_interval)
+                            .await?;
+                    }
+                }
+            }
+        }
+        self.report_pending(0);
+        Ok(())
+    }
+
+    /// One attempt, bounded by the engine's send timeout so a hung vendor
+    /// cannot hold its route forever.
+    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
+        let limit = self.parts.settings.send_timeout;
+        match tokio::time::timeout(limit, self.parts.sink.send(lines)).await {
+            Ok(result) => result,
+            Err(_) => Err(SinkError::Retryable {
+                reason: format!("no answer within {}s", limit.as_secs()),
+                retry_after: None,
+            }),
+        }
+    }
+
+    fn accepted(&mut self, lines: &[QueuedLine], outcome: SendOutcome) {
+        let route = &self.parts.route;
+        let dest = route.kind.name();
+        let sent = lines.len() as u64;
+        if let Some(last) = lines.last() {
+            self.commit(last.cursor);
+        }
+        metrics::delivered(&route.agent_id, dest, sent);
+        // One latency sample per request, from its oldest line: the worst
+        // latency of the request, without one histogram sample per line.
+        if let Some(oldest) = lines.iter().map(|l| l.line.timestamp_ns).min() {
+            metrics::delivery_latency(dest, since_unix_nanos(oldest));
+        }
+        let rejected = outcome.rejected.min(sent);
+        if rejected > 0 {
+            metrics::dropped(&route.agent_id, "rejected_by_vendor", rejected);
+            tracing::warn!(route = %route, lines = rejected,
+                reason = outcome.rejected_reason.as_deref().unwrap_or("not given"),
+                "vendor refused lines of an accepted request; they are dropped");
+        }
+        self.backoff.reset();
+        self.parts.status.update(|s| {
+            s.delivered_lines += sent - rejected;
+            s.delivered_requests += 1;
+            s.dropped_lines += rejected;
+            s.consecutive_failures = 0;
+        });
+        self.parts.status.set_state(RouteState::Delivering);
+    }
+
+    fn failed(&self, error: &SinkError, lines: usize) {
+        let route = &self.parts.route;
+        metrics::failed(
+            &route.agent_id,
+            route.kind.name(),
+            error.class(),
+            lines as u64,
+        );
+        let splitting = matches!(error, SinkError::PayloadRejected { .. });
+        let mut failures = 0;
+        self.parts.status.update(|s| {
+            s.failed_requests += 1;
+            s.last_error = Some(error.to_string());
+            if !splitting {
+                s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+            }
+            failures = s.consecutive_failures;
+        });
+        // Log the 1st, 2nd, 4th, 8th ... consecutive failure: a route that
+        // stays down is visible without flooding the log.
+        if !splitting && failures.is_power_of_two() {
+            tracing::warn!(route = %route, class = error.class(), consecutive_failures = failures,
+                error = %error, "delivery failed; lines are kept and retried");
+        }
+    }
+
+    fn drop_rejected(&mut self, lines: &[QueuedLine], error: &SinkError) {
+        let route = &self.parts.route;
+        let count = lines.len() as u64;
+        metrics::dropped(&route.agent_id, "rejected_by_vendor", count);
+        if let Some(line) = lines.first() {
+            tracing::warn!(route = %route, segment = line.cursor.segment, index = line.cursor.index,
+                bytes = line.line.data.len(), error = %error,
+                "vendor rejected a line for good; it is dropped");
+        }
+        if let Some(last) = lines.last() {
+            self.commit(last.cursor);
+        }
+        self.parts.status.update(|s| s.dropped_lines += count);
+    }
+
+    fn commit(&self, through: Cursor) {
+        if let Err(e) = self.parts.source.commit(&self.parts.route, through) {
+            // The lines were delivered; the next commit covers them. If the
+            // gateway stops first they are delivered again (at least once).
+            tracing::warn!(route = %self.parts.route, error = %e,
+                "could not commit delivered lines; they may be delivered again");
+            self.parts
+                .status
+                .update(|s| s.last_error = Some(format!("queue failed while committing: {e}")));
+        }
+    }
+
+    fn report_pending(&self, in_flight: usize) {
+        let pending = (self.pending.len() + in_flight) as u64;
+        self.parts.status.update(|s| s.pending_lines = pending);
+    }
+}
+
+/// Time since a Unix timestamp in nanoseconds; zero if it is in the future
+/// (clock skew between replica and gateway).
+fn since_unix_nanos(timestamp_ns: i64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos();
+    let then = u128::try_from(timestamp_ns).unwrap_or(0);
+    Duration::from_nanos(u64::try_from(now.saturating_sub(then)).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,510 @@
+//! The Datadog logs intake: `POST /api/v2/logs`.
+//!
+//! Plays `http-intake.logs.<site>` and `browser-intake-<site>` on one path
+//! (API: <https://docs.datadoghq.com/api/latest/logs/#send-logs>):
+//!
+//! * Auth: an API key in the `DD-API-KEY` header, or a client token in the
+//!   `dd-api-key` query parameter (the browser intake's form). Both forms
+//!   are accepted for any configured key; the form used is recorded so
+//!   tests can pin which one a sink chose. Missing or unknown key → 403
+//!   `{"errors":["Forbidden"]}`.
+//! * Body: a gzip-compressed JSON array of objects.
+//! * Limits: at most 1,000 entries and 5 MB uncompressed per request (413
+//!   otherwise); an entry over 1 MB is accepted and marked `oversized`,
+//!   because Datadog truncates it instead of rejecting it.
+//! * Accepted → 202 with body `{}`.
+//!
+//! Stricter than Datadog, to catch sink bugs early (each answers 400 and
+//! names the problem): `Content-Type` must be `application/json` (Datadog
+//! would read other types as plain text), `Content-Encoding` must be `gzip`
+//! (our sinks always compress), every entry needs a string `message`, and a
+//! `timestamp`, when present, must be integer milliseconds between the years
+//! 2000 and 2100 (seconds or nanoseconds would be placed at the wrong time).
+//!
+//! This module must not keep state of its own: recording and faults live in
+//! the shared store.
+
+use std::io::Write;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+
+use crate::body::{self, BodyError};
+use crate::store::{AuthForm, Outcome, Pending, Store};
+use crate::Vendor;
+
+/// The logs intake path.
+pub const PATH: &str = "/api/v2/logs";
+/// Header carrying an API key.
+pub const API_KEY_HEADER: &str = "DD-API-KEY";
+/// Query parameter carrying a client token (browser intake).
+pub const CLIENT_TOKEN_PARAM: &str = "dd-api-key";
+
+/// Earliest plausible `timestamp` (2000-01-01T00:00:00Z) in milliseconds.
+const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
+/// Latest plausible `timestamp` (2100-01-01T00:00:00Z) in milliseconds.
+const MAX_TIMESTAMP_MS: i64 = 4_102_444_800_000;
+
+/// Datadog's per-request limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatadogLimits {
+    /// Entries per request.
+    pub max_entries: usize,
+    /// Uncompressed bytes per request.
+    pub max_payload_bytes: usize,
+    /// Serialized bytes per entry before Datadog truncates it.
+    pub max_entry_bytes: usize,
+}
+
+impl Default for DatadogLimits {
+    fn default() -> Self {
+        DatadogLimits {
+            max_entries: 1_000,
+            max_payload_bytes: 5_000_000,
+            max_entry_bytes: 1_000_000,
+        }
+    }
+}
+
+impl DatadogLimits {
+    /// Largest compressed body read. Deflate never grows data by anything
+    /// near 10%, so a larger body must decompress past the payload limit.
+    fn max_body_bytes(&self) -> usize {
+        self.max_payload_bytes
+            .saturating_add(self.max_payload_bytes / 10)
+            .saturating_add(1024)
+    }
+}
+
+/// Configuration of the Datadog intake.
+#[derive(Clone, Default)]
+pub struct DatadogConfig {
+    /// Accepted API keys and client tokens. None accepted = every request
+    /// gets 403.
+    pub keys: Vec<String>,
+    pub limits: DatadogLimits,
+}
+
+impl std::fmt::Debug for DatadogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatadogConfig")
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// The Datadog routes.
+pub(crate) fn routes(limits: DatadogLimits) -> Router<Store> {
+    Router::new()
+        .route(PATH, post(receive))
+        .layer(Extension(limits))
+}
+
+/// Why a request is refused: its status and a reason naming the problem.
+#[derive(Debug)]
+struct Rejection {
+    status: StatusCode,
+    reason: String,
+}
+
+fn reject(status: StatusCode, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        status,
+        reason: reason.into(),
+    }
+}
+
+async fn receive(
+    State(store): State<Store>,
+    Extension(limits): Extension<DatadogLimits>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut pending = Pending::arrived(Vendor::Datadog, &headers);
+    if let Some(fault) = store.take_fault(Vendor::Datadog) {
+        let status = fault.status_code();
+        store.record(
+            pending,
+            Outcome::Injected {
+                status: status.as_u16(),
+            },
+        );
+        let response = error_response(status, "answered by a fault injected into the test intake");
+        return fault.answer(response).await;
+    }
+    match check(
+        &store,
+        &limits,
+        query.as_deref(),
+        &headers,
+        body,
+        &mut pending,
+    )
+    .await
+    {
+        Ok(entries) => {
+            store.record(
+                pending,
+                Outcome::Accepted {
+                    status: StatusCode::ACCEPTED.as_u16(),
+                    entries,
+                },
+            );
+            (StatusCode::ACCEPTED, Json(json!({}))).into_response()
+        }
+        Err(Rejection { status, reason }) => {
+            tracing::info!(status = status.as_u16(), %reason, "datadog intake rejected a request");
+            let response = error_response(status, &reason);
+            store.record(
+                pending,
+                Outcome::Rejected {
+                    status: status.as_u16(),
+                    reason,
+                },
+            );
+            response
+        }
+    }
+}
+
+/// Runs every check in Datadog's order: credentials, headers, body, entries.
+async fn check(
+    store: &Store,
+    limits: &DatadogLimits,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    pending: &mut Pending,
+) -> Result<Vec<(Value, bool)>, Rejection> {
+    let (form, presented) = credential(headers, query).ok_or_else(|| {
+        reject(
+            StatusCode::FORBIDDEN,
+            format!(
+                "no key: send an API key in the {API_KEY_HEADER} header, \
+                 or a client token in the {CLIENT_TOKEN_PARAM} query parameter"
+            ),
+        )
+    })?;
+    pending.auth = Some(form);
+    let key = store
+        .accepted_key(Vendor::Datadog, &presented)
+        .ok_or_else(|| {
+            reject(
+                StatusCode::FORBIDDEN,
+                "the key is not one of the intake's accepted keys",
+            )
+        })?;
+    pending.key = Some(key);
+
+    check_headers(headers)?;
+
+    let compressed = body::read(body, limits.max_body_bytes())
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge { limit } => reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the compressed body is over {limit} bytes, so it inflates past the \
+                     {}-byte payload limit: send fewer entries per request",
+                    limits.max_payload_bytes
+                ),
+            ),
+            other => reject(StatusCode::BAD_REQUEST, other.to_string()),
+        })?;
+    pending.body_bytes = compressed.len();
+
+    let decoded = body::gunzip(&compressed, limits.max_payload_bytes).map_err(|e| match e {
+        BodyError::TooLarge { limit } => reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the uncompressed payload is over {limit} bytes: send fewer entries per request"
+            ),
+        ),
+        other => reject(StatusCode::BAD_REQUEST, other.to_string()),
+    })?;
+    pending.decoded_bytes = Some(decoded.len());
+
+    parse_payload(&decoded, limits)
+}
+
+/// The credential and where it was: the header wins over the query.
+fn credential(headers: &HeaderMap, query: Option<&str>) -> Option<(AuthForm, String)> {
+    if let Some(value) = headers.get(API_KEY_HEADER) {
+        let key = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        return Some((AuthForm::Header(API_KEY_HEADER), key));
+    }
+    let query = query?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == CLIENT_TOKEN_PARAM)
+        .map(|(_, token)| (AuthForm::Query(CLIENT_TOKEN_PARAM), token.into_owned()))
+}
+
+fn check_headers(headers: &HeaderMap) -> Result<(), Rejection> {
+    let value = |name| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let content_type = value(header::CONTENT_TYPE);
+    let media_type = content_type
+        .as_deref()
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if !media_type.is_some_and(|t| t.eq_ignore_ascii_case("application/json")) {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            format!("Content-Type is {content_type:?}: send application/json"),
+        ));
+    }
+    let encoding = value(header::CONTENT_ENCODING);
+    if !encoding
+        .as_deref()
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("gzip"))
+    {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Content-Encoding is {encoding:?}: send a gzip body with Content-Encoding: gzip"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the uncompressed payload and returns its entries with their
+/// `oversized` mark.
+fn parse_payload(decoded: &[u8], limits: &DatadogLimits) -> Result<Vec<(Value, bool)>, Rejection> {
+    let payload: Value = serde_json::from_slice(decoded).map_err(|e| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            format!("the payload is not JSON: {e}"),
+        )
+    })?;
+    let Value::Array(entries) = payload else {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the payload is a JSON {}: send an array of log objects",
+                kind(&payload)
+            ),
+        ));
+    };
+    if entries.len() > limits.max_entries {
+        return Err(reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} entries in one request: send at most {}",
+                entries.len(),
+                limits.max_entries
+            ),
+        ));
+    }
+    for (index, entry) in entries.iter().enumerate() {
+        check_entry(index, entry)?;
+    }
+    Ok(entries
+        .into_iter()
+        .map(|entry| {
+            let oversized = serialized_len(&entry) > limits.max_entry_bytes;
+            (entry, oversized)
+        })
+        .collect())
+}
+
+fn check_entry(index: usize, entry: &Value) -> Result<(), Rejection> {
+    let bad = |what: String| reject(StatusCode::BAD_REQUEST, format!("entry {index}: {what}"));
+    let Value::Object(fields) = entry else {
+        return Err(bad(format!(
+            "is a JSON {}, expected an object",
+            kind(entry)
+        )));
+    };
+    match fields.get("message") {
+        Some(Value::String(_)) => {}
+        Some(other) => {
+            return Err(bad(format!(
+                "message is a JSON {}, expected a string",
+                kind(other)
+            )))
+        }
+        None => return Err(bad("has no message".to_string())),
+    }
+    if let Some(timestamp) = fields.get("timestamp") {
+        let ms = timestamp.as_i64().ok_or_else(|| {
+            bad(format!(
+                "timestamp is {timestamp}, expected integer milliseconds since the epoch"
+            ))
+        })?;
+        if !(MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms) {
+            return Err(bad(format!(
+                "timestamp {ms} is not milliseconds between the years 2000 and 2100 \
+                 (seconds or nanoseconds?)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Length of the entry as compact JSON, without building the string.
+fn serialized_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Datadog's error body: `{"errors":["Forbidden"]}` for 403, otherwise the
+/// v2 API's `{"errors":[{"status","title","detail"}]}`.
+fn error_response(status: StatusCode, detail: &str) -> Response {
+    let body = if status == StatusCode::FORBIDDEN {
+        json!({ "errors": ["Forbidden"] })
+    } else {
+        json!({ "errors": [{
+            "status": status.as_str(),
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "detail": detail,
+        }] })
+    };
+    (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> DatadogLimits {
+        DatadogLimits::default()
+    }
+
+    fn parse(payload: &str) -> Result<Vec<(Value, bool)>, Rejection> {
+        parse_payload(payload.as_bytes(), &limits())
+    }
+
+    fn status_of(payload: &str) -> StatusCode {
+        parse(payload).unwrap_err().status
+    }
+
+    #[test]
+    fn an_array_of_log_objects_is_accepted() {
+        let entries =
+            parse(r#"[{"message":"a","timestamp":1714564800000},{"message":"b"}]"#).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(entries.iter().all(|(_, oversized)| !oversized));
+    }
+
+    #[test]
+    fn payloads_that_are_not_arrays_of_objects_are_bad_requests() {
+        assert_eq!(status_of(r#"{"message":"a"}"#), StatusCode::BAD_REQUEST);
+        assert_eq!(status_of(r#"["a"]"#), StatusCode::BAD_REQUEST);
+        assert_eq!(status_of("not json"), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn entries_without_a_string_message_are_bad_requests() {
+        let err = parse(r#"[{"message":"a"},{"msg":"b"}]"#).unwrap_err();
+        assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        assert!(err.reason.contains("entry 1"), "{}", err.reason);
+        assert_eq!(status_of(r#"[{"message":7}]"#), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn timestamps_must_be_integer_milliseconds() {
+        assert_eq!(
+            status_of(r#"[{"message":"a","timestamp":1714564800000.5}]"#),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status_of(r#"[{"message":"a","timestamp":"1714564800000"}]"#),
+            StatusCode::BAD_REQUEST
+        );
+        let seconds = parse(r#"[{"message":"a","timestamp":1714564800}]"#).unwrap_err();
+        assert!(
+            seconds.reason.contains("seconds or nanoseconds"),
+            "{}",
+            seconds.reason
+        );
+        assert_eq!(
+            status_of(r#"[{"message":"a","timestamp":1714564800000000000}]"#),
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn too_many_entries_is_payload_too_large() {
+        let at_limit = format!("[{}]", vec![r#"{"message":"a"}"#; 1_000].join(","));
+        assert_eq!(parse(&at_limit).unwrap().len(), 1_000);
+        let over = format!("[{}]", vec![r#"{"message":"a"}"#; 1_001].join(","));
+        assert_eq!(status_of(&over), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn an_entry_over_the_entry_limit_is_accepted_and_marked_oversized() {
+        let small = DatadogLimits {
+            max_entry_bytes: 20,
+            ..limits()
+        };
+        let exactly = r#"{"message":"abcdefg"}"#; // 21 bytes
+        let entries = parse_payload(
+            format!(r#"[{{"message":"a"}},{exactly}]"#).as_bytes(),
+            &small,
+        )
+        .unwrap();
+        assert_eq!(serialized_len(&entries[1].0), 21);
+        assert_eq!(
+            entries.iter().map(|(_, big)| *big).collect::<Vec<_>>(),
+            [false, true]
+        );
+    }
+
+    #[test]
+    fn the_header_form_wins_over_the_query_form() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            credential(&headers, Some("dd-api-key=pubabc&ddsource=x")),
+            Some((AuthForm::Query(CLIENT_TOKEN_PARAM), "pubabc".to_string()))
+        );
+        headers.insert("dd-api-key", "apikey".parse().unwrap());
+        assert_eq!(
+            credential(&headers, Some("dd-api-key=pubabc")),
+            Some((AuthForm::Header(API_KEY_HEADER), "apikey".to_string()))
+        );
+        assert_eq!(credential(&HeaderMap::new(), Some("other=1")), None);
+    }
+
+    #[test]
+    fn debug_of_the_config_never_shows_keys() {
+        let config = DatadogConfig {
+            keys: vec!["very-secret".into()],
+            limits: limits(),
+        };
+        assert!(!format!("{config:?}").contains("very-secret"));
+    }
+}
