@@ -1,1 +1,329 @@
-//! placeholder
+//! agent-shim: runs an agent as a child process, passes its output through
+//! unchanged, and streams every line to logdrain-gateway.
+//!
+//! ```text
+//!   agent stdout ─┐                    ┌──▶ shim stdout / stderr (unchanged bytes)
+//!   agent stderr ─┴─▶ capture ─────────┤
+//!                    (split lines,     └──▶ buffer ──▶ stream ══gRPC══▶ gateway
+//!                     timestamp)           (bounded,   (Open, batches,   │
+//!                                           seq, drop   resend unacked)  │
+//!                                           oldest) ◀──── acks ──────────┘
+//!   child: spawn, forward signals, reap (PID 1) ──▶ lifecycle lines ──▶ buffer
+//! ```
+//!
+//! * [`capture`] drains the agent's pipes, never waiting on the network.
+//! * [`splitter`] is the pure line splitter (CRLF, long lines, bytes).
+//! * [`buffer`] holds unacked lines within a byte bound, dropping the
+//!   oldest (counted) when full.
+//! * [`stream`] owns the gRPC connection: open, send, ack, reconnect with
+//!   [`backoff`], fail over.
+//! * [`child`] starts the agent, forwards signals and reaps children;
+//!   [`lifecycle`] maps exits to codes and words the shim's own lines.
+//! * [`config`] is the command line / environment; [`secrets`] the
+//!   destination secrets forwarded in `Open`.
+//! * `sys` (private) is the one module with `unsafe` (a few libc calls).
+//!
+//! The binary only parses [`Config`] and calls [`run`].
+#![deny(unsafe_code)]
+
+pub mod backoff;
+pub mod buffer;
+pub mod capture;
+pub mod child;
+pub mod config;
+mod diag;
+pub mod lifecycle;
+pub mod secrets;
+pub mod splitter;
+pub mod stream;
+mod sys;
+pub mod time;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use logdrain::v1::{Open, StreamKind};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+pub use config::{Config, ConfigError, Settings};
+pub use secrets::Secrets;
+
+use buffer::SharedBuffer;
+use child::{ForwardedSignals, Reaper};
+use diag::diag;
+use lifecycle::AgentExit;
+use stream::{Shipper, StreamConfig, StreamError};
+
+/// Exit code for a configuration error (as clap uses for usage errors).
+pub const EXIT_CONFIG: i32 = 2;
+/// Exit code when the shim itself fails before the agent could run
+/// (like `env` and `timeout`).
+pub const EXIT_SHIM_FAILURE: i32 = 125;
+
+/// What keeps the shim from running at all. Anything that goes wrong with
+/// the agent or the gateway is not an error: it becomes an exit code, a
+/// lifecycle line or a diagnostic.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error(transparent)]
+    Gateway(#[from] StreamError),
+}
+
+impl Error {
+    /// The shim's exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) => EXIT_CONFIG,
+            _ => EXIT_SHIM_FAILURE,
+        }
+    }
+}
+
+/// Validates `config`, reads the secrets from the environment, runs the
+/// agent to completion on a single-threaded runtime, drains, and returns
+/// the exit code to exit with.
+pub fn run(config: Config) -> Result<i32, Error> {
+    let settings = config.validate()?;
+    let secrets = Secrets::from_env();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    let code = runtime.block_on(run_with(settings, secrets));
+    // Do not wait for blocked writes to our own stdout: the drain is over.
+    runtime.shutdown_background();
+    code
+}
+
+/// [`run`] with settings and secrets given (for tests and embedding).
+pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error> {
+    for name in secrets.ignored_not_utf8() {
+        diag!("ignoring {name}: its value is not valid UTF-8");
+    }
+    // Handlers first, so neither the agent's exit nor a signal is missed.
+    let mut reaper = Reaper::new(reap_orphans(settings.subreaper)).map_err(Error::Signals)?;
+    let mut signals = ForwardedSignals::register().map_err(Error::Signals)?;
+
+    let buffer = Arc::new(SharedBuffer::new(settings.buffer_bytes));
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let shipper = Shipper::new(
+        stream_config(&settings, &secrets),
+        Arc::clone(&buffer),
+        closing_rx,
+    )?;
+    let shipping = tokio::spawn(shipper.run());
+
+    let (exit_code, deadline) = match child::spawn(&settings.command) {
+        Err(err) => {
+            let program = settings
+                .command
+                .first()
+                .map(|p| p.as_os_str())
+                .unwrap_or_default();
+            event(&buffer, lifecycle::start_failure_message(program, &err));
+            (
+                lifecycle::start_failure_exit_code(&err),
+                Instant::now() + settings.drain_timeout,
+            )
+        }
+        Ok(agent) => {
+            let pid = agent.pid;
+            let captures = [
+                spawn_capture(
+                    agent.stdout,
+                    tokio::io::stdout(),
+                    StreamKind::Stdout,
+                    &buffer,
+                    &settings,
+                ),
+                spawn_capture(
+                    agent.stderr,
+                    tokio::io::stderr(),
+                    StreamKind::Stderr,
+                    &buffer,
+                    &settings,
+                ),
+            ];
+            let status = child::supervise(pid, &mut reaper, &mut signals).await;
+            let deadline = Instant::now() + settings.drain_timeout;
+            // The exit line must come after the agent's last line.
+            let captured = tokio::time::timeout_at(deadline, async {
+                for capture in captures {
+                    let _ = capture.await;
+                }
+            })
+            .await;
+            if captured.is_err() {
+                diag!(
+                    "the agent exited but its output pipes are still open (held by a process \
+                     it started); not waiting for them"
+                );
+            }
+            let exit = match status {
+                Ok(status) => AgentExit::from_status(status),
+                Err(err) => {
+                    diag!("lost track of the agent (pid {pid}): {err}");
+                    AgentExit::Code(1)
+                }
+            };
+            if let Some(message) = exit.event_message() {
+                event(&buffer, message);
+            }
+            (exit.shim_exit_code(), deadline)
+        }
+    };
+    if reaper.reaps_orphans() {
+        tokio::spawn(reaper.reap_orphans_forever());
+    }
+    closing_tx.send_replace(true);
+    drain(
+        shipping,
+        deadline,
+        settings.drain_timeout,
+        &buffer,
+        &mut signals,
+    )
+    .await;
+    Ok(exit_code)
+}
+
+/// A new boot id: 16 random bytes, hex encoded.
+pub fn new_boot_id() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Orphans are reaped as PID 1, or when asked and the kernel agrees to make
+/// the shim a subreaper.
+fn reap_orphans(subreaper: bool) -> bool {
+    if std::process::id() == 1 {
+        return true;
+    }
+    if !subreaper {
+        return false;
+    }
+    match sys::set_child_subreaper() {
+        Ok(()) => true,
+        Err(err) => {
+            diag!("cannot become a child subreaper ({err}); orphans are not reaped");
+            false
+        }
+    }
+}
+
+fn stream_config(settings: &Settings, secrets: &Secrets) -> StreamConfig {
+    StreamConfig {
+        gateways: settings.gateways.clone(),
+        gateway_ca_pem: settings.gateway_ca_pem.clone(),
+        open: Open {
+            token: settings.token.clone(),
+            agent_id: settings.agent_id.clone(),
+            agent_server_id: settings.agent_server_id.clone(),
+            boot_id: new_boot_id(),
+            secrets: secrets.to_open_map(),
+            protocol_version: logdrain::PROTOCOL_VERSION,
+        },
+        batch_lines: settings.batch_lines,
+        batch_max_bytes: stream::BATCH_MAX_BYTES,
+        batch_linger: settings.batch_linger,
+        backoff_min: stream::BACKOFF_MIN,
+        backoff_max: stream::BACKOFF_MAX,
+        ack_timeout: stream::ACK_TIMEOUT,
+        buffer_bytes: settings.buffer_bytes,
+    }
+}
+
+fn spawn_capture<R, W>(
+    source: R,
+    passthrough: W,
+    stream: StreamKind,
+    buffer: &Arc<SharedBuffer>,
+    settings: &Settings,
+) -> JoinHandle<capture::CaptureReport>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let buffer = Arc::clone(buffer);
+    let max_line_bytes = settings.max_line_bytes;
+    tokio::spawn(async move {
+        capture::capture(source, passthrough, stream, &buffer, max_line_bytes).await
+    })
+}
+
+/// A lifecycle event: on the shim's stderr and into the drain.
+fn event(buffer: &SharedBuffer, message: String) {
+    diag::emit_line(&message);
+    buffer.push(lifecycle::shim_line(message));
+}
+
+/// Waits for the shipper to deliver everything, at most until `deadline`;
+/// SIGTERM, SIGINT or SIGQUIT received meanwhile end the wait at once.
+async fn drain(
+    shipping: JoinHandle<()>,
+    deadline: Instant,
+    drain_timeout: Duration,
+    buffer: &SharedBuffer,
+    signals: &mut ForwardedSignals,
+) {
+    tokio::pin!(shipping);
+    let deadline_sleep = tokio::time::sleep_until(deadline);
+    tokio::pin!(deadline_sleep);
+    let cut_short = loop {
+        tokio::select! {
+            result = &mut shipping => {
+                if let Err(err) = result {
+                    diag!("the gateway stream stopped unexpectedly: {err}");
+                }
+                break None;
+            }
+            () = &mut deadline_sleep => break Some(format!("drain timeout ({drain_timeout:?}) reached")),
+            number = signals.recv() => {
+                if matches!(number, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
+                    break Some(format!(
+                        "{} received while draining",
+                        lifecycle::signal_display(number)
+                    ));
+                }
+            }
+        }
+    };
+    let Some(reason) = cut_short else { return };
+    shipping.abort();
+    let buffer = buffer.lock();
+    if !buffer.is_empty() {
+        diag!(
+            "{reason}: {} line{} not delivered to the gateway",
+            buffer.len(),
+            if buffer.len() == 1 { " was" } else { "s were" }
+        );
+    }
+    if let Some(dropped) = buffer.dropped_unreported() {
+        diag!(
+            "{} more line{} dropped earlier because the buffer was full",
+            dropped.lines,
+            if dropped.lines == 1 { " was" } else { "s were" }
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_ids_are_32_hex_chars_and_differ() {
+        let a = new_boot_id();
+        let b = new_boot_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,1 +1,19 @@
-fn main() {}
+//! `agent-shim [OPTIONS] -- COMMAND [ARGS...]`: parses the configuration and
+//! runs the library. Exits with the agent's code (128+N for signal N), 127
+//! or 126 when it cannot be started, 2 for a configuration error.
+#![forbid(unsafe_code)]
+
+use clap::Parser;
+
+fn main() {
+    let config = agent_shim::Config::parse();
+    let code = match agent_shim::run(config) {
+        Ok(code) => code,
+        Err(err) => {
+            let code = err.exit_code();
+            eprintln!("agent-shim: {:#}", anyhow::Error::new(err));
+            code
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,205 @@
+//! Capture: reads one of the agent's output pipes until EOF, passes every
+//! byte through unchanged to the shim's own stdout/stderr, and pushes each
+//! line (timestamped when read) into the buffer.
+//!
+//! It must never wait on the network: the buffer push is a short lock that
+//! never blocks, so the pipe is always drained. The only thing it may wait
+//! on is the shim's own stdout/stderr, exactly as the agent would without
+//! the shim. If that passthrough fails (e.g. nobody reads the shim's
+//! stdout any more), capturing and shipping go on.
+
+use logdrain::v1::{Line, Origin, StreamKind};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::buffer::SharedBuffer;
+use crate::diag::diag;
+use crate::splitter::{LineSplitter, Piece};
+use crate::time;
+
+/// Bytes read from a pipe at a time.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// What one capture saw, for the shim's diagnostics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureReport {
+    /// Bytes read from the pipe (all passed through unless passthrough failed).
+    pub bytes: u64,
+    /// Lines (or pieces of long lines) pushed into the buffer.
+    pub lines: u64,
+    /// Whether writing to the shim's own output failed at some point.
+    pub passthrough_failed: bool,
+}
+
+/// Captures `source` until EOF; see the module docs.
+pub async fn capture<R, W>(
+    mut source: R,
+    mut passthrough: W,
+    stream: StreamKind,
+    buffer: &SharedBuffer,
+    max_line_bytes: usize,
+) -> CaptureReport
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut report = CaptureReport::default();
+    let mut splitter = LineSplitter::new(max_line_bytes);
+    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+    let mut pieces = Vec::new();
+    loop {
+        let read = match source.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                diag!(
+                    "cannot read the agent's {}: {err}; the rest of it is lost",
+                    stream.name()
+                );
+                break;
+            }
+        };
+        let timestamp_ns = time::now_ns();
+        report.bytes += read as u64;
+        splitter.push(&chunk[..read], &mut pieces);
+        for piece in pieces.drain(..) {
+            buffer.push(agent_line(timestamp_ns, stream, piece));
+            report.lines += 1;
+        }
+        if !report.passthrough_failed {
+            let written = async {
+                passthrough.write_all(&chunk[..read]).await?;
+                passthrough.flush().await
+            };
+            if let Err(err) = written.await {
+                diag!(
+                    "cannot pass the agent's {0} through to the shim's {0}: {err}; \
+                     its lines are still shipped",
+                    stream.name()
+                );
+                report.passthrough_failed = true;
+            }
+        }
+    }
+    if let Some(piece) = splitter.finish() {
+        buffer.push(agent_line(time::now_ns(), stream, piece));
+        report.lines += 1;
+    }
+    report
+}
+
+fn agent_line(timestamp_ns: i64, stream: StreamKind, piece: Piece) -> Line {
+    Line {
+        timestamp_ns,
+        stream: stream as i32,
+        data: piece.data,
+        origin: Origin::Agent as i32,
+        part: piece.part,
+        more_parts: piece.more_parts,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    fn buffered_lines(buffer: &SharedBuffer) -> Vec<Line> {
+        buffer
+            .lock()
+            .batch_from(0, usize::MAX, usize::MAX)
+            .map(|batch| batch.lines)
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_through_unchanged_and_lines_are_buffered() {
+        let input: &[u8] = b"one\r\ntwo\n\xff\xfe\n\nlast";
+        let buffer = SharedBuffer::new(1 << 20);
+        let mut out = Vec::new();
+        let report = capture(input, &mut out, StreamKind::Stderr, &buffer, 1024).await;
+        assert_eq!(out, input);
+        assert_eq!(report.bytes, input.len() as u64);
+        assert_eq!(report.lines, 5);
+        let lines = buffered_lines(&buffer);
+        let data: Vec<&[u8]> = lines.iter().map(|l| &l.data[..]).collect();
+        assert_eq!(data, vec![&b"one"[..], b"two", b"\xff\xfe", b"", b"last"]);
+        for line in &lines {
+            assert_eq!(line.stream, StreamKind::Stderr as i32);
+            assert_eq!(line.origin, Origin::Agent as i32);
+            assert!(line.timestamp_ns > 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_buffered_as_marked_pieces() {
+        let input = vec![b'x'; 250];
+        let buffer = SharedBuffer::new(1 << 20);
+        capture(
+            &input[..],
+            tokio::io::sink(),
+            StreamKind::Stdout,
+            &buffer,
+            100,
+        )
+        .await;
+        let marks: Vec<(usize, u32, bool)> = buffered_lines(&buffer)
+            .iter()
+            .map(|l| (l.data.len(), l.part, l.more_parts))
+            .collect();
+        assert_eq!(marks, vec![(100, 0, true), (100, 1, true), (50, 2, false)]);
+    }
+
+    /// A writer that always fails, like a closed stdout.
+    struct BrokenPipe;
+
+    impl AsyncWrite for BrokenPipe {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A reader handing out two bytes per read, like a slow pipe.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self.0.len().min(2).min(buf.remaining());
+            buf.put_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_passthrough_does_not_stop_capture() {
+        let input: &[u8] = b"a\nb\nc\n";
+        let buffer = SharedBuffer::new(1 << 20);
+        let report = capture(
+            Trickle(input),
+            BrokenPipe,
+            StreamKind::Stdout,
+            &buffer,
+            1024,
+        )
+        .await;
+        assert!(report.passthrough_failed);
+        assert_eq!(report.bytes, 6);
+        assert_eq!(buffered_lines(&buffer).len(), 3);
+    }
+}

@@ -1,0 +1,607 @@
+//! The shim's configuration: one clap struct ([`Config`]) where every option
+//! also reads an environment variable, and its validated form ([`Settings`]).
+//!
+//! | option | environment variable | default |
+//! |---|---|---|
+//! | `--gateway URL[,URL...]` | `LOGDRAIN_GATEWAY` | required |
+//! | `--token TOKEN` | `LOGDRAIN_TOKEN` | required |
+//! | `--agent-id ID` | `LOGDRAIN_AGENT_ID` | required |
+//! | `--agent-server-id ID` | `LOGDRAIN_AGENT_SERVER_ID` | the host name |
+//! | `--buffer-bytes SIZE` | `LOGDRAIN_BUFFER_BYTES` | `64MiB` |
+//! | `--drain-timeout DURATION` | `LOGDRAIN_DRAIN_TIMEOUT` | `10s` |
+//! | `--max-line-bytes SIZE` | `LOGDRAIN_MAX_LINE_BYTES` | `256KiB` |
+//! | `--batch-lines N` | `LOGDRAIN_BATCH_LINES` | `1000` |
+//! | `--batch-linger DURATION` | `LOGDRAIN_BATCH_LINGER` | `20ms` |
+//! | `--gateway-ca-file PATH` | `LOGDRAIN_GATEWAY_CA_FILE` | Mozilla roots only |
+//! | `--subreaper` | `LOGDRAIN_SUBREAPER` | off (automatic as PID 1) |
+//!
+//! Environment values are read through clap only; this module never reads
+//! or changes the process environment itself. Secrets are not options: see
+//! `secrets.rs`.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use tonic::codegen::http::Uri;
+
+/// Largest accepted `--max-line-bytes`: a batch always fits one line, and
+/// every batch must stay far below `logdrain::MAX_MESSAGE_BYTES`.
+pub const MAX_LINE_BYTES_LIMIT: usize = 4 * 1024 * 1024;
+/// Smallest accepted `--max-line-bytes`.
+pub const MIN_LINE_BYTES: usize = 64;
+/// `--buffer-bytes` must hold at least this many maximum-size lines.
+pub const BUFFER_MIN_LINES: usize = 4;
+/// Largest accepted `--batch-lines`.
+pub const MAX_BATCH_LINES: usize = 100_000;
+/// Largest accepted `--batch-linger`.
+pub const MAX_BATCH_LINGER: Duration = Duration::from_secs(5);
+
+const AFTER_HELP: &str = "\
+Secrets: these variables, when set in the shim's environment, are sent to the gateway \
+(never printed) so it can deliver to the tenant's destinations: DATADOG_TOKEN, \
+DATADOG_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, \
+SENTRY_DSN, NEW_RELIC_LICENSE_KEY.
+
+The agent inherits the shim's stdin and environment, except LOGDRAIN_TOKEN. Its stdout and \
+stderr pass through unchanged. SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are \
+forwarded to it.
+
+Exit status: the agent's exit code, or 128+N if a signal N killed it; 127 if the command \
+was not found, 126 if it could not be executed; 2 for a configuration error.
+
+Sizes accept a unit: 65536, 512KiB, 64MiB, 1GiB (K, M, G are binary; KB, MB, GB decimal). \
+Durations accept 500ms, 10s, 2m, 1h.";
+
+/// `agent-shim [OPTIONS] -- COMMAND [ARGS...]`
+#[derive(Clone, Parser)]
+#[command(
+    name = "agent-shim",
+    version,
+    about = "Runs an agent, passes its output through, and streams every line to logdrain-gateway",
+    after_help = AFTER_HELP
+)]
+pub struct Config {
+    /// Gateway gRPC URL; several URLs, comma-separated, are tried in turn
+    /// (failover). `https://` uses TLS, `http://` plain text. Example:
+    /// `https://logdrain.example.com:4317`
+    #[arg(long, env = "LOGDRAIN_GATEWAY", value_name = "URL[,URL...]")]
+    pub gateway: Option<String>,
+
+    /// Ingest token for --agent-id, created with
+    /// `logdrain-gateway token --agent-id ID`. Removed from the agent's
+    /// environment.
+    #[arg(
+        long,
+        env = "LOGDRAIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// The agent's id (required); the token must belong to it.
+    #[arg(long, env = "LOGDRAIN_AGENT_ID", value_name = "ID")]
+    pub agent_id: Option<String>,
+
+    /// Names this replica of the agent. Defaults to the host name (the
+    /// container id under Docker).
+    #[arg(long, env = "LOGDRAIN_AGENT_SERVER_ID", value_name = "ID")]
+    pub agent_server_id: Option<String>,
+
+    /// Memory bound for lines the gateway has not acked yet. When full, the
+    /// oldest lines are dropped, counted, and reported in the drain once
+    /// delivery resumes.
+    #[arg(long, env = "LOGDRAIN_BUFFER_BYTES", value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    pub buffer_bytes: usize,
+
+    /// After the agent exits, how long to keep delivering buffered lines
+    /// before exiting anyway.
+    #[arg(long, env = "LOGDRAIN_DRAIN_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Lines longer than this are sent as several marked pieces (never
+    /// dropped). Between 64 and 4MiB.
+    #[arg(long, env = "LOGDRAIN_MAX_LINE_BYTES", value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
+    pub max_line_bytes: usize,
+
+    /// Most lines per batch sent to the gateway (batches also stay below
+    /// 1MiB).
+    #[arg(
+        long,
+        env = "LOGDRAIN_BATCH_LINES",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    pub batch_lines: usize,
+
+    /// How long to wait for more lines before sending a batch that is not
+    /// full. 0 sends every line at once.
+    #[arg(long, env = "LOGDRAIN_BATCH_LINGER", value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
+    pub batch_linger: Duration,
+
+    /// PEM file with extra CA certificates to trust for `https://`
+    /// gateways (for a private CA). The Mozilla roots are always trusted.
+    #[arg(long, env = "LOGDRAIN_GATEWAY_CA_FILE", value_name = "PATH")]
+    pub gateway_ca_file: Option<PathBuf>,
+
+    /// Also reap orphaned descendants when not running as PID 1 (Linux
+    /// child subreaper). As PID 1 the shim always reaps them.
+    #[arg(
+        long,
+        env = "LOGDRAIN_SUBREAPER",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub subreaper: bool,
+
+    /// The agent to run, with its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("gateway", &self.gateway)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("agent_id", &self.agent_id)
+            .field("agent_server_id", &self.agent_server_id)
+            .field("buffer_bytes", &self.buffer_bytes)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("max_line_bytes", &self.max_line_bytes)
+            .field("batch_lines", &self.batch_lines)
+            .field("batch_linger", &self.batch_linger)
+            .field("gateway_ca_file", &self.gateway_ca_file)
+            .field("subreaper", &self.subreaper)
+            .field("command", &self.command)
+            .finish()
+    }
+}
+
+/// A configuration value the shim cannot run with. Each message names the
+/// value and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no gateway given: pass --gateway URL or set LOGDRAIN_GATEWAY (e.g. https://logdrain.example.com:4317)")]
+    MissingGateway,
+    #[error(
+        "invalid gateway URL {url:?}: {reason}; expected http://HOST:PORT or https://HOST:PORT"
+    )]
+    BadGatewayUrl { url: String, reason: String },
+    #[error("no ingest token given: pass --token TOKEN or set LOGDRAIN_TOKEN; create one with `logdrain-gateway token --agent-id ID`")]
+    MissingToken,
+    #[error("no agent id given: pass --agent-id ID or set LOGDRAIN_AGENT_ID")]
+    MissingAgentId,
+    #[error("invalid {option} {value:?}: {reason}")]
+    BadId {
+        option: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("cannot read the host name for the default agent-server id ({0}); pass --agent-server-id ID or set LOGDRAIN_AGENT_SERVER_ID")]
+    Hostname(#[source] std::io::Error),
+    #[error("--max-line-bytes {value} is out of range: use a size between {MIN_LINE_BYTES} and {MAX_LINE_BYTES_LIMIT} bytes (4MiB)")]
+    MaxLineBytes { value: usize },
+    #[error("--buffer-bytes {value} is too small for --max-line-bytes {max_line_bytes}: use at least {minimum} (4 maximum-size lines) or lower --max-line-bytes")]
+    BufferTooSmall {
+        value: usize,
+        max_line_bytes: usize,
+        minimum: usize,
+    },
+    #[error("--batch-lines {value} is out of range: use 1 to {MAX_BATCH_LINES}")]
+    BatchLines { value: usize },
+    #[error("--batch-linger {value:?} is too long: use at most 5s")]
+    BatchLinger { value: Duration },
+    #[error("cannot read --gateway-ca-file {path:?}: {source}; point it at a readable PEM file or unset it")]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--gateway-ca-file {path:?} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\"); give the CA certificate in PEM form")]
+    CaFileNotPem { path: PathBuf },
+}
+
+/// The configuration after validation: everything the shim runs with.
+#[derive(Clone)]
+pub struct Settings {
+    /// Gateway URLs, in failover order.
+    pub gateways: Vec<Uri>,
+    /// Ingest token (never printed).
+    pub token: String,
+    pub agent_id: String,
+    pub agent_server_id: String,
+    pub buffer_bytes: usize,
+    pub drain_timeout: Duration,
+    pub max_line_bytes: usize,
+    pub batch_lines: usize,
+    pub batch_linger: Duration,
+    /// Extra trusted CA certificates (PEM) for `https://` gateways.
+    pub gateway_ca_pem: Option<Vec<u8>>,
+    /// Reap orphans even when not PID 1.
+    pub subreaper: bool,
+    /// Program and arguments (never empty).
+    pub command: Vec<OsString>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("gateways", &self.gateways)
+            .field("token", &"<redacted>")
+            .field("agent_id", &self.agent_id)
+            .field("agent_server_id", &self.agent_server_id)
+            .field("buffer_bytes", &self.buffer_bytes)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("max_line_bytes", &self.max_line_bytes)
+            .field("batch_lines", &self.batch_lines)
+            .field("batch_linger", &self.batch_linger)
+            .field(
+                "gateway_ca_pem",
+                &self.gateway_ca_pem.as_ref().map(Vec::len),
+            )
+            .field("subreaper", &self.subreaper)
+            .field("command", &self.command)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Checks every value; the host name is looked up only when
+    /// `--agent-server-id` is not given.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        self.validate_with_hostname(crate::sys::hostname)
+    }
+
+    /// [`Config::validate`] with the host name lookup passed in.
+    pub fn validate_with_hostname(
+        self,
+        hostname: impl FnOnce() -> std::io::Result<String>,
+    ) -> Result<Settings, ConfigError> {
+        let gateways = parse_gateways(self.gateway.as_deref().unwrap_or(""))?;
+        let token = match self.token {
+            Some(token) if !token.trim().is_empty() => token,
+            _ => return Err(ConfigError::MissingToken),
+        };
+        let agent_id = match self.agent_id {
+            Some(id) if !id.trim().is_empty() => check_id("--agent-id", id)?,
+            _ => return Err(ConfigError::MissingAgentId),
+        };
+        let agent_server_id = match self.agent_server_id {
+            Some(id) => check_id("--agent-server-id", id)?,
+            None => check_id(
+                "--agent-server-id",
+                hostname().map_err(ConfigError::Hostname)?,
+            )?,
+        };
+        if !(MIN_LINE_BYTES..=MAX_LINE_BYTES_LIMIT).contains(&self.max_line_bytes) {
+            return Err(ConfigError::MaxLineBytes {
+                value: self.max_line_bytes,
+            });
+        }
+        let minimum = BUFFER_MIN_LINES * (self.max_line_bytes + crate::buffer::LINE_OVERHEAD_BYTES);
+        if self.buffer_bytes < minimum {
+            return Err(ConfigError::BufferTooSmall {
+                value: self.buffer_bytes,
+                max_line_bytes: self.max_line_bytes,
+                minimum,
+            });
+        }
+        if !(1..=MAX_BATCH_LINES).contains(&self.batch_lines) {
+            return Err(ConfigError::BatchLines {
+                value: self.batch_lines,
+            });
+        }
+        if self.batch_linger > MAX_BATCH_LINGER {
+            return Err(ConfigError::BatchLinger {
+                value: self.batch_linger,
+            });
+        }
+        let gateway_ca_pem = match self.gateway_ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(&path).map_err(|source| ConfigError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                if !pem
+                    .windows(b"-----BEGIN CERTIFICATE-----".len())
+                    .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+                {
+                    return Err(ConfigError::CaFileNotPem { path });
+                }
+                Some(pem)
+            }
+        };
+        Ok(Settings {
+            gateways,
+            token,
+            agent_id,
+            agent_server_id,
+            buffer_bytes: self.buffer_bytes,
+            drain_timeout: self.drain_timeout,
+            max_line_bytes: self.max_line_bytes,
+            batch_lines: self.batch_lines,
+            batch_linger: self.batch_linger,
+            gateway_ca_pem,
+            subreaper: self.subreaper,
+            command: self.command,
+        })
+    }
+}
+
+/// Splits and checks a comma-separated list of gateway URLs.
+pub fn parse_gateways(list: &str) -> Result<Vec<Uri>, ConfigError> {
+    let mut gateways = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bad = |reason: &str| ConfigError::BadGatewayUrl {
+            url: item.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = item
+            .parse()
+            .map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(&e.to_string()))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            Some(_) => return Err(bad("the scheme must be http or https")),
+            None => return Err(bad("the scheme is missing")),
+        }
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(bad("the host is missing"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(bad("a gateway URL has no path or query"));
+        }
+        gateways.push(uri);
+    }
+    if gateways.is_empty() {
+        return Err(ConfigError::MissingGateway);
+    }
+    Ok(gateways)
+}
+
+/// Ids are sent as-is to the gateway and appear in vendors' tags, so they
+/// must be printable and short.
+fn check_id(option: &'static str, id: String) -> Result<String, ConfigError> {
+    let reason = if id.is_empty() {
+        Some("it is empty")
+    } else if id.len() > 256 {
+        Some("it is longer than 256 bytes")
+    } else if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some("it contains whitespace or control characters")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(ConfigError::BadId {
+            option,
+            value: id,
+            reason,
+        }),
+        None => Ok(id),
+    }
+}
+
+/// Parses a byte size: `65536`, `512KiB`, `64MiB`, `1GiB`, `64MB`.
+/// K/M/G and KiB/MiB/GiB are binary; KB/MB/GB are decimal. Case-insensitive.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let help = || {
+        format!(
+            "invalid size {text:?}: expected a number of bytes with an optional unit, \
+             e.g. 65536, 512KiB, 64MiB, 1GiB"
+        )
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| help())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(help()),
+    };
+    number
+        .checked_mul(multiplier)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// Parses a duration: `500ms`, `10s`, `1.5s`, `2m`, `1h`; a bare number is
+/// seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let help =
+        || format!("invalid duration {text:?}: expected a number with a unit, e.g. 500ms, 10s, 2m");
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
+        return Err(help());
+    }
+    let number: f64 = number.parse().map_err(|_| help())?;
+    let seconds_per_unit = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(help()),
+    };
+    Duration::try_from_secs_f64(number * seconds_per_unit)
+        .map_err(|_| format!("duration {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut argv = vec!["agent-shim"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv)
+    }
+
+    fn valid_args() -> Vec<&'static str> {
+        vec![
+            "--gateway",
+            "http://127.0.0.1:4317",
+            "--token",
+            "tok",
+            "--agent-id",
+            "agent-1",
+            "--",
+            "sh",
+            "-c",
+            "true",
+        ]
+    }
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let settings = config(&valid_args())
+            .unwrap()
+            .validate_with_hostname(|| Ok("host-a".into()))
+            .unwrap();
+        assert_eq!(settings.buffer_bytes, 64 << 20);
+        assert_eq!(settings.drain_timeout, Duration::from_secs(10));
+        assert_eq!(settings.max_line_bytes, 256 << 10);
+        assert_eq!(settings.batch_lines, 1000);
+        assert_eq!(settings.batch_linger, Duration::from_millis(20));
+        assert_eq!(settings.agent_server_id, "host-a");
+        assert!(!settings.subreaper);
+        assert_eq!(settings.command, vec!["sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn command_needs_the_double_dash_and_keeps_its_own_flags() {
+        let parsed = config(&["--agent-id", "a", "--", "agent", "--agent-id", "x", "-v"]).unwrap();
+        assert_eq!(parsed.command, vec!["agent", "--agent-id", "x", "-v"]);
+        assert_eq!(parsed.agent_id.as_deref(), Some("a"));
+        assert!(
+            config(&["--agent-id", "a"]).is_err(),
+            "a command is required"
+        );
+    }
+
+    #[test]
+    fn several_gateways_are_kept_in_order() {
+        let gateways = parse_gateways("https://a.example:443, http://b.example:4317").unwrap();
+        let hosts: Vec<&str> = gateways.iter().filter_map(Uri::host).collect();
+        assert_eq!(hosts, vec!["a.example", "b.example"]);
+    }
+
+    #[test]
+    fn bad_gateway_urls_are_named_in_the_error() {
+        for bad in ["ftp://x:1", "localhost:4317", "http://", "http://h:1/path"] {
+            let err = parse_gateways(bad).unwrap_err().to_string();
+            assert!(err.contains(bad), "{err}");
+            assert!(err.contains("expected http://HOST:PORT"), "{err}");
+        }
+        assert!(matches!(
+            parse_gateways(" , "),
+            Err(ConfigError::MissingGateway)
+        ));
+    }
+
+    #[test]
+    fn missing_agent_id_says_how_to_set_it() {
+        let mut args = valid_args();
+        args.drain(4..6);
+        let err = config(&args).unwrap().validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--agent-id") && err.contains("LOGDRAIN_AGENT_ID"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_token_says_how_to_get_one() {
+        let mut args = valid_args();
+        args.drain(2..4);
+        let err = config(&args).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("logdrain-gateway token --agent-id"), "{err}");
+    }
+
+    #[test]
+    fn ids_with_whitespace_are_refused() {
+        let mut args = valid_args();
+        args[5] = "agent 1";
+        let err = config(&args).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("\"agent 1\""), "{err}");
+    }
+
+    #[test]
+    fn buffer_must_hold_several_maximum_lines() {
+        let mut args = valid_args();
+        args.splice(0..0, ["--buffer-bytes", "100KiB"]);
+        let err = config(&args).unwrap().validate().unwrap_err();
+        assert!(
+            matches!(err, ConfigError::BufferTooSmall { value: 102_400, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn max_line_bytes_is_bounded() {
+        let mut args = valid_args();
+        args.splice(0..0, ["--max-line-bytes", "8MiB", "--buffer-bytes", "1GiB"]);
+        let err = config(&args).unwrap().validate().unwrap_err();
+        assert!(matches!(err, ConfigError::MaxLineBytes { .. }), "{err}");
+    }
+
+    #[test]
+    fn token_never_shows_in_debug_output() {
+        let parsed = config(&valid_args()).unwrap();
+        assert!(!format!("{parsed:?}").contains("tok\""));
+        let settings = parsed.validate_with_hostname(|| Ok("h".into())).unwrap();
+        assert!(!format!("{settings:?}").contains("\"tok\""));
+    }
+
+    #[test]
+    fn sizes_accept_binary_and_decimal_units() {
+        assert_eq!(parse_size("65536"), Ok(65_536));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("64m"), Ok(64 << 20));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert!(parse_size("64XB").unwrap_err().contains("\"64XB\""));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("10x").unwrap_err().contains("\"10x\""));
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn subreaper_accepts_a_bare_flag_or_a_boolish_value() {
+        let mut args = valid_args();
+        args.insert(0, "--subreaper");
+        assert!(config(&args).unwrap().subreaper);
+        let mut args = valid_args();
+        args.splice(0..0, ["--subreaper", "false"]);
+        assert!(!config(&args).unwrap().subreaper);
+    }
+}

@@ -1,0 +1,269 @@
+//! Turns a byte stream into lines: pure, no I/O, no clock.
+//!
+//! Rules (they are the protocol's, see `Line` in `proto/logdrain.proto`):
+//! * `\n` ends a line; one `\r` right before it is stripped. A `\r` anywhere
+//!   else is data.
+//! * Bytes are kept as they are: invalid UTF-8 and NUL bytes never cost a line.
+//! * Empty lines are lines.
+//! * A line longer than the maximum is cut into pieces of exactly the
+//!   maximum (the last piece holds the rest); pieces carry `part` (0-based)
+//!   and `more_parts` (true on all but the last). Nothing is dropped.
+//! * [`LineSplitter::finish`] flushes an unterminated last line at EOF.
+//!
+//! It must not timestamp, buffer beyond one line, or know about streams.
+
+use bytes::{Bytes, BytesMut};
+
+/// One line, or one piece of a line longer than the maximum.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// The bytes, without the terminator.
+    pub data: Bytes,
+    /// 0-based index of this piece within its line.
+    pub part: u32,
+    /// True on every piece of a split line except the last.
+    pub more_parts: bool,
+}
+
+/// Splits one output stream into [`Piece`]s.
+#[derive(Debug)]
+pub struct LineSplitter {
+    max_line_bytes: usize,
+    /// Bytes of the current line not yet emitted (may end with a `\r`
+    /// that turns out to be the terminator's).
+    pending: BytesMut,
+    /// Index of the next piece of the current line.
+    part: u32,
+}
+
+impl LineSplitter {
+    /// A splitter cutting lines longer than `max_line_bytes` (at least 1).
+    pub fn new(max_line_bytes: usize) -> Self {
+        Self {
+            max_line_bytes: max_line_bytes.max(1),
+            pending: BytesMut::new(),
+            part: 0,
+        }
+    }
+
+    /// Feeds a chunk of output; appends every piece it completes to `out`.
+    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Piece>) {
+        while !chunk.is_empty() {
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(newline) => {
+                    self.pending.extend_from_slice(&chunk[..newline]);
+                    self.cut_overlong(out);
+                    if self.pending.last() == Some(&b'\r') {
+                        self.pending.truncate(self.pending.len() - 1);
+                    }
+                    self.emit_last(out);
+                    chunk = &chunk[newline + 1..];
+                }
+                None => {
+                    self.pending.extend_from_slice(chunk);
+                    self.cut_overlong(out);
+                    chunk = &[];
+                }
+            }
+        }
+    }
+
+    /// At EOF: the unterminated last line, if there is one. A trailing `\r`
+    /// stays, since no `\n` followed it.
+    pub fn finish(&mut self) -> Option<Piece> {
+        if self.pending.is_empty() && self.part == 0 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(1);
+        self.emit_last(&mut out);
+        out.pop()
+    }
+
+    /// Emits full-size pieces while the pending bytes are certainly longer
+    /// than the maximum. A single extra `\r` is held back: if `\n` follows,
+    /// it is the terminator and the line was exactly the maximum.
+    fn cut_overlong(&mut self, out: &mut Vec<Piece>) {
+        let max = self.max_line_bytes;
+        while self.pending.len() > max
+            && (self.pending.len() > max + 1 || self.pending[max] != b'\r')
+        {
+            let data = self.pending.split_to(max).freeze();
+            out.push(Piece {
+                data,
+                part: self.part,
+                more_parts: true,
+            });
+            self.part = self.part.saturating_add(1);
+        }
+    }
+
+    fn emit_last(&mut self, out: &mut Vec<Piece>) {
+        let data = self.pending.split().freeze();
+        out.push(Piece {
+            data,
+            part: self.part,
+            more_parts: false,
+        });
+        self.part = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split_all(max: usize, chunks: &[&[u8]]) -> Vec<Piece> {
+        let mut splitter = LineSplitter::new(max);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            splitter.push(chunk, &mut out);
+        }
+        out.extend(splitter.finish());
+        out
+    }
+
+    fn whole(data: &[u8]) -> Piece {
+        Piece {
+            data: Bytes::copy_from_slice(data),
+            part: 0,
+            more_parts: false,
+        }
+    }
+
+    fn datas(pieces: &[Piece]) -> Vec<&[u8]> {
+        pieces.iter().map(|p| &p.data[..]).collect()
+    }
+
+    #[test]
+    fn newline_ends_a_line_and_crlf_loses_its_cr() {
+        let out = split_all(100, &[b"one\ntwo\r\nthree\n"]);
+        assert_eq!(out, vec![whole(b"one"), whole(b"two"), whole(b"three")]);
+    }
+
+    #[test]
+    fn cr_in_the_middle_of_a_line_is_data() {
+        let out = split_all(100, &[b"progress 10%\rprogress 20%\r\n"]);
+        assert_eq!(out, vec![whole(b"progress 10%\rprogress 20%")]);
+    }
+
+    #[test]
+    fn only_one_cr_before_newline_is_stripped() {
+        let out = split_all(100, &[b"a\r\r\n"]);
+        assert_eq!(out, vec![whole(b"a\r")]);
+    }
+
+    #[test]
+    fn unterminated_last_line_is_flushed_at_eof() {
+        let out = split_all(100, &[b"first\nlast without newline"]);
+        assert_eq!(out, vec![whole(b"first"), whole(b"last without newline")]);
+    }
+
+    #[test]
+    fn trailing_cr_without_newline_is_kept_at_eof() {
+        let out = split_all(100, &[b"spinner\r"]);
+        assert_eq!(out, vec![whole(b"spinner\r")]);
+    }
+
+    #[test]
+    fn nothing_after_the_last_newline_means_no_extra_line() {
+        let out = split_all(100, &[b"a\n"]);
+        assert_eq!(out, vec![whole(b"a")]);
+        assert!(split_all(100, &[b""]).is_empty());
+    }
+
+    #[test]
+    fn empty_lines_are_preserved() {
+        let out = split_all(100, &[b"\n\r\n\nx\n"]);
+        assert_eq!(datas(&out), vec![&b""[..], b"", b"", b"x"]);
+    }
+
+    #[test]
+    fn invalid_utf8_and_nul_bytes_are_preserved() {
+        let out = split_all(100, &[b"\xff\xfe bad \xc3\x28\n\0mid\0\n"]);
+        assert_eq!(
+            out,
+            vec![whole(b"\xff\xfe bad \xc3\x28"), whole(b"\0mid\0")]
+        );
+    }
+
+    #[test]
+    fn lines_spanning_chunks_are_joined() {
+        let out = split_all(100, &[b"hel", b"lo\r", b"\nwor", b"ld"]);
+        assert_eq!(out, vec![whole(b"hello"), whole(b"world")]);
+    }
+
+    #[test]
+    fn long_line_is_split_into_marked_pieces() {
+        let out = split_all(4, &[b"abcdefghij\nk\n"]);
+        let expected = vec![
+            Piece {
+                data: Bytes::from_static(b"abcd"),
+                part: 0,
+                more_parts: true,
+            },
+            Piece {
+                data: Bytes::from_static(b"efgh"),
+                part: 1,
+                more_parts: true,
+            },
+            Piece {
+                data: Bytes::from_static(b"ij"),
+                part: 2,
+                more_parts: false,
+            },
+            whole(b"k"),
+        ];
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn long_line_fed_byte_by_byte_splits_the_same_way() {
+        let input = b"abcdefghij\r\nk\n";
+        let chunks: Vec<&[u8]> = input.chunks(1).collect();
+        assert_eq!(split_all(4, &chunks), split_all(4, &[input]));
+    }
+
+    #[test]
+    fn line_of_exactly_the_maximum_is_not_split() {
+        assert_eq!(split_all(4, &[b"abcd\n"]), vec![whole(b"abcd")]);
+        assert_eq!(split_all(4, &[b"abcd\r\n"]), vec![whole(b"abcd")]);
+        assert_eq!(split_all(4, &[b"abcd"]), vec![whole(b"abcd")]);
+        let by_byte: Vec<&[u8]> = b"abcd\r\n".chunks(1).collect();
+        assert_eq!(split_all(4, &by_byte), vec![whole(b"abcd")]);
+    }
+
+    #[test]
+    fn cr_beyond_the_maximum_that_is_not_a_terminator_is_kept() {
+        let out = split_all(4, &[b"abcd\rx\n"]);
+        assert_eq!(datas(&out), vec![&b"abcd"[..], b"\rx"]);
+        assert!(out[0].more_parts && !out[1].more_parts);
+    }
+
+    #[test]
+    fn unterminated_long_line_is_split_and_flushed() {
+        let out = split_all(3, &[b"abcdefg"]);
+        assert_eq!(datas(&out), vec![&b"abc"[..], b"def", b"g"]);
+        assert_eq!(
+            out.iter()
+                .map(|p| (p.part, p.more_parts))
+                .collect::<Vec<_>>(),
+            vec![(0, true), (1, true), (2, false)]
+        );
+    }
+
+    #[test]
+    fn pieces_rejoin_to_the_original_line() {
+        let line: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        let line: Vec<u8> = line.into_iter().filter(|&b| b != b'\n').collect();
+        let mut input = line.clone();
+        input.push(b'\n');
+        let out = split_all(64, &[&input]);
+        let joined: Vec<u8> = out.iter().flat_map(|p| p.data.iter().copied()).collect();
+        assert_eq!(joined, line);
+        for (i, piece) in out.iter().enumerate() {
+            assert_eq!(piece.part as usize, i);
+            assert_eq!(piece.more_parts, i + 1 < out.len());
+            assert!(piece.data.len() <= 64);
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! The gRPC stream to the gateway: opens `Drain.Ship`, sends `Open` then
+//! batches, applies acks to the buffer, and reconnects (with backoff and
+//! failover between gateways) whenever anything goes wrong.
+//!
+//! Per connection ("session"):
+//! 1. connect, send `Open` (token, ids, boot id, secrets, protocol version);
+//! 2. resend everything unacked from the oldest line, then new lines as they
+//!    come, in batches of consecutive seqs;
+//! 3. on each `Ack`, drop the acked lines; the first ack after drops
+//!    injects the drop notice, the first ack after failures resets the
+//!    backoff.
+//!
+//! A session ends on an error status, a closed stream, an ack for a line
+//! never sent, or no ack for [`ACK_TIMEOUT`] while lines are outstanding.
+//! [`Shipper::run`] returns only once the capture is over (`closing`) and
+//! every line is acked; the caller bounds that with the drain timeout.
+//!
+//! It must never block the capture: it only takes the buffer's lock for
+//! short, non-blocking operations. It never prints the token or secrets.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use logdrain::v1::drain_client::DrainClient;
+use logdrain::v1::{gateway_message, shim_message, GatewayMessage, Open, ShimMessage};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Uri};
+use tonic::{Code, Status, Streaming};
+
+use crate::backoff::Backoff;
+use crate::buffer::{AckAheadOfSent, SharedBuffer};
+use crate::diag::{self, diag};
+use crate::lifecycle;
+
+/// Upper bound of a batch's line cost; a batch holds at least one line, and
+/// lines are at most 4 MiB, so every message stays far below
+/// `logdrain::MAX_MESSAGE_BYTES` (16 MiB).
+pub const BATCH_MAX_BYTES: usize = 1024 * 1024;
+/// Batches queued for the gRPC stream beyond the one being written.
+const OUTBOUND_BATCHES: usize = 4;
+/// Connecting and opening a stream must finish within this.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// With lines outstanding, a gateway silent for this long is given up on.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the last ack, how long to wait for the gateway to end the stream.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// HTTP/2 pings detect a dead connection while the stream is idle.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconnect backoff floor and cap.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Everything a [`Shipper`] needs; built by `run()` from the settings.
+#[derive(Clone)]
+pub struct StreamConfig {
+    /// Gateways in failover order.
+    pub gateways: Vec<Uri>,
+    /// Extra CA certificates (PEM) for `https://` gateways.
+    pub gateway_ca_pem: Option<Vec<u8>>,
+    /// The `Open` sent first on every stream (holds the token and secrets:
+    /// never print it).
+    pub open: Open,
+    pub batch_lines: usize,
+    pub batch_max_bytes: usize,
+    pub batch_linger: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub ack_timeout: Duration,
+    /// The buffer's bound, quoted in the drop notice.
+    pub buffer_bytes: usize,
+}
+
+/// Why a session ended (or could not start).
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("invalid TLS settings for gateway {url}: {}; check --gateway-ca-file", chain(.source))]
+    Tls {
+        url: Uri,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect: {}", chain(.0))]
+    Connect(tonic::transport::Error),
+    #[error("no answer to the stream's opening within {0:?}")]
+    OpenTimeout(Duration),
+    #[error("{}", describe_status(.0))]
+    Status(Status),
+    #[error("the gateway closed the stream")]
+    Closed,
+    #[error(transparent)]
+    AckAheadOfSent(#[from] AckAheadOfSent),
+    #[error("no ack for {0:?} although lines are outstanding")]
+    AckTimeout(Duration),
+}
+
+struct Gateway {
+    url: Uri,
+    endpoint: Endpoint,
+}
+
+/// Ships the buffer to the gateways; see the module docs.
+pub struct Shipper {
+    gateways: Vec<Gateway>,
+    open: Open,
+    batch: BatchLimits,
+    ack_timeout: Duration,
+    buffer_bytes: usize,
+    buffer: Arc<SharedBuffer>,
+    closing_rx: watch::Receiver<bool>,
+    closing: bool,
+    backoff: Backoff,
+    rng: StdRng,
+    /// Consecutive failed sessions; cleared (with a message) by an ack.
+    failures: u64,
+    /// The last failure logged per gateway, to log repeats sparsely.
+    last_logged: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct BatchLimits {
+    lines: usize,
+    bytes: usize,
+    linger: Duration,
+}
+
+impl Shipper {
+    /// Prepares the endpoints (TLS settings are checked here).
+    pub fn new(
+        config: StreamConfig,
+        buffer: Arc<SharedBuffer>,
+        closing: watch::Receiver<bool>,
+    ) -> Result<Self, StreamError> {
+        let gateways = config
+            .gateways
+            .iter()
+            .map(|url| {
+                Ok(Gateway {
+                    url: url.clone(),
+                    endpoint: endpoint(url, config.gateway_ca_pem.as_deref())?,
+                })
+            })
+            .collect::<Result<Vec<_>, StreamError>>()?;
+        Ok(Self {
+            gateways,
+            open: config.open,
+            batch: BatchLimits {
+                lines: config.batch_lines.max(1),
+                bytes: config.batch_max_bytes,
+                linger: config.batch_linger,
+            },
+            ack_timeout: config.ack_timeout,
+            buffer_bytes: config.buffer_bytes,
+            buffer,
+            closing_rx: closing,
+            closing: false,
+            backoff: Backoff::new(config.backoff_min, config.backoff_max),
+            rng: StdRng::from_os_rng(),
+            failures: 0,
+            last_logged: vec![String::new(); config.gateways.len()],
+        })
+    }
+
+    /// Ships until closing and fully acked; never returns otherwise.
+    pub async fn run(mut self) {
+        if self.gateways.is_empty() {
+            diag!("no gateway configured; lines are not shipped");
+            return;
+        }
+        let mut index = 0;
+        let mut failures_this_round = 0;
+        loop {
+            if self.drained() {
+                return;
+            }
+            let failed = index;
+            let url = self.gateways[index].url.clone();
+            let err = match self.session(index).await {
+                Ok(()) => return,
+                Err(err) => err,
+            };
+            if self.drained() {
+                return;
+            }
+            self.failures += 1;
+            index = (index + 1) % self.gateways.len();
+            failures_this_round += 1;
+            let failure = format!("gateway {url}: {err}");
+            if failures_this_round < self.gateways.len() {
+                let next = self.gateways[index].url.clone();
+                self.log_failure(failed, failure, format_args!("trying {next} next"));
+                continue;
+            }
+            failures_this_round = 0;
+            let delay = self.backoff.next_delay(&mut self.rng);
+            self.log_failure(failed, failure, format_args!("retrying in {delay:.1?}"));
+            self.sleep_unless_drained(delay).await;
+        }
+    }
+
+    /// Logs a failure when it differs from the last one logged, and repeats
+    /// only after 2, 4, 8, ... consecutive failures, so an outage of hours
+    /// costs a few lines on stderr, not thousands.
+    fn log_failure(&mut self, gateway: usize, failure: String, next_step: std::fmt::Arguments<'_>) {
+        let repeat = failure == self.last_logged[gateway];
+        if !repeat {
+            diag!("{failure}; {next_step}");
+        } else if self.failures.is_power_of_two() {
+            diag!(
+                "{failure}; {next_step} ({} failed attempts in a row)",
+                self.failures
+            );
+        }
+        self.last_logged[gateway] = failure;
+    }
+
+    /// True once the capture is over and every line was acked (or dropped).
+    fn drained(&mut self) -> bool {
+        if !self.closing {
+            self.closing = *self.closing_rx.borrow();
+        }
+        self.closing && self.buffer.lock().is_empty()
+    }
+
+    async fn sleep_unless_drained(&mut self, delay: Duration) {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return,
+                () = closed(&mut self.closing_rx), if !self.closing => {
+                    self.closing = true;
+                    if self.buffer.lock().is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves once closing with an empty buffer; never, if closing finds
+    /// lines left (only acks remove lines, and none come before a stream).
+    async fn closed_with_nothing_to_send(&mut self) {
+        if !self.closing {
+            closed(&mut self.closing_rx).await;
+            self.closing = true;
+        }
+        if !self.buffer.lock().is_empty() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// One connection: returns `Ok` once drained, `Err` when it broke.
+    async fn session(&mut self, index: usize) -> Result<(), StreamError> {
+        let url = self.gateways[index].url.clone();
+        let endpoint = self.gateways[index].endpoint.clone();
+        let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
+        tx.try_send(ShimMessage {
+            kind: Some(shim_message::Kind::Open(self.open.clone())),
+        })
+        .map_err(|_| StreamError::Closed)?;
+        let opening = async {
+            let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
+            let mut client = DrainClient::new(channel)
+                .max_decoding_message_size(logdrain::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(logdrain::MAX_MESSAGE_BYTES);
+            client
+                .ship(ReceiverStream::new(rx))
+                .await
+                .map_err(StreamError::Status)
+        };
+        let response = tokio::select! {
+            opened = tokio::time::timeout(CONNECT_TIMEOUT, opening) => {
+                opened.map_err(|_| StreamError::OpenTimeout(CONNECT_TIMEOUT))??
+            }
+            // Nothing left to send: do not wait for a slow connect.
+            () = self.closed_with_nothing_to_send() => return Ok(()),
+        };
+        let mut inbound = response.into_inner();
+        let mut sending = Box::pin(send_batches(Arc::clone(&self.buffer), tx, self.batch));
+        let result = tokio::select! {
+            // Acks and errors first: a broken stream is better explained by
+            // the gateway's status than by the send side closing.
+            biased;
+            result = self.receive_acks(&mut inbound, &url) => result,
+            result = &mut sending => result,
+        };
+        if result.is_ok() {
+            // Drained: end the request stream and give the gateway a moment
+            // to end its side, so it sees a clean close, not a cancel.
+            drop(sending);
+            let _ = tokio::time::timeout(CLOSE_GRACE, inbound.message()).await;
+        }
+        result
+    }
+
+    /// Applies acks until the stream ends or everything is drained.
+    async fn receive_acks(
+        &mut self,
+        inbound: &mut Streaming<GatewayMessage>,
+        url: &Uri,
+    ) -> Result<(), StreamError> {
+        // Granularity of the ack timeout check.
+        let mut ticker = tokio::time::interval(self.ack_timeout / 10 + Duration::from_millis(1));
+        let mut last_progress = Instant::now();
+        loop {
+            if self.drained() {
+                return Ok(());
+            }
+            tokio::select! {
+                message = inbound.message() => match message {
+                    Ok(Some(GatewayMessage { kind: Some(gateway_message::Kind::Ack(ack)) })) => {
+                        self.on_ack(ack.acked_seq, url)?;
+                        last_progress = Instant::now();
+                    }
+                    // A message kind from a newer gateway: nothing to do.
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(StreamError::Closed),
+                    Err(status) => return Err(StreamError::Status(status)),
+                },
+                () = closed(&mut self.closing_rx), if !self.closing => self.closing = true,
+                _ = ticker.tick() => {
+                    if !self.buffer.lock().has_sent_unacked() {
+                        last_progress = Instant::now();
+                    } else if last_progress.elapsed() >= self.ack_timeout {
+                        return Err(StreamError::AckTimeout(self.ack_timeout));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_ack(&mut self, acked_seq: u64, url: &Uri) -> Result<(), StreamError> {
+        let dropped = {
+            let mut buffer = self.buffer.lock();
+            buffer.ack(acked_seq)?;
+            buffer.take_dropped()
+        };
+        if self.failures > 0 {
+            diag!(
+                "gateway {url}: delivering again after {} failed attempt{}",
+                self.failures,
+                if self.failures == 1 { "" } else { "s" }
+            );
+            self.failures = 0;
+            self.last_logged.iter_mut().for_each(String::clear);
+        }
+        self.backoff.reset();
+        if let Some(dropped) = dropped {
+            let notice = lifecycle::drop_notice(&dropped, self.buffer_bytes);
+            diag::emit_line(&notice);
+            self.buffer.push(lifecycle::shim_line(notice));
+        }
+        Ok(())
+    }
+}
+
+/// Sends batches from the oldest unacked line on; runs until the stream
+/// closes. Never cancelled mid-session: a session ends as a whole, and the
+/// next one starts again from the oldest unacked line.
+async fn send_batches(
+    buffer: Arc<SharedBuffer>,
+    tx: mpsc::Sender<ShimMessage>,
+    limits: BatchLimits,
+) -> Result<(), StreamError> {
+    // 0: start at the oldest buffered line.
+    let mut cursor = 0u64;
+    loop {
+        let permit = tx.reserve().await.map_err(|_| StreamError::Closed)?;
+        loop {
+            let pending = buffer.lock().pending_from(cursor);
+            if pending > 0 {
+                if pending < limits.lines && !limits.linger.is_zero() {
+                    tokio::time::sleep(limits.linger).await;
+                }
+                break;
+            }
+            buffer.wait_for_lines().await;
+        }
+        let batch = buffer.lock().batch_from(cursor, limits.lines, limits.bytes);
+        if let Some(batch) = batch {
+            cursor = batch.first_seq + batch.lines.len() as u64;
+            permit.send(ShimMessage {
+                kind: Some(shim_message::Kind::Batch(batch)),
+            });
+        }
+    }
+}
+
+/// Resolves once `closing` is true (or its sender is gone).
+async fn closed(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|&closing| closing).await;
+}
+
+/// The tonic endpoint for one gateway URL: timeouts, keepalive, TLS.
+fn endpoint(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Endpoint, StreamError> {
+    let endpoint = Endpoint::from(url.clone())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    if url.scheme_str() != Some("https") {
+        return Ok(endpoint);
+    }
+    let mut tls = ClientTlsConfig::new().with_webpki_roots();
+    if let Some(pem) = ca_pem {
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    endpoint.tls_config(tls).map_err(|source| StreamError::Tls {
+        url: url.clone(),
+        source,
+    })
+}
+
+/// What a gateway status means for the operator, with the fix.
+fn describe_status(status: &Status) -> String {
+    let message = status.message();
+    match status.code() {
+        Code::Unauthenticated => format!(
+            "the gateway refused the token (UNAUTHENTICATED: {message}): the token does not \
+             match the agent id; create one with `logdrain-gateway token --agent-id ID` and pass \
+             it as --token or LOGDRAIN_TOKEN"
+        ),
+        Code::InvalidArgument => format!(
+            "the gateway rejected the stream (INVALID_ARGUMENT: {message}); check --agent-id, \
+             --agent-server-id and that shim and gateway versions match"
+        ),
+        Code::ResourceExhausted => format!(
+            "the gateway is out of capacity (RESOURCE_EXHAUSTED: {message}); lines wait in the buffer"
+        ),
+        Code::Unavailable => format!(
+            "the gateway is unavailable (UNAVAILABLE: {message}); lines wait in the buffer"
+        ),
+        code => format!("the gateway ended the stream ({}: {message})", code_name(code)),
+    }
+}
+
+/// The canonical gRPC name of a status code.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// An error and its sources, joined with ": " (transport errors keep the
+/// useful part, like "Connection refused", in their sources).
+fn chain(err: &dyn StdError) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthenticated_explains_how_to_get_a_token() {
+        let text = describe_status(&Status::unauthenticated("bad token"));
+        assert!(text.contains("UNAUTHENTICATED: bad token"), "{text}");
+        assert!(text.contains("does not match the agent id"), "{text}");
+        assert!(text.contains("logdrain-gateway token --agent-id"), "{text}");
+    }
+
+    #[test]
+    fn statuses_are_named_canonically() {
+        assert!(describe_status(&Status::resource_exhausted("full")).contains("RESOURCE_EXHAUSTED"));
+        assert!(describe_status(&Status::unavailable("restarting")).contains("UNAVAILABLE"));
+        assert!(describe_status(&Status::invalid_argument("seq")).contains("INVALID_ARGUMENT"));
+        assert!(describe_status(&Status::failed_precondition("v2")).contains("FAILED_PRECONDITION"));
+    }
+
+    #[test]
+    fn https_endpoints_get_tls_and_http_ones_do_not() {
+        assert!(endpoint(&"https://gw.example:443".parse().unwrap(), None).is_ok());
+        assert!(endpoint(&"http://127.0.0.1:1".parse().unwrap(), None).is_ok());
+    }
+}

@@ -1,0 +1,380 @@
+//! The agent-shim binary without a gateway: the gateway URL points at a
+//! closed port, so these pin what the agent and its operator see no matter
+//! what happens to delivery. `--drain-timeout` is short only so the tests
+//! end quickly; nothing here asserts on timing.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_agent-shim");
+
+/// A port nothing listens on: bound, then released.
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}")
+}
+
+/// The shim with a clean environment, a closed gateway and a short drain.
+fn shim() -> Command {
+    let mut command = Command::new(SHIM);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("LOGDRAIN_GATEWAY", closed_port_url())
+        .env("LOGDRAIN_TOKEN", "test-token")
+        .env("LOGDRAIN_AGENT_ID", "agent-1")
+        .env("LOGDRAIN_DRAIN_TIMEOUT", "200ms")
+        .stdin(Stdio::null());
+    command
+}
+
+fn run_shim(args: &[&str]) -> Output {
+    shim().args(args).output().unwrap()
+}
+
+/// The shim's stderr without its own `agent-shim: ` diagnostics.
+fn agent_stderr(output: &Output) -> Vec<u8> {
+    output
+        .stderr
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|line| !line.starts_with(b"agent-shim: "))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+#[test]
+fn stdout_passes_through_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every byte value, CRLF, NUL, invalid UTF-8, a long line, and no
+    // trailing newline.
+    let mut content: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    content.extend_from_slice(b"\r\nplain\n\xff\xfe\0tail without newline");
+    let path = dir.path().join("out.bin");
+    std::fs::write(&path, &content).unwrap();
+    let output = run_shim(&["--", "cat", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        output.stdout == content,
+        "stdout differs from the agent's output"
+    );
+}
+
+#[test]
+fn stderr_passes_through_unchanged() {
+    let output = run_shim(&["--", "sh", "-c", r"printf 'warn\r\n\377bad\n' >&2"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(agent_stderr(&output), b"warn\r\n\xffbad\n");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn exit_code_propagates() {
+    let output = run_shim(&["--", "sh", "-c", "exit 3"]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("agent-shim: agent exited with code 3"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn agent_killed_by_sigkill_exits_137_and_names_the_signal() {
+    let output = run_shim(&["--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(output.status.code(), Some(137));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("killed by signal SIGKILL (9)"), "{stderr}");
+}
+
+#[test]
+fn missing_command_exits_127() {
+    let output = run_shim(&["--", "agent-shim-test-no-such-command"]);
+    assert_eq!(output.status.code(), Some(127));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "agent-shim: cannot start \"agent-shim-test-no-such-command\": No such file or directory"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn non_executable_command_exits_126() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent");
+    std::fs::write(&path, "#!/bin/sh\necho never\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = run_shim(&["--", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(126));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("agent-shim: cannot start"), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn help_mentions_every_environment_variable() {
+    let output = Command::new(SHIM).arg("--help").output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8(output.stdout).unwrap();
+    for var in [
+        "LOGDRAIN_GATEWAY",
+        "LOGDRAIN_TOKEN",
+        "LOGDRAIN_AGENT_ID",
+        "LOGDRAIN_AGENT_SERVER_ID",
+        "LOGDRAIN_BUFFER_BYTES",
+        "LOGDRAIN_DRAIN_TIMEOUT",
+        "LOGDRAIN_MAX_LINE_BYTES",
+        "LOGDRAIN_BATCH_LINES",
+        "LOGDRAIN_BATCH_LINGER",
+        "LOGDRAIN_GATEWAY_CA_FILE",
+        "LOGDRAIN_SUBREAPER",
+    ]
+    .iter()
+    .chain(logdrain::SECRET_VARS)
+    {
+        assert!(help.contains(var), "--help does not mention {var}");
+    }
+}
+
+#[test]
+fn help_never_shows_the_token_value() {
+    let output = Command::new(SHIM)
+        .arg("--help")
+        .env("LOGDRAIN_TOKEN", "super-secret-token")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("super-secret-token"));
+}
+
+#[test]
+fn agent_does_not_see_the_ingest_token_but_sees_everything_else() {
+    let output = shim()
+        .env("OTHER_SETTING", "kept")
+        .env("DATADOG_TOKEN", "dd")
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "echo \"token=${LOGDRAIN_TOKEN-unset} other=$OTHER_SETTING dd=$DATADOG_TOKEN id=$LOGDRAIN_AGENT_ID\"",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "token=unset other=kept dd=dd id=agent-1\n"
+    );
+}
+
+#[test]
+fn token_given_as_an_option_is_also_kept_from_the_agent() {
+    let output = shim()
+        .env_remove("LOGDRAIN_TOKEN")
+        .args([
+            "--token",
+            "from-flag",
+            "--",
+            "sh",
+            "-c",
+            "echo ${LOGDRAIN_TOKEN-unset}",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "unset\n");
+}
+
+#[test]
+fn missing_agent_id_is_a_clear_error_and_the_agent_does_not_run() {
+    let output = shim()
+        .env_remove("LOGDRAIN_AGENT_ID")
+        .args(["--", "sh", "-c", "echo ran"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--agent-id") && stderr.contains("LOGDRAIN_AGENT_ID"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "the agent must not run");
+}
+
+#[test]
+fn bad_option_values_are_named_with_the_fix() {
+    let output = run_shim(&["--buffer-bytes", "lots", "--", "true"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"lots\"") && stderr.contains("64MiB"),
+        "{stderr}"
+    );
+
+    let output = shim()
+        .env("LOGDRAIN_GATEWAY", "localhost:4317")
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"localhost:4317\"") && stderr.contains("http://HOST:PORT"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreachable_gateway_is_reported_on_stderr_only() {
+    let output = run_shim(&["--", "sh", "-c", "echo hello"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(output.stdout, b"hello\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(stderr.contains("not delivered"), "{stderr}");
+    assert!(
+        !stderr.contains("test-token"),
+        "the token must never be printed"
+    );
+}
+
+/// Reads the child's stdout line by line until `want` shows up.
+fn wait_for_line(reader: &mut impl BufRead, want: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line).unwrap();
+        assert!(read > 0, "stdout ended before {want:?}");
+        if line.contains(want) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn sigterm_is_forwarded_to_the_agent() {
+    let mut child = shim()
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got TERM; exit 0' TERM; echo ready; while :; do sleep 0.05; done",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    wait_for_line(&mut stdout, "ready");
+    let pid = child.id() as i32;
+    assert_eq!(send_signal(pid, "TERM"), 0);
+    wait_for_line(&mut stdout, "got TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn agent_killed_by_forwarded_sigterm_exits_143() {
+    let mut child = shim()
+        .args(["--", "sh", "-c", "echo ready; exec sleep 30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    wait_for_line(&mut stdout, "ready");
+    assert_eq!(send_signal(child.id() as i32, "TERM"), 0);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(143));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("killed by signal SIGTERM (15)"), "{stderr}");
+}
+
+/// Sends a signal with the `kill` utility (keeps this test crate free of
+/// unsafe code); returns its exit code.
+fn send_signal(pid: i32, signal: &str) -> i32 {
+    Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap()
+        .code()
+        .unwrap_or(-1)
+}
+
+#[test]
+fn subreaper_reaps_orphans_without_stealing_the_agents_status() {
+    // The orphan outlives its parent subshell, so it is re-parented to the
+    // shim; it prints its pid and its new parent, then exits. The agent
+    // waits for a line on stdin, so the shim is alive while we look.
+    let script = r#"( sh -c 'sleep 0.3; read -r _ _ _ ppid _ < /proc/$$/stat; echo "orphan $$ parent $ppid"' & )
+read -r _
+exit 4"#;
+    let mut child = shim()
+        .args(["--subreaper", "--", "sh", "-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let shim_pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = wait_for_line(&mut stdout, "orphan ");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (orphan, parent) = (fields[1], fields[3]);
+    assert_eq!(
+        parent,
+        shim_pid.to_string(),
+        "the orphan was not re-parented to the shim"
+    );
+
+    // A zombie keeps its /proc entry until its parent reaps it.
+    let limit = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{orphan}")).exists() {
+        assert!(Instant::now() < limit, "orphan {orphan} was never reaped");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    child.stdin.take().unwrap().write_all(b"done\n").unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(4));
+}
+
+#[test]
+fn as_pid_1_orphans_are_reaped_and_the_agents_code_is_kept() {
+    // Needs a new PID namespace (root or user namespaces); where `unshare`
+    // cannot make one, there is no way to be PID 1 and nothing to test.
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|status| status.success()) {
+        eprintln!("skipped: cannot create a PID namespace with unshare here");
+        return;
+    }
+    // The orphan exits at once; its zombie is re-parented to PID 1 (the
+    // shim). The agent looks for up to 30 s whether it is reaped.
+    let script = r#"d=$(mktemp -d)
+( sh -c 'exit 0' & echo $! > "$d/orphan" )
+o=$(cat "$d/orphan"); rm -r "$d"
+i=0
+while [ -e "/proc/$o" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+if [ -e "/proc/$o" ]; then echo "orphan $o not reaped"; else echo "orphan reaped"; fi
+echo "agent pid $$"
+exit 5"#;
+    let gateway = closed_port_url();
+    let output = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", SHIM])
+        .args(["--gateway", &gateway, "--token", "t", "--agent-id", "a"])
+        .args(["--drain-timeout", "200ms", "--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "orphan reaped\nagent pid 2\n"
+    );
+    assert_eq!(output.status.code(), Some(5));
+}

@@ -1,0 +1,521 @@
+//! The agent-shim binary against a tiny recording gateway (a real tonic
+//! server implementing `logdrain.v1.Drain` in this file): what arrives,
+//! in which order, with which `Open`, across dropped streams and a gateway
+//! that starts late.
+//!
+//! Time limits below are upper bounds that turn a hang into a failure; no
+//! test asserts how fast anything happens.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use logdrain::v1::drain_server::{Drain, DrainServer};
+use logdrain::v1::{
+    gateway_message, shim_message, Ack, Batch, GatewayMessage, Open, Origin, ShimMessage,
+    StreamKind, TailLine, TailRequest,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_agent-shim");
+/// Bound on anything a test waits for.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// What the recording gateway does with a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behavior {
+    /// Ack every batch with its last seq.
+    AckAll,
+    /// On the first stream: take the first batch without acking it, then
+    /// fail the stream with UNAVAILABLE. Later streams: ack everything.
+    DropFirstStream,
+    /// Refuse every stream with UNAUTHENTICATED.
+    Unauthenticated,
+}
+
+/// Everything the gateway received, per stream, in arrival order.
+#[derive(Debug, Default)]
+struct Recorded {
+    opens: Vec<Open>,
+    /// (stream index, batch)
+    batches: Vec<(usize, Batch)>,
+}
+
+#[derive(Clone)]
+struct Recorder {
+    behavior: Behavior,
+    recorded: Arc<Mutex<Recorded>>,
+}
+
+type GatewayStream = Pin<Box<dyn Stream<Item = Result<GatewayMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Drain for Recorder {
+    type ShipStream = GatewayStream;
+    type TailStream = Pin<Box<dyn Stream<Item = Result<TailLine, Status>> + Send>>;
+
+    async fn ship(
+        &self,
+        request: Request<Streaming<ShimMessage>>,
+    ) -> Result<Response<Self::ShipStream>, Status> {
+        if self.behavior == Behavior::Unauthenticated {
+            return Err(Status::unauthenticated("token does not match agent id"));
+        }
+        let mut inbound = request.into_inner();
+        let recorded = Arc::clone(&self.recorded);
+        let behavior = self.behavior;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let stream_index = {
+                let recorded = recorded.lock().unwrap();
+                recorded.opens.len()
+            };
+            while let Ok(Some(message)) = inbound.message().await {
+                match message.kind {
+                    Some(shim_message::Kind::Open(open)) => {
+                        recorded.lock().unwrap().opens.push(open)
+                    }
+                    Some(shim_message::Kind::Batch(batch)) => {
+                        let last = batch.first_seq + batch.lines.len() as u64 - 1;
+                        recorded.lock().unwrap().batches.push((stream_index, batch));
+                        if behavior == Behavior::DropFirstStream && stream_index == 0 {
+                            let _ = tx
+                                .send(Err(Status::unavailable("test drops the stream")))
+                                .await;
+                            return;
+                        }
+                        let ack = GatewayMessage {
+                            kind: Some(gateway_message::Kind::Ack(Ack { acked_seq: last })),
+                        };
+                        if tx.send(Ok(ack)).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn tail(
+        &self,
+        _request: Request<TailRequest>,
+    ) -> Result<Response<Self::TailStream>, Status> {
+        Err(Status::unimplemented("not part of these tests"))
+    }
+}
+
+struct Gateway {
+    addr: SocketAddr,
+    recorded: Arc<Mutex<Recorded>>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Gateway {
+    async fn start(behavior: Behavior) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, behavior)
+    }
+
+    fn serve(listener: TcpListener, behavior: Behavior) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let recorded = Arc::new(Mutex::new(Recorded::default()));
+        let service = DrainServer::new(Recorder {
+            behavior,
+            recorded: Arc::clone(&recorded),
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self {
+            addr,
+            recorded,
+            _stop: stop,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every line received, by seq (the last copy of a resent seq wins),
+    /// after checking each batch holds consecutive seqs.
+    fn lines_by_seq(&self) -> BTreeMap<u64, logdrain::v1::Line> {
+        let recorded = self.recorded.lock().unwrap();
+        let mut lines = BTreeMap::new();
+        for (_, batch) in &recorded.batches {
+            assert!(!batch.lines.is_empty(), "empty batch");
+            for (i, line) in batch.lines.iter().enumerate() {
+                lines.insert(batch.first_seq + i as u64, line.clone());
+            }
+        }
+        lines
+    }
+}
+
+/// The shim with a clean environment (no secrets unless a test adds them),
+/// `options` before `--`, and `sh -c script` as the agent.
+fn shim(gateway_url: &str, options: &[&str], script: &str) -> Command {
+    let mut command = Command::new(SHIM);
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("LOGDRAIN_GATEWAY", gateway_url)
+        .env("LOGDRAIN_TOKEN", "ingest-token-1")
+        .env("LOGDRAIN_AGENT_ID", "agent-1")
+        .env("LOGDRAIN_AGENT_SERVER_ID", "replica-1")
+        .env("LOGDRAIN_DRAIN_TIMEOUT", "100s")
+        .args(options)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+async fn finish(mut child: Child) -> Finished {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let run = async {
+        let (a, b, status) = tokio::join!(
+            out.read_to_end(&mut stdout),
+            err.read_to_end(&mut stderr),
+            child.wait()
+        );
+        a.unwrap();
+        b.unwrap();
+        status.unwrap()
+    };
+    let status = tokio::time::timeout(LIMIT, run)
+        .await
+        .expect("the shim did not finish");
+    Finished {
+        status,
+        stdout,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// A script printing `line 1` .. `line N` on stdout.
+fn count_script(n: u32) -> String {
+    format!("i=1; while [ $i -le {n} ]; do echo \"line $i\"; i=$((i+1)); done")
+}
+
+fn stdout_texts(lines: &BTreeMap<u64, logdrain::v1::Line>) -> Vec<String> {
+    lines
+        .values()
+        .filter(|l| l.stream == StreamKind::Stdout as i32)
+        .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn lines_arrive_in_order_with_consecutive_seqs_and_open_carries_token_and_secrets() {
+    let gateway = Gateway::start(Behavior::AckAll).await;
+    let script = format!("{}; echo oops >&2", count_script(300));
+    let child = shim(&gateway.url(), &[], &script)
+        .env("DATADOG_TOKEN", "dd-secret")
+        .env("SENTRY_DSN", "https://key@sentry.example/1")
+        .env("UNRELATED", "not-a-secret")
+        .spawn()
+        .unwrap();
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(!done.stderr.contains("dd-secret") && !done.stderr.contains("ingest-token-1"));
+
+    let recorded = gateway.recorded.lock().unwrap();
+    assert_eq!(recorded.opens.len(), 1, "one stream suffices");
+    let open = &recorded.opens[0];
+    assert_eq!(open.token, "ingest-token-1");
+    assert_eq!(open.agent_id, "agent-1");
+    assert_eq!(open.agent_server_id, "replica-1");
+    assert_eq!(open.protocol_version, logdrain::PROTOCOL_VERSION);
+    assert_eq!(open.boot_id.len(), 32);
+    assert!(open.boot_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    let secrets: BTreeMap<_, _> = open.secrets.clone().into_iter().collect();
+    assert_eq!(
+        secrets,
+        BTreeMap::from([
+            ("DATADOG_TOKEN".to_owned(), "dd-secret".to_owned()),
+            (
+                "SENTRY_DSN".to_owned(),
+                "https://key@sentry.example/1".to_owned()
+            ),
+        ])
+    );
+    // Batches follow each other with no gap and no overlap.
+    let mut next = 1;
+    for (_, batch) in &recorded.batches {
+        assert_eq!(batch.first_seq, next, "batch out of order");
+        next += batch.lines.len() as u64;
+    }
+    drop(recorded);
+
+    let lines = gateway.lines_by_seq();
+    assert_eq!(lines.len(), 301);
+    let expected: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+    assert_eq!(stdout_texts(&lines), expected);
+    let stderr_lines: Vec<&logdrain::v1::Line> = lines
+        .values()
+        .filter(|l| l.stream == StreamKind::Stderr as i32)
+        .collect();
+    assert_eq!(stderr_lines.len(), 1);
+    assert_eq!(&stderr_lines[0].data[..], b"oops");
+    for line in lines.values() {
+        assert_eq!(line.origin, Origin::Agent as i32);
+        assert!(line.timestamp_ns > 0);
+    }
+    // Passthrough is unaffected by shipping.
+    let passthrough: String = expected.iter().map(|l| format!("{l}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&done.stdout), passthrough);
+}
+
+#[tokio::test]
+async fn dropped_stream_is_reopened_and_unacked_lines_are_resent() {
+    let gateway = Gateway::start(Behavior::DropFirstStream).await;
+    let child = shim(&gateway.url(), &[], &count_script(200))
+        .spawn()
+        .unwrap();
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(done.stderr.contains("UNAVAILABLE"), "{}", done.stderr);
+
+    let recorded = gateway.recorded.lock().unwrap();
+    assert!(recorded.opens.len() >= 2, "the shim did not reconnect");
+    assert!(
+        recorded
+            .opens
+            .iter()
+            .all(|o| o.boot_id == recorded.opens[0].boot_id),
+        "a reconnect is the same boot"
+    );
+    // Nothing was acked on the first stream, so the second starts over.
+    let second = recorded
+        .batches
+        .iter()
+        .find(|(stream, _)| *stream == 1)
+        .map(|(_, batch)| batch.first_seq);
+    assert_eq!(second, Some(1));
+    drop(recorded);
+
+    let lines = gateway.lines_by_seq();
+    assert_eq!(
+        lines.keys().copied().collect::<Vec<_>>(),
+        (1..=200).collect::<Vec<_>>()
+    );
+    let expected: Vec<String> = (1..=200).map(|i| format!("line {i}")).collect();
+    assert_eq!(stdout_texts(&lines), expected);
+}
+
+/// Binds a port and releases it, for a gateway that starts later.
+async fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Waits until the shim reports a failed connection on its stderr, then
+/// keeps draining stderr; returns what was read until then.
+async fn wait_for_connect_failure(child: &mut Child) -> String {
+    let stderr = child.stderr.take().unwrap();
+    let mut reader = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    tokio::time::timeout(LIMIT, async {
+        while let Some(line) = reader.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("cannot connect") {
+                return;
+            }
+        }
+        panic!("stderr ended without a connection failure: {seen}");
+    })
+    .await
+    .expect("no connection failure reported");
+    // Keep draining stderr so the shim never blocks on it.
+    tokio::spawn(async move { while let Ok(Some(_)) = reader.next_line().await {} });
+    seen
+}
+
+/// Waits until the shim's stdout shows `want`, then keeps draining it.
+async fn wait_for_stdout_line(child: &mut Child, want: &str) {
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout).lines();
+    tokio::time::timeout(LIMIT, async {
+        while let Some(line) = reader.next_line().await.unwrap() {
+            if line == want {
+                return;
+            }
+        }
+        panic!("stdout ended before {want:?}");
+    })
+    .await
+    .expect("the line never showed up on stdout");
+    tokio::spawn(async move { while let Ok(Some(_)) = reader.next_line().await {} });
+}
+
+#[tokio::test]
+async fn shim_started_before_the_gateway_delivers_once_it_appears() {
+    let addr = free_addr().await;
+    let mut child = shim(&format!("http://{addr}"), &[], "echo hello; echo world")
+        .spawn()
+        .unwrap();
+    wait_for_connect_failure(&mut child).await;
+
+    let gateway = Gateway::serve(TcpListener::bind(addr).await.unwrap(), Behavior::AckAll);
+    let status = tokio::time::timeout(LIMIT, child.wait())
+        .await
+        .expect("the shim did not finish")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let lines = gateway.lines_by_seq();
+    assert_eq!(lines.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(stdout_texts(&lines), vec!["hello", "world"]);
+}
+
+#[tokio::test]
+async fn lines_dropped_while_the_gateway_was_away_are_counted_in_a_notice() {
+    let addr = free_addr().await;
+    // Room for about a dozen short lines; the agent writes 200.
+    let options = ["--max-line-bytes", "64", "--buffer-bytes", "1KiB"];
+    let mut child = shim(&format!("http://{addr}"), &options, &count_script(200))
+        .spawn()
+        .unwrap();
+    wait_for_connect_failure(&mut child).await;
+    // Passthrough follows the buffer push: once the last line is on the
+    // shim's stdout, every line went through the full buffer.
+    wait_for_stdout_line(&mut child, "line 200").await;
+
+    let gateway = Gateway::serve(TcpListener::bind(addr).await.unwrap(), Behavior::AckAll);
+    let status = tokio::time::timeout(LIMIT, child.wait())
+        .await
+        .expect("the shim did not finish")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let lines = gateway.lines_by_seq();
+    let agent: Vec<String> = stdout_texts(&lines);
+    let notices: Vec<(u64, String, &logdrain::v1::Line)> = lines
+        .iter()
+        .filter(|(_, l)| l.origin == Origin::Shim as i32)
+        .map(|(seq, l)| (*seq, String::from_utf8_lossy(&l.data).into_owned(), l))
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let (notice_seq, text, line) = &notices[0];
+    assert_eq!(line.stream, StreamKind::Stderr as i32);
+    // The newest lines survive, oldest first; the notice counts the rest.
+    let kept = agent.len() as u32;
+    assert!(kept > 0 && kept < 200, "kept {kept}");
+    let expected: Vec<String> = (200 - kept + 1..=200)
+        .map(|i| format!("line {i}"))
+        .collect();
+    assert_eq!(agent, expected);
+    let dropped = 200 - kept;
+    assert!(
+        text.starts_with(&format!(
+            "agent-shim: dropped {dropped} lines written between "
+        )),
+        "{text}"
+    );
+    assert!(
+        text.matches('Z').count() >= 2 && text.contains('T'),
+        "RFC 3339 times: {text}"
+    );
+    // Seqs of the kept lines continue after the dropped ones; the notice
+    // comes after them.
+    let first_kept = *lines.keys().next().unwrap();
+    assert_eq!(first_kept, u64::from(dropped) + 1);
+    assert_eq!(*notice_seq, 201);
+}
+
+#[tokio::test]
+async fn unauthenticated_gateway_says_how_to_get_a_token() {
+    let gateway = Gateway::start(Behavior::Unauthenticated).await;
+    let child = shim(&gateway.url(), &[], "echo hello")
+        .env("LOGDRAIN_DRAIN_TIMEOUT", "2s")
+        .spawn()
+        .unwrap();
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(0));
+    assert!(done.stderr.contains("UNAUTHENTICATED"), "{}", done.stderr);
+    assert!(
+        done.stderr.contains("does not match the agent id"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("logdrain-gateway token --agent-id"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        !done.stderr.contains("ingest-token-1"),
+        "the token is never printed"
+    );
+}
+
+#[tokio::test]
+async fn second_gateway_takes_over_when_the_first_is_down() {
+    let down = free_addr().await;
+    let gateway = Gateway::start(Behavior::AckAll).await;
+    let urls = format!("http://{down},{}", gateway.url());
+    let child = shim(&urls, &[], "echo via-failover").spawn().unwrap();
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert_eq!(stdout_texts(&gateway.lines_by_seq()), vec!["via-failover"]);
+}
+
+#[tokio::test]
+async fn long_lines_arrive_as_marked_pieces_and_exit_events_as_shim_lines() {
+    let gateway = Gateway::start(Behavior::AckAll).await;
+    let script = "head -c 300 /dev/zero | tr '\\0' x; echo; exit 7";
+    let child = shim(&gateway.url(), &["--max-line-bytes", "128"], script)
+        .spawn()
+        .unwrap();
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(7), "{}", done.stderr);
+    let lines: Vec<logdrain::v1::Line> = gateway.lines_by_seq().into_values().collect();
+    let pieces: Vec<(usize, u32, bool, i32)> = lines
+        .iter()
+        .map(|l| (l.data.len(), l.part, l.more_parts, l.origin))
+        .collect();
+    let agent = Origin::Agent as i32;
+    assert_eq!(
+        pieces[..3],
+        [
+            (128, 0, true, agent),
+            (128, 1, true, agent),
+            (44, 2, false, agent)
+        ]
+    );
+    assert_eq!(lines.len(), 4);
+    let event = &lines[3];
+    assert_eq!(event.origin, Origin::Shim as i32);
+    assert_eq!(event.stream, StreamKind::Stderr as i32);
+    assert_eq!(&event.data[..], b"agent-shim: agent exited with code 7");
+}

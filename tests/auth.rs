@@ -1,0 +1,100 @@
+//! Only an agent's own token can write its lines or tail them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use logdrain::v1::drain_client::DrainClient;
+use logdrain::v1::{shim_message, Open, ShimMessage, TailRequest};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_token_is_refused_and_nothing_is_queued() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+
+    let mut shim = ShimBuilder::new(&gateway.url(), "agent-a", "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .env("LOGDRAIN_TOKEN", &token("agent-b"))
+        .env("LOGDRAIN_DRAIN_TIMEOUT", "2s")
+        .spawn_sh("echo hello");
+    let (out, err) = capture(&mut shim);
+    let status = wait_exit(&mut shim, Duration::from_secs(60)).await;
+    assert!(status.success(), "the agent's own exit code is kept");
+    assert_eq!(String::from_utf8(out.join().unwrap()).unwrap(), "hello\n");
+    let err = String::from_utf8_lossy(&err.join().unwrap()).to_string();
+    assert!(
+        err.contains("agent-shim:") && err.contains("token"),
+        "the shim says why: {err}"
+    );
+
+    let metrics = gateway.metrics().await;
+    assert!(
+        metric_value(
+            &metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "unauthenticated")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "logdrain_received_lines_total",
+            &[("agent", "agent-a")]
+        ),
+        0.0
+    );
+    assert!(intake.datadog_entries().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_agents_token_cannot_open_a_stream_or_tail() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+    let mut client = DrainClient::connect(gateway.url()).await.unwrap();
+
+    let open = ShimMessage {
+        kind: Some(shim_message::Kind::Open(Open {
+            token: token("agent-b"),
+            agent_id: "agent-a".into(),
+            agent_server_id: "replica-1".into(),
+            boot_id: "0123456789abcdef0123456789abcdef".into(),
+            secrets: Default::default(),
+            protocol_version: logdrain::PROTOCOL_VERSION,
+        })),
+    };
+    let status = client
+        .ship(tokio_stream::iter(vec![open]))
+        .await
+        .expect_err("stream refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(status.message().contains("agent-a"), "{}", status.message());
+
+    let status = client
+        .tail(TailRequest {
+            token: token("agent-b"),
+            agent_id: "agent-a".into(),
+        })
+        .await
+        .expect_err("tail refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_without_an_opening_message_is_refused() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+    let mut client = DrainClient::connect(gateway.url()).await.unwrap();
+    let batch = ShimMessage {
+        kind: Some(shim_message::Kind::Batch(Default::default())),
+    };
+    let status = client
+        .ship(tokio_stream::iter(vec![batch]))
+        .await
+        .expect_err("stream refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("Open"), "{}", status.message());
+}

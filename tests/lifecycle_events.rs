@@ -1,0 +1,91 @@
+//! Crashes and start-up failures of the agent are server-level events that
+//! must reach the vendor, as lines from the shim.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_exit_code_reaches_datadog() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+
+    let mut shim = ShimBuilder::new(&gateway.url(), "agent-crashy", "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .spawn_sh("echo 'about to fail' >&2; exit 3");
+    let _pipes = capture(&mut shim);
+    let status = wait_exit(&mut shim, Duration::from_secs(60)).await;
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the shim exits with the agent's code"
+    );
+
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1")
+            .iter()
+            .any(|m| m.contains("exit") && m.contains('3'))
+    })
+    .await;
+    assert!(
+        arrived,
+        "no exit event arrived: {:?}",
+        dd_messages(&intake, "replica-1")
+    );
+    let event = intake
+        .datadog_entries()
+        .into_iter()
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("exit") && m.contains('3'))
+        })
+        .unwrap();
+    assert_eq!(event["stream"], "stderr");
+    assert_eq!(event["logdrain"]["origin"], "shim", "{event}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signal_death_reaches_datadog_with_the_signal_name() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+
+    let mut shim = ShimBuilder::new(&gateway.url(), "agent-killed", "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .spawn_sh("kill -KILL $$");
+    let _pipes = capture(&mut shim);
+    let status = wait_exit(&mut shim, Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(137), "128 + SIGKILL");
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1")
+            .iter()
+            .any(|m| m.contains("SIGKILL"))
+    })
+    .await;
+    assert!(arrived, "{:?}", dd_messages(&intake, "replica-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_failure_reaches_datadog_and_exits_127() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+
+    let mut shim = ShimBuilder::new(&gateway.url(), "agent-missing", "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .spawn_args(&["/nonexistent/agent-binary", "--serve"]);
+    let _pipes = capture(&mut shim);
+    let status = wait_exit(&mut shim, Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(127));
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1")
+            .iter()
+            .any(|m| m.contains("/nonexistent/agent-binary"))
+    })
+    .await;
+    assert!(arrived, "{:?}", dd_messages(&intake, "replica-1"));
+}
