@@ -62,6 +62,7 @@ async fn tail_shows_lines_from_every_replica() {
         }
     }
     let _ = tail.kill();
+    let _ = tail.wait();
     for replica in ["replica-1", "replica-2", "replica-3"] {
         assert!(
             seen.contains(&format!("{replica} stdout hello from {replica}")),

@@ -10,6 +10,7 @@
 
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -123,8 +124,8 @@ pub async fn run(
     let grpc_shutdown = shutdown.clone();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(service.into_server())
             .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                 grpc_shutdown.wait().await
@@ -159,9 +160,8 @@ pub async fn run(
     if let Err(e) = queue.flush().await {
         tracing::error!(error = %e, "final queue flush failed; data acked earlier is already durable");
     }
-    match tokio::time::timeout(std::time::Duration::from_secs(1), http_task).await {
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server ended with an error"),
-        _ => {}
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), http_task).await {
+        tracing::error!(error = %e, "HTTP server ended with an error");
     }
     tracing::info!("stopped");
     Ok(())
