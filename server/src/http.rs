@@ -5,7 +5,7 @@
 //! | `GET /metrics` | none | Prometheus text; labels are agent ids, destinations and reasons, never secrets |
 //! | `GET /healthz` | none | 200 while the process serves |
 //! | `GET /readyz` | none | 200 when the queue is open and the gateway is not shutting down, else 503 |
-//! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token>` | delivery status of the agent's routes |
+//! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token>` | queue depth and delivery status of the agent's routes |
 //!
 //! This module only renders state owned elsewhere; it must not change it.
 
@@ -27,6 +27,7 @@ use crate::sinks::engine::Engine;
 pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub engine: Engine<Queue>,
+    pub queue: Queue,
     pub key: SigningKey,
     pub shutdown: Shutdown,
 }
@@ -78,5 +79,12 @@ async fn status(
         .into_iter()
         .filter(|s| s.agent_id == agent_id)
         .collect();
-    Json(serde_json::json!({ "agent_id": agent_id, "routes": routes })).into_response()
+    let (queued_lines, queued_bytes) = state.queue.depth(&agent_id);
+    Json(serde_json::json!({
+        "agent_id": agent_id,
+        "queued_lines": queued_lines,
+        "queued_bytes": queued_bytes,
+        "routes": routes,
+    }))
+    .into_response()
 }

@@ -138,6 +138,7 @@ pub async fn run(
             http::router(HttpState {
                 metrics: metrics_handle,
                 engine: engine.clone(),
+                queue: queue.clone(),
                 key,
                 shutdown: shutdown.clone(),
             }),
