@@ -23,6 +23,9 @@ pub struct Config {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at startup: the size of the serve variant (one URL per
+// vendor override) costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the gateway: gRPC ingest, the durable queue, delivery, and the
     /// HTTP endpoints /metrics, /healthz and /readyz.
@@ -65,6 +68,12 @@ pub struct ServeConfig {
     /// proxies. The path /api/v2/logs is kept.
     #[arg(long, env = "LOGDRAIN_DATADOG_URL")]
     pub datadog_url: Option<Url>,
+
+    /// Replace the New Relic base URL (scheme, host and port), for tests and
+    /// proxies. The path /log/v1 is kept; every license key goes there, EU
+    /// keys included.
+    #[arg(long, env = "LOGDRAIN_NEWRELIC_URL")]
+    pub newrelic_url: Option<Url>,
 
     /// On SIGTERM, how long in-flight deliveries may take to finish before
     /// they are abandoned (their lines stay queued).

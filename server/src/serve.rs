@@ -80,6 +80,7 @@ pub async fn run(
     let shutdown = Shutdown::new();
     let sinks = SinkFactory::new(SinkSettings {
         datadog_url: config.datadog_url.clone(),
+        newrelic_url: config.newrelic_url.clone(),
         request_timeout: config.vendor_timeout,
         ..SinkSettings::default()
     })?;

@@ -20,6 +20,7 @@
 pub mod datadog;
 pub mod engine;
 pub mod level;
+pub mod newrelic;
 
 use std::fmt;
 use std::sync::Arc;
@@ -155,6 +156,10 @@ pub struct SinkSettings {
     /// Replaces the scheme, host and port of every Datadog endpoint (the path
     /// stays `/api/v2/logs`). For tests and proxies.
     pub datadog_url: Option<Url>,
+    /// Replaces the scheme, host and port of every New Relic endpoint (the
+    /// path stays `/log/v1`; the EU choice by license key no longer applies).
+    /// For tests and proxies.
+    pub newrelic_url: Option<Url>,
     /// Whole-request timeout of every HTTP request to a vendor.
     pub request_timeout: Duration,
     /// Timeout for opening a connection to a vendor.
@@ -167,6 +172,7 @@ impl Default for SinkSettings {
     fn default() -> Self {
         Self {
             datadog_url: None,
+            newrelic_url: None,
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_linger: Duration::from_secs(1),
@@ -210,6 +216,9 @@ impl SinkFactory {
         if let Some(url) = &settings.datadog_url {
             check_base_url("--datadog-url", url)?;
         }
+        if let Some(url) = &settings.newrelic_url {
+            check_base_url("--newrelic-url", url)?;
+        }
         let http = reqwest::Client::builder()
             .user_agent(concat!("logdrain-gateway/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.request_timeout)
@@ -248,9 +257,12 @@ pub fn build_sink(
         DestinationKind::Datadog => Ok(Arc::new(datadog::DatadogSink::new(
             route, secrets, settings, http,
         )?)),
-        destination @ (DestinationKind::CloudWatch
-        | DestinationKind::Sentry
-        | DestinationKind::NewRelic) => Err(SecretError::Unsupported { destination }),
+        DestinationKind::NewRelic => Ok(Arc::new(newrelic::NewRelicSink::new(
+            route, secrets, settings, http,
+        )?)),
+        destination @ (DestinationKind::CloudWatch | DestinationKind::Sentry) => {
+            Err(SecretError::Unsupported { destination })
+        }
     }
 }
 

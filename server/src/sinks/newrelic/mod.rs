@@ -1,0 +1,109 @@
+//! New Relic logs sink (Log API).
+//!
+//! API: <https://docs.newrelic.com/docs/logs/log-api/introduction-log-api/>;
+//! attribute limits: <https://docs.newrelic.com/docs/logs/log-api/log-event-data/>.
+//!
+//! New Relic's limits, as this sink applies them:
+//!
+//! | limit | value | where |
+//! |---|---|---|
+//! | endpoint | US `https://log-api.newrelic.com/log/v1`; EU `https://log-api.eu.newrelic.com/log/v1` for license keys starting with `eu`; `--newrelic-url` replaces scheme, host and port | [`config::endpoint_url`] |
+//! | auth | `X-License-Key: <NEW_RELIC_LICENSE_KEY>` | [`service::post`] |
+//! | body | detailed JSON form, one `{common, logs}` block per (agent-server id, stream); `Content-Type: application/json`, `Content-Encoding: gzip` | [`request_builder`] |
+//! | one POST | 1,000,000 bytes gzipped: batches are cut at 990,000 bytes uncompressed, which cannot gzip past it | [`request_builder::MAX_JSON_BYTES`] |
+//! | one attribute | first 4,094 characters searchable, up to ~128 KB kept: messages over 128,000 bytes are cut here with a visible marker | [`request_builder::MAX_MESSAGE_BYTES`] |
+//! | attributes per event | 255: we send at most 11 | |
+//! | encoding | UTF-8 only: invalid bytes become U+FFFD | [`request_builder`] |
+//! | answers | 2xx (202) accepted; 408/429/5xx retry (`Retry-After`); 400/413 permanent; 401/403 credentials | [`service::classify`] |
+//! | timestamps | integer milliseconds; events older than 48 h may be dropped by New Relic (lines are still sent) | |
+//!
+//! Files: [`config`] (license key → endpoint), [`request_builder`] (lines →
+//! gzipped JSON), [`service`] (HTTP call → classification). Retry, batching
+//! and backoff are the engine's ([`crate::sinks::engine`]), not this
+//! module's.
+
+pub mod config;
+pub mod request_builder;
+pub mod service;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::queue::QueuedLine;
+use crate::route::{DestinationKind, RouteKey, Secrets};
+use crate::sinks::{BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
+use config::Endpoint;
+
+/// Delivers one route's lines to New Relic. `Debug` redacts the key.
+#[derive(Debug)]
+pub struct NewRelicSink {
+    agent_id: Arc<str>,
+    endpoint: Endpoint,
+    http: reqwest::Client,
+    limits: BatchLimits,
+}
+
+impl NewRelicSink {
+    /// Builds the sink of `route` from `NEW_RELIC_LICENSE_KEY`.
+    pub fn new(
+        route: &RouteKey,
+        secrets: &Secrets,
+        settings: &SinkSettings,
+        http: &reqwest::Client,
+    ) -> Result<Self, SecretError> {
+        let endpoint = config::from_secrets(secrets, settings.newrelic_url.as_ref())?;
+        Ok(Self {
+            agent_id: Arc::from(route.agent_id.as_str()),
+            endpoint,
+            http: http.clone(),
+            limits: BatchLimits {
+                max_events: request_builder::MAX_EVENTS,
+                max_bytes: request_builder::MAX_JSON_BYTES,
+                max_linger: settings.max_linger,
+            },
+        })
+    }
+
+    /// The Log API URL.
+    pub fn url(&self) -> &url::Url {
+        &self.endpoint.url
+    }
+}
+
+#[async_trait]
+impl Sink for NewRelicSink {
+    fn kind(&self) -> DestinationKind {
+        DestinationKind::NewRelic
+    }
+
+    fn limits(&self) -> BatchLimits {
+        self.limits
+    }
+
+    fn event_size(&self, line: &QueuedLine) -> usize {
+        request_builder::event_size(&self.agent_id, line)
+    }
+
+    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
+        // JSON and gzip of up to 1 MB is CPU work: keep it off the async
+        // threads. Cloning the lines only bumps reference counts.
+        let agent_id = Arc::clone(&self.agent_id);
+        let owned = lines.to_vec();
+        let encoded =
+            tokio::task::spawn_blocking(move || request_builder::encode(&agent_id, &owned))
+                .await
+                .map_err(|e| SinkError::Config {
+                    reason: format!("encoding the New Relic request failed: {e}"),
+                })?
+                .map_err(|e| SinkError::Config {
+                    reason: format!("encoding the New Relic request failed: {e}"),
+                })?;
+        request_builder::check_post_size(&encoded)?;
+        service::post(&self.http, &self.endpoint, encoded.body).await?;
+        Ok(SendOutcome::accepted())
+    }
+}

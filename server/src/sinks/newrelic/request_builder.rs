@@ -1,0 +1,340 @@
+//! Queued lines → New Relic Log API request body: the detailed JSON form,
+//! gzipped.
+//!
+//! The body is one JSON array with one block per (agent-server id, stream)
+//! present in the batch, in order of first appearance; lines keep their
+//! queue order inside their block:
+//!
+//! ```json
+//! [{"common":{"attributes":{"hostname":"<agent-server-id>","service_name":"<agent-id>",
+//!                           "source":"cloud.livekit.io","stream":"stdout"}},
+//!   "logs":[{"timestamp":1700000000123,"message":"<line>","attributes":{"level":"info"}}]}]
+//! ```
+//!
+//! Per log, `attributes` holds `level` (from [`level::detect`]) and, only
+//! when they say something, the attributes the Datadog sink puts under its
+//! `logdrain` object, written here with the dotted names New Relic gives
+//! nested attributes anyway: `logdrain.part` and `logdrain.more_parts` for
+//! pieces of a line the shim split, `logdrain.origin = "shim"` for lines the
+//! shim wrote itself, and `logdrain.truncated_bytes` for a cut message. This
+//! module must not send anything.
+//!
+//! * `message` is the raw line converted to UTF-8 lossily (invalid bytes
+//!   become U+FFFD): New Relic requires UTF-8.
+//! * A message over [`MAX_MESSAGE_BYTES`] is cut at a character boundary and
+//!   ends with a visible marker (`…[truncated by logdrain: cut N of M bytes]`,
+//!   counted in bytes of the original line). New Relic keeps at most about
+//!   128 KB of an attribute and would silently drop the rest; the marker
+//!   itself lies past the first 4,094 searchable characters, so the cut is
+//!   also in the searchable `logdrain.truncated_bytes` attribute.
+//! * [`event_size`] bounds a line's share of the uncompressed body (see its
+//!   docs), so the engine's batches stay within [`MAX_JSON_BYTES`], which in
+//!   turn keeps the gzipped body within [`MAX_POST_BYTES`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use logdrain::v1::Origin;
+use serde::Serialize;
+
+use crate::queue::QueuedLine;
+use crate::sinks::level;
+use crate::sinks::SinkError;
+
+/// New Relic's limit on one POST, applied (as New Relic's own shippers do)
+/// to the gzipped body.
+pub const MAX_POST_BYTES: usize = 1_000_000;
+/// Most bytes of the uncompressed JSON body. Deflate's worst case on
+/// incompressible input is a stored block: 5 bytes per 65,535, plus 18 bytes
+/// of gzip header and trailer (zlib's `deflateBound` allows about 0.03%), so
+/// 990,000 bytes never gzip to more than about 990,400, under
+/// [`MAX_POST_BYTES`] with room to spare. Capping the uncompressed body is
+/// exact before encoding, which no guess at the compression ratio is.
+pub const MAX_JSON_BYTES: usize = 990_000;
+/// Most lines in one request. New Relic sets no such limit; this keeps a
+/// worker's pending batch bounded. Lines of at least the ~190 bytes
+/// [`event_size`] counts reach [`MAX_JSON_BYTES`] first anyway.
+pub const MAX_EVENTS: usize = 5_000;
+/// Most bytes of one `message`, marker included. New Relic stores up to
+/// about 128 KB of an attribute value and drops the rest.
+pub const MAX_MESSAGE_BYTES: usize = 128_000;
+/// The `source` of every log.
+pub const SOURCE: &str = "cloud.livekit.io";
+
+/// Attributes shared by every log of a block.
+#[derive(Serialize)]
+struct Common<'a> {
+    attributes: CommonAttributes<'a>,
+}
+
+#[derive(Serialize)]
+struct CommonAttributes<'a> {
+    hostname: &'a str,
+    service_name: &'a str,
+    source: &'static str,
+    stream: &'static str,
+}
+
+#[derive(Serialize)]
+struct Log<'a> {
+    timestamp: i64,
+    message: Cow<'a, str>,
+    attributes: LogAttributes,
+}
+
+/// Per-log attributes; the `logdrain.*` ones only when they say something.
+#[derive(Serialize)]
+struct LogAttributes {
+    level: &'static str,
+    #[serde(rename = "logdrain.part", skip_serializing_if = "Option::is_none")]
+    part: Option<u32>,
+    #[serde(
+        rename = "logdrain.more_parts",
+        skip_serializing_if = "Option::is_none"
+    )]
+    more_parts: Option<bool>,
+    #[serde(rename = "logdrain.origin", skip_serializing_if = "Option::is_none")]
+    origin: Option<&'static str>,
+    #[serde(
+        rename = "logdrain.truncated_bytes",
+        skip_serializing_if = "Option::is_none"
+    )]
+    truncated_bytes: Option<usize>,
+}
+
+fn common<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Common<'a> {
+    Common {
+        attributes: CommonAttributes {
+            hostname: &queued.agent_server_id,
+            service_name: agent_id,
+            source: SOURCE,
+            stream: queued.line.stream().name(),
+        },
+    }
+}
+
+fn log(queued: &QueuedLine) -> Log<'_> {
+    let line = &queued.line;
+    let piece = line.part > 0 || line.more_parts;
+    let shim = line.origin() == Origin::Shim;
+    let (message, truncated_bytes) = message(&line.data);
+    Log {
+        timestamp: line.timestamp_ns.div_euclid(1_000_000),
+        message,
+        attributes: LogAttributes {
+            level: level::detect(&line.data, line.stream()).as_str(),
+            part: piece.then_some(line.part),
+            more_parts: piece.then_some(line.more_parts),
+            origin: shim.then_some("shim"),
+            truncated_bytes,
+        },
+    }
+}
+
+/// The marker that ends a cut message.
+fn marker(cut: usize, total: usize) -> String {
+    format!("…[truncated by logdrain: cut {cut} of {total} bytes]")
+}
+
+/// The line as UTF-8 (lossy), cut to at most [`MAX_MESSAGE_BYTES`] with a
+/// marker, and how many bytes of the original line were cut.
+fn message(data: &[u8]) -> (Cow<'_, str>, Option<usize>) {
+    // Lossy conversion at most triples a byte: short lines cannot need
+    // cutting.
+    if data.len().saturating_mul(3) <= MAX_MESSAGE_BYTES {
+        return (String::from_utf8_lossy(data), None);
+    }
+    let text = String::from_utf8_lossy(data);
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return (text, None);
+    }
+    // The marker for "all of it cut" is at least as long as the real one.
+    let budget = MAX_MESSAGE_BYTES - marker(data.len(), data.len()).len();
+    let mut out = String::with_capacity(MAX_MESSAGE_BYTES);
+    let mut kept = 0; // bytes of `data` represented in `out`
+    for chunk in data.utf8_chunks() {
+        let valid = chunk.valid();
+        if out.len() + valid.len() > budget {
+            let mut end = budget - out.len();
+            while !valid.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.push_str(&valid[..end]);
+            kept += end;
+            break;
+        }
+        out.push_str(valid);
+        kept += valid.len();
+        if !chunk.invalid().is_empty() {
+            if out.len() + char::REPLACEMENT_CHARACTER.len_utf8() > budget {
+                break;
+            }
+            out.push(char::REPLACEMENT_CHARACTER);
+            kept += chunk.invalid().len();
+        }
+    }
+    let cut = data.len() - kept;
+    out.push_str(&marker(cut, data.len()));
+    (Cow::Owned(out), Some(cut))
+}
+
+/// Counts the bytes written through it.
+struct Counting<W> {
+    inner: W,
+    count: usize,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn counted(write: impl FnOnce(&mut Counting<io::Sink>) -> io::Result<()>) -> usize {
+    let mut counter = Counting {
+        inner: io::sink(),
+        count: 0,
+    };
+    // Strings and integers into a writer that cannot fail: serializing
+    // cannot fail either; count whatever was written if it ever did.
+    let _ = write(&mut counter);
+    counter.count
+}
+
+/// Opens a block: `{"common":{...},"logs":[`.
+fn open_block<W: Write>(out: &mut W, common: &Common<'_>) -> io::Result<()> {
+    out.write_all(b"{\"common\":")?;
+    serde_json::to_writer(&mut *out, common)?;
+    out.write_all(b",\"logs\":[")
+}
+
+/// Closes a block.
+const CLOSE_BLOCK: &[u8] = b"]}";
+
+/// Bytes `line` may add to the uncompressed body: its log object and a
+/// comma, plus a whole block around it (opening with its `common`, closing,
+/// and the comma between blocks).
+///
+/// Every block holds at least one line, so the sum over a batch is never
+/// less than the body's length (the two commas counted for the batch's
+/// first line pay for `[` and `]`): equal for a single line, and larger by
+/// one block frame for every further line that shares a block. The engine can then cut batches by this size
+/// without knowing how the lines group.
+pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
+    let log = counted(|w| serde_json::to_writer(w, &log(line)).map_err(io::Error::from));
+    log + 1 + block_frame(agent_id, line)
+}
+
+/// Bytes of the block frame of `line`'s group, with the comma before it.
+fn block_frame(agent_id: &str, line: &QueuedLine) -> usize {
+    counted(|w| open_block(w, &common(agent_id, line))) + CLOSE_BLOCK.len() + 1
+}
+
+/// The lines of one (agent-server id, stream) group, in queue order.
+struct Block<'a> {
+    first: &'a QueuedLine,
+    lines: Vec<&'a QueuedLine>,
+}
+
+/// Groups `lines` by (agent-server id, stream), in order of first
+/// appearance.
+fn blocks(lines: &[QueuedLine]) -> Vec<Block<'_>> {
+    let mut index: HashMap<(&str, &'static str), usize> = HashMap::new();
+    let mut blocks: Vec<Block<'_>> = Vec::new();
+    for line in lines {
+        let key = (&*line.agent_server_id, line.line.stream().name());
+        let at = *index.entry(key).or_insert_with(|| {
+            blocks.push(Block {
+                first: line,
+                lines: Vec::new(),
+            });
+            blocks.len() - 1
+        });
+        blocks[at].lines.push(line);
+    }
+    blocks
+}
+
+/// Writes the uncompressed JSON body of `lines`; returns how many blocks
+/// it holds.
+fn write_json<W: Write>(out: &mut W, agent_id: &str, lines: &[QueuedLine]) -> io::Result<usize> {
+    let blocks = blocks(lines);
+    out.write_all(b"[")?;
+    for (i, block) in blocks.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        open_block(out, &common(agent_id, block.first))?;
+        for (j, line) in block.lines.iter().enumerate() {
+            if j > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, &log(line))?;
+        }
+        out.write_all(CLOSE_BLOCK)?;
+    }
+    out.write_all(b"]")?;
+    Ok(blocks.len())
+}
+
+/// Gzips a body.
+pub fn gzip(json: &[u8]) -> io::Result<Vec<u8>> {
+    let mut gz = GzEncoder::new(
+        Vec::with_capacity(json.len() / 4 + 64),
+        Compression::default(),
+    );
+    gz.write_all(json)?;
+    gz.finish()
+}
+
+/// A request body ready to send.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The gzipped JSON array.
+    pub body: Vec<u8>,
+    /// Length of the uncompressed JSON array.
+    pub json_bytes: usize,
+    pub events: usize,
+    /// `{common, logs}` blocks in the body.
+    pub blocks: usize,
+}
+
+/// Encodes `lines` as one gzipped detailed-form body.
+pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
+    let estimate: usize = lines.iter().map(|l| l.line.data.len() + 96).sum();
+    let mut json = Vec::with_capacity(estimate.min(MAX_JSON_BYTES));
+    let blocks = write_json(&mut json, agent_id, lines)?;
+    Ok(Encoded {
+        body: gzip(&json)?,
+        json_bytes: json.len(),
+        events: lines.len(),
+        blocks,
+    })
+}
+
+/// Refuses a gzipped body over [`MAX_POST_BYTES`] as a payload New Relic
+/// would reject, so the engine splits the batch. Batches cut by
+/// [`event_size`] within [`MAX_JSON_BYTES`] never get here; this holds the
+/// limit even if the compressor ever did worse than its bound.
+pub fn check_post_size(encoded: &Encoded) -> Result<(), SinkError> {
+    if encoded.body.len() > MAX_POST_BYTES {
+        return Err(SinkError::PayloadRejected {
+            reason: format!(
+                "the gzipped request of {} lines is {} bytes, over New Relic's \
+                 {MAX_POST_BYTES}-byte limit per POST",
+                encoded.events,
+                encoded.body.len()
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The HTTP call to the New Relic Log API and the classification of its
+//! answer.
+//!
+//! [`classify`] is the one decision about what a New Relic status means for
+//! the engine (accepted, retry, split, credentials, misconfiguration).
+//! Reasons carry the status and a short, redacted excerpt of New Relic's
+//! answer, never the license key. This module must not retry or wait: the
+//! engine does.
+
+use std::error::Error as _;
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use super::config::Endpoint;
+use crate::sinks::engine::retry::parse_retry_after;
+use crate::sinks::SinkError;
+
+/// Most bytes of an error answer kept in a reason.
+const DETAIL_BYTES: usize = 300;
+
+/// Header carrying the license key.
+pub const LICENSE_KEY_HEADER: &str = "X-License-Key";
+
+/// Posts one gzipped JSON body.
+pub async fn post(
+    http: &reqwest::Client,
+    endpoint: &Endpoint,
+    body: Vec<u8>,
+) -> Result<(), SinkError> {
+    let secret = endpoint.secret();
+    let response = http
+        .post(endpoint.url.clone())
+        .header(LICENSE_KEY_HEADER, endpoint.license_key.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_ENCODING, "gzip")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| transport_error(e, secret))?;
+    let status = response.status();
+    if status.is_success() {
+        // Read the (tiny) answer so the connection can be reused.
+        let _ = read_detail(response).await;
+        return Ok(());
+    }
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    let detail = redact(&read_detail(response).await, secret);
+    classify(status, retry_after, &detail)
+}
+
+/// What a New Relic status means: the one place this is decided.
+///
+/// | status | result |
+/// |---|---|
+/// | 2xx (202 documented) | accepted |
+/// | 408, 429, 5xx | [`SinkError::Retryable`], with `Retry-After` |
+/// | 400, 413 | [`SinkError::PayloadRejected`] (split, never loop) |
+/// | 401, 403 | [`SinkError::Unauthorized`] (keep the data) |
+/// | anything else (3xx, 404, …) | [`SinkError::Config`]: the endpoint is wrong |
+pub fn classify(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    detail: &str,
+) -> Result<(), SinkError> {
+    let reason = if detail.is_empty() {
+        format!("New Relic answered {status}")
+    } else {
+        format!("New Relic answered {status}: {detail}")
+    };
+    match status.as_u16() {
+        200..=299 => Ok(()),
+        408 | 429 | 500..=599 => Err(SinkError::Retryable {
+            reason,
+            retry_after,
+        }),
+        400 | 413 => Err(SinkError::PayloadRejected { reason }),
+        401 | 403 => Err(SinkError::Unauthorized {
+            reason: format!("{reason} (check NEW_RELIC_LICENSE_KEY: an ingest license key)"),
+        }),
+        _ => Err(SinkError::Config {
+            reason: format!("{reason} (is the New Relic URL right?)"),
+        }),
+    }
+}
+
+/// A request that got no answer: the network is worth retrying; a request
+/// that could not even be built is a configuration problem.
+fn transport_error(error: reqwest::Error, secret: &str) -> SinkError {
+    let building = error.is_builder();
+    let timeout = error.is_timeout();
+    let error = error.without_url();
+    let mut reason = format!("request to New Relic failed: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if timeout {
+        reason.push_str(" (timed out)");
+    }
+    let reason = redact(&reason, secret);
+    if building {
+        SinkError::Config { reason }
+    } else {
+        SinkError::Retryable {
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+/// Up to [`DETAIL_BYTES`] of the answer's body, on one line.
+async fn read_detail(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    while kept.len() < DETAIL_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    kept.truncate(DETAIL_BYTES);
+    let text = String::from_utf8_lossy(&kept);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Replaces every occurrence of `secret` in `text`.
+fn redact(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(secret, "<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(code: u16, retry_after: Option<Duration>) -> Result<(), SinkError> {
+        classify(StatusCode::from_u16(code).unwrap(), retry_after, "")
+    }
+
+    #[test]
+    fn accepted_202_and_any_other_2xx_succeed() {
+        for code in [202, 200, 204] {
+            assert_eq!(outcome(code, None), Ok(()), "{code}");
+        }
+    }
+
+    #[test]
+    fn timeouts_throttling_and_server_errors_are_retried_with_retry_after() {
+        let after = Some(Duration::from_secs(9));
+        for code in [408, 429, 500, 502, 503, 504, 599] {
+            match outcome(code, after) {
+                Err(SinkError::Retryable {
+                    retry_after,
+                    reason,
+                }) => {
+                    assert_eq!(retry_after, after, "{code}");
+                    assert!(reason.contains(&code.to_string()), "{reason}");
+                }
+                other => panic!("{code} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_request_and_too_large_are_permanent_for_the_payload() {
+        for code in [400, 413] {
+            assert!(
+                matches!(outcome(code, None), Err(SinkError::PayloadRejected { .. })),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn unauthorized_and_forbidden_mean_bad_credentials_and_name_the_secret() {
+        for code in [401, 403] {
+            match outcome(code, None) {
+                Err(SinkError::Unauthorized { reason }) => {
+                    assert!(reason.contains("NEW_RELIC_LICENSE_KEY"), "{reason}")
+                }
+                other => panic!("{code} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn other_answers_mean_the_endpoint_is_wrong() {
+        for code in [301, 404, 405, 415] {
+            assert!(
+                matches!(outcome(code, None), Err(SinkError::Config { .. })),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_answer_is_quoted_in_the_reason() {
+        let err = classify(StatusCode::BAD_REQUEST, None, "bad json").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the vendor rejected the payload: New Relic answered 400 Bad Request: bad json"
+        );
+    }
+
+    #[test]
+    fn redaction_removes_every_occurrence() {
+        assert_eq!(
+            redact("key abc and abc again", "abc"),
+            "key <redacted> and <redacted> again"
+        );
+        assert_eq!(redact("nothing", ""), "nothing");
+    }
+}
