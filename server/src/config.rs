@@ -22,6 +22,8 @@ pub struct Config {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway: gRPC ingest, the durable queue, delivery, and the
@@ -65,6 +67,14 @@ pub struct ServeConfig {
     /// proxies. The path /api/v2/logs is kept.
     #[arg(long, env = "LOGDRAIN_DATADOG_URL")]
     pub datadog_url: Option<Url>,
+
+    /// Replace the CloudWatch Logs endpoint (scheme, host, port and path),
+    /// for tests and proxies. When unset, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS
+    /// or AWS_ENDPOINT_URL of the gateway's environment apply, as in the AWS
+    /// SDKs. Credentials always come from each agent's secrets, never from
+    /// the gateway's environment.
+    #[arg(long, env = "LOGDRAIN_CLOUDWATCH_URL")]
+    pub cloudwatch_url: Option<Url>,
 
     /// On SIGTERM, how long in-flight deliveries may take to finish before
     /// they are abandoned (their lines stay queued).

@@ -9,7 +9,7 @@
 //!   one worker per route, batching with a maximum linger, retries with
 //!   backoff and `Retry-After`, splitting rejected payloads, parking routes
 //!   whose credentials are refused, and per-route status.
-//! * Each vendor folder (only [`datadog`] so far) describes its request and
+//! * Each vendor folder ([`datadog`], [`cloudwatch`]) describes its request and
 //!   classifies its responses, and nothing else.
 //!
 //! A sink must never retry, sleep or touch the queue itself: it answers one
@@ -17,6 +17,7 @@
 //! Nothing in here may put a secret into an error, a log line or `Debug`
 //! output.
 
+pub mod cloudwatch;
 pub mod datadog;
 pub mod engine;
 pub mod level;
@@ -113,6 +114,15 @@ pub enum SecretError {
         what: &'static str,
         accepted: &'static str,
     },
+    /// A secret that is not confidential (a region) does not have the
+    /// accepted form; the value is shown.
+    #[error("{secret} {value:?} is not {what}; use {accepted}")]
+    NotOfForm {
+        secret: &'static str,
+        value: String,
+        what: &'static str,
+        accepted: &'static str,
+    },
     /// A confidential secret cannot be used as it is; its value is not shown.
     #[error("{secret} cannot be used: {problem}")]
     Malformed {
@@ -155,6 +165,10 @@ pub struct SinkSettings {
     /// Replaces the scheme, host and port of every Datadog endpoint (the path
     /// stays `/api/v2/logs`). For tests and proxies.
     pub datadog_url: Option<Url>,
+    /// Replaces the CloudWatch Logs endpoint of every CloudWatch sink (from
+    /// `--cloudwatch-url` or the gateway's `AWS_ENDPOINT_URL*`, see
+    /// [`cloudwatch::config::endpoint_override`]). For tests and proxies.
+    pub cloudwatch_url: Option<Url>,
     /// Whole-request timeout of every HTTP request to a vendor.
     pub request_timeout: Duration,
     /// Timeout for opening a connection to a vendor.
@@ -167,6 +181,7 @@ impl Default for SinkSettings {
     fn default() -> Self {
         Self {
             datadog_url: None,
+            cloudwatch_url: None,
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_linger: Duration::from_secs(1),
@@ -248,9 +263,12 @@ pub fn build_sink(
         DestinationKind::Datadog => Ok(Arc::new(datadog::DatadogSink::new(
             route, secrets, settings, http,
         )?)),
-        destination @ (DestinationKind::CloudWatch
-        | DestinationKind::Sentry
-        | DestinationKind::NewRelic) => Err(SecretError::Unsupported { destination }),
+        DestinationKind::CloudWatch => Ok(Arc::new(cloudwatch::CloudWatchSink::new(
+            route, secrets, settings,
+        )?)),
+        destination @ (DestinationKind::Sentry | DestinationKind::NewRelic) => {
+            Err(SecretError::Unsupported { destination })
+        }
     }
 }
 
