@@ -99,6 +99,9 @@ async fn main() {
                 .env("LOGDRAIN_TOKEN", token.trim())
                 .env("DATADOG_TOKEN", DD_KEY)
                 .env("LOGDRAIN_DRAIN_TIMEOUT", "600s")
+                // Large enough that no line is dropped: this measures
+                // throughput, not overload (seq writes faster than any drain).
+                .env("LOGDRAIN_BUFFER_BYTES", "2GiB")
                 .args(["--", "seq", "-f", "%0100g", "1", &per_replica.to_string()])
                 .stdout(Stdio::null())
                 .spawn()
@@ -118,7 +121,7 @@ async fn main() {
         }
         if start.elapsed() > Duration::from_secs(1800) {
             eprintln!("only {accepted} of {total} delivered after 30 minutes");
-            break;
+            std::process::exit(1);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -22,6 +22,8 @@ pub struct Config {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 // Parsed once at startup: the size of the serve variant (one URL per
 // vendor override) costs nothing worth a Box.
@@ -74,6 +76,13 @@ pub struct ServeConfig {
     /// keys included.
     #[arg(long, env = "LOGDRAIN_NEWRELIC_URL")]
     pub newrelic_url: Option<Url>,
+    /// Replace the CloudWatch Logs endpoint (scheme, host, port and path),
+    /// for tests and proxies. When unset, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS
+    /// or AWS_ENDPOINT_URL of the gateway's environment apply, as in the AWS
+    /// SDKs. Credentials always come from each agent's secrets, never from
+    /// the gateway's environment.
+    #[arg(long, env = "LOGDRAIN_CLOUDWATCH_URL")]
+    pub cloudwatch_url: Option<Url>,
 
     /// On SIGTERM, how long in-flight deliveries may take to finish before
     /// they are abandoned (their lines stay queued).

@@ -66,7 +66,10 @@ impl DestinationKind {
 
     /// Whether logdrain-gateway can deliver to this destination yet.
     pub fn supported(self) -> bool {
-        matches!(self, DestinationKind::Datadog | DestinationKind::NewRelic)
+        matches!(
+            self,
+            DestinationKind::Datadog | DestinationKind::NewRelic | DestinationKind::CloudWatch
+        )
     }
 }
 

@@ -23,7 +23,7 @@ use crate::ingest::IngestService;
 use crate::queue::{Queue, QueueError};
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::{Engine, EngineSettings};
-use crate::sinks::{SinkError, SinkFactory, SinkSettings};
+use crate::sinks::{cloudwatch, SinkError, SinkFactory, SinkSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -78,9 +78,14 @@ pub async fn run(
     );
 
     let shutdown = Shutdown::new();
+    let cloudwatch_url =
+        cloudwatch::config::endpoint_override(config.cloudwatch_url.as_ref(), |name| {
+            std::env::var(name).ok()
+        })?;
     let sinks = SinkFactory::new(SinkSettings {
         datadog_url: config.datadog_url.clone(),
         newrelic_url: config.newrelic_url.clone(),
+        cloudwatch_url,
         request_timeout: config.vendor_timeout,
         ..SinkSettings::default()
     })?;

@@ -9,7 +9,7 @@
 //!   one worker per route, batching with a maximum linger, retries with
 //!   backoff and `Retry-After`, splitting rejected payloads, parking routes
 //!   whose credentials are refused, and per-route status.
-//! * Each vendor folder (only [`datadog`] so far) describes its request and
+//! * Each vendor folder ([`datadog`], [`cloudwatch`]) describes its request and
 //!   classifies its responses, and nothing else.
 //!
 //! A sink must never retry, sleep or touch the queue itself: it answers one
@@ -17,6 +17,7 @@
 //! Nothing in here may put a secret into an error, a log line or `Debug`
 //! output.
 
+pub mod cloudwatch;
 pub mod datadog;
 pub mod engine;
 pub mod level;
@@ -114,6 +115,15 @@ pub enum SecretError {
         what: &'static str,
         accepted: &'static str,
     },
+    /// A secret that is not confidential (a region) does not have the
+    /// accepted form; the value is shown.
+    #[error("{secret} {value:?} is not {what}; use {accepted}")]
+    NotOfForm {
+        secret: &'static str,
+        value: String,
+        what: &'static str,
+        accepted: &'static str,
+    },
     /// A confidential secret cannot be used as it is; its value is not shown.
     #[error("{secret} cannot be used: {problem}")]
     Malformed {
@@ -160,6 +170,10 @@ pub struct SinkSettings {
     /// path stays `/log/v1`; the EU choice by license key no longer applies).
     /// For tests and proxies.
     pub newrelic_url: Option<Url>,
+    /// Replaces the CloudWatch Logs endpoint of every CloudWatch sink (from
+    /// `--cloudwatch-url` or the gateway's `AWS_ENDPOINT_URL*`, see
+    /// [`cloudwatch::config::endpoint_override`]). For tests and proxies.
+    pub cloudwatch_url: Option<Url>,
     /// Whole-request timeout of every HTTP request to a vendor.
     pub request_timeout: Duration,
     /// Timeout for opening a connection to a vendor.
@@ -173,6 +187,7 @@ impl Default for SinkSettings {
         Self {
             datadog_url: None,
             newrelic_url: None,
+            cloudwatch_url: None,
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_linger: Duration::from_secs(1),
@@ -260,7 +275,10 @@ pub fn build_sink(
         DestinationKind::NewRelic => Ok(Arc::new(newrelic::NewRelicSink::new(
             route, secrets, settings, http,
         )?)),
-        destination @ (DestinationKind::CloudWatch | DestinationKind::Sentry) => {
+        DestinationKind::CloudWatch => Ok(Arc::new(cloudwatch::CloudWatchSink::new(
+            route, secrets, settings,
+        )?)),
+        destination @ DestinationKind::Sentry => {
             Err(SecretError::Unsupported { destination })
         }
     }
