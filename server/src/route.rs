@@ -66,7 +66,7 @@ impl DestinationKind {
 
     /// Whether logdrain-gateway can deliver to this destination yet.
     pub fn supported(self) -> bool {
-        matches!(self, DestinationKind::Datadog)
+        matches!(self, DestinationKind::Datadog | DestinationKind::Sentry)
     }
 }
 

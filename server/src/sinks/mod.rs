@@ -9,7 +9,7 @@
 //!   one worker per route, batching with a maximum linger, retries with
 //!   backoff and `Retry-After`, splitting rejected payloads, parking routes
 //!   whose credentials are refused, and per-route status.
-//! * Each vendor folder (only [`datadog`] so far) describes its request and
+//! * Each vendor folder ([`datadog`], [`sentry`]) describes its request and
 //!   classifies its responses, and nothing else.
 //!
 //! A sink must never retry, sleep or touch the queue itself: it answers one
@@ -20,6 +20,7 @@
 pub mod datadog;
 pub mod engine;
 pub mod level;
+pub mod sentry;
 
 use std::fmt;
 use std::sync::Arc;
@@ -53,6 +54,11 @@ pub struct SendOutcome {
     pub rejected: u64,
     /// Why they were refused; never contains a secret.
     pub rejected_reason: Option<String>,
+    /// The vendor accepted the request but asked for no further request for
+    /// this long (for example Sentry's `X-Sentry-Rate-Limits` on a 200). The
+    /// engine waits this long (bounded like `Retry-After`) before the route's
+    /// next send; it is not a failure.
+    pub hold_off: Option<Duration>,
 }
 
 impl SendOutcome {
@@ -248,9 +254,12 @@ pub fn build_sink(
         DestinationKind::Datadog => Ok(Arc::new(datadog::DatadogSink::new(
             route, secrets, settings, http,
         )?)),
-        destination @ (DestinationKind::CloudWatch
-        | DestinationKind::Sentry
-        | DestinationKind::NewRelic) => Err(SecretError::Unsupported { destination }),
+        DestinationKind::Sentry => Ok(Arc::new(sentry::SentrySink::new(
+            route, secrets, settings, http,
+        )?)),
+        destination @ (DestinationKind::CloudWatch | DestinationKind::NewRelic) => {
+            Err(SecretError::Unsupported { destination })
+        }
     }
 }
 
@@ -284,18 +293,18 @@ mod tests {
         let factory = SinkFactory::new(SinkSettings::default()).unwrap();
         let secrets = Secrets(
             [(
-                "SENTRY_DSN".to_string(),
-                "https://k@o.ingest.sentry.io/1".to_string(),
+                "NEW_RELIC_LICENSE_KEY".to_string(),
+                "0123456789abcdef0123456789abcdef01234567".to_string(),
             )]
             .into(),
         );
-        let err = match factory.build(&route(DestinationKind::Sentry), &secrets) {
+        let err = match factory.build(&route(DestinationKind::NewRelic), &secrets) {
             Err(e) => e,
-            Ok(_) => panic!("sentry must not build yet"),
+            Ok(_) => panic!("new relic must not build yet"),
         };
         assert_eq!(
             err.to_string(),
-            "destination sentry is not supported by this gateway version; its lines are kept"
+            "destination newrelic is not supported by this gateway version; its lines are kept"
         );
     }
 

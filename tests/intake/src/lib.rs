@@ -9,6 +9,7 @@
 //! | vendor | route | module |
 //! |---|---|---|
 //! | Datadog | `POST /api/v2/logs` | [`datadog`] |
+//! | Sentry | `POST /api/{project_id}/envelope/` | [`sentry`] |
 //! | control | `/_intake/...` | [`control`] |
 //!
 //! Use it in-process with [`Intake::start`], or as the
@@ -24,6 +25,7 @@
 mod body;
 pub mod control;
 pub mod datadog;
+pub mod sentry;
 pub mod store;
 
 use std::future::Future;
@@ -40,6 +42,7 @@ use tokio::task::JoinHandle;
 
 pub use control::{Fault, FaultError};
 pub use datadog::{DatadogConfig, DatadogLimits};
+pub use sentry::{SentryConfig, SentryLimits};
 pub use store::{AuthForm, Entry, Records, RequestRecord, Stats, VendorStats};
 
 use store::Store;
@@ -49,15 +52,17 @@ use store::Store;
 #[serde(rename_all = "lowercase")]
 pub enum Vendor {
     Datadog,
+    Sentry,
 }
 
 impl Vendor {
-    pub const ALL: [Vendor; 1] = [Vendor::Datadog];
+    pub const ALL: [Vendor; 2] = [Vendor::Datadog, Vendor::Sentry];
 
     /// Lowercase name, as used in the control API's paths.
     pub fn name(self) -> &'static str {
         match self {
             Vendor::Datadog => "datadog",
+            Vendor::Sentry => "sentry",
         }
     }
 
@@ -70,6 +75,7 @@ impl Vendor {
 #[derive(Clone, Debug)]
 pub struct IntakeConfig {
     pub datadog: DatadogConfig,
+    pub sentry: SentryConfig,
     /// Accepted entries kept (all vendors); later ones are counted in
     /// [`Stats::dropped_entries`].
     pub max_recorded_entries: usize,
@@ -82,6 +88,7 @@ impl Default for IntakeConfig {
     fn default() -> Self {
         IntakeConfig {
             datadog: DatadogConfig::default(),
+            sentry: SentryConfig::default(),
             max_recorded_entries: 10_000_000,
             max_recorded_requests: 1_000_000,
         }
@@ -122,6 +129,7 @@ pub enum IntakeError {
 fn router(store: Store, config: &IntakeConfig) -> Router {
     Router::new()
         .merge(datadog::routes(config.datadog.limits.clone()))
+        .merge(sentry::routes(config.sentry.limits.clone()))
         .merge(control::routes())
         .with_state(store)
 }
