@@ -63,14 +63,6 @@ impl DestinationKind {
             DestinationKind::NewRelic => &[],
         }
     }
-
-    /// Whether logdrain-gateway can deliver to this destination yet.
-    pub fn supported(self) -> bool {
-        matches!(
-            self,
-            DestinationKind::Datadog | DestinationKind::NewRelic | DestinationKind::CloudWatch
-        )
-    }
 }
 
 impl fmt::Display for DestinationKind {

@@ -9,7 +9,7 @@
 //!   one worker per route, batching with a maximum linger, retries with
 //!   backoff and `Retry-After`, splitting rejected payloads, parking routes
 //!   whose credentials are refused, and per-route status.
-//! * Each vendor folder ([`datadog`], [`cloudwatch`]) describes its request and
+//! * Each vendor folder ([`datadog`], [`cloudwatch`], [`sentry`], [`newrelic`]) describes its request and
 //!   classifies its responses, and nothing else.
 //!
 //! A sink must never retry, sleep or touch the queue itself: it answers one
@@ -22,6 +22,7 @@ pub mod datadog;
 pub mod engine;
 pub mod level;
 pub mod newrelic;
+pub mod sentry;
 
 use std::fmt;
 use std::sync::Arc;
@@ -55,6 +56,11 @@ pub struct SendOutcome {
     pub rejected: u64,
     /// Why they were refused; never contains a secret.
     pub rejected_reason: Option<String>,
+    /// The vendor accepted the request but asked for no further request for
+    /// this long (for example Sentry's `X-Sentry-Rate-Limits` on a 200). The
+    /// engine waits this long (bounded like `Retry-After`) before the route's
+    /// next send; it is not a failure.
+    pub hold_off: Option<Duration>,
 }
 
 impl SendOutcome {
@@ -136,11 +142,6 @@ pub enum SecretError {
         secret: &'static str,
         destination: DestinationKind,
     },
-    /// This build cannot deliver to the destination yet.
-    #[error(
-        "destination {destination} is not supported by this gateway version; its lines are kept"
-    )]
-    Unsupported { destination: DestinationKind },
 }
 
 /// One vendor endpoint for one route. Built per route by [`SinkFactory`], so
@@ -259,9 +260,8 @@ impl BuildSink for SinkFactory {
     }
 }
 
-/// Builds the sink of `route` from its `secrets`. Destinations this version
-/// cannot deliver to are a [`SecretError::Unsupported`]: their lines stay
-/// queued.
+/// Builds the sink of `route` from its `secrets`. A [`SecretError`] parks
+/// the route (its lines stay queued) until a deployment brings valid secrets.
 pub fn build_sink(
     route: &RouteKey,
     secrets: &Secrets,
@@ -278,9 +278,9 @@ pub fn build_sink(
         DestinationKind::CloudWatch => Ok(Arc::new(cloudwatch::CloudWatchSink::new(
             route, secrets, settings,
         )?)),
-        destination @ DestinationKind::Sentry => {
-            Err(SecretError::Unsupported { destination })
-        }
+        DestinationKind::Sentry => Ok(Arc::new(sentry::SentrySink::new(
+            route, secrets, settings, http,
+        )?)),
     }
 }
 
@@ -300,34 +300,6 @@ fn check_base_url(flag: &str, url: &Url) -> Result<(), SinkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn route(kind: DestinationKind) -> RouteKey {
-        RouteKey {
-            agent_id: "a1".into(),
-            kind,
-            cred_id: "c".into(),
-        }
-    }
-
-    #[test]
-    fn destinations_not_supported_yet_keep_their_lines_and_say_so() {
-        let factory = SinkFactory::new(SinkSettings::default()).unwrap();
-        let secrets = Secrets(
-            [(
-                "SENTRY_DSN".to_string(),
-                "https://k@o.ingest.sentry.io/1".to_string(),
-            )]
-            .into(),
-        );
-        let err = match factory.build(&route(DestinationKind::Sentry), &secrets) {
-            Err(e) => e,
-            Ok(_) => panic!("sentry must not build yet"),
-        };
-        assert_eq!(
-            err.to_string(),
-            "destination sentry is not supported by this gateway version; its lines are kept"
-        );
-    }
 
     #[test]
     fn a_datadog_url_override_without_a_host_is_refused() {

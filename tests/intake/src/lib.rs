@@ -10,6 +10,7 @@
 //! |---|---|---|
 //! | Datadog | `POST /api/v2/logs` | [`datadog`] |
 //! | New Relic | `POST /log/v1` | [`newrelic`] |
+//! | Sentry | `POST /api/{project_id}/envelope/` | [`sentry`] |
 //! | control | `/_intake/...` | [`control`] |
 //!
 //! Use it in-process with [`Intake::start`], or as the
@@ -26,6 +27,7 @@ mod body;
 pub mod control;
 pub mod datadog;
 pub mod newrelic;
+pub mod sentry;
 pub mod store;
 
 use std::future::Future;
@@ -43,6 +45,7 @@ use tokio::task::JoinHandle;
 pub use control::{Fault, FaultError};
 pub use datadog::{DatadogConfig, DatadogLimits};
 pub use newrelic::{NewRelicConfig, NewRelicLimits};
+pub use sentry::{SentryConfig, SentryLimits};
 pub use store::{AuthForm, Entry, Records, RequestRecord, Stats, VendorStats};
 
 use store::Store;
@@ -52,17 +55,19 @@ use store::Store;
 #[serde(rename_all = "lowercase")]
 pub enum Vendor {
     Datadog,
+    Sentry,
     NewRelic,
 }
 
 impl Vendor {
-    pub const ALL: [Vendor; 2] = [Vendor::Datadog, Vendor::NewRelic];
+    pub const ALL: [Vendor; 3] = [Vendor::Datadog, Vendor::Sentry, Vendor::NewRelic];
 
     /// Lowercase name, as used in the control API's paths.
     pub fn name(self) -> &'static str {
         match self {
             Vendor::Datadog => "datadog",
             Vendor::NewRelic => "newrelic",
+            Vendor::Sentry => "sentry",
         }
     }
 
@@ -76,6 +81,7 @@ impl Vendor {
 pub struct IntakeConfig {
     pub datadog: DatadogConfig,
     pub newrelic: NewRelicConfig,
+    pub sentry: SentryConfig,
     /// Accepted entries kept (all vendors); later ones are counted in
     /// [`Stats::dropped_entries`].
     pub max_recorded_entries: usize,
@@ -89,6 +95,7 @@ impl Default for IntakeConfig {
         IntakeConfig {
             datadog: DatadogConfig::default(),
             newrelic: NewRelicConfig::default(),
+            sentry: SentryConfig::default(),
             max_recorded_entries: 10_000_000,
             max_recorded_requests: 1_000_000,
         }
@@ -130,6 +137,7 @@ fn router(store: Store, config: &IntakeConfig) -> Router {
     Router::new()
         .merge(datadog::routes(config.datadog.limits.clone()))
         .merge(newrelic::routes(config.newrelic.limits.clone()))
+        .merge(sentry::routes(config.sentry.limits.clone()))
         .merge(control::routes())
         .with_state(store)
 }

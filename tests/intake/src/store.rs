@@ -236,6 +236,7 @@ impl Store {
     pub fn new(config: &IntakeConfig) -> Self {
         let mut keys = BTreeMap::new();
         keys.insert(Vendor::Datadog, to_key_set(&config.datadog.keys));
+        keys.insert(Vendor::Sentry, to_key_set(&config.sentry.keys));
         Store {
             inner: Arc::new(Mutex::new(Inner {
                 records: Records::default(),

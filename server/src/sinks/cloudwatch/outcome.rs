@@ -79,6 +79,7 @@ impl Tally {
                     parts.join(", ")
                 )
             }),
+            hold_off: None,
         }
     }
 }

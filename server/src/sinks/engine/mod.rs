@@ -22,6 +22,7 @@
 //! | vendor answer | what the route does |
 //! |---|---|
 //! | accepted | commit through the last line, count `delivered`, sample latency of the oldest line |
+//! | accepted, but hold off (`SendOutcome::hold_off`) | as accepted, then no send on this route until the hold-off (capped like `Retry-After`) has passed |
 //! | retryable (network, 408, 429, 5xx) | count `retried`, wait `Retry-After` (at least the minimum backoff) or the jittered backoff, send the same lines again |
 //! | payload rejected (400, 413) | split the batch in halves until one line is rejected alone; drop and count only that line |
 //! | credentials refused (401, 403) | keep the lines, state `unauthorized`, try again every `park_interval` |

@@ -158,7 +158,8 @@ fn engine(
     let build = move |route: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
         match sinks.get(route) {
             Some(sink) => Ok(Arc::clone(sink) as Arc<dyn Sink>),
-            None => Err(SecretError::Unsupported {
+            None => Err(SecretError::Missing {
+                secret: "TEST_SECRET",
                 destination: route.kind,
             }),
         }
@@ -646,6 +647,7 @@ async fn lines_a_vendor_refuses_inside_an_accepted_request_are_counted_as_droppe
         Reply::Now(Ok(SendOutcome {
             rejected: 2,
             rejected_reason: Some("too old".into()),
+            ..SendOutcome::default()
         }))
     });
     let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
@@ -659,4 +661,58 @@ async fn lines_a_vendor_refuses_inside_an_accepted_request_are_counted_as_droppe
     assert_eq!(status.delivered_lines, 3);
     assert_eq!(status.dropped_lines, 2);
     assert_eq!(sink.call_count(), 1, "refused lines are not retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_accepted_request_that_asks_to_hold_off_delays_only_the_next_send() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 3));
+    // One line per request: the first acceptance asks to hold off 30 s, the
+    // second one asks for nothing.
+    let sink = FakeSink::new(limits(1, Duration::ZERO), |attempt, _| {
+        Reply::Now(Ok(SendOutcome {
+            hold_off: (attempt == 0).then_some(Duration::from_secs(30)),
+            ..SendOutcome::default()
+        }))
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    let t0 = Instant::now();
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("all committed", || {
+        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
+    })
+    .await;
+    assert_eq!(
+        sink.call_times(),
+        [
+            t0,
+            t0 + Duration::from_secs(30),
+            t0 + Duration::from_secs(30)
+        ]
+    );
+    let status = status_of(&engine, "a1");
+    assert_eq!(status.delivered_lines, 3);
+    assert_eq!(status.failed_requests, 0, "holding off is not a failure");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hold_off_is_capped_like_retry_after() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 2));
+    let sink = FakeSink::new(limits(1, Duration::ZERO), |_, _| {
+        Reply::Now(Ok(SendOutcome {
+            hold_off: Some(Duration::from_secs(86_400)),
+            ..SendOutcome::default()
+        }))
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    let t0 = Instant::now();
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("two sends", || sink.call_count() == 2).await;
+    assert_eq!(
+        sink.call_times(),
+        [t0, t0 + RetryPolicy::default().retry_after_cap]
+    );
 }

@@ -4,7 +4,9 @@
 //! batch ([`Pending`]), waits up to the sink's linger for a batch to fill,
 //! sends it, and commits only after the vendor accepted. Failures follow
 //! [`action_for`]: back off and retry, split a rejected payload down to the
-//! offending line, or park the route while credentials are refused. It owns
+//! offending line, or park the route while credentials are refused. A vendor
+//! that accepted a request but asked to hold off ([`SendOutcome::hold_off`])
+//! gets no further request from the route until that time has passed. It owns
 //! no lock that another route uses, so a slow or failing route never delays
 //! another. It must not know any vendor's request format.
 
@@ -100,6 +102,9 @@ pub(super) struct Worker<S> {
     pending: Pending,
     /// Cursor of the last line read into `pending` (or committed at start).
     position: Option<Cursor>,
+    /// No request before this instant: the vendor accepted the last one but
+    /// asked to hold off.
+    hold_until: Option<Instant>,
 }
 
 impl<S: Source> Worker<S> {
@@ -113,6 +118,7 @@ impl<S: Source> Worker<S> {
             source_backoff: Backoff::new(policy),
             pending: Pending::new(),
             position: None,
+            hold_until: None,
         }
     }
 
@@ -256,6 +262,7 @@ impl<S: Source> Worker<S> {
                 if self.parts.stop.is_triggered() {
                     return Err(Stopped);
                 }
+                self.hold_off().await?;
                 let error = match self.send(lines).await {
                     Ok(outcome) => {
                         self.accepted(lines, outcome);
@@ -302,6 +309,20 @@ impl<S: Source> Worker<S> {
         Ok(())
     }
 
+    /// Waits out a hold-off the vendor asked for with its last acceptance.
+    async fn hold_off(&mut self) -> Result<(), Stopped> {
+        let Some(until) = self.hold_until.take() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        if until > now {
+            tracing::debug!(route = %self.parts.route, wait = ?(until - now),
+                "vendor asked to hold off after accepting; waiting before the next send");
+            self.parts.stop.sleep(until - now).await?;
+        }
+        Ok(())
+    }
+
     /// One attempt, bounded by the engine's send timeout so a hung vendor
     /// cannot hold its route forever.
     async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
@@ -335,6 +356,11 @@ impl<S: Source> Worker<S> {
                 reason = outcome.rejected_reason.as_deref().unwrap_or("not given"),
                 "vendor refused lines of an accepted request; they are dropped");
         }
+        // A wrong header must not park the route for days: bounded like
+        // `Retry-After`.
+        self.hold_until = outcome
+            .hold_off
+            .map(|wait| Instant::now() + wait.min(self.parts.settings.retry.retry_after_cap));
         self.backoff.reset();
         self.parts.status.update(|s| {
             s.delivered_lines += sent - rejected;

@@ -1,0 +1,309 @@
+//! Queued lines → one gzipped Sentry envelope holding one `log` item.
+//!
+//! The envelope is newline-separated JSON:
+//!
+//! ```text
+//! {"sent_at":"2024-05-01T12:00:00.123456Z"}
+//! {"type":"log","item_count":2,"content_type":"application/vnd.sentry.items.log+json"}
+//! {"items":[{...},{...}]}
+//! ```
+//!
+//! The envelope header carries `sent_at` (when this attempt was encoded, on
+//! the gateway's clock), as Sentry's SDKs send it; it never carries the DSN,
+//! which holds the public key. The item header has no `length`: the payload
+//! is one line (JSON escapes every newline), which the envelope format
+//! allows.
+//!
+//! Each line becomes one log with `timestamp` (float seconds), `trace_id`,
+//! `level` ([`level::detect`]), `body` (the raw line) and exactly the
+//! contract's attributes (`logger`, `server_name`, `environment`,
+//! `sentry.environment`, `stream`), all of type `string`. As in the Datadog
+//! sink, pieces of a split line add `logdrain.part` (integer) and
+//! `logdrain.more_parts` (boolean), and lines the shim wrote itself add
+//! `logdrain.origin = "shim"`.
+//!
+//! * `trace_id` is required by Sentry. It is derived from the agent id and
+//!   the agent-server id ([`trace_id`]): every line of one replica shares one
+//!   trace id, as every log of one process shares its propagation trace id in
+//!   Sentry's SDKs, and a retried envelope carries the same ids.
+//! * `body` is the line converted to UTF-8 lossily (bytes that are not UTF-8
+//!   become U+FFFD). A log whose JSON would exceed [`MAX_LOG_ITEM_BYTES`] has
+//!   its body cut at a character boundary, ending with a visible marker
+//!   (`…[truncated by logdrain: N bytes]`).
+//!
+//! [`event_size`] counts a line's bytes in the payload exactly as [`encode`]
+//! writes them. This module must not send anything.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
+use std::time::SystemTime;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use logdrain::v1::Origin;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::queue::QueuedLine;
+use crate::sinks::level;
+
+/// Most logs in one envelope (Sentry's SDKs flush at 100).
+pub const MAX_ITEMS: usize = 100;
+/// Most bytes of one log item's JSON (Sentry: 1 MiB per log).
+pub const MAX_LOG_ITEM_BYTES: usize = 1024 * 1024;
+/// Most bytes of one decompressed envelope (Sentry: 200 MiB). With at most
+/// [`MAX_ITEMS`] logs of at most [`MAX_LOG_ITEM_BYTES`], it is never reached.
+pub const MAX_ENVELOPE_BYTES: usize = 200 * 1024 * 1024;
+/// Room for everything of an envelope but its logs: the envelope header,
+/// the item header and the payload's `{"items":[` … `]}`.
+pub const ENVELOPE_OVERHEAD_BYTES: usize = 1024;
+
+// The full number of logs of the largest size always fits an envelope.
+const _: () =
+    assert!(MAX_ITEMS * (MAX_LOG_ITEM_BYTES + 1) + ENVELOPE_OVERHEAD_BYTES <= MAX_ENVELOPE_BYTES);
+/// `environment` and `sentry.environment` of every log.
+pub const ENVIRONMENT: &str = "production";
+/// Content type of the request.
+pub const ENVELOPE_CONTENT_TYPE: &str = "application/x-sentry-envelope";
+/// Item type of a batch of logs.
+pub const ITEM_TYPE: &str = "log";
+/// Content type of a batch of logs.
+pub const ITEM_CONTENT_TYPE: &str = "application/vnd.sentry.items.log+json";
+
+/// Upper bound of a log's JSON without its body and ids (escaped), so short
+/// lines need no exact count before deciding they fit.
+pub const LOG_OVERHEAD_BOUND: usize = 1024;
+
+/// The trace id of every line of one replica: the first 16 bytes of
+/// SHA-256 over the agent id and the agent-server id, as 32 lowercase hex
+/// characters.
+pub fn trace_id(agent_id: &str, agent_server_id: &str) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"logdrain sentry trace_id\0");
+    hash.update((agent_id.len() as u64).to_be_bytes());
+    hash.update(agent_id.as_bytes());
+    hash.update((agent_server_id.len() as u64).to_be_bytes());
+    hash.update(agent_server_id.as_bytes());
+    hex::encode(&hash.finalize()[..16])
+}
+
+#[derive(Serialize)]
+struct Log<'a> {
+    timestamp: f64,
+    trace_id: String,
+    level: &'static str,
+    body: Cow<'a, str>,
+    attributes: Attributes<'a>,
+}
+
+/// A typed attribute: `{"value": v, "type": "string"}`.
+#[derive(Serialize)]
+struct Attr<T> {
+    value: T,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+fn string(value: &str) -> Attr<&str> {
+    Attr {
+        value,
+        kind: "string",
+    }
+}
+
+#[derive(Serialize)]
+struct Attributes<'a> {
+    logger: Attr<&'a str>,
+    server_name: Attr<&'a str>,
+    environment: Attr<&'static str>,
+    #[serde(rename = "sentry.environment")]
+    sentry_environment: Attr<&'static str>,
+    stream: Attr<&'static str>,
+    #[serde(rename = "logdrain.part", skip_serializing_if = "Option::is_none")]
+    part: Option<Attr<u32>>,
+    #[serde(
+        rename = "logdrain.more_parts",
+        skip_serializing_if = "Option::is_none"
+    )]
+    more_parts: Option<Attr<bool>>,
+    #[serde(rename = "logdrain.origin", skip_serializing_if = "Option::is_none")]
+    origin: Option<Attr<&'static str>>,
+}
+
+fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Log<'a> {
+    let line = &queued.line;
+    let stream = line.stream();
+    let piece = line.part > 0 || line.more_parts;
+    let shim = line.origin() == Origin::Shim;
+    let mut log = Log {
+        // f64 keeps well under a microsecond for present-day times.
+        timestamp: line.timestamp_ns as f64 / 1e9,
+        trace_id: trace_id(agent_id, &queued.agent_server_id),
+        level: level::detect(&line.data, stream).as_str(),
+        body: Cow::Borrowed(""),
+        attributes: Attributes {
+            logger: string(agent_id),
+            server_name: string(&queued.agent_server_id),
+            environment: string(ENVIRONMENT),
+            sentry_environment: string(ENVIRONMENT),
+            stream: string(stream.name()),
+            part: piece.then_some(Attr {
+                value: line.part,
+                kind: "integer",
+            }),
+            more_parts: piece.then_some(Attr {
+                value: line.more_parts,
+                kind: "boolean",
+            }),
+            origin: shim.then_some(string("shim")),
+        },
+    };
+    let fits_easily = line
+        .data
+        .len()
+        .saturating_mul(6)
+        .saturating_add(
+            agent_id
+                .len()
+                .saturating_add(queued.agent_server_id.len())
+                .saturating_mul(6),
+        )
+        .saturating_add(LOG_OVERHEAD_BOUND)
+        <= MAX_LOG_ITEM_BYTES;
+    let budget = if fits_easily {
+        usize::MAX
+    } else {
+        // Everything but the body's text, counted exactly (`""` included).
+        MAX_LOG_ITEM_BYTES.saturating_sub(json_len(&log).saturating_sub(2))
+    };
+    log.body = body(&line.data, budget);
+    log
+}
+
+/// The line as UTF-8 (lossy), cut so its JSON string (quotes included) is
+/// at most `budget` bytes.
+fn body(data: &[u8], budget: usize) -> Cow<'_, str> {
+    let text = String::from_utf8_lossy(data);
+    // Lossy conversion at most triples a byte and JSON escaping at most
+    // makes six bytes of one.
+    if data.len().saturating_mul(6).saturating_add(2) <= budget {
+        return text;
+    }
+    let marker = format!("…[truncated by logdrain: {} bytes]", data.len());
+    let room = budget.saturating_sub(2 + marker.len());
+    let mut used = 0;
+    for (at, c) in text.char_indices() {
+        used += escaped_len(c);
+        if used > room {
+            let mut cut = String::with_capacity(at + marker.len());
+            cut.push_str(&text[..at]);
+            cut.push_str(&marker);
+            return Cow::Owned(cut);
+        }
+    }
+    text
+}
+
+/// Bytes of `c` inside a JSON string as serde_json writes it.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// Counts the bytes written through it.
+struct Counting<W> {
+    inner: W,
+    count: usize,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn json_len(value: &impl Serialize) -> usize {
+    let mut counter = Counting {
+        inner: io::sink(),
+        count: 0,
+    };
+    // Strings, numbers and booleans into a writer that cannot fail:
+    // serializing cannot fail either; count whatever was written if it did.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.count
+}
+
+/// Bytes `line` adds to the envelope: its log's JSON plus one separator, so
+/// a batch's sum plus [`ENVELOPE_OVERHEAD_BYTES`] bounds the envelope.
+pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
+    json_len(&log(agent_id, line)) + 1
+}
+
+#[derive(Serialize)]
+struct EnvelopeHeader {
+    sent_at: String,
+}
+
+#[derive(Serialize)]
+struct ItemHeader {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    item_count: usize,
+    content_type: &'static str,
+}
+
+/// An envelope ready to send.
+#[derive(Debug)]
+pub struct Encoded {
+    /// The gzipped envelope.
+    pub body: Vec<u8>,
+    /// Length of the decompressed envelope.
+    pub envelope_bytes: usize,
+    pub items: usize,
+}
+
+/// Encodes `lines` as one gzipped envelope with one `log` item, stamped
+/// `sent_at`.
+pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::Result<Encoded> {
+    let estimate = lines.iter().map(|l| l.line.data.len() / 4 + 128).sum();
+    let gzip = GzEncoder::new(Vec::with_capacity(estimate), Compression::default());
+    let mut out = Counting {
+        inner: gzip,
+        count: 0,
+    };
+    let header = EnvelopeHeader {
+        sent_at: humantime::format_rfc3339_micros(sent_at).to_string(),
+    };
+    serde_json::to_writer(&mut out, &header)?;
+    out.write_all(b"\n")?;
+    let item = ItemHeader {
+        kind: ITEM_TYPE,
+        item_count: lines.len(),
+        content_type: ITEM_CONTENT_TYPE,
+    };
+    serde_json::to_writer(&mut out, &item)?;
+    out.write_all(b"\n{\"items\":[")?;
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        serde_json::to_writer(&mut out, &log(agent_id, line))?;
+    }
+    out.write_all(b"]}\n")?;
+    let envelope_bytes = out.count;
+    let body = out.inner.finish()?;
+    Ok(Encoded {
+        body,
+        envelope_bytes,
+        items: lines.len(),
+    })
+}
