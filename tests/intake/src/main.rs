@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use logdrain_test_intake::{DatadogConfig, Intake, IntakeConfig};
+use logdrain_test_intake::{DatadogConfig, Intake, IntakeConfig, NewRelicConfig, SentryConfig};
 
 /// Vendor test intakes: check what the vendors check, answer the way they
 /// answer, and record what they accepted (see `/_intake/...`).
@@ -26,6 +26,26 @@ struct Args {
     )]
     datadog_keys: Vec<String>,
 
+    /// Accepted Sentry public key (32 characters, the DSN's user part);
+    /// repeat, or separate with commas. None = every Sentry request gets 403.
+    #[arg(
+        long = "sentry-key",
+        env = "INTAKE_SENTRY_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    sentry_keys: Vec<String>,
+
+    /// Accepted New Relic license key; repeat, or separate with commas.
+    /// None = every New Relic request gets 403.
+    #[arg(
+        long = "newrelic-key",
+        env = "INTAKE_NEWRELIC_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    newrelic_keys: Vec<String>,
+
     /// Entries kept in memory before further ones are only counted.
     #[arg(long, env = "INTAKE_MAX_ENTRIES", default_value_t = 10_000_000)]
     max_entries: usize,
@@ -40,17 +60,25 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let key_count = args.datadog_keys.len();
+    let key_count = args.datadog_keys.len() + args.sentry_keys.len() + args.newrelic_keys.len();
     let config = IntakeConfig {
         datadog: DatadogConfig {
             keys: args.datadog_keys,
             ..DatadogConfig::default()
         },
+        sentry: SentryConfig {
+            keys: args.sentry_keys,
+            ..SentryConfig::default()
+        },
+        newrelic: NewRelicConfig {
+            keys: args.newrelic_keys,
+            ..NewRelicConfig::default()
+        },
         max_recorded_entries: args.max_entries,
         ..IntakeConfig::default()
     };
     let intake = Intake::start_on(args.listen, config).await?;
-    tracing::info!(addr = %intake.addr(), datadog_keys = key_count, "test intake listening");
+    tracing::info!(addr = %intake.addr(), accepted_keys = key_count, "test intake listening");
     stop_signal()
         .await
         .context("cannot listen for stop signals")?;
