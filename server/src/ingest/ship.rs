@@ -5,9 +5,12 @@
 //! queue and acked with the stream's durable high-water mark. Nothing is acked
 //! before the queue says it is on disk.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
 use logdrain::v1::{
     gateway_message, shim_message, Ack, Batch, GatewayMessage, Line, Open, Origin, ShimMessage,
     StreamKind, TailLine, TailRequest,
@@ -29,6 +32,9 @@ const MAX_BOOT_ID: usize = 64;
 const MAX_SECRET_BYTES: usize = 16 * 1024;
 /// Acks buffered towards a slow shim.
 const ACK_BUFFER: usize = 16;
+/// Batches of one stream written to the queue but not yet durable. Bounds
+/// the memory a stream holds while its writes share group commits.
+const PIPELINE_DEPTH: usize = 8;
 
 /// Admits a new ship stream and spawns its session.
 pub(super) async fn accept(
@@ -157,43 +163,74 @@ impl Session {
         let _guard = ActiveStream;
         tracing::info!(agent = %self.agent_id, agent_server = %self.agent_server_id, boot = %self.boot_id, routes = self.routes.len(), "stream opened");
 
+        // Batches written to the queue and waiting for their group commit,
+        // acked in order as they become durable. Reading the next batch
+        // while earlier ones wait lets them share one flush.
+        let mut waiting: FuturesOrdered<Durable> = FuturesOrdered::new();
         let shutdown = self.ingest.shutdown.clone();
+        let mut reading = true;
+        let mut shutting_down = false;
         loop {
-            let message = tokio::select! {
-                _ = shutdown.wait() => {
+            if !reading && waiting.is_empty() {
+                if shutting_down {
                     let _ = tx.send(Err(Status::unavailable("this gateway is shutting down; everything acked is on disk; reconnect to another gateway"))).await;
-                    break;
+                }
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(done) = waiting.next() => {
+                    let reply = done.map(ack);
+                    let failed = reply.is_err();
+                    if tx.send(reply).await.is_err() || failed {
+                        break;
+                    }
                 }
                 _ = tx.closed() => break,
-                message = inbound.message() => message,
-            };
-            let reply = match message {
-                Ok(Some(ShimMessage {
-                    kind: Some(shim_message::Kind::Batch(batch)),
-                })) => self.batch(batch).await,
-                Ok(Some(ShimMessage {
-                    kind: Some(shim_message::Kind::Open(_)),
-                })) => Err(Status::invalid_argument(
-                    "a stream carries one Open, as its first message; open a new stream instead",
-                )),
-                Ok(Some(ShimMessage { kind: None })) => {
-                    Err(Status::invalid_argument("empty message: send a Batch"))
+                _ = shutdown.wait(), if !shutting_down => {
+                    // Stop reading; ack what is being made durable.
+                    shutting_down = true;
+                    reading = false;
                 }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(agent = %self.agent_id, agent_server = %self.agent_server_id, %status, "stream ended by the shim");
-                    break;
+                message = inbound.message(), if reading && waiting.len() < PIPELINE_DEPTH => {
+                    match message {
+                        Ok(Some(ShimMessage {
+                            kind: Some(shim_message::Kind::Batch(batch)),
+                        })) => match self.write(batch) {
+                            Ok(durable) => waiting.push_back(durable),
+                            Err(status) => {
+                                let _ = tx.send(Err(status)).await;
+                                break;
+                            }
+                        },
+                        Ok(Some(ShimMessage {
+                            kind: Some(shim_message::Kind::Open(_)),
+                        })) => {
+                            let _ = tx.send(Err(Status::invalid_argument(
+                                "a stream carries one Open, as its first message; open a new stream instead",
+                            ))).await;
+                            break;
+                        }
+                        Ok(Some(ShimMessage { kind: None })) => {
+                            let _ = tx.send(Err(Status::invalid_argument("empty message: send a Batch"))).await;
+                            break;
+                        }
+                        Ok(None) => reading = false,
+                        Err(status) => {
+                            tracing::debug!(agent = %self.agent_id, agent_server = %self.agent_server_id, %status, "stream ended by the shim");
+                            reading = false;
+                        }
+                    }
                 }
-            };
-            let fatal = reply.is_err();
-            if tx.send(reply).await.is_err() || fatal {
-                break;
             }
         }
         tracing::info!(agent = %self.agent_id, agent_server = %self.agent_server_id, "stream closed");
     }
 
-    async fn batch(&self, batch: Batch) -> Result<GatewayMessage, Status> {
+    /// Checks a batch and writes it to the queue; the returned future
+    /// resolves to the stream's durable high-water mark once the write is on
+    /// disk, and only then counts it as acked and shows it to live tail.
+    fn write(&self, batch: Batch) -> Result<Durable, Status> {
         if batch.first_seq == 0 {
             return Err(Status::invalid_argument(
                 "Batch.first_seq is 0; sequence numbers start at 1",
@@ -211,25 +248,31 @@ impl Session {
         let bytes: u64 = batch.lines.iter().map(|l| l.data.len() as u64).sum();
         metrics::received(&self.agent_id, count, bytes);
         if batch.lines.is_empty() {
-            // The stored high-water mark may still wait for its group commit.
-            self.ingest.queue.flush().await.map_err(queue_status)?;
-            let seq = self
-                .ingest
-                .queue
-                .acked_seq(&self.agent_id, &self.agent_server_id, &self.boot_id)
-                .map_err(queue_status)?;
-            return Ok(ack(seq));
+            // Nothing to write: answer with the stream's durable mark (the
+            // stored one may still wait for its group commit).
+            let queue = self.ingest.queue.clone();
+            let (agent, server, boot) = (
+                self.agent_id.clone(),
+                Arc::clone(&self.agent_server_id),
+                self.boot_id.clone(),
+            );
+            return Ok(Box::pin(async move {
+                let seq = queue
+                    .acked_seq(&agent, &server, &boot)
+                    .map_err(queue_status)?;
+                queue.flush().await.map_err(queue_status)?;
+                Ok(seq)
+            }));
         }
-
         let tail_copy = self
             .ingest
             .tail
             .has_followers(&self.agent_id)
             .then(|| batch.lines.clone());
-        let outcome = self
+        let written = self
             .ingest
             .queue
-            .append(Append {
+            .write(Append {
                 agent_id: &self.agent_id,
                 agent_server_id: &self.agent_server_id,
                 boot_id: &self.boot_id,
@@ -237,30 +280,39 @@ impl Session {
                 lines: batch.lines,
                 routes: &self.routes,
             })
-            .await
             .map_err(queue_status)?;
 
-        let fresh = count - outcome.duplicates as u64;
-        metrics::duplicates(&self.agent_id, outcome.duplicates as u64);
-        metrics::acked(&self.agent_id, fresh);
-        if self.routes.is_empty() {
-            metrics::dropped(&self.agent_id, "no_destination", fresh);
-        }
-        if let Some(mut lines) = tail_copy {
-            let lines = lines.split_off(outcome.duplicates.min(lines.len()));
-            if !lines.is_empty() {
-                self.ingest.tail.publish(
-                    &self.agent_id,
-                    TailBatch {
-                        agent_server_id: self.agent_server_id.clone(),
-                        lines,
-                    },
-                );
+        let ingest = Arc::clone(&self.ingest);
+        let agent_id = self.agent_id.clone();
+        let agent_server_id = Arc::clone(&self.agent_server_id);
+        let no_destination = self.routes.is_empty();
+        Ok(Box::pin(async move {
+            let outcome = written.durable().await.map_err(queue_status)?;
+            let fresh = count - outcome.duplicates as u64;
+            metrics::duplicates(&agent_id, outcome.duplicates as u64);
+            metrics::acked(&agent_id, fresh);
+            if no_destination {
+                metrics::dropped(&agent_id, "no_destination", fresh);
             }
-        }
-        Ok(ack(outcome.acked_seq))
+            if let Some(mut lines) = tail_copy {
+                let lines = lines.split_off(outcome.duplicates.min(lines.len()));
+                if !lines.is_empty() {
+                    ingest.tail.publish(
+                        &agent_id,
+                        TailBatch {
+                            agent_server_id,
+                            lines,
+                        },
+                    );
+                }
+            }
+            Ok(outcome.acked_seq)
+        }))
     }
 }
+
+/// A written batch on its way to disk; yields the ack to send.
+type Durable = Pin<Box<dyn Future<Output = Result<u64, Status>> + Send>>;
 
 fn check_line(index: usize, line: &Line) -> Result<(), Status> {
     if StreamKind::try_from(line.stream).map_or(true, |s| s == StreamKind::Unspecified) {
@@ -273,11 +325,6 @@ fn check_line(index: usize, line: &Line) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!(
             "line {index} of the batch has origin {}; use AGENT (1) or SHIM (2)",
             line.origin
-        )));
-    }
-    if !line.more_parts && line.part == u32::MAX {
-        return Err(Status::invalid_argument(format!(
-            "line {index} of the batch has an impossible part number"
         )));
     }
     Ok(())

@@ -111,6 +111,35 @@ pub struct OpenReport {
 /// seen.
 const STREAM_LOCKS: usize = 64;
 
+/// A batch written by [`Queue::write`] that may not be on disk yet.
+#[must_use = "a written batch may be acknowledged only once `durable` resolves"]
+pub struct Written {
+    inner: Arc<Inner>,
+    stored: Stored,
+}
+
+impl Written {
+    /// Resolves once a group commit made the write durable.
+    pub async fn durable(self) -> Result<AppendOutcome, QueueError> {
+        let Stored { outcome, notify } = self.stored;
+        self.inner
+            .commit
+            .wait_durable()
+            .await
+            .map_err(QueueError::Flush)?;
+        if let Some((agent, newest)) = notify {
+            agent.newest.send_if_modified(|current| {
+                let newer = newest > *current;
+                if newer {
+                    *current = newest;
+                }
+                newer
+            });
+        }
+        Ok(outcome)
+    }
+}
+
 /// The durable queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -167,22 +196,20 @@ impl Queue {
     /// nothing is stored but the high-water mark (the caller counts the
     /// drop). Every route must have been stored with [`Queue::put_route`].
     pub async fn append(&self, append: Append<'_>) -> Result<AppendOutcome, QueueError> {
-        let Stored { outcome, notify } = self.inner.store(append)?;
-        self.inner
-            .commit
-            .wait_durable()
-            .await
-            .map_err(QueueError::Flush)?;
-        if let Some((agent, newest)) = notify {
-            agent.newest.send_if_modified(|current| {
-                let newer = newest > *current;
-                if newer {
-                    *current = newest;
-                }
-                newer
-            });
-        }
-        Ok(outcome)
+        self.write(append)?.durable().await
+    }
+
+    /// The first half of [`Queue::append`]: writes the batch now (same
+    /// de-duplication and atomicity) and returns without waiting for the
+    /// disk. A stream can then write its next batch while this one waits,
+    /// so both share one group commit. Nothing may be acknowledged before
+    /// [`Written::durable`] resolves.
+    pub fn write(&self, append: Append<'_>) -> Result<Written, QueueError> {
+        let stored = self.inner.store(append)?;
+        Ok(Written {
+            inner: Arc::clone(&self.inner),
+            stored,
+        })
     }
 
     /// The stored high-water mark of a stream (0 if unknown).
