@@ -22,8 +22,6 @@ pub struct Config {
     pub command: Command,
 }
 
-// Parsed once per process: the size of the largest variant does not matter.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 // Parsed once at startup: the size of the serve variant (one URL per
 // vendor override) costs nothing worth a Box.
