@@ -1,9 +1,19 @@
-//! The logdrain wire protocol: the gRPC service between `agent-shim` and
-//! `logdrain-gateway`, generated from `proto/logdrain.proto`.
+//! What `agent-shim` and `logdrain-gateway` must agree on, and nothing else:
 //!
-//! Owns the message types and a few helpers about them. It must not contain
-//! any shim or gateway behaviour.
+//! * the wire protocol: the gRPC service generated from
+//!   `proto/logdrain.proto` ([`v1`]) and a few helpers about its messages;
+//! * the contract of destination secrets ([`secrets`]): which variables are
+//!   forwarded, which destinations they enable, and which values are valid,
+//!   so the shim's check at start and the gateway's sinks apply the same
+//!   rules.
+//!
+//! It must not contain any shim or gateway behaviour: no I/O beyond the
+//! generated client and server, no vendor endpoints, headers or clients.
 #![forbid(unsafe_code)]
+
+pub mod secrets;
+
+pub use secrets::SECRET_VARS;
 
 /// Generated protobuf and tonic code for package `logdrain.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -16,18 +26,6 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Largest encoded gRPC message either side accepts (16 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
-
-/// Environment variable names of the destination secrets the shim forwards.
-pub const SECRET_VARS: &[&str] = &[
-    "DATADOG_TOKEN",
-    "DATADOG_REGION",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_REGION",
-    "SENTRY_DSN",
-    "NEW_RELIC_LICENSE_KEY",
-];
 
 impl v1::StreamKind {
     /// The name vendors receive: `stdout` or `stderr`.

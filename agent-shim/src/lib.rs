@@ -20,7 +20,8 @@
 //! * [`child`] starts the agent, forwards signals and reaps children;
 //!   [`lifecycle`] maps exits to codes and words the shim's own lines.
 //! * [`config`] is the command line / environment; [`secrets`] the
-//!   destination secrets forwarded in `Open`.
+//!   destination secrets forwarded in `Open`, checked at start with the
+//!   gateway's rules (a warning on stderr; they are forwarded anyway).
 //! * `sys` (private) is the one module with `unsafe` (a few libc calls).
 //!
 //! The binary only parses [`Config`] and calls [`run`].
@@ -107,6 +108,11 @@ pub fn run(config: Config) -> Result<i32, Error> {
 pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error> {
     for name in secrets.ignored_not_utf8() {
         diag!("ignoring {name}: its value is not valid UTF-8");
+    }
+    // Only on our own stderr, never in the drain: the gateway reports a
+    // wrong value again in its route's status.
+    for warning in secrets.warnings() {
+        diag!("warning: {warning}");
     }
     // Handlers first, so neither the agent's exit nor a signal is missed.
     let mut reaper = Reaper::new(reap_orphans(settings.subreaper)).map_err(Error::Signals)?;

@@ -2,12 +2,17 @@
 //!
 //! The shim reads the variables named in [`logdrain::SECRET_VARS`] from its
 //! environment once, at start ([`Secrets::from_env`]); tests pass their own
-//! variables to [`Secrets::from_vars`]. Values never appear in `Debug`
-//! output, logs or errors: only the variable names do.
+//! variables to [`Secrets::from_vars`]. At start it also checks them with the
+//! gateway's own rules ([`logdrain::secrets::check`]) so a wrong secret is
+//! seen at once ([`Secrets::warnings`]); it forwards them all the same. It
+//! must not judge values itself. Values never appear in `Debug` output, logs,
+//! warnings or errors: only the variable names do (and a region's value).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
+
+use logdrain::secrets::{Destination, SecretProblem};
 
 /// The secrets present in the environment, by variable name.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -53,12 +58,40 @@ impl Secrets {
         &self.not_utf8
     }
 
+    /// One warning per problem the shared rules find in the secrets read,
+    /// each saying what happens to the lines. Never shows a confidential
+    /// value.
+    pub fn warnings(&self) -> Vec<String> {
+        logdrain::secrets::check(&self.values)
+            .iter()
+            .map(|problem| warning(problem, &self.values))
+            .collect()
+    }
+
     /// The map sent in `Open.secrets`.
     pub fn to_open_map(&self) -> HashMap<String, String> {
         self.values
             .iter()
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect()
+    }
+}
+
+/// A problem and what it means for the lines. A destination whose required
+/// secrets are all set makes a route at the gateway, which keeps the lines
+/// while a value is wrong; one that misses a required secret makes none.
+fn warning(problem: &SecretProblem, values: &BTreeMap<String, String>) -> String {
+    match Destination::of_secret(problem.secret()) {
+        Some(destination) if !destination.is_enabled_by(values) => format!(
+            "{problem}; nothing is delivered to {} and no lines are kept for it until a \
+             deployment brings {}",
+            destination.name,
+            destination.required.join(" and ")
+        ),
+        _ => format!(
+            "{problem}; lines are still sent and kept by the gateway until a deployment \
+             brings valid secrets"
+        ),
     }
 }
 
@@ -110,6 +143,79 @@ mod tests {
         )]);
         assert!(secrets.to_open_map().is_empty());
         assert_eq!(secrets.ignored_not_utf8(), ["NEW_RELIC_LICENSE_KEY"]);
+    }
+
+    #[test]
+    fn valid_or_unused_secrets_give_no_warning() {
+        let secrets = Secrets::from_vars(vars(&[
+            ("DATADOG_TOKEN", "0123456789abcdef0123456789abcdef"),
+            ("DATADOG_REGION", "eu"),
+            // The agent's own AWS region, with no CloudWatch key.
+            ("AWS_REGION", "somewhere"),
+        ]));
+        assert_eq!(secrets.warnings(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_wrong_value_warns_that_the_gateway_keeps_the_lines() {
+        let secrets =
+            Secrets::from_vars(vars(&[("DATADOG_TOKEN", "x"), ("DATADOG_REGION", "mars")]));
+        assert_eq!(
+            secrets.warnings(),
+            [
+                r#"DATADOG_REGION "mars" is not a Datadog region; use one of us1, us3, us5, us1-fed, eu, ap1, ap2; lines are still sent and kept by the gateway until a deployment brings valid secrets"#
+            ]
+        );
+        // Forwarded all the same: the gateway keeps the data.
+        assert_eq!(secrets.to_open_map()["DATADOG_REGION"], "mars");
+    }
+
+    #[test]
+    fn an_empty_half_of_a_key_pair_warns_that_nothing_is_delivered() {
+        let secrets = Secrets::from_vars(vars(&[
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+        ]));
+        assert_eq!(
+            secrets.warnings(),
+            ["AWS_SECRET_ACCESS_KEY is required to deliver to cloudwatch but is missing or empty; \
+              nothing is delivered to cloudwatch and no lines are kept for it until a deployment \
+              brings AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"]
+        );
+    }
+
+    #[test]
+    fn a_wrong_value_of_an_incomplete_destination_does_not_promise_kept_lines() {
+        let secrets = Secrets::from_vars(vars(&[
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("AWS_REGION", "moon"),
+        ]));
+        let warnings = secrets.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[1].starts_with("AWS_REGION \"moon\""),
+            "{warnings:?}"
+        );
+        for warning in &warnings {
+            assert!(
+                warning.contains("nothing is delivered to cloudwatch"),
+                "{warning}"
+            );
+        }
+    }
+
+    #[test]
+    fn warnings_never_show_a_confidential_value() {
+        let secrets = Secrets::from_vars(vars(&[
+            ("SENTRY_DSN", "https://leaky-key@sentry.example.com/1"),
+            ("NEW_RELIC_LICENSE_KEY", "leaky key"),
+        ]));
+        let warnings = secrets.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        for warning in &warnings {
+            assert!(!warning.contains("leaky"), "{warning}");
+            assert!(!warning.contains("sentry.example"), "{warning}");
+        }
     }
 
     #[test]

@@ -230,6 +230,53 @@ fn bad_option_values_are_named_with_the_fix() {
 }
 
 #[test]
+fn wrong_secrets_are_warned_about_at_start_and_the_agent_still_runs() {
+    let dsn = "https://leakykey@sentry.example.com/1";
+    let output = shim()
+        .env("DATADOG_TOKEN", "x")
+        .env("DATADOG_REGION", "mars")
+        .env("SENTRY_DSN", dsn)
+        .args(["--", "sh", "-c", "echo ran; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert_eq!(output.stdout, b"ran\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warning = |secret: &str| {
+        let prefix = format!("agent-shim: warning: {secret} ");
+        let found = stderr.lines().find(|line| line.starts_with(&prefix));
+        found.unwrap_or_else(|| panic!("no warning about {secret} in:\n{stderr}"))
+    };
+    assert_eq!(
+        warning("DATADOG_REGION"),
+        "agent-shim: warning: DATADOG_REGION \"mars\" is not a Datadog region; \
+         use one of us1, us3, us5, us1-fed, eu, ap1, ap2; \
+         lines are still sent and kept by the gateway until a deployment brings valid secrets"
+    );
+    assert!(
+        warning("SENTRY_DSN").starts_with("agent-shim: warning: SENTRY_DSN cannot be used: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("leakykey"), "{stderr}");
+    assert!(!stderr.contains("sentry.example.com"), "{stderr}");
+    // The agent's own stderr is untouched by the warnings.
+    assert!(agent_stderr(&output).is_empty(), "{stderr}");
+}
+
+#[test]
+fn valid_secrets_give_no_warning() {
+    let output = shim()
+        .env("DATADOG_TOKEN", "0123456789abcdef0123456789abcdef")
+        .env("DATADOG_REGION", "eu")
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("agent-shim: warning:"), "{stderr}");
+}
+
+#[test]
 fn unreachable_gateway_is_reported_on_stderr_only() {
     let output = run_shim(&["--", "sh", "-c", "echo hello"]);
     assert_eq!(output.status.code(), Some(0));

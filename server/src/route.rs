@@ -3,14 +3,17 @@
 //! A route is one (agent, destination, credentials) triple. Each route has its
 //! own queue cursor and its own delivery worker, so a failing vendor or a bad
 //! credential never delays another route. This module owns the route
-//! identity and the split of a stream's secrets into per-destination sets. It
-//! must not validate vendor-specific values (that belongs to each sink's
-//! config) and must never format a secret value.
+//! identity and the split of a stream's secrets into per-destination sets.
+//! Which secrets each destination takes is the shared table in
+//! [`logdrain::secrets`] (the shim checks against the same table). This
+//! module must not validate values (the shared rules and each sink's config
+//! do) and must never format a secret value.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use hmac::{Hmac, Mac};
+use logdrain::secrets::{self as contract, Destination};
 use sha2::Sha256;
 
 /// Every destination logdrain can deliver to.
@@ -30,14 +33,19 @@ impl DestinationKind {
         DestinationKind::NewRelic,
     ];
 
+    /// Its entry in the shared table: name and secrets.
+    pub fn contract(self) -> &'static Destination {
+        match self {
+            DestinationKind::Datadog => &contract::DATADOG,
+            DestinationKind::CloudWatch => &contract::CLOUDWATCH,
+            DestinationKind::Sentry => &contract::SENTRY,
+            DestinationKind::NewRelic => &contract::NEW_RELIC,
+        }
+    }
+
     /// Stable lowercase name, used in metrics labels and on disk.
     pub fn name(self) -> &'static str {
-        match self {
-            DestinationKind::Datadog => "datadog",
-            DestinationKind::CloudWatch => "cloudwatch",
-            DestinationKind::Sentry => "sentry",
-            DestinationKind::NewRelic => "newrelic",
-        }
+        self.contract().name
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -46,22 +54,12 @@ impl DestinationKind {
 
     /// Secrets that must all be present (and non-empty) to enable it.
     pub fn required_secrets(self) -> &'static [&'static str] {
-        match self {
-            DestinationKind::Datadog => &["DATADOG_TOKEN"],
-            DestinationKind::CloudWatch => &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
-            DestinationKind::Sentry => &["SENTRY_DSN"],
-            DestinationKind::NewRelic => &["NEW_RELIC_LICENSE_KEY"],
-        }
+        self.contract().required
     }
 
     /// Secrets that are used when present.
     pub fn optional_secrets(self) -> &'static [&'static str] {
-        match self {
-            DestinationKind::Datadog => &["DATADOG_REGION"],
-            DestinationKind::CloudWatch => &["AWS_REGION", "AWS_SESSION_TOKEN"],
-            DestinationKind::Sentry => &[],
-            DestinationKind::NewRelic => &[],
-        }
+        self.contract().optional
     }
 }
 
@@ -119,17 +117,12 @@ pub fn routes_for(
 ) -> Vec<(RouteKey, Secrets)> {
     DestinationKind::ALL
         .into_iter()
-        .filter(|kind| {
-            kind.required_secrets()
-                .iter()
-                .all(|name| secrets.get(*name).is_some_and(|v| !v.trim().is_empty()))
-        })
+        .filter(|kind| kind.contract().is_enabled_by(secrets))
         .map(|kind| {
             let subset: BTreeMap<String, String> = kind
-                .required_secrets()
-                .iter()
-                .chain(kind.optional_secrets())
-                .filter_map(|name| secrets.get(*name).map(|v| (name.to_string(), v.clone())))
+                .contract()
+                .secrets()
+                .filter_map(|name| secrets.get(name).map(|v| (name.to_string(), v.clone())))
                 .collect();
             let cred_id = credential_id(key, kind, &subset);
             (
@@ -190,6 +183,18 @@ mod tests {
         assert_ne!(a[0].0, b[0].0);
         let again = routes_for("a1", &secrets(&[("DATADOG_TOKEN", "one")]), b"k");
         assert_eq!(a[0].0, again[0].0);
+    }
+
+    #[test]
+    fn every_destination_of_the_shared_table_is_a_kind_with_its_stable_name() {
+        let names: Vec<&str> = DestinationKind::ALL.iter().map(|k| k.name()).collect();
+        // On disk and in metrics: these must never change.
+        assert_eq!(names, ["datadog", "cloudwatch", "sentry", "newrelic"]);
+        for destination in contract::DESTINATIONS {
+            let kind = DestinationKind::from_name(destination.name).unwrap();
+            assert_eq!(kind.contract(), &destination);
+        }
+        assert_eq!(DestinationKind::ALL.len(), contract::DESTINATIONS.len());
     }
 
     #[test]

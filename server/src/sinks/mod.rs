@@ -2,15 +2,27 @@
 //!
 //! This module owns the contract between the delivery engine and the vendors:
 //! the [`Sink`] trait, the error a send can end with ([`SinkError`]), the
-//! error a route's secrets can be rejected with ([`SecretError`]), and
-//! [`SinkFactory`], which builds the sink for one route from its secrets.
+//! error a route's secrets can be rejected with ([`SecretError`], the shared
+//! `logdrain::secrets` rules), and [`SinkFactory`], which builds the sink for
+//! one route from its secrets.
 //!
 //! * [`engine`] does everything that is the same for every vendor, once:
 //!   one worker per route, batching with a maximum linger, retries with
 //!   backoff and `Retry-After`, splitting rejected payloads, parking routes
 //!   whose credentials are refused, and per-route status.
-//! * Each vendor folder ([`datadog`], [`cloudwatch`], [`sentry`], [`newrelic`]) describes its request and
-//!   classifies its responses, and nothing else.
+//! * Each vendor folder ([`datadog`], [`cloudwatch`], [`sentry`],
+//!   [`newrelic`]) describes its request and classifies its responses, and
+//!   nothing else. Every folder has the same files: `config.rs` (secrets →
+//!   endpoint), `request_builder.rs` (lines → request body), `service.rs`
+//!   (the call, and `classify`, the one place that decides what an answer
+//!   means), `tests.rs`; CloudWatch adds `outcome.rs` (per-line verdicts).
+//! * [`text`] does what every vendor does the same way to a line: UTF-8
+//!   text, cutting an over-long line with a visible marker, the
+//!   `logdrain.*` attributes, counting serialised bytes.
+//! * [`http`] holds the HTTP pieces the vendors share: the usual meaning of
+//!   a status, `Retry-After`, error-answer excerpts, transport errors
+//!   without URLs, and redaction of secrets.
+//! * [`level`] detects a line's level for vendors that show one.
 //!
 //! A sink must never retry, sleep or touch the queue itself: it answers one
 //! send with one [`SinkError`] class, and the engine decides what to do.
@@ -20,9 +32,11 @@
 pub mod cloudwatch;
 pub mod datadog;
 pub mod engine;
+pub mod http;
 pub mod level;
 pub mod newrelic;
 pub mod sentry;
+pub mod text;
 
 use std::fmt;
 use std::sync::Arc;
@@ -108,41 +122,11 @@ impl SinkError {
     }
 }
 
-/// A route's secrets cannot make a working sink. Names the secret and what it
-/// accepts, and never shows a secret's value.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum SecretError {
-    /// A secret that is not confidential (a region) has a value that is not
-    /// one of the accepted ones; the value is shown.
-    #[error("{secret} {value:?} is not a {what}; use one of {accepted}")]
-    NotOneOf {
-        secret: &'static str,
-        value: String,
-        what: &'static str,
-        accepted: &'static str,
-    },
-    /// A secret that is not confidential (a region) does not have the
-    /// accepted form; the value is shown.
-    #[error("{secret} {value:?} is not {what}; use {accepted}")]
-    NotOfForm {
-        secret: &'static str,
-        value: String,
-        what: &'static str,
-        accepted: &'static str,
-    },
-    /// A confidential secret cannot be used as it is; its value is not shown.
-    #[error("{secret} cannot be used: {problem}")]
-    Malformed {
-        secret: &'static str,
-        problem: &'static str,
-    },
-    /// A required secret is missing or empty.
-    #[error("{secret} is required to deliver to {destination} but is missing or empty")]
-    Missing {
-        secret: &'static str,
-        destination: DestinationKind,
-    },
-}
+/// A route's secrets cannot make a working sink: the shared
+/// [`logdrain::secrets::SecretProblem`], so the gateway reports exactly what
+/// the shim warned about at start. Names the secret and what it accepts,
+/// and never shows a confidential value.
+pub use logdrain::secrets::SecretProblem as SecretError;
 
 /// One vendor endpoint for one route. Built per route by [`SinkFactory`], so
 /// it knows its agent and credentials.

@@ -10,8 +10,10 @@
 //! environment the gateway itself contributes is the endpoint override
 //! ([`endpoint_override`]), which is an address, never a credential.
 //!
-//! This module must never format a secret: `Debug` of [`RouteCredentials`]
-//! redacts every key.
+//! The values are checked by the shared rules in [`logdrain::secrets`] (the
+//! keys' characters, the form of a region name), which the shim also applies
+//! at start. This module must never format a secret: `Debug` of
+//! [`RouteCredentials`] redacts every key.
 
 use std::fmt;
 
@@ -20,13 +22,20 @@ use aws_sdk_cloudwatchlogs::config::timeout::TimeoutConfig;
 use aws_sdk_cloudwatchlogs::config::{
     BehaviorVersion, Credentials, Region, SharedCredentialsProvider, SharedHttpClient,
 };
+use logdrain::secrets::{
+    self as rules, AWS_ACCESS_KEY_ID, AWS_REGION, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    CLOUDWATCH,
+};
 use url::Url;
 
-use crate::route::{DestinationKind, Secrets};
+use crate::route::Secrets;
 use crate::sinks::{SecretError, SinkError, SinkSettings};
 
+/// `AWS_REGION` → region name, absent or blank meaning [`DEFAULT_REGION`]
+/// (the shared rule).
+pub use logdrain::secrets::aws_region as parse_region;
 /// Region used when `AWS_REGION` is absent or blank.
-pub const DEFAULT_REGION: &str = "us-west-2";
+pub use logdrain::secrets::AWS_DEFAULT_REGION as DEFAULT_REGION;
 
 /// Environment variables of the gateway (not of the agents) that override
 /// the endpoint, most specific first, as in the AWS SDKs.
@@ -95,13 +104,13 @@ impl RouteCredentials {
 /// Reads a route's AWS secrets. Keys are trimmed; an empty
 /// `AWS_SESSION_TOKEN` counts as absent.
 pub fn from_secrets(secrets: &Secrets) -> Result<RouteCredentials, SecretError> {
-    let access_key_id = required_key(secrets, "AWS_ACCESS_KEY_ID")?;
-    let secret_access_key = required_key(secrets, "AWS_SECRET_ACCESS_KEY")?;
-    let session_token = match secrets.get("AWS_SESSION_TOKEN").map(str::trim) {
-        None | Some("") => None,
-        Some(token) => Some(checked_key("AWS_SESSION_TOKEN", token)?.to_string()),
+    let access_key_id = required_key(secrets, AWS_ACCESS_KEY_ID)?;
+    let secret_access_key = required_key(secrets, AWS_SECRET_ACCESS_KEY)?;
+    let session_token = match rules::non_blank(secrets.get(AWS_SESSION_TOKEN)) {
+        None => None,
+        Some(token) => Some(rules::aws_key(AWS_SESSION_TOKEN, token)?.to_string()),
     };
-    let region = parse_region(secrets.get("AWS_REGION"))?;
+    let region = parse_region(secrets.get(AWS_REGION))?;
     Ok(RouteCredentials {
         access_key_id,
         secret_access_key,
@@ -111,69 +120,8 @@ pub fn from_secrets(secrets: &Secrets) -> Result<RouteCredentials, SecretError> 
 }
 
 fn required_key(secrets: &Secrets, name: &'static str) -> Result<String, SecretError> {
-    let value = secrets
-        .get(name)
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .ok_or(SecretError::Missing {
-            secret: name,
-            destination: DestinationKind::CloudWatch,
-        })?;
-    Ok(checked_key(name, value)?.to_string())
-}
-
-/// Keys are signed and sent in headers: only visible ASCII can be right.
-fn checked_key<'a>(name: &'static str, value: &'a str) -> Result<&'a str, SecretError> {
-    if value.bytes().all(|b| b.is_ascii_graphic()) {
-        Ok(value)
-    } else {
-        Err(SecretError::Malformed {
-            secret: name,
-            problem: "it contains spaces, line breaks or non-ASCII characters; \
-                      paste the key exactly as AWS shows it",
-        })
-    }
-}
-
-/// Parses `AWS_REGION`: absent or blank means [`DEFAULT_REGION`]; case and
-/// surrounding spaces are ignored. The name must have the form of an AWS
-/// region (`us-west-2`, `us-gov-west-1`, `cn-north-1`, `eusc-de-east-1`):
-/// a 2–4 letter prefix, one or more words, and a number. Whether the region
-/// exists is AWS's to say; the form alone catches typos and other values
-/// pasted into the wrong secret.
-pub fn parse_region(value: Option<&str>) -> Result<String, SecretError> {
-    let Some(raw) = value else {
-        return Ok(DEFAULT_REGION.to_string());
-    };
-    let wanted = raw.trim().to_ascii_lowercase();
-    if wanted.is_empty() {
-        return Ok(DEFAULT_REGION.to_string());
-    }
-    if is_region_name(&wanted) {
-        Ok(wanted)
-    } else {
-        Err(SecretError::NotOfForm {
-            secret: "AWS_REGION",
-            value: raw.chars().take(64).collect(),
-            what: "an AWS region name",
-            accepted: "a name like us-west-2 or eu-central-1",
-        })
-    }
-}
-
-/// `^[a-z]{2,4}(-[a-z]+)+-[0-9]+$`
-fn is_region_name(name: &str) -> bool {
-    let parts: Vec<&str> = name.split('-').collect();
-    let [prefix, words @ .., number] = parts.as_slice() else {
-        return false;
-    };
-    let letters = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase());
-    (2..=4).contains(&prefix.len())
-        && letters(prefix)
-        && !words.is_empty()
-        && words.iter().all(|w| letters(w))
-        && !number.is_empty()
-        && number.bytes().all(|b| b.is_ascii_digit())
+    let value = rules::required(&CLOUDWATCH, name, secrets.get(name))?;
+    Ok(rules::aws_key(name, value)?.to_string())
 }
 
 /// The endpoint every CloudWatch sink uses instead of AWS's, if any:

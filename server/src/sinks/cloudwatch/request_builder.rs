@@ -13,13 +13,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{self, Write};
 use std::sync::Arc;
 
-use logdrain::v1::Origin;
 use serde::Serialize;
 
 use crate::queue::{Cursor, QueuedLine};
+use crate::sinks::text::{self, Attributes};
 
 /// Most events in one PutLogEvents request.
 pub const MAX_EVENTS: usize = 10_000;
@@ -43,35 +42,17 @@ pub const MAX_LINE_JSON_BYTES: usize = MAX_EVENT_BYTES - EVENT_OVERHEAD - 256;
 struct Message<'a> {
     message: Cow<'a, str>,
     stream: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logdrain: Option<Attributes>,
-}
-
-/// Attributes under `logdrain.*`, present only when they say something
-/// (the same ones the Datadog sink sends).
-#[derive(Serialize)]
-struct Attributes {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    part: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    more_parts: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    origin: Option<&'static str>,
+    /// The same attributes the Datadog sink sends.
+    #[serde(skip_serializing_if = "Attributes::is_empty")]
+    logdrain: Attributes,
 }
 
 fn message_of(queued: &QueuedLine) -> Message<'_> {
     let line = &queued.line;
-    let piece = line.part > 0 || line.more_parts;
-    let shim = line.origin() == Origin::Shim;
-    let logdrain = (piece || shim).then(|| Attributes {
-        part: piece.then_some(line.part),
-        more_parts: piece.then_some(line.more_parts),
-        origin: shim.then_some("shim"),
-    });
     Message {
         message: line_text(&line.data),
         stream: line.stream().name(),
-        logdrain,
+        logdrain: Attributes::of(line),
     }
 }
 
@@ -79,34 +60,7 @@ fn message_of(queued: &QueuedLine) -> Message<'_> {
 /// to [`MAX_LINE_JSON_BYTES`] of JSON with a visible marker
 /// (`…[truncated by logdrain: N bytes]`, N the line's original length).
 pub fn line_text(data: &[u8]) -> Cow<'_, str> {
-    let text = String::from_utf8_lossy(data);
-    // Lossy conversion at most triples a byte and JSON escaping at most
-    // makes six bytes of one: short lines cannot need cutting.
-    if data.len().saturating_mul(6) <= MAX_LINE_JSON_BYTES {
-        return text;
-    }
-    let marker = format!("…[truncated by logdrain: {} bytes]", data.len());
-    let budget = MAX_LINE_JSON_BYTES - 2 - marker.len(); // 2: the quotes
-    let mut used = 0;
-    for (at, c) in text.char_indices() {
-        used += escaped_len(c);
-        if used > budget {
-            let mut cut = String::with_capacity(at + marker.len());
-            cut.push_str(&text[..at]);
-            cut.push_str(&marker);
-            return Cow::Owned(cut);
-        }
-    }
-    text
-}
-
-/// Bytes of `c` inside a JSON string as serde_json writes it.
-fn escaped_len(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if (c as u32) < 0x20 => 6,
-        c => c.len_utf8(),
-    }
+    text::json_text(data, MAX_LINE_JSON_BYTES)
 }
 
 /// The event message of `line`: its JSON object as text.
@@ -115,27 +69,10 @@ pub fn message(line: &QueuedLine) -> String {
     serde_json::to_string(&message_of(line)).unwrap_or_default()
 }
 
-/// Counts the bytes written through it.
-struct Counting(usize);
-
-impl Write for Counting {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Bytes `line` adds to a request as CloudWatch counts them: its message's
 /// UTF-8 bytes plus [`EVENT_OVERHEAD`]. Never more than [`MAX_EVENT_BYTES`].
 pub fn event_size(line: &QueuedLine) -> usize {
-    let mut counter = Counting(0);
-    // Writing into a counter cannot fail.
-    let _ = serde_json::to_writer(&mut counter, &message_of(line));
-    counter.0 + EVENT_OVERHEAD
+    text::json_len(&message_of(line)) + EVENT_OVERHEAD
 }
 
 /// The event's timestamp: the line's time in whole milliseconds.

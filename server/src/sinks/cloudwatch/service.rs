@@ -27,6 +27,7 @@ use aws_sdk_cloudwatchlogs::Client;
 use super::outcome::Verdict;
 use super::request_builder::Event;
 use crate::queue::Cursor;
+use crate::sinks::http::{self, redact, StatusClass};
 use crate::sinks::SinkError;
 
 /// Most log streams remembered as existing; beyond it the set is cleared
@@ -193,7 +194,8 @@ pub fn classify(call: Call, target: &str, failure: &Failure, secrets: &[&str]) -
     };
     let reason = redact(&format!("{what} answered {answered}"), secrets);
     let code = code.unwrap_or_default();
-    if CREDENTIAL_CODES.contains(&code) || (code.is_empty() && matches!(status, 401 | 403)) {
+    let refused = http::status_class(status) == StatusClass::Unauthorized;
+    if CREDENTIAL_CODES.contains(&code) || (code.is_empty() && refused) {
         return SinkError::Unauthorized {
             reason: format!("{reason} (the key needs {})", call.permission()),
         };
@@ -212,15 +214,19 @@ pub fn classify(call: Call, target: &str, failure: &Failure, secrets: &[&str]) -
             reason: format!("{reason} (an account quota of CloudWatch Logs is reached)"),
         };
     }
-    match status {
-        408 | 429 | 500..=599 => SinkError::Retryable {
+    // Without a code this sink knows, the status decides; a 400 or 413 is
+    // not taken for a bad payload, since CloudWatch names those by code.
+    match http::status_class(status) {
+        StatusClass::Retryable => SinkError::Retryable {
             reason,
             retry_after: None,
         },
-        401 | 403 => SinkError::Unauthorized { reason },
-        _ => SinkError::Config {
-            reason: format!("{reason} (is the CloudWatch endpoint right?)"),
-        },
+        StatusClass::Unauthorized => SinkError::Unauthorized { reason },
+        StatusClass::Accepted | StatusClass::PayloadRejected | StatusClass::Other => {
+            SinkError::Config {
+                reason: format!("{reason} (is the CloudWatch endpoint right?)"),
+            }
+        }
     }
 }
 
@@ -515,15 +521,6 @@ fn short(text: &str) -> String {
     }
 }
 
-/// Replaces every occurrence of each secret in `text`.
-pub fn redact(text: &str, secrets: &[&str]) -> String {
-    let mut out = text.to_string();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(secret, "<redacted>");
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use aws_sdk_cloudwatchlogs::error::ErrorMetadata;
@@ -582,6 +579,9 @@ mod tests {
     fn quotas_and_unknown_answers_are_configuration_problems() {
         assert_eq!(class_of("LimitExceededException", 400), "config");
         assert_eq!(class_of("UnknownOperationException", 404), "config");
+        // CloudWatch names a bad payload by its code, never by the status.
+        assert_eq!(class_of("SomethingNew", 400), "config");
+        assert_eq!(class_of("SomethingNew", 413), "config");
     }
 
     #[test]

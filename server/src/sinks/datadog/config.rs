@@ -1,5 +1,9 @@
-//! Datadog configuration from a route's secrets: region → site, and which
-//! intake and credential placement a token needs.
+//! Datadog configuration from a route's secrets: which intake and credential
+//! placement a token needs, on the site of its region.
+//!
+//! The secrets themselves are checked by the shared rules in
+//! [`logdrain::secrets`] (region names → site, the token's characters); this
+//! module only turns accepted values into a request target.
 //!
 //! [`endpoint`] is the one place that decides, from the token's form, between
 //! the browser intake (client token in the query) and the HTTP intake (API
@@ -12,83 +16,17 @@ use std::fmt;
 use reqwest::header::HeaderValue;
 use url::Url;
 
-use crate::route::{DestinationKind, Secrets};
+use logdrain::secrets::{self as rules, DATADOG, DATADOG_REGION, DATADOG_TOKEN};
+
+use crate::route::Secrets;
 use crate::sinks::SecretError;
 
 /// The path of the logs intake on every site.
 pub const LOGS_PATH: &str = "/api/v2/logs";
 
-const REGIONS_ACCEPTED: &str = "us1, us3, us5, us1-fed, eu, ap1, ap2";
-
-/// A Datadog region, chosen by `DATADOG_REGION`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Region {
-    Us1,
-    Us3,
-    Us5,
-    Us1Fed,
-    Eu,
-    Ap1,
-    Ap2,
-}
-
-impl Region {
-    pub const ALL: [Region; 7] = [
-        Region::Us1,
-        Region::Us3,
-        Region::Us5,
-        Region::Us1Fed,
-        Region::Eu,
-        Region::Ap1,
-        Region::Ap2,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Region::Us1 => "us1",
-            Region::Us3 => "us3",
-            Region::Us5 => "us5",
-            Region::Us1Fed => "us1-fed",
-            Region::Eu => "eu",
-            Region::Ap1 => "ap1",
-            Region::Ap2 => "ap2",
-        }
-    }
-
-    /// The Datadog site of the region.
-    pub fn site(self) -> &'static str {
-        match self {
-            Region::Us1 => "datadoghq.com",
-            Region::Us3 => "us3.datadoghq.com",
-            Region::Us5 => "us5.datadoghq.com",
-            Region::Us1Fed => "ddog-gov.com",
-            Region::Eu => "datadoghq.eu",
-            Region::Ap1 => "ap1.datadoghq.com",
-            Region::Ap2 => "ap2.datadoghq.com",
-        }
-    }
-
-    /// Parses `DATADOG_REGION`. Absent or blank means `us1`; case and
-    /// surrounding spaces are ignored.
-    pub fn from_secret(value: Option<&str>) -> Result<Region, SecretError> {
-        let Some(raw) = value else {
-            return Ok(Region::Us1);
-        };
-        let wanted = raw.trim().to_ascii_lowercase();
-        if wanted.is_empty() {
-            return Ok(Region::Us1);
-        }
-        Region::ALL
-            .into_iter()
-            .find(|r| r.name() == wanted)
-            .ok_or_else(|| SecretError::NotOneOf {
-                secret: "DATADOG_REGION",
-                value: raw.chars().take(64).collect(),
-                what: "Datadog region",
-                accepted: REGIONS_ACCEPTED,
-            })
-    }
-}
+/// A Datadog region and its site, chosen by `DATADOG_REGION` (the shared
+/// rule, which the shim also applies at start).
+pub use logdrain::secrets::DatadogRegion as Region;
 
 /// What a `DATADOG_TOKEN` is, by its form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,15 +98,8 @@ pub fn from_secrets(
     secrets: &Secrets,
     base_override: Option<&Url>,
 ) -> Result<Endpoint, SecretError> {
-    let token = secrets
-        .get("DATADOG_TOKEN")
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or(SecretError::Missing {
-            secret: "DATADOG_TOKEN",
-            destination: DestinationKind::Datadog,
-        })?;
-    let region = Region::from_secret(secrets.get("DATADOG_REGION"))?;
+    let token = rules::required(&DATADOG, DATADOG_TOKEN, secrets.get(DATADOG_TOKEN))?;
+    let region = Region::from_secret(secrets.get(DATADOG_REGION))?;
     endpoint(token, region, base_override)
 }
 
@@ -197,13 +128,7 @@ pub fn endpoint(
     base_override: Option<&Url>,
 ) -> Result<Endpoint, SecretError> {
     // Tokens go into a header or a URL: only visible ASCII can.
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(SecretError::Malformed {
-            secret: "DATADOG_TOKEN",
-            problem: "it contains spaces, line breaks or non-ASCII characters; \
-                      paste the client token or API key exactly as Datadog shows it",
-        });
-    }
+    let token = rules::datadog_token(token)?;
     let kind = TokenKind::of(token);
     let mut url = match base_override {
         Some(base) => base.clone(),
@@ -227,7 +152,7 @@ pub fn endpoint(
             // Visible ASCII was checked above, which is always a valid
             // header value.
             let mut value = HeaderValue::from_str(token).map_err(|_| SecretError::Malformed {
-                secret: "DATADOG_TOKEN",
+                secret: DATADOG_TOKEN,
                 problem: "it cannot be sent in an HTTP header",
             })?;
             value.set_sensitive(true);

@@ -12,19 +12,19 @@
 //!   not UTF-8 become U+FFFD, because JSON strings must be Unicode.
 //! * A message whose JSON text exceeds [`MAX_MESSAGE_JSON_BYTES`] is cut at
 //!   a character boundary and ends with a visible marker
-//!   (`…[truncated by logdrain: N bytes]`); Datadog would truncate a log over
-//!   1 MB anyway, and cutting it here keeps every log within a request.
+//!   (`…[truncated by logdrain: N bytes]`, [`text::json_text`]); Datadog
+//!   would truncate a log over 1 MB anyway, and cutting it here keeps every
+//!   log within a request.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
-use logdrain::v1::Origin;
 use serde::Serialize;
 
 use crate::queue::QueuedLine;
+use crate::sinks::http::GzipBody;
 use crate::sinks::level::{self, Level};
+use crate::sinks::text::{self, Attributes, Counting};
 
 /// Most log entries in one request.
 pub const MAX_EVENTS: usize = 1_000;
@@ -58,90 +58,22 @@ struct Entry<'a> {
     message: Cow<'a, str>,
     timestamp: i64,
     status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    logdrain: Option<Attributes>,
-}
-
-/// Attributes under `logdrain.*`, present only when they say something.
-#[derive(Serialize)]
-struct Attributes {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    part: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    more_parts: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    origin: Option<&'static str>,
+    #[serde(skip_serializing_if = "Attributes::is_empty")]
+    logdrain: Attributes,
 }
 
 fn entry<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Entry<'a> {
     let line = &queued.line;
     let stream = line.stream();
-    let piece = line.part > 0 || line.more_parts;
-    let shim = line.origin() == Origin::Shim;
-    let logdrain = (piece || shim).then(|| Attributes {
-        part: piece.then_some(line.part),
-        more_parts: piece.then_some(line.more_parts),
-        origin: shim.then_some("shim"),
-    });
     Entry {
         host: &queued.agent_server_id,
         ddsource: agent_id,
         service: SERVICE,
         stream: stream.name(),
-        message: message(&line.data),
+        message: text::json_text(&line.data, MAX_MESSAGE_JSON_BYTES),
         timestamp: line.timestamp_ns.div_euclid(1_000_000),
         status: status(level::detect(&line.data, stream)),
-        logdrain,
-    }
-}
-
-/// The line as UTF-8 (lossy), cut to [`MAX_MESSAGE_JSON_BYTES`] of JSON.
-fn message(data: &[u8]) -> Cow<'_, str> {
-    let text = String::from_utf8_lossy(data);
-    // Lossy conversion at most triples a byte and JSON escaping at most
-    // makes six bytes of one: short lines cannot need cutting.
-    if data.len().saturating_mul(6) <= MAX_MESSAGE_JSON_BYTES {
-        return text;
-    }
-    let marker = format!("…[truncated by logdrain: {} bytes]", data.len());
-    let budget = MAX_MESSAGE_JSON_BYTES - 2 - marker.len(); // 2: the quotes
-    let mut used = 0;
-    for (at, c) in text.char_indices() {
-        used += escaped_len(c);
-        if used > budget {
-            let mut cut = String::with_capacity(at + marker.len());
-            cut.push_str(&text[..at]);
-            cut.push_str(&marker);
-            return Cow::Owned(cut);
-        }
-    }
-    text
-}
-
-/// Bytes of `c` inside a JSON string as serde_json writes it.
-fn escaped_len(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if (c as u32) < 0x20 => 6,
-        c => c.len_utf8(),
-    }
-}
-
-/// Counts the bytes written through it.
-struct Counting<W> {
-    inner: W,
-    count: usize,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        logdrain: Attributes::of(line),
     }
 }
 
@@ -149,14 +81,7 @@ impl<W: Write> Write for Counting<W> {
 /// separator (a comma, or for the first object the closing bracket, so a
 /// batch's sum plus one opening bracket is the exact body length).
 pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
-    let mut counter = Counting {
-        inner: io::sink(),
-        count: 0,
-    };
-    // Strings and integers into a writer that cannot fail: serializing
-    // cannot fail either; count whatever was written if it ever did.
-    let _ = serde_json::to_writer(&mut counter, &entry(agent_id, line));
-    counter.count + 1
+    text::json_len(&entry(agent_id, line)) + 1
 }
 
 /// A request body ready to send.
@@ -172,11 +97,7 @@ pub struct Encoded {
 /// Encodes `lines` as one gzipped JSON array.
 pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
     let estimate = lines.iter().map(|l| l.line.data.len() / 4 + 64).sum();
-    let gzip = GzEncoder::new(Vec::with_capacity(estimate), Compression::default());
-    let mut out = Counting {
-        inner: gzip,
-        count: 0,
-    };
+    let mut out = Counting::new(GzipBody::new(estimate));
     out.write_all(b"[")?;
     for (i, line) in lines.iter().enumerate() {
         if i > 0 {
@@ -185,8 +106,8 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
         serde_json::to_writer(&mut out, &entry(agent_id, line))?;
     }
     out.write_all(b"]")?;
-    let json_bytes = out.count;
-    let body = out.inner.finish()?;
+    let json_bytes = out.count();
+    let body = out.into_inner().finish()?;
     Ok(Encoded {
         body,
         json_bytes,

@@ -6,18 +6,17 @@
 //! never carry the URL (it may hold a client token) or the credential. This
 //! module must not retry or wait: the engine does.
 
-use std::error::Error as _;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::config::{Credential, Endpoint};
-use crate::sinks::engine::retry::parse_retry_after;
+use crate::sinks::http::{self, StatusClass};
 use crate::sinks::SinkError;
 
-/// Most bytes of an error answer kept in a reason.
-const DETAIL_BYTES: usize = 300;
+/// The vendor's name in reasons.
+const VENDOR: &str = "Datadog";
 
 /// Header carrying an API key.
 pub const API_KEY_HEADER: &str = "DD-API-KEY";
@@ -26,40 +25,38 @@ pub const CLIENT_TOKEN_PARAM: &str = "dd-api-key";
 
 /// Posts one gzipped JSON array.
 pub async fn post(
-    http: &reqwest::Client,
+    client: &reqwest::Client,
     endpoint: &Endpoint,
     body: Vec<u8>,
 ) -> Result<(), SinkError> {
     let secret = endpoint.secret();
     let request = match &endpoint.credential {
-        Credential::Header(key) => http
+        Credential::Header(key) => client
             .post(endpoint.url.clone())
             .header(API_KEY_HEADER, key.clone()),
         Credential::Query(token) => {
             let mut url = endpoint.url.clone();
             url.query_pairs_mut().append_pair(CLIENT_TOKEN_PARAM, token);
-            http.post(url)
+            client.post(url)
         }
     };
+    // The reason of a transport error never holds the URL: it may carry a
+    // client token.
     let response = request
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_ENCODING, "gzip")
         .body(body)
         .send()
         .await
-        .map_err(|e| transport_error(e, secret))?;
+        .map_err(|e| http::transport_error(VENDOR, e, secret))?;
     let status = response.status();
     if status.is_success() {
         // Read the (tiny) answer so the connection can be reused.
-        let _ = read_detail(response).await;
+        let _ = http::read_detail(response).await;
         return Ok(());
     }
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let detail = redact(&read_detail(response).await, secret);
+    let retry_after = http::retry_after(response.headers());
+    let detail = http::redact(&http::read_detail(response).await, &[secret]);
     classify(status, retry_after, &detail)
 }
 
@@ -77,73 +74,18 @@ pub fn classify(
     retry_after: Option<Duration>,
     detail: &str,
 ) -> Result<(), SinkError> {
-    let reason = if detail.is_empty() {
-        format!("Datadog answered {status}")
-    } else {
-        format!("Datadog answered {status}: {detail}")
-    };
-    match status.as_u16() {
-        200..=299 => Ok(()),
-        408 | 429 | 500..=599 => Err(SinkError::Retryable {
+    let reason = http::answered(VENDOR, status, detail);
+    match http::status_class(status.as_u16()) {
+        StatusClass::Accepted => Ok(()),
+        StatusClass::Retryable => Err(SinkError::Retryable {
             reason,
             retry_after,
         }),
-        400 | 413 => Err(SinkError::PayloadRejected { reason }),
-        401 | 403 => Err(SinkError::Unauthorized { reason }),
-        _ => Err(SinkError::Config {
+        StatusClass::PayloadRejected => Err(SinkError::PayloadRejected { reason }),
+        StatusClass::Unauthorized => Err(SinkError::Unauthorized { reason }),
+        StatusClass::Other => Err(SinkError::Config {
             reason: format!("{reason} (is the Datadog URL right?)"),
         }),
-    }
-}
-
-/// A request that got no answer: the network is worth retrying; a request
-/// that could not even be built is a configuration problem.
-fn transport_error(error: reqwest::Error, secret: &str) -> SinkError {
-    let building = error.is_builder();
-    let timeout = error.is_timeout();
-    // `without_url`: the URL may carry a client token.
-    let error = error.without_url();
-    let mut reason = format!("request to Datadog failed: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        reason.push_str(": ");
-        reason.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if timeout {
-        reason.push_str(" (timed out)");
-    }
-    let reason = redact(&reason, secret);
-    if building {
-        SinkError::Config { reason }
-    } else {
-        SinkError::Retryable {
-            reason,
-            retry_after: None,
-        }
-    }
-}
-
-/// Up to [`DETAIL_BYTES`] of the answer's body, on one line.
-async fn read_detail(mut response: reqwest::Response) -> String {
-    let mut kept = Vec::new();
-    while kept.len() < DETAIL_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    kept.truncate(DETAIL_BYTES);
-    let text = String::from_utf8_lossy(&kept);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Replaces every occurrence of `secret` in `text`.
-pub fn redact(text: &str, secret: &str) -> String {
-    if secret.is_empty() {
-        text.to_string()
-    } else {
-        text.replace(secret, "<redacted>")
     }
 }
 
@@ -207,14 +149,5 @@ mod tests {
                 "{code}"
             );
         }
-    }
-
-    #[test]
-    fn redaction_removes_every_occurrence() {
-        assert_eq!(
-            redact("key abc and abc again", "abc"),
-            "key <redacted> and <redacted> again"
-        );
-        assert_eq!(redact("nothing", ""), "nothing");
     }
 }

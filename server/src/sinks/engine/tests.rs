@@ -160,7 +160,7 @@ fn engine(
             Some(sink) => Ok(Arc::clone(sink) as Arc<dyn Sink>),
             None => Err(SecretError::Missing {
                 secret: "TEST_SECRET",
-                destination: route.kind,
+                destination: route.kind.name(),
             }),
         }
     };

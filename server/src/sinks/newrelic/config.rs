@@ -4,19 +4,23 @@
 //! [`endpoint_url`] is the one place that decides the endpoint: the EU
 //! endpoint for a license key that starts with `eu` (exactly as New Relic's
 //! own shippers decide it), the US endpoint otherwise, and the gateway's
-//! `--newrelic-url` override above both. This module must never format a
-//! key: `Debug` of [`Endpoint`] redacts it.
+//! `--newrelic-url` override above both. The key's characters are checked by
+//! the shared rule in [`logdrain::secrets`], which the shim also applies at
+//! start. This module must never format a key: `Debug` of [`Endpoint`]
+//! redacts it.
 
 use std::fmt;
 
 use reqwest::header::HeaderValue;
 use url::Url;
 
-use crate::route::{DestinationKind, Secrets};
+use logdrain::secrets::{self as rules, NEW_RELIC};
+
+use crate::route::Secrets;
 use crate::sinks::SecretError;
 
 /// The secret that enables New Relic.
-pub const LICENSE_KEY_SECRET: &str = "NEW_RELIC_LICENSE_KEY";
+pub use logdrain::secrets::NEW_RELIC_LICENSE_KEY as LICENSE_KEY_SECRET;
 /// The path of the Log API on every endpoint.
 pub const LOG_PATH: &str = "/log/v1";
 /// The US Log API.
@@ -87,32 +91,22 @@ pub fn from_secrets(
     secrets: &Secrets,
     base_override: Option<&Url>,
 ) -> Result<Endpoint, SecretError> {
-    let key = secrets
-        .get(LICENSE_KEY_SECRET)
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .ok_or(SecretError::Missing {
-            secret: LICENSE_KEY_SECRET,
-            destination: DestinationKind::NewRelic,
-        })?;
-    let license_key = check_key(key)?;
+    let key = rules::required(
+        &NEW_RELIC,
+        LICENSE_KEY_SECRET,
+        secrets.get(LICENSE_KEY_SECRET),
+    )?;
+    let license_key = header_value(key)?;
     Ok(Endpoint {
         url: endpoint_url(Region::of_key(key), base_override),
         license_key,
     })
 }
 
-/// Checks that the key can travel in a header. Its length and form
-/// (40 characters, `…NRAL` for ingest keys) are not enforced: New Relic
-/// answers 403 for a wrong key, and the route reports it.
-fn check_key(key: &str) -> Result<HeaderValue, SecretError> {
-    if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(SecretError::Malformed {
-            secret: LICENSE_KEY_SECRET,
-            problem: "it contains spaces, line breaks, control or non-ASCII characters; \
-                      paste the license key exactly as New Relic shows it",
-        });
-    }
+/// Checks the key ([`rules::new_relic_license_key`]: visible ASCII, any
+/// length and form) and makes it a sensitive header value.
+fn header_value(key: &str) -> Result<HeaderValue, SecretError> {
+    let key = rules::new_relic_license_key(key)?;
     // Visible ASCII is always a valid header value.
     let mut value = HeaderValue::from_str(key).map_err(|_| SecretError::Malformed {
         secret: LICENSE_KEY_SECRET,

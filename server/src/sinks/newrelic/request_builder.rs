@@ -35,14 +35,12 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
-use logdrain::v1::Origin;
 use serde::Serialize;
 
 use crate::queue::QueuedLine;
-use crate::sinks::level;
-use crate::sinks::SinkError;
+use crate::sinks::http::GzipBody;
+use crate::sinks::text::{self, counted};
+use crate::sinks::{level, SinkError};
 
 /// New Relic's limit on one POST, applied (as New Relic's own shippers do)
 /// to the gzipped body.
@@ -118,17 +116,16 @@ fn common<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Common<'a> {
 
 fn log(queued: &QueuedLine) -> Log<'_> {
     let line = &queued.line;
-    let piece = line.part > 0 || line.more_parts;
-    let shim = line.origin() == Origin::Shim;
+    let logdrain = text::Attributes::of(line);
     let (message, truncated_bytes) = message(&line.data);
     Log {
         timestamp: line.timestamp_ns.div_euclid(1_000_000),
         message,
         attributes: LogAttributes {
             level: level::detect(&line.data, line.stream()).as_str(),
-            part: piece.then_some(line.part),
-            more_parts: piece.then_some(line.more_parts),
-            origin: shim.then_some("shim"),
+            part: logdrain.part,
+            more_parts: logdrain.more_parts,
+            origin: logdrain.origin,
             truncated_bytes,
         },
     }
@@ -142,14 +139,9 @@ fn marker(cut: usize, total: usize) -> String {
 /// The line as UTF-8 (lossy), cut to at most [`MAX_MESSAGE_BYTES`] with a
 /// marker, and how many bytes of the original line were cut.
 fn message(data: &[u8]) -> (Cow<'_, str>, Option<usize>) {
-    // Lossy conversion at most triples a byte: short lines cannot need
-    // cutting.
-    if data.len().saturating_mul(3) <= MAX_MESSAGE_BYTES {
-        return (String::from_utf8_lossy(data), None);
-    }
-    let text = String::from_utf8_lossy(data);
-    if text.len() <= MAX_MESSAGE_BYTES {
-        return (text, None);
+    let whole = text::lossy(data);
+    if whole.len() <= MAX_MESSAGE_BYTES {
+        return (whole, None);
     }
     // The marker for "all of it cut" is at least as long as the real one.
     let budget = MAX_MESSAGE_BYTES - marker(data.len(), data.len()).len();
@@ -181,35 +173,6 @@ fn message(data: &[u8]) -> (Cow<'_, str>, Option<usize>) {
     (Cow::Owned(out), Some(cut))
 }
 
-/// Counts the bytes written through it.
-struct Counting<W> {
-    inner: W,
-    count: usize,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn counted(write: impl FnOnce(&mut Counting<io::Sink>) -> io::Result<()>) -> usize {
-    let mut counter = Counting {
-        inner: io::sink(),
-        count: 0,
-    };
-    // Strings and integers into a writer that cannot fail: serializing
-    // cannot fail either; count whatever was written if it ever did.
-    let _ = write(&mut counter);
-    counter.count
-}
-
 /// Opens a block: `{"common":{...},"logs":[`.
 fn open_block<W: Write>(out: &mut W, common: &Common<'_>) -> io::Result<()> {
     out.write_all(b"{\"common\":")?;
@@ -230,8 +193,7 @@ const CLOSE_BLOCK: &[u8] = b"]}";
 /// one block frame for every further line that shares a block. The engine can then cut batches by this size
 /// without knowing how the lines group.
 pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
-    let log = counted(|w| serde_json::to_writer(w, &log(line)).map_err(io::Error::from));
-    log + 1 + block_frame(agent_id, line)
+    text::json_len(&log(line)) + 1 + block_frame(agent_id, line)
 }
 
 /// Bytes of the block frame of `line`'s group, with the comma before it.
@@ -288,10 +250,7 @@ fn write_json<W: Write>(out: &mut W, agent_id: &str, lines: &[QueuedLine]) -> io
 
 /// Gzips a body.
 pub fn gzip(json: &[u8]) -> io::Result<Vec<u8>> {
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(json.len() / 4 + 64),
-        Compression::default(),
-    );
+    let mut gz = GzipBody::new(json.len() / 4 + 64);
     gz.write_all(json)?;
     gz.finish()
 }

@@ -7,30 +7,29 @@
 //! answer, never the license key. This module must not retry or wait: the
 //! engine does.
 
-use std::error::Error as _;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::config::Endpoint;
-use crate::sinks::engine::retry::parse_retry_after;
+use crate::sinks::http::{self, StatusClass};
 use crate::sinks::SinkError;
 
-/// Most bytes of an error answer kept in a reason.
-const DETAIL_BYTES: usize = 300;
+/// The vendor's name in reasons.
+const VENDOR: &str = "New Relic";
 
 /// Header carrying the license key.
 pub const LICENSE_KEY_HEADER: &str = "X-License-Key";
 
 /// Posts one gzipped JSON body.
 pub async fn post(
-    http: &reqwest::Client,
+    client: &reqwest::Client,
     endpoint: &Endpoint,
     body: Vec<u8>,
 ) -> Result<(), SinkError> {
     let secret = endpoint.secret();
-    let response = http
+    let response = client
         .post(endpoint.url.clone())
         .header(LICENSE_KEY_HEADER, endpoint.license_key.clone())
         .header(CONTENT_TYPE, "application/json")
@@ -38,19 +37,15 @@ pub async fn post(
         .body(body)
         .send()
         .await
-        .map_err(|e| transport_error(e, secret))?;
+        .map_err(|e| http::transport_error(VENDOR, e, secret))?;
     let status = response.status();
     if status.is_success() {
         // Read the (tiny) answer so the connection can be reused.
-        let _ = read_detail(response).await;
+        let _ = http::read_detail(response).await;
         return Ok(());
     }
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    let detail = redact(&read_detail(response).await, secret);
+    let retry_after = http::retry_after(response.headers());
+    let detail = http::redact(&http::read_detail(response).await, &[secret]);
     classify(status, retry_after, &detail)
 }
 
@@ -68,74 +63,20 @@ pub fn classify(
     retry_after: Option<Duration>,
     detail: &str,
 ) -> Result<(), SinkError> {
-    let reason = if detail.is_empty() {
-        format!("New Relic answered {status}")
-    } else {
-        format!("New Relic answered {status}: {detail}")
-    };
-    match status.as_u16() {
-        200..=299 => Ok(()),
-        408 | 429 | 500..=599 => Err(SinkError::Retryable {
+    let reason = http::answered(VENDOR, status, detail);
+    match http::status_class(status.as_u16()) {
+        StatusClass::Accepted => Ok(()),
+        StatusClass::Retryable => Err(SinkError::Retryable {
             reason,
             retry_after,
         }),
-        400 | 413 => Err(SinkError::PayloadRejected { reason }),
-        401 | 403 => Err(SinkError::Unauthorized {
+        StatusClass::PayloadRejected => Err(SinkError::PayloadRejected { reason }),
+        StatusClass::Unauthorized => Err(SinkError::Unauthorized {
             reason: format!("{reason} (check NEW_RELIC_LICENSE_KEY: an ingest license key)"),
         }),
-        _ => Err(SinkError::Config {
+        StatusClass::Other => Err(SinkError::Config {
             reason: format!("{reason} (is the New Relic URL right?)"),
         }),
-    }
-}
-
-/// A request that got no answer: the network is worth retrying; a request
-/// that could not even be built is a configuration problem.
-fn transport_error(error: reqwest::Error, secret: &str) -> SinkError {
-    let building = error.is_builder();
-    let timeout = error.is_timeout();
-    let error = error.without_url();
-    let mut reason = format!("request to New Relic failed: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        reason.push_str(": ");
-        reason.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if timeout {
-        reason.push_str(" (timed out)");
-    }
-    let reason = redact(&reason, secret);
-    if building {
-        SinkError::Config { reason }
-    } else {
-        SinkError::Retryable {
-            reason,
-            retry_after: None,
-        }
-    }
-}
-
-/// Up to [`DETAIL_BYTES`] of the answer's body, on one line.
-async fn read_detail(mut response: reqwest::Response) -> String {
-    let mut kept = Vec::new();
-    while kept.len() < DETAIL_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    kept.truncate(DETAIL_BYTES);
-    let text = String::from_utf8_lossy(&kept);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Replaces every occurrence of `secret` in `text`.
-fn redact(text: &str, secret: &str) -> String {
-    if secret.is_empty() {
-        text.to_string()
-    } else {
-        text.replace(secret, "<redacted>")
     }
 }
 
@@ -210,14 +151,5 @@ mod tests {
             err.to_string(),
             "the vendor rejected the payload: New Relic answered 400 Bad Request: bad json"
         );
-    }
-
-    #[test]
-    fn redaction_removes_every_occurrence() {
-        assert_eq!(
-            redact("key abc and abc again", "abc"),
-            "key <redacted> and <redacted> again"
-        );
-        assert_eq!(redact("nothing", ""), "nothing");
     }
 }

@@ -38,14 +38,13 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 use std::time::SystemTime;
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
-use logdrain::v1::Origin;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::queue::QueuedLine;
+use crate::sinks::http::GzipBody;
 use crate::sinks::level;
+use crate::sinks::text::{self, json_len, Counting};
 
 /// Most logs in one envelope (Sentry's SDKs flush at 100).
 pub const MAX_ITEMS: usize = 100;
@@ -133,8 +132,7 @@ struct Attributes<'a> {
 fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Log<'a> {
     let line = &queued.line;
     let stream = line.stream();
-    let piece = line.part > 0 || line.more_parts;
-    let shim = line.origin() == Origin::Shim;
+    let logdrain = text::Attributes::of(line);
     let mut log = Log {
         // f64 keeps well under a microsecond for present-day times.
         timestamp: line.timestamp_ns as f64 / 1e9,
@@ -147,15 +145,15 @@ fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Log<'a> {
             environment: string(ENVIRONMENT),
             sentry_environment: string(ENVIRONMENT),
             stream: string(stream.name()),
-            part: piece.then_some(Attr {
-                value: line.part,
+            part: logdrain.part.map(|value| Attr {
+                value,
                 kind: "integer",
             }),
-            more_parts: piece.then_some(Attr {
-                value: line.more_parts,
+            more_parts: logdrain.more_parts.map(|value| Attr {
+                value,
                 kind: "boolean",
             }),
-            origin: shim.then_some(string("shim")),
+            origin: logdrain.origin.map(string),
         },
     };
     let fits_easily = line
@@ -176,70 +174,8 @@ fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Log<'a> {
         // Everything but the body's text, counted exactly (`""` included).
         MAX_LOG_ITEM_BYTES.saturating_sub(json_len(&log).saturating_sub(2))
     };
-    log.body = body(&line.data, budget);
+    log.body = text::json_text(&line.data, budget);
     log
-}
-
-/// The line as UTF-8 (lossy), cut so its JSON string (quotes included) is
-/// at most `budget` bytes.
-fn body(data: &[u8], budget: usize) -> Cow<'_, str> {
-    let text = String::from_utf8_lossy(data);
-    // Lossy conversion at most triples a byte and JSON escaping at most
-    // makes six bytes of one.
-    if data.len().saturating_mul(6).saturating_add(2) <= budget {
-        return text;
-    }
-    let marker = format!("…[truncated by logdrain: {} bytes]", data.len());
-    let room = budget.saturating_sub(2 + marker.len());
-    let mut used = 0;
-    for (at, c) in text.char_indices() {
-        used += escaped_len(c);
-        if used > room {
-            let mut cut = String::with_capacity(at + marker.len());
-            cut.push_str(&text[..at]);
-            cut.push_str(&marker);
-            return Cow::Owned(cut);
-        }
-    }
-    text
-}
-
-/// Bytes of `c` inside a JSON string as serde_json writes it.
-fn escaped_len(c: char) -> usize {
-    match c {
-        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
-        c if (c as u32) < 0x20 => 6,
-        c => c.len_utf8(),
-    }
-}
-
-/// Counts the bytes written through it.
-struct Counting<W> {
-    inner: W,
-    count: usize,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn json_len(value: &impl Serialize) -> usize {
-    let mut counter = Counting {
-        inner: io::sink(),
-        count: 0,
-    };
-    // Strings, numbers and booleans into a writer that cannot fail:
-    // serializing cannot fail either; count whatever was written if it did.
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.count
 }
 
 /// Bytes `line` adds to the envelope: its log's JSON plus one separator, so
@@ -275,11 +211,7 @@ pub struct Encoded {
 /// `sent_at`.
 pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::Result<Encoded> {
     let estimate = lines.iter().map(|l| l.line.data.len() / 4 + 128).sum();
-    let gzip = GzEncoder::new(Vec::with_capacity(estimate), Compression::default());
-    let mut out = Counting {
-        inner: gzip,
-        count: 0,
-    };
+    let mut out = Counting::new(GzipBody::new(estimate));
     let header = EnvelopeHeader {
         sent_at: humantime::format_rfc3339_micros(sent_at).to_string(),
     };
@@ -299,8 +231,8 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::
         serde_json::to_writer(&mut out, &log(agent_id, line))?;
     }
     out.write_all(b"]}\n")?;
-    let envelope_bytes = out.count;
-    let body = out.inner.finish()?;
+    let envelope_bytes = out.count();
+    let body = out.into_inner().finish()?;
     Ok(Encoded {
         body,
         envelope_bytes,

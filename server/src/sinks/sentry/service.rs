@@ -5,16 +5,18 @@
 //! Reasons carry the status and a short, redacted excerpt of Sentry's answer,
 //! never the public key. This module must not retry or wait: the engine does.
 
-use std::error::Error as _;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::config::{Endpoint, AUTH_HEADER};
 use super::request_builder::ENVELOPE_CONTENT_TYPE;
-use crate::sinks::engine::retry::parse_retry_after;
+use crate::sinks::http::{self, StatusClass};
 use crate::sinks::{SendOutcome, SinkError};
+
+/// The vendor's name in reasons.
+const VENDOR: &str = "Sentry";
 
 /// Header of Sentry's rate limits, on any status.
 pub const RATE_LIMITS_HEADER: &str = "X-Sentry-Rate-Limits";
@@ -24,17 +26,14 @@ pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// A limit with no category stops everything.
 pub const LOG_CATEGORIES: &[&str] = &["log_item", "log_byte"];
 
-/// Most bytes of an error answer kept in a reason.
-const DETAIL_BYTES: usize = 300;
-
 /// Posts one gzipped envelope.
 pub async fn post(
-    http: &reqwest::Client,
+    client: &reqwest::Client,
     endpoint: &Endpoint,
     body: Vec<u8>,
 ) -> Result<SendOutcome, SinkError> {
     let secret = endpoint.secret();
-    let response = http
+    let response = client
         .post(endpoint.url.clone())
         .header(AUTH_HEADER, endpoint.auth_header().clone())
         .header(CONTENT_TYPE, ENVELOPE_CONTENT_TYPE)
@@ -42,20 +41,16 @@ pub async fn post(
         .body(body)
         .send()
         .await
-        .map_err(|e| transport_error(e, secret))?;
+        .map_err(|e| http::transport_error(VENDOR, e, secret))?;
     let status = response.status();
-    let header = |name| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let retry_after =
-        header(RETRY_AFTER.as_str()).and_then(|v| parse_retry_after(&v, SystemTime::now()));
-    let rate_limit = header(RATE_LIMITS_HEADER).and_then(|v| rate_limit(&v));
+    let retry_after = http::retry_after(response.headers());
+    let rate_limit = response
+        .headers()
+        .get(RATE_LIMITS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(rate_limit);
     // Read the (small) answer, also so the connection can be reused.
-    let detail = redact(&read_detail(response).await, secret);
+    let detail = http::redact(&http::read_detail(response).await, &[secret]);
     classify(&Answer {
         status,
         retry_after,
@@ -89,28 +84,26 @@ pub struct Answer<'a> {
 /// | anything else (3xx, 404, …) | [`SinkError::Config`]: the DSN's host or path is wrong |
 pub fn classify(answer: &Answer<'_>) -> Result<SendOutcome, SinkError> {
     let status = answer.status;
-    let reason = if answer.detail.is_empty() {
-        format!("Sentry answered {status}")
-    } else {
-        format!("Sentry answered {status}: {}", answer.detail)
-    };
+    let reason = http::answered(VENDOR, status, answer.detail);
     let wait = answer.retry_after.max(answer.rate_limit);
-    match status.as_u16() {
-        200..=299 => Ok(SendOutcome {
+    match http::status_class(status.as_u16()) {
+        StatusClass::Accepted => Ok(SendOutcome {
             hold_off: answer.rate_limit,
             ..SendOutcome::accepted()
         }),
-        429 => Err(SinkError::Retryable {
-            reason,
-            retry_after: Some(wait.unwrap_or(DEFAULT_RATE_LIMIT_WAIT)),
-        }),
-        408 | 500..=599 => Err(SinkError::Retryable {
+        StatusClass::Retryable if status == StatusCode::TOO_MANY_REQUESTS => {
+            Err(SinkError::Retryable {
+                reason,
+                retry_after: Some(wait.unwrap_or(DEFAULT_RATE_LIMIT_WAIT)),
+            })
+        }
+        StatusClass::Retryable => Err(SinkError::Retryable {
             reason,
             retry_after: wait,
         }),
-        400 | 413 => Err(SinkError::PayloadRejected { reason }),
-        401 | 403 => Err(SinkError::Unauthorized { reason }),
-        _ => Err(SinkError::Config {
+        StatusClass::PayloadRejected => Err(SinkError::PayloadRejected { reason }),
+        StatusClass::Unauthorized => Err(SinkError::Unauthorized { reason }),
+        StatusClass::Other => Err(SinkError::Config {
             reason: format!("{reason} (is the host and path of SENTRY_DSN right?)"),
         }),
     }
@@ -143,54 +136,4 @@ pub fn rate_limit(value: &str) -> Option<Duration> {
             applies.then(|| Duration::from_secs(seconds.parse().unwrap_or(u64::MAX)))
         })
         .max()
-}
-
-/// A request that got no answer: the network is worth retrying; a request
-/// that could not even be built is a configuration problem.
-fn transport_error(error: reqwest::Error, secret: &str) -> SinkError {
-    let building = error.is_builder();
-    let timeout = error.is_timeout();
-    let error = error.without_url();
-    let mut reason = format!("request to Sentry failed: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        reason.push_str(": ");
-        reason.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if timeout {
-        reason.push_str(" (timed out)");
-    }
-    let reason = redact(&reason, secret);
-    if building {
-        SinkError::Config { reason }
-    } else {
-        SinkError::Retryable {
-            reason,
-            retry_after: None,
-        }
-    }
-}
-
-/// Up to [`DETAIL_BYTES`] of the answer's body, on one line.
-async fn read_detail(mut response: reqwest::Response) -> String {
-    let mut kept = Vec::new();
-    while kept.len() < DETAIL_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    kept.truncate(DETAIL_BYTES);
-    let text = String::from_utf8_lossy(&kept);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Replaces every occurrence of `secret` in `text`.
-fn redact(text: &str, secret: &str) -> String {
-    if secret.is_empty() {
-        text.to_string()
-    } else {
-        text.replace(secret, "<redacted>")
-    }
 }

@@ -1,0 +1,278 @@
+//! The pieces of an HTTP exchange that every vendor sink handles the same
+//! way: what a status usually means ([`status_class`]), `Retry-After`
+//! ([`retry_after`]), a short excerpt of an error answer
+//! ([`read_detail`], [`answered`]), a request that got no answer
+//! ([`transport_error`]), keeping secrets out of all of it
+//! ([`redact`]), and the gzip request body ([`GzipBody`]).
+//!
+//! Each vendor's `service::classify` stays the one place that decides what
+//! its answers mean; it builds on these pieces. This module must not
+//! decide for a vendor, retry, wait, or put a URL or a secret into a
+//! reason.
+
+use std::error::Error as _;
+use std::io::{self, BufWriter, Write};
+use std::time::{Duration, SystemTime};
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use crate::sinks::engine::retry::parse_retry_after;
+use crate::sinks::SinkError;
+
+/// A gzip-compressed request body, fed in large chunks.
+///
+/// flate2 prepares its whole internal output buffer on every `write`, so
+/// handing it serde_json's many small writes directly costs far more than
+/// the compression itself (it dominated a profile of the Datadog sink). The
+/// buffer in front turns them into a few large writes.
+pub struct GzipBody(BufWriter<GzEncoder<Vec<u8>>>);
+
+impl GzipBody {
+    /// Bytes gathered before each write to the compressor.
+    const CHUNK: usize = 64 * 1024;
+
+    /// A body whose compressed size is expected near `estimate` bytes.
+    pub fn new(estimate: usize) -> Self {
+        let gzip = GzEncoder::new(Vec::with_capacity(estimate), Compression::default());
+        Self(BufWriter::with_capacity(Self::CHUNK, gzip))
+    }
+
+    /// Completes the gzip stream and returns the compressed bytes.
+    pub fn finish(self) -> io::Result<Vec<u8>> {
+        self.0.into_inner().map_err(|e| e.into_error())?.finish()
+    }
+}
+
+impl Write for GzipBody {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Most bytes of an error answer kept in a reason.
+pub const DETAIL_BYTES: usize = 300;
+
+/// What replaces a secret in any text.
+pub const REDACTED: &str = "<redacted>";
+
+/// What an HTTP status means for the engine, as the vendors' log intakes
+/// use it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusClass {
+    /// 2xx.
+    Accepted,
+    /// 408, 429, 5xx: worth trying again.
+    Retryable,
+    /// 400, 413: this payload will never be accepted.
+    PayloadRejected,
+    /// 401, 403: the credentials are refused.
+    Unauthorized,
+    /// Anything else (3xx, 404, …): usually a wrong endpoint.
+    Other,
+}
+
+/// The usual meaning of `status`:
+///
+/// | status | class |
+/// |---|---|
+/// | 2xx | [`StatusClass::Accepted`] |
+/// | 408, 429, 5xx | [`StatusClass::Retryable`] |
+/// | 400, 413 | [`StatusClass::PayloadRejected`] |
+/// | 401, 403 | [`StatusClass::Unauthorized`] |
+/// | anything else | [`StatusClass::Other`] |
+pub fn status_class(status: u16) -> StatusClass {
+    match status {
+        200..=299 => StatusClass::Accepted,
+        408 | 429 | 500..=599 => StatusClass::Retryable,
+        400 | 413 => StatusClass::PayloadRejected,
+        401 | 403 => StatusClass::Unauthorized,
+        _ => StatusClass::Other,
+    }
+}
+
+/// The reason of an answer: `"<vendor> answered <status>"`, with `detail`
+/// (already redacted) after a colon when there is one.
+pub fn answered(vendor: &str, status: StatusCode, detail: &str) -> String {
+    if detail.is_empty() {
+        format!("{vendor} answered {status}")
+    } else {
+        format!("{vendor} answered {status}: {detail}")
+    }
+}
+
+/// The wait an answer's `Retry-After` header asks for (delta-seconds or an
+/// HTTP-date, parsed by [`parse_retry_after`]); `None` when it is missing or
+/// unreadable.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, SystemTime::now()))
+}
+
+/// Up to [`DETAIL_BYTES`] of the answer's body, on one line. Reading it also
+/// lets the connection be reused. Not redacted: pass it to [`redact`].
+pub async fn read_detail(mut response: reqwest::Response) -> String {
+    let mut kept = Vec::new();
+    while kept.len() < DETAIL_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    kept.truncate(DETAIL_BYTES);
+    let text = String::from_utf8_lossy(&kept);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A request to `vendor` that got no answer: the network is worth
+/// retrying; a request that could not even be built is a configuration
+/// problem. The reason holds the error and its causes, never the URL (it
+/// may carry a credential), with `secret` redacted.
+pub fn transport_error(vendor: &str, error: reqwest::Error, secret: &str) -> SinkError {
+    let building = error.is_builder();
+    let timeout = error.is_timeout();
+    let error = error.without_url();
+    let mut reason = format!("request to {vendor} failed: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if timeout {
+        reason.push_str(" (timed out)");
+    }
+    let reason = redact(&reason, &[secret]);
+    if building {
+        SinkError::Config { reason }
+    } else {
+        SinkError::Retryable {
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+/// Replaces every occurrence of each of `secrets` in `text` with
+/// [`REDACTED`]; empty secrets are skipped.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut out = text.to_string();
+    for secret in secrets.iter().filter(|s| !s.is_empty()) {
+        out = out.replace(secret, REDACTED);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::header::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn statuses_fall_into_their_usual_classes() {
+        let cases = [
+            (200, StatusClass::Accepted),
+            (202, StatusClass::Accepted),
+            (299, StatusClass::Accepted),
+            (408, StatusClass::Retryable),
+            (429, StatusClass::Retryable),
+            (500, StatusClass::Retryable),
+            (599, StatusClass::Retryable),
+            (400, StatusClass::PayloadRejected),
+            (413, StatusClass::PayloadRejected),
+            (401, StatusClass::Unauthorized),
+            (403, StatusClass::Unauthorized),
+            (301, StatusClass::Other),
+            (404, StatusClass::Other),
+            (415, StatusClass::Other),
+        ];
+        for (status, class) in cases {
+            assert_eq!(status_class(status), class, "{status}");
+        }
+    }
+
+    #[test]
+    fn an_answer_reason_quotes_the_detail_only_when_there_is_one() {
+        assert_eq!(
+            answered("Datadog", StatusCode::BAD_REQUEST, "bad json"),
+            "Datadog answered 400 Bad Request: bad json"
+        );
+        assert_eq!(
+            answered("Datadog", StatusCode::BAD_GATEWAY, ""),
+            "Datadog answered 502 Bad Gateway"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_from_the_header() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn redaction_removes_every_occurrence_of_every_secret() {
+        assert_eq!(
+            redact("key abc and abc again", &["abc"]),
+            "key <redacted> and <redacted> again"
+        );
+        assert_eq!(
+            redact("id AKIA1 secret s3cr3t", &["AKIA1", "s3cr3t"]),
+            "id <redacted> secret <redacted>"
+        );
+        assert_eq!(redact("nothing", &[""]), "nothing");
+        assert_eq!(redact("nothing", &[]), "nothing");
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_answer_is_retryable_and_carries_no_url_or_secret() {
+        // Nothing listens on port 1 of the loopback address: the connection
+        // is refused at once.
+        let client = reqwest::Client::new();
+        let error = client
+            .post("http://127.0.0.1:1/intake?dd-api-key=tok3n")
+            .send()
+            .await
+            .unwrap_err();
+        match transport_error("Datadog", error, "tok3n") {
+            SinkError::Retryable {
+                reason,
+                retry_after,
+            } => {
+                assert!(reason.starts_with("request to Datadog failed"), "{reason}");
+                assert!(!reason.contains("tok3n"), "{reason}");
+                assert!(!reason.contains("127.0.0.1:1/intake"), "{reason}");
+                assert_eq!(retry_after, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_be_built_is_a_configuration_problem() {
+        let client = reqwest::Client::new();
+        let error = client
+            .post("http://127.0.0.1:1/")
+            .header("bad\nname", "x")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            transport_error("Sentry", error, ""),
+            SinkError::Config { .. }
+        ));
+    }
+}

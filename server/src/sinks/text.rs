@@ -1,0 +1,264 @@
+//! What every vendor sink does the same way to a line before it becomes
+//! part of a request body: the line as UTF-8 text ([`lossy`]), a text cut
+//! to a JSON budget with a visible marker ([`json_text`]), the `logdrain.*`
+//! attribute values of shim-written lines and split pieces
+//! ([`Attributes`]), and byte counting of serialised JSON ([`Counting`],
+//! [`json_len`]).
+//!
+//! This module owns values, not layouts: where the text and the attributes
+//! go in a request (a nested `logdrain` object, dotted names, typed
+//! attributes) is each vendor's `request_builder`. It must not know any
+//! vendor, and must not send anything.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
+
+use logdrain::v1::{Line, Origin};
+use serde::Serialize;
+
+/// The `logdrain.origin` value of a line the shim wrote itself.
+pub const SHIM_ORIGIN: &str = "shim";
+
+/// The raw line as UTF-8: bytes that are not UTF-8 become U+FFFD, because
+/// JSON strings (and every vendor) need Unicode.
+pub fn lossy(data: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(data)
+}
+
+/// The marker that ends a cut text, `original_bytes` being the length of
+/// the whole line.
+pub fn truncation_marker(original_bytes: usize) -> String {
+    format!("…[truncated by logdrain: {original_bytes} bytes]")
+}
+
+/// The line as UTF-8 ([`lossy`]), cut so that its JSON string, quotes
+/// included, takes at most `budget` bytes as serde_json writes it.
+///
+/// A text whose JSON fits the budget with room to spare for the marker is
+/// returned as it is. Any other text is cut at a character boundary where
+/// the marker still fits, and then ends with [`truncation_marker`].
+pub fn json_text(data: &[u8], budget: usize) -> Cow<'_, str> {
+    let text = lossy(data);
+    // Lossy conversion at most triples a byte and JSON escaping at most
+    // makes six bytes of one: short lines cannot need cutting.
+    if data.len().saturating_mul(6).saturating_add(2) <= budget {
+        return text;
+    }
+    let marker = truncation_marker(data.len());
+    let room = budget.saturating_sub(2 + marker.len()); // 2: the quotes
+    let mut used = 0;
+    for (at, c) in text.char_indices() {
+        used += escaped_len(c);
+        if used > room {
+            let mut cut = String::with_capacity(at + marker.len());
+            cut.push_str(&text[..at]);
+            cut.push_str(&marker);
+            return Cow::Owned(cut);
+        }
+    }
+    text
+}
+
+/// Bytes of `c` inside a JSON string as serde_json writes it.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The `logdrain.*` attribute values of a line, each present only when it
+/// says something: `part` and `more_parts` for pieces of a line the shim
+/// split, `origin` ([`SHIM_ORIGIN`]) for lines the shim wrote itself.
+///
+/// Serialised as is, it is the nested `logdrain` object (absent fields are
+/// left out); vendors with flat or typed attributes read the fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Attributes {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub more_parts: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<&'static str>,
+}
+
+impl Attributes {
+    pub fn of(line: &Line) -> Self {
+        let piece = line.part > 0 || line.more_parts;
+        let shim = line.origin() == Origin::Shim;
+        Self {
+            part: piece.then_some(line.part),
+            more_parts: piece.then_some(line.more_parts),
+            origin: shim.then_some(SHIM_ORIGIN),
+        }
+    }
+
+    /// No attribute says anything: a vendor leaves the object out.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Counts the bytes written through it.
+#[derive(Debug)]
+pub struct Counting<W> {
+    inner: W,
+    count: usize,
+}
+
+impl<W> Counting<W> {
+    pub fn new(inner: W) -> Self {
+        Self { inner, count: 0 }
+    }
+
+    /// Bytes written so far.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Bytes `write` writes, written nowhere.
+pub fn counted(write: impl FnOnce(&mut Counting<io::Sink>) -> io::Result<()>) -> usize {
+    let mut counter = Counting::new(io::sink());
+    // Writing into a sink cannot fail, and neither can serialising the
+    // strings, numbers and booleans of a log; count whatever was written
+    // if it ever did.
+    let _ = write(&mut counter);
+    counter.count
+}
+
+/// Bytes of `value`'s JSON as serde_json writes it.
+pub fn json_len(value: &impl Serialize) -> usize {
+    counted(|w| serde_json::to_writer(w, value).map_err(io::Error::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quoted_len(text: &str) -> usize {
+        serde_json::to_string(text).unwrap().len()
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_become_replacement_characters() {
+        assert_eq!(lossy(b"caf\xe9 \xff ok"), "caf\u{fffd} \u{fffd} ok");
+    }
+
+    #[test]
+    fn a_text_that_fits_with_room_for_the_marker_is_returned_untouched() {
+        let data = "tab\t \"quoted\" é".as_bytes();
+        // Too close to the budget for the quick length bound: counted.
+        let budget = quoted_len("tab\t \"quoted\" é") + truncation_marker(data.len()).len();
+        assert!(data.len() * 6 + 2 > budget);
+        assert!(matches!(json_text(data, budget), Cow::Borrowed(_)));
+        assert_eq!(json_text(data, budget), "tab\t \"quoted\" é");
+        let tight = json_text(data, budget - 1);
+        assert!(tight.ends_with(&truncation_marker(data.len())), "{tight}");
+    }
+
+    #[test]
+    fn an_over_long_text_is_cut_within_its_budget_and_ends_with_the_marker() {
+        let budget = 10_000;
+        let long = vec![b'a'; 50_000];
+        let controls = vec![0x01u8; 5_000]; // six bytes each once escaped
+        for data in [long, controls] {
+            let text = json_text(&data, budget);
+            assert!(text.ends_with(&truncation_marker(data.len())), "no marker");
+            let size = quoted_len(&text);
+            assert!(size <= budget, "{size}");
+            assert!(size > budget - 10, "cut far too short: {size}");
+        }
+    }
+
+    #[test]
+    fn a_cut_never_splits_a_character() {
+        // "é" is two bytes: any budget lands the cut on a boundary.
+        let data = "é".repeat(5_000);
+        for budget in [1_001, 1_002, 1_003] {
+            let text = json_text(data.as_bytes(), budget);
+            let kept = text.trim_end_matches(&truncation_marker(data.len()));
+            assert!(kept.chars().all(|c| c == 'é'), "{kept}");
+            assert!(quoted_len(&text) <= budget);
+        }
+    }
+
+    #[test]
+    fn the_marker_names_the_original_length() {
+        assert_eq!(
+            truncation_marker(2_500_000),
+            "…[truncated by logdrain: 2500000 bytes]"
+        );
+    }
+
+    fn line(part: u32, more_parts: bool, origin: Origin) -> Line {
+        Line {
+            part,
+            more_parts,
+            origin: origin as i32,
+            ..Line::default()
+        }
+    }
+
+    #[test]
+    fn a_whole_agent_line_has_no_attributes() {
+        let attributes = Attributes::of(&line(0, false, Origin::Agent));
+        assert!(attributes.is_empty());
+        assert_eq!(serde_json::to_string(&attributes).unwrap(), "{}");
+    }
+
+    #[test]
+    fn pieces_carry_their_part_and_whether_more_follow() {
+        let first = Attributes::of(&line(0, true, Origin::Agent));
+        assert_eq!(
+            serde_json::to_value(first).unwrap(),
+            serde_json::json!({"part": 0, "more_parts": true})
+        );
+        let last = Attributes::of(&line(2, false, Origin::Agent));
+        assert_eq!((last.part, last.more_parts), (Some(2), Some(false)));
+        assert_eq!(last.origin, None);
+    }
+
+    #[test]
+    fn only_shim_lines_carry_an_origin() {
+        let shim = Attributes::of(&line(0, false, Origin::Shim));
+        assert_eq!(
+            serde_json::to_value(shim).unwrap(),
+            serde_json::json!({"origin": "shim"})
+        );
+        assert!(!shim.is_empty());
+    }
+
+    #[test]
+    fn counting_counts_what_reaches_the_inner_writer() {
+        let mut out = Counting::new(Vec::new());
+        out.write_all(b"[1,").unwrap();
+        serde_json::to_writer(&mut out, &"é").unwrap();
+        assert_eq!(out.count(), 3 + 4);
+        assert_eq!(out.into_inner(), "[1,\"é\"".as_bytes());
+    }
+
+    #[test]
+    fn json_len_is_the_serialised_length() {
+        let value = serde_json::json!({"message": "a \"b\"\n", "n": 12});
+        assert_eq!(json_len(&value), serde_json::to_vec(&value).unwrap().len());
+    }
+}
