@@ -55,6 +55,11 @@ if [ "$FORCE" = 0 ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
 fi
 
 [ "$(id -u)" = 0 ] || die "debootstrap and chroot need root: run 'sudo $0'"
+if ! command -v debootstrap >/dev/null && command -v apt-get >/dev/null; then
+    say "debootstrap is not installed; installing it with apt-get"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; } >"${TMPDIR:-/tmp}/logdrain-apt.log" 2>&1 ||
+        say "apt-get install debootstrap failed (see ${TMPDIR:-/tmp}/logdrain-apt.log)"
+fi
 command -v debootstrap >/dev/null ||
     die "debootstrap is not installed: 'apt-get install debootstrap' (or use BASE_IMAGE=debian:${SUITE}-slim on a machine that can pull images)"
 python3 -m pip --version >/dev/null 2>&1 ||

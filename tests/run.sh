@@ -5,6 +5,9 @@
 #    ./.venv, once per change of tests/requirements.txt.
 # 2. Runs `cargo test --workspace`: unit tests, and the integration and
 #    end-to-end tests that start the real binaries.
+# 3. Runs the docker compose fleet end to end (tests/compose/e2e.sh). It
+#    needs a Docker engine and fails loudly without one; set
+#    LOGDRAIN_SKIP_COMPOSE=1 to leave it out on purpose (it says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +23,9 @@ fi
 export LOGDRAIN_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 
 cargo test --workspace
+
+if [ "${LOGDRAIN_SKIP_COMPOSE:-0}" = 1 ]; then
+  echo "tests/run.sh: SKIPPING the docker compose end-to-end test (LOGDRAIN_SKIP_COMPOSE=1)" >&2
+else
+  tests/compose/e2e.sh
+fi
