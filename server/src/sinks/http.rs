@@ -118,6 +118,39 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| parse_retry_after(v, SystemTime::now()))
 }
 
+/// What a vendor answered: its status, headers and a short, redacted
+/// excerpt of its body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub detail: String,
+}
+
+/// Sends `request` and reads the answer. The body excerpt is read even on
+/// success, so the connection can be reused. A request that got no answer
+/// is a [`transport_error`] (retryable, never naming the URL), and `secret`
+/// is redacted from the excerpt. What the answer means is the vendor's
+/// `classify`.
+pub async fn send(
+    vendor: &str,
+    request: reqwest::RequestBuilder,
+    secret: &str,
+) -> Result<Reply, SinkError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(vendor, e, secret))?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let detail = redact(&read_detail(response).await, &[secret]);
+    Ok(Reply {
+        status,
+        headers,
+        detail,
+    })
+}
+
 /// Up to [`DETAIL_BYTES`] of the answer's body, on one line. Reading it also
 /// lets the connection be reused. Not redacted: pass it to [`redact`].
 pub async fn read_detail(mut response: reqwest::Response) -> String {

@@ -42,22 +42,16 @@ pub async fn post(
     };
     // The reason of a transport error never holds the URL: it may carry a
     // client token.
-    let response = request
+    let request = request
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_ENCODING, "gzip")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| http::transport_error(VENDOR, e, secret))?;
-    let status = response.status();
-    if status.is_success() {
-        // Read the (tiny) answer so the connection can be reused.
-        let _ = http::read_detail(response).await;
-        return Ok(());
-    }
-    let retry_after = http::retry_after(response.headers());
-    let detail = http::redact(&http::read_detail(response).await, &[secret]);
-    classify(status, retry_after, &detail)
+        .body(body);
+    let reply = http::send(VENDOR, request, secret).await?;
+    classify(
+        reply.status,
+        http::retry_after(&reply.headers),
+        &reply.detail,
+    )
 }
 
 /// What a Datadog status means: the one place this is decided.

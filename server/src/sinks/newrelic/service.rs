@@ -29,24 +29,18 @@ pub async fn post(
     body: Vec<u8>,
 ) -> Result<(), SinkError> {
     let secret = endpoint.secret();
-    let response = client
+    let request = client
         .post(endpoint.url.clone())
         .header(LICENSE_KEY_HEADER, endpoint.license_key.clone())
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_ENCODING, "gzip")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| http::transport_error(VENDOR, e, secret))?;
-    let status = response.status();
-    if status.is_success() {
-        // Read the (tiny) answer so the connection can be reused.
-        let _ = http::read_detail(response).await;
-        return Ok(());
-    }
-    let retry_after = http::retry_after(response.headers());
-    let detail = http::redact(&http::read_detail(response).await, &[secret]);
-    classify(status, retry_after, &detail)
+        .body(body);
+    let reply = http::send(VENDOR, request, secret).await?;
+    classify(
+        reply.status,
+        http::retry_after(&reply.headers),
+        &reply.detail,
+    )
 }
 
 /// What a New Relic status means: the one place this is decided.

@@ -33,29 +33,22 @@ pub async fn post(
     body: Vec<u8>,
 ) -> Result<SendOutcome, SinkError> {
     let secret = endpoint.secret();
-    let response = client
+    let request = client
         .post(endpoint.url.clone())
         .header(AUTH_HEADER, endpoint.auth_header().clone())
         .header(CONTENT_TYPE, ENVELOPE_CONTENT_TYPE)
         .header(CONTENT_ENCODING, "gzip")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| http::transport_error(VENDOR, e, secret))?;
-    let status = response.status();
-    let retry_after = http::retry_after(response.headers());
-    let rate_limit = response
-        .headers()
-        .get(RATE_LIMITS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(rate_limit);
-    // Read the (small) answer, also so the connection can be reused.
-    let detail = http::redact(&http::read_detail(response).await, &[secret]);
+        .body(body);
+    let reply = http::send(VENDOR, request, secret).await?;
     classify(&Answer {
-        status,
-        retry_after,
-        rate_limit,
-        detail: &detail,
+        status: reply.status,
+        retry_after: http::retry_after(&reply.headers),
+        rate_limit: reply
+            .headers
+            .get(RATE_LIMITS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(rate_limit),
+        detail: &reply.detail,
     })
 }
 
