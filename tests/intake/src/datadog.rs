@@ -35,7 +35,8 @@ use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use crate::body::{self, BodyError};
-use crate::store::{AuthForm, Outcome, Pending, Store};
+use crate::handler::{self, reject, Accepted, Rejection};
+use crate::store::{AuthForm, Pending, Store};
 use crate::Vendor;
 
 /// The logs intake path.
@@ -106,20 +107,6 @@ pub(crate) fn routes(limits: DatadogLimits) -> Router<Store> {
         .layer(Extension(limits))
 }
 
-/// Why a request is refused: its status and a reason naming the problem.
-#[derive(Debug)]
-struct Rejection {
-    status: StatusCode,
-    reason: String,
-}
-
-fn reject(status: StatusCode, reason: impl Into<String>) -> Rejection {
-    Rejection {
-        status,
-        reason: reason.into(),
-    }
-}
-
 async fn receive(
     State(store): State<Store>,
     Extension(limits): Extension<DatadogLimits>,
@@ -127,51 +114,21 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut pending = Pending::arrived(Vendor::Datadog, &headers);
-    if let Some(fault) = store.take_fault(Vendor::Datadog) {
-        let status = fault.status_code();
-        store.record(
-            pending,
-            Outcome::Injected {
-                status: status.as_u16(),
-            },
-        );
-        let response = error_response(status, "answered by a fault injected into the test intake");
-        return fault.answer(response).await;
-    }
-    match check(
+    handler::respond(
         &store,
-        &limits,
-        query.as_deref(),
+        Vendor::Datadog,
         &headers,
-        body,
-        &mut pending,
+        error_response,
+        async |pending| {
+            let entries = check(&store, &limits, query.as_deref(), &headers, body, pending).await?;
+            Ok(Accepted {
+                status: StatusCode::ACCEPTED,
+                entries,
+                body: json!({}),
+            })
+        },
     )
     .await
-    {
-        Ok(entries) => {
-            store.record(
-                pending,
-                Outcome::Accepted {
-                    status: StatusCode::ACCEPTED.as_u16(),
-                    entries,
-                },
-            );
-            (StatusCode::ACCEPTED, Json(json!({}))).into_response()
-        }
-        Err(Rejection { status, reason }) => {
-            tracing::info!(status = status.as_u16(), %reason, "datadog intake rejected a request");
-            let response = error_response(status, &reason);
-            store.record(
-                pending,
-                Outcome::Rejected {
-                    status: status.as_u16(),
-                    reason,
-                },
-            );
-            response
-        }
-    }
 }
 
 /// Runs every check in Datadog's order: credentials, headers, body, entries.

@@ -26,6 +26,7 @@
 mod body;
 pub mod control;
 pub mod datadog;
+mod handler;
 pub mod newrelic;
 pub mod sentry;
 pub mod store;

@@ -52,7 +52,8 @@ use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 
 use crate::body::{self, BodyError};
-use crate::store::{AuthForm, Outcome, Pending, Store};
+use crate::handler::{self, reject, Accepted, Rejection};
+use crate::store::{AuthForm, Pending, Store};
 use crate::Vendor;
 
 /// The Log API path.
@@ -122,20 +123,6 @@ pub(crate) fn routes(limits: NewRelicLimits) -> Router<Store> {
         .layer(Extension(limits))
 }
 
-/// Why a request is refused: its status and a reason naming the problem.
-#[derive(Debug)]
-struct Rejection {
-    status: StatusCode,
-    reason: String,
-}
-
-fn reject(status: StatusCode, reason: impl Into<String>) -> Rejection {
-    Rejection {
-        status,
-        reason: reason.into(),
-    }
-}
-
 async fn receive(
     State(store): State<Store>,
     Extension(limits): Extension<NewRelicLimits>,
@@ -143,55 +130,21 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut pending = Pending::arrived(Vendor::NewRelic, &headers);
-    if let Some(fault) = store.take_fault(Vendor::NewRelic) {
-        let status = fault.status_code();
-        store.record(
-            pending,
-            Outcome::Injected {
-                status: status.as_u16(),
-            },
-        );
-        let response = error_response(status, "answered by a fault injected into the test intake");
-        return fault.answer(response).await;
-    }
-    match check(
+    handler::respond(
         &store,
-        &limits,
-        query.as_deref(),
+        Vendor::NewRelic,
         &headers,
-        body,
-        &mut pending,
+        error_response,
+        async |pending| {
+            let entries = check(&store, &limits, query.as_deref(), &headers, body, pending).await?;
+            Ok(Accepted {
+                status: StatusCode::ACCEPTED,
+                entries,
+                body: json!({ "requestId": request_id() }),
+            })
+        },
     )
     .await
-    {
-        Ok(entries) => {
-            store.record(
-                pending,
-                Outcome::Accepted {
-                    status: StatusCode::ACCEPTED.as_u16(),
-                    entries,
-                },
-            );
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({ "requestId": request_id() })),
-            )
-                .into_response()
-        }
-        Err(Rejection { status, reason }) => {
-            tracing::info!(status = status.as_u16(), %reason, "newrelic intake rejected a request");
-            let response = error_response(status, &reason);
-            store.record(
-                pending,
-                Outcome::Rejected {
-                    status: status.as_u16(),
-                    reason,
-                },
-            );
-            response
-        }
-    }
 }
 
 /// Runs every check in order: credentials, headers, size, encoding, events.

@@ -52,7 +52,8 @@ use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 
 use crate::body::{self, BodyError};
-use crate::store::{AuthForm, Outcome, Pending, Store};
+use crate::handler::{self, reject, Accepted, Rejection};
+use crate::store::{AuthForm, Pending, Store};
 use crate::Vendor;
 
 /// Header carrying the public key.
@@ -180,20 +181,6 @@ pub enum EnvelopeError {
     },
 }
 
-/// Why a request is refused: its status and a reason naming the problem.
-#[derive(Debug)]
-struct Rejection {
-    status: StatusCode,
-    reason: String,
-}
-
-fn reject(status: StatusCode, reason: impl Into<String>) -> Rejection {
-    Rejection {
-        status,
-        reason: reason.into(),
-    }
-}
-
 async fn receive(
     State(store): State<Store>,
     Extension(limits): Extension<SentryLimits>,
@@ -202,56 +189,34 @@ async fn receive(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut pending = Pending::arrived(Vendor::Sentry, &headers);
-    if let Some(fault) = store.take_fault(Vendor::Sentry) {
-        let status = fault.status_code();
-        store.record(
-            pending,
-            Outcome::Injected {
-                status: status.as_u16(),
-            },
-        );
-        let response = error_response(status, "answered by a fault injected into the test intake");
-        return fault.answer(response).await;
-    }
-    match check(
+    handler::respond(
         &store,
-        &limits,
-        &project_id,
-        query.as_deref(),
+        Vendor::Sentry,
         &headers,
-        body,
-        &mut pending,
-    )
-    .await
-    {
-        Ok(envelope) => {
+        error_response,
+        async |pending| {
+            let envelope = check(
+                &store,
+                &limits,
+                &project_id,
+                query.as_deref(),
+                &headers,
+                body,
+                pending,
+            )
+            .await?;
             let answer = match envelope.header.get("event_id").and_then(Value::as_str) {
                 Some(id) => json!({ "id": id.replace('-', "").to_ascii_lowercase() }),
                 None => json!({}),
             };
-            store.record(
-                pending,
-                Outcome::Accepted {
-                    status: StatusCode::OK.as_u16(),
-                    entries: envelope.logs.into_iter().map(|log| (log, false)).collect(),
-                },
-            );
-            (StatusCode::OK, Json(answer)).into_response()
-        }
-        Err(Rejection { status, reason }) => {
-            tracing::info!(status = status.as_u16(), %reason, "sentry intake rejected a request");
-            let response = error_response(status, &reason);
-            store.record(
-                pending,
-                Outcome::Rejected {
-                    status: status.as_u16(),
-                    reason,
-                },
-            );
-            response
-        }
-    }
+            Ok(Accepted {
+                status: StatusCode::OK,
+                entries: envelope.logs.into_iter().map(|log| (log, false)).collect(),
+                body: answer,
+            })
+        },
+    )
+    .await
 }
 
 /// Runs every check in Relay's order: credentials, project, headers, body,

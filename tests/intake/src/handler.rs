@@ -1,0 +1,96 @@
+//! The request-handling skeleton every vendor intake shares: answer with an
+//! injected fault if one is scripted, otherwise run the vendor's checks and
+//! record the outcome.
+//!
+//! A vendor module hands [`respond`] its checks and its error body shape;
+//! this module must not know any vendor's wire format, credentials or
+//! answer bodies.
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::Value;
+
+use crate::store::{Outcome, Pending, Store};
+use crate::Vendor;
+
+/// Why a request is refused: its status and a reason naming the problem.
+#[derive(Debug)]
+pub(crate) struct Rejection {
+    pub status: StatusCode,
+    pub reason: String,
+}
+
+pub(crate) fn reject(status: StatusCode, reason: impl Into<String>) -> Rejection {
+    Rejection {
+        status,
+        reason: reason.into(),
+    }
+}
+
+/// A request that passed the vendor's checks: the vendor's success status,
+/// the entries to record as (value, oversized), and the answer body.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub status: StatusCode,
+    pub entries: Vec<(Value, bool)>,
+    pub body: Value,
+}
+
+/// Answers one request to `vendor`: with the next injected fault if there is
+/// one (`check` is then not run), otherwise with what `check` decides.
+/// Rejections and faults are answered with the vendor's `error_response`;
+/// every answer is recorded in `store`.
+pub(crate) async fn respond(
+    store: &Store,
+    vendor: Vendor,
+    headers: &HeaderMap,
+    error_response: fn(StatusCode, &str) -> Response,
+    check: impl AsyncFnOnce(&mut Pending) -> Result<Accepted, Rejection>,
+) -> Response {
+    let mut pending = Pending::arrived(vendor, headers);
+    if let Some(fault) = store.take_fault(vendor) {
+        let status = fault.status_code();
+        store.record(
+            pending,
+            Outcome::Injected {
+                status: status.as_u16(),
+            },
+        );
+        let response = error_response(status, "answered by a fault injected into the test intake");
+        return fault.answer(response).await;
+    }
+    match check(&mut pending).await {
+        Ok(Accepted {
+            status,
+            entries,
+            body,
+        }) => {
+            store.record(
+                pending,
+                Outcome::Accepted {
+                    status: status.as_u16(),
+                    entries,
+                },
+            );
+            (status, Json(body)).into_response()
+        }
+        Err(Rejection { status, reason }) => {
+            tracing::info!(
+                status = status.as_u16(),
+                %reason,
+                "{} intake rejected a request",
+                vendor.name()
+            );
+            let response = error_response(status, &reason);
+            store.record(
+                pending,
+                Outcome::Rejected {
+                    status: status.as_u16(),
+                    reason,
+                },
+            );
+            response
+        }
+    }
+}
