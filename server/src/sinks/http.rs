@@ -20,6 +20,7 @@ use flate2::Compression;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 
+use crate::queue::QueuedLine;
 use crate::sinks::engine::retry::parse_retry_after;
 use crate::sinks::SinkError;
 
@@ -116,6 +117,24 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()))
+}
+
+/// Runs a vendor's request encoder on the blocking pool: JSON and gzip of up
+/// to megabytes is CPU work that must not stall the async threads the other
+/// routes run on. Copying the lines only bumps reference counts.
+pub async fn encode_off_runtime<T: Send + 'static>(
+    vendor: &'static str,
+    lines: &[QueuedLine],
+    encode: impl FnOnce(&[QueuedLine]) -> io::Result<T> + Send + 'static,
+) -> Result<T, SinkError> {
+    let owned = lines.to_vec();
+    let failed = |e: &dyn std::fmt::Display| SinkError::Config {
+        reason: format!("encoding the {vendor} request failed: {e}"),
+    };
+    tokio::task::spawn_blocking(move || encode(&owned))
+        .await
+        .map_err(|e| failed(&e))?
+        .map_err(|e| failed(&e))
 }
 
 /// What a vendor answered: its status, headers and a short, redacted

@@ -33,7 +33,7 @@ use async_trait::async_trait;
 
 use crate::queue::QueuedLine;
 use crate::route::{DestinationKind, RouteKey, Secrets};
-use crate::sinks::{BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
+use crate::sinks::{http, BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
 use config::Endpoint;
 
 /// Delivers one route's lines to Datadog. `Debug` redacts the credential.
@@ -88,19 +88,11 @@ impl Sink for DatadogSink {
     }
 
     async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
-        // JSON and gzip of up to 5 MB is CPU work: keep it off the async
-        // threads. Cloning the lines only bumps reference counts.
         let agent_id = Arc::clone(&self.agent_id);
-        let owned = lines.to_vec();
-        let encoded =
-            tokio::task::spawn_blocking(move || request_builder::encode(&agent_id, &owned))
-                .await
-                .map_err(|e| SinkError::Config {
-                    reason: format!("encoding the Datadog request failed: {e}"),
-                })?
-                .map_err(|e| SinkError::Config {
-                    reason: format!("encoding the Datadog request failed: {e}"),
-                })?;
+        let encoded = http::encode_off_runtime("Datadog", lines, move |lines| {
+            request_builder::encode(&agent_id, lines)
+        })
+        .await?;
         service::post(&self.http, &self.endpoint, encoded.body).await?;
         Ok(SendOutcome::accepted())
     }

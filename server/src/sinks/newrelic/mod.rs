@@ -35,7 +35,7 @@ use async_trait::async_trait;
 
 use crate::queue::QueuedLine;
 use crate::route::{DestinationKind, RouteKey, Secrets};
-use crate::sinks::{BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
+use crate::sinks::{http, BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
 use config::Endpoint;
 
 /// Delivers one route's lines to New Relic. `Debug` redacts the key.
@@ -89,19 +89,11 @@ impl Sink for NewRelicSink {
     }
 
     async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
-        // JSON and gzip of up to 1 MB is CPU work: keep it off the async
-        // threads. Cloning the lines only bumps reference counts.
         let agent_id = Arc::clone(&self.agent_id);
-        let owned = lines.to_vec();
-        let encoded =
-            tokio::task::spawn_blocking(move || request_builder::encode(&agent_id, &owned))
-                .await
-                .map_err(|e| SinkError::Config {
-                    reason: format!("encoding the New Relic request failed: {e}"),
-                })?
-                .map_err(|e| SinkError::Config {
-                    reason: format!("encoding the New Relic request failed: {e}"),
-                })?;
+        let encoded = http::encode_off_runtime("New Relic", lines, move |lines| {
+            request_builder::encode(&agent_id, lines)
+        })
+        .await?;
         request_builder::check_post_size(&encoded)?;
         service::post(&self.http, &self.endpoint, encoded.body).await?;
         Ok(SendOutcome::accepted())
