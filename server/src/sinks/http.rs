@@ -119,6 +119,42 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .and_then(|v| parse_retry_after(v, SystemTime::now()))
 }
 
+/// What a status means for a vendor that follows the usual HTTP meanings
+/// ([`status_class`]): accepted, retryable with `Retry-After`, payload
+/// rejected, credentials refused, or misconfigured. `auth_hint` and
+/// `config_hint`, when not empty, tell the operator what to check.
+pub fn usual_meaning(
+    vendor: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    detail: &str,
+    auth_hint: &str,
+    config_hint: &str,
+) -> Result<(), SinkError> {
+    let reason = answered(vendor, status, detail);
+    let hinted = |hint: &str| {
+        if hint.is_empty() {
+            reason.clone()
+        } else {
+            format!("{reason} ({hint})")
+        }
+    };
+    match status_class(status.as_u16()) {
+        StatusClass::Accepted => Ok(()),
+        StatusClass::Retryable => Err(SinkError::Retryable {
+            reason,
+            retry_after,
+        }),
+        StatusClass::PayloadRejected => Err(SinkError::PayloadRejected { reason }),
+        StatusClass::Unauthorized => Err(SinkError::Unauthorized {
+            reason: hinted(auth_hint),
+        }),
+        StatusClass::Other => Err(SinkError::Config {
+            reason: hinted(config_hint),
+        }),
+    }
+}
+
 /// Runs a vendor's request encoder on the blocking pool: JSON and gzip of up
 /// to megabytes is CPU work that must not stall the async threads the other
 /// routes run on. Copying the lines only bumps reference counts.

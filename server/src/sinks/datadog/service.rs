@@ -12,7 +12,7 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::config::{Credential, Endpoint};
-use crate::sinks::http::{self, StatusClass};
+use crate::sinks::http;
 use crate::sinks::SinkError;
 
 /// The vendor's name in reasons.
@@ -68,19 +68,14 @@ pub fn classify(
     retry_after: Option<Duration>,
     detail: &str,
 ) -> Result<(), SinkError> {
-    let reason = http::answered(VENDOR, status, detail);
-    match http::status_class(status.as_u16()) {
-        StatusClass::Accepted => Ok(()),
-        StatusClass::Retryable => Err(SinkError::Retryable {
-            reason,
-            retry_after,
-        }),
-        StatusClass::PayloadRejected => Err(SinkError::PayloadRejected { reason }),
-        StatusClass::Unauthorized => Err(SinkError::Unauthorized { reason }),
-        StatusClass::Other => Err(SinkError::Config {
-            reason: format!("{reason} (is the Datadog URL right?)"),
-        }),
-    }
+    http::usual_meaning(
+        VENDOR,
+        status,
+        retry_after,
+        detail,
+        "",
+        "is the Datadog URL right?",
+    )
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::StatusCode;
 
 use super::config::Endpoint;
-use crate::sinks::http::{self, StatusClass};
+use crate::sinks::http;
 use crate::sinks::SinkError;
 
 /// The vendor's name in reasons.
@@ -57,21 +57,14 @@ pub fn classify(
     retry_after: Option<Duration>,
     detail: &str,
 ) -> Result<(), SinkError> {
-    let reason = http::answered(VENDOR, status, detail);
-    match http::status_class(status.as_u16()) {
-        StatusClass::Accepted => Ok(()),
-        StatusClass::Retryable => Err(SinkError::Retryable {
-            reason,
-            retry_after,
-        }),
-        StatusClass::PayloadRejected => Err(SinkError::PayloadRejected { reason }),
-        StatusClass::Unauthorized => Err(SinkError::Unauthorized {
-            reason: format!("{reason} (check NEW_RELIC_LICENSE_KEY: an ingest license key)"),
-        }),
-        StatusClass::Other => Err(SinkError::Config {
-            reason: format!("{reason} (is the New Relic URL right?)"),
-        }),
-    }
+    http::usual_meaning(
+        VENDOR,
+        status,
+        retry_after,
+        detail,
+        "check NEW_RELIC_LICENSE_KEY: an ingest license key",
+        "is the New Relic URL right?",
+    )
 }
 
 #[cfg(test)]
