@@ -82,23 +82,8 @@ impl DatadogLimits {
     }
 }
 
-/// Configuration of the Datadog intake.
-#[derive(Clone, Default)]
-pub struct DatadogConfig {
-    /// Accepted API keys and client tokens. None accepted = every request
-    /// gets 403.
-    pub keys: Vec<String>,
-    pub limits: DatadogLimits,
-}
-
-impl std::fmt::Debug for DatadogConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatadogConfig")
-            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
+/// Configuration of the Datadog intake: accepted keys and limits.
+pub type DatadogConfig = crate::VendorConfig<DatadogLimits>;
 
 /// The Datadog routes.
 pub(crate) fn routes(limits: DatadogLimits) -> Router<Store> {

@@ -77,6 +77,24 @@ impl Vendor {
     }
 }
 
+/// Configuration of one vendor's intake.
+#[derive(Clone, Default)]
+pub struct VendorConfig<L> {
+    /// Accepted keys (API keys, client tokens, public keys, license keys).
+    /// None accepted = every request with a credential gets 403.
+    pub keys: Vec<String>,
+    pub limits: L,
+}
+
+impl<L: std::fmt::Debug> std::fmt::Debug for VendorConfig<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VendorConfig")
+            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
 /// Configuration of all intakes.
 #[derive(Clone, Debug)]
 pub struct IntakeConfig {

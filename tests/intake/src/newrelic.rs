@@ -99,22 +99,8 @@ impl Default for NewRelicLimits {
     }
 }
 
-/// Configuration of the New Relic intake.
-#[derive(Clone, Default)]
-pub struct NewRelicConfig {
-    /// Accepted license keys. None accepted = every request gets 403.
-    pub keys: Vec<String>,
-    pub limits: NewRelicLimits,
-}
-
-impl std::fmt::Debug for NewRelicConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NewRelicConfig")
-            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
+/// Configuration of the New Relic intake: accepted keys and limits.
+pub type NewRelicConfig = crate::VendorConfig<NewRelicLimits>;
 
 /// The New Relic routes.
 pub(crate) fn routes(limits: NewRelicLimits) -> Router<Store> {

@@ -115,23 +115,8 @@ impl Default for SentryLimits {
     }
 }
 
-/// Configuration of the Sentry intake.
-#[derive(Clone, Default)]
-pub struct SentryConfig {
-    /// Accepted public keys (32 characters each). None accepted = every
-    /// request with a well-formed key gets 403.
-    pub keys: Vec<String>,
-    pub limits: SentryLimits,
-}
-
-impl std::fmt::Debug for SentryConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SentryConfig")
-            .field("keys", &format_args!("<{} redacted>", self.keys.len()))
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
+/// Configuration of the Sentry intake: accepted keys and limits.
+pub type SentryConfig = crate::VendorConfig<SentryLimits>;
 
 /// The Sentry routes (with and without the trailing slash, as Relay).
 pub(crate) fn routes(limits: SentryLimits) -> Router<Store> {
