@@ -44,7 +44,28 @@ fn one(route: &RouteKey) -> &[RouteKey] {
 }
 
 fn open(dir: &TempDir) -> Queue {
-    Queue::open(dir.path()).expect("queue opens").0
+    reopen(dir).0
+}
+
+/// Retries `f` while the database lock is still held: a dropped queue's
+/// group-commit task may be finishing its last loop turn (it holds the
+/// database until it exits, a moment after the last append returned).
+fn when_unlocked<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> T {
+    for _ in 0..100 {
+        match f() {
+            Ok(value) => return value,
+            Err(e) if format!("{e:?}").contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open failed: {e:?}"),
+        }
+    }
+    f().expect("database lock released")
+}
+
+/// Reopens the queue after a previous instance was dropped.
+fn reopen(dir: &TempDir) -> (Queue, OpenReport) {
+    when_unlocked(|| Queue::open(dir.path()))
 }
 
 async fn append(
@@ -265,7 +286,7 @@ async fn acked_lines_survive_reopen() {
         )
         .await;
     }
-    let (queue, report) = Queue::open(dir.path()).unwrap();
+    let (queue, report) = reopen(&dir);
     assert_eq!(report.lines, 2010);
     // 2000 lines are more than one segment holds.
     assert_eq!(report.segments, 3);
@@ -324,7 +345,7 @@ async fn segment_is_freed_only_when_every_tagged_route_committed() {
     queue.commit(&y, read[0].cursor).unwrap();
     assert_eq!(queue.committed(&y).unwrap(), Some(last));
     drop(queue);
-    let (queue, report) = Queue::open(dir.path()).unwrap();
+    let (queue, report) = reopen(&dir);
     assert_eq!(report.lines, 0);
     assert_eq!(queue.committed(&y).unwrap(), Some(last));
 }
@@ -389,7 +410,7 @@ async fn routes_and_secrets_survive_reopen() {
         queue.put_route(&y, &secrets("token-y2")).unwrap();
         queue.flush().await.unwrap();
     }
-    let (queue, report) = Queue::open(dir.path()).unwrap();
+    let (queue, report) = reopen(&dir);
     assert_eq!(report.routes, 2);
     let mut routes = queue.routes().unwrap();
     routes.sort_by(|a, b| a.0.cmp(&b.0));
@@ -431,7 +452,7 @@ async fn secrets_never_in_debug_output() {
     }
     // A corrupt route record: the error and the report do not show it.
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = when_unlocked(|| sled::open(dir.path()));
         let key = keys::route(&r);
         let mut value = db.get(&key).unwrap().unwrap().to_vec();
         let last = value.len() - 1;
@@ -444,7 +465,7 @@ async fn secrets_never_in_debug_output() {
         assert!(!format!("{error} {error:?}").contains(secret));
         db.flush().unwrap();
     }
-    let (queue, report) = Queue::open(dir.path()).unwrap();
+    let (queue, report) = reopen(&dir);
     assert_eq!(report.quarantined, 1);
     assert!(!format!("{queue:?} {report:?}").contains(secret));
 }
@@ -463,7 +484,7 @@ async fn corrupt_segment_is_quarantined_and_open_succeeds() {
         bad_segment = read_all(&queue, &r)[3].cursor.segment;
     }
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = when_unlocked(|| sled::open(dir.path()));
         db.insert(
             keys::segment("agent", bad_segment),
             &b"\x01garbage bytes"[..],
@@ -474,7 +495,7 @@ async fn corrupt_segment_is_quarantined_and_open_succeeds() {
             .unwrap();
         db.flush().unwrap();
     }
-    let (queue, report) = Queue::open(dir.path()).unwrap();
+    let (queue, report) = reopen(&dir);
     assert_eq!(report.quarantined, 3);
     assert_eq!(report.segments, 2);
     assert_eq!(report.lines, 6);
@@ -484,7 +505,7 @@ async fn corrupt_segment_is_quarantined_and_open_succeeds() {
     assert_eq!(queue.inner.quarantine.len(), 3);
     drop(queue);
     // Quarantined entries are not met again.
-    let (_, report) = Queue::open(dir.path()).unwrap();
+    let (_, report) = reopen(&dir);
     assert_eq!(report.quarantined, 0);
 }
 
@@ -547,7 +568,7 @@ async fn remove_route_frees_segments_only_it_held() {
     queue.remove_route(&x).unwrap();
 
     drop(queue);
-    let (queue, report) = Queue::open(dir.path()).unwrap();
+    let (queue, report) = reopen(&dir);
     assert_eq!(report.routes, 1);
     assert_eq!(report.lines, 3);
     assert_eq!(queue.routes().unwrap().len(), 1);
