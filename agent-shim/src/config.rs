@@ -14,6 +14,7 @@
 //! | `--batch-linger DURATION` | `LOGDRAIN_BATCH_LINGER` | `20ms` |
 //! | `--gateway-ca-file PATH` | `LOGDRAIN_GATEWAY_CA_FILE` | Mozilla roots only |
 //! | `--subreaper` | `LOGDRAIN_SUBREAPER` | off (automatic as PID 1) |
+//! | `--check` | `LOGDRAIN_CHECK` | off |
 //!
 //! Environment values are read through clap only; this module never reads
 //! or changes the process environment itself. Secrets are not options: see
@@ -51,6 +52,12 @@ forwarded to it.
 
 Exit status: the agent's exit code, or 128+N if a signal N killed it; 127 if the command \
 was not found, 126 if it could not be executed; 2 for a configuration error.
+
+--check: run with the deployment's environment to see, without starting the agent, which \
+destinations its secrets switch on (naming the secrets, never their values), which are \
+half-configured or invalid, and whether each gateway accepts the token. Exit status 0 when \
+everything is usable, 1 when anything is wrong (a configuration error, a half-configured or \
+invalid destination, no destination at all, a gateway unreachable or refusing).
 
 Sizes accept a unit: 65536, 512KiB, 64MiB, 1GiB (K, M, G are binary; KB, MB, GB decimal). \
 Durations accept 500ms, 10s, 2m, 1h.";
@@ -139,8 +146,24 @@ pub struct Config {
     )]
     pub subreaper: bool,
 
-    /// The agent to run, with its arguments.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// Check the configuration and exit without running the agent: prints
+    /// every destination (on, half-configured, invalid or off), then asks
+    /// each gateway whether it accepts the token and the secrets. A command
+    /// after `--` is allowed and not run, so a deployment's own command
+    /// line can be checked by adding --check.
+    #[arg(
+        long,
+        env = "LOGDRAIN_CHECK",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub check: bool,
+
+    /// The agent to run, with its arguments (not needed with --check).
+    #[arg(last = true, required_unless_present = "check", value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
 
@@ -158,6 +181,7 @@ impl fmt::Debug for Config {
             .field("batch_linger", &self.batch_linger)
             .field("gateway_ca_file", &self.gateway_ca_file)
             .field("subreaper", &self.subreaper)
+            .field("check", &self.check)
             .field("command", &self.command)
             .finish()
     }
@@ -225,7 +249,7 @@ pub struct Settings {
     pub gateway_ca_pem: Option<Vec<u8>>,
     /// Reap orphans even when not PID 1.
     pub subreaper: bool,
-    /// Program and arguments (never empty).
+    /// Program and arguments (never empty, except with `--check`).
     pub command: Vec<OsString>,
 }
 
@@ -493,6 +517,16 @@ mod tests {
             config(&["--agent-id", "a"]).is_err(),
             "a command is required"
         );
+    }
+
+    #[test]
+    fn check_needs_no_command_and_tolerates_one() {
+        let parsed = config(&["--check"]).unwrap();
+        assert!(parsed.check && parsed.command.is_empty());
+        let parsed = config(&["--check", "--", "agent", "-v"]).unwrap();
+        assert!(parsed.check);
+        assert_eq!(parsed.command, vec!["agent", "-v"]);
+        assert!(!config(&["--", "agent"]).unwrap().check);
     }
 
     #[test]

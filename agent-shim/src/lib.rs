@@ -19,6 +19,8 @@
 //!   [`backoff`], fail over.
 //! * [`child`] starts the agent, forwards signals and reaps children;
 //!   [`lifecycle`] maps exits to codes and words the shim's own lines.
+//! * [`check`] is `--check`: a report on the configuration and the
+//!   gateways' answers, without running the agent.
 //! * [`config`] is the command line / environment; [`secrets`] the
 //!   destination secrets forwarded in `Open`, checked at start with the
 //!   gateway's rules (a warning on stderr; they are forwarded anyway).
@@ -30,6 +32,7 @@
 pub mod backoff;
 pub mod buffer;
 pub mod capture;
+pub mod check;
 pub mod child;
 pub mod config;
 mod diag;
@@ -90,8 +93,12 @@ impl Error {
 
 /// Validates `config`, reads the secrets from the environment, runs the
 /// agent to completion on a single-threaded runtime, drains, and returns
-/// the exit code to exit with.
+/// the exit code to exit with. With `--check`, runs [`check::run`] instead
+/// and never starts the agent.
 pub fn run(config: Config) -> Result<i32, Error> {
+    if config.check {
+        return Ok(check::run(config));
+    }
     let settings = config.validate()?;
     let secrets = Secrets::from_env();
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -7,12 +7,47 @@
 //! seen at once ([`Secrets::warnings`]); it forwards them all the same. It
 //! must not judge values itself. Values never appear in `Debug` output, logs,
 //! warnings or errors: only the variable names do (and a region's value).
+//! [`Secrets::destinations`] sorts the same findings by destination for
+//! `agent-shim --check`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
 
-use logdrain::secrets::{Destination, SecretProblem};
+use logdrain::secrets::{Destination, SecretProblem, DESTINATIONS};
+
+/// What the secrets present make of one destination (names and problems
+/// only, never a value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DestinationState {
+    /// Every required secret is set and every value is usable: lines are
+    /// delivered there. `names`: the secrets set for it.
+    On { names: Vec<&'static str> },
+    /// Some required secrets are set, others are missing: nothing is
+    /// delivered there. `problems`: wrong values among those set.
+    HalfConfigured {
+        present: Vec<&'static str>,
+        missing: Vec<&'static str>,
+        problems: Vec<String>,
+    },
+    /// Every required secret is set but a value cannot be used: the gateway
+    /// keeps the lines until a deployment brings valid secrets.
+    Invalid { problems: Vec<String> },
+    /// No required secret is set. `unused`: its optional secrets that are
+    /// set anyway (for example the agent's own `AWS_REGION`).
+    Off { unused: Vec<&'static str> },
+}
+
+impl DestinationState {
+    /// Whether this state is a mistake of the deployment (`on` and `off`
+    /// are not).
+    pub fn is_problem(&self) -> bool {
+        matches!(
+            self,
+            DestinationState::HalfConfigured { .. } | DestinationState::Invalid { .. }
+        )
+    }
+}
 
 /// The secrets present in the environment, by variable name.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -65,6 +100,45 @@ impl Secrets {
         logdrain::secrets::check(&self.values)
             .iter()
             .map(|problem| warning(problem, &self.values))
+            .collect()
+    }
+
+    /// Every destination, in the gateway's order, with what these secrets
+    /// make of it (the findings of [`Secrets::warnings`], by destination).
+    pub fn destinations(&self) -> Vec<(&'static Destination, DestinationState)> {
+        let problems = logdrain::secrets::check(&self.values);
+        DESTINATIONS
+            .iter()
+            .map(|destination| {
+                let set =
+                    |name: &&'static str| logdrain::secrets::value(&self.values, name).is_some();
+                let (present, missing): (Vec<&'static str>, Vec<&'static str>) =
+                    destination.required.iter().copied().partition(set);
+                let wrong: Vec<String> = problems
+                    .iter()
+                    .filter(|p| !matches!(p, SecretProblem::Missing { .. }))
+                    .filter(|p| destination.secrets().any(|name| name == p.secret()))
+                    .map(ToString::to_string)
+                    .collect();
+                let state = if present.is_empty() {
+                    DestinationState::Off {
+                        unused: destination.optional.iter().copied().filter(set).collect(),
+                    }
+                } else if !missing.is_empty() {
+                    DestinationState::HalfConfigured {
+                        present,
+                        missing,
+                        problems: wrong,
+                    }
+                } else if !wrong.is_empty() {
+                    DestinationState::Invalid { problems: wrong }
+                } else {
+                    DestinationState::On {
+                        names: destination.secrets().filter(set).collect(),
+                    }
+                };
+                (destination, state)
+            })
             .collect()
     }
 
@@ -216,6 +290,62 @@ mod tests {
             assert!(!warning.contains("leaky"), "{warning}");
             assert!(!warning.contains("sentry.example"), "{warning}");
         }
+    }
+
+    fn state_of(secrets: &Secrets, name: &str) -> DestinationState {
+        secrets
+            .destinations()
+            .into_iter()
+            .find(|(d, _)| d.name == name)
+            .map(|(_, state)| state)
+            .unwrap()
+    }
+
+    #[test]
+    fn destinations_are_on_half_configured_invalid_or_off() {
+        let secrets = Secrets::from_vars(vars(&[
+            ("DATADOG_TOKEN", "0123456789abcdef0123456789abcdef"),
+            ("DATADOG_REGION", "eu"),
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+            ("SENTRY_DSN", "htps://leaky@o1.ingest.sentry.io/2"),
+        ]));
+        assert_eq!(
+            state_of(&secrets, "datadog"),
+            DestinationState::On {
+                names: vec!["DATADOG_TOKEN", "DATADOG_REGION"]
+            }
+        );
+        assert_eq!(
+            state_of(&secrets, "cloudwatch"),
+            DestinationState::HalfConfigured {
+                present: vec!["AWS_ACCESS_KEY_ID"],
+                missing: vec!["AWS_SECRET_ACCESS_KEY"],
+                problems: vec![],
+            }
+        );
+        let DestinationState::Invalid { problems } = state_of(&secrets, "sentry") else {
+            panic!("a DSN that does not parse makes sentry invalid");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("SENTRY_DSN"), "{problems:?}");
+        assert!(!problems[0].contains("leaky"), "{problems:?}");
+        assert_eq!(
+            state_of(&secrets, "newrelic"),
+            DestinationState::Off { unused: vec![] }
+        );
+    }
+
+    #[test]
+    fn an_optional_secret_alone_leaves_its_destination_off_and_named() {
+        let secrets = Secrets::from_vars(vars(&[("AWS_REGION", "eu-west-1")]));
+        let state = state_of(&secrets, "cloudwatch");
+        assert_eq!(
+            state,
+            DestinationState::Off {
+                unused: vec!["AWS_REGION"]
+            }
+        );
+        assert!(!state.is_problem());
     }
 
     #[test]

@@ -397,7 +397,7 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
 }
 
 /// The tonic endpoint for one gateway URL: timeouts, keepalive, TLS.
-fn endpoint(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Endpoint, StreamError> {
+pub(crate) fn endpoint(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Endpoint, StreamError> {
     let endpoint = Endpoint::from(url.clone())
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -441,7 +441,7 @@ fn describe_status(status: &Status) -> String {
 }
 
 /// The canonical gRPC name of a status code.
-fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
@@ -465,7 +465,7 @@ fn code_name(code: Code) -> &'static str {
 
 /// An error and its sources, joined with ": " (transport errors keep the
 /// useful part, like "Connection refused", in their sources).
-fn chain(err: &dyn StdError) -> String {
+pub(crate) fn chain(err: &dyn StdError) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -425,3 +425,69 @@ exit 5"#;
     );
     assert_eq!(output.status.code(), Some(5));
 }
+
+#[test]
+fn check_with_the_gateway_down_names_its_address_and_exits_1() {
+    let gateway = closed_port_url();
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("agent-ran");
+    let output = shim()
+        .env("LOGDRAIN_GATEWAY", &gateway)
+        .env("DATADOG_TOKEN", "0123456789abcdef0123456789abcdef")
+        .args(["--check", "--", "touch", mark.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{report}\n{output:?}");
+    let line = report
+        .lines()
+        .find(|l| l.contains(&gateway))
+        .unwrap_or_else(|| panic!("the gateway's address is not named:\n{report}"));
+    assert!(line.contains("unreachable"), "{line}");
+    assert!(line.contains("Connection refused"), "{line}");
+    assert!(report.contains("datadog     on"), "{report}");
+    assert!(!mark.exists(), "--check must not run the agent");
+}
+
+#[test]
+fn check_without_any_secret_says_nothing_will_be_delivered_and_exits_1() {
+    let output = run_shim(&["--check"]);
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    for destination in ["datadog", "cloudwatch", "sentry", "newrelic"] {
+        assert!(
+            report
+                .lines()
+                .any(|l| l.trim() == format!("{destination:<11} off").trim_end()),
+            "{destination} is not reported off:\n{report}"
+        );
+    }
+    assert!(
+        report.contains("nothing will be delivered: no destination is on"),
+        "{report}"
+    );
+}
+
+#[test]
+fn check_reports_a_configuration_error_instead_of_contacting_gateways() {
+    let output = shim()
+        .env_remove("LOGDRAIN_TOKEN")
+        .env(
+            "SENTRY_DSN",
+            "https://0123456789abcdef0123456789abcdef@o1.ingest.sentry.io/5",
+        )
+        .arg("--check")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("sentry      on, switched on by SENTRY_DSN"),
+        "{report}"
+    );
+    assert!(
+        report.contains("configuration: no ingest token given"),
+        "{report}"
+    );
+    assert!(report.contains("gateways: not contacted"), "{report}");
+}

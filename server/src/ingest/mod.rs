@@ -1,23 +1,26 @@
 //! Ingest: the gRPC `Drain` service that shims and `tail` clients talk to.
 //!
 //! Owns stream admission (token, ids, protocol version), turning an opening
-//! message into routes, and acking only what the queue made durable. It must
-//! not deliver to vendors (the sinks do) and must not decide how lines are
-//! stored (the queue does).
+//! message into routes, acking only what the queue made durable, and the
+//! `Check` dry run of a shim's configuration. It must not deliver to vendors
+//! (the sinks do) and must not decide how lines are stored (the queue does).
 
+mod check;
 mod ship;
 pub mod tail;
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use logdrain::v1::drain_server::Drain;
-use logdrain::v1::{GatewayMessage, ShimMessage, TailLine, TailRequest};
+use logdrain::v1::{CheckReply, CheckRequest, GatewayMessage, ShimMessage, TailLine, TailRequest};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::SigningKey;
+use crate::config::ids;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::Engine;
@@ -32,6 +35,67 @@ pub struct Ingest {
     pub(crate) tail: TailHub,
     pub(crate) shutdown: Shutdown,
     pub(crate) open_timeout: Duration,
+}
+
+/// Largest single secret value accepted.
+const MAX_SECRET_BYTES: usize = 16 * 1024;
+
+/// Why a caller was not admitted: a fixed reason (the `reason` label of
+/// `logdrain_refused_streams_total`) and the status it gets.
+pub(crate) struct Refused {
+    pub reason: &'static str,
+    pub status: Status,
+}
+
+impl Ingest {
+    /// Checks what every shim presents, for a stream or a check: the
+    /// protocol version, the ids, and that the token belongs to the agent id.
+    pub(crate) fn admit(
+        &self,
+        protocol_version: u32,
+        agent_id: &str,
+        agent_server_id: &str,
+        token: &str,
+    ) -> Result<(), Refused> {
+        if protocol_version != logdrain::PROTOCOL_VERSION {
+            return Err(Refused {
+                reason: "protocol_version",
+                status: Status::failed_precondition(format!(
+                    "the shim speaks protocol version {protocol_version}, this gateway speaks {}; run matching versions of agent-shim and logdrain-gateway",
+                    logdrain::PROTOCOL_VERSION
+                )),
+            });
+        }
+        let invalid = |message: String| Refused {
+            reason: "invalid_argument",
+            status: Status::invalid_argument(message),
+        };
+        ids::check_agent_id(agent_id).map_err(invalid)?;
+        ids::check_agent_server_id(agent_server_id).map_err(invalid)?;
+        if !self.key.verify(agent_id, token) {
+            return Err(Refused {
+                reason: "unauthenticated",
+                status: Status::unauthenticated(format!(
+                    "the token is not valid for agent id {agent_id:?}; get one with `logdrain-gateway token --agent-id {agent_id}` and pass it as LOGDRAIN_TOKEN"
+                )),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a secret value larger than any real credential (names the
+/// secret, never shows the value).
+fn check_secret_sizes(secrets: &HashMap<String, String>) -> Result<(), String> {
+    match secrets
+        .iter()
+        .find(|(_, value)| value.len() > MAX_SECRET_BYTES)
+    {
+        Some((name, _)) => Err(format!(
+            "the secret {name} is longer than {MAX_SECRET_BYTES} bytes; check its value"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The tonic service; cheap to clone.
@@ -87,5 +151,10 @@ impl Drain for IngestService {
     ) -> Result<Response<Self::TailStream>, Status> {
         let stream = ship::tail(self.0.clone(), request.into_inner())?;
         Ok(Response::new(stream))
+    }
+
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
+        let reply = check::check(&self.0, request.into_inner())?;
+        Ok(Response::new(reply))
     }
 }

@@ -28,8 +28,6 @@ use crate::route::{routes_for, RouteKey};
 
 /// Longest boot id accepted.
 const MAX_BOOT_ID: usize = 64;
-/// Largest single secret value accepted.
-const MAX_SECRET_BYTES: usize = 16 * 1024;
 /// Acks buffered towards a slow shim.
 const ACK_BUFFER: usize = 16;
 /// Batches of one stream written to the queue but not yet durable. Bounds
@@ -90,20 +88,21 @@ struct Session {
 
 impl Session {
     fn open(ingest: Arc<Ingest>, open: Open) -> Result<Self, Status> {
-        if open.protocol_version != logdrain::PROTOCOL_VERSION {
-            metrics::refused_streams("protocol_version");
-            return Err(Status::failed_precondition(format!(
-                "the shim speaks protocol version {}, this gateway speaks {}; run matching versions of agent-shim and logdrain-gateway",
+        ingest
+            .admit(
                 open.protocol_version,
-                logdrain::PROTOCOL_VERSION
-            )));
-        }
+                &open.agent_id,
+                &open.agent_server_id,
+                &open.token,
+            )
+            .map_err(|refused| {
+                metrics::refused_streams(refused.reason);
+                refused.status
+            })?;
         let invalid = |msg: String| {
             metrics::refused_streams("invalid_argument");
             Status::invalid_argument(msg)
         };
-        ids::check_agent_id(&open.agent_id).map_err(invalid)?;
-        ids::check_agent_server_id(&open.agent_server_id).map_err(invalid)?;
         if open.boot_id.is_empty()
             || open.boot_id.len() > MAX_BOOT_ID
             || !open.boot_id.bytes().all(|b| b.is_ascii_alphanumeric())
@@ -112,22 +111,7 @@ impl Session {
                 "the boot id must be 1 to {MAX_BOOT_ID} letters or digits (the shim sends 32 hex digits)"
             )));
         }
-        if !ingest.key.verify(&open.agent_id, &open.token) {
-            metrics::refused_streams("unauthenticated");
-            return Err(Status::unauthenticated(format!(
-                "the token is not valid for agent id {:?}; get one with `logdrain-gateway token --agent-id {}` and pass it as LOGDRAIN_TOKEN",
-                open.agent_id, open.agent_id
-            )));
-        }
-        if let Some((name, _)) = open
-            .secrets
-            .iter()
-            .find(|(_, value)| value.len() > MAX_SECRET_BYTES)
-        {
-            return Err(invalid(format!(
-                "the secret {name} is longer than {MAX_SECRET_BYTES} bytes; check its value"
-            )));
-        }
+        super::check_secret_sizes(&open.secrets).map_err(invalid)?;
         let secrets = open.secrets.into_iter().collect();
         let mut routes = Vec::new();
         for (route, secrets) in routes_for(&open.agent_id, &secrets, &ingest.credential_key) {

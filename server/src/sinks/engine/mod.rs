@@ -52,7 +52,7 @@ pub use status::{RouteState, RouteStatus};
 
 use crate::route::{RouteKey, Secrets};
 use crate::shutdown::Shutdown;
-use crate::sinks::BuildSink;
+use crate::sinks::{BuildSink, SecretError};
 use status::StatusCell;
 use worker::{Parts, Stop, Worker};
 
@@ -186,6 +186,13 @@ impl<S: Source> Engine<S> {
             }
         };
         routes.insert(route, RouteEntry { status, task });
+    }
+
+    /// Whether a route with `secrets` could deliver: builds its sink as
+    /// [`Engine::ensure_route`] would, and drops it. Starts nothing and
+    /// changes no state (for `agent-shim --check`).
+    pub fn check_secrets(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), SecretError> {
+        self.inner.sinks.build(route, secrets).map(drop)
     }
 
     /// The status of every known route, sorted by route.
