@@ -2,7 +2,9 @@
 # Runs every test of logdrain from a fresh clone.
 #
 # 1. Installs the Python test peers (moto_server for CloudWatch Logs) into
-#    ./.venv, once per change of tests/requirements.txt.
+#    ./.venv, once per change of tests/requirements.txt, and promtool
+#    (Debian's prometheus package, for tests/prometheus.rs) when it is
+#    missing: as root or with sudo, else it stops and says how.
 # 2. Runs `cargo test --workspace`: unit tests, and the integration and
 #    end-to-end tests that start the real binaries.
 # 3. Runs the docker compose fleet end to end (tests/compose/e2e.sh). It
@@ -21,6 +23,24 @@ if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want
   echo "$want" > "$stamp"
 fi
 export LOGDRAIN_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
+
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "tests/run.sh: installing promtool (Debian package prometheus) for tests/prometheus.rs"
+  install=(apt-get install -y --no-install-recommends prometheus)
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && "${install[@]}"
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq && sudo "${install[@]}"
+  else
+    echo "tests/run.sh: promtool is missing and this user cannot install packages;" \
+      "run: sudo apt-get install -y --no-install-recommends prometheus" >&2
+    exit 1
+  fi
+  command -v promtool >/dev/null 2>&1 || {
+    echo "tests/run.sh: the prometheus package did not provide promtool" >&2
+    exit 1
+  }
+fi
 
 cargo test --workspace
 

@@ -7,7 +7,9 @@
 //! | `GET /readyz` | none | 200 when the queue is open and the gateway is not shutting down, else 503 |
 //! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token>` | queue depth and delivery status of the agent's routes |
 //!
-//! This module only renders state owned elsewhere; it must not change it.
+//! This module only renders state owned elsewhere; it must not change it
+//! (measuring the queue's oldest-line ages into their gauges at each scrape
+//! is rendering).
 
 use std::sync::Arc;
 
@@ -42,6 +44,14 @@ pub fn router(state: HttpState) -> Router {
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
+    // Ages grow between events, so they are measured when scraped.
+    let statuses = state.engine.statuses();
+    crate::metrics::queue_oldest_line_ages(
+        statuses
+            .iter()
+            .map(|s| (s.agent_id.as_str(), s.destination.name(), s.oldest_undelivered_ns)),
+        std::time::SystemTime::now(),
+    );
     (
         [("content-type", "text/plain; version=0.0.4")],
         state.metrics.render(),

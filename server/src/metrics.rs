@@ -7,16 +7,25 @@
 //! Queue depth is exported as the difference of two counters (pushed and
 //! popped) and also as a gauge for convenience; counters do not miss fast
 //! swings the way a sampled gauge does.
+//!
+//! Conventions (pinned by the test that runs `promtool check metrics` on a
+//! live gateway): counters end in `_total`, units are base units in the name
+//! (`_seconds`, `_bytes`), every metric has HELP text ([`describe`]), and
+//! labels are bounded: agent ids × destinations × fixed reasons. Never a
+//! replica id, a credential id or an error text: a fleet has unboundedly
+//! many replicas over time, so replicas are counted per agent
+//! ([`connected_replicas`]) instead of labelled.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Installs the global Prometheus recorder and returns the handle that renders
-/// `/metrics`.
+/// Installs the global Prometheus recorder, describes every metric, and
+/// returns the handle that renders `/metrics`.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("logdrain_delivery_latency_seconds".to_string()),
             &[
@@ -24,7 +33,116 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
                 900.0, 3600.0,
             ],
         )?
-        .install_recorder()
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// The HELP text of every metric (needs the recorder installed).
+fn describe() {
+    describe_counter!(
+        "logdrain_received_lines_total",
+        "Lines received from shim streams, before de-duplication."
+    );
+    describe_counter!(
+        "logdrain_received_bytes_total",
+        "Bytes of line data received from shim streams, before de-duplication."
+    );
+    describe_counter!(
+        "logdrain_duplicate_lines_total",
+        "Received lines already queued from an earlier send (resent after a reconnect)."
+    );
+    describe_counter!(
+        "logdrain_acked_lines_total",
+        "Lines acked to shims as durably queued."
+    );
+    describe_counter!(
+        "logdrain_queue_pushed_lines_total",
+        "Lines that entered the agent's queue."
+    );
+    describe_counter!(
+        "logdrain_queue_pushed_bytes_total",
+        "Bytes of line data that entered the agent's queue."
+    );
+    describe_counter!(
+        "logdrain_queue_popped_lines_total",
+        "Lines that left the agent's queue (every destination done with them)."
+    );
+    describe_counter!(
+        "logdrain_queue_popped_bytes_total",
+        "Bytes of line data that left the agent's queue."
+    );
+    describe_gauge!(
+        "logdrain_queue_depth_lines",
+        "Lines queued for the agent and not yet delivered to every destination."
+    );
+    describe_gauge!(
+        "logdrain_queue_depth_bytes",
+        "Bytes of line data queued for the agent and not yet delivered to every destination."
+    );
+    describe_gauge!(
+        "logdrain_queue_oldest_line_age_seconds",
+        "Age of the oldest line a destination has not yet accepted (from the shim reading it; \
+         0 when nothing waits), computed at scrape time."
+    );
+    describe_counter!(
+        "logdrain_delivered_lines_total",
+        "Lines a destination accepted."
+    );
+    describe_counter!(
+        "logdrain_delivered_requests_total",
+        "Requests a destination accepted."
+    );
+    describe_counter!(
+        "logdrain_failed_lines_total",
+        "Lines in requests that failed, by class (retryable, permanent, auth, config); \
+         they stay queued unless counted in logdrain_dropped_lines_total."
+    );
+    describe_counter!(
+        "logdrain_failed_requests_total",
+        "Requests to a destination that failed, by class (retryable, permanent, auth, config)."
+    );
+    describe_counter!(
+        "logdrain_retried_lines_total",
+        "Lines in requests sent again after a retryable failure."
+    );
+    describe_counter!(
+        "logdrain_retried_requests_total",
+        "Requests sent again after a retryable failure."
+    );
+    describe_histogram!(
+        "logdrain_delivery_latency_seconds",
+        "Time from the shim reading a line to the destination accepting it (oldest line of each request)."
+    );
+    describe_counter!(
+        "logdrain_dropped_lines_total",
+        "Lines dropped for good, by reason (rejected_by_vendor, no_destination)."
+    );
+    describe_gauge!(
+        "logdrain_route_blocked",
+        "1 while a route cannot deliver, by reason (auth: credentials refused, config: \
+         secrets or endpoint unusable, retrying: vendor failing); 0 otherwise."
+    );
+    describe_gauge!(
+        "logdrain_active_streams",
+        "Shim streams connected to this gateway."
+    );
+    describe_gauge!(
+        "logdrain_connected_replicas",
+        "Shim streams of the agent connected to this gateway (one per running replica)."
+    );
+    describe_gauge!(
+        "logdrain_agent_last_seen_timestamp_seconds",
+        "Unix time a replica of the agent last opened, used or closed a stream on this gateway."
+    );
+    describe_counter!(
+        "logdrain_refused_streams_total",
+        "Shim streams refused at admission, by reason (unauthenticated, invalid_argument, ...)."
+    );
+    describe_counter!(
+        "logdrain_queue_quarantined_entries_total",
+        "Queue entries set aside at start because they could not be read."
+    );
 }
 
 /// A shim stream's lines arrived (before de-duplication).
@@ -105,6 +223,59 @@ pub fn active_streams(delta: f64) {
     gauge!("logdrain_active_streams").increment(delta);
 }
 
+/// A stream of `agent` opened (+1) or closed (-1): its replica count here.
+pub fn connected_replicas(agent: &str, delta: f64) {
+    gauge!("logdrain_connected_replicas", "agent" => agent.to_string()).increment(delta);
+}
+
+/// A replica of `agent` opened, used or closed a stream just now.
+pub fn agent_seen(agent: &str) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64();
+    gauge!("logdrain_agent_last_seen_timestamp_seconds", "agent" => agent.to_string()).set(now);
+}
+
+/// Sets `logdrain_queue_oldest_line_age_seconds` from every route's oldest
+/// undelivered line (see [`oldest_line_ages`]).
+pub fn queue_oldest_line_ages<'a>(
+    routes: impl IntoIterator<Item = (&'a str, &'static str, Option<i64>)>,
+    now: SystemTime,
+) {
+    for ((agent, destination), age) in oldest_line_ages(routes, now) {
+        gauge!("logdrain_queue_oldest_line_age_seconds", "agent" => agent.to_string(), "destination" => destination)
+            .set(age);
+    }
+}
+
+/// The age in seconds of the oldest undelivered line per (agent,
+/// destination), from every route's `(agent, destination, shim timestamp in
+/// Unix ns)`; `None` (nothing waiting) is 0. Routes of one agent and
+/// destination with different credentials report the oldest of them. Ages
+/// are measured at `now`; a timestamp ahead of the gateway's clock (replica
+/// clock skew) counts as 0.
+pub fn oldest_line_ages<'a>(
+    routes: impl IntoIterator<Item = (&'a str, &'static str, Option<i64>)>,
+    now: SystemTime,
+) -> BTreeMap<(&'a str, &'static str), f64> {
+    let now_ns = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos();
+    let mut ages = BTreeMap::new();
+    for (agent, destination, oldest_ns) in routes {
+        let age = oldest_ns.map_or(0.0, |ns| {
+            let then = u128::try_from(ns).unwrap_or(0);
+            Duration::from_nanos(u64::try_from(now_ns.saturating_sub(then)).unwrap_or(u64::MAX))
+                .as_secs_f64()
+        });
+        let entry = ages.entry((agent, destination)).or_insert(0.0_f64);
+        *entry = entry.max(age);
+    }
+    ages
+}
+
 /// Streams refused, by fixed reason (`unauthenticated`, `invalid_argument`,
 /// `resource_exhausted`, ...).
 pub fn refused_streams(reason: &'static str) {
@@ -114,4 +285,30 @@ pub fn refused_streams(reason: &'static str) {
 /// Queue entries set aside at start because they could not be read.
 pub fn quarantined(entries: u64) {
     counter!("logdrain_queue_quarantined_entries_total").increment(entries);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oldest_line_age_is_the_oldest_route_of_an_agent_and_destination() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000);
+        let secs = |s: i64| Some(s * 1_000_000_000);
+        let ages = oldest_line_ages(
+            [
+                ("a1", "datadog", secs(990)),
+                // The same agent and destination with other credentials.
+                ("a1", "datadog", secs(400)),
+                ("a1", "sentry", None),
+                // A replica whose clock is ahead of the gateway's.
+                ("a2", "datadog", secs(1_005)),
+            ],
+            now,
+        );
+        assert_eq!(ages[&("a1", "datadog")], 600.0);
+        assert_eq!(ages[&("a1", "sentry")], 0.0);
+        assert_eq!(ages[&("a2", "datadog")], 0.0);
+        assert_eq!(ages.len(), 3);
+    }
 }

@@ -144,7 +144,9 @@ impl Session {
         tx: mpsc::Sender<Result<GatewayMessage, Status>>,
     ) {
         metrics::active_streams(1.0);
-        let _guard = ActiveStream;
+        metrics::connected_replicas(&self.agent_id, 1.0);
+        metrics::agent_seen(&self.agent_id);
+        let _guard = ActiveStream(self.agent_id.clone());
         tracing::info!(agent = %self.agent_id, agent_server = %self.agent_server_id, boot = %self.boot_id, routes = self.routes.len(), "stream opened");
 
         // Batches written to the queue and waiting for their group commit,
@@ -231,6 +233,7 @@ impl Session {
         }
         let bytes: u64 = batch.lines.iter().map(|l| l.data.len() as u64).sum();
         metrics::received(&self.agent_id, count, bytes);
+        metrics::agent_seen(&self.agent_id);
         if batch.lines.is_empty() {
             // Nothing to write: answer with the stream's durable mark (the
             // stored one may still wait for its group commit).
@@ -328,11 +331,14 @@ fn queue_status(e: QueueError) -> Status {
     ))
 }
 
-struct ActiveStream;
+/// Counts a stream (and its agent's replica) as connected while it lives.
+struct ActiveStream(String);
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
         metrics::active_streams(-1.0);
+        metrics::connected_replicas(&self.0, -1.0);
+        metrics::agent_seen(&self.0);
     }
 }
 

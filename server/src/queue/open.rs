@@ -55,9 +55,8 @@ pub(super) fn open(dir: &Path) -> Result<(Queue, OpenReport), QueueError> {
         db.remove(key)?;
     }
     let quarantined = scan.bad.len() as u64;
-    if quarantined > 0 {
-        metrics::quarantined(quarantined);
-    }
+    // Also when 0, so the series exists for alerts from the first scrape.
+    metrics::quarantined(quarantined);
 
     let mut report = OpenReport {
         segments: 0,

@@ -52,6 +52,12 @@ impl Pending {
         self.entries.is_empty()
     }
 
+    /// The first line in queue order (the route's oldest undelivered one
+    /// when nothing is in flight).
+    pub fn first(&self) -> Option<&QueuedLine> {
+        self.entries.front().map(|entry| &entry.line)
+    }
+
     /// Whether a batch at one of the limits can be cut now.
     pub fn is_full(&self, limits: &BatchLimits) -> bool {
         self.entries.len() >= limits.max_events || self.bytes >= limits.max_bytes

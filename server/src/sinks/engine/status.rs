@@ -67,6 +67,11 @@ pub struct RouteStatus {
     pub dropped_lines: u64,
     /// Lines the worker holds in memory, read but not yet accepted.
     pub pending_lines: u64,
+    /// When the shim read the route's oldest line not yet accepted (Unix
+    /// nanoseconds, the shim's clock), as the worker last saw it; `None`
+    /// while it has nothing to send, and for a route without a worker
+    /// (state `config`). Feeds `logdrain_queue_oldest_line_age_seconds`.
+    pub oldest_undelivered_ns: Option<i64>,
 }
 
 fn destination_name<S: serde::Serializer>(d: &DestinationKind, s: S) -> Result<S::Ok, S::Error> {
@@ -91,6 +96,7 @@ impl StatusCell {
             failed_requests: 0,
             dropped_lines: 0,
             pending_lines: 0,
+            oldest_undelivered_ns: None,
         })))
     }
 

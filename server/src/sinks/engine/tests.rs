@@ -716,3 +716,37 @@ async fn a_hold_off_is_capped_like_retry_after() {
         [t0, t0 + RetryPolicy::default().retry_after_cap]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_oldest_undelivered_line_is_reported_while_failing_and_cleared_once_delivered() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("line-", 3));
+    let down = Arc::new(AtomicBool::new(true));
+    let vendor_down = Arc::clone(&down);
+    let sink = FakeSink::new(limits(100, Duration::ZERO), move |_, _| {
+        if vendor_down.load(Ordering::SeqCst) {
+            Reply::Now(Err(SinkError::Retryable {
+                reason: "503".into(),
+                retry_after: None,
+            }))
+        } else {
+            Reply::Now(Ok(SendOutcome::accepted()))
+        }
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("retrying", || sink.call_count() >= 2).await;
+    assert_eq!(
+        status_of(&engine, "a1").oldest_undelivered_ns,
+        Some(1_700_000_000_000_000_000),
+        "the head line's shim timestamp while the vendor fails"
+    );
+    down.store(false, Ordering::SeqCst);
+    until("delivered and idle", || {
+        let status = status_of(&engine, "a1");
+        status.delivered_lines == 3 && status.state == RouteState::Idle
+    })
+    .await;
+    assert_eq!(status_of(&engine, "a1").oldest_undelivered_ns, None);
+}

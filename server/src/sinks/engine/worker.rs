@@ -125,7 +125,10 @@ impl<S: Source> Worker<S> {
     /// Runs until shutdown. Lines not yet accepted stay queued.
     pub async fn run(mut self) {
         let Err(Stopped) = self.deliver_forever().await;
-        self.parts.status.update(|s| s.pending_lines = 0);
+        self.parts.status.update(|s| {
+            s.pending_lines = 0;
+            s.oldest_undelivered_ns = None;
+        });
         self.parts.status.set_state(RouteState::Stopped);
     }
 
@@ -141,6 +144,7 @@ impl<S: Source> Worker<S> {
             changes.borrow_and_update();
             self.fill().await?;
             self.report_pending(0);
+            self.report_oldest(self.pending.first());
             if self.pending.is_empty() {
                 self.parts.status.set_state(RouteState::Idle);
                 self.wait_for_lines(&mut changes, None).await?;
@@ -258,6 +262,9 @@ impl<S: Source> Worker<S> {
         while let Some(range) = todo.pop() {
             self.report_pending(todo.iter().map(|r| r.len()).sum::<usize>() + range.len());
             let lines = &batch[range.clone()];
+            // Earlier ranges are committed: this one starts at the oldest
+            // undelivered line.
+            self.report_oldest(lines.first());
             loop {
                 if self.parts.stop.is_triggered() {
                     return Err(Stopped);
@@ -422,6 +429,14 @@ impl<S: Source> Worker<S> {
                 .status
                 .update(|s| s.last_error = Some(format!("queue failed while committing: {e}")));
         }
+    }
+
+    /// Records the route's oldest undelivered line (`None`: nothing to send).
+    fn report_oldest(&self, oldest: Option<&QueuedLine>) {
+        let oldest = oldest.map(|line| line.line.timestamp_ns);
+        self.parts
+            .status
+            .update(|s| s.oldest_undelivered_ns = oldest);
     }
 
     fn report_pending(&self, in_flight: usize) {
