@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use logdrain::v1::drain_server::{Drain, DrainServer};
 use logdrain::v1::{
-    gateway_message, shim_message, Ack, Batch, GatewayMessage, Open, Origin, ShimMessage,
-    StreamKind, TailLine, TailRequest,
+    gateway_message, shim_message, Ack, Batch, CheckReply, CheckRequest, GatewayMessage, Open,
+    Origin, ShimMessage, StreamKind, TailLine, TailRequest,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -112,6 +112,11 @@ impl Drain for Recorder {
         _request: Request<TailRequest>,
     ) -> Result<Response<Self::TailStream>, Status> {
         Err(Status::unimplemented("not part of these tests"))
+    }
+
+    /// Answers like a gateway older than `Drain.Check`.
+    async fn check(&self, _request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
+        Err(Status::unimplemented("unknown method Check"))
     }
 }
 
@@ -518,4 +523,21 @@ async fn long_lines_arrive_as_marked_pieces_and_exit_events_as_shim_lines() {
     assert_eq!(event.origin, Origin::Shim as i32);
     assert_eq!(event.stream, StreamKind::Stderr as i32);
     assert_eq!(&event.data[..], b"agent-shim: agent exited with code 7");
+}
+
+#[tokio::test]
+async fn check_against_a_gateway_without_the_check_rpc_says_to_upgrade_it() {
+    let gateway = Gateway::start(Behavior::AckAll).await;
+    let mut command = shim(&gateway.url(), &["--check"], "echo must-not-run");
+    command.env("DATADOG_TOKEN", "0123456789abcdef0123456789abcdef");
+    let finished = finish(command.spawn().unwrap()).await;
+    let report = String::from_utf8_lossy(&finished.stdout);
+    assert_eq!(finished.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("does not answer checks (UNIMPLEMENTED") && report.contains("upgrade logdrain-gateway"),
+        "{report}"
+    );
+    assert!(!report.contains("must-not-run"), "{report}");
+    let recorded = gateway.recorded.lock().unwrap();
+    assert!(recorded.opens.is_empty(), "a check opens no stream: {recorded:?}");
 }
