@@ -45,9 +45,7 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> Output {
     };
     let mut input = child.stdin.take().expect("promtool stdin");
     if let Some(text) = stdin {
-        input
-            .write_all(text.as_bytes())
-            .expect("write to promtool");
+        input.write_all(text.as_bytes()).expect("write to promtool");
     }
     drop(input);
     child.wait_with_output().expect("wait for promtool")
@@ -109,8 +107,8 @@ async fn live_metrics_pass_promtool_and_hold_every_metric_the_alerts_and_dashboa
     let mut delivering = ShimBuilder::new(&gateway.url(), "agent-ok", "replica-1")
         .env("DATADOG_TOKEN", DD_KEY)
         .spawn_sh("echo one; echo two; echo three");
-    let mut nowhere = ShimBuilder::new(&gateway.url(), "agent-none", "replica-1")
-        .spawn_sh("echo lost");
+    let mut nowhere =
+        ShimBuilder::new(&gateway.url(), "agent-none", "replica-1").spawn_sh("echo lost");
     for shim in [&mut delivering, &mut nowhere] {
         let status = wait_exit(shim, Duration::from_secs(120)).await;
         assert!(status.success(), "{}", stderr_of(shim));

@@ -201,6 +201,8 @@ pub enum ConfigError {
     MissingToken,
     #[error("no agent id given: pass --agent-id ID or set LOGDRAIN_AGENT_ID")]
     MissingAgentId,
+    #[error("no command given: run `agent-shim [OPTIONS] -- COMMAND [ARGS...]`, or pass --check to only check the configuration")]
+    MissingCommand,
     #[error("invalid {option} {value:?}: {reason}")]
     BadId {
         option: &'static str,
@@ -287,6 +289,11 @@ impl Config {
         self,
         hostname: impl FnOnce() -> std::io::Result<String>,
     ) -> Result<Settings, ConfigError> {
+        // clap requires a command unless --check is given, but
+        // `--check false` (or LOGDRAIN_CHECK=false) is given too.
+        if !self.check && self.command.is_empty() {
+            return Err(ConfigError::MissingCommand);
+        }
         let gateways = parse_gateways(self.gateway.as_deref().unwrap_or(""))?;
         let token = match self.token {
             Some(token) if !token.trim().is_empty() => token,
@@ -527,6 +534,16 @@ mod tests {
         assert!(parsed.check);
         assert_eq!(parsed.command, vec!["agent", "-v"]);
         assert!(!config(&["--", "agent"]).unwrap().check);
+    }
+
+    #[test]
+    fn check_turned_off_still_needs_a_command() {
+        let mut args = valid_args();
+        args.truncate(6);
+        args.splice(0..0, ["--check", "false"]);
+        let err = config(&args).unwrap().validate().unwrap_err();
+        assert!(matches!(err, ConfigError::MissingCommand), "{err}");
+        assert!(err.to_string().contains("-- COMMAND"), "{err}");
     }
 
     #[test]

@@ -534,10 +534,14 @@ async fn check_against_a_gateway_without_the_check_rpc_says_to_upgrade_it() {
     let report = String::from_utf8_lossy(&finished.stdout);
     assert_eq!(finished.status.code(), Some(1), "{report}");
     assert!(
-        report.contains("does not answer checks (UNIMPLEMENTED") && report.contains("upgrade logdrain-gateway"),
+        report.contains("does not answer checks (UNIMPLEMENTED")
+            && report.contains("upgrade logdrain-gateway"),
         "{report}"
     );
     assert!(!report.contains("must-not-run"), "{report}");
     let recorded = gateway.recorded.lock().unwrap();
-    assert!(recorded.opens.is_empty(), "a check opens no stream: {recorded:?}");
+    assert!(
+        recorded.opens.is_empty(),
+        "a check opens no stream: {recorded:?}"
+    );
 }

@@ -47,9 +47,13 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     // Ages grow between events, so they are measured when scraped.
     let statuses = state.engine.statuses();
     crate::metrics::queue_oldest_line_ages(
-        statuses
-            .iter()
-            .map(|s| (s.agent_id.as_str(), s.destination.name(), s.oldest_undelivered_ns)),
+        statuses.iter().map(|s| {
+            (
+                s.agent_id.as_str(),
+                s.destination.name(),
+                s.oldest_undelivered_ns,
+            )
+        }),
         std::time::SystemTime::now(),
     );
     (
