@@ -45,15 +45,11 @@ pub fn router(state: HttpState) -> Router {
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     // Ages grow between events, so they are measured when scraped.
-    let statuses = state.engine.statuses();
+    let oldest = state.engine.oldest_undelivered();
     crate::metrics::queue_oldest_line_ages(
-        statuses.iter().map(|s| {
-            (
-                s.agent_id.as_str(),
-                s.destination.name(),
-                s.oldest_undelivered_ns,
-            )
-        }),
+        oldest
+            .iter()
+            .map(|(route, head)| (route.agent_id.as_str(), route.kind.name(), *head)),
         std::time::SystemTime::now(),
     );
     (

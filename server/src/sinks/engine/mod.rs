@@ -195,6 +195,42 @@ impl<S: Source> Engine<S> {
         self.inner.sinks.build(route, secrets).map(drop)
     }
 
+    /// Every known route with its oldest undelivered line: when the shim
+    /// read it (Unix ns), or `None` when nothing waits. A route with a
+    /// worker reports what the worker last read
+    /// ([`RouteStatus::oldest_undelivered_ns`]); a route parked without one
+    /// (its sink could not be built) has one line read from the source,
+    /// since nothing moves its cursor.
+    pub fn oldest_undelivered(&self) -> Vec<(RouteKey, Option<i64>)> {
+        let mut oldest = Vec::new();
+        let mut parked = Vec::new();
+        for (key, entry) in self.routes().iter() {
+            let status = entry.status.snapshot();
+            if entry.task.is_none() && status.state == RouteState::Config {
+                parked.push(key.clone());
+            } else {
+                oldest.push((key.clone(), status.oldest_undelivered_ns));
+            }
+        }
+        let source = &self.inner.source;
+        for key in parked {
+            let head = source
+                .committed(&key)
+                .and_then(|after| source.read(&key, after, 1, 1));
+            match head {
+                Ok(lines) => {
+                    let head = lines.first().map(|line| line.line.timestamp_ns);
+                    oldest.push((key, head));
+                }
+                Err(error) => {
+                    tracing::debug!(route = %key, %error, "cannot read a parked route's oldest line");
+                    oldest.push((key, None));
+                }
+            }
+        }
+        oldest
+    }
+
     /// The status of every known route, sorted by route.
     pub fn statuses(&self) -> Vec<RouteStatus> {
         let routes = self.routes();

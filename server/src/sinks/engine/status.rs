@@ -70,7 +70,8 @@ pub struct RouteStatus {
     /// When the shim read the route's oldest line not yet accepted (Unix
     /// nanoseconds, the shim's clock), as the worker last saw it; `None`
     /// while it has nothing to send, and for a route without a worker
-    /// (state `config`). Feeds `logdrain_queue_oldest_line_age_seconds`.
+    /// (state `config`: [`super::Engine::oldest_undelivered`] reads those
+    /// from the queue). Feeds `logdrain_queue_oldest_line_age_seconds`.
     pub oldest_undelivered_ns: Option<i64>,
 }
 

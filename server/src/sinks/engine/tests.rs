@@ -750,3 +750,17 @@ async fn the_oldest_undelivered_line_is_reported_while_failing_and_cleared_once_
     .await;
     assert_eq!(status_of(&engine, "a1").oldest_undelivered_ns, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_route_reports_its_oldest_line_from_the_queue() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("kept-", 2));
+    // No sink for this route: it is parked in `config` without a worker.
+    let engine = engine(&source, vec![], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+    assert_eq!(status_of(&engine, "a1").state, RouteState::Config);
+    assert_eq!(
+        engine.oldest_undelivered(),
+        [(route("a1"), Some(1_700_000_000_000_000_000))]
+    );
+}
