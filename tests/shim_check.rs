@@ -187,6 +187,24 @@ async fn a_wrong_token_is_reported_as_the_gateways_unauthenticated_answer() {
     assert!(!text.contains(&wrong), "the token was printed:\n{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_plaintext_gateway_is_reported_as_a_tls_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), "http://127.0.0.1:9");
+    let url = format!("https://{}", gateway.grpc);
+    let output = check(
+        &url,
+        &[("DATADOG_TOKEN", DD_TOKEN)],
+        &dir.path().join("mark"),
+    );
+    let text = report(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{url}  TLS handshake failed: ")),
+        "{text}"
+    );
+}
+
 /// The agent's status from the gateway's HTTP endpoint, with its token.
 async fn http_get_with_token(gateway: &Gateway, agent: &str) -> serde_json::Value {
     let url = format!("http://{}/v1/agents/{agent}/status", gateway.http);

@@ -244,6 +244,20 @@ async fn gateways(report: &mut Report, settings: &Settings, secrets: &Secrets) {
     }
 }
 
+/// What a failed connection means: the address is unreachable (TCP, DNS),
+/// or, for `https://`, the TLS handshake failed once connected.
+fn connect_failure(url: &Uri, error: &str) -> String {
+    let before_tls = error.contains("tcp connect error") || error.contains("dns error");
+    if url.scheme_str() == Some("https") && !before_tls {
+        format!(
+            "TLS handshake failed: {error}; check that this port serves TLS (else use http://) \
+             and that its certificate is trusted (--gateway-ca-file for a private CA)"
+        )
+    } else {
+        format!("unreachable: {error}")
+    }
+}
+
 /// Connects to one gateway and sends the check. The error says what
 /// happened, with the fix where one is known; never the token.
 async fn ask(
@@ -258,7 +272,7 @@ async fn ask(
                 "unreachable: no connection within {CHECK_TIMEOUT:?}"
             ))
         }
-        Ok(Err(err)) => return Err(format!("unreachable: {}", stream::chain(&err))),
+        Ok(Err(err)) => return Err(connect_failure(url, &stream::chain(&err))),
         Ok(Ok(channel)) => channel,
     };
     let mut client = DrainClient::new(channel)
@@ -277,5 +291,35 @@ async fn ask(
             stream::code_name(status.code()),
             status.message()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_connection_is_unreachable_even_over_https() {
+        let url: Uri = "https://gw.example:443".parse().unwrap();
+        let text = connect_failure(
+            &url,
+            "transport error: tcp connect error: Connection refused",
+        );
+        assert!(text.starts_with("unreachable: "), "{text}");
+        let text = connect_failure(&url, "transport error: dns error: no such host");
+        assert!(text.starts_with("unreachable: "), "{text}");
+    }
+
+    #[test]
+    fn a_failure_after_connecting_over_https_is_a_tls_failure_with_the_fix() {
+        let url: Uri = "https://gw.example:443".parse().unwrap();
+        let text = connect_failure(
+            &url,
+            "transport error: invalid peer certificate: UnknownIssuer",
+        );
+        assert!(text.starts_with("TLS handshake failed: "), "{text}");
+        assert!(text.contains("--gateway-ca-file"), "{text}");
+        let plain: Uri = "http://gw.example:80".parse().unwrap();
+        assert!(connect_failure(&plain, "transport error: reset").starts_with("unreachable: "));
     }
 }
