@@ -94,6 +94,12 @@ struct RouteEntry {
     /// `None` when the route cannot deliver at all (its sink could not be
     /// built) or after shutdown took the task.
     task: Option<JoinHandle<()>>,
+    /// Retires this route's current worker (when it adopts newer
+    /// credentials).
+    stop: Stop,
+    /// The secrets the route delivers with: its own, or the newer ones it
+    /// adopted. `Debug` of [`Secrets`] never shows values.
+    secrets: Secrets,
 }
 
 struct Inner<S> {
@@ -135,6 +141,7 @@ impl<S: Source> Engine<S> {
                 stop: Stop {
                     process: shutdown,
                     engine: Shutdown::new(),
+                    route: Shutdown::new(),
                 },
                 routes: Mutex::new(HashMap::new()),
             }),
@@ -165,18 +172,14 @@ impl<S: Source> Engine<S> {
             return;
         }
         let status = StatusCell::new(&route);
+        let stop = self.inner.stop.for_route();
         let task = match self.inner.sinks.build(&route, &secrets) {
-            Ok(sink) => {
-                let parts = Parts {
-                    route: route.clone(),
-                    source: Arc::clone(&self.inner.source),
-                    sink,
-                    settings: self.inner.settings.clone(),
-                    status: status.clone(),
-                    stop: self.inner.stop.clone(),
-                };
-                Some(tokio::spawn(supervise(parts)))
-            }
+            Ok(sink) => Some(tokio::spawn(supervise(self.parts(
+                &route,
+                sink,
+                &status,
+                &stop,
+            )))),
             Err(error) => {
                 tracing::warn!(route = %route, error = %error,
                     "route cannot deliver; its lines are kept");
@@ -185,7 +188,116 @@ impl<S: Source> Engine<S> {
                 None
             }
         };
-        routes.insert(route, RouteEntry { status, task });
+        routes.insert(
+            route,
+            RouteEntry {
+                status,
+                task,
+                stop,
+                secrets,
+            },
+        );
+    }
+
+    fn parts(
+        &self,
+        route: &RouteKey,
+        sink: Arc<dyn crate::sinks::Sink>,
+        status: &StatusCell,
+        stop: &Stop,
+    ) -> Parts<S> {
+        Parts {
+            route: route.clone(),
+            source: Arc::clone(&self.inner.source),
+            sink,
+            settings: self.inner.settings.clone(),
+            status: status.clone(),
+            stop: stop.clone(),
+        }
+    }
+
+    /// The secrets a known route delivers with, which differ from the ones
+    /// its credential id was made from once it adopted newer credentials.
+    /// A stream reopening such a route must store these, not its own
+    /// refused ones, so the adoption survives a restart.
+    pub fn current_secrets(&self, route: &RouteKey) -> Option<Secrets> {
+        self.routes().get(route).map(|entry| entry.secrets.clone())
+    }
+
+    /// A stream brought `secrets` for `offered_by` (its own route). Every
+    /// other route of the same agent and destination that is parked because
+    /// its credentials were refused (or its secrets build no sink) adopts
+    /// them: its sink is rebuilt from `secrets`, which are stored with the
+    /// route so a restart keeps them, its worker restarts at once from the
+    /// committed cursor, and its backlog is delivered with them in order.
+    /// Routes that deliver keep their own credentials.
+    ///
+    /// A route that already delivers with exactly these secrets (it adopted
+    /// them before a restart) is only marked as replaying in its status.
+    pub fn offer_credentials(&self, offered_by: &RouteKey, secrets: &Secrets) {
+        if self.inner.stop.is_triggered() {
+            return;
+        }
+        let mut routes = self.routes();
+        for (key, entry) in routes.iter_mut() {
+            if key == offered_by
+                || key.agent_id != offered_by.agent_id
+                || key.kind != offered_by.kind
+            {
+                continue;
+            }
+            if entry.secrets == *secrets {
+                mark_adopted(&entry.status, &offered_by.cred_id);
+                continue;
+            }
+            let state = entry.status.snapshot().state;
+            if matches!(state, RouteState::Unauthorized | RouteState::Config) {
+                self.adopt(key, entry, offered_by, secrets);
+            }
+        }
+    }
+
+    /// Moves a parked route onto newer credentials (see
+    /// [`Engine::offer_credentials`]).
+    fn adopt(&self, route: &RouteKey, entry: &mut RouteEntry, from: &RouteKey, secrets: &Secrets) {
+        let sink = match self.inner.sinks.build(route, secrets) {
+            Ok(sink) => sink,
+            Err(error) => {
+                tracing::warn!(route = %route, newer_cred_id = %from.cred_id, error = %error,
+                    "the newer credentials build no sink either; the route stays parked with its lines");
+                return;
+            }
+        };
+        if let Err(error) = self.inner.source.put_route(route, secrets) {
+            // Delivery goes ahead in memory. After a restart the route parks
+            // again and adopts again when the newer stream reconnects.
+            tracing::warn!(route = %route, error = %error,
+                "could not store the adopted credentials; they apply until the gateway restarts");
+        }
+        tracing::info!(route = %route, newer_cred_id = %from.cred_id,
+            "route parked with refused credentials adopts newer ones; replaying its backlog with them");
+        entry.stop.route.trigger();
+        let previous = entry.task.take();
+        let stop = self.inner.stop.for_route();
+        let status = entry.status.clone();
+        let parts = self.parts(route, sink, &status, &stop);
+        entry.stop = stop;
+        entry.secrets = secrets.clone();
+        let cred_id = from.cred_id.clone();
+        entry.task = Some(tokio::spawn(async move {
+            // The retired worker stops at its next wait; the new one starts
+            // from the cursor it committed, so no line is skipped.
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            status.update(|s| {
+                s.consecutive_failures = 0;
+                s.last_error = None;
+            });
+            mark_adopted(&status, &cred_id);
+            status.set_state(RouteState::Starting);
+            supervise(parts).await;
+        }));
     }
 
     /// The status of every known route, sorted by route.
@@ -233,6 +345,17 @@ impl<S: Source> Engine<S> {
             aborted,
         }
     }
+}
+
+/// Shows in `status` that the route delivers with the credentials of the
+/// route `cred_id` (a hash, never a secret).
+fn mark_adopted(status: &StatusCell, cred_id: &str) {
+    status.update(|s| {
+        s.adopted_cred_id = Some(cred_id.to_string());
+        s.note = Some(format!(
+            "replaying with newer credentials (cred id {cred_id})"
+        ));
+    });
 }
 
 /// Aborts the task when dropped, so aborting a supervisor stops its worker.

@@ -67,6 +67,13 @@ pub struct RouteStatus {
     pub dropped_lines: u64,
     /// Lines the worker holds in memory, read but not yet accepted.
     pub pending_lines: u64,
+    /// Set when this route's credentials were refused and it adopted the
+    /// newer credentials of another route for the same agent and
+    /// destination: that route's credential id (a hash, never a secret).
+    pub adopted_cred_id: Option<String>,
+    /// What an operator should know beyond the state, e.g. "replaying with
+    /// newer credentials (cred id …)". Never contains a secret.
+    pub note: Option<String>,
 }
 
 fn destination_name<S: serde::Serializer>(d: &DestinationKind, s: S) -> Result<S::Ok, S::Error> {
@@ -91,6 +98,8 @@ impl StatusCell {
             failed_requests: 0,
             dropped_lines: 0,
             pending_lines: 0,
+            adopted_cred_id: None,
+            note: None,
         })))
     }
 
@@ -145,5 +154,6 @@ mod tests {
         assert_eq!(json["destination"], "datadog");
         assert_eq!(json["state"], "unauthorized");
         assert_eq!(json["cred_id"], "0011aabb");
+        assert_eq!(json["adopted_cred_id"], serde_json::Value::Null);
     }
 }

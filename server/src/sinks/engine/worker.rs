@@ -35,22 +35,35 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(super) struct Stopped;
 
-/// Shutdown of the whole process, or of the engine alone.
+/// Shutdown of the whole process, of the engine alone, or of one route's
+/// worker (retired when the route adopts newer credentials).
 #[derive(Clone, Debug)]
 pub(super) struct Stop {
     pub process: Shutdown,
     pub engine: Shutdown,
+    pub route: Shutdown,
 }
 
 impl Stop {
+    /// The same process and engine signals with a fresh signal for one
+    /// route's worker.
+    pub fn for_route(&self) -> Stop {
+        Stop {
+            process: self.process.clone(),
+            engine: self.engine.clone(),
+            route: Shutdown::new(),
+        }
+    }
+
     pub fn is_triggered(&self) -> bool {
-        self.process.is_triggered() || self.engine.is_triggered()
+        self.process.is_triggered() || self.engine.is_triggered() || self.route.is_triggered()
     }
 
     pub async fn wait(&self) {
         tokio::select! {
             _ = self.process.wait() => {}
             _ = self.engine.wait() => {}
+            _ = self.route.wait() => {}
         }
     }
 
