@@ -1,7 +1,8 @@
 //! The delivery engine: one worker per route, written once for every vendor.
 //!
 //! [`Engine`] owns the set of routes being delivered. [`Engine::ensure_route`]
-//! starts a route's worker (idempotent); each worker runs in its own task
+//! starts a route's worker (idempotent); [`Engine::offer_credentials`] moves
+//! parked routes onto newer credentials; each worker runs in its own task
 //! under a small supervisor that restarts it from the committed cursor if it
 //! ever panics. Routes share nothing that is held across an `.await` (no
 //! lock, no bounded channel), so a slow or failing vendor never delays
@@ -27,6 +28,13 @@
 //! | payload rejected (400, 413) | split the batch in halves until one line is rejected alone; drop and count only that line |
 //! | credentials refused (401, 403) | keep the lines, state `unauthorized`, try again every `park_interval` |
 //! | sink misconfigured | keep the lines, state `config`, try again every `park_interval` |
+//!
+//! A parked route (`unauthorized` or `config`) is not stuck with its
+//! credentials: when a stream of the same agent brings other credentials for
+//! the same destination ([`Engine::offer_credentials`]), the parked route
+//! adopts them (sink rebuilt, secrets stored with the route so a restart
+//! keeps them, worker restarted at once from its committed cursor) and
+//! delivers its backlog with them. Routes that deliver keep their own.
 //!
 //! Delivery is at least once: a line is committed only after its request
 //! was accepted, so lines in flight at a crash are sent again.
