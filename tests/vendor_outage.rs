@@ -75,7 +75,11 @@ async fn lines_queued_during_a_long_intake_outage_are_delivered_after_it() {
     println!("500 outage: spacing of retries {spacing:?}");
     for (k, gap) in spacing.iter().enumerate() {
         let floor = Duration::from_millis(50 << k);
-        assert!(*gap >= floor, "retry {} came after {gap:?}, before the backoff floor {floor:?}", k + 1);
+        assert!(
+            *gap >= floor,
+            "retry {} came after {gap:?}, before the backoff floor {floor:?}",
+            k + 1
+        );
     }
 
     intake.clear_faults();
@@ -103,7 +107,9 @@ async fn a_429_with_retry_after_is_never_retried_earlier_than_asked() {
         .env("DATADOG_TOKEN", DD_KEY)
         .spawn_sh("seq -f 'line %g' 1 200");
     let _pipes = capture(&mut shim);
-    assert!(wait_exit(&mut shim, Duration::from_secs(60)).await.success());
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
 
     let delivered = wait_until(Duration::from_secs(60), || {
         dd_messages(&intake, "replica-1").len() >= 200
@@ -112,7 +118,11 @@ async fn a_429_with_retry_after_is_never_retried_earlier_than_asked() {
     assert!(delivered, "{}", gateway.log());
     let requests = datadog_requests(&intake);
     let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
-    assert_eq!(&statuses[..4], [429, 429, 429, 202], "three 429s, then accepted");
+    assert_eq!(
+        &statuses[..4],
+        [429, 429, 429, 202],
+        "three 429s, then accepted"
+    );
     let spacing = gaps(&requests[..4]);
     println!("429 Retry-After: {RETRY_AFTER_S}s: spacing of retries {spacing:?}");
     for gap in &spacing {
@@ -182,7 +192,11 @@ async fn a_backlog_refused_with_403_is_delivered_with_the_next_deployments_key()
     assert!(delivered, "{}", gateway.log());
     let old_lines: Vec<String> = (1..=1500).map(|i| format!("old {i}")).collect();
     let new_lines: Vec<String> = (1..=500).map(|i| format!("new {i}")).collect();
-    assert_eq!(dd_messages(&intake, "replica-old"), old_lines, "all, in order, once");
+    assert_eq!(
+        dd_messages(&intake, "replica-old"),
+        old_lines,
+        "all, in order, once"
+    );
     assert_eq!(dd_messages(&intake, "replica-new"), new_lines);
     assert!(
         intake

@@ -182,12 +182,9 @@ impl<S: Source> Engine<S> {
         let status = StatusCell::new(&route);
         let stop = self.inner.stop.for_route();
         let task = match self.inner.sinks.build(&route, &secrets) {
-            Ok(sink) => Some(tokio::spawn(supervise(self.parts(
-                &route,
-                sink,
-                &status,
-                &stop,
-            )))),
+            Ok(sink) => Some(tokio::spawn(supervise(
+                self.parts(&route, sink, &status, &stop),
+            ))),
             Err(error) => {
                 tracing::warn!(route = %route, error = %error,
                     "route cannot deliver; its lines are kept");

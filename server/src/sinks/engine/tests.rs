@@ -781,20 +781,21 @@ impl KeyedVendor {
 
     fn engine(&self, source: &MemorySource) -> Engine<MemorySource> {
         let vendor = self.clone();
-        let build = move |route: &RouteKey, secrets: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
-            let token = secrets.get("TOKEN").unwrap_or_default().to_string();
-            if token.starts_with("invalid") {
-                return Err(SecretError::Missing {
-                    secret: "TOKEN",
-                    destination: route.kind.name(),
-                });
-            }
-            Ok(Arc::new(KeyedSink {
-                cred_id: route.cred_id.clone(),
-                token,
-                vendor: vendor.clone(),
-            }))
-        };
+        let build =
+            move |route: &RouteKey, secrets: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+                let token = secrets.get("TOKEN").unwrap_or_default().to_string();
+                if token.starts_with("invalid") {
+                    return Err(SecretError::Missing {
+                        secret: "TOKEN",
+                        destination: route.kind.name(),
+                    });
+                }
+                Ok(Arc::new(KeyedSink {
+                    cred_id: route.cred_id.clone(),
+                    token,
+                    vendor: vendor.clone(),
+                }))
+            };
         Engine::new(source.clone(), settings(), build, Shutdown::new())
     }
 
@@ -830,7 +831,11 @@ fn cred_route(agent: &str, cred_id: &str) -> RouteKey {
 }
 
 fn token(value: &str) -> Secrets {
-    Secrets([("TOKEN".to_string(), value.to_string())].into_iter().collect())
+    Secrets(
+        [("TOKEN".to_string(), value.to_string())]
+            .into_iter()
+            .collect(),
+    )
 }
 
 fn status_of_route(engine: &Engine<MemorySource>, route: &RouteKey) -> RouteStatus {
