@@ -1030,3 +1030,89 @@ async fn after_a_restart_an_adopted_route_delivers_with_its_stored_credentials_a
     sleep(Duration::from_secs(5)).await;
     assert_eq!(vendor.delivered_by("aaaa").len(), 4, "nothing sent twice");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_route_refused_after_the_newer_stream_opened_adopts_its_credentials_when_it_parks() {
+    // Key rotation: the new deployment (key B) is already delivering when
+    // the tenant revokes key A, which the old deployment still uses.
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-a", "key-b"]);
+    let engine = vendor.engine(&source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    engine.ensure_route(old.clone(), token("key-a"));
+    engine.offer_credentials(&old, &token("key-a"));
+    engine.ensure_route(new.clone(), token("key-b"));
+    engine.offer_credentials(&new, &token("key-b"));
+    let first = payloads("x", 2);
+    push(&source, "a1", &first);
+    until("both delivered", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+            && source.committed_cursor(&new) == source.last_cursor("a1")
+    })
+    .await;
+
+    vendor
+        .accepted_tokens
+        .lock()
+        .unwrap()
+        .retain(|t| t != "key-a");
+    let revoked = Instant::now();
+    let later = payloads("y", 3);
+    push(&source, "a1", &later);
+    until("old route caught up", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+    })
+    .await;
+
+    assert_eq!(vendor.attempts_with("aaaa", "key-a").last(), Some(&revoked));
+    assert_eq!(
+        vendor.attempts_with("aaaa", "key-b"),
+        [revoked],
+        "adopted when it parked, without waiting for the park interval"
+    );
+    let mut expected = with_token("key-a", &first);
+    expected.extend(with_token("key-b", &later));
+    assert_eq!(vendor.delivered_by("aaaa"), expected);
+    assert_eq!(source.stored_secrets(&old), Some(token("key-b")));
+    assert_eq!(
+        status_of_route(&engine, &old).adopted_cred_id.as_deref(),
+        Some("bbbb")
+    );
+    assert_eq!(status_of_route(&engine, &new).adopted_cred_id, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_route_never_adopts_credentials_that_are_refused_too() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 2));
+    let vendor = KeyedVendor::accepting(&[]);
+    let engine = vendor.engine(&source);
+    let a = cred_route("a1", "aaaa");
+    let b = cred_route("a1", "bbbb");
+    engine.ensure_route(a.clone(), token("key-a"));
+    engine.offer_credentials(&a, &token("key-a"));
+    until("a parked", || {
+        status_of_route(&engine, &a).state == RouteState::Unauthorized
+    })
+    .await;
+    engine.ensure_route(b.clone(), token("key-b"));
+    engine.offer_credentials(&b, &token("key-b"));
+    until("b parked", || {
+        status_of_route(&engine, &b).state == RouteState::Unauthorized
+    })
+    .await;
+
+    sleep(Duration::from_secs(600)).await;
+    // A took B's key when B's stream opened (B was not known to be refused
+    // yet); once both are refused neither hands its key to the other again.
+    assert_eq!(engine.current_secrets(&a), Some(token("key-b")));
+    assert_eq!(engine.current_secrets(&b), Some(token("key-b")));
+    assert_eq!(
+        vendor.attempts_with("bbbb", "key-a").len(),
+        0,
+        "a refused key is never handed on"
+    );
+    assert_eq!(source.committed_cursor(&a), None, "lines are kept");
+    assert_eq!(source.committed_cursor(&b), None, "lines are kept");
+}

@@ -11,7 +11,7 @@
 //! another. It must not know any vendor's request format.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -21,7 +21,7 @@ use super::batch::Pending;
 use super::retry::{action_for, Action, Backoff};
 use super::source::Source;
 use super::status::{RouteState, StatusCell};
-use super::EngineSettings;
+use super::{EngineSettings, Inner};
 use crate::metrics;
 use crate::queue::{Cursor, QueuedLine};
 use crate::route::RouteKey;
@@ -85,6 +85,9 @@ pub(super) struct Parts<S> {
     pub settings: EngineSettings,
     pub status: StatusCell,
     pub stop: Stop,
+    /// The engine, told when the route parks so it can adopt newer
+    /// credentials. Weak: workers must not keep a stopped engine alive.
+    pub engine: Weak<Inner<S>>,
 }
 
 impl<S> Clone for Parts<S> {
@@ -96,6 +99,7 @@ impl<S> Clone for Parts<S> {
             settings: self.settings.clone(),
             status: self.status.clone(),
             stop: self.stop.clone(),
+            engine: Weak::clone(&self.engine),
         }
     }
 }
@@ -310,6 +314,11 @@ impl<S: Source> Worker<S> {
                             RouteState::Config
                         };
                         self.parts.status.set_state(state);
+                        if let Some(engine) = self.parts.engine.upgrade() {
+                            // May retire this worker for one with newer
+                            // credentials: the sleep below then ends at once.
+                            engine.parked(&self.parts.route);
+                        }
                         self.parts
                             .stop
                             .sleep(self.parts.settings.park_interval)
