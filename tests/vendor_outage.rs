@@ -26,6 +26,18 @@ fn datadog_requests(intake: &logdrain_test_intake::Intake) -> Vec<RequestRecord>
         .collect()
 }
 
+/// Waits until the agent's only route is parked with refused credentials.
+async fn wait_parked(gateway: &Gateway, agent_id: &str) {
+    for _ in 0..600 {
+        let status = agent_status(gateway, agent_id).await;
+        if status["routes"][0]["state"] == "unauthorized" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the route never parked on 403:\n{}", gateway.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lines_queued_during_a_long_intake_outage_are_delivered_after_it() {
     let intake = intake().await;
@@ -164,16 +176,7 @@ async fn a_backlog_refused_with_403_is_delivered_with_the_next_deployments_key()
         .spawn_sh("seq -f 'old %g' 1 1500");
     let _old_pipes = capture(&mut old);
     assert!(wait_exit(&mut old, Duration::from_secs(60)).await.success());
-    let mut parked = false;
-    for _ in 0..300 {
-        let status = agent_status(&gateway, "agent-rekey").await;
-        if status["routes"][0]["state"] == "unauthorized" {
-            parked = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(parked, "the route parks on 403:\n{}", gateway.log());
+    wait_parked(&gateway, "agent-rekey").await;
     assert!(intake.stats().vendor(Vendor::Datadog).status(403) >= 1);
     assert!(dd_messages(&intake, "replica-old").is_empty());
 
@@ -228,4 +231,53 @@ async fn a_backlog_refused_with_403_is_delivered_with_the_next_deployments_key()
     );
     let text = status.to_string();
     assert!(!text.contains(REVOKED) && !text.contains(DD_KEY), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_adopted_key_survives_a_gateway_restart() {
+    const REVOKED: &str = "dd-key-revoked-by-the-tenant";
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = Gateway::start_with(
+        &dir.path().join("gw"),
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        vec![("LOGDRAIN_AUTH_RETRY_INTERVAL".into(), "1h".into())],
+    );
+    let mut old = ShimBuilder::new(&gateway.url(), "agent-restart", "replica-old")
+        .env("DATADOG_TOKEN", REVOKED)
+        .spawn_sh("seq -f 'old %g' 1 1000");
+    let _old_pipes = capture(&mut old);
+    assert!(wait_exit(&mut old, Duration::from_secs(60)).await.success());
+    wait_parked(&gateway, "agent-restart").await;
+
+    // The vendor goes down before the adopted backlog can be delivered.
+    intake.inject(Fault::until_cleared(503)).unwrap();
+    let mut new = ShimBuilder::new(&gateway.url(), "agent-restart", "replica-new")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .spawn_sh("seq -f 'new %g' 1 100");
+    let _new_pipes = capture(&mut new);
+    assert!(wait_exit(&mut new, Duration::from_secs(60)).await.success());
+    let retried_with_new_key = wait_until(Duration::from_secs(30), || {
+        intake.stats().vendor(Vendor::Datadog).status(503) >= 2
+    })
+    .await;
+    assert!(retried_with_new_key, "{}", gateway.log());
+
+    // No shim reconnects after the restart: only what is stored tells the
+    // old route which key to use.
+    gateway.kill9();
+    gateway.restart();
+    intake.clear_faults();
+    let delivered = wait_until(Duration::from_secs(60), || {
+        counted(&dd_messages(&intake, "replica-old")).len() >= 1000
+            && counted(&dd_messages(&intake, "replica-new")).len() >= 100
+    })
+    .await;
+    assert!(delivered, "{}", gateway.log());
+    assert!(intake
+        .entries(Vendor::Datadog)
+        .iter()
+        .all(|e| e.key.as_deref() == Some(DD_KEY)));
 }
