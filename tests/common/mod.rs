@@ -353,3 +353,87 @@ pub fn capture(
         }),
     )
 }
+
+/// A child's stdout read line by line while it runs (its stderr drained
+/// too), so a test can watch the agent's passthrough as it happens.
+pub struct Passthrough {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdout: std::thread::JoinHandle<()>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Passthrough {
+    pub fn start(child: &mut Child) -> Passthrough {
+        use std::io::Read;
+        let out = child.stdout.take().expect("stdout piped");
+        let mut err = child.stderr.take().expect("stderr piped");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        let stdout = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                match line {
+                    Ok(line) => sink.lock().unwrap().push(line),
+                    Err(_) => break,
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = err.read_to_end(&mut v);
+            v
+        });
+        Passthrough {
+            lines,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Lines passed through so far.
+    pub fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// After the child exited: every stdout line and the stderr text.
+    pub fn finish(self) -> (Vec<String>, String) {
+        let _ = self.stdout.join();
+        let err = String::from_utf8_lossy(&self.stderr.join().unwrap_or_default()).into_owned();
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap());
+        (lines, err)
+    }
+}
+
+/// Asserts what a shim's stderr says about its drain: it ended because
+/// every line was acked, not cut short with lines undelivered or dropped.
+/// (The shim's exit status is the agent's, so it does not tell.)
+pub fn assert_drained(shim_stderr: &str) {
+    for cut_short in ["not delivered to the gateway", "dropped earlier"] {
+        assert!(
+            !shim_stderr.contains(cut_short),
+            "the shim did not deliver everything: {shim_stderr}"
+        );
+    }
+}
+
+/// The agent's status from the gateway's HTTP API (`routes`, queue depth).
+pub async fn agent_status(gateway: &Gateway, agent_id: &str) -> serde_json::Value {
+    let url = format!("http://{}/v1/agents/{agent_id}/status", gateway.http);
+    reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token(agent_id))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url} body: {e}"))
+}
+
+/// How often each message occurs in `messages`.
+pub fn counted(messages: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for m in messages {
+        *counts.entry(m.clone()).or_insert(0) += 1;
+    }
+    counts
+}

@@ -114,12 +114,18 @@ impl Session {
         super::check_secret_sizes(&open.secrets).map_err(invalid)?;
         let secrets = open.secrets.into_iter().collect();
         let mut routes = Vec::new();
-        for (route, secrets) in routes_for(&open.agent_id, &secrets, &ingest.credential_key) {
+        for (route, offered) in routes_for(&open.agent_id, &secrets, &ingest.credential_key) {
+            // A route that adopted newer credentials keeps them.
+            let secrets = ingest
+                .engine
+                .current_secrets(&route)
+                .unwrap_or_else(|| offered.clone());
             ingest
                 .queue
                 .put_route(&route, &secrets)
                 .map_err(queue_status)?;
             ingest.engine.ensure_route(route.clone(), secrets);
+            ingest.engine.offer_credentials(&route, &offered);
             routes.push(route);
         }
         if routes.is_empty() {

@@ -1,7 +1,8 @@
 //! The delivery engine: one worker per route, written once for every vendor.
 //!
 //! [`Engine`] owns the set of routes being delivered. [`Engine::ensure_route`]
-//! starts a route's worker (idempotent); each worker runs in its own task
+//! starts a route's worker (idempotent); [`Engine::offer_credentials`] moves
+//! parked routes onto newer credentials; each worker runs in its own task
 //! under a small supervisor that restarts it from the committed cursor if it
 //! ever panics. Routes share nothing that is held across an `.await` (no
 //! lock, no bounded channel), so a slow or failing vendor never delays
@@ -28,6 +29,15 @@
 //! | credentials refused (401, 403) | keep the lines, state `unauthorized`, try again every `park_interval` |
 //! | sink misconfigured | keep the lines, state `config`, try again every `park_interval` |
 //!
+//! A parked route (`unauthorized` or `config`) is not stuck with its
+//! credentials: when a stream of the same agent brings other credentials for
+//! the same destination ([`Engine::offer_credentials`]), the parked route
+//! adopts them (sink rebuilt, secrets stored with the route so a restart
+//! keeps them, worker restarted at once from its committed cursor) and
+//! delivers its backlog with them. A route that parks later adopts the
+//! credentials of the newest such stream whose route still delivers.
+//! Routes that deliver keep their own.
+//!
 //! Delivery is at least once: a line is committed only after its request
 //! was accepted, so lines in flight at a crash are sent again.
 
@@ -41,6 +51,7 @@ mod worker;
 mod tests;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -94,6 +105,15 @@ struct RouteEntry {
     /// `None` when the route cannot deliver at all (its sink could not be
     /// built) or after shutdown took the task.
     task: Option<JoinHandle<()>>,
+    /// Retires this route's current worker (when it adopts newer
+    /// credentials).
+    stop: Stop,
+    /// The secrets the route delivers with: its own, or the newer ones it
+    /// adopted. `Debug` of [`Secrets`] never shows values.
+    secrets: Secrets,
+    /// When a stream last opened with this route's credentials (a number
+    /// from `Inner::offers`; 0 = not since start).
+    offered: u64,
 }
 
 struct Inner<S> {
@@ -102,6 +122,122 @@ struct Inner<S> {
     sinks: Box<dyn BuildSink>,
     stop: Stop,
     routes: Mutex<HashMap<RouteKey, RouteEntry>>,
+    /// Counts [`Engine::offer_credentials`] calls, to find the newest.
+    offers: AtomicU64,
+}
+
+impl<S: Source> Inner<S> {
+    fn routes(&self) -> MutexGuard<'_, HashMap<RouteKey, RouteEntry>> {
+        // Entries are inserted whole, so a panic elsewhere cannot leave the
+        // map inconsistent.
+        self.routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn parts(
+        self: &Arc<Self>,
+        route: &RouteKey,
+        sink: Arc<dyn crate::sinks::Sink>,
+        status: &StatusCell,
+        stop: &Stop,
+    ) -> Parts<S> {
+        Parts {
+            route: route.clone(),
+            source: Arc::clone(&self.source),
+            sink,
+            settings: self.settings.clone(),
+            status: status.clone(),
+            stop: stop.clone(),
+            engine: Arc::downgrade(self),
+        }
+    }
+
+    /// `route` was just parked (credentials refused, or no sink): it adopts
+    /// the credentials of the most recently opened stream of the same agent
+    /// and destination whose route delivers with its own, other, secrets.
+    fn parked(self: &Arc<Self>, route: &RouteKey) {
+        if self.stop.is_triggered() {
+            return;
+        }
+        let mut routes = self.routes();
+        let Some(own) = routes.get(route).map(|entry| entry.secrets.clone()) else {
+            return;
+        };
+        let newest = routes
+            .iter()
+            .filter(|(key, entry)| {
+                *key != route
+                    && key.agent_id == route.agent_id
+                    && key.kind == route.kind
+                    && entry.offered > 0
+                    && entry.secrets != own
+            })
+            .filter(|(_, entry)| {
+                let status = entry.status.snapshot();
+                !is_parked(status.state) && status.adopted_cred_id.is_none()
+            })
+            .max_by_key(|(_, entry)| entry.offered)
+            .map(|(key, entry)| (key.clone(), entry.secrets.clone()));
+        if let Some((from, secrets)) = newest {
+            if let Some(entry) = routes.get_mut(route) {
+                self.adopt(route, entry, &from, &secrets);
+            }
+        }
+    }
+
+    /// Moves a parked route onto the credentials of route `from` (see
+    /// [`Engine::offer_credentials`]).
+    fn adopt(
+        self: &Arc<Self>,
+        route: &RouteKey,
+        entry: &mut RouteEntry,
+        from: &RouteKey,
+        secrets: &Secrets,
+    ) {
+        let sink = match self.sinks.build(route, secrets) {
+            Ok(sink) => sink,
+            Err(error) => {
+                tracing::warn!(route = %route, newer_cred_id = %from.cred_id, error = %error,
+                    "the newer credentials build no sink either; the route stays parked with its lines");
+                return;
+            }
+        };
+        if let Err(error) = self.source.put_route(route, secrets) {
+            // Delivery goes ahead in memory. After a restart the route parks
+            // again and adopts again when the newer stream reconnects.
+            tracing::warn!(route = %route, error = %error,
+                "could not store the adopted credentials; they apply until the gateway restarts");
+        }
+        tracing::info!(route = %route, newer_cred_id = %from.cred_id,
+            "route parked with refused credentials adopts newer ones; replaying its backlog with them");
+        entry.stop.route.trigger();
+        let previous = entry.task.take();
+        let stop = self.stop.for_route();
+        let status = entry.status.clone();
+        let parts = self.parts(route, sink, &status, &stop);
+        entry.stop = stop;
+        entry.secrets = secrets.clone();
+        let cred_id = from.cred_id.clone();
+        entry.task = Some(tokio::spawn(async move {
+            // The retired worker stops at its next wait; the new one starts
+            // from the cursor it committed, so no line is skipped.
+            if let Some(previous) = previous {
+                let _ = previous.await;
+            }
+            status.update(|s| {
+                s.consecutive_failures = 0;
+                s.last_error = None;
+            });
+            mark_adopted(&status, &cred_id);
+            status.set_state(RouteState::Starting);
+            supervise(parts).await;
+        }));
+    }
+}
+
+fn is_parked(state: RouteState) -> bool {
+    matches!(state, RouteState::Unauthorized | RouteState::Config)
 }
 
 /// Delivers every route's queued lines to its vendor. Cheap to clone.
@@ -135,19 +271,16 @@ impl<S: Source> Engine<S> {
                 stop: Stop {
                     process: shutdown,
                     engine: Shutdown::new(),
+                    route: Shutdown::new(),
                 },
                 routes: Mutex::new(HashMap::new()),
+                offers: AtomicU64::new(0),
             }),
         }
     }
 
     fn routes(&self) -> MutexGuard<'_, HashMap<RouteKey, RouteEntry>> {
-        // Entries are inserted whole, so a panic elsewhere cannot leave the
-        // map inconsistent.
-        self.inner
-            .routes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.routes()
     }
 
     /// Starts delivering `route` if it is not already known. Must be called
@@ -155,7 +288,8 @@ impl<S: Source> Engine<S> {
     ///
     /// If the route's sink cannot be built from `secrets` (an invalid region,
     /// an unsupported destination), the route is parked in state `config`
-    /// with the reason in its status, and its lines stay queued.
+    /// with the reason in its status, and its lines stay queued (until it
+    /// adopts other credentials, see [`Engine::offer_credentials`]).
     pub fn ensure_route(&self, route: RouteKey, secrets: Secrets) {
         if self.inner.stop.is_triggered() {
             return;
@@ -165,18 +299,11 @@ impl<S: Source> Engine<S> {
             return;
         }
         let status = StatusCell::new(&route);
+        let stop = self.inner.stop.for_route();
         let task = match self.inner.sinks.build(&route, &secrets) {
-            Ok(sink) => {
-                let parts = Parts {
-                    route: route.clone(),
-                    source: Arc::clone(&self.inner.source),
-                    sink,
-                    settings: self.inner.settings.clone(),
-                    status: status.clone(),
-                    stop: self.inner.stop.clone(),
-                };
-                Some(tokio::spawn(supervise(parts)))
-            }
+            Ok(sink) => Some(tokio::spawn(supervise(
+                self.inner.parts(&route, sink, &status, &stop),
+            ))),
             Err(error) => {
                 tracing::warn!(route = %route, error = %error,
                     "route cannot deliver; its lines are kept");
@@ -185,7 +312,65 @@ impl<S: Source> Engine<S> {
                 None
             }
         };
-        routes.insert(route, RouteEntry { status, task });
+        let parked = task.is_none();
+        routes.insert(
+            route.clone(),
+            RouteEntry {
+                status,
+                task,
+                stop,
+                secrets,
+                offered: 0,
+            },
+        );
+        drop(routes);
+        if parked {
+            self.inner.parked(&route);
+        }
+    }
+
+    /// The secrets a known route delivers with, which differ from the ones
+    /// its credential id was made from once it adopted newer credentials.
+    /// A stream reopening such a route must store these, not its own
+    /// refused ones, so the adoption survives a restart.
+    pub fn current_secrets(&self, route: &RouteKey) -> Option<Secrets> {
+        self.routes().get(route).map(|entry| entry.secrets.clone())
+    }
+
+    /// A stream opened with `secrets` for `offered_by` (its own route, made
+    /// known with [`Engine::ensure_route`] first). Every other route of the
+    /// same agent and destination that is parked because its credentials
+    /// were refused (or its secrets build no sink) adopts them: its sink is
+    /// rebuilt from `secrets`, which are stored with the route so a restart
+    /// keeps them, its worker restarts at once from the committed cursor,
+    /// and its backlog is delivered with them in order. Routes that deliver
+    /// keep their own credentials. A route that parks later adopts the
+    /// credentials of the most recently opened stream that still delivers.
+    ///
+    /// A route that already delivers with exactly these secrets (it adopted
+    /// them before a restart) is only marked as replaying in its status.
+    pub fn offer_credentials(&self, offered_by: &RouteKey, secrets: &Secrets) {
+        if self.inner.stop.is_triggered() {
+            return;
+        }
+        let offer = self.inner.offers.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut routes = self.routes();
+        for (key, entry) in routes.iter_mut() {
+            if key == offered_by {
+                entry.offered = offer;
+                continue;
+            }
+            if key.agent_id != offered_by.agent_id || key.kind != offered_by.kind {
+                continue;
+            }
+            if entry.secrets == *secrets {
+                mark_adopted(&entry.status, &offered_by.cred_id);
+                continue;
+            }
+            if is_parked(entry.status.snapshot().state) {
+                self.inner.adopt(key, entry, offered_by, secrets);
+            }
+        }
     }
 
     /// Whether a route with `secrets` could deliver: builds its sink as
@@ -276,6 +461,17 @@ impl<S: Source> Engine<S> {
             aborted,
         }
     }
+}
+
+/// Shows in `status` that the route delivers with the credentials of the
+/// route `cred_id` (a hash, never a secret).
+fn mark_adopted(status: &StatusCell, cred_id: &str) {
+    status.update(|s| {
+        s.adopted_cred_id = Some(cred_id.to_string());
+        s.note = Some(format!(
+            "replaying with newer credentials (cred id {cred_id})"
+        ));
+    });
 }
 
 /// Aborts the task when dropped, so aborting a supervisor stops its worker.

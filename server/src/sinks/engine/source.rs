@@ -1,14 +1,15 @@
 //! Where the engine reads lines from and commits delivery to.
 //!
 //! [`Source`] is the small slice of the queue the engine uses (read after a
-//! cursor, the committed cursor, commit, and a change signal), implemented
+//! cursor, the committed cursor, commit, a change signal, and storing the
+//! secrets a route delivers with), implemented
 //! here for [`crate::queue::Queue`] and, in tests, for an in-memory source.
 //! This module must not batch, retry or know about vendors.
 
 use tokio::sync::watch;
 
 use crate::queue::{Cursor, Queue, QueueError, QueuedLine};
-use crate::route::RouteKey;
+use crate::route::{RouteKey, Secrets};
 
 /// The queue operations the delivery engine needs.
 ///
@@ -36,6 +37,10 @@ pub trait Source: Send + Sync + 'static {
 
     /// A signal that changes whenever lines are appended for `agent_id`.
     fn subscribe(&self, agent_id: &str) -> watch::Receiver<u64>;
+
+    /// Stores the secrets `route` delivers with, so they survive a restart
+    /// (used when a parked route adopts newer credentials).
+    fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), Self::Error>;
 }
 
 impl Source for Queue {
@@ -62,6 +67,10 @@ impl Source for Queue {
     fn subscribe(&self, agent_id: &str) -> watch::Receiver<u64> {
         Queue::subscribe(self, agent_id)
     }
+
+    fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), QueueError> {
+        Queue::put_route(self, route, secrets)
+    }
 }
 
 /// An in-memory [`Source`] for engine tests: every agent's lines in one
@@ -85,6 +94,7 @@ pub(crate) mod memory {
         lines: HashMap<String, Vec<QueuedLine>>,
         committed: HashMap<RouteKey, Cursor>,
         signals: HashMap<String, watch::Sender<u64>>,
+        stored: HashMap<RouteKey, Secrets>,
         fail_reads: u32,
     }
 
@@ -127,6 +137,11 @@ pub(crate) mod memory {
 
         pub(crate) fn committed_cursor(&self, route: &RouteKey) -> Option<Cursor> {
             self.state.lock().unwrap().committed.get(route).copied()
+        }
+
+        /// The secrets last stored for `route` with `put_route`.
+        pub(crate) fn stored_secrets(&self, route: &RouteKey) -> Option<Secrets> {
+            self.state.lock().unwrap().stored.get(route).cloned()
         }
 
         /// The cursor of the last line pushed for `agent`.
@@ -185,6 +200,12 @@ pub(crate) mod memory {
                 .entry(agent_id.to_string())
                 .or_insert_with(|| watch::channel(0).0)
                 .subscribe()
+        }
+
+        fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), MemoryError> {
+            let mut state = self.state.lock().unwrap();
+            state.stored.insert(route.clone(), secrets.clone());
+            Ok(())
         }
     }
 }

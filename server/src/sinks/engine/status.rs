@@ -73,6 +73,13 @@ pub struct RouteStatus {
     /// (state `config`: [`super::Engine::oldest_undelivered`] reads those
     /// from the queue). Feeds `logdrain_queue_oldest_line_age_seconds`.
     pub oldest_undelivered_ns: Option<i64>,
+    /// Set when this route's credentials were refused and it adopted the
+    /// newer credentials of another route for the same agent and
+    /// destination: that route's credential id (a hash, never a secret).
+    pub adopted_cred_id: Option<String>,
+    /// What an operator should know beyond the state, e.g. "replaying with
+    /// newer credentials (cred id …)". Never contains a secret.
+    pub note: Option<String>,
 }
 
 fn destination_name<S: serde::Serializer>(d: &DestinationKind, s: S) -> Result<S::Ok, S::Error> {
@@ -98,6 +105,8 @@ impl StatusCell {
             dropped_lines: 0,
             pending_lines: 0,
             oldest_undelivered_ns: None,
+            adopted_cred_id: None,
+            note: None,
         })))
     }
 
@@ -152,5 +161,6 @@ mod tests {
         assert_eq!(json["destination"], "datadog");
         assert_eq!(json["state"], "unauthorized");
         assert_eq!(json["cred_id"], "0011aabb");
+        assert_eq!(json["adopted_cred_id"], serde_json::Value::Null);
     }
 }

@@ -764,3 +764,403 @@ async fn a_parked_route_reports_its_oldest_line_from_the_queue() {
         [(route("a1"), Some(1_700_000_000_000_000_000))]
     );
 }
+
+// --- Replaying a parked route's backlog with newer credentials ---
+
+/// One vendor that accepts some tokens (secret `TOKEN`) and refuses the
+/// rest with 403; a token starting with `invalid` builds no sink at all.
+/// Records (route cred id, token, payload) per accepted line.
+#[derive(Clone, Default)]
+struct KeyedVendor {
+    accepted_tokens: Arc<Mutex<Vec<String>>>,
+    delivered: Arc<Mutex<Vec<(String, String, String)>>>,
+    attempts: Arc<Mutex<Vec<(String, String, Instant)>>>,
+}
+
+struct KeyedSink {
+    cred_id: String,
+    token: String,
+    vendor: KeyedVendor,
+}
+
+#[async_trait]
+impl Sink for KeyedSink {
+    fn kind(&self) -> DestinationKind {
+        DestinationKind::Datadog
+    }
+
+    fn limits(&self) -> BatchLimits {
+        limits(100, Duration::ZERO)
+    }
+
+    fn event_size(&self, line: &QueuedLine) -> usize {
+        line.line.data.len() + 1
+    }
+
+    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
+        let v = &self.vendor;
+        v.attempts
+            .lock()
+            .unwrap()
+            .push((self.cred_id.clone(), self.token.clone(), Instant::now()));
+        if !v.accepted_tokens.lock().unwrap().contains(&self.token) {
+            return Err(SinkError::Unauthorized {
+                reason: "Datadog answered 403 Forbidden".into(),
+            });
+        }
+        let mut delivered = v.delivered.lock().unwrap();
+        for line in lines {
+            delivered.push((
+                self.cred_id.clone(),
+                self.token.clone(),
+                String::from_utf8_lossy(&line.line.data).into_owned(),
+            ));
+        }
+        Ok(SendOutcome::accepted())
+    }
+}
+
+impl KeyedVendor {
+    fn accepting(tokens: &[&str]) -> Self {
+        let vendor = Self::default();
+        *vendor.accepted_tokens.lock().unwrap() = tokens.iter().map(|t| t.to_string()).collect();
+        vendor
+    }
+
+    fn engine(&self, source: &MemorySource) -> Engine<MemorySource> {
+        let vendor = self.clone();
+        let build =
+            move |route: &RouteKey, secrets: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+                let token = secrets.get("TOKEN").unwrap_or_default().to_string();
+                if token.starts_with("invalid") {
+                    return Err(SecretError::Missing {
+                        secret: "TOKEN",
+                        destination: route.kind.name(),
+                    });
+                }
+                Ok(Arc::new(KeyedSink {
+                    cred_id: route.cred_id.clone(),
+                    token,
+                    vendor: vendor.clone(),
+                }))
+            };
+        Engine::new(source.clone(), settings(), build, Shutdown::new())
+    }
+
+    /// (token, payload) of the lines `cred_id`'s route delivered, in order.
+    fn delivered_by(&self, cred_id: &str) -> Vec<(String, String)> {
+        self.delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, _, _)| c == cred_id)
+            .map(|(_, t, p)| (t.clone(), p.clone()))
+            .collect()
+    }
+
+    /// Send attempts of `cred_id`'s route with `token`, by time.
+    fn attempts_with(&self, cred_id: &str, token: &str) -> Vec<Instant> {
+        self.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(c, t, _)| c == cred_id && t == token)
+            .map(|(_, _, at)| *at)
+            .collect()
+    }
+}
+
+fn cred_route(agent: &str, cred_id: &str) -> RouteKey {
+    RouteKey {
+        agent_id: agent.to_string(),
+        kind: DestinationKind::Datadog,
+        cred_id: cred_id.to_string(),
+    }
+}
+
+fn token(value: &str) -> Secrets {
+    Secrets(
+        [("TOKEN".to_string(), value.to_string())]
+            .into_iter()
+            .collect(),
+    )
+}
+
+fn status_of_route(engine: &Engine<MemorySource>, route: &RouteKey) -> RouteStatus {
+    engine
+        .statuses()
+        .into_iter()
+        .find(|s| s.agent_id == route.agent_id && s.cred_id == route.cred_id)
+        .expect("route is known")
+}
+
+fn with_token(token: &str, payloads: &[String]) -> Vec<(String, String)> {
+    payloads
+        .iter()
+        .map(|p| (token.to_string(), p.clone()))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_parked_with_refused_credentials_replays_its_backlog_with_newer_ones() {
+    let source = MemorySource::default();
+    let backlog = payloads("x", 5);
+    push(&source, "a1", &backlog);
+    let vendor = KeyedVendor::accepting(&["key-b"]);
+    let engine = vendor.engine(&source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    engine.ensure_route(old.clone(), token("key-a"));
+    until("parked", || {
+        status_of_route(&engine, &old).state == RouteState::Unauthorized
+    })
+    .await;
+    assert_eq!(source.committed_cursor(&old), None, "lines are kept");
+
+    // A new deployment of the agent brings key B for the same destination.
+    let redeployed = Instant::now();
+    engine.ensure_route(new.clone(), token("key-b"));
+    engine.offer_credentials(&new, &token("key-b"));
+
+    until("old route's backlog delivered", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+    })
+    .await;
+    assert_eq!(
+        vendor.delivered_by("aaaa"),
+        with_token("key-b", &backlog),
+        "the whole backlog, in order, with the newer key"
+    );
+    assert_eq!(
+        vendor.attempts_with("aaaa", "key-b")[0],
+        redeployed,
+        "the parked route retries at once, not after the park interval"
+    );
+    assert_eq!(
+        source.stored_secrets(&old),
+        Some(token("key-b")),
+        "the adoption is stored with the route, so a restart keeps it"
+    );
+    assert_eq!(engine.current_secrets(&old), Some(token("key-b")));
+    let status = status_of_route(&engine, &old);
+    assert_eq!(status.adopted_cred_id.as_deref(), Some("bbbb"));
+    assert_eq!(
+        status.note.as_deref(),
+        Some("replaying with newer credentials (cred id bbbb)")
+    );
+    assert_eq!(status.consecutive_failures, 0);
+    let json = serde_json::to_string(&status).unwrap();
+    assert!(!json.contains("key-a") && !json.contains("key-b"), "{json}");
+    until("idle", || {
+        status_of_route(&engine, &old).state == RouteState::Idle
+    })
+    .await;
+    assert_eq!(vendor.delivered_by("bbbb"), with_token("key-b", &backlog));
+}
+
+#[tokio::test(start_paused = true)]
+async fn healthy_routes_keep_their_own_credentials_when_another_deployment_brings_new_ones() {
+    let source = MemorySource::default();
+    let lines = payloads("x", 3);
+    push(&source, "a1", &lines);
+    let vendor = KeyedVendor::accepting(&["key-a", "key-b"]);
+    let engine = vendor.engine(&source);
+    let a = cred_route("a1", "aaaa");
+    let b = cred_route("a1", "bbbb");
+    engine.ensure_route(a.clone(), token("key-a"));
+    until("a delivered", || {
+        source.committed_cursor(&a) == source.last_cursor("a1")
+    })
+    .await;
+    engine.ensure_route(b.clone(), token("key-b"));
+    engine.offer_credentials(&b, &token("key-b"));
+    until("b delivered", || {
+        source.committed_cursor(&b) == source.last_cursor("a1")
+    })
+    .await;
+
+    assert_eq!(vendor.delivered_by("aaaa"), with_token("key-a", &lines));
+    assert_eq!(vendor.delivered_by("bbbb"), with_token("key-b", &lines));
+    assert_eq!(source.stored_secrets(&a), None, "nothing was adopted");
+    assert_eq!(engine.current_secrets(&a), Some(token("key-a")));
+    assert_eq!(status_of_route(&engine, &a).adopted_cred_id, None);
+    assert_eq!(status_of_route(&engine, &a).note, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_route_whose_agent_never_redeploys_stays_parked_and_keeps_its_lines() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 3));
+    push(&source, "other", &payloads("y", 3));
+    let vendor = KeyedVendor::accepting(&["key-b"]);
+    let engine = vendor.engine(&source);
+    let parked = cred_route("a1", "aaaa");
+    engine.ensure_route(parked.clone(), token("key-a"));
+    // Newer credentials for another agent, and for another destination of
+    // the same agent, are not this route's.
+    let other_agent = cred_route("other", "bbbb");
+    engine.ensure_route(other_agent.clone(), token("key-b"));
+    engine.offer_credentials(&other_agent, &token("key-b"));
+    let other_kind = RouteKey {
+        kind: DestinationKind::NewRelic,
+        ..cred_route("a1", "cccc")
+    };
+    engine.offer_credentials(&other_kind, &token("key-b"));
+
+    // An hour and a second: attempts at 0, 60, ..., 3600 s.
+    sleep(Duration::from_secs(3601)).await;
+    let status = status_of_route(&engine, &parked);
+    assert_eq!(status.state, RouteState::Unauthorized);
+    assert_eq!(status.adopted_cred_id, None);
+    assert_eq!(source.committed_cursor(&parked), None, "lines are kept");
+    assert_eq!(source.stored_secrets(&parked), None);
+    assert!(vendor.delivered_by("aaaa").is_empty());
+    // Tried again every park interval, with its own key only.
+    assert_eq!(vendor.attempts_with("aaaa", "key-a").len(), 61);
+    assert!(vendor.attempts_with("aaaa", "key-b").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_parked_for_invalid_secrets_adopts_newer_valid_ones() {
+    let source = MemorySource::default();
+    let backlog = payloads("x", 2);
+    push(&source, "a1", &backlog);
+    let vendor = KeyedVendor::accepting(&["key-b"]);
+    let engine = vendor.engine(&source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    engine.ensure_route(old.clone(), token("invalid-region"));
+    assert_eq!(status_of_route(&engine, &old).state, RouteState::Config);
+
+    // Newer secrets that build no sink either leave it parked.
+    let also_bad = cred_route("a1", "dddd");
+    engine.offer_credentials(&also_bad, &token("invalid-too"));
+    assert_eq!(status_of_route(&engine, &old).state, RouteState::Config);
+    assert_eq!(source.stored_secrets(&old), None);
+
+    engine.ensure_route(new.clone(), token("key-b"));
+    engine.offer_credentials(&new, &token("key-b"));
+    until("old route's backlog delivered", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+    })
+    .await;
+    assert_eq!(vendor.delivered_by("aaaa"), with_token("key-b", &backlog));
+    assert_eq!(source.stored_secrets(&old), Some(token("key-b")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_an_adopted_route_delivers_with_its_stored_credentials_and_says_so() {
+    // What the queue holds after an adoption: the old route with key B.
+    let source = MemorySource::default();
+    let backlog = payloads("x", 4);
+    push(&source, "a1", &backlog);
+    let vendor = KeyedVendor::accepting(&["key-b"]);
+    let engine = vendor.engine(&source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    engine.ensure_route(old.clone(), token("key-b"));
+    until("delivered", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+    })
+    .await;
+    assert_eq!(vendor.delivered_by("aaaa"), with_token("key-b", &backlog));
+
+    // The old deployment's stream reopens: it must store the adopted
+    // secrets again, not its refused key.
+    assert_eq!(engine.current_secrets(&old), Some(token("key-b")));
+    // The newer deployment's stream reopens: the status says why the route
+    // uses other credentials than its own, and the worker is not restarted.
+    engine.ensure_route(new.clone(), token("key-b"));
+    engine.offer_credentials(&new, &token("key-b"));
+    let status = status_of_route(&engine, &old);
+    assert_eq!(status.adopted_cred_id.as_deref(), Some("bbbb"));
+    assert_eq!(status.delivered_lines, 4);
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(vendor.delivered_by("aaaa").len(), 4, "nothing sent twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_refused_after_the_newer_stream_opened_adopts_its_credentials_when_it_parks() {
+    // Key rotation: the new deployment (key B) is already delivering when
+    // the tenant revokes key A, which the old deployment still uses.
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-a", "key-b"]);
+    let engine = vendor.engine(&source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    engine.ensure_route(old.clone(), token("key-a"));
+    engine.offer_credentials(&old, &token("key-a"));
+    engine.ensure_route(new.clone(), token("key-b"));
+    engine.offer_credentials(&new, &token("key-b"));
+    let first = payloads("x", 2);
+    push(&source, "a1", &first);
+    until("both delivered", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+            && source.committed_cursor(&new) == source.last_cursor("a1")
+    })
+    .await;
+
+    vendor
+        .accepted_tokens
+        .lock()
+        .unwrap()
+        .retain(|t| t != "key-a");
+    let revoked = Instant::now();
+    let later = payloads("y", 3);
+    push(&source, "a1", &later);
+    until("old route caught up", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+    })
+    .await;
+
+    assert_eq!(vendor.attempts_with("aaaa", "key-a").last(), Some(&revoked));
+    assert_eq!(
+        vendor.attempts_with("aaaa", "key-b"),
+        [revoked],
+        "adopted when it parked, without waiting for the park interval"
+    );
+    let mut expected = with_token("key-a", &first);
+    expected.extend(with_token("key-b", &later));
+    assert_eq!(vendor.delivered_by("aaaa"), expected);
+    assert_eq!(source.stored_secrets(&old), Some(token("key-b")));
+    assert_eq!(
+        status_of_route(&engine, &old).adopted_cred_id.as_deref(),
+        Some("bbbb")
+    );
+    assert_eq!(status_of_route(&engine, &new).adopted_cred_id, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_route_never_adopts_credentials_that_are_refused_too() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 2));
+    let vendor = KeyedVendor::accepting(&[]);
+    let engine = vendor.engine(&source);
+    let a = cred_route("a1", "aaaa");
+    let b = cred_route("a1", "bbbb");
+    engine.ensure_route(a.clone(), token("key-a"));
+    engine.offer_credentials(&a, &token("key-a"));
+    until("a parked", || {
+        status_of_route(&engine, &a).state == RouteState::Unauthorized
+    })
+    .await;
+    engine.ensure_route(b.clone(), token("key-b"));
+    engine.offer_credentials(&b, &token("key-b"));
+    until("b parked", || {
+        status_of_route(&engine, &b).state == RouteState::Unauthorized
+    })
+    .await;
+
+    sleep(Duration::from_secs(600)).await;
+    // A took B's key when B's stream opened (B was not known to be refused
+    // yet); once both are refused neither hands its key to the other again.
+    assert_eq!(engine.current_secrets(&a), Some(token("key-b")));
+    assert_eq!(engine.current_secrets(&b), Some(token("key-b")));
+    assert_eq!(
+        vendor.attempts_with("bbbb", "key-a").len(),
+        0,
+        "a refused key is never handed on"
+    );
+    assert_eq!(source.committed_cursor(&a), None, "lines are kept");
+    assert_eq!(source.committed_cursor(&b), None, "lines are kept");
+}

@@ -11,7 +11,7 @@
 //! another. It must not know any vendor's request format.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
@@ -21,7 +21,7 @@ use super::batch::Pending;
 use super::retry::{action_for, Action, Backoff};
 use super::source::Source;
 use super::status::{RouteState, StatusCell};
-use super::EngineSettings;
+use super::{EngineSettings, Inner};
 use crate::metrics;
 use crate::queue::{Cursor, QueuedLine};
 use crate::route::RouteKey;
@@ -35,22 +35,35 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(super) struct Stopped;
 
-/// Shutdown of the whole process, or of the engine alone.
+/// Shutdown of the whole process, of the engine alone, or of one route's
+/// worker (retired when the route adopts newer credentials).
 #[derive(Clone, Debug)]
 pub(super) struct Stop {
     pub process: Shutdown,
     pub engine: Shutdown,
+    pub route: Shutdown,
 }
 
 impl Stop {
+    /// The same process and engine signals with a fresh signal for one
+    /// route's worker.
+    pub fn for_route(&self) -> Stop {
+        Stop {
+            process: self.process.clone(),
+            engine: self.engine.clone(),
+            route: Shutdown::new(),
+        }
+    }
+
     pub fn is_triggered(&self) -> bool {
-        self.process.is_triggered() || self.engine.is_triggered()
+        self.process.is_triggered() || self.engine.is_triggered() || self.route.is_triggered()
     }
 
     pub async fn wait(&self) {
         tokio::select! {
             _ = self.process.wait() => {}
             _ = self.engine.wait() => {}
+            _ = self.route.wait() => {}
         }
     }
 
@@ -72,6 +85,9 @@ pub(super) struct Parts<S> {
     pub settings: EngineSettings,
     pub status: StatusCell,
     pub stop: Stop,
+    /// The engine, told when the route parks so it can adopt newer
+    /// credentials. Weak: workers must not keep a stopped engine alive.
+    pub engine: Weak<Inner<S>>,
 }
 
 impl<S> Clone for Parts<S> {
@@ -83,6 +99,7 @@ impl<S> Clone for Parts<S> {
             settings: self.settings.clone(),
             status: self.status.clone(),
             stop: self.stop.clone(),
+            engine: Weak::clone(&self.engine),
         }
     }
 }
@@ -304,6 +321,11 @@ impl<S: Source> Worker<S> {
                             RouteState::Config
                         };
                         self.parts.status.set_state(state);
+                        if let Some(engine) = self.parts.engine.upgrade() {
+                            // May retire this worker for one with newer
+                            // credentials: the sleep below then ends at once.
+                            engine.parked(&self.parts.route);
+                        }
                         self.parts
                             .stop
                             .sleep(self.parts.settings.park_interval)
