@@ -63,7 +63,14 @@ pub async fn run(
         source,
     })?;
     let key = SigningKey::load(config.key.signing_key.as_deref(), data_dir)?;
-    let (queue, report) = Queue::open(&data_dir.join("queue"))?;
+    if config.key.signing_key.is_none() {
+        tracing::warn!(
+            "the signing key is read from the data dir, so a copy of the data dir can decrypt the \
+             route secrets stored in it; set LOGDRAIN_SIGNING_KEY from a secret store to keep the \
+             key out of it"
+        );
+    }
+    let (queue, report) = Queue::open(&data_dir.join("queue"), key.seal_key())?;
     if report.quarantined > 0 {
         tracing::error!(
             quarantined = report.quarantined,
