@@ -29,7 +29,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Uri};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Code, Status, Streaming};
 
 use crate::backoff::Backoff;
@@ -63,6 +63,8 @@ pub struct StreamConfig {
     pub gateways: Vec<Uri>,
     /// Extra CA certificates (PEM) for `https://` gateways.
     pub gateway_ca_pem: Option<Vec<u8>>,
+    /// Client certificate for gateways that require mutual TLS.
+    pub client_identity: Option<ClientIdentity>,
     /// The `Open` sent first on every stream (holds the token and secrets:
     /// never print it).
     pub open: Open,
@@ -76,10 +78,24 @@ pub struct StreamConfig {
     pub buffer_bytes: usize,
 }
 
+/// A client certificate and its private key, both PEM. `Debug` shows
+/// neither.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientIdentity(<redacted>)")
+    }
+}
+
 /// Why a session ended (or could not start).
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("invalid TLS settings for gateway {url}: {}; check --gateway-ca-file", chain(.source))]
+    #[error("invalid TLS settings for gateway {url}: {}; check --gateway-ca-file, --client-cert and --client-key", chain(.source))]
     Tls {
         url: Uri,
         source: tonic::transport::Error,
@@ -141,7 +157,11 @@ impl Shipper {
             .map(|url| {
                 Ok(Gateway {
                     url: url.clone(),
-                    endpoint: endpoint(url, config.gateway_ca_pem.as_deref())?,
+                    endpoint: endpoint(
+                        url,
+                        config.gateway_ca_pem.as_deref(),
+                        config.client_identity.as_ref(),
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>, StreamError>>()?;
@@ -397,7 +417,11 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
 }
 
 /// The tonic endpoint for one gateway URL: timeouts, keepalive, TLS.
-fn endpoint(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Endpoint, StreamError> {
+fn endpoint(
+    url: &Uri,
+    ca_pem: Option<&[u8]>,
+    identity: Option<&ClientIdentity>,
+) -> Result<Endpoint, StreamError> {
     let endpoint = Endpoint::from(url.clone())
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -410,6 +434,9 @@ fn endpoint(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Endpoint, StreamError> {
     let mut tls = ClientTlsConfig::new().with_webpki_roots();
     if let Some(pem) = ca_pem {
         tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    if let Some(identity) = identity {
+        tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
     }
     endpoint.tls_config(tls).map_err(|source| StreamError::Tls {
         url: url.clone(),
@@ -501,7 +528,7 @@ mod tests {
 
     #[test]
     fn https_endpoints_get_tls_and_http_ones_do_not() {
-        assert!(endpoint(&"https://gw.example:443".parse().unwrap(), None).is_ok());
-        assert!(endpoint(&"http://127.0.0.1:1".parse().unwrap(), None).is_ok());
+        assert!(endpoint(&"https://gw.example:443".parse().unwrap(), None, None).is_ok());
+        assert!(endpoint(&"http://127.0.0.1:1".parse().unwrap(), None, None).is_ok());
     }
 }
