@@ -463,7 +463,17 @@ fn describe_status(status: &Status) -> String {
         Code::Unavailable => format!(
             "the gateway is unavailable (UNAVAILABLE: {message}); lines wait in the buffer"
         ),
-        code => format!("the gateway ended the stream ({}: {message})", code_name(code)),
+        code => {
+            // A broken connection (a TLS alert such as a refused client
+            // certificate) is explained only in the status's sources.
+            let cause = StdError::source(status)
+                .map(|source| format!(": {}", chain(source)))
+                .unwrap_or_default();
+            format!(
+                "the gateway ended the stream ({}: {message}{cause})",
+                code_name(code)
+            )
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //! always rebuilds them before running these).
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -126,6 +128,16 @@ impl Gateway {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// The gRPC URL of a gateway started with TLS (see [`pki::Pki`]).
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
+    /// The `https://` base URL of the HTTP endpoints of a TLS gateway.
+    pub fn https_base(&self) -> String {
+        format!("https://{}", self.http)
     }
 
     /// SIGKILL, no chance to clean up.
