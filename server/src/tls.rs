@@ -260,3 +260,97 @@ impl axum::serve::Listener for HttpsListener {
         Ok(self.local_addr)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+    struct Files {
+        _dir: tempfile::TempDir,
+        cert: PathBuf,
+        key: PathBuf,
+        other_key: PathBuf,
+        ca: PathBuf,
+        dir: PathBuf,
+    }
+
+    fn files() -> Files {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        Files {
+            cert: write("cert.pem", &cert.pem()),
+            key: write("key.pem", &key.serialize_pem()),
+            other_key: write("other.key", &KeyPair::generate().unwrap().serialize_pem()),
+            ca: write("ca.pem", &ca_pem),
+            dir: dir.path().to_path_buf(),
+            _dir: dir,
+        }
+    }
+
+    #[test]
+    fn a_certificate_with_its_key_loads_with_and_without_a_client_ca() {
+        let f = files();
+        assert!(!ServerTls::load(&f.cert, &f.key, None).unwrap().mutual);
+        assert!(ServerTls::load(&f.cert, &f.key, Some(&f.ca)).unwrap().mutual);
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_naming_both_files() {
+        let f = files();
+        let err = ServerTls::load(&f.cert, &f.other_key, None).unwrap_err();
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+        let shown = err.to_string();
+        assert!(shown.contains("other.key") && shown.contains("cert.pem"), "{shown}");
+    }
+
+    #[test]
+    fn files_without_the_expected_pem_block_are_refused_with_the_fix() {
+        let f = files();
+        let err = ServerTls::load(&f.key, &f.key, None).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificate { flag: "--tls-cert", .. }), "{err}");
+        let err = ServerTls::load(&f.cert, &f.cert, None).unwrap_err();
+        assert!(matches!(err, TlsError::NoKey { .. }), "{err}");
+        let err = ServerTls::load(&f.cert, &f.key, Some(&f.key)).unwrap_err();
+        assert!(
+            matches!(err, TlsError::NoCertificate { flag: "--tls-client-ca", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_file_is_named() {
+        let f = files();
+        let missing = f.dir.join("nope.pem");
+        let err = ServerTls::load(&missing, &f.key, None).unwrap_err();
+        assert!(matches!(err, TlsError::Read { flag: "--tls-cert", .. }));
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+    }
+
+    #[test]
+    fn errors_never_show_key_material() {
+        let f = files();
+        let key_pem = std::fs::read_to_string(&f.key).unwrap();
+        let body = key_pem.lines().nth(1).unwrap();
+        for err in [
+            ServerTls::load(&f.cert, &f.other_key, None).unwrap_err(),
+            ServerTls::load(&f.key, &f.key, None).unwrap_err(),
+        ] {
+            assert!(!format!("{err} {err:?}").contains(body));
+        }
+    }
+}
