@@ -306,7 +306,11 @@ mod tests {
     fn a_certificate_with_its_key_loads_with_and_without_a_client_ca() {
         let f = files();
         assert!(!ServerTls::load(&f.cert, &f.key, None).unwrap().mutual);
-        assert!(ServerTls::load(&f.cert, &f.key, Some(&f.ca)).unwrap().mutual);
+        assert!(
+            ServerTls::load(&f.cert, &f.key, Some(&f.ca))
+                .unwrap()
+                .mutual
+        );
     }
 
     #[test]
@@ -315,19 +319,37 @@ mod tests {
         let err = ServerTls::load(&f.cert, &f.other_key, None).unwrap_err();
         assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
         let shown = err.to_string();
-        assert!(shown.contains("other.key") && shown.contains("cert.pem"), "{shown}");
+        assert!(
+            shown.contains("other.key") && shown.contains("cert.pem"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn files_without_the_expected_pem_block_are_refused_with_the_fix() {
         let f = files();
         let err = ServerTls::load(&f.key, &f.key, None).unwrap_err();
-        assert!(matches!(err, TlsError::NoCertificate { flag: "--tls-cert", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                TlsError::NoCertificate {
+                    flag: "--tls-cert",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = ServerTls::load(&f.cert, &f.cert, None).unwrap_err();
         assert!(matches!(err, TlsError::NoKey { .. }), "{err}");
         let err = ServerTls::load(&f.cert, &f.key, Some(&f.key)).unwrap_err();
         assert!(
-            matches!(err, TlsError::NoCertificate { flag: "--tls-client-ca", .. }),
+            matches!(
+                err,
+                TlsError::NoCertificate {
+                    flag: "--tls-client-ca",
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -337,7 +359,13 @@ mod tests {
         let f = files();
         let missing = f.dir.join("nope.pem");
         let err = ServerTls::load(&missing, &f.key, None).unwrap_err();
-        assert!(matches!(err, TlsError::Read { flag: "--tls-cert", .. }));
+        assert!(matches!(
+            err,
+            TlsError::Read {
+                flag: "--tls-cert",
+                ..
+            }
+        ));
         assert!(err.to_string().contains("nope.pem"), "{err}");
     }
 

@@ -128,7 +128,13 @@ fn serve_refuses_to_start_with_an_unreadable_tls_certificate_naming_the_file() {
     let key = dir.path().join("key.pem");
     std::fs::write(&key, "not a key").unwrap();
     let out = gateway()
-        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--tls-cert")

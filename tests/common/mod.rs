@@ -108,11 +108,21 @@ impl Gateway {
                 std::fs::read_to_string(&log).unwrap_or_default()
             )
         });
-        // Keep draining stdout so the gateway never blocks on it.
+        // Keep draining stdout so the gateway never blocks on it; what it
+        // prints goes to the log too, after its stderr.
+        let mut stdout_log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("gateway log file");
         std::thread::spawn(move || {
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            use std::io::Write;
+            let mut sink = line;
+            loop {
+                let _ = stdout_log.write_all(sink.as_bytes());
                 sink.clear();
+                if !reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                    break;
+                }
             }
         });
         Gateway {
