@@ -100,7 +100,7 @@ pub enum StreamError {
         url: Uri,
         source: tonic::transport::Error,
     },
-    #[error("cannot connect: {}", chain(.0))]
+    #[error("cannot connect: {}{}", chain(.0), tls_hint(&chain(.0)))]
     Connect(tonic::transport::Error),
     #[error("no answer to the stream's opening within {0:?}")]
     OpenTimeout(Duration),
@@ -466,14 +466,35 @@ fn describe_status(status: &Status) -> String {
         code => {
             // A broken connection (a TLS alert such as a refused client
             // certificate) is explained only in the status's sources.
-            let cause = StdError::source(status)
-                .map(|source| format!(": {}", chain(source)))
-                .unwrap_or_default();
+            let cause = StdError::source(status).map(chain).unwrap_or_default();
+            let detail = match cause.strip_prefix(message) {
+                _ if cause.is_empty() => message.to_string(),
+                Some(rest) => format!("{message}{rest}"),
+                None => format!("{message}: {cause}"),
+            };
             format!(
-                "the gateway ended the stream ({}: {message}{cause})",
-                code_name(code)
+                "the gateway ended the stream ({}: {detail}){}",
+                code_name(code),
+                tls_hint(&detail)
             )
         }
+    }
+}
+
+/// The fix for a TLS failure named in `detail` (rustls's names for the
+/// alerts and verification errors), or nothing.
+fn tls_hint(detail: &str) -> &'static str {
+    if detail.contains("CertificateRequired") {
+        "; the gateway requires a client certificate: pass --client-cert and --client-key \
+         (LOGDRAIN_CLIENT_CERT / LOGDRAIN_CLIENT_KEY) signed by its client CA"
+    } else if detail.contains("UnknownCA") || detail.contains("BadCertificate") {
+        "; the gateway does not accept this client certificate: use one signed by the CA it \
+         was given with --tls-client-ca"
+    } else if detail.contains("invalid peer certificate") {
+        "; the gateway's certificate is not trusted or not for this host name: pass its CA \
+         with --gateway-ca-file and connect with a name its certificate holds"
+    } else {
+        ""
     }
 }
 
@@ -534,6 +555,14 @@ mod tests {
         assert!(describe_status(&Status::unavailable("restarting")).contains("UNAVAILABLE"));
         assert!(describe_status(&Status::invalid_argument("seq")).contains("INVALID_ARGUMENT"));
         assert!(describe_status(&Status::failed_precondition("v2")).contains("FAILED_PRECONDITION"));
+    }
+
+    #[test]
+    fn tls_failures_name_their_fix() {
+        assert!(tls_hint("received fatal alert: CertificateRequired").contains("--client-cert"));
+        assert!(tls_hint("received fatal alert: UnknownCA").contains("--tls-client-ca"));
+        assert!(tls_hint("invalid peer certificate: UnknownIssuer").contains("--gateway-ca-file"));
+        assert_eq!(tls_hint("Connection refused"), "");
     }
 
     #[test]

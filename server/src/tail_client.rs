@@ -76,7 +76,7 @@ pub async fn run(
             agent_id: config.agent_id.clone(),
         })
         .await
-        .map_err(|s| TailError::Refused(s.message().to_string()))?
+        .map_err(|s| TailError::Refused(refusal(&s)))?
         .into_inner();
     tokio::pin!(stop);
     loop {
@@ -95,6 +95,23 @@ pub async fn run(
             Err(status) => return Err(TailError::Stream(status.message().to_string())),
         }
     }
+}
+
+/// Why the gateway refused, with the TLS cause when there is one (a refused
+/// client certificate shows only in the status's sources).
+fn refusal(status: &tonic::Status) -> String {
+    let Some(source) = std::error::Error::source(status) else {
+        return status.message().to_string();
+    };
+    let cause = error_chain(source);
+    let hint = if cause.contains("CertificateRequired") {
+        "; the gateway requires a client certificate: pass --client-cert and --client-key"
+    } else if cause.contains("UnknownCA") || cause.contains("BadCertificate") {
+        "; the gateway does not accept this client certificate: use one signed by its client CA"
+    } else {
+        ""
+    };
+    format!("{cause}{hint}")
 }
 
 /// Reads a PEM file given on the command line.
