@@ -60,18 +60,21 @@ impl Setup {
     }
 }
 
-/// Runs a shim that writes `lines` lines and gives up after a short drain:
-/// (exit status, stderr).
+/// Runs a shim whose agent writes two lines: (exit status, stderr).
 async fn run_shim(shim: ShimBuilder, tag: &str) -> (std::process::ExitStatus, String) {
-    let mut child = shim
-        .env("LOGDRAIN_DRAIN_TIMEOUT", "3s")
-        .spawn_sh(&format!("echo '{tag} 1'; echo '{tag} 2'"));
+    let mut child = shim.spawn_sh(&format!("echo '{tag} 1'; echo '{tag} 2'"));
     let (_out, err) = capture(&mut child);
     let status = wait_exit(&mut child, Duration::from_secs(60)).await;
     (
         status,
         String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
     )
+}
+
+/// A shim that will be refused gives up after a short drain (the default,
+/// long drain is for shims expected to deliver).
+fn refused(shim: ShimBuilder) -> ShimBuilder {
+    shim.env("LOGDRAIN_DRAIN_TIMEOUT", "3s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -128,7 +131,7 @@ async fn plain_text_clients_are_refused_on_the_tls_ports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shim_that_does_not_trust_the_gateways_certificate_says_so_and_keeps_its_lines() {
     let s = setup(false).await;
-    let (status, err) = run_shim(s.shim("agent-tls", &s.pki.other_ca), "untrusted").await;
+    let (status, err) = run_shim(refused(s.shim("agent-tls", &s.pki.other_ca)), "untrusted").await;
     assert!(status.success(), "the agent's own exit code is kept: {err}");
     assert!(
         err.contains("invalid peer certificate: UnknownIssuer")
@@ -151,23 +154,20 @@ async fn a_shim_that_does_not_trust_the_gateways_certificate_says_so_and_keeps_i
 async fn with_client_certificates_required_only_shims_with_a_certificate_of_the_ca_deliver() {
     let s = setup(true).await;
 
-    let (_, err) = run_shim(s.shim("agent-mtls", &s.pki.ca), "no cert").await;
+    let (_, err) = run_shim(refused(s.shim("agent-mtls", &s.pki.ca)), "no cert").await;
     assert!(err.contains("2 lines were not delivered"), "{err}");
     assert!(
-        err.contains("CertificateRequired") && err.contains("--client-cert"),
-        "the refusal names the certificate and the fix: {err}"
+        err.contains("--client-cert"),
+        "the refusal names the fix: {err}"
     );
 
     let stranger = s
         .shim("agent-mtls", &s.pki.ca)
         .env("LOGDRAIN_CLIENT_CERT", &path(&s.pki.stranger_cert))
         .env("LOGDRAIN_CLIENT_KEY", &path(&s.pki.stranger_key));
-    let (_, err) = run_shim(stranger, "stranger cert").await;
+    let (_, err) = run_shim(refused(stranger), "stranger cert").await;
     assert!(err.contains("2 lines were not delivered"), "{err}");
-    assert!(
-        err.contains("does not accept this client certificate"),
-        "{err}"
-    );
+    assert!(err.contains("--tls-client-ca"), "{err}");
 
     let trusted = s
         .shim("agent-mtls", &s.pki.ca)
@@ -216,7 +216,7 @@ async fn tail_follows_over_mutual_tls_with_its_client_certificate() {
     assert!(!status.success(), "a tail without a certificate is refused");
     let err = stderr_of(&mut refused);
     assert!(
-        err.contains("CertificateRequired") && err.contains("--client-cert"),
+        err.contains("refused the tail") && err.contains("--client-cert"),
         "{err}"
     );
 

@@ -106,6 +106,10 @@ pub enum StreamError {
     OpenTimeout(Duration),
     #[error("{}", describe_status(.0))]
     Status(Status),
+    /// The stream ended before the gateway answered its opening; `hint`
+    /// is the likely fix when the status alone cannot tell.
+    #[error("{}{hint}", describe_status(.status))]
+    Refused { status: Status, hint: &'static str },
     #[error("the gateway closed the stream")]
     Closed,
     #[error(transparent)]
@@ -117,6 +121,27 @@ pub enum StreamError {
 struct Gateway {
     url: Uri,
     endpoint: Endpoint,
+    /// What to suggest when the TLS connection closes before the gateway
+    /// answered the opening (see [`mutual_tls_hint`]); empty for `http://`.
+    closed_at_opening_hint: &'static str,
+}
+
+/// Said when a TLS connection closes before the gateway answered: a gateway
+/// that requires client certificates does that to a refused one, and the
+/// alert that would say so is often lost in the race between the
+/// connection's end and the request.
+fn mutual_tls_hint(https: bool, has_identity: bool) -> &'static str {
+    match (https, has_identity) {
+        (false, _) => "",
+        (true, false) => {
+            "; if the gateway requires client certificates (mutual TLS), pass --client-cert \
+             and --client-key (LOGDRAIN_CLIENT_CERT / LOGDRAIN_CLIENT_KEY)"
+        }
+        (true, true) => {
+            "; if the gateway requires client certificates (mutual TLS), check that \
+             --client-cert is signed by the CA it was given with --tls-client-ca"
+        }
+    }
 }
 
 /// Ships the buffer to the gateways; see the module docs.
@@ -162,6 +187,10 @@ impl Shipper {
                         config.gateway_ca_pem.as_deref(),
                         config.client_identity.as_ref(),
                     )?,
+                    closed_at_opening_hint: mutual_tls_hint(
+                        url.scheme_str() == Some("https"),
+                        config.client_identity.is_some(),
+                    ),
                 })
             })
             .collect::<Result<Vec<_>, StreamError>>()?;
@@ -278,6 +307,7 @@ impl Shipper {
     async fn session(&mut self, index: usize) -> Result<(), StreamError> {
         let url = self.gateways[index].url.clone();
         let endpoint = self.gateways[index].endpoint.clone();
+        let closed_hint = self.gateways[index].closed_at_opening_hint;
         let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
         tx.try_send(ShimMessage {
             kind: Some(shim_message::Kind::Open(self.open.clone())),
@@ -291,7 +321,16 @@ impl Shipper {
             client
                 .ship(ReceiverStream::new(rx))
                 .await
-                .map_err(StreamError::Status)
+                .map_err(|status| {
+                    let dropped = matches!(status.code(), Code::Cancelled | Code::Unknown);
+                    let explained = tls_hint(&describe_status(&status)) != "";
+                    let hint = if dropped && !explained {
+                        closed_hint
+                    } else {
+                        ""
+                    };
+                    StreamError::Refused { status, hint }
+                })
         };
         let response = tokio::select! {
             opened = tokio::time::timeout(CONNECT_TIMEOUT, opening) => {
@@ -563,6 +602,13 @@ mod tests {
         assert!(tls_hint("received fatal alert: UnknownCA").contains("--tls-client-ca"));
         assert!(tls_hint("invalid peer certificate: UnknownIssuer").contains("--gateway-ca-file"));
         assert_eq!(tls_hint("Connection refused"), "");
+    }
+
+    #[test]
+    fn a_tls_connection_closed_at_opening_suggests_the_client_certificate() {
+        assert_eq!(mutual_tls_hint(false, false), "");
+        assert!(mutual_tls_hint(true, false).contains("--client-cert"));
+        assert!(mutual_tls_hint(true, true).contains("--tls-client-ca"));
     }
 
     #[test]

@@ -76,7 +76,11 @@ pub async fn run(
             agent_id: config.agent_id.clone(),
         })
         .await
-        .map_err(|s| TailError::Refused(refusal(&s)))?
+        .map_err(|s| {
+            let without_identity =
+                config.gateway.scheme() == "https" && config.client_cert.is_none();
+            TailError::Refused(refusal(&s, without_identity))
+        })?
         .into_inner();
     tokio::pin!(stop);
     loop {
@@ -98,16 +102,22 @@ pub async fn run(
 }
 
 /// Why the gateway refused, with the TLS cause when there is one (a refused
-/// client certificate shows only in the status's sources).
-fn refusal(status: &tonic::Status) -> String {
-    let Some(source) = std::error::Error::source(status) else {
-        return status.message().to_string();
+/// client certificate shows only in the status's sources, if at all: the
+/// alert can be lost in the race between the connection's end and the
+/// request, hence the hint for a TLS connection `without_identity`).
+fn refusal(status: &tonic::Status, without_identity: bool) -> String {
+    let cause = match std::error::Error::source(status) {
+        Some(source) => error_chain(source),
+        None => status.message().to_string(),
     };
-    let cause = error_chain(source);
+    let dropped = matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown);
     let hint = if cause.contains("CertificateRequired") {
         "; the gateway requires a client certificate: pass --client-cert and --client-key"
     } else if cause.contains("UnknownCA") || cause.contains("BadCertificate") {
         "; the gateway does not accept this client certificate: use one signed by its client CA"
+    } else if without_identity && dropped {
+        "; if the gateway requires client certificates (mutual TLS), pass --client-cert and \
+         --client-key"
     } else {
         ""
     };

@@ -21,6 +21,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -28,6 +29,9 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection whose handshake failed is read from before it is
+/// dropped (see [`close_after_alert`]).
+const ALERT_LINGER: Duration = Duration::from_secs(1);
 /// Handshaken connections waiting for the server to take them.
 const READY_CONNECTIONS: usize = 64;
 
@@ -216,17 +220,34 @@ fn accept(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = acceptor.accept(tcp).into_fallible();
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(tls).await;
                     }
-                    Ok(Err(e)) => handshake_failed(peer, &e.to_string()),
+                    Ok(Err((e, tcp))) => {
+                        handshake_failed(peer, &e.to_string());
+                        close_after_alert(tcp).await;
+                    }
                     Err(_) => handshake_failed(peer, "no handshake within 10s"),
                 }
             });
         }
     });
     rx
+}
+
+/// Closes a connection whose handshake failed so that the client reads the
+/// TLS alert (which says why) instead of a reset: the client has usually
+/// sent more data already, and closing with unread data resets the
+/// connection, discarding the alert.
+async fn close_after_alert(mut tcp: TcpStream) {
+    let _ = tcp.shutdown().await;
+    let mut scratch = [0u8; 4096];
+    let _ = tokio::time::timeout(ALERT_LINGER, async {
+        while matches!(tcp.read(&mut scratch).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 fn handshake_failed(peer: SocketAddr, reason: &str) {
