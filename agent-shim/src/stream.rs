@@ -323,7 +323,7 @@ impl Shipper {
                 .await
                 .map_err(|status| {
                     let dropped = matches!(status.code(), Code::Cancelled | Code::Unknown);
-                    let explained = tls_hint(&describe_status(&status)) != "";
+                    let explained = !tls_hint(&describe_status(&status)).is_empty();
                     let hint = if dropped && !explained {
                         closed_hint
                     } else {
