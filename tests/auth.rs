@@ -98,3 +98,56 @@ async fn a_stream_without_an_opening_message_is_refused() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("Open"), "{}", status.message());
 }
+
+/// Status of `agent` as seen with `token`: (HTTP status, body).
+async fn status_with(gateway: &Gateway, agent: &str, token: Option<&str>) -> (u16, String) {
+    let mut request =
+        reqwest::Client::new().get(format!("http://{}/v1/agents/{agent}/status", gateway.http));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agents_token_reads_only_its_own_status() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+    for agent in ["agent-a", "agent-b"] {
+        let mut shim = ShimBuilder::new(&gateway.url(), agent, "replica-1")
+            .env("DATADOG_TOKEN", DD_KEY)
+            .spawn_sh(&format!("echo from {agent}"));
+        let _pipes = capture(&mut shim);
+        assert!(wait_exit(&mut shim, Duration::from_secs(60))
+            .await
+            .success());
+    }
+    let token_a = token("agent-a");
+
+    for (agent, token) in [
+        ("agent-b", Some(token_a.as_str())),
+        ("agent-b", None),
+        ("agent-a", Some("ld1_not-a-token")),
+    ] {
+        let (code, body) = status_with(&gateway, agent, token).await;
+        assert_eq!(code, 401, "{agent} with {token:?}: {body}");
+        assert!(!body.contains("routes"), "{body}");
+    }
+
+    let (code, body) = status_with(&gateway, "agent-a", Some(&token_a)).await;
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let routes = status["routes"].as_array().expect("routes");
+    assert_eq!(routes.len(), 1, "{body}");
+    assert_eq!(routes[0]["agent_id"], "agent-a");
+    assert!(!body.contains("agent-b"), "nothing of agent-b: {body}");
+    let (_, body_b) = status_with(&gateway, "agent-b", Some(&token("agent-b"))).await;
+    let status_b: serde_json::Value = serde_json::from_str(&body_b).unwrap();
+    assert_eq!(
+        status_b["routes"].as_array().map(Vec::len),
+        Some(1),
+        "{body_b}"
+    );
+}

@@ -205,7 +205,14 @@ async fn gateways(report: &mut Report, settings: &Settings, secrets: &Secrets) {
             secrets: secrets.to_open_map(),
             protocol_version: logdrain::PROTOCOL_VERSION,
         };
-        match ask(uri, settings.gateway_ca_pem.as_deref(), request).await {
+        match ask(
+            uri,
+            settings.gateway_ca_pem.as_deref(),
+            settings.client_identity.as_ref(),
+            request,
+        )
+        .await
+        {
             Err(failure) => report.problem(format_args!("  {url}  {failure}")),
             Ok(reply) => {
                 let names: Vec<&str> = reply
@@ -263,9 +270,10 @@ fn connect_failure(url: &Uri, error: &str) -> String {
 async fn ask(
     url: &Uri,
     ca_pem: Option<&[u8]>,
+    identity: Option<&stream::ClientIdentity>,
     request: CheckRequest,
 ) -> Result<CheckReply, String> {
-    let endpoint = stream::endpoint(url, ca_pem).map_err(|err| err.to_string())?;
+    let endpoint = stream::endpoint(url, ca_pem, identity).map_err(|err| err.to_string())?;
     let channel = match tokio::time::timeout(CHECK_TIMEOUT, endpoint.connect()).await {
         Err(_) => {
             return Err(format!(

@@ -22,11 +22,13 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 use tonic::codegen::http::Uri;
+
+use crate::stream::ClientIdentity;
 
 /// Largest accepted `--max-line-bytes`: a batch always fits one line, and
 /// every batch must stay far below `logdrain::MAX_MESSAGE_BYTES`.
@@ -133,6 +135,25 @@ pub struct Config {
     #[arg(long, env = "LOGDRAIN_GATEWAY_CA_FILE", value_name = "PATH")]
     pub gateway_ca_file: Option<PathBuf>,
 
+    /// PEM client certificate, for a gateway that requires mutual TLS
+    /// (`logdrain-gateway serve --tls-client-ca`). Needs --client-key.
+    #[arg(
+        long,
+        env = "LOGDRAIN_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "LOGDRAIN_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
     /// Also reap orphaned descendants when not running as PID 1 (Linux
     /// child subreaper). As PID 1 the shim always reaps them.
     #[arg(
@@ -180,6 +201,8 @@ impl fmt::Debug for Config {
             .field("batch_lines", &self.batch_lines)
             .field("batch_linger", &self.batch_linger)
             .field("gateway_ca_file", &self.gateway_ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .field("subreaper", &self.subreaper)
             .field("check", &self.check)
             .field("command", &self.command)
@@ -231,6 +254,19 @@ pub enum ConfigError {
     },
     #[error("--gateway-ca-file {path:?} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\"); give the CA certificate in PEM form")]
     CaFileNotPem { path: PathBuf },
+    #[error("cannot read {flag} {path:?}: {source}; point it at a readable PEM file or unset it")]
+    ClientFile {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{flag} {path:?} holds no PEM {what} (no \"-----BEGIN {what}\"); give it in PEM form")]
+    ClientFileNotPem {
+        flag: &'static str,
+        path: PathBuf,
+        what: &'static str,
+    },
 }
 
 /// The configuration after validation: everything the shim runs with.
@@ -249,6 +285,8 @@ pub struct Settings {
     pub batch_linger: Duration,
     /// Extra trusted CA certificates (PEM) for `https://` gateways.
     pub gateway_ca_pem: Option<Vec<u8>>,
+    /// Client certificate for gateways that require mutual TLS.
+    pub client_identity: Option<ClientIdentity>,
     /// Reap orphans even when not PID 1.
     pub subreaper: bool,
     /// Program and arguments (never empty, except with `--check`).
@@ -271,6 +309,7 @@ impl fmt::Debug for Settings {
                 "gateway_ca_pem",
                 &self.gateway_ca_pem.as_ref().map(Vec::len),
             )
+            .field("client_identity", &self.client_identity)
             .field("subreaper", &self.subreaper)
             .field("command", &self.command)
             .finish()
@@ -349,6 +388,14 @@ impl Config {
                 Some(pem)
             }
         };
+        let client_identity = match (self.client_cert, self.client_key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity {
+                cert_pem: read_pem("--client-cert", &cert, "CERTIFICATE")?,
+                key_pem: read_pem("--client-key", &key, "")?,
+            }),
+            // clap requires both or neither.
+            _ => None,
+        };
         Ok(Settings {
             gateways,
             token,
@@ -360,10 +407,30 @@ impl Config {
             batch_lines: self.batch_lines,
             batch_linger: self.batch_linger,
             gateway_ca_pem,
+            client_identity,
             subreaper: self.subreaper,
             command: self.command,
         })
     }
+}
+
+/// Reads a PEM file of the client identity; `what` is the expected block
+/// type after "-----BEGIN " (empty: any).
+fn read_pem(flag: &'static str, path: &Path, what: &'static str) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path).map_err(|source| ConfigError::ClientFile {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let marker = format!("-----BEGIN {what}");
+    if !pem.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+        return Err(ConfigError::ClientFileNotPem {
+            flag,
+            path: path.to_path_buf(),
+            what: if what.is_empty() { "PRIVATE KEY" } else { what },
+        });
+    }
+    Ok(pem)
 }
 
 /// Splits and checks a comma-separated list of gateway URLs.

@@ -235,6 +235,7 @@ fn stream_config(settings: &Settings, secrets: &Secrets) -> StreamConfig {
     StreamConfig {
         gateways: settings.gateways.clone(),
         gateway_ca_pem: settings.gateway_ca_pem.clone(),
+        client_identity: settings.client_identity.clone(),
         open: Open {
             token: settings.token.clone(),
             agent_id: settings.agent_id.clone(),

@@ -29,7 +29,7 @@ use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Uri};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use tonic::{Code, Status, Streaming};
 
 use crate::backoff::Backoff;
@@ -63,6 +63,8 @@ pub struct StreamConfig {
     pub gateways: Vec<Uri>,
     /// Extra CA certificates (PEM) for `https://` gateways.
     pub gateway_ca_pem: Option<Vec<u8>>,
+    /// Client certificate for gateways that require mutual TLS.
+    pub client_identity: Option<ClientIdentity>,
     /// The `Open` sent first on every stream (holds the token and secrets:
     /// never print it).
     pub open: Open,
@@ -76,20 +78,38 @@ pub struct StreamConfig {
     pub buffer_bytes: usize,
 }
 
+/// A client certificate and its private key, both PEM. `Debug` shows
+/// neither.
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientIdentity(<redacted>)")
+    }
+}
+
 /// Why a session ended (or could not start).
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("invalid TLS settings for gateway {url}: {}; check --gateway-ca-file", chain(.source))]
+    #[error("invalid TLS settings for gateway {url}: {}; check --gateway-ca-file, --client-cert and --client-key", chain(.source))]
     Tls {
         url: Uri,
         source: tonic::transport::Error,
     },
-    #[error("cannot connect: {}", chain(.0))]
+    #[error("cannot connect: {}{}", chain(.0), tls_hint(&chain(.0)))]
     Connect(tonic::transport::Error),
     #[error("no answer to the stream's opening within {0:?}")]
     OpenTimeout(Duration),
     #[error("{}", describe_status(.0))]
     Status(Status),
+    /// The stream ended before the gateway answered its opening; `hint`
+    /// is the likely fix when the status alone cannot tell.
+    #[error("{}{hint}", describe_status(.status))]
+    Refused { status: Status, hint: &'static str },
     #[error("the gateway closed the stream")]
     Closed,
     #[error(transparent)]
@@ -101,6 +121,27 @@ pub enum StreamError {
 struct Gateway {
     url: Uri,
     endpoint: Endpoint,
+    /// What to suggest when the TLS connection closes before the gateway
+    /// answered the opening (see [`mutual_tls_hint`]); empty for `http://`.
+    closed_at_opening_hint: &'static str,
+}
+
+/// Said when a TLS connection closes before the gateway answered: a gateway
+/// that requires client certificates does that to a refused one, and the
+/// alert that would say so is often lost in the race between the
+/// connection's end and the request.
+fn mutual_tls_hint(https: bool, has_identity: bool) -> &'static str {
+    match (https, has_identity) {
+        (false, _) => "",
+        (true, false) => {
+            "; if the gateway requires client certificates (mutual TLS), pass --client-cert \
+             and --client-key (LOGDRAIN_CLIENT_CERT / LOGDRAIN_CLIENT_KEY)"
+        }
+        (true, true) => {
+            "; if the gateway requires client certificates (mutual TLS), check that \
+             --client-cert is signed by the CA it was given with --tls-client-ca"
+        }
+    }
 }
 
 /// Ships the buffer to the gateways; see the module docs.
@@ -141,7 +182,15 @@ impl Shipper {
             .map(|url| {
                 Ok(Gateway {
                     url: url.clone(),
-                    endpoint: endpoint(url, config.gateway_ca_pem.as_deref())?,
+                    endpoint: endpoint(
+                        url,
+                        config.gateway_ca_pem.as_deref(),
+                        config.client_identity.as_ref(),
+                    )?,
+                    closed_at_opening_hint: mutual_tls_hint(
+                        url.scheme_str() == Some("https"),
+                        config.client_identity.is_some(),
+                    ),
                 })
             })
             .collect::<Result<Vec<_>, StreamError>>()?;
@@ -258,6 +307,7 @@ impl Shipper {
     async fn session(&mut self, index: usize) -> Result<(), StreamError> {
         let url = self.gateways[index].url.clone();
         let endpoint = self.gateways[index].endpoint.clone();
+        let closed_hint = self.gateways[index].closed_at_opening_hint;
         let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
         tx.try_send(ShimMessage {
             kind: Some(shim_message::Kind::Open(self.open.clone())),
@@ -271,7 +321,16 @@ impl Shipper {
             client
                 .ship(ReceiverStream::new(rx))
                 .await
-                .map_err(StreamError::Status)
+                .map_err(|status| {
+                    let dropped = matches!(status.code(), Code::Cancelled | Code::Unknown);
+                    let explained = !tls_hint(&describe_status(&status)).is_empty();
+                    let hint = if dropped && !explained {
+                        closed_hint
+                    } else {
+                        ""
+                    };
+                    StreamError::Refused { status, hint }
+                })
         };
         let response = tokio::select! {
             opened = tokio::time::timeout(CONNECT_TIMEOUT, opening) => {
@@ -397,7 +456,11 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
 }
 
 /// The tonic endpoint for one gateway URL: timeouts, keepalive, TLS.
-pub(crate) fn endpoint(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Endpoint, StreamError> {
+pub(crate) fn endpoint(
+    url: &Uri,
+    ca_pem: Option<&[u8]>,
+    identity: Option<&ClientIdentity>,
+) -> Result<Endpoint, StreamError> {
     let endpoint = Endpoint::from(url.clone())
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -410,6 +473,9 @@ pub(crate) fn endpoint(url: &Uri, ca_pem: Option<&[u8]>) -> Result<Endpoint, Str
     let mut tls = ClientTlsConfig::new().with_webpki_roots();
     if let Some(pem) = ca_pem {
         tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    if let Some(identity) = identity {
+        tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
     }
     endpoint.tls_config(tls).map_err(|source| StreamError::Tls {
         url: url.clone(),
@@ -436,7 +502,38 @@ fn describe_status(status: &Status) -> String {
         Code::Unavailable => format!(
             "the gateway is unavailable (UNAVAILABLE: {message}); lines wait in the buffer"
         ),
-        code => format!("the gateway ended the stream ({}: {message})", code_name(code)),
+        code => {
+            // A broken connection (a TLS alert such as a refused client
+            // certificate) is explained only in the status's sources.
+            let cause = StdError::source(status).map(chain).unwrap_or_default();
+            let detail = match cause.strip_prefix(message) {
+                _ if cause.is_empty() => message.to_string(),
+                Some(rest) => format!("{message}{rest}"),
+                None => format!("{message}: {cause}"),
+            };
+            format!(
+                "the gateway ended the stream ({}: {detail}){}",
+                code_name(code),
+                tls_hint(&detail)
+            )
+        }
+    }
+}
+
+/// The fix for a TLS failure named in `detail` (rustls's names for the
+/// alerts and verification errors), or nothing.
+fn tls_hint(detail: &str) -> &'static str {
+    if detail.contains("CertificateRequired") {
+        "; the gateway requires a client certificate: pass --client-cert and --client-key \
+         (LOGDRAIN_CLIENT_CERT / LOGDRAIN_CLIENT_KEY) signed by its client CA"
+    } else if detail.contains("UnknownCA") || detail.contains("BadCertificate") {
+        "; the gateway does not accept this client certificate: use one signed by the CA it \
+         was given with --tls-client-ca"
+    } else if detail.contains("invalid peer certificate") {
+        "; the gateway's certificate is not trusted or not for this host name: pass its CA \
+         with --gateway-ca-file and connect with a name its certificate holds"
+    } else {
+        ""
     }
 }
 
@@ -500,8 +597,23 @@ mod tests {
     }
 
     #[test]
+    fn tls_failures_name_their_fix() {
+        assert!(tls_hint("received fatal alert: CertificateRequired").contains("--client-cert"));
+        assert!(tls_hint("received fatal alert: UnknownCA").contains("--tls-client-ca"));
+        assert!(tls_hint("invalid peer certificate: UnknownIssuer").contains("--gateway-ca-file"));
+        assert_eq!(tls_hint("Connection refused"), "");
+    }
+
+    #[test]
+    fn a_tls_connection_closed_at_opening_suggests_the_client_certificate() {
+        assert_eq!(mutual_tls_hint(false, false), "");
+        assert!(mutual_tls_hint(true, false).contains("--client-cert"));
+        assert!(mutual_tls_hint(true, true).contains("--tls-client-ca"));
+    }
+
+    #[test]
     fn https_endpoints_get_tls_and_http_ones_do_not() {
-        assert!(endpoint(&"https://gw.example:443".parse().unwrap(), None).is_ok());
-        assert!(endpoint(&"http://127.0.0.1:1".parse().unwrap(), None).is_ok());
+        assert!(endpoint(&"https://gw.example:443".parse().unwrap(), None, None).is_ok());
+        assert!(endpoint(&"http://127.0.0.1:1".parse().unwrap(), None, None).is_ok());
     }
 }

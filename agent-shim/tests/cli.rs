@@ -134,6 +134,8 @@ fn help_mentions_every_environment_variable() {
         "LOGDRAIN_BATCH_LINES",
         "LOGDRAIN_BATCH_LINGER",
         "LOGDRAIN_GATEWAY_CA_FILE",
+        "LOGDRAIN_CLIENT_CERT",
+        "LOGDRAIN_CLIENT_KEY",
         "LOGDRAIN_SUBREAPER",
     ]
     .iter()

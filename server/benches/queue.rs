@@ -9,7 +9,7 @@ use std::error::Error;
 use std::time::Instant;
 
 use bytes::Bytes;
-use logdrain_gateway::queue::{Append, Cursor, Line, Queue};
+use logdrain_gateway::queue::{Append, Cursor, Line, Queue, SealKey};
 use logdrain_gateway::route::{DestinationKind, RouteKey, Secrets};
 
 const TOTAL_LINES: u64 = 1_000_000;
@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
 async fn run() -> Result<(), Box<dyn Error>> {
     let dir = tempfile::TempDir::new()?;
-    let (queue, _) = Queue::open(dir.path())?;
+    let (queue, _) = Queue::open(dir.path(), SealKey::derive(b"bench-signing-key"))?;
     let route = RouteKey {
         agent_id: "bench-agent".to_string(),
         kind: DestinationKind::Datadog,

@@ -18,6 +18,8 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::queue::SealKey;
+
 const TOKEN_PREFIX: &str = "ld1_";
 const KEY_FILE: &str = "signing.key";
 /// Shortest signing key accepted from the environment, in bytes.
@@ -140,6 +142,12 @@ impl SigningKey {
         let mut mac = self.mac("logdrain-ingest-token-v1");
         mac.update(agent_id.as_bytes());
         mac.verify_slice(&tag).is_ok()
+    }
+
+    /// The key that encrypts route secrets at rest, derived from this key
+    /// with HKDF-SHA256 under a label of its own.
+    pub fn seal_key(&self) -> SealKey {
+        SealKey::derive(&self.0)
     }
 
     /// A key derived for hashing destination credentials into route ids, so

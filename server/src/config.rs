@@ -98,6 +98,37 @@ pub struct ServeConfig {
     /// How long a new stream may take to send its opening message.
     #[arg(long, env = "LOGDRAIN_OPEN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub open_timeout: Duration,
+
+    /// PEM certificate (chain) of the gateway. With --tls-key, both the
+    /// gRPC and the HTTP listener speak TLS only (clients use https://).
+    #[arg(
+        long,
+        env = "LOGDRAIN_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "LOGDRAIN_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate(s) of the CA that signs client certificates. When
+    /// set, gRPC clients (shims, tail) must present a certificate it signed
+    /// (mutual TLS). The HTTP listener never asks for one: its status
+    /// endpoint needs a token and the others hold no secrets.
+    #[arg(
+        long,
+        env = "LOGDRAIN_TLS_CLIENT_CA",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -131,6 +162,29 @@ pub struct TailConfig {
     /// Print one JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// PEM file with extra CA certificates to trust for an `https://`
+    /// gateway (for a private CA). The Mozilla roots are always trusted.
+    #[arg(long, env = "LOGDRAIN_GATEWAY_CA_FILE", value_name = "PATH")]
+    pub gateway_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate, for a gateway that requires mutual TLS.
+    #[arg(
+        long,
+        env = "LOGDRAIN_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "LOGDRAIN_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -219,6 +273,19 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Config::command().debug_assert();
+    }
+
+    #[test]
+    fn a_tls_certificate_without_its_key_is_refused_naming_the_missing_option() {
+        let err = Config::try_parse_from(["logdrain-gateway", "serve", "--tls-cert", "gw.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--tls-key"), "{err}");
+        let err =
+            Config::try_parse_from(["logdrain-gateway", "serve", "--tls-client-ca", "ca.pem"])
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("--tls-cert"), "{err}");
     }
 
     #[test]

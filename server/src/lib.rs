@@ -16,6 +16,7 @@
 //! * [`sinks`] holds the delivery engine (batching, retry, backoff,
 //!   Retry-After, isolation — written once) and one folder per vendor.
 //! * [`metrics`] names every metric the gateway exports.
+//! * [`tls`] loads the gateway's certificates and runs TLS handshakes.
 //!
 //! The binary (`main.rs`) only parses [`config::Config`] and calls into here.
 #![forbid(unsafe_code)]
@@ -31,3 +32,4 @@ pub mod serve;
 pub mod shutdown;
 pub mod sinks;
 pub mod tail_client;
+pub mod tls;

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::StreamExt;
 
 use crate::auth::{AuthError, SigningKey};
 use crate::config::ServeConfig;
@@ -24,6 +25,7 @@ use crate::queue::{Queue, QueueError};
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::{Engine, EngineSettings};
 use crate::sinks::{cloudwatch, SinkError, SinkFactory, SinkSettings};
+use crate::tls::{ServerTls, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -49,6 +51,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("the HTTP server failed: {0}")]
     Http(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Runs the gateway until `stop` resolves, then shuts down cleanly.
@@ -57,13 +61,27 @@ pub async fn run(
     metrics_handle: PrometheusHandle,
     stop: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(ServerTls::load(cert, key, config.tls_client_ca.as_deref())?)
+        }
+        // clap requires both or neither.
+        _ => None,
+    };
     let data_dir = &config.key.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| ServeError::DataDir {
         path: data_dir.display().to_string(),
         source,
     })?;
     let key = SigningKey::load(config.key.signing_key.as_deref(), data_dir)?;
-    let (queue, report) = Queue::open(&data_dir.join("queue"))?;
+    if config.key.signing_key.is_none() {
+        tracing::warn!(
+            "the signing key is read from the data dir, so a copy of the data dir can decrypt the \
+             route secrets stored in it; set LOGDRAIN_SIGNING_KEY from a secret store to keep the \
+             key out of it"
+        );
+    }
+    let (queue, report) = Queue::open(&data_dir.join("queue"), key.seal_key())?;
     if report.quarantined > 0 {
         tracing::error!(
             quarantined = report.quarantined,
@@ -118,7 +136,13 @@ pub async fn run(
     let http_addr = http_listener.local_addr().unwrap_or(config.http_listen);
     // A stable line on stdout tells scripts and tests where we listen.
     println!("logdrain-gateway: listening grpc={grpc_addr} http={http_addr}");
-    tracing::info!(%grpc_addr, %http_addr, "serving");
+    tracing::info!(
+        %grpc_addr,
+        %http_addr,
+        tls = tls.is_some(),
+        client_certificates = tls.as_ref().is_some_and(|t| t.mutual),
+        "serving"
+    );
 
     let service = IngestService::new(
         queue.clone(),
@@ -128,30 +152,46 @@ pub async fn run(
         config.open_timeout,
     );
     let grpc_shutdown = shutdown.clone();
-    let grpc_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-                grpc_shutdown.wait().await
-            }),
-    );
+    let grpc_server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(service.into_server());
+    let grpc_stop = async move { grpc_shutdown.wait().await };
+    let grpc_task = match &tls {
+        None => tokio::spawn(
+            grpc_server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stop),
+        ),
+        Some(tls) => {
+            let incoming = ReceiverStream::new(tls.accept_grpc(grpc)).map(Ok::<_, std::io::Error>);
+            tokio::spawn(grpc_server.serve_with_incoming_shutdown(incoming, grpc_stop))
+        }
+    };
     let http_shutdown = shutdown.clone();
-    let http_task = tokio::spawn(
-        axum::serve(
-            http_listener,
-            http::router(HttpState {
-                metrics: metrics_handle,
-                engine: engine.clone(),
-                queue: queue.clone(),
-                key,
-                shutdown: shutdown.clone(),
-            }),
-        )
-        .with_graceful_shutdown(async move { http_shutdown.wait().await })
-        .into_future(),
-    );
+    let router = http::router(HttpState {
+        metrics: metrics_handle,
+        engine: engine.clone(),
+        queue: queue.clone(),
+        key,
+        shutdown: shutdown.clone(),
+    });
+    let http_stop = async move { http_shutdown.wait().await };
+    let http_task = match &tls {
+        None => tokio::spawn(
+            axum::serve(http_listener, router)
+                .with_graceful_shutdown(http_stop)
+                .into_future(),
+        ),
+        Some(tls) => {
+            let listener = tls
+                .https_listener(http_listener)
+                .map_err(ServeError::Http)?;
+            tokio::spawn(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(http_stop)
+                    .into_future(),
+            )
+        }
+    };
 
     stop.await;
     tracing::info!("shutting down: refusing new streams, acking what is durable");

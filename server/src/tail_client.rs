@@ -8,7 +8,7 @@ use std::io::Write;
 
 use logdrain::v1::drain_client::DrainClient;
 use logdrain::v1::{Origin, StreamKind, TailLine, TailRequest};
-use tonic::transport::{ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::TailConfig;
 
@@ -24,6 +24,17 @@ pub enum TailError {
     Stream(String),
     #[error("cannot write to stdout: {0}")]
     Output(std::io::Error),
+    #[error("cannot read {flag} {path:?}: {source}; point it at a readable PEM file")]
+    ReadPem {
+        flag: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{flag} {path:?} holds no PEM block (\"-----BEGIN ...\"); give the file in PEM form")]
+    NotPem {
+        flag: &'static str,
+        path: std::path::PathBuf,
+    },
 }
 
 /// Follows the agent until the gateway ends the stream or `stop` resolves.
@@ -38,16 +49,24 @@ pub async fn run(
         reason: e.to_string(),
     })?;
     if config.gateway.scheme() == "https" {
-        endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().with_webpki_roots())
-            .map_err(|e| TailError::BadUrl {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+        let mut tls = ClientTlsConfig::new().with_webpki_roots();
+        if let Some(path) = &config.gateway_ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read_pem("--gateway-ca-file", path)?));
+        }
+        if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                read_pem("--client-cert", cert)?,
+                read_pem("--client-key", key)?,
+            ));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| TailError::BadUrl {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
     }
     let channel = endpoint.connect().await.map_err(|e| TailError::Connect {
         url: url.clone(),
-        reason: e.to_string(),
+        reason: error_chain(&e),
     })?;
     let mut client =
         DrainClient::new(channel).max_decoding_message_size(logdrain::MAX_MESSAGE_BYTES);
@@ -57,7 +76,11 @@ pub async fn run(
             agent_id: config.agent_id.clone(),
         })
         .await
-        .map_err(|s| TailError::Refused(s.message().to_string()))?
+        .map_err(|s| {
+            let without_identity =
+                config.gateway.scheme() == "https" && config.client_cert.is_none();
+            TailError::Refused(refusal(&s, without_identity))
+        })?
         .into_inner();
     tokio::pin!(stop);
     loop {
@@ -76,6 +99,58 @@ pub async fn run(
             Err(status) => return Err(TailError::Stream(status.message().to_string())),
         }
     }
+}
+
+/// Why the gateway refused, with the TLS cause when there is one (a refused
+/// client certificate shows only in the status's sources, if at all: the
+/// alert can be lost in the race between the connection's end and the
+/// request, hence the hint for a TLS connection `without_identity`).
+fn refusal(status: &tonic::Status, without_identity: bool) -> String {
+    let cause = match std::error::Error::source(status) {
+        Some(source) => error_chain(source),
+        None => status.message().to_string(),
+    };
+    let dropped = matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown);
+    let hint = if cause.contains("CertificateRequired") {
+        "; the gateway requires a client certificate: pass --client-cert and --client-key"
+    } else if cause.contains("UnknownCA") || cause.contains("BadCertificate") {
+        "; the gateway does not accept this client certificate: use one signed by its client CA"
+    } else if without_identity && dropped {
+        "; if the gateway requires client certificates (mutual TLS), pass --client-cert and \
+         --client-key"
+    } else {
+        ""
+    };
+    format!("{cause}{hint}")
+}
+
+/// Reads a PEM file given on the command line.
+fn read_pem(flag: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TailError> {
+    let pem = std::fs::read(path).map_err(|source| TailError::ReadPem {
+        flag,
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(TailError::NotPem {
+            flag,
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(pem)
+}
+
+/// An error with its sources, so a TLS failure names the certificate
+/// problem rather than only "transport error".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 fn write_line(out: &mut (dyn Write + Send), item: &TailLine, json: bool) -> std::io::Result<()> {

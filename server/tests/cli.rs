@@ -20,6 +20,9 @@ fn serve_help_documents_every_environment_variable() {
         "LOGDRAIN_SIGNING_KEY",
         "LOGDRAIN_DATADOG_URL",
         "LOGDRAIN_SHUTDOWN_GRACE",
+        "LOGDRAIN_TLS_CERT",
+        "LOGDRAIN_TLS_KEY",
+        "LOGDRAIN_TLS_CLIENT_CA",
     ] {
         assert!(
             help.contains(var),
@@ -116,4 +119,36 @@ fn a_busy_listen_address_is_reported_with_the_flag_to_change() {
         err.contains(&addr) && err.contains("LOGDRAIN_GRPC_LISTEN"),
         "{err}"
     );
+}
+
+#[test]
+fn serve_refuses_to_start_with_an_unreadable_tls_certificate_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, "not a key").unwrap();
+    let out = gateway()
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("LOGDRAIN_SIGNING_KEY", "a-signing-key-of-enough-length")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--tls-cert") && err.contains("missing-cert.pem"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "nothing was served");
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
-use logdrain_gateway::queue::{Append, Cursor, Line, Queue};
+use logdrain_gateway::queue::{Append, Cursor, Line, Queue, SealKey};
 use logdrain_gateway::route::{DestinationKind, RouteKey, Secrets};
 use rand::Rng;
 
@@ -129,7 +129,7 @@ fn verify(
     acked: &HashMap<(u32, u32), u64>,
     delivered: &HashMap<(u32, u32), u64>,
 ) {
-    let (queue, report) = Queue::open(dir).unwrap();
+    let (queue, report) = Queue::open(dir, SealKey::derive(b"crash-test-signing-key")).unwrap();
     assert_eq!(report.quarantined, 0, "a crash must not corrupt entries");
     assert_eq!(report.routes, 2);
 
@@ -198,7 +198,7 @@ fn child(dir: &Path, round: u32) {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let (queue, _) = Queue::open(dir).unwrap();
+        let (queue, _) = Queue::open(dir, SealKey::derive(b"crash-test-signing-key")).unwrap();
         let secrets = Secrets(BTreeMap::from([(
             "DATADOG_TOKEN".to_string(),
             "token".to_string(),

@@ -5,6 +5,8 @@
 //! always rebuilds them before running these).
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -106,11 +108,21 @@ impl Gateway {
                 std::fs::read_to_string(&log).unwrap_or_default()
             )
         });
-        // Keep draining stdout so the gateway never blocks on it.
+        // Keep draining stdout so the gateway never blocks on it; what it
+        // prints goes to the log too, after its stderr.
+        let mut stdout_log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .expect("gateway log file");
         std::thread::spawn(move || {
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            use std::io::Write;
+            let mut sink = line;
+            loop {
+                let _ = stdout_log.write_all(sink.as_bytes());
                 sink.clear();
+                if !reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                    break;
+                }
             }
         });
         Gateway {
@@ -126,6 +138,16 @@ impl Gateway {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// The gRPC URL of a gateway started with TLS (see [`pki::Pki`]).
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
+    /// The `https://` base URL of the HTTP endpoints of a TLS gateway.
+    pub fn https_base(&self) -> String {
+        format!("https://{}", self.http)
     }
 
     /// SIGKILL, no chance to clean up.

@@ -115,4 +115,17 @@ pub enum RecordError {
 
     #[error("key does not match the queue's key layout")]
     Key,
+
+    /// A sealed route record whose key id is not this gateway's.
+    #[error(
+        "the record was sealed under another key (key id {found:08x}; this gateway's is \
+         {expected:08x}): the signing key changed; start the gateway with the signing key it had \
+         when the route was stored (LOGDRAIN_SIGNING_KEY or signing.key in the data dir) to \
+         deliver this route's lines"
+    )]
+    OtherKey { found: u32, expected: u32 },
+
+    /// A sealed record with the right key id that does not authenticate.
+    #[error("the sealed record does not authenticate (damaged, or moved from another key)")]
+    Unauthentic,
 }

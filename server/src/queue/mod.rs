@@ -18,9 +18,11 @@
 //! * Entries that cannot be decoded are moved to the `quarantine` tree, at
 //!   open or when a read meets them; they never make open fail.
 //!
-//! Route secrets are stored with each route record (one function pair in
-//! `records.rs`, to be wrapped by encryption at rest) and never appear in
-//! `Debug`, errors or logs. This module must not know about gRPC, vendors or
+//! Route secrets are stored with each route record, encrypted with a
+//! [`SealKey`] (one function pair in `records.rs`, the cipher in `seal.rs`),
+//! and never appear in `Debug`, errors or logs. A route record sealed under
+//! another key (the signing key changed) is reported at open and keeps its
+//! lines, but is not delivered. This module must not know about gRPC, vendors or
 //! delivery policy.
 
 mod append;
@@ -30,6 +32,7 @@ mod index;
 mod keys;
 mod open;
 mod records;
+mod seal;
 mod segment;
 #[cfg(test)]
 mod tests;
@@ -46,6 +49,7 @@ use tokio::sync::watch;
 
 pub use error::{QueueError, RecordError};
 pub use logdrain::v1::Line;
+pub use seal::SealKey;
 
 use crate::metrics;
 use crate::route::{RouteKey, Secrets};
@@ -104,6 +108,11 @@ pub struct OpenReport {
     pub quarantined: u64,
     /// Routes stored.
     pub routes: usize,
+    /// Of those, routes whose secrets were sealed under another key (the
+    /// signing key changed): their lines are kept but not delivered.
+    pub sealed_under_other_key: usize,
+    /// Route records stored in plain text by an older version, re-sealed.
+    pub resealed: usize,
 }
 
 /// Appends of one stream are serialized by one of this many locks (picked
@@ -153,6 +162,8 @@ struct Inner {
     agents: RwLock<HashMap<Arc<str>, Arc<Agent>>>,
     streams: Box<[Mutex<()>]>,
     stream_hasher: RandomState,
+    /// Seals route secrets at rest.
+    seal: SealKey,
     /// Next segment id; segment ids are never reused.
     next_segment: AtomicU64,
     commit: GroupCommit,
@@ -178,13 +189,15 @@ impl fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Opens (creating if needed) the sled database in `dir`.
+    /// Opens (creating if needed) the sled database in `dir`; route secrets
+    /// are sealed with `seal`.
     ///
     /// Rebuilds the index from segment headers (verifying every segment's
-    /// checksum), moves undecodable entries to the quarantine tree, frees
-    /// segments no stored route holds, and sets the depth metrics.
-    pub fn open(dir: &Path) -> Result<(Queue, OpenReport), QueueError> {
-        open::open(dir)
+    /// checksum), moves undecodable entries to the quarantine tree, re-seals
+    /// route records an older version stored in plain text, frees segments
+    /// no stored route holds, and sets the depth metrics.
+    pub fn open(dir: &Path, seal: SealKey) -> Result<(Queue, OpenReport), QueueError> {
+        open::open(dir, seal)
     }
 
     /// Appends a batch of a stream and returns once it is durable.
@@ -232,9 +245,9 @@ impl Queue {
         let inner = &self.inner;
         let agent = inner.agent(&route.agent_id);
         let mut index = lock(&agent.index);
-        inner
-            .db
-            .insert(keys::route(route), records::seal_secrets(secrets))?;
+        let key = keys::route(route);
+        let sealed = records::seal_secrets(&inner.seal, &key, secrets);
+        inner.db.insert(key, sealed)?;
         if !index.has_route(route) {
             // A cursor survives when its route record was quarantined.
             let cursor = match inner.db.get(keys::cursor(route))? {
@@ -246,7 +259,8 @@ impl Queue {
         Ok(())
     }
 
-    /// Every stored route with its secrets.
+    /// Every stored route with its secrets, except routes sealed under
+    /// another key (counted in [`OpenReport::sealed_under_other_key`]).
     pub fn routes(&self) -> Result<Vec<(RouteKey, Secrets)>, QueueError> {
         let mut routes = Vec::new();
         for item in self.inner.db.scan_prefix(keys::route_prefix()) {
@@ -254,8 +268,11 @@ impl Queue {
             let Some(keys::Parsed::Route(route)) = keys::parse(&key) else {
                 return Err(corrupt(&key, RecordError::Key));
             };
-            let secrets = records::unseal_secrets(&value).map_err(|e| corrupt(&key, e))?;
-            routes.push((route, secrets));
+            match records::unseal_secrets(&self.inner.seal, &key, &value) {
+                Ok(secrets) => routes.push((route, secrets)),
+                Err(RecordError::OtherKey { .. }) => {}
+                Err(e) => return Err(corrupt(&key, e)),
+            }
         }
         Ok(routes)
     }

@@ -6,6 +6,9 @@
 //! not decoded. An entry that cannot be decoded (or a key of no known
 //! layout) is moved to the `quarantine` tree and counted; it never makes
 //! open fail. Segments that no stored route holds any more are deleted.
+//! Route records stored in plain text by older versions are re-sealed; a
+//! route record sealed under another key is reported and keeps its
+//! segments (the right key, restored, delivers them).
 //! This module must not be used after open: the running queue keeps its
 //! index up to date itself.
 
@@ -18,6 +21,7 @@ use super::commit::GroupCommit;
 use super::error::{QueueError, RecordError};
 use super::index::{AgentIndex, SegMeta};
 use super::keys::{self, Parsed};
+use super::seal::SealKey;
 use super::{records, segment, Agent, Cursor, Inner, OpenReport, Queue, STREAM_LOCKS};
 use crate::metrics;
 use crate::route::RouteKey;
@@ -28,7 +32,7 @@ const QUARANTINE_TREE: &str = "quarantine";
 /// Format version written under [`keys::FORMAT_KEY`].
 const FORMAT_VERSION: u8 = 1;
 
-pub(super) fn open(dir: &Path) -> Result<(Queue, OpenReport), QueueError> {
+pub(super) fn open(dir: &Path, seal: SealKey) -> Result<(Queue, OpenReport), QueueError> {
     let db = sled::Config::new()
         .path(dir)
         .open()
@@ -39,7 +43,7 @@ pub(super) fn open(dir: &Path) -> Result<(Queue, OpenReport), QueueError> {
     let quarantine = db.open_tree(QUARANTINE_TREE)?;
     check_format(&db, dir)?;
 
-    let mut scan = Scan::default();
+    let mut scan = Scan::new(seal.clone());
     for item in db.iter() {
         let (key, value) = item?;
         scan.visit(&key, &value);
@@ -54,6 +58,24 @@ pub(super) fn open(dir: &Path) -> Result<(Queue, OpenReport), QueueError> {
         quarantine.insert(key, value.clone())?;
         db.remove(key)?;
     }
+    for (key, value) in &scan.plain {
+        db.insert(key, records::seal_secrets(&seal, key, value))?;
+    }
+    if !scan.plain.is_empty() {
+        tracing::info!(
+            routes = scan.plain.len(),
+            "route records stored in plain text by an older version were encrypted"
+        );
+    }
+    if scan.other_key > 0 {
+        tracing::error!(
+            routes = scan.other_key,
+            key_id = format_args!("{:08x}", seal.id()),
+            "route secrets were sealed under another key: the signing key changed; their lines \
+             are kept but not delivered; start the gateway with the signing key it had before \
+             (LOGDRAIN_SIGNING_KEY or signing.key in the data dir)"
+        );
+    }
     let quarantined = scan.bad.len() as u64;
     // Also when 0, so the series exists for alerts from the first scrape.
     metrics::quarantined(quarantined);
@@ -63,6 +85,8 @@ pub(super) fn open(dir: &Path) -> Result<(Queue, OpenReport), QueueError> {
         lines: 0,
         quarantined,
         routes: scan.routes,
+        sealed_under_other_key: scan.other_key,
+        resealed: scan.plain.len(),
     };
     let mut agents = HashMap::with_capacity(scan.agents.len());
     for (agent_id, mut index) in scan.agents {
@@ -81,6 +105,7 @@ pub(super) fn open(dir: &Path) -> Result<(Queue, OpenReport), QueueError> {
         agents: RwLock::new(agents),
         streams: (0..STREAM_LOCKS).map(|_| Mutex::new(())).collect(),
         stream_hasher: Default::default(),
+        seal,
         next_segment: AtomicU64::new(scan.max_segment.saturating_add(1)),
         commit: GroupCommit::new(db),
     };
@@ -115,17 +140,34 @@ fn check_format(db: &sled::Db, dir: &Path) -> Result<(), QueueError> {
 }
 
 /// What one pass over the database found.
-#[derive(Default)]
 struct Scan {
+    seal: SealKey,
     agents: HashMap<Arc<str>, AgentIndex>,
     cursors: HashMap<RouteKey, Cursor>,
     routes: usize,
+    /// Routes sealed under another key.
+    other_key: usize,
+    /// Plain-text route records (older versions) to re-seal.
+    plain: Vec<(sled::IVec, crate::route::Secrets)>,
     /// Highest segment id referenced by a segment key or a cursor.
     max_segment: u64,
     bad: Vec<(sled::IVec, sled::IVec, RecordError)>,
 }
 
 impl Scan {
+    fn new(seal: SealKey) -> Self {
+        Self {
+            seal,
+            agents: HashMap::new(),
+            cursors: HashMap::new(),
+            routes: 0,
+            other_key: 0,
+            plain: Vec::new(),
+            max_segment: 0,
+            bad: Vec::new(),
+        }
+    }
+
     fn visit(&mut self, key: &sled::IVec, value: &sled::IVec) {
         let result = match keys::parse(key) {
             Some(Parsed::Cursor(route)) => records::decode_cursor(value).map(|cursor| {
@@ -134,11 +176,30 @@ impl Scan {
             }),
             Some(Parsed::Hwm) => records::decode_hwm(value).map(drop),
             Some(Parsed::Meta) => Ok(()),
-            Some(Parsed::Route(route)) => records::unseal_secrets(value).map(|_| {
-                let cursor = self.cursors.get(&route).copied();
-                self.agent(&route.agent_id).add_route(&route, cursor);
-                self.routes += 1;
-            }),
+            Some(Parsed::Route(route)) => {
+                let held = match records::unseal_secrets(&self.seal, key, value) {
+                    Ok(secrets) => {
+                        if records::is_plain(value) {
+                            self.plain.push((key.clone(), secrets));
+                        }
+                        Ok(())
+                    }
+                    Err(RecordError::OtherKey { .. }) => {
+                        tracing::error!(
+                            route = %keys::describe(key),
+                            "route secrets sealed under another key; its lines are kept"
+                        );
+                        self.other_key += 1;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                held.map(|()| {
+                    let cursor = self.cursors.get(&route).copied();
+                    self.agent(&route.agent_id).add_route(&route, cursor);
+                    self.routes += 1;
+                })
+            }
             Some(Parsed::Segment { agent_id, segment }) => {
                 self.max_segment = self.max_segment.max(segment);
                 segment::decode_header(value).map(|checked| {

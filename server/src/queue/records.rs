@@ -2,13 +2,16 @@
 //! records, and the checksummed frame that segments and route records share.
 //!
 //! Route secrets become bytes in exactly one function pair,
-//! [`seal_secrets`] / [`unseal_secrets`], so encryption at rest can wrap it.
-//! Nothing here formats a secret: the stored-route message has no `Debug`.
+//! [`seal_secrets`] / [`unseal_secrets`], which encrypts them (`seal.rs`).
+//! Records written in plain text by older versions (a frame of version 1)
+//! are still read; open re-seals them. Nothing here formats a secret: the
+//! stored-route message has no `Debug`.
 //! Decoding never panics on bad bytes; it returns a [`RecordError`].
 
 use std::collections::BTreeMap;
 
 use super::error::RecordError;
+use super::seal::SealKey;
 use super::Cursor;
 use crate::route::Secrets;
 
@@ -96,11 +99,45 @@ struct StoredSecrets {
     secrets: BTreeMap<String, String>,
 }
 
-/// Turns a route's secrets into the bytes stored on disk.
+/// Turns a route's secrets into the bytes stored on disk: the protobuf
+/// record, encrypted under `key` and bound to `context` (the route's sled
+/// key).
 ///
 /// With [`unseal_secrets`], the only place secrets cross the storage
-/// boundary: encryption at rest wraps this pair.
-pub(crate) fn seal_secrets(secrets: &Secrets) -> Vec<u8> {
+/// boundary.
+pub(crate) fn seal_secrets(key: &SealKey, context: &[u8], secrets: &Secrets) -> Vec<u8> {
+    let stored = StoredSecrets {
+        secrets: secrets.0.clone(),
+    };
+    key.seal(context, &prost::Message::encode_to_vec(&stored))
+}
+
+/// Reads secrets stored by [`seal_secrets`], or by an older version in plain
+/// text (see [`is_plain`]).
+pub(crate) fn unseal_secrets(
+    key: &SealKey,
+    context: &[u8],
+    value: &[u8],
+) -> Result<Secrets, RecordError> {
+    let stored: StoredSecrets = if is_plain(value) {
+        let start = unframe(value)?;
+        prost::Message::decode(&value[start..])?
+    } else {
+        prost::Message::decode(key.open(context, value)?.as_slice())?
+    };
+    Ok(Secrets(stored.secrets))
+}
+
+/// Whether a route record is in the plain-text format of older versions
+/// (to be re-sealed).
+pub(crate) fn is_plain(value: &[u8]) -> bool {
+    value.first() == Some(&FRAME_VERSION)
+}
+
+/// A route record in the plain-text format of older versions (tests of the
+/// migration).
+#[cfg(test)]
+pub(crate) fn plain_secrets_for_tests(secrets: &Secrets) -> Vec<u8> {
     let stored = StoredSecrets {
         secrets: secrets.0.clone(),
     };
@@ -109,36 +146,67 @@ pub(crate) fn seal_secrets(secrets: &Secrets) -> Vec<u8> {
     frame_finish(out)
 }
 
-/// Reads secrets stored by [`seal_secrets`].
-pub(crate) fn unseal_secrets(value: &[u8]) -> Result<Secrets, RecordError> {
-    let start = unframe(value)?;
-    let stored: StoredSecrets = prost::Message::decode(&value[start..])?;
-    Ok(Secrets(stored.secrets))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn secrets_round_trip_and_corruption_is_detected() {
-        let secrets = Secrets(BTreeMap::from([(
+    fn secrets() -> Secrets {
+        Secrets(BTreeMap::from([(
             "DATADOG_TOKEN".to_string(),
-            "tok".to_string(),
-        )]));
-        let mut sealed = seal_secrets(&secrets);
-        assert_eq!(unseal_secrets(&sealed).ok(), Some(secrets));
+            "tok-visible-in-plain".to_string(),
+        )]))
+    }
+
+    #[test]
+    fn sealed_secrets_round_trip_and_are_not_readable_on_disk() {
+        let key = SealKey::derive(b"0123456789abcdef0123");
+        let mut sealed = seal_secrets(&key, b"r/route", &secrets());
+        assert!(!is_plain(&sealed));
+        assert!(!sealed.windows(20).any(|w| w == b"tok-visible-in-plain"));
+        assert_eq!(
+            unseal_secrets(&key, b"r/route", &sealed).ok(),
+            Some(secrets())
+        );
         let last = sealed.len() - 1;
         sealed[last] ^= 0xff;
         assert!(matches!(
-            unseal_secrets(&sealed),
-            Err(RecordError::Checksum { .. })
+            unseal_secrets(&key, b"r/route", &sealed),
+            Err(RecordError::Unauthentic)
         ));
-        assert!(unseal_secrets(&[]).is_err());
+        assert!(unseal_secrets(&key, b"r/route", &[]).is_err());
         assert!(matches!(
-            unseal_secrets(&[9, 0, 0, 0, 0]),
+            unseal_secrets(&key, b"r/route", &[9; 40]),
             Err(RecordError::Version(9))
         ));
+    }
+
+    #[test]
+    fn plain_records_of_older_versions_are_still_read() {
+        let key = SealKey::derive(b"0123456789abcdef0123");
+        let mut plain = plain_secrets_for_tests(&secrets());
+        assert!(is_plain(&plain));
+        assert_eq!(
+            unseal_secrets(&key, b"r/route", &plain).ok(),
+            Some(secrets())
+        );
+        let last = plain.len() - 1;
+        plain[last] ^= 0xff;
+        assert!(matches!(
+            unseal_secrets(&key, b"r/route", &plain),
+            Err(RecordError::Checksum { .. })
+        ));
+    }
+
+    #[test]
+    fn a_record_sealed_under_another_key_names_the_signing_key_as_the_fix() {
+        let old = SealKey::derive(b"0123456789abcdef0123");
+        let new = SealKey::derive(b"fedcba9876543210fedc");
+        let sealed = seal_secrets(&old, b"r/route", &secrets());
+        let err = unseal_secrets(&new, b"r/route", &sealed).unwrap_err();
+        assert!(matches!(err, RecordError::OtherKey { .. }));
+        let shown = err.to_string();
+        assert!(shown.contains("signing key changed"), "{shown}");
+        assert!(!shown.contains("tok-visible-in-plain"));
     }
 
     #[test]

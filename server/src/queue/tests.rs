@@ -63,9 +63,32 @@ fn when_unlocked<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> 
     f().expect("database lock released")
 }
 
+/// The key the tests seal route secrets with.
+fn seal_key() -> SealKey {
+    SealKey::derive(b"queue-tests-signing-key")
+}
+
 /// Reopens the queue after a previous instance was dropped.
 fn reopen(dir: &TempDir) -> (Queue, OpenReport) {
-    when_unlocked(|| Queue::open(dir.path()))
+    reopen_with(dir, seal_key())
+}
+
+/// Reopens the queue with a given sealing key.
+fn reopen_with(dir: &TempDir, seal: SealKey) -> (Queue, OpenReport) {
+    when_unlocked(|| Queue::open(dir.path(), seal.clone()))
+}
+
+/// Whether `needle` occurs anywhere in the files under `dir`.
+fn found_in_files(dir: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found_in_files(&path, needle)
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle)
+        }
+    })
 }
 
 async fn append(
@@ -460,7 +483,7 @@ async fn secrets_never_in_debug_output() {
         db.insert(&key, value.clone()).unwrap();
         let error = QueueError::Corrupt {
             key: keys::describe(&key),
-            reason: records::unseal_secrets(&value).unwrap_err(),
+            reason: records::unseal_secrets(&seal_key(), &key, &value).unwrap_err(),
         };
         assert!(!format!("{error} {error:?}").contains(secret));
         db.flush().unwrap();
@@ -743,4 +766,79 @@ async fn concurrent_appends_from_many_tasks_are_all_durable_and_read_once() {
         flushes <= 100,
         "one flush per append at most, got {flushes}"
     );
+}
+
+#[tokio::test]
+async fn route_secrets_are_encrypted_in_the_database_files() {
+    let dir = TempDir::new().unwrap();
+    let secret = "plain-secret-on-disk-7f3a9c";
+    {
+        let queue = open(&dir);
+        queue
+            .put_route(&route("agent", "c1"), &secrets(secret))
+            .unwrap();
+        queue.flush().await.unwrap();
+    }
+    // The scanner works: the same bytes are found in a plain file.
+    std::fs::write(dir.path().join("control"), secret).unwrap();
+    assert!(found_in_files(dir.path(), secret.as_bytes()));
+    std::fs::remove_file(dir.path().join("control")).unwrap();
+    assert!(!found_in_files(dir.path(), secret.as_bytes()));
+    let (queue, _) = reopen(&dir);
+    assert_eq!(
+        queue.routes().unwrap(),
+        vec![(route("agent", "c1"), secrets(secret))]
+    );
+}
+
+#[tokio::test]
+async fn plain_route_records_of_older_versions_are_read_and_resealed() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("old-token")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 3), one(&r)).await;
+        queue.flush().await.unwrap();
+    }
+    {
+        let db = when_unlocked(|| sled::open(dir.path()));
+        let plain = records::plain_secrets_for_tests(&secrets("old-token"));
+        db.insert(keys::route(&r), plain).unwrap();
+        db.flush().unwrap();
+    }
+    let (queue, report) = reopen(&dir);
+    assert_eq!((report.resealed, report.quarantined), (1, 0));
+    assert_eq!(
+        queue.routes().unwrap(),
+        vec![(r.clone(), secrets("old-token"))]
+    );
+    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 3));
+    queue.flush().await.unwrap();
+    drop(queue);
+    let (_, report) = reopen(&dir);
+    assert_eq!(report.resealed, 0, "stored sealed after the first open");
+}
+
+#[tokio::test]
+async fn routes_sealed_under_another_key_keep_their_lines_until_the_key_returns() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("token")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 4), one(&r)).await;
+        queue.flush().await.unwrap();
+    }
+    {
+        let (queue, report) = reopen_with(&dir, SealKey::derive(b"another-signing-key"));
+        assert_eq!(report.sealed_under_other_key, 1);
+        assert_eq!((report.quarantined, report.lines), (0, 4));
+        assert!(queue.routes().unwrap().is_empty(), "not delivered");
+        queue.flush().await.unwrap();
+    }
+    let (queue, report) = reopen(&dir);
+    assert_eq!(report.sealed_under_other_key, 0);
+    assert_eq!(queue.routes().unwrap(), vec![(r.clone(), secrets("token"))]);
+    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 4));
 }

@@ -59,6 +59,11 @@ pub struct Fault {
     /// Wait this long before answering (for client timeouts).
     #[serde(default)]
     pub delay_ms: u64,
+    /// Put the request's headers, credentials included, into the answer's
+    /// error detail, as a careless proxy or vendor might (for redaction
+    /// tests).
+    #[serde(default)]
+    pub echo_headers: bool,
 }
 
 /// A fault that cannot be answered.
@@ -84,6 +89,7 @@ impl Fault {
             retry_after: None,
             headers: BTreeMap::new(),
             delay_ms: 0,
+            echo_headers: false,
         }
     }
 
@@ -110,6 +116,12 @@ impl Fault {
     /// Adds a response header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Echoes the request's headers in the answer's body.
+    pub fn echo_headers(mut self) -> Self {
+        self.echo_headers = true;
         self
     }
 

@@ -57,7 +57,12 @@ pub(crate) async fn respond(
                 status: status.as_u16(),
             },
         );
-        let response = error_response(status, "answered by a fault injected into the test intake");
+        let detail = if fault.echo_headers {
+            format!("answered by a fault injected into the test intake; you sent {headers:?}")
+        } else {
+            "answered by a fault injected into the test intake".to_string()
+        };
+        let response = error_response(status, &detail);
         return fault.answer(response).await;
     }
     match check(&mut pending).await {
