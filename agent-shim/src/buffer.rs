@@ -151,7 +151,11 @@ impl Buffer {
         }
         let last_seq = first_seq + lines.len() as u64 - 1;
         self.sent_up_to = self.sent_up_to.max(last_seq);
-        Some(Batch { first_seq, lines })
+        Some(Batch {
+            first_seq,
+            lines,
+            shim_dropped_total: self.dropped_total,
+        })
     }
 
     /// Lines buffered at or after `cursor`.

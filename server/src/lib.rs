@@ -16,6 +16,9 @@
 //! * [`sinks`] holds the delivery engine (batching, retry, backoff,
 //!   Retry-After, isolation — written once) and one folder per vendor.
 //! * [`metrics`] names every metric the gateway exports.
+//! * [`status`] renders what the others know (replicas, destinations,
+//!   delivery state, where to look) for the admin API, `status` and the
+//!   status page.
 //!
 //! The binary (`main.rs`) only parses [`config::Config`] and calls into here.
 #![forbid(unsafe_code)]
@@ -30,4 +33,5 @@ pub mod route;
 pub mod serve;
 pub mod shutdown;
 pub mod sinks;
+pub mod status;
 pub mod tail_client;

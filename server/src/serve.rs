@@ -95,7 +95,7 @@ pub async fn run(
             park_interval: config.auth_retry_interval,
             ..EngineSettings::default()
         },
-        sinks,
+        sinks.clone(),
         shutdown.clone(),
     );
     for (route, secrets) in queue.routes()? {
@@ -127,6 +127,7 @@ pub async fn run(
         shutdown.clone(),
         config.open_timeout,
     );
+    let replicas = service.replicas();
     let grpc_shutdown = shutdown.clone();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
@@ -147,6 +148,9 @@ pub async fn run(
                 queue: queue.clone(),
                 key,
                 shutdown: shutdown.clone(),
+                replicas,
+                sinks,
+                admin_token: config.admin_token.clone(),
             }),
         )
         .with_graceful_shutdown(async move { http_shutdown.wait().await })

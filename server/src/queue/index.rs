@@ -74,6 +74,32 @@ impl AgentIndex {
         (self.lines, self.bytes)
     }
 
+    /// (lines, bytes) `route` has not yet delivered: the lines after its
+    /// cursor in segments tagged with it. Bytes of a partly delivered
+    /// segment are counted in proportion to its lines left.
+    pub(crate) fn route_depth(&self, route: &RouteKey) -> (u64, u64) {
+        let Some(cursor) = self.cursor(route) else {
+            return (0, 0);
+        };
+        let start = cursor.map_or(0, |c| c.segment);
+        let (mut lines, mut bytes) = (0u64, 0u64);
+        for (&segment, meta) in self.segments.range(start..) {
+            if !meta.tags.iter().any(|t| t.is(route)) {
+                continue;
+            }
+            let from = match cursor {
+                Some(c) if c.segment == segment => c.index.saturating_add(1),
+                _ => 0,
+            };
+            let left = u64::from(meta.lines.saturating_sub(from));
+            lines += left;
+            if meta.lines > 0 {
+                bytes += meta.bytes * left / u64::from(meta.lines);
+            }
+        }
+        (lines, bytes)
+    }
+
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
     }

@@ -38,6 +38,7 @@ pub mod newrelic;
 pub mod sentry;
 pub mod text;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,6 +178,53 @@ impl Default for SinkSettings {
             connect_timeout: Duration::from_secs(10),
             max_linger: Duration::from_secs(1),
         }
+    }
+}
+
+/// Where a route's lines land at its vendor, for an operator to look:
+/// a sentence and the same facts as named fields. Never contains a secret
+/// (no keys, no DSN; a Sentry project id and host are not secret).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Location {
+    /// For example "CloudWatch Logs group livekit/a1 in region us-west-2".
+    pub summary: String,
+    /// The same facts by name (`site`, `query`, `region`, `log_group`,
+    /// `project_id`, `host`, ...), for scripts.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Location {
+    pub(crate) fn new(summary: String, fields: &[(&str, &str)]) -> Self {
+        Self {
+            summary,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// Where `route`'s lines land, from its `secrets` as its sink would read
+/// them (each vendor's `config::location`). Fails like building the sink
+/// would, naming the secret.
+pub fn locate(
+    route: &RouteKey,
+    secrets: &Secrets,
+    settings: &SinkSettings,
+) -> Result<Location, SecretError> {
+    let agent = route.agent_id.as_str();
+    match route.kind {
+        DestinationKind::Datadog => {
+            datadog::config::location(agent, secrets, settings.datadog_url.as_ref())
+        }
+        DestinationKind::NewRelic => {
+            newrelic::config::location(agent, secrets, settings.newrelic_url.as_ref())
+        }
+        DestinationKind::CloudWatch => {
+            cloudwatch::config::location(agent, secrets, settings.cloudwatch_url.as_ref())
+        }
+        DestinationKind::Sentry => sentry::config::location(secrets),
     }
 }
 

@@ -119,6 +119,29 @@ pub fn from_secrets(secrets: &Secrets) -> Result<RouteCredentials, SecretError> 
     })
 }
 
+/// Where an agent's lines land in CloudWatch Logs: the group
+/// `livekit/<agent-id>` in the route's `AWS_REGION`, one log stream per
+/// agent-server id.
+pub fn location(
+    agent_id: &str,
+    secrets: &Secrets,
+    endpoint_override: Option<&Url>,
+) -> Result<crate::sinks::Location, SecretError> {
+    let credentials = from_secrets(secrets)?;
+    let group = log_group_name(agent_id);
+    let region = credentials.region();
+    let mut summary = format!(
+        "CloudWatch Logs group {group} in region {region} (log stream = agent-server id)"
+    );
+    let mut fields = vec![("log_group", group.as_str()), ("region", region)];
+    let endpoint = endpoint_override.map(|url| url.as_str().trim_end_matches('/').to_string());
+    if let Some(endpoint) = &endpoint {
+        summary.push_str(&format!("; sent to the override {endpoint}"));
+        fields.push(("endpoint", endpoint));
+    }
+    Ok(crate::sinks::Location::new(summary, &fields))
+}
+
 fn required_key(secrets: &Secrets, name: &'static str) -> Result<String, SecretError> {
     let value = rules::required(&CLOUDWATCH, name, secrets.get(name))?;
     Ok(rules::aws_key(name, value)?.to_string())
