@@ -357,7 +357,8 @@ pub fn render_text(report: &Report) -> String {
                         d.destination.clone(),
                         d.state.name().to_string(),
                         format!("{} lines ({})", d.queued_lines, bytes(d.queued_bytes)),
-                        d.oldest_undelivered_age_seconds.map_or("-".to_string(), age),
+                        d.oldest_undelivered_age_seconds
+                            .map_or("-".to_string(), age),
                         d.delivered_lines.to_string(),
                         when(d.last_success_unix, now),
                         d.enabled_by.join(","),
@@ -383,7 +384,9 @@ pub fn render_text(report: &Report) -> String {
                     Some(location) => {
                         let _ = writeln!(out, "    where to look: {}", location.summary);
                     }
-                    None => out.push_str("    where to look: unknown until the secrets are valid\n"),
+                    None => {
+                        out.push_str("    where to look: unknown until the secrets are valid\n")
+                    }
                 }
                 if let Some(error) = &d.last_error {
                     let _ = writeln!(
@@ -491,7 +494,10 @@ mod tests {
     fn the_json_report_has_its_schema_and_snake_case_states() {
         let json = serde_json::to_value(report()).unwrap();
         assert_eq!(json["schema"], 1);
-        assert_eq!(json["agents"][0]["destinations"][0]["state"], "credentials_rejected");
+        assert_eq!(
+            json["agents"][0]["destinations"][0]["state"],
+            "credentials_rejected"
+        );
         assert_eq!(json["agents"][0]["destinations"][0]["health"], "failing");
         let back: Report = serde_json::from_value(json).unwrap();
         assert_eq!(back, report());

@@ -108,7 +108,10 @@ pub async fn run(engine: &Engine<Queue>, sinks: &SinkFactory, agent_id: &str) ->
                         result.class = Some("permanent".to_string());
                         result.answer = format!(
                             "accepted the request but refused the line: {}",
-                            outcome.rejected_reason.as_deref().unwrap_or("no reason given")
+                            outcome
+                                .rejected_reason
+                                .as_deref()
+                                .unwrap_or("no reason given")
                         );
                     }
                     Ok(_) => {
