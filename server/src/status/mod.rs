@@ -388,12 +388,14 @@ pub fn render_text(report: &Report) -> String {
                         out.push_str("    where to look: unknown until the secrets are valid\n")
                     }
                 }
-                if let Some(error) = &d.last_error {
-                    let _ = writeln!(
-                        out,
-                        "    last error ({} failed in a row): {error}",
-                        d.consecutive_failures
-                    );
+                match (&d.last_error, d.consecutive_failures) {
+                    (Some(error), 0) => {
+                        let _ = writeln!(out, "    last error: {error}");
+                    }
+                    (Some(error), n) => {
+                        let _ = writeln!(out, "    last error ({n} failed in a row): {error}");
+                    }
+                    (None, _) => {}
                 }
                 if let Some(note) = &d.note {
                     let _ = writeln!(out, "    note: {note}");

@@ -114,7 +114,11 @@ pub fn location(
     let region = Region::from_secret(secrets.get(DATADOG_REGION))?;
     let site = region.site();
     let query = format!("source:{agent_id}");
-    let intake = endpoint.url.host_str().unwrap_or_default().to_string();
+    let intake = match (endpoint.url.host_str(), endpoint.url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (host, None) => host.unwrap_or_default().to_string(),
+        (None, Some(_)) => String::new(),
+    };
     let mut summary = format!(
         "Datadog site {site}: Logs, search `{query}` (service {}, host = agent-server id)",
         super::request_builder::SERVICE
