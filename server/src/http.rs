@@ -114,6 +114,15 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         })
 }
 
+/// Why a status request is refused: the status and a message naming the fix.
+struct Denied(StatusCode, String);
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
 impl HttpState {
     fn is_admin(&self, token: &str) -> bool {
         // Compared as digests: the time taken says nothing about the token.
@@ -123,37 +132,35 @@ impl HttpState {
     }
 
     /// The caller may read `agent_id` (its own token, or the admin token).
-    fn may_read(&self, agent_id: &str, token: &str) -> Result<(), Response> {
+    fn may_read(&self, agent_id: &str, token: &str) -> Result<(), Denied> {
         if let Err(e) = ids::check_agent_id(agent_id) {
-            return Err((StatusCode::BAD_REQUEST, format!("{e}\n")).into_response());
+            return Err(Denied(StatusCode::BAD_REQUEST, e));
         }
         if self.key.verify(agent_id, token) || self.is_admin(token) {
             return Ok(());
         }
-        Err((
+        Err(Denied(
             StatusCode::UNAUTHORIZED,
-            "send `Authorization: Bearer <token>` with this agent's own token (`logdrain-gateway token --agent-id <id>`) or the gateway's admin token\n",
-        )
-            .into_response())
+            "send `Authorization: Bearer <token>` with this agent's own token (`logdrain-gateway token --agent-id <id>`) or the gateway's admin token".to_string(),
+        ))
     }
 
     /// The caller may read every agent (the admin token).
-    fn may_read_all(&self, token: &str) -> Result<(), Response> {
+    fn may_read_all(&self, token: &str) -> Result<(), Denied> {
         if self.admin_token.is_none() {
-            return Err((
+            return Err(Denied(
                 StatusCode::FORBIDDEN,
-                "the all-agents status is disabled: start the gateway with --admin-token / LOGDRAIN_ADMIN_TOKEN, or ask for one agent with its own token (GET /v1/agents/<id>/status, or `status --agent-id <id> --token <token>`)\n",
-            )
-                .into_response());
+                "the all-agents status is disabled: start the gateway with --admin-token / LOGDRAIN_ADMIN_TOKEN, or ask for one agent with its own token (GET /v1/agents/<id>/status, or `status --agent-id <id> --token <token>`)".to_string(),
+            ));
         }
         if self.is_admin(token) {
             Ok(())
         } else {
-            Err((
+            Err(Denied(
                 StatusCode::UNAUTHORIZED,
-                "send `Authorization: Bearer <admin token>` with the gateway's --admin-token\n",
-            )
-                .into_response())
+                "send `Authorization: Bearer <admin token>` with the gateway's --admin-token"
+                    .to_string(),
+            ))
         }
     }
 
@@ -177,7 +184,7 @@ async fn agent_status(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = state.may_read(&agent_id, bearer(&headers).unwrap_or("")) {
-        return refused;
+        return refused.into_response();
     }
     let routes: Vec<_> = state
         .engine
@@ -201,7 +208,7 @@ async fn agent_status(
 
 async fn all_status(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
     if let Err(refused) = state.may_read_all(bearer(&headers).unwrap_or("")) {
-        return refused;
+        return refused.into_response();
     }
     Json(state.report(None)).into_response()
 }
@@ -212,7 +219,7 @@ async fn test_send(
     headers: HeaderMap,
 ) -> Response {
     if let Err(refused) = state.may_read(&agent_id, bearer(&headers).unwrap_or("")) {
-        return refused;
+        return refused.into_response();
     }
     Json(status::test_send::run(&state.engine, &state.sinks, &agent_id).await).into_response()
 }
@@ -263,7 +270,7 @@ async fn page(
         None => state.may_read_all(&token),
     };
     if let Err(refused) = allowed {
-        return refused;
+        return refused.into_response();
     }
     let report = state.report(query.agent_id.as_ref().map(std::slice::from_ref));
     (
