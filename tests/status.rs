@@ -483,3 +483,57 @@ async fn the_status_page_shows_a_failing_route_in_a_real_browser() {
         shot.display()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replicas_shim_dropped_count_is_shown_once_it_reconnects() {
+    const LINES: usize = 5_000;
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = gateway(&dir, &intake, &[]);
+    gateway.kill9();
+    let stop = dir.path().join("stop");
+    // 64 KiB holds under a thousand of these lines: the shim drops the rest.
+    let script = format!(
+        "seq -f 'line %g' 1 {LINES}; while [ ! -e '{}' ]; do sleep 0.1; done",
+        stop.display()
+    );
+    let mut shim = ShimBuilder::new(&gateway.url(), "agent-drops", "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .env("LOGDRAIN_BUFFER_BYTES", "64KiB")
+        .env("LOGDRAIN_MAX_LINE_BYTES", "1KiB")
+        .spawn_sh(&script);
+    let passthrough = Passthrough::start(&mut shim);
+    assert!(
+        wait_until(Duration::from_secs(60), || passthrough.count() == LINES).await,
+        "the agent wrote everything while the gateway was down"
+    );
+    gateway.restart();
+    std::fs::write(&stop, b"").unwrap();
+    let exit = wait_exit(&mut shim, Duration::from_secs(60)).await;
+    let (_, stderr) = passthrough.finish();
+    assert!(exit.success(), "shim exit {exit}: {stderr}");
+
+    let mut last = Value::Null;
+    for _ in 0..300 {
+        last = status_of(&gateway, "agent-drops").1;
+        if last["agents"][0]["destinations"][0]["queued_lines"] == 0
+            && last["agents"][0]["destinations"][0]["delivered_lines"].as_u64() > Some(0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let received = dd_messages(&intake, "replica-1")
+        .iter()
+        .filter(|m| m.starts_with("line "))
+        .count();
+    let replica = &last["agents"][0]["replicas"][0];
+    assert_eq!(replica["agent_server_id"], "replica-1");
+    let dropped = replica["shim_dropped_total"].as_u64().unwrap_or(0) as usize;
+    assert!(dropped > 0, "the buffer overflowed: {last}");
+    assert_eq!(
+        dropped,
+        LINES - received,
+        "the count is exactly the lines that never arrived"
+    );
+}
