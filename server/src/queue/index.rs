@@ -323,6 +323,26 @@ mod tests {
     }
 
     #[test]
+    fn a_routes_depth_counts_only_its_own_segments_after_its_cursor() {
+        let mut index = index_with(&[(1, 4, &["x", "y"]), (2, 3, &["x"]), (3, 5, &["y"])]);
+        assert_eq!(index.route_depth(&route("x")), (7, 70));
+        assert_eq!(index.route_depth(&route("y")), (9, 90));
+        index.set_cursor(
+            &route("x"),
+            Cursor {
+                segment: 1,
+                index: 1,
+            },
+        );
+        assert_eq!(
+            index.route_depth(&route("x")),
+            (5, 50),
+            "half of segment 1 is left"
+        );
+        assert_eq!(index.route_depth(&route("unknown")), (0, 0));
+    }
+
+    #[test]
     fn plan_skips_untagged_segments_and_resumes_inside_a_segment() {
         let index = index_with(&[(1, 3, &["x"]), (2, 3, &["y"]), (3, 3, &["x", "y"])]);
         let plan = index.plan_read(
