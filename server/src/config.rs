@@ -28,7 +28,8 @@ pub struct Config {
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the gateway: gRPC ingest, the durable queue, delivery, and the
-    /// HTTP endpoints /metrics, /healthz and /readyz.
+    /// HTTP endpoints /metrics, /healthz, /readyz, the status API and the
+    /// status page at /.
     Serve(ServeConfig),
     /// Print the ingest token for an agent id. Give it to that agent's
     /// replicas as LOGDRAIN_TOKEN. It can write and tail only that agent.
@@ -69,7 +70,8 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
     pub grpc_listen: SocketAddr,
 
-    /// Address for the HTTP endpoints /metrics, /healthz and /readyz.
+    /// Address for the HTTP endpoints /metrics, /healthz, /readyz, the
+    /// status API (/v1/...) and the status page (/).
     #[arg(long, env = "LOGDRAIN_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
     pub http_listen: SocketAddr,
 
