@@ -4,7 +4,8 @@
 # 1. Installs the Python test peers (moto_server for CloudWatch Logs) into
 #    ./.venv, once per change of tests/requirements.txt, and promtool
 #    (Debian's prometheus package, for tests/prometheus.rs) when it is
-#    missing: as root or with sudo, else it stops and says how.
+#    missing, and chromium (Debian's package, for the status page test in
+#    tests/status.rs): as root or with sudo, else it stops and says how.
 # 2. Runs `cargo test --workspace`: unit tests, and the integration and
 #    end-to-end tests that start the real binaries.
 # 3. Runs the docker compose fleet end to end (tests/compose/e2e.sh). It
@@ -38,6 +39,24 @@ if ! command -v promtool >/dev/null 2>&1; then
   fi
   command -v promtool >/dev/null 2>&1 || {
     echo "tests/run.sh: the prometheus package did not provide promtool" >&2
+    exit 1
+  }
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "tests/run.sh: installing chromium (Debian package) for the status page test in tests/status.rs"
+  install=(apt-get install -y --no-install-recommends chromium)
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && "${install[@]}"
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq && sudo "${install[@]}"
+  else
+    echo "tests/run.sh: chromium is missing and this user cannot install packages;" \
+      "run: sudo apt-get install -y --no-install-recommends chromium" >&2
+    exit 1
+  fi
+  command -v chromium >/dev/null 2>&1 || {
+    echo "tests/run.sh: the chromium package did not provide chromium" >&2
     exit 1
   }
 fi

@@ -130,8 +130,9 @@ impl Buffer {
 
     /// The next batch to send, starting at `cursor` (or at the oldest line if
     /// `cursor` was dropped meanwhile): at most `max_lines` lines and, except
-    /// for a single oversized line, at most `max_bytes` of line cost. `None`
-    /// when nothing at or after `cursor` is buffered.
+    /// for a single oversized line, at most `max_bytes` of line cost, with
+    /// the total dropped so far (`shim_dropped_total`). `None` when nothing
+    /// at or after `cursor` is buffered.
     pub fn batch_from(&mut self, cursor: u64, max_lines: usize, max_bytes: usize) -> Option<Batch> {
         let first_seq = cursor.max(self.front_seq);
         let start = usize::try_from(first_seq - self.front_seq).ok()?;
@@ -151,7 +152,11 @@ impl Buffer {
         }
         let last_seq = first_seq + lines.len() as u64 - 1;
         self.sent_up_to = self.sent_up_to.max(last_seq);
-        Some(Batch { first_seq, lines })
+        Some(Batch {
+            first_seq,
+            lines,
+            shim_dropped_total: self.dropped_total,
+        })
     }
 
     /// Lines buffered at or after `cursor`.
@@ -292,6 +297,10 @@ mod tests {
         assert_eq!(buffer.dropped_total(), 2);
         let batch = buffer.batch_from(0, 100, usize::MAX).unwrap();
         assert_eq!(batch.first_seq, 3);
+        assert_eq!(
+            batch.shim_dropped_total, 2,
+            "every batch reports the total dropped, for the gateway's status"
+        );
         let stamps: Vec<i64> = batch.lines.iter().map(|l| l.timestamp_ns).collect();
         assert_eq!(stamps, vec![300, 400, 500]);
     }

@@ -28,13 +28,23 @@ pub struct Config {
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the gateway: gRPC ingest, the durable queue, delivery, and the
-    /// HTTP endpoints /metrics, /healthz and /readyz.
+    /// HTTP endpoints /metrics, /healthz, /readyz, the status API and the
+    /// status page at /.
     Serve(ServeConfig),
     /// Print the ingest token for an agent id. Give it to that agent's
     /// replicas as LOGDRAIN_TOKEN. It can write and tail only that agent.
     Token(TokenConfig),
     /// Follow an agent's lines live, from all of its replicas.
     Tail(TailConfig),
+    /// Show what a running gateway knows about an agent (or, with the admin
+    /// token, every agent): its replicas, its destinations and the secret
+    /// names that switched them on, each destination's delivery state, last
+    /// error, queue and where its logs land. Never shows a secret value.
+    Status(StatusConfig),
+    /// Send one clearly marked test line through each destination of an
+    /// agent, with the credentials the gateway stored for it, and print
+    /// each vendor's answer. The queue and delivery are not touched.
+    TestSend(TestSendConfig),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -60,7 +70,8 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
     pub grpc_listen: SocketAddr,
 
-    /// Address for the HTTP endpoints /metrics, /healthz and /readyz.
+    /// Address for the HTTP endpoints /metrics, /healthz, /readyz, the
+    /// status API (/v1/...) and the status page (/).
     #[arg(long, env = "LOGDRAIN_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
     pub http_listen: SocketAddr,
 
@@ -129,6 +140,127 @@ pub struct ServeConfig {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
+    /// Token for the all-agents status (`GET /v1/status`, the status page
+    /// without `agent_id`), at least 16 characters. It also reads any one
+    /// agent's status and may test-send. When unset, only per-agent status
+    /// with that agent's own token is available.
+    #[arg(long, env = "LOGDRAIN_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin token of `serve`; `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// Shortest admin token accepted.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
+fn parse_admin_token(value: &str) -> Result<AdminToken, String> {
+    let value = value.trim();
+    if value.len() < MIN_ADMIN_TOKEN {
+        return Err(format!(
+            "the admin token is {} characters long; use at least {MIN_ADMIN_TOKEN} random characters, for example from `openssl rand -hex 32`",
+            value.len()
+        ));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the admin token contains spaces or non-ASCII characters; use visible ASCII only (it is sent in an HTTP header)".to_string());
+    }
+    Ok(AdminToken(value.to_string()))
+}
+
+/// How `status` and `test-send` reach and authenticate to a gateway.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayHttpArgs {
+    /// The gateway's HTTP address (its --http-listen), `https://` for TLS.
+    #[arg(
+        long,
+        env = "LOGDRAIN_GATEWAY_HTTP",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub gateway_http: Url,
+
+    /// The agent's ingest token (see `logdrain-gateway token`); enough for
+    /// that one agent.
+    #[arg(long, env = "LOGDRAIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// The gateway's admin token (its --admin-token); needed for every
+    /// agent at once, and accepted for any single agent.
+    #[arg(long, env = "LOGDRAIN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Timeout of the request to the gateway (test-send waits for every
+    /// vendor's answer).
+    #[arg(long, env = "LOGDRAIN_HTTP_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl GatewayHttpArgs {
+    /// The credential to send: the agent's token, else the admin token.
+    /// Checks that the URL is http(s) and that a credential fits the ask.
+    pub fn bearer(&self, agent_id: Option<&str>) -> Result<&str, String> {
+        if !matches!(self.gateway_http.scheme(), "http" | "https")
+            || self.gateway_http.host_str().is_none()
+        {
+            return Err(format!(
+                "--gateway-http {} is not an http:// or https:// URL; give the gateway's HTTP address, for example http://127.0.0.1:9090",
+                self.gateway_http
+            ));
+        }
+        match (agent_id, self.token.as_deref(), self.admin_token.as_deref()) {
+            (Some(_), Some(token), _) => Ok(token),
+            (_, _, Some(admin)) => Ok(admin),
+            (Some(agent), None, None) => Err(format!(
+                "no credential: pass the agent's token with --token / LOGDRAIN_TOKEN (`logdrain-gateway token --agent-id {agent}`) or the gateway's --admin-token"
+            )),
+            (None, _, None) => Err(
+                "every agent at once needs the gateway's admin token: pass --admin-token / LOGDRAIN_ADMIN_TOKEN, or choose one agent with --agent-id and its --token".to_string(),
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusConfig {
+    #[command(flatten)]
+    pub gateway: GatewayHttpArgs,
+
+    /// Show only this agent (with its --token or the admin token). Without
+    /// it, every agent the gateway knows (admin token only).
+    #[arg(long, env = "LOGDRAIN_AGENT_ID")]
+    pub agent_id: Option<String>,
+
+    /// Print the versioned JSON document (schema 1, see
+    /// docs/troubleshooting.md) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TestSendConfig {
+    #[command(flatten)]
+    pub gateway: GatewayHttpArgs,
+
+    /// The agent whose destinations get the test line.
+    #[arg(long, env = "LOGDRAIN_AGENT_ID")]
+    pub agent_id: String,
+
+    /// Print the gateway's JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -286,6 +418,23 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("--tls-cert"), "{err}");
+    }
+
+    #[test]
+    fn a_short_admin_token_is_refused_naming_the_minimum() {
+        let err = parse_admin_token("short").unwrap_err();
+        assert!(err.contains("16"), "{err}");
+        assert!(!format!("{:?}", parse_admin_token("0123456789abcdef0").unwrap()).contains("0123"));
+    }
+
+    #[test]
+    fn all_agents_status_without_the_admin_token_names_the_flag() {
+        let config = Config::try_parse_from(["logdrain-gateway", "status"]).unwrap();
+        let Command::Status(status) = config.command else {
+            panic!("parsed as another command");
+        };
+        let err = status.gateway.bearer(None).unwrap_err();
+        assert!(err.contains("--admin-token"), "{err}");
     }
 
     #[test]

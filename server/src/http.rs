@@ -5,7 +5,16 @@
 //! | `GET /metrics` | none | Prometheus text; labels are agent ids, destinations and reasons, never secrets |
 //! | `GET /healthz` | none | 200 while the process serves |
 //! | `GET /readyz` | none | 200 when the queue is open and the gateway is not shutting down, else 503 |
-//! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token>` | queue depth and delivery status of the agent's routes |
+//! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token or the admin token>` | the agent's status report (schema 1, [`crate::status`]) plus the engine's raw `routes` |
+//! | `GET /v1/status` | `Authorization: Bearer <admin token>` | the status report of every agent |
+//! | `POST /v1/agents/{agent_id}/test-send` | agent token or admin token | sends one marked test line through each destination, answers each vendor's reply |
+//! | `GET /` | admin token, or `?agent_id=` with that agent's token | the status page (HTML) |
+//!
+//! The status page takes its token from the `Authorization` header or the
+//! `logdrain_status` cookie. A browser can pass `?token=` once: the answer
+//! is a redirect that stores it in an HttpOnly, SameSite=Strict cookie and
+//! drops it from the address bar and history. The gateway logs no request
+//! URLs, so the token is not written to its log.
 //!
 //! This module only renders state owned elsewhere; it must not change it
 //! (measuring the queue's oldest-line ages into their gauges at each scrape
@@ -13,17 +22,23 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use sha2::{Digest, Sha256};
+
 use crate::auth::SigningKey;
+use crate::config::{ids, AdminToken};
+use crate::ingest::replicas::Replicas;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::Engine;
+use crate::sinks::SinkFactory;
+use crate::status;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -32,6 +47,10 @@ pub struct HttpState {
     pub queue: Queue,
     pub key: SigningKey,
     pub shutdown: Shutdown,
+    pub replicas: Replicas,
+    /// Builds the fresh sinks of `test-send` (same settings as delivery).
+    pub sinks: SinkFactory,
+    pub admin_token: Option<AdminToken>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -39,7 +58,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/v1/agents/{agent_id}/status", get(status))
+        .route("/v1/agents/{agent_id}/status", get(agent_status))
+        .route("/v1/status", get(all_status))
+        .route("/v1/agents/{agent_id}/test-send", post(test_send))
+        .route("/", get(page))
         .with_state(Arc::new(state))
 }
 
@@ -66,22 +88,103 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     }
 }
 
-async fn status(
+/// Name of the status page's cookie.
+const COOKIE: &str = "logdrain_status";
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        // Stored form-encoded (see `page`); a lone value decodes as a key.
+        .and_then(|(_, value)| {
+            url::form_urlencoded::parse(value.as_bytes())
+                .next()
+                .map(|(v, _)| v.into_owned())
+        })
+}
+
+/// Why a status request is refused: the status and a message naming the fix.
+struct Denied(StatusCode, String);
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+impl HttpState {
+    fn is_admin(&self, token: &str) -> bool {
+        // Compared as digests: the time taken says nothing about the token.
+        self.admin_token.as_ref().is_some_and(|admin| {
+            Sha256::digest(admin.as_str().as_bytes()) == Sha256::digest(token.trim().as_bytes())
+        })
+    }
+
+    /// The caller may read `agent_id` (its own token, or the admin token).
+    fn may_read(&self, agent_id: &str, token: &str) -> Result<(), Denied> {
+        if let Err(e) = ids::check_agent_id(agent_id) {
+            return Err(Denied(StatusCode::BAD_REQUEST, e));
+        }
+        if self.key.verify(agent_id, token) || self.is_admin(token) {
+            return Ok(());
+        }
+        Err(Denied(
+            StatusCode::UNAUTHORIZED,
+            "send `Authorization: Bearer <token>` with this agent's own token (`logdrain-gateway token --agent-id <id>`) or the gateway's admin token".to_string(),
+        ))
+    }
+
+    /// The caller may read every agent (the admin token).
+    fn may_read_all(&self, token: &str) -> Result<(), Denied> {
+        if self.admin_token.is_none() {
+            return Err(Denied(
+                StatusCode::FORBIDDEN,
+                "the all-agents status is disabled: start the gateway with --admin-token / LOGDRAIN_ADMIN_TOKEN, or ask for one agent with its own token (GET /v1/agents/<id>/status, or `status --agent-id <id> --token <token>`)".to_string(),
+            ));
+        }
+        if self.is_admin(token) {
+            Ok(())
+        } else {
+            Err(Denied(
+                StatusCode::UNAUTHORIZED,
+                "send `Authorization: Bearer <admin token>` with the gateway's --admin-token"
+                    .to_string(),
+            ))
+        }
+    }
+
+    fn report(&self, agents: Option<&[String]>) -> status::Report {
+        status::build(
+            &status::Sources {
+                engine: &self.engine,
+                queue: &self.queue,
+                replicas: &self.replicas,
+                sinks: self.sinks.settings(),
+            },
+            agents,
+            std::time::SystemTime::now(),
+        )
+    }
+}
+
+async fn agent_status(
     State(state): State<Arc<HttpState>>,
     Path(agent_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !state.key.verify(&agent_id, token) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "send `Authorization: Bearer <token>` with this agent's own token\n",
-        )
-            .into_response();
+    if let Err(refused) = state.may_read(&agent_id, bearer(&headers).unwrap_or("")) {
+        return refused.into_response();
     }
     let routes: Vec<_> = state
         .engine
@@ -90,11 +193,92 @@ async fn status(
         .filter(|s| s.agent_id == agent_id)
         .collect();
     let (queued_lines, queued_bytes) = state.queue.depth(&agent_id);
+    let report = state.report(Some(std::slice::from_ref(&agent_id)));
     Json(serde_json::json!({
+        "schema": report.schema,
+        "generated_unix": report.generated_unix,
+        "agents": report.agents,
         "agent_id": agent_id,
         "queued_lines": queued_lines,
         "queued_bytes": queued_bytes,
         "routes": routes,
     }))
     .into_response()
+}
+
+async fn all_status(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = state.may_read_all(bearer(&headers).unwrap_or("")) {
+        return refused.into_response();
+    }
+    Json(state.report(None)).into_response()
+}
+
+async fn test_send(
+    State(state): State<Arc<HttpState>>,
+    Path(agent_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = state.may_read(&agent_id, bearer(&headers).unwrap_or("")) {
+        return refused.into_response();
+    }
+    Json(status::test_send::run(&state.engine, &state.sinks, &agent_id).await).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PageQuery {
+    agent_id: Option<String>,
+    token: Option<String>,
+}
+
+async fn page(
+    State(state): State<Arc<HttpState>>,
+    Query(query): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let back = match &query.agent_id {
+        Some(agent) => {
+            if let Err(e) = ids::check_agent_id(agent) {
+                return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+            }
+            format!("/?agent_id={agent}")
+        }
+        None => "/".to_string(),
+    };
+    if let Some(token) = &query.token {
+        // Keep the token out of the address bar and history: store it in a
+        // cookie and reload without it.
+        let value: String = url::form_urlencoded::byte_serialize(token.trim().as_bytes()).collect();
+        return (
+            StatusCode::SEE_OTHER,
+            [
+                ("location", back),
+                (
+                    "set-cookie",
+                    format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/"),
+                ),
+                ("cache-control", "no-store".to_string()),
+            ],
+        )
+            .into_response();
+    }
+    let token = bearer(&headers)
+        .map(str::to_string)
+        .or_else(|| cookie_token(&headers))
+        .unwrap_or_default();
+    let allowed = match &query.agent_id {
+        Some(agent) => state.may_read(agent, &token),
+        None => state.may_read_all(&token),
+    };
+    if let Err(refused) = allowed {
+        return refused.into_response();
+    }
+    let report = state.report(query.agent_id.as_ref().map(std::slice::from_ref));
+    (
+        [
+            ("content-type", "text/html; charset=utf-8"),
+            ("cache-control", "no-store"),
+        ],
+        status::page::render(&report, 10),
+    )
+        .into_response()
 }

@@ -17,6 +17,9 @@
 //!   Retry-After, isolation — written once) and one folder per vendor.
 //! * [`metrics`] names every metric the gateway exports.
 //! * [`tls`] loads the gateway's certificates and runs TLS handshakes.
+//! * [`status`] renders what the others know (replicas, destinations,
+//!   delivery state, where to look) for the admin API, `status` and the
+//!   status page.
 //!
 //! The binary (`main.rs`) only parses [`config::Config`] and calls into here.
 #![forbid(unsafe_code)]
@@ -31,5 +34,6 @@ pub mod route;
 pub mod serve;
 pub mod shutdown;
 pub mod sinks;
+pub mod status;
 pub mod tail_client;
 pub mod tls;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use logdrain_gateway::config::{Command, Config};
-use logdrain_gateway::{auth, metrics, serve, shutdown, tail_client};
+use logdrain_gateway::{auth, metrics, serve, shutdown, status, tail_client};
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -52,6 +52,16 @@ fn run(config: Config) -> anyhow::Result<()> {
                 &token_config.key.data_dir,
             )?;
             println!("{}", key.token(&token_config.agent_id));
+            Ok(())
+        }
+        Command::Status(status_config) => {
+            let text = runtime.block_on(status::client::status(&status_config))?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::TestSend(send_config) => {
+            let text = runtime.block_on(status::client::test_send(&send_config))?;
+            print!("{text}");
             Ok(())
         }
         Command::Tail(tail_config) => runtime.block_on(async {

@@ -113,7 +113,7 @@ pub async fn run(
             park_interval: config.auth_retry_interval,
             ..EngineSettings::default()
         },
-        sinks,
+        sinks.clone(),
         shutdown.clone(),
     );
     for (route, secrets) in queue.routes()? {
@@ -151,6 +151,7 @@ pub async fn run(
         shutdown.clone(),
         config.open_timeout,
     );
+    let replicas = service.replicas();
     let grpc_shutdown = shutdown.clone();
     let grpc_server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -173,6 +174,9 @@ pub async fn run(
         queue: queue.clone(),
         key,
         shutdown: shutdown.clone(),
+        replicas,
+        sinks,
+        admin_token: config.admin_token.clone(),
     });
     let http_stop = async move { http_shutdown.wait().await };
     let http_task = match &tls {

@@ -6,6 +6,7 @@
 //! (the sinks do) and must not decide how lines are stored (the queue does).
 
 mod check;
+pub mod replicas;
 mod ship;
 pub mod tail;
 
@@ -24,6 +25,7 @@ use crate::config::ids;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::Engine;
+use replicas::Replicas;
 use tail::TailHub;
 
 /// Shared state of the ingest service.
@@ -33,6 +35,7 @@ pub struct Ingest {
     pub(crate) key: SigningKey,
     pub(crate) credential_key: Vec<u8>,
     pub(crate) tail: TailHub,
+    pub(crate) replicas: Replicas,
     pub(crate) shutdown: Shutdown,
     pub(crate) open_timeout: Duration,
 }
@@ -117,9 +120,15 @@ impl IngestService {
             key,
             credential_key,
             tail: TailHub::default(),
+            replicas: Replicas::default(),
             shutdown,
             open_timeout,
         }))
+    }
+
+    /// The registry of replicas this service admits (for status reports).
+    pub fn replicas(&self) -> Replicas {
+        self.0.replicas.clone()
     }
 
     /// The tonic server wrapper, with the protocol's message size limits.

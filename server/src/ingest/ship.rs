@@ -152,7 +152,14 @@ impl Session {
         metrics::active_streams(1.0);
         metrics::connected_replicas(&self.agent_id, 1.0);
         metrics::agent_seen(&self.agent_id);
-        let _guard = ActiveStream(self.agent_id.clone());
+        self.ingest
+            .replicas
+            .stream_opened(&self.agent_id, &self.agent_server_id);
+        let _guard = ActiveStream {
+            agent_id: self.agent_id.clone(),
+            agent_server_id: Arc::clone(&self.agent_server_id),
+            replicas: self.ingest.replicas.clone(),
+        };
         tracing::info!(agent = %self.agent_id, agent_server = %self.agent_server_id, boot = %self.boot_id, routes = self.routes.len(), "stream opened");
 
         // Batches written to the queue and waiting for their group commit,
@@ -240,6 +247,11 @@ impl Session {
         let bytes: u64 = batch.lines.iter().map(|l| l.data.len() as u64).sum();
         metrics::received(&self.agent_id, count, bytes);
         metrics::agent_seen(&self.agent_id);
+        self.ingest.replicas.batch_received(
+            &self.agent_id,
+            &self.agent_server_id,
+            batch.shim_dropped_total,
+        );
         if batch.lines.is_empty() {
             // Nothing to write: answer with the stream's durable mark (the
             // stored one may still wait for its group commit).
@@ -338,13 +350,19 @@ fn queue_status(e: QueueError) -> Status {
 }
 
 /// Counts a stream (and its agent's replica) as connected while it lives.
-struct ActiveStream(String);
+struct ActiveStream {
+    agent_id: String,
+    agent_server_id: Arc<str>,
+    replicas: super::Replicas,
+}
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
         metrics::active_streams(-1.0);
-        metrics::connected_replicas(&self.0, -1.0);
-        metrics::agent_seen(&self.0);
+        metrics::connected_replicas(&self.agent_id, -1.0);
+        metrics::agent_seen(&self.agent_id);
+        self.replicas
+            .stream_closed(&self.agent_id, &self.agent_server_id);
     }
 }
 

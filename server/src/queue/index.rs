@@ -74,6 +74,32 @@ impl AgentIndex {
         (self.lines, self.bytes)
     }
 
+    /// (lines, bytes) `route` has not yet delivered: the lines after its
+    /// cursor in segments tagged with it. Bytes of a partly delivered
+    /// segment are counted in proportion to its lines left.
+    pub(crate) fn route_depth(&self, route: &RouteKey) -> (u64, u64) {
+        let Some(cursor) = self.cursor(route) else {
+            return (0, 0);
+        };
+        let start = cursor.map_or(0, |c| c.segment);
+        let (mut lines, mut bytes) = (0u64, 0u64);
+        for (&segment, meta) in self.segments.range(start..) {
+            if !meta.tags.iter().any(|t| t.is(route)) {
+                continue;
+            }
+            let from = match cursor {
+                Some(c) if c.segment == segment => c.index.saturating_add(1),
+                _ => 0,
+            };
+            let left = u64::from(meta.lines.saturating_sub(from));
+            lines += left;
+            if meta.lines > 0 {
+                bytes += meta.bytes * left / u64::from(meta.lines);
+            }
+        }
+        (lines, bytes)
+    }
+
     pub(crate) fn segment_count(&self) -> usize {
         self.segments.len()
     }
@@ -294,6 +320,26 @@ mod tests {
             );
         }
         index
+    }
+
+    #[test]
+    fn a_routes_depth_counts_only_its_own_segments_after_its_cursor() {
+        let mut index = index_with(&[(1, 4, &["x", "y"]), (2, 3, &["x"]), (3, 5, &["y"])]);
+        assert_eq!(index.route_depth(&route("x")), (7, 70));
+        assert_eq!(index.route_depth(&route("y")), (9, 90));
+        index.set_cursor(
+            &route("x"),
+            Cursor {
+                segment: 1,
+                index: 1,
+            },
+        );
+        assert_eq!(
+            index.route_depth(&route("x")),
+            (5, 50),
+            "half of segment 1 is left"
+        );
+        assert_eq!(index.route_depth(&route("unknown")), (0, 0));
     }
 
     #[test]

@@ -418,6 +418,14 @@ impl Queue {
         }
     }
 
+    /// (lines, bytes) queued for `route` and not yet delivered by it.
+    pub fn route_depth(&self, route: &RouteKey) -> (u64, u64) {
+        match read_lock(&self.inner.agents).get(route.agent_id.as_str()) {
+            Some(agent) => lock(&agent.index).route_depth(route),
+            None => (0, 0),
+        }
+    }
+
     /// Flushes everything written so far to disk (shares a group commit).
     pub async fn flush(&self) -> Result<(), QueueError> {
         self.inner

@@ -38,6 +38,7 @@ pub mod newrelic;
 pub mod sentry;
 pub mod text;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,6 +181,53 @@ impl Default for SinkSettings {
     }
 }
 
+/// Where a route's lines land at its vendor, for an operator to look:
+/// a sentence and the same facts as named fields. Never contains a secret
+/// (no keys, no DSN; a Sentry project id and host are not secret).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Location {
+    /// For example "CloudWatch Logs group livekit/a1 in region us-west-2".
+    pub summary: String,
+    /// The same facts by name (`site`, `query`, `region`, `log_group`,
+    /// `project_id`, `host`, ...), for scripts.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Location {
+    pub(crate) fn new(summary: String, fields: &[(&str, &str)]) -> Self {
+        Self {
+            summary,
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// Where `route`'s lines land, from its `secrets` as its sink would read
+/// them (each vendor's `config::location`). Fails like building the sink
+/// would, naming the secret.
+pub fn locate(
+    route: &RouteKey,
+    secrets: &Secrets,
+    settings: &SinkSettings,
+) -> Result<Location, SecretError> {
+    let agent = route.agent_id.as_str();
+    match route.kind {
+        DestinationKind::Datadog => {
+            datadog::config::location(agent, secrets, settings.datadog_url.as_ref())
+        }
+        DestinationKind::NewRelic => {
+            newrelic::config::location(agent, secrets, settings.newrelic_url.as_ref())
+        }
+        DestinationKind::CloudWatch => {
+            cloudwatch::config::location(agent, secrets, settings.cloudwatch_url.as_ref())
+        }
+        DestinationKind::Sentry => sentry::config::location(secrets),
+    }
+}
+
 /// Builds the sink of a route from its secrets.
 pub trait BuildSink: Send + Sync + 'static {
     fn build(&self, route: &RouteKey, secrets: &Secrets) -> Result<Arc<dyn Sink>, SecretError>;
@@ -293,6 +341,89 @@ mod tests {
         };
         let err = SinkFactory::new(settings).unwrap_err();
         assert!(err.to_string().contains("--datadog-url"), "{err}");
+    }
+
+    fn secrets(pairs: &[(&str, &str)]) -> Secrets {
+        Secrets(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn located(kind: DestinationKind, pairs: &[(&str, &str)]) -> Location {
+        let route = RouteKey {
+            agent_id: "a1".into(),
+            kind,
+            cred_id: "00".into(),
+        };
+        let location = locate(&route, &secrets(pairs), &SinkSettings::default()).unwrap();
+        let shown = format!("{location:?}");
+        for (name, value) in pairs {
+            // Regions are shown on purpose; every other value is a secret.
+            if !name.ends_with("_REGION") {
+                assert!(!shown.contains(value), "a secret in {shown}");
+            }
+        }
+        location
+    }
+
+    #[test]
+    fn where_to_look_names_the_vendors_place_and_never_a_secret() {
+        let dd = located(
+            DestinationKind::Datadog,
+            &[
+                ("DATADOG_TOKEN", "0123456789abcdef0123456789abcdef"),
+                ("DATADOG_REGION", "eu"),
+            ],
+        );
+        assert_eq!(dd.fields["site"], "datadoghq.eu");
+        assert_eq!(dd.fields["query"], "source:a1");
+        let cw = located(
+            DestinationKind::CloudWatch,
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY123456"),
+                ("AWS_SECRET_ACCESS_KEY", "secret-access-key-value"),
+                ("AWS_REGION", "us-west-2"),
+            ],
+        );
+        assert_eq!(
+            cw.summary,
+            "CloudWatch Logs group livekit/a1 in region us-west-2 (log stream = agent-server id)"
+        );
+        let sentry = located(
+            DestinationKind::Sentry,
+            &[(
+                "SENTRY_DSN",
+                "https://0123456789abcdef0123456789abcdef@o7.ingest.sentry.io/4242",
+            )],
+        );
+        assert_eq!(sentry.fields["project_id"], "4242");
+        assert_eq!(sentry.fields["host"], "o7.ingest.sentry.io");
+        let nr = located(
+            DestinationKind::NewRelic,
+            &[(
+                "NEW_RELIC_LICENSE_KEY",
+                "eu01xx0123456789abcdef0123456789abNRAL",
+            )],
+        );
+        assert_eq!(nr.fields["region"], "EU");
+        assert_eq!(nr.fields["query"], "service_name:a1");
+    }
+
+    #[test]
+    fn an_unknown_aws_region_is_pointed_out_in_where_to_look() {
+        let cw = located(
+            DestinationKind::CloudWatch,
+            &[
+                ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY123456"),
+                ("AWS_SECRET_ACCESS_KEY", "secret-access-key-value"),
+                ("AWS_REGION", "us-weast-1"),
+            ],
+        );
+        assert_eq!(cw.fields["unknown_region"], "us-weast-1");
+        assert!(cw.summary.contains("check AWS_REGION"), "{}", cw.summary);
     }
 
     #[test]

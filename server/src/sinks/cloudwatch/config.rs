@@ -119,6 +119,79 @@ pub fn from_secrets(secrets: &Secrets) -> Result<RouteCredentials, SecretError> 
     })
 }
 
+/// AWS regions this gateway knows by name. Only advisory: a region not
+/// listed is still used (AWS adds regions), but `status` points at it,
+/// because a typo such as `us-weast-1` has the right form and fails only as
+/// an unreachable endpoint.
+pub const KNOWN_REGIONS: &[&str] = &[
+    "af-south-1",
+    "ap-east-1",
+    "ap-east-2",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-northeast-3",
+    "ap-south-1",
+    "ap-south-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ap-southeast-3",
+    "ap-southeast-4",
+    "ap-southeast-5",
+    "ap-southeast-6",
+    "ap-southeast-7",
+    "ca-central-1",
+    "ca-west-1",
+    "cn-north-1",
+    "cn-northwest-1",
+    "eu-central-1",
+    "eu-central-2",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "il-central-1",
+    "me-central-1",
+    "me-south-1",
+    "mx-central-1",
+    "sa-east-1",
+    "us-east-1",
+    "us-east-2",
+    "us-gov-east-1",
+    "us-gov-west-1",
+    "us-west-1",
+    "us-west-2",
+];
+
+/// Where an agent's lines land in CloudWatch Logs: the group
+/// `livekit/<agent-id>` in the route's `AWS_REGION`, one log stream per
+/// agent-server id.
+pub fn location(
+    agent_id: &str,
+    secrets: &Secrets,
+    endpoint_override: Option<&Url>,
+) -> Result<crate::sinks::Location, SecretError> {
+    let credentials = from_secrets(secrets)?;
+    let group = log_group_name(agent_id);
+    let region = credentials.region();
+    let mut summary =
+        format!("CloudWatch Logs group {group} in region {region} (log stream = agent-server id)");
+    let mut fields = vec![("log_group", group.as_str()), ("region", region)];
+    if !KNOWN_REGIONS.contains(&region) {
+        summary.push_str(&format!(
+            "; WARNING: {region} is not an AWS region this gateway knows: check AWS_REGION for a typo"
+        ));
+        fields.push(("unknown_region", region));
+    }
+    let endpoint = endpoint_override.map(|url| url.as_str().trim_end_matches('/').to_string());
+    if let Some(endpoint) = &endpoint {
+        summary.push_str(&format!("; sent to the override {endpoint}"));
+        fields.push(("endpoint", endpoint));
+    }
+    Ok(crate::sinks::Location::new(summary, &fields))
+}
+
 fn required_key(secrets: &Secrets, name: &'static str) -> Result<String, SecretError> {
     let value = rules::required(&CLOUDWATCH, name, secrets.get(name))?;
     Ok(rules::aws_key(name, value)?.to_string())

@@ -103,6 +103,35 @@ pub fn from_secrets(
     endpoint(token, region, base_override)
 }
 
+/// Where an agent's logs land in Datadog: the site of `DATADOG_REGION`, and
+/// the Log Explorer query (`source:<agent-id>`, one `host` per replica).
+pub fn location(
+    agent_id: &str,
+    secrets: &Secrets,
+    base_override: Option<&Url>,
+) -> Result<crate::sinks::Location, SecretError> {
+    let endpoint = from_secrets(secrets, base_override)?;
+    let region = Region::from_secret(secrets.get(DATADOG_REGION))?;
+    let site = region.site();
+    let query = format!("source:{agent_id}");
+    let intake = match (endpoint.url.host_str(), endpoint.url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (host, None) => host.unwrap_or_default().to_string(),
+        (None, Some(_)) => String::new(),
+    };
+    let mut summary = format!(
+        "Datadog site {site}: Logs, search `{query}` (service {}, host = agent-server id)",
+        super::request_builder::SERVICE
+    );
+    if base_override.is_some() {
+        summary.push_str(&format!("; sent to the override {intake}"));
+    }
+    Ok(crate::sinks::Location::new(
+        summary,
+        &[("site", site), ("query", &query), ("intake_host", &intake)],
+    ))
+}
+
 /// `browser-intake-` + the site with every dot but the last as a dash
 /// (`us3.datadoghq.com` → `browser-intake-us3-datadoghq.com`), as Datadog's
 /// browser SDK builds it.

@@ -65,6 +65,10 @@ pub struct RouteStatus {
     pub failed_requests: u64,
     /// Lines the vendor refused for good (dropped and counted).
     pub dropped_lines: u64,
+    /// When the vendor last accepted a request of this route (Unix
+    /// seconds, the gateway's clock); `None` before the first success
+    /// since the gateway started.
+    pub last_success_unix: Option<u64>,
     /// Lines the worker holds in memory, read but not yet accepted.
     pub pending_lines: u64,
     /// When the shim read the route's oldest line not yet accepted (Unix
@@ -103,6 +107,7 @@ impl StatusCell {
             delivered_requests: 0,
             failed_requests: 0,
             dropped_lines: 0,
+            last_success_unix: None,
             pending_lines: 0,
             oldest_undelivered_ns: None,
             adopted_cred_id: None,

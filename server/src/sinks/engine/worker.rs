@@ -396,6 +396,10 @@ impl<S: Source> Worker<S> {
             s.delivered_requests += 1;
             s.dropped_lines += rejected;
             s.consecutive_failures = 0;
+            s.last_success_unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs());
         });
         self.parts.status.set_state(RouteState::Delivering);
     }

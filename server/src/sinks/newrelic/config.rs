@@ -103,6 +103,29 @@ pub fn from_secrets(
     })
 }
 
+/// Where an agent's logs land in New Relic: the account's data center (from
+/// the license key's form) and the Logs query (`service_name:<agent-id>`,
+/// `hostname` = agent-server id).
+pub fn location(
+    agent_id: &str,
+    secrets: &Secrets,
+    base_override: Option<&Url>,
+) -> Result<crate::sinks::Location, SecretError> {
+    let endpoint = from_secrets(secrets, base_override)?;
+    let region = match Region::of_key(endpoint.secret()) {
+        Region::Us => "US",
+        Region::Eu => "EU",
+    };
+    let host = endpoint.url.host_str().unwrap_or_default().to_string();
+    let query = format!("service_name:{agent_id}");
+    Ok(crate::sinks::Location::new(
+        format!(
+            "New Relic {region} data center ({host}): Logs, query `{query}` (hostname = agent-server id)"
+        ),
+        &[("region", region), ("endpoint_host", &host), ("query", &query)],
+    ))
+}
+
 /// Checks the key ([`rules::new_relic_license_key`]: visible ASCII, any
 /// length and form) and makes it a sensitive header value.
 fn header_value(key: &str) -> Result<HeaderValue, SecretError> {

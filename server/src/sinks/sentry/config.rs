@@ -93,3 +93,21 @@ pub fn parse_dsn(dsn: &str) -> Result<Endpoint, SecretError> {
         auth,
     })
 }
+
+/// Where an agent's lines land in Sentry: the project id and host of the
+/// DSN (neither is secret; the DSN's public key is, and is never shown).
+pub fn location(secrets: &Secrets) -> Result<crate::sinks::Location, SecretError> {
+    let endpoint = from_secrets(secrets)?;
+    let host = match (endpoint.url.host_str(), endpoint.url.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        (None, _) => String::new(),
+    };
+    let project = endpoint.project_id.to_string();
+    Ok(crate::sinks::Location::new(
+        format!(
+            "Sentry project {project} at {host}: Logs of that project (one trace per agent-server id)"
+        ),
+        &[("project_id", &project), ("host", &host)],
+    ))
+}

@@ -1,0 +1,164 @@
+//! The replica registry: for each agent, which agent-server replicas this
+//! gateway has heard from, when it last did, how many of their streams are
+//! open, and how many lines their shims say they dropped.
+//!
+//! It is bounded: at most [`MAX_REPLICAS_PER_AGENT`] replicas are remembered
+//! per agent; a new replica beyond that replaces the one seen longest ago
+//! (one without an open stream first). Agents themselves need a token signed
+//! by the gateway's key to appear here. It lives in memory only: after a
+//! restart it fills again as shims reconnect. It is written by ingest and
+//! only read by the status reports; it must not hold lines or secrets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// Most replicas remembered per agent (the most recently seen ones).
+pub const MAX_REPLICAS_PER_AGENT: usize = 1_000;
+
+/// What the gateway knows about one replica of an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaInfo {
+    pub agent_server_id: String,
+    /// Open `Ship` streams from it now (0: disconnected).
+    pub connected_streams: u32,
+    /// Last stream opened or closed, or batch received (Unix seconds).
+    pub last_seen_unix: u64,
+    /// Lines its shim's buffer dropped since the shim started, as the shim
+    /// last reported it.
+    pub shim_dropped_total: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    connected_streams: u32,
+    last_seen: SystemTime,
+    shim_dropped_total: u64,
+}
+
+/// Shared registry; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Replicas(Arc<Mutex<HashMap<String, HashMap<String, Entry>>>>);
+
+impl Replicas {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, Entry>>> {
+        // Plain counters: a poisoned lock still holds usable values.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A stream of `server` opened.
+    pub fn stream_opened(&self, agent: &str, server: &str) {
+        self.touch(agent, server, |e| {
+            e.connected_streams = e.connected_streams.saturating_add(1)
+        });
+    }
+
+    /// A stream of `server` closed.
+    pub fn stream_closed(&self, agent: &str, server: &str) {
+        self.touch(agent, server, |e| {
+            e.connected_streams = e.connected_streams.saturating_sub(1)
+        });
+    }
+
+    /// A batch arrived from `server`, whose shim reports `dropped_total`.
+    pub fn batch_received(&self, agent: &str, server: &str, dropped_total: u64) {
+        self.touch(agent, server, |e| {
+            e.shim_dropped_total = e.shim_dropped_total.max(dropped_total)
+        });
+    }
+
+    fn touch(&self, agent: &str, server: &str, f: impl FnOnce(&mut Entry)) {
+        let now = SystemTime::now();
+        let mut agents = self.lock();
+        let replicas = agents.entry(agent.to_string()).or_default();
+        if !replicas.contains_key(server) && replicas.len() >= MAX_REPLICAS_PER_AGENT {
+            evict_one(replicas);
+        }
+        let entry = replicas.entry(server.to_string()).or_insert(Entry {
+            connected_streams: 0,
+            last_seen: now,
+            shim_dropped_total: 0,
+        });
+        entry.last_seen = now;
+        f(entry);
+    }
+
+    /// The agents that have replicas on record, sorted.
+    pub fn agents(&self) -> Vec<String> {
+        let mut agents: Vec<String> = self.lock().keys().cloned().collect();
+        agents.sort();
+        agents
+    }
+
+    /// The replicas of `agent`, sorted by agent-server id.
+    pub fn of(&self, agent: &str) -> Vec<ReplicaInfo> {
+        let agents = self.lock();
+        let mut list: Vec<ReplicaInfo> = agents
+            .get(agent)
+            .into_iter()
+            .flatten()
+            .map(|(id, e)| ReplicaInfo {
+                agent_server_id: id.clone(),
+                connected_streams: e.connected_streams,
+                last_seen_unix: e
+                    .last_seen
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+                shim_dropped_total: e.shim_dropped_total,
+            })
+            .collect();
+        list.sort_by(|a, b| a.agent_server_id.cmp(&b.agent_server_id));
+        list
+    }
+}
+
+/// Forgets the replica seen longest ago, preferring one with no open stream.
+fn evict_one(replicas: &mut HashMap<String, Entry>) {
+    let victim = replicas
+        .iter()
+        .min_by_key(|(_, e)| (e.connected_streams > 0, e.last_seen))
+        .map(|(id, _)| id.clone());
+    if let Some(id) = victim {
+        replicas.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_counts_its_open_streams_and_its_shims_drops() {
+        let replicas = Replicas::default();
+        replicas.stream_opened("a1", "r1");
+        replicas.stream_opened("a1", "r1");
+        replicas.batch_received("a1", "r1", 7);
+        replicas.batch_received("a1", "r1", 3);
+        replicas.stream_closed("a1", "r1");
+        let list = replicas.of("a1");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].connected_streams, 1);
+        assert_eq!(list[0].shim_dropped_total, 7);
+        replicas.stream_closed("a1", "r1");
+        assert_eq!(replicas.of("a1")[0].connected_streams, 0);
+        assert!(replicas.of("a2").is_empty());
+    }
+
+    #[test]
+    fn the_registry_keeps_at_most_the_limit_and_keeps_connected_replicas() {
+        let replicas = Replicas::default();
+        replicas.stream_opened("a1", "connected");
+        for i in 0..MAX_REPLICAS_PER_AGENT + 5 {
+            replicas.batch_received("a1", &format!("r{i}"), 0);
+        }
+        let list = replicas.of("a1");
+        assert_eq!(list.len(), MAX_REPLICAS_PER_AGENT);
+        assert!(list.iter().any(|r| r.agent_server_id == "connected"));
+        let newest = format!("r{}", MAX_REPLICAS_PER_AGENT + 4);
+        assert!(list.iter().any(|r| r.agent_server_id == newest));
+    }
+}
