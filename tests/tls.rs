@@ -249,3 +249,38 @@ async fn tail_follows_over_mutual_tls_with_its_client_certificate() {
         s.gateway.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_reads_an_https_gateway_it_verifies_against_its_ca() {
+    let s = setup(false).await;
+    let (status, err) = run_shim(s.shim("agent-tls", &s.pki.ca), "status over tls").await;
+    assert!(status.success(), "{err}");
+    let status_cmd = |ca: &std::path::Path| {
+        Command::new(bin("logdrain-gateway"))
+            .args(["status", "--agent-id", "agent-tls", "--json"])
+            .env("LOGDRAIN_GATEWAY_HTTP", s.gateway.https_base())
+            .env("LOGDRAIN_TOKEN", token("agent-tls"))
+            .env("LOGDRAIN_GATEWAY_CA_FILE", path(ca))
+            .output()
+            .unwrap()
+    };
+    let trusted = status_cmd(&s.pki.ca);
+    let out = String::from_utf8_lossy(&trusted.stdout);
+    assert!(
+        trusted.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert!(
+        out.contains("\"agent-tls\"") && out.contains("datadog"),
+        "{out}"
+    );
+
+    let untrusted = status_cmd(&s.pki.other_ca);
+    let err = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(!untrusted.status.success(), "{err}");
+    assert!(
+        err.contains("cannot reach the gateway") && err.contains("UnknownIssuer"),
+        "names the certificate problem: {err}"
+    );
+}

@@ -202,6 +202,11 @@ pub struct GatewayHttpArgs {
     #[arg(long, env = "LOGDRAIN_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Extra CA certificate(s) (PEM) to trust for an `https://` gateway
+    /// whose certificate a private CA signed (its --tls-cert).
+    #[arg(long, env = "LOGDRAIN_GATEWAY_CA_FILE", value_name = "PATH")]
+    pub gateway_ca_file: Option<PathBuf>,
+
     /// Timeout of the request to the gateway (test-send waits for every
     /// vendor's answer).
     #[arg(long, env = "LOGDRAIN_HTTP_TIMEOUT", default_value = "60s", value_parser = parse_duration)]

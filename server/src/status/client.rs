@@ -45,8 +45,31 @@ async fn call(
     let bearer = args.bearer(agent_id).map_err(ClientError::Config)?;
     let url = endpoint(&args.gateway_http, path)?;
     let shown = url.to_string();
-    let client = reqwest::Client::builder()
-        .timeout(args.timeout)
+    let mut builder = reqwest::Client::builder().timeout(args.timeout);
+    if let Some(path) = &args.gateway_ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            ClientError::Config(format!(
+                "cannot read --gateway-ca-file {}: {e}; give the PEM file of the CA that signed the gateway's certificate",
+                path.display()
+            ))
+        })?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            ClientError::Config(format!(
+                "--gateway-ca-file {} holds no usable PEM certificate ({e}); give the CA certificate in PEM form",
+                path.display()
+            ))
+        })?;
+        if certificates.is_empty() {
+            return Err(ClientError::Config(format!(
+                "--gateway-ca-file {} holds no PEM certificate; give the CA certificate in PEM form",
+                path.display()
+            )));
+        }
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    let client = builder
         .build()
         .map_err(|e| ClientError::Config(format!("cannot set up the HTTP client: {e}")))?;
     let response = client
@@ -56,7 +79,7 @@ async fn call(
         .await
         .map_err(|e| ClientError::Unreachable {
             url: shown.clone(),
-            reason: e.without_url().to_string(),
+            reason: error_chain(&e.without_url()),
         })?;
     let status = response.status();
     let body = response.text().await.map_err(|e| ClientError::BadReply {
@@ -145,4 +168,20 @@ pub async fn test_send(config: &TestSendConfig) -> Result<String, ClientError> {
     } else {
         Ok(super::test_send::render_text(&report))
     }
+}
+
+/// An error with its sources (reqwest's own text says only "error sending
+/// request"; the cause, such as an untrusted certificate, is in a source).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
