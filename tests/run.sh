@@ -25,41 +25,29 @@ if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want
 fi
 export LOGDRAIN_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
 
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "tests/run.sh: installing promtool (Debian package prometheus) for tests/prometheus.rs"
-  install=(apt-get install -y --no-install-recommends prometheus)
+# Installs Debian package $2 when command $1 is missing (as root or with
+# sudo); otherwise stops and says how. $3 says which test needs it.
+need() {
+  local cmd=$1 package=$2 why=$3
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  echo "tests/run.sh: installing $cmd (Debian package $package) for $why"
+  local install=(apt-get install -y --no-install-recommends "$package")
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && "${install[@]}"
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     sudo apt-get update -qq && sudo "${install[@]}"
   else
-    echo "tests/run.sh: promtool is missing and this user cannot install packages;" \
-      "run: sudo apt-get install -y --no-install-recommends prometheus" >&2
+    echo "tests/run.sh: $cmd is missing and this user cannot install packages;" \
+      "run: sudo apt-get install -y --no-install-recommends $package" >&2
     exit 1
   fi
-  command -v promtool >/dev/null 2>&1 || {
-    echo "tests/run.sh: the prometheus package did not provide promtool" >&2
+  command -v "$cmd" >/dev/null 2>&1 || {
+    echo "tests/run.sh: the $package package did not provide $cmd" >&2
     exit 1
   }
-fi
-
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "tests/run.sh: installing chromium (Debian package) for the status page test in tests/status.rs"
-  install=(apt-get install -y --no-install-recommends chromium)
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && "${install[@]}"
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo apt-get update -qq && sudo "${install[@]}"
-  else
-    echo "tests/run.sh: chromium is missing and this user cannot install packages;" \
-      "run: sudo apt-get install -y --no-install-recommends chromium" >&2
-    exit 1
-  fi
-  command -v chromium >/dev/null 2>&1 || {
-    echo "tests/run.sh: the chromium package did not provide chromium" >&2
-    exit 1
-  }
-fi
+}
+need promtool prometheus "tests/prometheus.rs"
+need chromium chromium "the status page test in tests/status.rs"
 
 cargo test --workspace
 
