@@ -98,6 +98,13 @@ pub struct ServeConfig {
     /// How long a new stream may take to send its opening message.
     #[arg(long, env = "LOGDRAIN_OPEN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub open_timeout: Duration,
+
+    /// Most shim streams served at once (a stream waiting for its opening
+    /// message counts). Further streams are refused with RESOURCE_EXHAUSTED
+    /// so shims try another gateway. Each stream holds up to 8 batches in
+    /// memory; keep the open file limit (`ulimit -n`) above this.
+    #[arg(long, env = "LOGDRAIN_MAX_STREAMS", default_value_t = 10_000, value_parser = parse_max_streams)]
+    pub max_streams: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -140,6 +147,16 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
 
 /// Rules for identifiers that arrive from shims and become vendor fields
 /// (log group names, hosts) and queue keys.
+/// `--max-streams`: a whole number of at least 1.
+fn parse_max_streams(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{value:?} is not a stream count; use a whole number of at least 1, like 10000"
+        )),
+    }
+}
+
 pub mod ids {
     /// Longest agent id accepted.
     pub const MAX_AGENT_ID: usize = 128;

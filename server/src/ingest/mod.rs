@@ -5,10 +5,12 @@
 //! not deliver to vendors (the sinks do) and must not decide how lines are
 //! stored (the queue does).
 
+pub mod check;
 mod ship;
 pub mod tail;
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +34,32 @@ pub struct Ingest {
     pub(crate) tail: TailHub,
     pub(crate) shutdown: Shutdown,
     pub(crate) open_timeout: Duration,
+    /// Most ship streams served at once, counted from their first byte
+    /// (waiting for `Open` included).
+    pub(crate) max_streams: usize,
+    streams: AtomicUsize,
+}
+
+/// One of the `max_streams` places, held by a ship stream until it ends.
+pub(crate) struct StreamSlot(Arc<Ingest>);
+
+impl StreamSlot {
+    /// A place for a new stream, if the gateway is below its limit.
+    pub(crate) fn take(ingest: &Arc<Ingest>) -> Option<Self> {
+        ingest
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < ingest.max_streams).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(ingest)))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The tonic service; cheap to clone.
@@ -45,6 +73,7 @@ impl IngestService {
         key: SigningKey,
         shutdown: Shutdown,
         open_timeout: Duration,
+        max_streams: usize,
     ) -> Self {
         let credential_key = key.credential_hash_key();
         Self(Arc::new(Ingest {
@@ -55,6 +84,8 @@ impl IngestService {
             tail: TailHub::default(),
             shutdown,
             open_timeout,
+            max_streams,
+            streams: AtomicUsize::new(0),
         }))
     }
 
