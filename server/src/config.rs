@@ -239,6 +239,15 @@ mod tests {
     }
 
     #[test]
+    fn max_streams_must_be_a_positive_count() {
+        assert_eq!(parse_max_streams("10000"), Ok(10_000));
+        for bad in ["0", "-1", "many", ""] {
+            let err = parse_max_streams(bad).unwrap_err();
+            assert!(err.contains("at least 1"), "{err}");
+        }
+    }
+
+    #[test]
     fn bad_duration_names_the_value_and_the_form() {
         let err = parse_duration("ten").unwrap_err();
         assert!(err.contains("\"ten\"") && err.contains("10s"), "{err}");
