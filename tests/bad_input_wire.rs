@@ -170,6 +170,15 @@ async fn a_message_over_the_size_limit_ends_the_stream_naming_the_limit_after_ac
     );
     drop(tx);
 
+    // An opening message over the limit is refused the same way.
+    let mut big_open = open_as("agent-big", "replica-2", &token);
+    if let Some(shim_message::Kind::Open(open)) = &mut big_open.kind {
+        open.agent_server_id = "r".repeat(logdrain::MAX_MESSAGE_BYTES + 1);
+    }
+    let status = ship(&mut client, vec![big_open]).await.expect_err("refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(&logdrain::MAX_MESSAGE_BYTES.to_string()));
+
     // The gateway serves the next stream of the same agent as before.
     let acks = ship(
         &mut client,

@@ -60,8 +60,11 @@ pub(super) async fn accept(
             )));
         }
         Ok(Err(status)) => {
-            metrics::refused_streams("invalid_argument");
-            return Err(inbound_error(status));
+            let status = inbound_error(status);
+            if status.code() == Code::ResourceExhausted {
+                metrics::refused_streams("resource_exhausted");
+            }
+            return Err(status);
         }
         Ok(Ok(None)) => {
             metrics::refused_streams("no_open");
