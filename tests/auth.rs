@@ -108,7 +108,9 @@ async fn streams_claiming_another_agent_leave_that_agent_untouched() {
         .env("DATADOG_TOKEN", DD_KEY)
         .spawn_sh("echo b-one; echo b-two");
     let pipes = capture(&mut shim);
-    assert!(wait_exit(&mut shim, Duration::from_secs(60)).await.success());
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
     drop(pipes);
     let delivered = wait_until(Duration::from_secs(60), || {
         dd_messages(&intake, "replica-b").len() >= 2
@@ -127,7 +129,11 @@ async fn streams_claiming_another_agent_leave_that_agent_untouched() {
     let mut client = DrainClient::connect(gateway.url()).await.unwrap();
     // Same agent-server and boot id as a real replica might use: a refused
     // stream must not touch its sequence numbers or routes either.
-    for token in [token("agent-a"), "ld1.not-a-token".to_string(), String::new()] {
+    for token in [
+        token("agent-a"),
+        "ld1.not-a-token".to_string(),
+        String::new(),
+    ] {
         let mut secrets = std::collections::HashMap::new();
         secrets.insert("DATADOG_TOKEN".to_string(), "attacker-key".to_string());
         let open = ShimMessage {
@@ -163,7 +169,11 @@ async fn streams_claiming_another_agent_leave_that_agent_untouched() {
     }
 
     let metrics = gateway.metrics().await;
-    assert_eq!(received(&metrics), before, "nothing was received for agent-b");
+    assert_eq!(
+        received(&metrics),
+        before,
+        "nothing was received for agent-b"
+    );
     assert_eq!(
         metric_value(
             &metrics,
@@ -183,6 +193,10 @@ async fn streams_claiming_another_agent_leave_that_agent_untouched() {
         .await
         .unwrap();
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(status["routes"].as_array().map(Vec::len), Some(1), "{status}");
+    assert_eq!(
+        status["routes"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
     assert_eq!(dd_messages(&intake, "replica-b"), vec!["b-one", "b-two"]);
 }

@@ -51,8 +51,16 @@ async fn run_agent(agent_id: &str, payload: &[u8], env: &[(&str, &str)]) -> Run 
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
     let metrics = loop {
         let metrics = gateway.metrics().await;
-        let acked = metric_value(&metrics, "logdrain_acked_lines_total", &[("agent", agent_id)]);
-        let delivered = metric_value(&metrics, "logdrain_delivered_lines_total", &[("agent", agent_id)]);
+        let acked = metric_value(
+            &metrics,
+            "logdrain_acked_lines_total",
+            &[("agent", agent_id)],
+        );
+        let delivered = metric_value(
+            &metrics,
+            "logdrain_delivered_lines_total",
+            &[("agent", agent_id)],
+        );
         if acked > 0.0 && acked == delivered {
             break metrics;
         }
@@ -63,7 +71,11 @@ async fn run_agent(agent_id: &str, payload: &[u8], env: &[(&str, &str)]) -> Run 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let received_bytes = metric_value(&metrics, "logdrain_received_bytes_total", &[("agent", agent_id)]);
+    let received_bytes = metric_value(
+        &metrics,
+        "logdrain_received_bytes_total",
+        &[("agent", agent_id)],
+    );
 
     let (shim_lines, agent_lines): (Vec<Value>, Vec<Value>) = intake
         .datadog_entries()
@@ -111,7 +123,12 @@ fn expected_pieces(payload: &[u8], max: usize) -> Vec<(Vec<u8>, u32, bool)> {
 fn messages(entries: &[Value]) -> Vec<String> {
     entries
         .iter()
-        .map(|e| e["message"].as_str().expect("message is a string").to_string())
+        .map(|e| {
+            e["message"]
+                .as_str()
+                .expect("message is a string")
+                .to_string()
+        })
         .collect()
 }
 
@@ -134,7 +151,10 @@ fn assert_delivered_as_pieces(run: &Run, payload: &[u8], max: usize) {
         }
     }
     let bytes: usize = expected.iter().map(|(d, _, _)| d.len()).sum();
-    assert_eq!(run.received_bytes, bytes as f64, "the gateway received every byte");
+    assert_eq!(
+        run.received_bytes, bytes as f64,
+        "the gateway received every byte"
+    );
 }
 
 const DEFAULT_MAX_LINE: usize = 256 * 1024;
@@ -146,7 +166,12 @@ async fn invalid_utf8_passes_through_untouched_and_arrives_with_replacement_char
     assert_eq!(run.stdout, payload);
     assert_eq!(
         messages(&run.agent),
-        vec!["ok \u{fffd}\u{fffd} end", "\u{fffd}( half", "\u{fffd} cut", "last \u{fffd}"]
+        vec![
+            "ok \u{fffd}\u{fffd} end",
+            "\u{fffd}( half",
+            "\u{fffd} cut",
+            "last \u{fffd}"
+        ]
     );
     assert_delivered_as_pieces(&run, payload, DEFAULT_MAX_LINE);
 }
@@ -170,10 +195,18 @@ async fn cr_only_line_ends_stay_in_the_line_and_a_progress_bar_is_cut_at_the_max
         n += 1;
     }
     let max = 64 * 1024;
-    let run = run_agent("agent-cr", &payload, &[("LOGDRAIN_MAX_LINE_BYTES", "64KiB")]).await;
+    let run = run_agent(
+        "agent-cr",
+        &payload,
+        &[("LOGDRAIN_MAX_LINE_BYTES", "64KiB")],
+    )
+    .await;
     assert_eq!(run.stdout, payload);
     assert_eq!(run.agent[0]["message"], "10%\r20%\r100%\rdone");
-    assert!(run.agent.len() >= 4, "the progress bar arrives as several pieces");
+    assert!(
+        run.agent.len() >= 4,
+        "the progress bar arrives as several pieces"
+    );
     assert_delivered_as_pieces(&run, &payload, max);
 }
 
@@ -195,7 +228,10 @@ async fn a_ten_megabyte_line_arrives_as_ordered_marked_pieces_with_every_byte() 
     assert_eq!(pieces.len(), line.len().div_ceil(DEFAULT_MAX_LINE));
     let mut joined = Vec::with_capacity(line.len());
     for (i, piece) in pieces.iter().enumerate() {
-        assert_eq!(piece["logdrain"]["part"], i as u64, "pieces arrive in order");
+        assert_eq!(
+            piece["logdrain"]["part"], i as u64,
+            "pieces arrive in order"
+        );
         assert_eq!(piece["logdrain"]["more_parts"], i + 1 < pieces.len());
         let text = piece["message"].as_str().unwrap();
         assert!(text.len() <= DEFAULT_MAX_LINE);
@@ -219,9 +255,18 @@ async fn random_binary_garbage_is_delivered_with_every_byte_accounted() {
             (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
         })
         .collect();
-    let run = run_agent("agent-binary", &payload, &[("LOGDRAIN_MAX_LINE_BYTES", "4KiB")]).await;
+    let run = run_agent(
+        "agent-binary",
+        &payload,
+        &[("LOGDRAIN_MAX_LINE_BYTES", "4KiB")],
+    )
+    .await;
     assert!(run.stdout == payload, "stdout is byte-for-byte the child's");
-    assert!(run.shim.is_empty(), "no drops, no failures: {:?}", messages(&run.shim));
+    assert!(
+        run.shim.is_empty(),
+        "no drops, no failures: {:?}",
+        messages(&run.shim)
+    );
     assert_delivered_as_pieces(&run, &payload, 4096);
 }
 
@@ -258,5 +303,8 @@ async fn a_burst_of_a_million_lines_is_delivered_once_or_accounted_as_dropped() 
         "delivered {} + dropped {dropped}",
         seen.len()
     );
-    println!("burst: {} delivered, {dropped} dropped and reported", seen.len());
+    println!(
+        "burst: {} delivered, {dropped} dropped and reported",
+        seen.len()
+    );
 }

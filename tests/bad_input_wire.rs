@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost::bytes::Bytes;
 use common::*;
 use logdrain::v1::drain_client::DrainClient;
 use logdrain::v1::{
@@ -17,6 +16,7 @@ use logdrain::v1::{
     StreamKind,
 };
 use logdrain_test_intake::Vendor;
+use prost::bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,8 +66,14 @@ async fn client(gateway: &Gateway) -> DrainClient<Channel> {
 
 /// Sends `messages`, half-closes, and returns the acks until the stream
 /// ends, or the status it ended with.
-async fn ship(client: &mut DrainClient<Channel>, messages: Vec<ShimMessage>) -> Result<Vec<u64>, Status> {
-    let mut inbound = client.ship(tokio_stream::iter(messages)).await?.into_inner();
+async fn ship(
+    client: &mut DrainClient<Channel>,
+    messages: Vec<ShimMessage>,
+) -> Result<Vec<u64>, Status> {
+    let mut inbound = client
+        .ship(tokio_stream::iter(messages))
+        .await?
+        .into_inner();
     let mut acks = Vec::new();
     while let Some(message) = inbound.message().await? {
         acks.push(acked(message));
@@ -85,7 +91,10 @@ fn acked(message: GatewayMessage) -> u64 {
 /// A stream whose messages the test sends one by one.
 async fn open_stream(
     client: &mut DrainClient<Channel>,
-) -> (mpsc::Sender<ShimMessage>, tokio::task::JoinHandle<Result<Streaming<GatewayMessage>, Status>>) {
+) -> (
+    mpsc::Sender<ShimMessage>,
+    tokio::task::JoinHandle<Result<Streaming<GatewayMessage>, Status>>,
+) {
     let (tx, rx) = mpsc::channel(4);
     let mut client = client.clone();
     let response = tokio::spawn(async move {
@@ -122,18 +131,29 @@ async fn assert_good_shim_delivered(
     })
     .await;
     let messages = dd_messages(intake, "good-replica");
-    assert!(delivered, "good shim: {} of {lines} lines\n{}", messages.len(), gateway.log());
+    assert!(
+        delivered,
+        "good shim: {} of {lines} lines\n{}",
+        messages.len(),
+        gateway.log()
+    );
     let expected: Vec<String> = (1..=lines).map(|i| format!("good {i}")).collect();
     assert_eq!(messages, expected, "every good line once, in order");
 }
 
-fn start(dir: &tempfile::TempDir, intake: &logdrain_test_intake::Intake, env: &[(&str, &str)]) -> Gateway {
+fn start(
+    dir: &tempfile::TempDir,
+    intake: &logdrain_test_intake::Intake,
+    env: &[(&str, &str)],
+) -> Gateway {
     Gateway::start_with(
         &dir.path().join("gw"),
         &intake.base_url(),
         "127.0.0.1:0",
         "127.0.0.1:0",
-        env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        env.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     )
 }
 
@@ -146,8 +166,12 @@ async fn a_message_over_the_size_limit_ends_the_stream_naming_the_limit_after_ac
     let token = token("agent-big");
 
     let (tx, response) = open_stream(&mut client).await;
-    tx.send(open_as("agent-big", "replica-1", &token)).await.unwrap();
-    tx.send(batch(1, vec![line("before the big one")])).await.unwrap();
+    tx.send(open_as("agent-big", "replica-1", &token))
+        .await
+        .unwrap();
+    tx.send(batch(1, vec![line("before the big one")]))
+        .await
+        .unwrap();
     let mut inbound = response.await.unwrap().expect("stream admitted");
     let first = inbound.message().await.expect("ack").expect("ack");
     assert_eq!(acked(first), 1);
@@ -164,7 +188,9 @@ async fn a_message_over_the_size_limit_ends_the_stream_naming_the_limit_after_ac
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
-        status.message().contains(&logdrain::MAX_MESSAGE_BYTES.to_string()),
+        status
+            .message()
+            .contains(&logdrain::MAX_MESSAGE_BYTES.to_string()),
         "names the limit: {}",
         status.message()
     );
@@ -175,14 +201,21 @@ async fn a_message_over_the_size_limit_ends_the_stream_naming_the_limit_after_ac
     if let Some(shim_message::Kind::Open(open)) = &mut big_open.kind {
         open.agent_server_id = "r".repeat(logdrain::MAX_MESSAGE_BYTES + 1);
     }
-    let status = ship(&mut client, vec![big_open]).await.expect_err("refused");
+    let status = ship(&mut client, vec![big_open])
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(status.message().contains(&logdrain::MAX_MESSAGE_BYTES.to_string()));
+    assert!(status
+        .message()
+        .contains(&logdrain::MAX_MESSAGE_BYTES.to_string()));
 
     // The gateway serves the next stream of the same agent as before.
     let acks = ship(
         &mut client,
-        vec![open_as("agent-big", "replica-1", &token), batch(2, vec![line("after")])],
+        vec![
+            open_as("agent-big", "replica-1", &token),
+            batch(2, vec![line("after")]),
+        ],
     )
     .await
     .expect("a new stream works");
@@ -192,11 +225,15 @@ async fn a_message_over_the_size_limit_ends_the_stream_naming_the_limit_after_ac
     })
     .await;
     assert!(arrived, "{}", gateway.log());
-    assert_eq!(dd_messages(&intake, "replica-1"), vec!["before the big one", "after"]);
+    assert_eq!(
+        dd_messages(&intake, "replica-1"),
+        vec!["before the big one", "after"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn missing_and_contradictory_fields_are_refused_naming_the_field_while_a_good_shim_delivers() {
+async fn missing_and_contradictory_fields_are_refused_naming_the_field_while_a_good_shim_delivers()
+{
     let intake = intake().await;
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
@@ -215,27 +252,95 @@ async fn missing_and_contradictory_fields_are_refused_naming_the_field_while_a_g
     }
 
     let cases: Vec<(&str, Vec<ShimMessage>, Code, &str)> = vec![
-        ("empty agent id", vec![open_as("", "replica-1", &token)], Code::InvalidArgument, "agent id is empty"),
-        ("empty agent-server id", vec![open_as("agent-bad", "", &token)], Code::InvalidArgument, "agent-server id is empty"),
-        ("Batch before Open", vec![batch(1, vec![line("x")])], Code::InvalidArgument, "must be Open"),
-        ("no kind at all", vec![ShimMessage { kind: None }], Code::InvalidArgument, "must be Open"),
-        ("protocol version 0", vec![old_version], Code::FailedPrecondition, "protocol version 0"),
-        ("second Open", vec![open(), open()], Code::InvalidArgument, "one Open"),
-        ("message without kind after Open", vec![open(), ShimMessage { kind: None }], Code::InvalidArgument, "empty message"),
-        ("first_seq 0", vec![open(), batch(0, vec![line("x")])], Code::InvalidArgument, "first_seq is 0"),
-        ("seq overflow", vec![open(), batch(u64::MAX, vec![line("x"), line("y")])], Code::InvalidArgument, "overflows u64"),
-        ("stream kind 0", vec![open(), batch(1, vec![with(&|l| l.stream = 0)])], Code::InvalidArgument, "stream 0"),
-        ("stream kind 99", vec![open(), batch(1, vec![with(&|l| l.stream = 99)])], Code::InvalidArgument, "stream 99"),
-        ("origin 0", vec![open(), batch(1, vec![with(&|l| l.origin = 0)])], Code::InvalidArgument, "origin 0"),
+        (
+            "empty agent id",
+            vec![open_as("", "replica-1", &token)],
+            Code::InvalidArgument,
+            "agent id is empty",
+        ),
+        (
+            "empty agent-server id",
+            vec![open_as("agent-bad", "", &token)],
+            Code::InvalidArgument,
+            "agent-server id is empty",
+        ),
+        (
+            "Batch before Open",
+            vec![batch(1, vec![line("x")])],
+            Code::InvalidArgument,
+            "must be Open",
+        ),
+        (
+            "no kind at all",
+            vec![ShimMessage { kind: None }],
+            Code::InvalidArgument,
+            "must be Open",
+        ),
+        (
+            "protocol version 0",
+            vec![old_version],
+            Code::FailedPrecondition,
+            "protocol version 0",
+        ),
+        (
+            "second Open",
+            vec![open(), open()],
+            Code::InvalidArgument,
+            "one Open",
+        ),
+        (
+            "message without kind after Open",
+            vec![open(), ShimMessage { kind: None }],
+            Code::InvalidArgument,
+            "empty message",
+        ),
+        (
+            "first_seq 0",
+            vec![open(), batch(0, vec![line("x")])],
+            Code::InvalidArgument,
+            "first_seq is 0",
+        ),
+        (
+            "seq overflow",
+            vec![open(), batch(u64::MAX, vec![line("x"), line("y")])],
+            Code::InvalidArgument,
+            "overflows u64",
+        ),
+        (
+            "stream kind 0",
+            vec![open(), batch(1, vec![with(&|l| l.stream = 0)])],
+            Code::InvalidArgument,
+            "stream 0",
+        ),
+        (
+            "stream kind 99",
+            vec![open(), batch(1, vec![with(&|l| l.stream = 99)])],
+            Code::InvalidArgument,
+            "stream 99",
+        ),
+        (
+            "origin 0",
+            vec![open(), batch(1, vec![with(&|l| l.origin = 0)])],
+            Code::InvalidArgument,
+            "origin 0",
+        ),
     ];
     for (what, messages, code, says) in cases {
         let status = ship(&mut client, messages)
             .await
             .expect_err(&format!("{what} must be refused"));
         assert_eq!(status.code(), code, "{what}: {status:?}");
-        assert!(status.message().contains(says), "{what}: {}", status.message());
+        assert!(
+            status.message().contains(says),
+            "{what}: {}",
+            status.message()
+        );
     }
-    let received = metric_value(&gateway.metrics().await, "logdrain_received_lines_total", &[("agent", "agent-bad")]);
+    let received = metric_value(
+        &gateway.metrics().await,
+        "logdrain_received_lines_total",
+        &[("agent", "agent-bad")],
+    );
     assert_eq!(received, 0.0, "no refused line was counted as received");
 
     // Deliberately accepted (docs/reliability.md): an empty batch is
@@ -248,23 +353,35 @@ async fn missing_and_contradictory_fields_are_refused_naming_the_field_while_a_g
             batch(1, vec![]),
             batch(1, vec![line("one"), line("two")]),
             batch(1, vec![line("one"), line("two")]),
-            batch(3, vec![with(&|l| {
-                l.data = Bytes::from_static(b"piece");
-                l.part = 0;
-                l.more_parts = true;
-            })]),
-            batch(4, vec![with(&|l| {
-                l.data = Bytes::from_static(b"orphan");
-                l.part = 7;
-            })]),
+            batch(
+                3,
+                vec![with(&|l| {
+                    l.data = Bytes::from_static(b"piece");
+                    l.part = 0;
+                    l.more_parts = true;
+                })],
+            ),
+            batch(
+                4,
+                vec![with(&|l| {
+                    l.data = Bytes::from_static(b"orphan");
+                    l.part = 7;
+                })],
+            ),
         ],
     )
     .await
     .expect("accepted");
     assert_eq!(acks, vec![0, 2, 2, 3, 4]);
-    let arrived = wait_until(Duration::from_secs(60), || dd_messages(&intake, "replica-1").len() >= 4).await;
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1").len() >= 4
+    })
+    .await;
     assert!(arrived, "{}", gateway.log());
-    assert_eq!(dd_messages(&intake, "replica-1"), vec!["one", "two", "piece", "orphan"]);
+    assert_eq!(
+        dd_messages(&intake, "replica-1"),
+        vec!["one", "two", "piece", "orphan"]
+    );
     let entries = intake.datadog_entries();
     let piece = entries.iter().find(|e| e["message"] == "piece").unwrap();
     assert_eq!(piece["logdrain"]["more_parts"], true);
@@ -291,27 +408,50 @@ async fn agent_ids_breaking_the_naming_rule_are_refused_and_leave_nothing_on_dis
     ] {
         let status = ship(
             &mut client,
-            vec![open_as(id, "replica-1", "ld1.anything"), batch(1, vec![line("x")])],
+            vec![
+                open_as(id, "replica-1", "ld1.anything"),
+                batch(1, vec![line("x")]),
+            ],
         )
         .await
         .expect_err("refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{id:?}");
-        assert!(status.message().contains(says), "{id:?}: {}", status.message());
-        assert!(!status.message().contains('\n'), "control characters are escaped: {}", status.message());
+        assert!(
+            status.message().contains(says),
+            "{id:?}: {}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains('\n'),
+            "control characters are escaped: {}",
+            status.message()
+        );
     }
     let metrics = gateway.metrics().await;
     assert_eq!(
-        metric_value(&metrics, "logdrain_refused_streams_total", &[("reason", "invalid_argument")]),
+        metric_value(
+            &metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "invalid_argument")]
+        ),
         4.0
     );
-    assert_eq!(metric_value(&metrics, "logdrain_received_lines_total", &[]), 0.0);
+    assert_eq!(
+        metric_value(&metrics, "logdrain_received_lines_total", &[]),
+        0.0
+    );
     let after = files_under(&gateway.data_dir);
     let new: Vec<_> = after.difference(&before).collect();
     assert!(
-        new.iter().all(|p| !p.contains("a/b") && !p.contains("..") && !p.contains(&long[..20])),
+        new.iter()
+            .all(|p| !p.contains("a/b") && !p.contains("..") && !p.contains(&long[..20])),
         "no path named after a refused id: {new:?}"
     );
-    for parent in [dir.path().join("a"), dir.path().join("b"), gateway.data_dir.join("a")] {
+    for parent in [
+        dir.path().join("a"),
+        dir.path().join("b"),
+        gateway.data_dir.join("a"),
+    ] {
         assert!(!parent.exists(), "{} was created", parent.display());
     }
 }
@@ -349,13 +489,18 @@ async fn a_stream_that_never_opens_gets_deadline_exceeded_after_the_open_timeout
     assert!(status.message().contains("Open"), "{}", status.message());
     let metrics = gateway.metrics().await;
     assert_eq!(
-        metric_value(&metrics, "logdrain_refused_streams_total", &[("reason", "no_open")]),
+        metric_value(
+            &metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "no_open")]
+        ),
         1.0
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn silent_streams_and_connections_without_a_handshake_are_closed_and_a_good_shim_still_delivers() {
+async fn silent_streams_and_connections_without_a_handshake_are_closed_and_a_good_shim_still_delivers(
+) {
     let intake = intake().await;
     let dir = tempfile::tempdir().unwrap();
     let gateway = start(&dir, &intake, &[("LOGDRAIN_OPEN_TIMEOUT", "2s")]);
@@ -407,7 +552,11 @@ async fn silent_streams_and_connections_without_a_handshake_are_closed_and_a_goo
     }
     let metrics = gateway.metrics().await;
     assert_eq!(
-        metric_value(&metrics, "logdrain_refused_streams_total", &[("reason", "no_open")]),
+        metric_value(
+            &metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "no_open")]
+        ),
         200.0
     );
 }
@@ -419,7 +568,10 @@ async fn streams_beyond_max_streams_are_refused_until_a_place_frees() {
     let gateway = start(
         &dir,
         &intake,
-        &[("LOGDRAIN_MAX_STREAMS", "3"), ("LOGDRAIN_OPEN_TIMEOUT", "3s")],
+        &[
+            ("LOGDRAIN_MAX_STREAMS", "3"),
+            ("LOGDRAIN_OPEN_TIMEOUT", "3s"),
+        ],
     );
     let mut client = client(&gateway).await;
     let mut silent = Vec::new();
@@ -427,28 +579,61 @@ async fn streams_beyond_max_streams_are_refused_until_a_place_frees() {
         silent.push(open_stream(&mut client).await);
     }
     let token = token("agent-cap");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let status = loop {
-        let result = ship(&mut client, vec![open_as("agent-cap", "replica-1", &token), batch(1, vec![line("x")])]).await;
+        let result = ship(
+            &mut client,
+            vec![
+                open_as("agent-cap", "replica-1", &token),
+                batch(1, vec![line("x")]),
+            ],
+        )
+        .await;
         match result {
             Err(status) if status.code() == Code::ResourceExhausted => break status,
-            // A silent stream was not admitted yet; its place is not taken.
-            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            // A silent stream has not reached the gateway yet.
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never refused: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     };
-    assert!(status.message().contains("--max-streams"), "{}", status.message());
+    assert!(
+        status.message().contains("--max-streams"),
+        "{}",
+        status.message()
+    );
     assert!(status.message().contains('3'), "{}", status.message());
 
     for (tx, response) in silent {
-        let status = response.await.unwrap().expect_err("silent streams time out");
+        let status = response
+            .await
+            .unwrap()
+            .expect_err("silent streams time out");
         assert_eq!(status.code(), Code::DeadlineExceeded);
         drop(tx);
     }
-    let acks = ship(&mut client, vec![open_as("agent-cap", "replica-1", &token), batch(1, vec![line("admitted")])])
-        .await
-        .expect("a place is free again");
+    let acks = ship(
+        &mut client,
+        vec![
+            open_as("agent-cap", "replica-1", &token),
+            batch(1, vec![line("admitted")]),
+        ],
+    )
+    .await
+    .expect("a place is free again");
     assert_eq!(acks, vec![1]);
     let metrics = gateway.metrics().await;
-    assert!(metric_value(&metrics, "logdrain_refused_streams_total", &[("reason", "resource_exhausted")]) >= 1.0);
+    assert!(
+        metric_value(
+            &metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "resource_exhausted")]
+        ) >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -476,7 +661,9 @@ async fn five_thousand_concurrent_streams_are_all_acked_and_delivered() {
         let mut released = released.clone();
         tasks.push(tokio::spawn(async move {
             let (tx, rx) = mpsc::channel(2);
-            tx.send(open_as("agent-many", &format!("r-{i}"), &token)).await.unwrap();
+            tx.send(open_as("agent-many", &format!("r-{i}"), &token))
+                .await
+                .unwrap();
             let lines = (1..=LINES).map(|n| line(&format!("s{i} l{n}"))).collect();
             tx.send(batch(1, lines)).await.unwrap();
             let mut inbound = client.ship(ReceiverStream::new(rx)).await?.into_inner();
@@ -489,7 +676,11 @@ async fn five_thousand_concurrent_streams_are_all_acked_and_delivered() {
         }));
     }
     let all_open = tokio::time::timeout(Duration::from_secs(600), all_acked.wait()).await;
-    assert!(all_open.is_ok(), "every stream gets its ack\n{}", gateway.log());
+    assert!(
+        all_open.is_ok(),
+        "every stream gets its ack\n{}",
+        gateway.log()
+    );
     let metrics = gateway.metrics().await;
     assert_eq!(
         metric_value(&metrics, "logdrain_active_streams", &[]),
@@ -510,11 +701,19 @@ async fn five_thousand_concurrent_streams_are_all_acked_and_delivered() {
     let entries = intake.datadog_entries();
     let distinct: HashSet<(String, String)> = entries
         .iter()
-        .map(|e| (e["host"].as_str().unwrap().to_string(), e["message"].as_str().unwrap().to_string()))
+        .map(|e| {
+            (
+                e["host"].as_str().unwrap().to_string(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     assert_eq!(entries.len(), expected, "no line twice");
     assert_eq!(distinct.len(), expected, "every line once");
-    assert!(gateway.metrics().await.contains("logdrain_active_streams"), "the gateway is alive");
+    assert!(
+        gateway.metrics().await.contains("logdrain_active_streams"),
+        "the gateway is alive"
+    );
     println!("gateway peak RSS with {STREAMS} concurrent streams: {rss_peak_kib} KiB");
 }
 

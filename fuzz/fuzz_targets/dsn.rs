@@ -40,7 +40,10 @@ fuzz_target!(|data: &[u8]| {
             );
         }
         Err(problem) => {
-            assert!(gateway.is_err(), "the gateway accepts what the rule refuses");
+            assert!(
+                gateway.is_err(),
+                "the gateway accepts what the rule refuses"
+            );
             let shown = problem.to_string();
             let trimmed = text.trim();
             if trimmed.len() >= 8 {

@@ -21,7 +21,11 @@ fuzz_target!(|data: &[u8]| {
     let level = detect(line, stream);
 
     // A UTF-8 byte order mark is skipped before the window starts.
-    let start = if line.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+    let start = if line.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
     let looks_json = line[start..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     if looks_json || line.len() < start + TEXT_PREFIX_BYTES {
         return;

@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
             match check_batch(&batch) {
                 Ok(()) => {
                     assert!(batch.first_seq >= 1);
-                    assert!(batch.first_seq.checked_add(batch.lines.len() as u64).is_some());
+                    assert!(batch
+                        .first_seq
+                        .checked_add(batch.lines.len() as u64)
+                        .is_some());
                     for line in &batch.lines {
                         assert!(matches!(
                             StreamKind::try_from(line.stream),

@@ -61,7 +61,10 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(piece.data.len(), max, "a non-final piece is short");
         }
         if open {
-            lines.last_mut().expect("open line").extend_from_slice(&piece.data);
+            lines
+                .last_mut()
+                .expect("open line")
+                .extend_from_slice(&piece.data);
         } else {
             lines.push(piece.data.to_vec());
         }
@@ -69,6 +72,9 @@ fuzz_target!(|data: &[u8]| {
         next_part = if piece.more_parts { piece.part + 1 } else { 0 };
     }
     assert!(!open, "the last piece says more parts follow");
-    let expected: Vec<Vec<u8>> = expected_lines(input).into_iter().map(<[u8]>::to_vec).collect();
+    let expected: Vec<Vec<u8>> = expected_lines(input)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
     assert_eq!(lines, expected, "pieces do not rebuild the lines");
 });

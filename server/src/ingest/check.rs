@@ -187,12 +187,18 @@ mod tests {
             first_seq: 0,
             lines: vec![line(1, 1)],
         };
-        assert!(check_batch(&zero).unwrap_err().message().contains("first_seq is 0"));
+        assert!(check_batch(&zero)
+            .unwrap_err()
+            .message()
+            .contains("first_seq is 0"));
         let overflow = Batch {
             first_seq: u64::MAX,
             lines: vec![line(1, 1)],
         };
-        assert!(check_batch(&overflow).unwrap_err().message().contains("overflows"));
+        assert!(check_batch(&overflow)
+            .unwrap_err()
+            .message()
+            .contains("overflows"));
     }
 
     #[test]
@@ -214,7 +220,8 @@ mod tests {
 
     #[test]
     fn unknown_streams_and_origins_are_refused_naming_the_line() {
-        for (stream, origin, what) in [(0, 1, "stream 0"), (99, 1, "stream 99"), (1, 0, "origin 0")] {
+        for (stream, origin, what) in [(0, 1, "stream 0"), (99, 1, "stream 99"), (1, 0, "origin 0")]
+        {
             let batch = Batch {
                 first_seq: 1,
                 lines: vec![line(1, 1), line(stream, origin)],
