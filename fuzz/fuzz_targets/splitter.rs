@@ -17,7 +17,7 @@ fn split(max: usize, chunks: &[&[u8]]) -> Vec<Piece> {
     for chunk in chunks {
         splitter.push(chunk, &mut out);
     }
-    out.extend(splitter.finish());
+    splitter.finish(&mut out);
     out
 }
 
