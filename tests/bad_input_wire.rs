@@ -179,12 +179,10 @@ async fn a_message_over_the_size_limit_ends_the_stream_naming_the_limit_after_ac
     let huge = "x".repeat(logdrain::MAX_MESSAGE_BYTES + 1);
     // The gateway may close the stream while this is still being sent.
     let _ = tx.send(batch(2, vec![line(&huge)])).await;
-    let status = loop {
-        match inbound.message().await {
-            Err(status) => break status,
-            Ok(Some(message)) => panic!("no ack for an oversized batch: {message:?}"),
-            Ok(None) => panic!("the stream ended without saying why"),
-        }
+    let status = match inbound.message().await {
+        Err(status) => status,
+        Ok(Some(message)) => panic!("no ack for an oversized batch: {message:?}"),
+        Ok(None) => panic!("the stream ended without saying why"),
     };
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
