@@ -151,3 +151,106 @@ async fn an_agents_token_reads_only_its_own_status() {
         "{body_b}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_claiming_another_agent_leave_that_agent_untouched() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+    let mut shim = ShimBuilder::new(&gateway.url(), "agent-b", "replica-b")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .spawn_sh("echo b-one; echo b-two");
+    let pipes = capture(&mut shim);
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
+    drop(pipes);
+    let delivered = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-b").len() >= 2
+    })
+    .await;
+    assert!(delivered, "{}", gateway.log());
+    let received = |metrics: &str| {
+        metric_value(
+            metrics,
+            "logdrain_received_lines_total",
+            &[("agent", "agent-b")],
+        )
+    };
+    let before = received(&gateway.metrics().await);
+
+    let mut client = DrainClient::connect(gateway.url()).await.unwrap();
+    // Same agent-server and boot id as a real replica might use: a refused
+    // stream must not touch its sequence numbers or routes either.
+    for token in [
+        token("agent-a"),
+        "ld1.not-a-token".to_string(),
+        String::new(),
+    ] {
+        let mut secrets = std::collections::HashMap::new();
+        secrets.insert("DATADOG_TOKEN".to_string(), "attacker-key".to_string());
+        let open = ShimMessage {
+            kind: Some(shim_message::Kind::Open(Open {
+                token,
+                agent_id: "agent-b".into(),
+                agent_server_id: "replica-b".into(),
+                boot_id: "0123456789abcdef0123456789abcdef".into(),
+                secrets,
+                protocol_version: logdrain::PROTOCOL_VERSION,
+            })),
+        };
+        let batch = ShimMessage {
+            kind: Some(shim_message::Kind::Batch(logdrain::v1::Batch {
+                first_seq: 1,
+                lines: vec![logdrain::v1::Line {
+                    timestamp_ns: 1,
+                    stream: 1,
+                    data: "forged".into(),
+                    origin: 1,
+                    part: 0,
+                    more_parts: false,
+                }],
+                ..Default::default()
+            })),
+        };
+        let status = client
+            .ship(tokio_stream::iter(vec![open, batch]))
+            .await
+            .expect_err("stream refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert!(status.message().contains("agent-b"), "{}", status.message());
+        assert!(!status.message().contains("attacker-key"));
+    }
+
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        received(&metrics),
+        before,
+        "nothing was received for agent-b"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "unauthenticated")]
+        ),
+        3.0
+    );
+    // Its status lists only the route its real shim opened.
+    let status = reqwest::Client::new()
+        .get(format!("http://{}/v1/agents/agent-b/status", gateway.http))
+        .bearer_auth(token("agent-b"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["routes"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    assert_eq!(dd_messages(&intake, "replica-b"), vec!["b-one", "b-two"]);
+}

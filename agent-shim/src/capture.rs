@@ -81,8 +81,10 @@ where
             }
         }
     }
-    if let Some(piece) = splitter.finish() {
-        buffer.push(agent_line(time::now_ns(), stream, piece));
+    splitter.finish(&mut pieces);
+    let timestamp_ns = time::now_ns();
+    for piece in pieces.drain(..) {
+        buffer.push(agent_line(timestamp_ns, stream, piece));
         report.lines += 1;
     }
     report

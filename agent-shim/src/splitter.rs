@@ -68,15 +68,17 @@ impl LineSplitter {
         }
     }
 
-    /// At EOF: the unterminated last line, if there is one. A trailing `\r`
-    /// stays, since no `\n` followed it.
-    pub fn finish(&mut self) -> Option<Piece> {
+    /// At EOF: appends the rest of an unterminated last line, if there is
+    /// one. A trailing `\r` stays, since no `\n` followed it; it is data,
+    /// so it may need a piece of its own (at most two pieces are appended).
+    pub fn finish(&mut self, out: &mut Vec<Piece>) {
         if self.pending.is_empty() && self.part == 0 {
-            return None;
+            return;
         }
-        let mut out = Vec::with_capacity(1);
-        self.emit_last(&mut out);
-        out.pop()
+        while self.pending.len() > self.max_line_bytes {
+            self.cut(out);
+        }
+        self.emit_last(out);
     }
 
     /// Emits full-size pieces while the pending bytes are certainly longer
@@ -87,14 +89,19 @@ impl LineSplitter {
         while self.pending.len() > max
             && (self.pending.len() > max + 1 || self.pending[max] != b'\r')
         {
-            let data = self.pending.split_to(max).freeze();
-            out.push(Piece {
-                data,
-                part: self.part,
-                more_parts: true,
-            });
-            self.part = self.part.saturating_add(1);
+            self.cut(out);
         }
+    }
+
+    /// Emits the first maximum-size piece of the pending bytes.
+    fn cut(&mut self, out: &mut Vec<Piece>) {
+        let data = self.pending.split_to(self.max_line_bytes).freeze();
+        out.push(Piece {
+            data,
+            part: self.part,
+            more_parts: true,
+        });
+        self.part = self.part.saturating_add(1);
     }
 
     fn emit_last(&mut self, out: &mut Vec<Piece>) {
@@ -118,7 +125,7 @@ mod tests {
         for chunk in chunks {
             splitter.push(chunk, &mut out);
         }
-        out.extend(splitter.finish());
+        splitter.finish(&mut out);
         out
     }
 
@@ -248,6 +255,20 @@ mod tests {
                 .map(|p| (p.part, p.more_parts))
                 .collect::<Vec<_>>(),
             vec![(0, true), (1, true), (2, false)]
+        );
+    }
+
+    /// Found for the `splitter` fuzz target's invariant: a line of the maximum
+    /// plus a `\r` at EOF came out as one piece over the maximum.
+    #[test]
+    fn trailing_cr_at_eof_after_a_full_line_gets_its_own_piece() {
+        let out = split_all(4, &[b"abcd\r"]);
+        assert_eq!(datas(&out), vec![&b"abcd"[..], b"\r"]);
+        assert_eq!(
+            out.iter()
+                .map(|p| (p.part, p.more_parts))
+                .collect::<Vec<_>>(),
+            vec![(0, true), (1, false)]
         );
     }
 

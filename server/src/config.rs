@@ -110,6 +110,13 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_OPEN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub open_timeout: Duration,
 
+    /// Most shim streams served at once (a stream waiting for its opening
+    /// message counts). Further streams are refused with RESOURCE_EXHAUSTED
+    /// so shims try another gateway. Each stream holds up to 8 batches in
+    /// memory; keep the open file limit (`ulimit -n`) above this.
+    #[arg(long, env = "LOGDRAIN_MAX_STREAMS", default_value_t = 10_000, value_parser = parse_max_streams)]
+    pub max_streams: usize,
+
     /// PEM certificate (chain) of the gateway. With --tls-key, both the
     /// gRPC and the HTTP listener speak TLS only (clients use https://).
     #[arg(
@@ -331,6 +338,16 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
 
 /// Rules for identifiers that arrive from shims and become vendor fields
 /// (log group names, hosts) and queue keys.
+/// `--max-streams`: a whole number of at least 1.
+fn parse_max_streams(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{value:?} is not a stream count; use a whole number of at least 1, like 10000"
+        )),
+    }
+}
+
 pub mod ids {
     /// Longest agent id accepted.
     pub const MAX_AGENT_ID: usize = 128;
@@ -440,6 +457,15 @@ mod tests {
         };
         let err = status.gateway.bearer(None).unwrap_err();
         assert!(err.contains("--admin-token"), "{err}");
+    }
+
+    #[test]
+    fn max_streams_must_be_a_positive_count() {
+        assert_eq!(parse_max_streams("10000"), Ok(10_000));
+        for bad in ["0", "-1", "many", ""] {
+            let err = parse_max_streams(bad).unwrap_err();
+            assert!(err.contains("at least 1"), "{err}");
+        }
     }
 
     #[test]

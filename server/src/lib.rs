@@ -28,6 +28,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod ingest;
+pub mod listener;
 pub mod metrics;
 pub mod queue;
 pub mod route;

@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
 use crate::auth::{AuthError, SigningKey};
 use crate::config::ServeConfig;
 use crate::http::{self, HttpState};
 use crate::ingest::IngestService;
+use crate::listener;
 use crate::queue::{Queue, QueueError};
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::{Engine, EngineSettings};
@@ -54,6 +55,15 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] TlsError),
 }
+
+/// HTTP/2 pings on every gRPC connection, and how long a ping may go
+/// unanswered before the connection is closed.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Concurrent streams allowed on one gRPC connection (HTTP/2
+/// SETTINGS_MAX_CONCURRENT_STREAMS); the gateway-wide cap is
+/// `--max-streams`.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1024;
 
 /// Runs the gateway until `stop` resolves, then shuts down cleanly.
 pub async fn run(
@@ -150,20 +160,30 @@ pub async fn run(
         key.clone(),
         shutdown.clone(),
         config.open_timeout,
+        config.max_streams,
     );
     let replicas = service.replicas();
     let grpc_shutdown = shutdown.clone();
     let grpc_server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        // A connection whose peer stops answering pings is closed.
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        // A shim uses one stream per connection; a client opening more
+        // than this on one connection waits for a free one.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(service.into_server());
     let grpc_stop = async move { grpc_shutdown.wait().await };
+    // Either way, a connection that does not send the HTTP/2 preface within
+    // --open-timeout (after its TLS handshake) is closed.
+    let open_timeout = config.open_timeout;
     let grpc_task = match &tls {
         None => tokio::spawn(
-            grpc_server.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stop),
+            grpc_server
+                .serve_with_incoming_shutdown(listener::incoming(grpc, open_timeout), grpc_stop),
         ),
         Some(tls) => {
-            let incoming = ReceiverStream::new(tls.accept_grpc(grpc)).map(Ok::<_, std::io::Error>);
+            let incoming = ReceiverStream::new(tls.accept_grpc(grpc))
+                .map(move |io| Ok::<_, std::io::Error>(listener::Guarded::new(io, open_timeout)));
             tokio::spawn(grpc_server.serve_with_incoming_shutdown(incoming, grpc_stop))
         }
     };

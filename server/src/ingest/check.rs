@@ -22,7 +22,7 @@ pub(super) fn check(ingest: &Ingest, request: CheckRequest) -> Result<CheckReply
             &request.token,
         )
         .map_err(|refused| refused.status)?;
-    super::check_secret_sizes(&request.secrets).map_err(Status::invalid_argument)?;
+    super::validate::check_secret_sizes(&request.secrets)?;
     let secrets = request.secrets.into_iter().collect();
     let destinations = routes_for(&request.agent_id, &secrets, &ingest.credential_key)
         .into_iter()

@@ -9,9 +9,10 @@ mod check;
 pub mod replicas;
 mod ship;
 pub mod tail;
+pub mod validate;
 
-use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,6 @@ use logdrain::v1::{CheckReply, CheckRequest, GatewayMessage, ShimMessage, TailLi
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::SigningKey;
-use crate::config::ids;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::Engine;
@@ -38,10 +38,33 @@ pub struct Ingest {
     pub(crate) replicas: Replicas,
     pub(crate) shutdown: Shutdown,
     pub(crate) open_timeout: Duration,
+    /// Most ship streams served at once, counted from their first byte
+    /// (waiting for `Open` included).
+    pub(crate) max_streams: usize,
+    streams: AtomicUsize,
 }
 
-/// Largest single secret value accepted.
-const MAX_SECRET_BYTES: usize = 16 * 1024;
+/// One of the `max_streams` places, held by a ship stream until it ends.
+pub(crate) struct StreamSlot(Arc<Ingest>);
+
+impl StreamSlot {
+    /// A place for a new stream, if the gateway is below its limit.
+    pub(crate) fn take(ingest: &Arc<Ingest>) -> Option<Self> {
+        ingest
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < ingest.max_streams).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(ingest)))
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Why a caller was not admitted: a fixed reason (the `reason` label of
 /// `logdrain_refused_streams_total`) and the status it gets.
@@ -60,21 +83,20 @@ impl Ingest {
         agent_server_id: &str,
         token: &str,
     ) -> Result<(), Refused> {
-        if protocol_version != logdrain::PROTOCOL_VERSION {
-            return Err(Refused {
-                reason: "protocol_version",
-                status: Status::failed_precondition(format!(
-                    "the shim speaks protocol version {protocol_version}, this gateway speaks {}; run matching versions of agent-shim and logdrain-gateway",
-                    logdrain::PROTOCOL_VERSION
-                )),
-            });
-        }
-        let invalid = |message: String| Refused {
-            reason: "invalid_argument",
-            status: Status::invalid_argument(message),
-        };
-        ids::check_agent_id(agent_id).map_err(invalid)?;
-        ids::check_agent_server_id(agent_server_id).map_err(invalid)?;
+        validate::check_identity(protocol_version, agent_id, agent_server_id).map_err(
+            |status| Refused {
+                reason: match status.code() {
+                    tonic::Code::FailedPrecondition => "protocol_version",
+                    _ => "invalid_argument",
+                },
+                status,
+            },
+        )?;
+        self.authenticate(agent_id, token)
+    }
+
+    /// Checks that the token belongs to the agent id.
+    pub(crate) fn authenticate(&self, agent_id: &str, token: &str) -> Result<(), Refused> {
         if !self.key.verify(agent_id, token) {
             return Err(Refused {
                 reason: "unauthenticated",
@@ -84,20 +106,6 @@ impl Ingest {
             });
         }
         Ok(())
-    }
-}
-
-/// Refuses a secret value larger than any real credential (names the
-/// secret, never shows the value).
-fn check_secret_sizes(secrets: &HashMap<String, String>) -> Result<(), String> {
-    match secrets
-        .iter()
-        .find(|(_, value)| value.len() > MAX_SECRET_BYTES)
-    {
-        Some((name, _)) => Err(format!(
-            "the secret {name} is longer than {MAX_SECRET_BYTES} bytes; check its value"
-        )),
-        None => Ok(()),
     }
 }
 
@@ -112,6 +120,7 @@ impl IngestService {
         key: SigningKey,
         shutdown: Shutdown,
         open_timeout: Duration,
+        max_streams: usize,
     ) -> Self {
         let credential_key = key.credential_hash_key();
         Self(Arc::new(Ingest {
@@ -123,6 +132,8 @@ impl IngestService {
             replicas: Replicas::default(),
             shutdown,
             open_timeout,
+            max_streams,
+            streams: AtomicUsize::new(0),
         }))
     }
 

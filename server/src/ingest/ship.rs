@@ -17,17 +17,16 @@ use logdrain::v1::{
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use super::tail::TailBatch;
-use super::{BoxStream, Ingest};
+use super::validate;
+use super::{BoxStream, Ingest, StreamSlot};
 use crate::config::ids;
 use crate::metrics;
 use crate::queue::{Append, QueueError};
 use crate::route::{routes_for, RouteKey};
 
-/// Longest boot id accepted.
-const MAX_BOOT_ID: usize = 64;
 /// Acks buffered towards a slow shim.
 const ACK_BUFFER: usize = 16;
 /// Batches of one stream written to the queue but not yet durable. Bounds
@@ -45,6 +44,13 @@ pub(super) async fn accept(
             "this gateway is shutting down; connect to another gateway",
         ));
     }
+    let Some(slot) = StreamSlot::take(&ingest) else {
+        metrics::refused_streams("resource_exhausted");
+        return Err(Status::resource_exhausted(format!(
+            "this gateway already serves its limit of {} streams (--max-streams); retry later or connect to another gateway",
+            ingest.max_streams
+        )));
+    };
     let first = match tokio::time::timeout(ingest.open_timeout, inbound.message()).await {
         Err(_) => {
             metrics::refused_streams("no_open");
@@ -53,7 +59,13 @@ pub(super) async fn accept(
                 ingest.open_timeout
             )));
         }
-        Ok(Err(status)) => return Err(status),
+        Ok(Err(status)) => {
+            let status = inbound_error(status);
+            if status.code() == Code::ResourceExhausted {
+                metrics::refused_streams("resource_exhausted");
+            }
+            return Err(status);
+        }
         Ok(Ok(None)) => {
             metrics::refused_streams("no_open");
             return Err(Status::invalid_argument(
@@ -62,18 +74,10 @@ pub(super) async fn accept(
         }
         Ok(Ok(Some(message))) => message,
     };
-    let open = match first.kind {
-        Some(shim_message::Kind::Open(open)) => open,
-        _ => {
-            metrics::refused_streams("no_open");
-            return Err(Status::invalid_argument(
-                "the first message of a stream must be Open (agent id, agent-server id, boot id, token)",
-            ));
-        }
-    };
+    let open = validate::opening(first).inspect_err(|_| metrics::refused_streams("no_open"))?;
     let session = Session::open(ingest, open)?;
     let (tx, rx) = mpsc::channel(ACK_BUFFER);
-    tokio::spawn(session.run(inbound, tx));
+    tokio::spawn(session.run(inbound, tx, slot));
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
@@ -88,30 +92,18 @@ struct Session {
 
 impl Session {
     fn open(ingest: Arc<Ingest>, open: Open) -> Result<Self, Status> {
+        validate::check_open(&open).inspect_err(|status| {
+            metrics::refused_streams(match status.code() {
+                Code::FailedPrecondition => "protocol_version",
+                _ => "invalid_argument",
+            })
+        })?;
         ingest
-            .admit(
-                open.protocol_version,
-                &open.agent_id,
-                &open.agent_server_id,
-                &open.token,
-            )
+            .authenticate(&open.agent_id, &open.token)
             .map_err(|refused| {
                 metrics::refused_streams(refused.reason);
                 refused.status
             })?;
-        let invalid = |msg: String| {
-            metrics::refused_streams("invalid_argument");
-            Status::invalid_argument(msg)
-        };
-        if open.boot_id.is_empty()
-            || open.boot_id.len() > MAX_BOOT_ID
-            || !open.boot_id.bytes().all(|b| b.is_ascii_alphanumeric())
-        {
-            return Err(invalid(format!(
-                "the boot id must be 1 to {MAX_BOOT_ID} letters or digits (the shim sends 32 hex digits)"
-            )));
-        }
-        super::check_secret_sizes(&open.secrets).map_err(invalid)?;
         let secrets = open.secrets.into_iter().collect();
         let mut routes = Vec::new();
         for (route, offered) in routes_for(&open.agent_id, &secrets, &ingest.credential_key) {
@@ -148,6 +140,7 @@ impl Session {
         self,
         mut inbound: Streaming<ShimMessage>,
         tx: mpsc::Sender<Result<GatewayMessage, Status>>,
+        _slot: StreamSlot,
     ) {
         metrics::active_streams(1.0);
         metrics::connected_replicas(&self.agent_id, 1.0);
@@ -169,10 +162,16 @@ impl Session {
         let shutdown = self.ingest.shutdown.clone();
         let mut reading = true;
         let mut shutting_down = false;
+        // Why the stream ends, told to the shim after the batches already
+        // written are acked.
+        let mut ending: Option<Status> = None;
         loop {
             if !reading && waiting.is_empty() {
                 if shutting_down {
-                    let _ = tx.send(Err(Status::unavailable("this gateway is shutting down; everything acked is on disk; reconnect to another gateway"))).await;
+                    ending = Some(Status::unavailable("this gateway is shutting down; everything acked is on disk; reconnect to another gateway"));
+                }
+                if let Some(status) = ending {
+                    let _ = tx.send(Err(status)).await;
                 }
                 break;
             }
@@ -218,6 +217,9 @@ impl Session {
                         Err(status) => {
                             tracing::debug!(agent = %self.agent_id, agent_server = %self.agent_server_id, %status, "stream ended by the shim");
                             reading = false;
+                            // A shim that hung up does not read it; one
+                            // that sent something undecodable learns why.
+                            ending = Some(inbound_error(status));
                         }
                     }
                 }
@@ -230,20 +232,8 @@ impl Session {
     /// resolves to the stream's durable high-water mark once the write is on
     /// disk, and only then counts it as acked and shows it to live tail.
     fn write(&self, batch: Batch) -> Result<Durable, Status> {
-        if batch.first_seq == 0 {
-            return Err(Status::invalid_argument(
-                "Batch.first_seq is 0; sequence numbers start at 1",
-            ));
-        }
+        validate::check_batch(&batch)?;
         let count = batch.lines.len() as u64;
-        if batch.first_seq.checked_add(count).is_none() {
-            return Err(Status::invalid_argument(
-                "Batch.first_seq plus the line count overflows u64",
-            ));
-        }
-        for (i, line) in batch.lines.iter().enumerate() {
-            check_line(i, line)?;
-        }
         let bytes: u64 = batch.lines.iter().map(|l| l.data.len() as u64).sum();
         metrics::received(&self.agent_id, count, bytes);
         metrics::agent_seen(&self.agent_id);
@@ -319,20 +309,18 @@ impl Session {
 /// A written batch on its way to disk; yields the ack to send.
 type Durable = Pin<Box<dyn Future<Output = Result<u64, Status>> + Send>>;
 
-fn check_line(index: usize, line: &Line) -> Result<(), Status> {
-    if StreamKind::try_from(line.stream).map_or(true, |s| s == StreamKind::Unspecified) {
-        return Err(Status::invalid_argument(format!(
-            "line {index} of the batch has stream {}; use STDOUT (1) or STDERR (2)",
-            line.stream
-        )));
+/// What the shim is told when reading its stream failed: a message over the
+/// size limit is RESOURCE_EXHAUSTED naming the limit; anything else as tonic
+/// reported it.
+fn inbound_error(status: Status) -> Status {
+    if status.code() == Code::OutOfRange {
+        return Status::resource_exhausted(format!(
+            "a message is larger than the gateway's limit of {} bytes ({}); send smaller batches (agent-shim keeps a batch under 1 MiB plus one line)",
+            logdrain::MAX_MESSAGE_BYTES,
+            status.message()
+        ));
     }
-    if Origin::try_from(line.origin).map_or(true, |o| o == Origin::Unspecified) {
-        return Err(Status::invalid_argument(format!(
-            "line {index} of the batch has origin {}; use AGENT (1) or SHIM (2)",
-            line.origin
-        )));
-    }
-    Ok(())
+    status
 }
 
 fn ack(seq: u64) -> GatewayMessage {
