@@ -115,3 +115,16 @@ pub fn refused_streams(reason: &'static str) {
 pub fn quarantined(entries: u64) {
     counter!("logdrain_queue_quarantined_entries_total").increment(entries);
 }
+
+/// Whether the queue's disk is below its free-space watermark (1), so new
+/// batches are refused.
+pub fn queue_disk_full(full: bool) {
+    gauge!("logdrain_queue_disk_full").set(if full { 1.0 } else { 0.0 });
+}
+
+/// Batches refused by the queue, by fixed reason (`disk_full`,
+/// `over_quota`); the shim keeps their lines and retries.
+pub fn refused_batches(agent: &str, reason: &'static str) {
+    counter!("logdrain_refused_batches_total", "agent" => agent.to_string(), "reason" => reason)
+        .increment(1);
+}

@@ -5,6 +5,7 @@
 //! not deliver to vendors (the sinks do) and must not decide how lines are
 //! stored (the queue does).
 
+pub mod notice;
 mod ship;
 pub mod tail;
 
