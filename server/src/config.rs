@@ -115,6 +115,11 @@ pub struct ServeConfig {
     /// restart: keep a margin).
     #[arg(long, env = "LOGDRAIN_DISK_MIN_FREE_BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub disk_min_free_bytes: u64,
+
+    /// At most one quota drop notice per route in this interval; each
+    /// repeats the totals of the ongoing run of drops.
+    #[arg(long, env = "LOGDRAIN_QUOTA_NOTICE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub quota_notice_interval: Duration,
 }
 
 #[derive(Debug, Clone, Args)]

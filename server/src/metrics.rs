@@ -128,3 +128,9 @@ pub fn refused_batches(agent: &str, reason: &'static str) {
     counter!("logdrain_refused_batches_total", "agent" => agent.to_string(), "reason" => reason)
         .increment(1);
 }
+
+/// A queue database that could not be opened at all was moved aside whole
+/// at start (a fresh queue serves).
+pub fn queue_set_aside() {
+    counter!("logdrain_queue_set_aside_total").increment(1);
+}

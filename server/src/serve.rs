@@ -20,7 +20,8 @@ use crate::auth::{AuthError, SigningKey};
 use crate::config::ServeConfig;
 use crate::http::{self, HttpState};
 use crate::ingest::IngestService;
-use crate::queue::{Queue, QueueError};
+use crate::ingest::notice;
+use crate::queue::{Queue, QueueError, QueueLimits};
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::{Engine, EngineSettings};
 use crate::sinks::{cloudwatch, SinkError, SinkFactory, SinkSettings};
@@ -63,7 +64,21 @@ pub async fn run(
         source,
     })?;
     let key = SigningKey::load(config.key.signing_key.as_deref(), data_dir)?;
-    let (queue, report) = Queue::open(&data_dir.join("queue"))?;
+    let queue_dir = data_dir.join("queue");
+    let limits = QueueLimits {
+        agent_quota_bytes: config.agent_quota_bytes,
+        min_free_bytes: config.disk_min_free_bytes,
+    };
+    let (queue, report, set_aside) = Queue::open_or_set_aside(&queue_dir, limits)?;
+    if let Some(aside) = &set_aside {
+        crate::metrics::queue_set_aside();
+        tracing::error!(
+            queue = %queue_dir.display(),
+            moved_to = %aside.moved_to.display(),
+            reason = %aside.reason,
+            "the queue database could not be opened; it was moved aside whole (nothing in it is delivered; keep it for inspection) and a fresh queue was started"
+        );
+    }
     if report.quarantined > 0 {
         tracing::error!(
             quarantined = report.quarantined,
@@ -127,6 +142,15 @@ pub async fn run(
         shutdown.clone(),
         config.open_timeout,
     );
+    let notices = notice::spawn(
+        queue.clone(),
+        engine.clone(),
+        notice::NoticeSettings {
+            quota_bytes: config.agent_quota_bytes,
+            interval: config.quota_notice_interval,
+        },
+        shutdown.clone(),
+    );
     let grpc_shutdown = shutdown.clone();
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
@@ -164,6 +188,7 @@ pub async fn run(
         Err(_) => tracing::warn!(?grace, "streams did not end within the grace period"),
     }
     engine.shutdown(grace).await;
+    notices.abort();
     if let Err(e) = queue.flush().await {
         tracing::error!(error = %e, "final queue flush failed; data acked earlier is already durable");
     }

@@ -5,10 +5,13 @@
 //! The queue only reports what each route lost ([`Queue::take_quota_drops`]);
 //! the cause comes from the delivery engine's route status (already
 //! redacted: no secret ever reaches a status). Notices are coalesced: at most
-//! one per route per [`NOTICE_INTERVAL`], summing the counts in between, so a
-//! long outage costs a few lines, not one per batch. Notices are appended as
-//! a stream of their own (agent-server id [`NOTICE_SERVER_ID`], one boot id
-//! per gateway run). This module must not drop or count lines itself.
+//! one per route per interval. Drops of a route belong to one **episode**
+//! until none happened for two intervals, and every notice states the
+//! episode's totals so far: while the vendor stays down, older notices are
+//! themselves dropped by the quota, and the newest one still tells the
+//! whole story. Notices are appended as a stream of their own (agent-server
+//! id [`NOTICE_SERVER_ID`], one boot id per gateway run). This module must
+//! not drop or count lines itself.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,59 +27,108 @@ use crate::shutdown::Shutdown;
 use crate::sinks::engine::status::{RouteState, RouteStatus};
 use crate::sinks::engine::Engine;
 
-/// At most one notice per route in this interval.
-pub const NOTICE_INTERVAL: Duration = Duration::from_secs(60);
 /// The agent-server id notices are queued under (the "host" vendors show).
 pub const NOTICE_SERVER_ID: &str = "logdrain-gateway";
+
+/// How notices are written.
+#[derive(Clone, Copy, Debug)]
+pub struct NoticeSettings {
+    /// The quota quoted in the notice.
+    pub quota_bytes: u64,
+    /// At most one notice per route in this interval.
+    pub interval: Duration,
+}
 
 /// Starts the task that turns quota drops into notices; it ends on shutdown.
 pub fn spawn(
     queue: Queue,
     engine: Engine<Queue>,
-    quota_bytes: u64,
+    settings: NoticeSettings,
     shutdown: Shutdown,
 ) -> JoinHandle<()> {
-    tokio::spawn(run(queue, engine, quota_bytes, shutdown))
+    tokio::spawn(run(queue, engine, settings, shutdown))
 }
 
-async fn run(queue: Queue, engine: Engine<Queue>, quota_bytes: u64, shutdown: Shutdown) {
+/// The drops of one route since its episode began.
+struct Episode {
+    total: QuotaDrop,
+    /// Why, as the route's status said when lines were dropped (a failing
+    /// status wins over a healthy one seen later).
+    cause: Cause,
+    /// Lines covered by the last notice written.
+    reported: u64,
+    last_drop: Instant,
+    last_sent: Option<Instant>,
+}
+
+impl Episode {
+    fn unreported(&self) -> bool {
+        self.total.lines > self.reported
+    }
+}
+
+async fn run(queue: Queue, engine: Engine<Queue>, settings: NoticeSettings, shutdown: Shutdown) {
+    let interval = settings.interval;
     let boot_id = format!("{:032x}", rand::random::<u128>());
     let mut seq = 1u64;
-    // Both maps hold at most one entry per route.
-    let mut pending: HashMap<RouteKey, QuotaDrop> = HashMap::new();
-    let mut last_sent: HashMap<RouteKey, Instant> = HashMap::new();
+    // One entry per route at most.
+    let mut episodes: HashMap<RouteKey, Episode> = HashMap::new();
     loop {
-        let next_due = pending
-            .keys()
-            .filter_map(|route| last_sent.get(route))
-            .map(|sent| *sent + NOTICE_INTERVAL)
+        let next_due = episodes
+            .values()
+            .filter(|e| e.unreported())
+            .filter_map(|e| e.last_sent.map(|sent| sent + interval))
             .min();
         tokio::select! {
             () = shutdown.wait() => return,
             () = queue.quota_dropped() => {}
             () = sleep_until(next_due), if next_due.is_some() => {}
         }
-        for drop in queue.take_quota_drops() {
-            merge(&mut pending, drop);
-        }
         let now = Instant::now();
-        last_sent.retain(|_, sent| now < *sent + NOTICE_INTERVAL);
-        let due: Vec<RouteKey> = pending
-            .keys()
-            .filter(|route| !last_sent.contains_key(*route))
-            .cloned()
-            .collect();
-        let statuses = engine.statuses();
-        for route in due {
-            let Some(drop) = pending.remove(&route) else {
-                continue;
-            };
+        let drops = queue.take_quota_drops();
+        let statuses = if drops.is_empty() {
+            Vec::new()
+        } else {
+            engine.statuses()
+        };
+        for drop in drops {
             let status = statuses.iter().find(|s| {
-                s.agent_id == route.agent_id
-                    && s.destination == route.kind
-                    && s.cred_id == route.cred_id
+                s.agent_id == drop.route.agent_id
+                    && s.destination == drop.route.kind
+                    && s.cred_id == drop.route.cred_id
             });
-            let text = notice_text(&drop, quota_bytes, status);
+            let cause = Cause::of(drop.route.kind.name(), status);
+            match episodes.get_mut(&drop.route) {
+                Some(episode)
+                    if now.duration_since(episode.last_drop) < 2 * interval
+                        || episode.unreported() =>
+                {
+                    merge(&mut episode.total, &drop);
+                    episode.last_drop = now;
+                    if cause.failing || !episode.cause.failing {
+                        episode.cause = cause;
+                    }
+                }
+                _ => {
+                    let route = drop.route.clone();
+                    let episode = Episode {
+                        total: drop,
+                        cause,
+                        reported: 0,
+                        last_drop: now,
+                        last_sent: None,
+                    };
+                    episodes.insert(route, episode);
+                }
+            }
+        }
+        for (route, episode) in &mut episodes {
+            let due = episode.unreported()
+                && episode.last_sent.is_none_or(|sent| now >= sent + interval);
+            if !due {
+                continue;
+            }
+            let text = notice_text(&episode.total, settings.quota_bytes, &episode.cause.text);
             let written = queue
                 .append(Append {
                     agent_id: &route.agent_id,
@@ -84,17 +136,19 @@ async fn run(queue: Queue, engine: Engine<Queue>, quota_bytes: u64, shutdown: Sh
                     boot_id: &boot_id,
                     first_seq: seq,
                     lines: vec![notice_line(text)],
-                    routes: std::slice::from_ref(&route),
+                    routes: std::slice::from_ref(route),
                 })
                 .await;
             seq += 1;
-            last_sent.insert(route.clone(), now);
-            if let Err(error) = written {
-                // Kept and summed into the next attempt.
-                tracing::warn!(route = %route, %error, "cannot queue the drop notice; trying again later");
-                merge(&mut pending, drop);
+            episode.last_sent = Some(now);
+            match written {
+                Ok(_) => episode.reported = episode.total.lines,
+                // Tried again after the interval, with the totals then.
+                Err(error) => tracing::warn!(route = %route, %error,
+                    "cannot queue the drop notice; trying again later"),
             }
         }
+        episodes.retain(|_, e| now.duration_since(e.last_drop) < 2 * interval || e.unreported());
     }
 }
 
@@ -104,18 +158,11 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn merge(pending: &mut HashMap<RouteKey, QuotaDrop>, drop: QuotaDrop) {
-    match pending.get_mut(&drop.route) {
-        Some(entry) => {
-            entry.lines += drop.lines;
-            entry.bytes += drop.bytes;
-            entry.oldest_ns = earliest(entry.oldest_ns, drop.oldest_ns);
-            entry.newest_ns = entry.newest_ns.max(drop.newest_ns);
-        }
-        None => {
-            pending.insert(drop.route.clone(), drop);
-        }
-    }
+fn merge(total: &mut QuotaDrop, drop: &QuotaDrop) {
+    total.lines += drop.lines;
+    total.bytes += drop.bytes;
+    total.oldest_ns = earliest(total.oldest_ns, drop.oldest_ns);
+    total.newest_ns = total.newest_ns.max(drop.newest_ns);
 }
 
 fn earliest(a: i64, b: i64) -> i64 {
@@ -138,20 +185,40 @@ fn notice_line(text: String) -> Line {
     }
 }
 
-/// The notice for one route: count, size, time range, quota and cause.
-pub(crate) fn notice_text(drop: &QuotaDrop, quota_bytes: u64, status: Option<&RouteStatus>) -> String {
-    let destination = drop.route.kind.name();
-    let cause = match status {
-        Some(s) if s.consecutive_failures > 0 || blocked(s.state) => {
-            let last = s.last_error.as_deref().unwrap_or("no error recorded");
-            format!(
-                "{destination} has been failing ({} failed attempts in a row, last error: {last})",
-                s.consecutive_failures
-            )
+/// Why a route's queue filled up, from its status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Cause {
+    text: String,
+    failing: bool,
+}
+
+impl Cause {
+    pub(crate) fn of(destination: &str, status: Option<&RouteStatus>) -> Cause {
+        match status {
+            Some(s) if s.consecutive_failures > 0 || blocked(s.state) => {
+                let last = s.last_error.as_deref().unwrap_or("no error recorded");
+                Cause {
+                    text: format!(
+                        "{destination} has been failing ({} failed attempts in a row, last error: {last})",
+                        s.consecutive_failures
+                    ),
+                    failing: true,
+                }
+            }
+            Some(_) => Cause {
+                text: format!("{destination} accepted lines more slowly than they arrived"),
+                failing: false,
+            },
+            None => Cause {
+                text: format!("{destination} was not being delivered to"),
+                failing: false,
+            },
         }
-        Some(_) => format!("{destination} accepted lines more slowly than they arrived"),
-        None => format!("{destination} was not being delivered to"),
-    };
+    }
+}
+
+/// The notice for one route: count, size, time range, quota and cause.
+pub(crate) fn notice_text(drop: &QuotaDrop, quota_bytes: u64, cause: &str) -> String {
     format!(
         "logdrain-gateway: dropped {} lines ({}) queued between {} and {} for agent {} because its queue reached its quota of {} while {cause}",
         group_digits(drop.lines),
@@ -244,11 +311,8 @@ mod tests {
 
     #[test]
     fn notice_names_count_size_time_range_quota_and_the_vendor_error() {
-        let text = notice_text(
-            &drop_of(12_345, 3_355_443),
-            1 << 30,
-            Some(&failing_status()),
-        );
+        let cause = Cause::of("datadog", Some(&failing_status()));
+        let text = notice_text(&drop_of(12_345, 3_355_443), 1 << 30, &cause.text);
         assert_eq!(
             text,
             "logdrain-gateway: dropped 12,345 lines (3.2 MiB) queued between 2023-11-14T22:13:20Z \
@@ -265,20 +329,18 @@ mod tests {
         status.consecutive_failures = 0;
         let mut drop = drop_of(1, 10);
         drop.oldest_ns = 0;
-        let text = notice_text(&drop, 16 << 20, Some(&status));
+        let text = notice_text(&drop, 16 << 20, &Cause::of("datadog", Some(&status)).text);
         assert!(text.contains("dropped 1 lines (10 B) queued between an unknown time"), "{text}");
         assert!(text.contains("quota of 16.0 MiB while datadog accepted lines more slowly"), "{text}");
     }
 
     #[test]
     fn drops_of_one_route_are_summed_over_the_widest_time_range() {
-        let mut pending = HashMap::new();
-        merge(&mut pending, drop_of(10, 100));
+        let mut total = drop_of(10, 100);
         let mut later = drop_of(5, 50);
         later.oldest_ns = 1_800_000_000_000_000_000;
         later.newest_ns = 1_800_000_000_000_000_001;
-        merge(&mut pending, later);
-        let total = &pending[&drop_of(0, 0).route];
+        merge(&mut total, &later);
         assert_eq!((total.lines, total.bytes), (15, 150));
         assert_eq!(total.oldest_ns, 1_700_000_000_000_000_000);
         assert_eq!(total.newest_ns, 1_800_000_000_000_000_001);
