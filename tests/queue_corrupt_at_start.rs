@@ -51,7 +51,9 @@ async fn a_corrupt_segment_of_one_agent_is_set_aside_with_a_count_and_every_othe
     let _bad_pipes = capture(&mut bad);
     let _good_pipes = capture(&mut good);
     assert!(wait_exit(&mut bad, Duration::from_secs(60)).await.success());
-    assert!(wait_exit(&mut good, Duration::from_secs(60)).await.success());
+    assert!(wait_exit(&mut good, Duration::from_secs(60))
+        .await
+        .success());
     assert!(gateway.terminate().success());
 
     damage_first_segment(&data_dir.join("queue"), "agent-damaged");
@@ -74,7 +76,10 @@ async fn a_corrupt_segment_of_one_agent_is_set_aside_with_a_count_and_every_othe
         .iter()
         .map(|m| number(m))
         .collect();
-    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "in order, each once");
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "in order, each once"
+    );
     let gaps: Vec<u64> = numbers
         .windows(2)
         .map(|w| w[1] - w[0] - 1)
@@ -114,7 +119,9 @@ async fn a_queue_sled_cannot_open_is_moved_aside_once_and_the_gateway_serves_fro
         .env("DATADOG_TOKEN", DD_KEY)
         .spawn_sh("seq -f 'line %g' 1 100");
     let _pipes = capture(&mut shim);
-    assert!(wait_exit(&mut shim, Duration::from_secs(60)).await.success());
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
     assert!(gateway.terminate().success());
 
     // Damage sled's own files so that it cannot open the database.
@@ -133,7 +140,10 @@ async fn a_queue_sled_cannot_open_is_moved_aside_once_and_the_gateway_serves_fro
     );
     let aside = unreadable_dirs(&data_dir);
     assert_eq!(aside.len(), 1, "{aside:?}");
-    assert!(log.contains(&aside[0]), "the log names where it went: {log}");
+    assert!(
+        log.contains(&aside[0]),
+        "the log names where it went: {log}"
+    );
     let metrics = gateway.metrics().await;
     assert_eq!(
         metric_value(&metrics, "logdrain_queue_set_aside_total", &[]),
@@ -144,7 +154,9 @@ async fn a_queue_sled_cannot_open_is_moved_aside_once_and_the_gateway_serves_fro
         .env("DATADOG_TOKEN", DD_KEY)
         .spawn_sh("seq -f 'line %g' 1 100");
     let _pipes = capture(&mut shim);
-    assert!(wait_exit(&mut shim, Duration::from_secs(60)).await.success());
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
     let expected: Vec<String> = (1..=100).map(|i| format!("line {i}")).collect();
     let served = wait_until(Duration::from_secs(60), || {
         dd_messages(&intake, "replica-after") == expected

@@ -12,7 +12,8 @@ use common::*;
 use logdrain_test_intake::Fault;
 
 /// Pads each line to about 100 bytes.
-const PAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+const PAD: &str =
+    "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
 
 /// The number in `line <n> ...`.
 fn number(message: &str) -> u64 {
@@ -59,7 +60,11 @@ async fn an_agent_over_its_quota_loses_only_its_oldest_lines_counted_and_announc
         .spawn_sh("seq -f 'line %g' 1 1000");
     let _a_pipes = capture(&mut a);
     let _b_pipes = capture(&mut b);
-    assert!(wait_exit(&mut a, Duration::from_secs(180)).await.success(), "{}", gateway.log());
+    assert!(
+        wait_exit(&mut a, Duration::from_secs(180)).await.success(),
+        "{}",
+        gateway.log()
+    );
     assert!(wait_exit(&mut b, Duration::from_secs(60)).await.success());
 
     let metrics = gateway.metrics().await;
@@ -70,7 +75,10 @@ async fn an_agent_over_its_quota_loses_only_its_oldest_lines_counted_and_announc
             &[("agent", agent), ("reason", "quota")],
         ) as u64
     };
-    assert!(dropped("agent-quota-a", &metrics) > 0, "the quota dropped lines:\n{metrics}");
+    assert!(
+        dropped("agent-quota-a", &metrics) > 0,
+        "the quota dropped lines:\n{metrics}"
+    );
     assert_eq!(dropped("agent-quota-b", &metrics), 0, "{metrics}");
 
     intake.clear_faults();
@@ -88,7 +96,10 @@ async fn an_agent_over_its_quota_loses_only_its_oldest_lines_counted_and_announc
         .iter()
         .map(|m| number(m))
         .collect();
-    assert!(a_numbers.windows(2).all(|w| w[0] < w[1]), "in order, each once");
+    assert!(
+        a_numbers.windows(2).all(|w| w[0] < w[1]),
+        "in order, each once"
+    );
     let missing = A_LINES - a_numbers.len() as u64;
     let dropped_a = dropped("agent-quota-a", &gateway.metrics().await);
     assert!(missing > 0, "over the quota some lines are gone");
@@ -119,13 +130,23 @@ async fn an_agent_over_its_quota_loses_only_its_oldest_lines_counted_and_announc
     for notice in &notices {
         assert!(notice.starts_with("logdrain-gateway: dropped "), "{notice}");
         assert!(notice.contains("for agent agent-quota-a because its queue reached its quota of 16.0 MiB while datadog has been failing"), "{notice}");
-        assert!(notice.contains("500"), "the vendor's error is named: {notice}");
-        assert!(!notice.contains(DD_KEY), "no secret in the notice: {notice}");
+        assert!(
+            notice.contains("500"),
+            "the vendor's error is named: {notice}"
+        );
+        assert!(
+            !notice.contains(DD_KEY),
+            "no secret in the notice: {notice}"
+        );
     }
 }
 
 /// Polls `/metrics` until `check` holds or `limit` passes.
-async fn wait_for_metrics(gateway: &Gateway, limit: Duration, check: impl Fn(&str) -> bool) -> bool {
+async fn wait_for_metrics(
+    gateway: &Gateway,
+    limit: Duration,
+    check: impl Fn(&str) -> bool,
+) -> bool {
     let start = Instant::now();
     loop {
         if check(&gateway.metrics().await) {
@@ -146,7 +167,9 @@ fn free_bytes(path: &Path) -> u64 {
         .output()
         .expect("run stat -f");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut parts = text.split_whitespace().map(|p| p.parse::<u64>().unwrap_or(0));
+    let mut parts = text
+        .split_whitespace()
+        .map(|p| p.parse::<u64>().unwrap_or(0));
     parts.next().unwrap_or(0) * parts.next().unwrap_or(0)
 }
 
@@ -193,12 +216,19 @@ async fn a_full_disk_refuses_batches_the_shim_keeps_them_and_all_arrive_once_spa
     std::fs::write(&go, b"").unwrap();
 
     let refused = wait_for_metrics(&gateway, Duration::from_secs(60), |metrics| {
-        metric_value(metrics, "logdrain_refused_batches_total", &[("reason", "disk_full")]) >= 1.0
+        metric_value(
+            metrics,
+            "logdrain_refused_batches_total",
+            &[("reason", "disk_full")],
+        ) >= 1.0
             && metric_value(metrics, "logdrain_queue_disk_full", &[]) == 1.0
     })
     .await;
     assert!(refused, "{}", gateway.log());
-    assert!(gateway.child.try_wait().unwrap().is_none(), "the gateway keeps running");
+    assert!(
+        gateway.child.try_wait().unwrap().is_none(),
+        "the gateway keeps running"
+    );
     let ready = http_get(&format!("http://{}/readyz", gateway.http)).await;
     assert!(ready.contains("watermark"), "{ready}");
     assert_eq!(
@@ -223,5 +253,7 @@ async fn a_full_disk_refuses_batches_the_shim_keeps_them_and_all_arrive_once_spa
         stderr.contains("RESOURCE_EXHAUSTED") && stderr.contains("lines wait in the buffer"),
         "the shim says why it holds its lines:\n{stderr}"
     );
-    assert!(gateway.log().contains("disk is below its free-space watermark"));
+    assert!(gateway
+        .log()
+        .contains("disk is below its free-space watermark"));
 }

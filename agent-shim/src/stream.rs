@@ -210,7 +210,12 @@ impl Shipper {
             }
             failures_this_round = 0;
             let delay = self.backoff.next_delay(&mut self.rng);
-            self.log_failure(failed, failure, kind, format_args!("retrying in {delay:.1?}"));
+            self.log_failure(
+                failed,
+                failure,
+                kind,
+                format_args!("retrying in {delay:.1?}"),
+            );
             self.sleep_unless_drained(delay).await;
         }
     }
@@ -522,7 +527,9 @@ mod tests {
 
     #[test]
     fn statuses_repeat_by_code_whatever_their_message() {
-        let full = |free: u64| StreamError::Status(Status::resource_exhausted(format!("{free} bytes free")));
+        let full = |free: u64| {
+            StreamError::Status(Status::resource_exhausted(format!("{free} bytes free")))
+        };
         assert_eq!(full(10).repeat_key(), full(20).repeat_key());
         assert_ne!(
             full(10).repeat_key(),

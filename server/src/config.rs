@@ -168,7 +168,9 @@ pub const MIN_AGENT_QUOTA_BYTES: u64 = logdrain::MAX_MESSAGE_BYTES as u64;
 /// (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), any case.
 pub fn parse_size(value: &str) -> Result<u64, String> {
     let text = value.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let bad = || format!("{value:?} is not a size; write it like 1GiB, 512MiB, 100MB or 1048576");
     let number: u64 = number.parse().map_err(|_| bad())?;
@@ -294,9 +296,14 @@ mod tests {
     fn bad_sizes_name_the_value_and_the_form() {
         for bad in ["", "ten", "1.5GiB", "12 parsecs", "-1"] {
             let err = parse_size(bad).unwrap_err();
-            assert!(err.contains(&format!("{bad:?}")) && err.contains("512MiB"), "{err}");
+            assert!(
+                err.contains(&format!("{bad:?}")) && err.contains("512MiB"),
+                "{err}"
+            );
         }
-        assert!(parse_size("99999999999TiB").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]

@@ -94,7 +94,10 @@ impl Gateway {
         std::fs::create_dir_all(mount).expect("mount point");
         let probe = Command::new("unshare")
             .args(["-Urm", "sh", "-c"])
-            .arg(format!("mount -t tmpfs -o size=1m tmpfs '{}'", mount.display()))
+            .arg(format!(
+                "mount -t tmpfs -o size=1m tmpfs '{}'",
+                mount.display()
+            ))
             .output();
         if !probe.is_ok_and(|o| o.status.success()) {
             return None;

@@ -123,8 +123,8 @@ async fn run(queue: Queue, engine: Engine<Queue>, settings: NoticeSettings, shut
             }
         }
         for (route, episode) in &mut episodes {
-            let due = episode.unreported()
-                && episode.last_sent.is_none_or(|sent| now >= sent + interval);
+            let due =
+                episode.unreported() && episode.last_sent.is_none_or(|sent| now >= sent + interval);
             if !due {
                 continue;
             }
@@ -251,7 +251,7 @@ fn group_digits(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -330,8 +330,14 @@ mod tests {
         let mut drop = drop_of(1, 10);
         drop.oldest_ns = 0;
         let text = notice_text(&drop, 16 << 20, &Cause::of("datadog", Some(&status)).text);
-        assert!(text.contains("dropped 1 lines (10 B) queued between an unknown time"), "{text}");
-        assert!(text.contains("quota of 16.0 MiB while datadog accepted lines more slowly"), "{text}");
+        assert!(
+            text.contains("dropped 1 lines (10 B) queued between an unknown time"),
+            "{text}"
+        );
+        assert!(
+            text.contains("quota of 16.0 MiB while datadog accepted lines more slowly"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -342,9 +342,7 @@ fn ack(seq: u64) -> GatewayMessage {
 fn queue_status(e: QueueError) -> Status {
     if e.is_out_of_space() {
         tracing::warn!(error = %e, "batch refused for lack of queue space; the shim keeps its lines and retries");
-        return Status::resource_exhausted(format!(
-            "{e}; keep the lines and retry later"
-        ));
+        return Status::resource_exhausted(format!("{e}; keep the lines and retry later"));
     }
     tracing::error!(error = %e, "queue write failed; the shim keeps its lines and retries");
     Status::unavailable(format!(

@@ -156,7 +156,10 @@ impl Inner {
                 kind: loss.tag.kind,
                 cred_id: loss.tag.cred_id.to_string(),
             };
-            batch.insert(keys::cursor(&route), &records::encode_cursor(loss.cursor)[..]);
+            batch.insert(
+                keys::cursor(&route),
+                &records::encode_cursor(loss.cursor)[..],
+            );
         }
         let mut metas = Vec::with_capacity(encoded.len());
         for segment in encoded {

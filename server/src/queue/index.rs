@@ -270,7 +270,7 @@ impl AgentIndex {
         for entry in &self.routes {
             let mut loss: Option<RouteLoss> = None;
             for &(id, meta) in &dropped {
-                if !meta.tags.iter().any(|t| *t == entry.tag) {
+                if !meta.tags.contains(&entry.tag) {
                     continue;
                 }
                 let last = meta.last(id);

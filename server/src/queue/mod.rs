@@ -51,8 +51,8 @@ use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
 pub use error::{QueueError, RecordError};
-pub use open::SetAside;
 pub use logdrain::v1::Line;
+pub use open::SetAside;
 
 use crate::metrics;
 use crate::route::{RouteKey, Secrets};

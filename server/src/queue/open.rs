@@ -17,18 +17,16 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::commit::GroupCommit;
+use super::disk::DiskGuard;
 use super::error::{QueueError, RecordError};
 use super::index::{AgentIndex, SegMeta};
 use super::keys::{self, Parsed};
-use super::disk::DiskGuard;
-use super::{
-    records, segment, Agent, Cursor, Inner, OpenReport, Queue, QueueLimits, STREAM_LOCKS,
-};
+use super::{records, segment, Agent, Cursor, Inner, OpenReport, Queue, QueueLimits, STREAM_LOCKS};
 use crate::metrics;
 use crate::route::RouteKey;
 

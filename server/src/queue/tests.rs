@@ -772,16 +772,30 @@ async fn over_quota_drops_the_oldest_segments_counts_them_and_keeps_the_new_batc
     let r = route("agent", "c1");
     queue.put_route(&r, &secrets("t")).unwrap();
     for batch in 0..3 {
-        append(&queue, "agent", "srv", batch * 10 + 1, ten_byte_lines(batch * 10 + 1, 10), one(&r)).await;
+        append(
+            &queue,
+            "agent",
+            "srv",
+            batch * 10 + 1,
+            ten_byte_lines(batch * 10 + 1, 10),
+            one(&r),
+        )
+        .await;
     }
     assert_eq!(queue.depth("agent"), (30, 300));
-    assert!(queue.take_quota_drops().is_empty(), "nothing dropped while within the quota");
+    assert!(
+        queue.take_quota_drops().is_empty(),
+        "nothing dropped while within the quota"
+    );
 
     let fourth = append(&queue, "agent", "srv", 31, ten_byte_lines(31, 10), one(&r)).await;
     assert_eq!(fourth.queued, 10, "the batch being appended is kept");
     assert_eq!(queue.depth("agent"), (30, 300));
     let read = read_all(&queue, &r);
-    assert_eq!(read.first().map(|l| l.line.data.clone()), Some(Bytes::from("line-00011")));
+    assert_eq!(
+        read.first().map(|l| l.line.data.clone()),
+        Some(Bytes::from("line-00011"))
+    );
     assert_eq!(read.len(), 30);
     assert_eq!(
         queue.take_quota_drops(),
@@ -813,12 +827,21 @@ async fn quota_drop_moves_cursors_past_the_dropped_segments_and_counts_only_unde
     append(&queue, "agent", "srv", 21, ten_byte_lines(21, 10), &both).await;
     let mut drops = queue.take_quota_drops();
     drops.sort_by(|a, b| a.route.cmp(&b.route));
-    let lost: Vec<(String, u64)> = drops.iter().map(|d| (d.route.cred_id.clone(), d.lines)).collect();
+    let lost: Vec<(String, u64)> = drops
+        .iter()
+        .map(|d| (d.route.cred_id.clone(), d.lines))
+        .collect();
     assert_eq!(lost, vec![("x".to_string(), 6), ("y".to_string(), 10)]);
     // Both routes continue after the dropped segment, from its next line.
     for r in [&x, &y] {
-        let read = queue.read(r, queue.committed(r).unwrap(), 100, usize::MAX).unwrap();
-        assert_eq!(data(&read).first().map(String::as_str), Some("line-00011"), "{r}");
+        let read = queue
+            .read(r, queue.committed(r).unwrap(), 100, usize::MAX)
+            .unwrap();
+        assert_eq!(
+            data(&read).first().map(String::as_str),
+            Some("line-00011"),
+            "{r}"
+        );
         assert_eq!(read.len(), 20);
     }
     // A late commit of a cursor inside the dropped segment changes nothing.
@@ -829,7 +852,9 @@ async fn quota_drop_moves_cursors_past_the_dropped_segments_and_counts_only_unde
     queue.flush().await.unwrap();
     drop(queue);
     let queue = open_limited(&dir, 200);
-    let read = queue.read(&y, queue.committed(&y).unwrap(), 100, usize::MAX).unwrap();
+    let read = queue
+        .read(&y, queue.committed(&y).unwrap(), 100, usize::MAX)
+        .unwrap();
     assert_eq!(read.len(), 20);
 }
 
@@ -842,7 +867,15 @@ async fn one_agent_over_quota_leaves_other_agents_untouched() {
     queue.put_route(&b, &secrets("t")).unwrap();
     append(&queue, "b", "srv", 1, ten_byte_lines(1, 10), one(&b)).await;
     for batch in 0..5 {
-        append(&queue, "a", "srv", batch * 10 + 1, ten_byte_lines(batch * 10 + 1, 10), one(&a)).await;
+        append(
+            &queue,
+            "a",
+            "srv",
+            batch * 10 + 1,
+            ten_byte_lines(batch * 10 + 1, 10),
+            one(&a),
+        )
+        .await;
     }
     assert_eq!(queue.depth("a"), (10, 100));
     assert_eq!(queue.depth("b"), (10, 100));
@@ -872,7 +905,11 @@ async fn a_batch_larger_than_the_whole_quota_is_refused_and_nothing_is_dropped()
     assert!(err.is_out_of_space(), "{err}");
     assert!(err.to_string().contains("--agent-quota-bytes"), "{err}");
     assert_eq!(queue.depth("agent"), (5, 50));
-    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 5, "not acked");
+    assert_eq!(
+        queue.acked_seq("agent", "srv", "boot-1").unwrap(),
+        5,
+        "not acked"
+    );
 }
 
 #[tokio::test]
@@ -931,7 +968,12 @@ async fn a_database_sled_cannot_open_is_set_aside_once_and_a_fresh_queue_serves(
     let aside = aside.expect("the damaged database was set aside");
     assert!(aside.moved_to.exists(), "kept for inspection: {aside:?}");
     assert!(
-        aside.moved_to.file_name().unwrap().to_string_lossy().starts_with("queue.unreadable-"),
+        aside
+            .moved_to
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("queue.unreadable-"),
         "{aside:?}"
     );
     assert_eq!(report.segments, 0);
