@@ -257,3 +257,50 @@ async fn a_full_disk_refuses_batches_the_shim_keeps_them_and_all_arrive_once_spa
         .log()
         .contains("disk is below its free-space watermark"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_disk_filled_to_the_last_byte_refuses_batches_without_crashing_and_still_stops_on_sigterm(
+) {
+    let intake = intake().await;
+    intake.inject(Fault::until_cleared(500)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Watermark off: the queue grows until sled meets ENOSPC. sled then
+    // writes nothing more until restart (see queue/disk.rs); the gateway must
+    // stay up, refuse with RESOURCE_EXHAUSTED at once, and still stop.
+    let Some(mut gateway) = Gateway::start_on_tmpfs(
+        &dir.path().join("mnt"),
+        24,
+        &intake.base_url(),
+        vec![
+            ("LOGDRAIN_DISK_MIN_FREE_BYTES".into(), "0".into()),
+            ("LOGDRAIN_SHUTDOWN_GRACE".into(), "3s".into()),
+        ],
+    ) else {
+        eprintln!("skipped: cannot mount a tmpfs in a user namespace with unshare here");
+        return;
+    };
+    let mut shim = ShimBuilder::new(&gateway.url(), "agent-enospc", "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .env("LOGDRAIN_DRAIN_TIMEOUT", "10s")
+        .spawn_sh(&format!("seq -f 'line %07g {PAD}' 1 400000"));
+    let (_out, err) = capture(&mut shim);
+    let refused = wait_for_metrics(&gateway, Duration::from_secs(60), |metrics| {
+        metric_value(metrics, "logdrain_queue_disk_full", &[]) == 1.0
+    })
+    .await;
+    assert!(refused, "{}", gateway.log());
+    let _ = wait_exit(&mut shim, Duration::from_secs(120)).await;
+    let stderr = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
+    assert!(stderr.contains("RESOURCE_EXHAUSTED"), "{stderr}");
+    assert!(
+        gateway.child.try_wait().unwrap().is_none(),
+        "the gateway keeps running"
+    );
+    let ready = http_get(&format!("http://{}/readyz", gateway.http)).await;
+    assert!(ready.contains("watermark"), "{ready}");
+
+    // SIGTERM still ends the process.
+    signal(gateway.child.id(), libc::SIGTERM);
+    let status = wait_exit(&mut gateway.child, Duration::from_secs(60)).await;
+    assert!(status.success(), "{}", gateway.log());
+}

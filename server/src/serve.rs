@@ -189,11 +189,25 @@ pub async fn run(
     }
     engine.shutdown(grace).await;
     notices.abort();
-    if let Err(e) = queue.flush().await {
-        tracing::error!(error = %e, "final queue flush failed; data acked earlier is already durable");
+    // Bounded: after a full disk (ENOSPC) sled's flushes never complete.
+    match tokio::time::timeout(grace, queue.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "final queue flush failed; data acked earlier is already durable")
+        }
+        Err(_) => tracing::error!(
+            ?grace,
+            "final queue flush did not finish; data acked earlier is already durable"
+        ),
     }
     if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), http_task).await {
         tracing::error!(error = %e, "HTTP server ended with an error");
+    }
+    if queue.storage_wedged() {
+        // sled flushes when its last handle drops, and after a full disk
+        // that flush never ends: keep one handle so the process can exit.
+        // Everything acked was made durable before.
+        std::mem::forget(queue.clone());
     }
     tracing::info!("stopped");
     Ok(())

@@ -99,6 +99,15 @@ pub enum QueueError {
         min_free: u64,
     },
 
+    /// A write met ENOSPC; sled writes nothing more until restart.
+    #[error(
+        "the queue disk in {dir:?} filled up (no space left on device) and the queue storage \
+         accepts no more writes until the gateway restarts; lines wait in the shims' buffers; free \
+         disk space, restart the gateway, and keep --disk-min-free-bytes / \
+         LOGDRAIN_DISK_MIN_FREE_BYTES above 0 so batches are refused before the disk fills"
+    )]
+    DiskWedged { dir: PathBuf },
+
     /// The free space of the queue's filesystem could not be measured.
     #[error("cannot measure the free space of {dir:?}: {source}; check that the data dir exists and is readable")]
     DiskSpace {
@@ -136,7 +145,9 @@ impl QueueError {
     /// lines, rather than report the queue broken.
     pub fn is_out_of_space(&self) -> bool {
         match self {
-            QueueError::DiskFull { .. } | QueueError::OverQuota { .. } => true,
+            QueueError::DiskFull { .. }
+            | QueueError::DiskWedged { .. }
+            | QueueError::OverQuota { .. } => true,
             QueueError::Sled(e) | QueueError::Flush(e) => is_enospc(e),
             _ => false,
         }

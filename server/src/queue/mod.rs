@@ -264,6 +264,13 @@ impl Queue {
         self.inner.quota_notify.notified().await;
     }
 
+    /// Whether a write met a full disk (ENOSPC): sled then writes nothing
+    /// more, and its flushes (including the one when its last handle drops)
+    /// never complete, until the process restarts.
+    pub fn storage_wedged(&self) -> bool {
+        self.inner.disk.is_wedged()
+    }
+
     /// Whether appends are refused now because the disk is below its
     /// free-space watermark (measured afresh).
     pub fn disk_full(&self) -> bool {
@@ -438,12 +445,21 @@ impl Queue {
             });
         }
         let freed = index.freed_by_commit(route, through);
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::cursor(route), &records::encode_cursor(through)[..]);
-        for id in &freed {
-            batch.remove(keys::segment(&agent.id, *id));
+        // After a full disk sled's writes never finish: keep delivering from
+        // memory; the lines are delivered again after the restart (at least
+        // once), nothing is lost.
+        if !inner.disk.is_wedged() {
+            let mut batch = sled::Batch::default();
+            batch.insert(keys::cursor(route), &records::encode_cursor(through)[..]);
+            for id in &freed {
+                batch.remove(keys::segment(&agent.id, *id));
+            }
+            inner.db.apply_batch(batch).inspect_err(|e| {
+                if error::is_enospc(e) {
+                    inner.disk.write_failed();
+                }
+            })?;
         }
-        inner.db.apply_batch(batch)?;
         index.set_cursor(route, through);
         let (lines, bytes) = index.remove_segments(&freed);
         report_popped(&agent.id, &index, lines, bytes);
