@@ -458,6 +458,60 @@ mod tests {
     }
 
     #[test]
+    fn quota_plan_drops_oldest_segments_and_counts_lines_some_route_still_needed() {
+        let mut index = index_with(&[(1, 4, &["x", "y"]), (2, 4, &["x"]), (3, 4, &["x", "y"])]);
+        // x delivered all of segment 1 and half of 2; y nothing.
+        index.set_cursor(
+            &route("x"),
+            Cursor {
+                segment: 2,
+                index: 1,
+            },
+        );
+        assert!(index.plan_quota(0, 120).segments.is_empty(), "fits");
+        // 120 queued + 30 incoming over a quota of 100: drop 1 and 2.
+        let plan = index.plan_quota(30, 100);
+        assert_eq!(plan.segments, vec![1, 2]);
+        // Segment 1: y needed all 4; segment 2: x needed its last 2.
+        assert_eq!(plan.lost_lines, 6);
+        let lost: Vec<(&str, u64, Cursor)> = plan
+            .losses
+            .iter()
+            .map(|l| (&*l.tag.cred_id, l.lines, l.cursor))
+            .collect();
+        assert_eq!(
+            lost,
+            vec![
+                (
+                    "x",
+                    2,
+                    Cursor {
+                        segment: 2,
+                        index: 3
+                    }
+                ),
+                (
+                    "y",
+                    4,
+                    Cursor {
+                        segment: 1,
+                        index: 3
+                    }
+                )
+            ]
+        );
+        assert_eq!(index.apply_quota(&plan), (8, 80));
+        assert_eq!(
+            index.cursor(&route("y")),
+            Some(Some(Cursor {
+                segment: 1,
+                index: 3
+            }))
+        );
+        assert_eq!(index.depth(), (4, 40));
+    }
+
+    #[test]
     fn a_segment_is_freed_only_past_its_last_line_for_every_tag() {
         let mut index = index_with(&[(1, 3, &["x", "y"]), (2, 3, &["x"])]);
         let mid = Cursor {
