@@ -118,6 +118,18 @@ pub enum StreamError {
     AckTimeout(Duration),
 }
 
+impl StreamError {
+    /// What makes two failures "the same" for logging: the status code for
+    /// a gateway status (its message may carry changing figures), the whole
+    /// text otherwise.
+    fn repeat_key(&self) -> String {
+        match self {
+            StreamError::Status(status) => format!("status {}", code_name(status.code())),
+            other => other.to_string(),
+        }
+    }
+}
+
 struct Gateway {
     url: Uri,
     endpoint: Endpoint,
@@ -239,23 +251,37 @@ impl Shipper {
             index = (index + 1) % self.gateways.len();
             failures_this_round += 1;
             let failure = format!("gateway {url}: {err}");
+            let kind = err.repeat_key();
             if failures_this_round < self.gateways.len() {
                 let next = self.gateways[index].url.clone();
-                self.log_failure(failed, failure, format_args!("trying {next} next"));
+                self.log_failure(failed, failure, kind, format_args!("trying {next} next"));
                 continue;
             }
             failures_this_round = 0;
             let delay = self.backoff.next_delay(&mut self.rng);
-            self.log_failure(failed, failure, format_args!("retrying in {delay:.1?}"));
+            self.log_failure(
+                failed,
+                failure,
+                kind,
+                format_args!("retrying in {delay:.1?}"),
+            );
             self.sleep_unless_drained(delay).await;
         }
     }
 
     /// Logs a failure when it differs from the last one logged, and repeats
     /// only after 2, 4, 8, ... consecutive failures, so an outage of hours
-    /// costs a few lines on stderr, not thousands.
-    fn log_failure(&mut self, gateway: usize, failure: String, next_step: std::fmt::Arguments<'_>) {
-        let repeat = failure == self.last_logged[gateway];
+    /// costs a few lines on stderr, not thousands. Failures are compared by
+    /// `kind` ([`StreamError::repeat_key`]), so a status whose message
+    /// changes each time (free bytes on a full disk) is still a repeat.
+    fn log_failure(
+        &mut self,
+        gateway: usize,
+        failure: String,
+        kind: String,
+        next_step: std::fmt::Arguments<'_>,
+    ) {
+        let repeat = kind == self.last_logged[gateway];
         if !repeat {
             diag!("{failure}; {next_step}");
         } else if self.failures.is_power_of_two() {
@@ -264,7 +290,7 @@ impl Shipper {
                 self.failures
             );
         }
-        self.last_logged[gateway] = failure;
+        self.last_logged[gateway] = kind;
     }
 
     /// True once the capture is over and every line was acked (or dropped).
@@ -609,6 +635,18 @@ mod tests {
         assert_eq!(mutual_tls_hint(false, false), "");
         assert!(mutual_tls_hint(true, false).contains("--client-cert"));
         assert!(mutual_tls_hint(true, true).contains("--tls-client-ca"));
+    }
+
+    #[test]
+    fn statuses_repeat_by_code_whatever_their_message() {
+        let full = |free: u64| {
+            StreamError::Status(Status::resource_exhausted(format!("{free} bytes free")))
+        };
+        assert_eq!(full(10).repeat_key(), full(20).repeat_key());
+        assert_ne!(
+            full(10).repeat_key(),
+            StreamError::Status(Status::unavailable("x")).repeat_key()
+        );
     }
 
     #[test]

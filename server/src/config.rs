@@ -117,6 +117,28 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_MAX_STREAMS", default_value_t = 10_000, value_parser = parse_max_streams)]
     pub max_streams: usize,
 
+    /// Most line data one agent may keep queued (like 512MiB or 2GB; at
+    /// least 16MiB, one gRPC message). When its destinations fail long
+    /// enough to fill it, the agent's oldest lines are dropped, counted in
+    /// logdrain_dropped_lines_total{reason="quota"}, and a notice with the
+    /// count, time range and cause enters its drain. Other agents are not
+    /// affected.
+    #[arg(long, env = "LOGDRAIN_AGENT_QUOTA_BYTES", default_value = "1GiB", value_parser = parse_quota)]
+    pub agent_quota_bytes: u64,
+
+    /// New batches are refused with RESOURCE_EXHAUSTED (shims keep their
+    /// lines and retry) while the data dir's filesystem has less free space
+    /// than this; delivery goes on and appends resume by themselves. 0
+    /// disables the check (sled stops writing after a full disk until
+    /// restart: keep a margin).
+    #[arg(long, env = "LOGDRAIN_DISK_MIN_FREE_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub disk_min_free_bytes: u64,
+
+    /// At most one quota drop notice per route in this interval; each
+    /// repeats the totals of the ongoing run of drops.
+    #[arg(long, env = "LOGDRAIN_QUOTA_NOTICE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub quota_notice_interval: Duration,
+
     /// PEM certificate (chain) of the gateway. With --tls-key, both the
     /// gRPC and the HTTP listener speak TLS only (clients use https://).
     #[arg(
@@ -336,6 +358,47 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{value:?} is not a duration ({e}); write it like 10s, 500ms or 2m"))
 }
 
+/// Smallest per-agent quota: one gRPC message (a batch is never split
+/// across appends, and one batch must always fit).
+pub const MIN_AGENT_QUOTA_BYTES: u64 = logdrain::MAX_MESSAGE_BYTES as u64;
+
+/// Parses a size: a whole number with an optional unit B, KB, MB, GB, TB
+/// (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), any case.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let text = value.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let bad = || format!("{value:?} is not a size; write it like 1GiB, 512MiB, 100MB or 1048576");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("{value:?} is too large; sizes must fit in 64 bits"))
+}
+
+fn parse_quota(value: &str) -> Result<u64, String> {
+    let bytes = parse_size(value)?;
+    if bytes < MIN_AGENT_QUOTA_BYTES {
+        return Err(format!(
+            "{value:?} is below the smallest per-agent quota of 16MiB (one batch must always fit); raise it"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Rules for identifiers that arrive from shims and become vendor fields
 /// (log group names, hosts) and queue keys.
 /// `--max-streams`: a whole number of at least 1.
@@ -466,6 +529,35 @@ mod tests {
             let err = parse_max_streams(bad).unwrap_err();
             assert!(err.contains("at least 1"), "{err}");
         }
+    }
+
+    #[test]
+    fn sizes_accept_decimal_and_binary_units_in_any_case() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2gb"), Ok(2_000_000_000));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+    }
+
+    #[test]
+    fn bad_sizes_name_the_value_and_the_form() {
+        for bad in ["", "ten", "1.5GiB", "12 parsecs", "-1"] {
+            let err = parse_size(bad).unwrap_err();
+            assert!(
+                err.contains(&format!("{bad:?}")) && err.contains("512MiB"),
+                "{err}"
+            );
+        }
+        assert!(parse_size("99999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
+    }
+
+    #[test]
+    fn a_quota_smaller_than_one_batch_is_refused() {
+        let err = parse_quota("1MiB").unwrap_err();
+        assert!(err.contains("16MiB"), "{err}");
+        assert_eq!(parse_quota("16MiB"), Ok(16 << 20));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `GET /metrics` | none | Prometheus text; labels are agent ids, destinations and reasons, never secrets |
 //! | `GET /healthz` | none | 200 while the process serves |
-//! | `GET /readyz` | none | 200 when the queue is open and the gateway is not shutting down, else 503 |
+//! | `GET /readyz` | none | 200 when the queue is open, its disk above the free-space watermark and the gateway not shutting down, else 503 |
 //! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token or the admin token>` | the agent's status report (schema 1, [`crate::status`]) plus the engine's raw `routes` |
 //! | `GET /v1/status` | `Authorization: Bearer <admin token>` | the status report of every agent |
 //! | `POST /v1/agents/{agent_id}/test-send` | agent token or admin token | sends one marked test line through each destination, answers each vendor's reply |
@@ -83,6 +83,12 @@ async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     if state.shutdown.is_triggered() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else if state.queue.disk_full() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue disk below its free-space watermark; new batches are refused, delivery continues\n",
+        )
+            .into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }

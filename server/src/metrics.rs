@@ -143,6 +143,18 @@ fn describe() {
         "logdrain_queue_quarantined_entries_total",
         "Queue entries set aside at start because they could not be read."
     );
+    describe_gauge!(
+        "logdrain_queue_disk_full",
+        "1 while free space on the queue's disk is below --disk-min-free-bytes (new batches are refused), else 0."
+    );
+    describe_counter!(
+        "logdrain_refused_batches_total",
+        "Batches the queue refused, by reason (disk_full, over_quota); the shim keeps their lines and retries."
+    );
+    describe_counter!(
+        "logdrain_queue_set_aside_total",
+        "Queue databases that could not be opened at all and were moved aside at start."
+    );
 }
 
 /// A shim stream's lines arrived (before de-duplication).
@@ -285,6 +297,25 @@ pub fn refused_streams(reason: &'static str) {
 /// Queue entries set aside at start because they could not be read.
 pub fn quarantined(entries: u64) {
     counter!("logdrain_queue_quarantined_entries_total").increment(entries);
+}
+
+/// Whether the queue's disk is below its free-space watermark (1), so new
+/// batches are refused.
+pub fn queue_disk_full(full: bool) {
+    gauge!("logdrain_queue_disk_full").set(if full { 1.0 } else { 0.0 });
+}
+
+/// Batches refused by the queue, by fixed reason (`disk_full`,
+/// `over_quota`); the shim keeps their lines and retries.
+pub fn refused_batches(agent: &str, reason: &'static str) {
+    counter!("logdrain_refused_batches_total", "agent" => agent.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// A queue database that could not be opened at all was moved aside whole
+/// at start (a fresh queue serves).
+pub fn queue_set_aside() {
+    counter!("logdrain_queue_set_aside_total").increment(1);
 }
 
 #[cfg(test)]

@@ -20,9 +20,10 @@ use tokio_stream::StreamExt;
 use crate::auth::{AuthError, SigningKey};
 use crate::config::ServeConfig;
 use crate::http::{self, HttpState};
+use crate::ingest::notice;
 use crate::ingest::IngestService;
 use crate::listener;
-use crate::queue::{Queue, QueueError};
+use crate::queue::{Queue, QueueError, QueueLimits};
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::{Engine, EngineSettings};
 use crate::sinks::{cloudwatch, SinkError, SinkFactory, SinkSettings};
@@ -91,7 +92,21 @@ pub async fn run(
              key out of it"
         );
     }
-    let (queue, report) = Queue::open(&data_dir.join("queue"), key.seal_key())?;
+    let queue_dir = data_dir.join("queue");
+    let limits = QueueLimits {
+        agent_quota_bytes: config.agent_quota_bytes,
+        min_free_bytes: config.disk_min_free_bytes,
+    };
+    let (queue, report, set_aside) = Queue::open_or_set_aside(&queue_dir, key.seal_key(), limits)?;
+    if let Some(aside) = &set_aside {
+        crate::metrics::queue_set_aside();
+        tracing::error!(
+            queue = %queue_dir.display(),
+            moved_to = %aside.moved_to.display(),
+            reason = %aside.reason,
+            "the queue database could not be opened; it was moved aside whole (nothing in it is delivered; keep it for inspection) and a fresh queue was started"
+        );
+    }
     if report.quarantined > 0 {
         tracing::error!(
             quarantined = report.quarantined,
@@ -163,6 +178,15 @@ pub async fn run(
         config.max_streams,
     );
     let replicas = service.replicas();
+    let notices = notice::spawn(
+        queue.clone(),
+        engine.clone(),
+        notice::NoticeSettings {
+            quota_bytes: config.agent_quota_bytes,
+            interval: config.quota_notice_interval,
+        },
+        shutdown.clone(),
+    );
     let grpc_shutdown = shutdown.clone();
     let grpc_server = tonic::transport::Server::builder()
         // A connection whose peer stops answering pings is closed.
@@ -228,11 +252,26 @@ pub async fn run(
         Err(_) => tracing::warn!(?grace, "streams did not end within the grace period"),
     }
     engine.shutdown(grace).await;
-    if let Err(e) = queue.flush().await {
-        tracing::error!(error = %e, "final queue flush failed; data acked earlier is already durable");
+    notices.abort();
+    // Bounded: after a full disk (ENOSPC) sled's flushes never complete.
+    match tokio::time::timeout(grace, queue.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "final queue flush failed; data acked earlier is already durable")
+        }
+        Err(_) => tracing::error!(
+            ?grace,
+            "final queue flush did not finish; data acked earlier is already durable"
+        ),
     }
     if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), http_task).await {
         tracing::error!(error = %e, "HTTP server ended with an error");
+    }
+    if queue.storage_wedged() {
+        // sled flushes when its last handle drops, and after a full disk
+        // that flush never ends: keep one handle so the process can exit.
+        // Everything acked was made durable before.
+        std::mem::forget(queue.clone());
     }
     tracing::info!("stopped");
     Ok(())

@@ -77,14 +77,75 @@ impl Gateway {
         http: &str,
         extra_env: Vec<(String, String)>,
     ) -> Gateway {
+        let mut command = Command::new(bin("logdrain-gateway"));
+        command.arg("serve");
+        Self::spawn(command, data_dir, datadog_url, grpc, http, extra_env)
+    }
+
+    /// Starts a gateway whose data dir is `<mount>/data` on a tmpfs of
+    /// `size_mib` MiB mounted at `mount` in a new user and mount namespace
+    /// (`unshare -Urm`), so a test can fill its disk. The test reaches the
+    /// files through `/proc/<pid>/root` ([`Gateway::in_namespace`]). `None`
+    /// when this machine cannot create such namespaces.
+    pub fn start_on_tmpfs(
+        mount: &Path,
+        size_mib: u32,
+        datadog_url: &str,
+        extra_env: Vec<(String, String)>,
+    ) -> Option<Gateway> {
+        std::fs::create_dir_all(mount).expect("mount point");
+        let probe = Command::new("unshare")
+            .args(["-Urm", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs -o size=1m tmpfs '{}'",
+                mount.display()
+            ))
+            .output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            return None;
+        }
+        let mut command = Command::new("unshare");
+        command
+            .args(["-Urm", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs -o size={size_mib}m tmpfs \"$1\" && exec \"$2\" serve"
+            ))
+            .arg("sh")
+            .arg(mount)
+            .arg(bin("logdrain-gateway"));
+        let data_dir = mount.join("data");
+        Some(Self::spawn(
+            command,
+            &data_dir,
+            datadog_url,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            extra_env,
+        ))
+    }
+
+    /// A path inside the gateway's own mount namespace (see
+    /// [`Gateway::start_on_tmpfs`]).
+    pub fn in_namespace(&self, path: &Path) -> PathBuf {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        PathBuf::from(format!("/proc/{}/root", self.child.id())).join(relative)
+    }
+
+    fn spawn(
+        mut command: Command,
+        data_dir: &Path,
+        datadog_url: &str,
+        grpc: &str,
+        http: &str,
+        extra_env: Vec<(String, String)>,
+    ) -> Gateway {
         let log = data_dir.with_extension("gateway.log");
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("gateway log file");
-        let mut child = Command::new(bin("logdrain-gateway"))
-            .arg("serve")
+        let mut child = command
             .env("LOGDRAIN_DATA_DIR", data_dir)
             .env("LOGDRAIN_SIGNING_KEY", SIGNING_KEY)
             .env("LOGDRAIN_GRPC_LISTEN", grpc)

@@ -6,6 +6,7 @@
 //! (the sinks do) and must not decide how lines are stored (the queue does).
 
 mod check;
+pub mod notice;
 pub mod replicas;
 mod ship;
 pub mod tail;

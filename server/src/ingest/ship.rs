@@ -330,7 +330,13 @@ fn ack(seq: u64) -> GatewayMessage {
 }
 
 /// How a queue failure looks to the shim: it keeps the lines and retries.
+/// Lack of space (disk watermark, ENOSPC, quota) is RESOURCE_EXHAUSTED: the
+/// gateway works and delivers, it only cannot take more now.
 fn queue_status(e: QueueError) -> Status {
+    if e.is_out_of_space() {
+        tracing::warn!(error = %e, "batch refused for lack of queue space; the shim keeps its lines and retries");
+        return Status::resource_exhausted(format!("{e}; keep the lines and retry later"));
+    }
     tracing::error!(error = %e, "queue write failed; the shim keeps its lines and retries");
     Status::unavailable(format!(
         "the gateway queue failed ({e}); keep the lines and retry"

@@ -1,6 +1,8 @@
 //! The write path of an append: de-duplicate against the stream's
 //! high-water mark, encode the new lines as segments, and write segments and
-//! mark in one atomic sled batch while updating the agent's index.
+//! mark in one atomic sled batch while updating the agent's index. The
+//! disk watermark is checked first, and the agent's quota is made room for
+//! in the same batch (its oldest segments dropped, cursors moved past them).
 //!
 //! Runs synchronously under a per-stream lock and the agent's index lock;
 //! it must never await (the group commit that makes the write durable is
@@ -10,6 +12,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use super::error::is_enospc;
 use super::index::SegMeta;
 use super::{
     keys, lock, records, segment, unknown, Agent, Append, AppendOutcome, Inner, QueueError,
@@ -97,6 +100,9 @@ impl Inner {
             });
         }
 
+        self.disk.check(|| self.queued_bytes()).inspect_err(|_| {
+            metrics::refused_batches(agent_id, "disk_full");
+        })?;
         let header = segment::Header {
             agent_server_id: agent_server_id.to_string(),
             boot_id: boot_id.to_string(),
@@ -128,8 +134,33 @@ impl Inner {
         if let Some(route) = routes.iter().find(|r| !index.has_route(r)) {
             return Err(unknown(route));
         }
+        let incoming: u64 = encoded.iter().map(|e| e.bytes).sum();
+        let quota = self.limits.agent_quota_bytes;
+        if incoming > quota {
+            metrics::refused_batches(agent_id, "over_quota");
+            return Err(QueueError::OverQuota {
+                agent_id: agent_id.to_string(),
+                batch_bytes: incoming,
+                quota,
+            });
+        }
+        let plan = index.plan_quota(incoming, quota);
         let tags = index.tags_for(routes.iter().map(|r| (r.kind, r.cred_id.as_str())));
         let mut batch = sled::Batch::default();
+        for id in &plan.segments {
+            batch.remove(keys::segment(agent_id, *id));
+        }
+        for loss in &plan.losses {
+            let route = RouteKey {
+                agent_id: agent_id.to_string(),
+                kind: loss.tag.kind,
+                cred_id: loss.tag.cred_id.to_string(),
+            };
+            batch.insert(
+                keys::cursor(&route),
+                &records::encode_cursor(loss.cursor)[..],
+            );
+        }
         let mut metas = Vec::with_capacity(encoded.len());
         for segment in encoded {
             // Allocated under the agent lock: an agent's segments become
@@ -139,12 +170,31 @@ impl Inner {
             let meta = SegMeta {
                 lines: segment.lines,
                 bytes: segment.bytes,
+                span_ns: segment.span_ns,
                 tags: tags.clone(),
             };
             metas.push((id, meta));
         }
         batch.insert(hwm_key, &records::encode_hwm(hwm)[..]);
-        self.db.apply_batch(batch)?;
+        self.db.apply_batch(batch).inspect_err(|e| {
+            if is_enospc(e) {
+                self.disk.write_failed();
+            }
+        })?;
+        if !plan.segments.is_empty() {
+            let lost = plan.lost_lines;
+            let (lines, bytes) = index.apply_quota(&plan);
+            metrics::queue_popped(agent_id, lines, bytes);
+            metrics::dropped(agent_id, "quota", lost);
+            tracing::warn!(
+                agent = agent_id,
+                segments = plan.segments.len(),
+                lines = lost,
+                quota,
+                "agent queue reached its quota; dropped its oldest lines"
+            );
+            self.record_quota_drops(agent_id, &plan.losses);
+        }
 
         let (mut lines, mut bytes, mut newest) = (0, 0, 0);
         for (id, meta) in metas {

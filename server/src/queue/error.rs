@@ -21,6 +21,22 @@ pub enum QueueError {
         source: sled::Error,
     },
 
+    /// sled panicked while opening the database (damaged files).
+    #[error("the queue database in {dir:?} cannot be read: {reason}")]
+    Unreadable { dir: PathBuf, reason: String },
+
+    /// An unreadable queue directory could not be moved aside.
+    #[error(
+        "cannot move the unreadable queue {dir:?} aside to {to:?}: {source}; make the data dir \
+         writable or move the queue directory away yourself"
+    )]
+    SetAside {
+        dir: PathBuf,
+        to: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The database was written by a different version of the queue format.
     #[error(
         "the queue database in {dir:?} has format version {found}, this build reads version \
@@ -71,6 +87,46 @@ pub enum QueueError {
     )]
     InvalidSequence { first_seq: u64, lines: usize },
 
+    /// The filesystem of the queue is below the free-space watermark.
+    #[error(
+        "the queue disk is full: {free} bytes free in {dir:?}, below the watermark of {min_free} \
+         bytes; lines wait in the shims' buffers until delivery frees space; free disk space, \
+         grow the volume or lower --disk-min-free-bytes / LOGDRAIN_DISK_MIN_FREE_BYTES"
+    )]
+    DiskFull {
+        dir: PathBuf,
+        free: u64,
+        min_free: u64,
+    },
+
+    /// A write met ENOSPC; sled writes nothing more until restart.
+    #[error(
+        "the queue disk in {dir:?} filled up (no space left on device) and the queue storage \
+         accepts no more writes until the gateway restarts; lines wait in the shims' buffers; free \
+         disk space, restart the gateway, and keep --disk-min-free-bytes / \
+         LOGDRAIN_DISK_MIN_FREE_BYTES above 0 so batches are refused before the disk fills"
+    )]
+    DiskWedged { dir: PathBuf },
+
+    /// The free space of the queue's filesystem could not be measured.
+    #[error("cannot measure the free space of {dir:?}: {source}; check that the data dir exists and is readable")]
+    DiskSpace {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// One batch is larger than the whole per-agent quota.
+    #[error(
+        "a batch of {batch_bytes} bytes for agent {agent_id:?} is larger than the per-agent quota of \
+         {quota} bytes; raise --agent-quota-bytes / LOGDRAIN_AGENT_QUOTA_BYTES"
+    )]
+    OverQuota {
+        agent_id: String,
+        batch_bytes: u64,
+        quota: u64,
+    },
+
     /// A commit named a cursor past anything the queue ever handed out.
     #[error(
         "cannot commit route {route} through segment {segment}: no such segment was ever \
@@ -81,6 +137,26 @@ pub enum QueueError {
         segment: u64,
         newest: u64,
     },
+}
+
+impl QueueError {
+    /// Whether the failure is a lack of space (watermark, quota or ENOSPC):
+    /// the caller should refuse with RESOURCE_EXHAUSTED and the shim keep its
+    /// lines, rather than report the queue broken.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            QueueError::DiskFull { .. }
+            | QueueError::DiskWedged { .. }
+            | QueueError::OverQuota { .. } => true,
+            QueueError::Sled(e) | QueueError::Flush(e) => is_enospc(e),
+            _ => false,
+        }
+    }
+}
+
+/// Whether sled failed because the disk is full.
+pub(crate) fn is_enospc(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull)
 }
 
 /// Why one stored entry could not be decoded.

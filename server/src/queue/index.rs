@@ -6,8 +6,9 @@
 //! database by [`super::Queue`], which changes it only after the matching
 //! sled write succeeded. It answers "which segments does this route read
 //! next" and "which segments may be freed" without touching the database.
-//! It costs about 64 bytes per queued segment (a segment holds up to a whole
-//! received batch). It must not do I/O.
+//! It costs about 80 bytes per queued segment (a segment holds up to a whole
+//! received batch). It also plans what the per-agent quota drops
+//! ([`AgentIndex::plan_quota`]). It must not do I/O.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ impl RouteTag {
 pub(crate) struct SegMeta {
     pub lines: u32,
     pub bytes: u64,
+    /// Earliest and latest line timestamp (ns; 0 when unknown).
+    pub span_ns: (i64, i64),
     /// Shared between consecutive segments with the same tags.
     pub tags: Arc<[RouteTag]>,
 }
@@ -58,6 +61,30 @@ struct RouteEntry {
 pub(crate) struct Planned {
     pub segment: u64,
     pub from_index: u32,
+}
+
+/// What one route loses when the quota drops segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RouteLoss {
+    pub tag: RouteTag,
+    /// Lines the route had not delivered yet.
+    pub lines: u64,
+    /// Their data bytes (whole segments; prorated for a partly read one).
+    pub bytes: u64,
+    /// Earliest and latest timestamp of the dropped segments (ns).
+    pub span_ns: (i64, i64),
+    /// The route's new cursor: the last line of its newest dropped segment.
+    pub cursor: Cursor,
+}
+
+/// The oldest segments to drop so an append fits the agent's quota.
+#[derive(Debug, Default)]
+pub(crate) struct QuotaPlan {
+    pub segments: Vec<u64>,
+    /// Lines of those segments that at least one route had not delivered.
+    pub lost_lines: u64,
+    /// Every route that loses undelivered lines.
+    pub losses: Vec<RouteLoss>,
 }
 
 #[derive(Debug, Default)]
@@ -231,6 +258,86 @@ impl AgentIndex {
         plan
     }
 
+    /// The oldest segments (whole, for every route) to drop so that
+    /// `incoming` more bytes fit within `quota`, and what each route loses.
+    /// Empty when they already fit.
+    pub(crate) fn plan_quota(&self, incoming: u64, quota: u64) -> QuotaPlan {
+        let mut excess = self.bytes.saturating_add(incoming).saturating_sub(quota);
+        let mut plan = QuotaPlan::default();
+        if excess == 0 {
+            return plan;
+        }
+        let mut dropped = Vec::new();
+        for (&id, meta) in &self.segments {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(meta.bytes);
+            plan.segments.push(id);
+            dropped.push((id, meta));
+            // The first line some tagged route still needs.
+            let needed_from = meta
+                .tags
+                .iter()
+                .map(|tag| match self.routes.iter().find(|r| r.tag == *tag) {
+                    Some(RouteEntry {
+                        cursor: Some(c), ..
+                    }) if c.segment == id => c.index.saturating_add(1),
+                    Some(RouteEntry {
+                        cursor: Some(c), ..
+                    }) if c.segment > id => meta.lines,
+                    Some(_) => 0,
+                    None => meta.lines,
+                })
+                .min()
+                .unwrap_or(meta.lines);
+            plan.lost_lines += u64::from(meta.lines.saturating_sub(needed_from));
+        }
+        for entry in &self.routes {
+            let mut loss: Option<RouteLoss> = None;
+            for &(id, meta) in &dropped {
+                if !meta.tags.contains(&entry.tag) {
+                    continue;
+                }
+                let last = meta.last(id);
+                let from = match entry.cursor {
+                    Some(c) if c >= last => continue,
+                    Some(c) if c.segment == id => c.index + 1,
+                    _ => 0,
+                };
+                let lines = u64::from(meta.lines - from);
+                let bytes = meta.bytes * lines / u64::from(meta.lines.max(1));
+                let loss = loss.get_or_insert_with(|| RouteLoss {
+                    tag: entry.tag.clone(),
+                    lines: 0,
+                    bytes: 0,
+                    span_ns: meta.span_ns,
+                    cursor: last,
+                });
+                loss.lines += lines;
+                loss.bytes += bytes;
+                loss.span_ns = widen(loss.span_ns, meta.span_ns);
+                loss.cursor = last;
+            }
+            plan.losses.extend(loss);
+        }
+        plan
+    }
+
+    /// Applies a [`QuotaPlan`] after its sled write succeeded: routes move
+    /// past the dropped segments, which leave the index. Returns the
+    /// (lines, bytes) the segments held.
+    pub(crate) fn apply_quota(&mut self, plan: &QuotaPlan) -> (u64, u64) {
+        for loss in &plan.losses {
+            if let Some(entry) = self.routes.iter_mut().find(|r| r.tag == loss.tag) {
+                if entry.cursor.is_none_or(|c| c < loss.cursor) {
+                    entry.cursor = Some(loss.cursor);
+                }
+            }
+        }
+        self.remove_segments(&plan.segments)
+    }
+
     /// Whether some live route still needs the segment after `change`.
     fn held(&self, segment: u64, meta: &SegMeta, change: Change<'_>) -> bool {
         let last = meta.last(segment);
@@ -283,6 +390,15 @@ impl AgentIndex {
     }
 }
 
+/// The smallest span covering both (0 means unknown and is ignored).
+pub(crate) fn widen(a: (i64, i64), b: (i64, i64)) -> (i64, i64) {
+    let min = |x: i64, y: i64| match (x, y) {
+        (0, v) | (v, 0) => v,
+        (x, y) => x.min(y),
+    };
+    (min(a.0, b.0), a.1.max(b.1))
+}
+
 /// A change whose effect on holding is being evaluated.
 #[derive(Clone, Copy)]
 enum Change<'a> {
@@ -315,6 +431,7 @@ mod tests {
                 SegMeta {
                     lines: *lines,
                     bytes: u64::from(*lines) * 10,
+                    span_ns: (i64::from(*lines), i64::from(*lines) + 1),
                     tags,
                 },
             );
@@ -384,6 +501,60 @@ mod tests {
                 from_index: 0
             }]
         );
+    }
+
+    #[test]
+    fn quota_plan_drops_oldest_segments_and_counts_lines_some_route_still_needed() {
+        let mut index = index_with(&[(1, 4, &["x", "y"]), (2, 4, &["x"]), (3, 4, &["x", "y"])]);
+        // x delivered all of segment 1 and half of 2; y nothing.
+        index.set_cursor(
+            &route("x"),
+            Cursor {
+                segment: 2,
+                index: 1,
+            },
+        );
+        assert!(index.plan_quota(0, 120).segments.is_empty(), "fits");
+        // 120 queued + 30 incoming over a quota of 100: drop 1 and 2.
+        let plan = index.plan_quota(30, 100);
+        assert_eq!(plan.segments, vec![1, 2]);
+        // Segment 1: y needed all 4; segment 2: x needed its last 2.
+        assert_eq!(plan.lost_lines, 6);
+        let lost: Vec<(&str, u64, Cursor)> = plan
+            .losses
+            .iter()
+            .map(|l| (&*l.tag.cred_id, l.lines, l.cursor))
+            .collect();
+        assert_eq!(
+            lost,
+            vec![
+                (
+                    "x",
+                    2,
+                    Cursor {
+                        segment: 2,
+                        index: 3
+                    }
+                ),
+                (
+                    "y",
+                    4,
+                    Cursor {
+                        segment: 1,
+                        index: 3
+                    }
+                )
+            ]
+        );
+        assert_eq!(index.apply_quota(&plan), (8, 80));
+        assert_eq!(
+            index.cursor(&route("y")),
+            Some(Some(Cursor {
+                segment: 1,
+                index: 3
+            }))
+        );
+        assert_eq!(index.depth(), (4, 40));
     }
 
     #[test]

@@ -17,6 +17,11 @@
 //!   the same atomic batch.
 //! * Entries that cannot be decoded are moved to the `quarantine` tree, at
 //!   open or when a read meets them; they never make open fail.
+//! * Limits ([`QueueLimits`]): an append that would take an agent over its
+//!   quota first drops that agent's oldest segments (whole, for every route)
+//!   in the same atomic batch that moves the affected cursors past them, and
+//!   reports what each route lost ([`Queue::take_quota_drops`]); an append
+//!   is refused while the disk is below its free-space watermark (`disk.rs`).
 //!
 //! Route secrets are stored with each route record, encrypted with a
 //! [`SealKey`] (one function pair in `records.rs`, the cipher in `seal.rs`),
@@ -27,6 +32,7 @@
 
 mod append;
 mod commit;
+mod disk;
 mod error;
 mod index;
 mod keys;
@@ -45,16 +51,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 pub use error::{QueueError, RecordError};
 pub use logdrain::v1::Line;
+pub use open::SetAside;
 pub use seal::SealKey;
 
 use crate::metrics;
 use crate::route::{RouteKey, Secrets};
 use append::Stored;
 use commit::GroupCommit;
+use disk::DiskGuard;
 use index::AgentIndex;
 
 /// Position of one line in an agent's queue: segment id, index in segment.
@@ -115,6 +123,40 @@ pub struct OpenReport {
     pub resealed: usize,
 }
 
+/// Limits the queue enforces on appends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most line data bytes one agent may have queued. Going over it drops
+    /// the agent's oldest segments.
+    pub agent_quota_bytes: u64,
+    /// Appends are refused while the queue's filesystem has less free space
+    /// than this (0: never).
+    pub min_free_bytes: u64,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            agent_quota_bytes: u64::MAX,
+            min_free_bytes: 0,
+        }
+    }
+}
+
+/// Undelivered lines of one route dropped by the quota since the last
+/// [`Queue::take_quota_drops`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaDrop {
+    pub route: RouteKey,
+    pub lines: u64,
+    /// Line data bytes.
+    pub bytes: u64,
+    /// Earliest and latest timestamp of the dropped lines (ns since the
+    /// epoch; 0 when unknown).
+    pub oldest_ns: i64,
+    pub newest_ns: i64,
+}
+
 /// Appends of one stream are serialized by one of this many locks (picked
 /// by hashing the stream), so memory stays bounded however many boots are
 /// seen.
@@ -131,11 +173,12 @@ impl Written {
     /// Resolves once a group commit made the write durable.
     pub async fn durable(self) -> Result<AppendOutcome, QueueError> {
         let Stored { outcome, notify } = self.stored;
-        self.inner
-            .commit
-            .wait_durable()
-            .await
-            .map_err(QueueError::Flush)?;
+        self.inner.commit.wait_durable().await.map_err(|e| {
+            if error::is_enospc(&e) {
+                self.inner.disk.write_failed();
+            }
+            QueueError::Flush(e)
+        })?;
         if let Some((agent, newest)) = notify {
             agent.newest.send_if_modified(|current| {
                 let newer = newest > *current;
@@ -167,6 +210,11 @@ struct Inner {
     /// Next segment id; segment ids are never reused.
     next_segment: AtomicU64,
     commit: GroupCommit,
+    limits: QueueLimits,
+    disk: DiskGuard,
+    /// Quota drops not yet taken, one entry per route (bounded by routes).
+    quota_drops: Mutex<HashMap<RouteKey, QuotaDrop>>,
+    quota_notify: Notify,
 }
 
 struct Agent {
@@ -197,7 +245,55 @@ impl Queue {
     /// route records an older version stored in plain text, frees segments
     /// no stored route holds, and sets the depth metrics.
     pub fn open(dir: &Path, seal: SealKey) -> Result<(Queue, OpenReport), QueueError> {
-        open::open(dir, seal)
+        open::open(dir, seal, QueueLimits::default())
+    }
+
+    /// [`Queue::open_with`], but a database sled cannot open at all is moved
+    /// aside (to `<dir>.unreadable-<unix time>`) and a fresh queue started;
+    /// [`SetAside`] says where it went and why.
+    pub fn open_or_set_aside(
+        dir: &Path,
+        seal: SealKey,
+        limits: QueueLimits,
+    ) -> Result<(Queue, OpenReport, Option<SetAside>), QueueError> {
+        open::open_or_set_aside(dir, seal, limits)
+    }
+
+    /// [`Queue::open`] with limits on appends.
+    pub fn open_with(
+        dir: &Path,
+        seal: SealKey,
+        limits: QueueLimits,
+    ) -> Result<(Queue, OpenReport), QueueError> {
+        open::open(dir, seal, limits)
+    }
+
+    /// Takes the quota drops recorded since the last call (one entry per
+    /// route, counts summed).
+    pub fn take_quota_drops(&self) -> Vec<QuotaDrop> {
+        lock(&self.inner.quota_drops)
+            .drain()
+            .map(|(_, drop)| drop)
+            .collect()
+    }
+
+    /// Resolves when quota drops were recorded since it last resolved.
+    pub async fn quota_dropped(&self) {
+        self.inner.quota_notify.notified().await;
+    }
+
+    /// Whether a write met a full disk (ENOSPC): sled then writes nothing
+    /// more, and its flushes (including the one when its last handle drops)
+    /// never complete, until the process restarts.
+    pub fn storage_wedged(&self) -> bool {
+        self.inner.disk.is_wedged()
+    }
+
+    /// Whether appends are refused now because the disk is below its
+    /// free-space watermark (measured afresh).
+    pub fn disk_full(&self) -> bool {
+        let inner = &self.inner;
+        inner.disk.check(|| inner.queued_bytes()).is_err() || inner.disk.is_full()
     }
 
     /// Appends a batch of a stream and returns once it is durable.
@@ -371,12 +467,21 @@ impl Queue {
             });
         }
         let freed = index.freed_by_commit(route, through);
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::cursor(route), &records::encode_cursor(through)[..]);
-        for id in &freed {
-            batch.remove(keys::segment(&agent.id, *id));
+        // After a full disk sled's writes never finish: keep delivering from
+        // memory; the lines are delivered again after the restart (at least
+        // once), nothing is lost.
+        if !inner.disk.is_wedged() {
+            let mut batch = sled::Batch::default();
+            batch.insert(keys::cursor(route), &records::encode_cursor(through)[..]);
+            for id in &freed {
+                batch.remove(keys::segment(&agent.id, *id));
+            }
+            inner.db.apply_batch(batch).inspect_err(|e| {
+                if error::is_enospc(e) {
+                    inner.disk.write_failed();
+                }
+            })?;
         }
-        inner.db.apply_batch(batch)?;
         index.set_cursor(route, through);
         let (lines, bytes) = index.remove_segments(&freed);
         report_popped(&agent.id, &index, lines, bytes);
@@ -452,6 +557,39 @@ impl Inner {
             .entry(Arc::from(agent_id))
             .or_insert_with_key(|id| Agent::new(id.clone(), AgentIndex::default()))
             .clone()
+    }
+
+    /// Line data bytes queued for every agent.
+    fn queued_bytes(&self) -> u64 {
+        read_lock(&self.agents)
+            .values()
+            .map(|agent| lock(&agent.index).depth().1)
+            .sum()
+    }
+
+    /// Adds what each route lost to the quota to the pending drops.
+    fn record_quota_drops(&self, agent_id: &str, losses: &[index::RouteLoss]) {
+        let mut drops = lock(&self.quota_drops);
+        for loss in losses {
+            let route = RouteKey {
+                agent_id: agent_id.to_string(),
+                kind: loss.tag.kind,
+                cred_id: loss.tag.cred_id.to_string(),
+            };
+            let entry = drops.entry(route.clone()).or_insert(QuotaDrop {
+                route,
+                lines: 0,
+                bytes: 0,
+                oldest_ns: 0,
+                newest_ns: 0,
+            });
+            entry.lines += loss.lines;
+            entry.bytes += loss.bytes;
+            (entry.oldest_ns, entry.newest_ns) =
+                index::widen((entry.oldest_ns, entry.newest_ns), loss.span_ns);
+        }
+        drop(drops);
+        self.quota_notify.notify_one();
     }
 
     fn known_agent(&self, route: &RouteKey) -> Result<Arc<Agent>, QueueError> {

@@ -9,20 +9,28 @@
 //! Route records stored in plain text by older versions are re-sealed; a
 //! route record sealed under another key is reported and keeps its
 //! segments (the right key, restored, delivers them).
-//! This module must not be used after open: the running queue keeps its
-//! index up to date itself.
+//! A database sled cannot open at all (damaged files, a panic inside sled)
+//! is moved aside whole by [`open_or_set_aside`] and a fresh queue is
+//! started, once: the gateway never loops and never refuses to start for
+//! that. A lock held by another process, a permission problem or a queue
+//! of another format version still refuse (moving those aside would hide
+//! data that is fine). This module must not be used after open: the running
+//! queue keeps its index up to date itself.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::commit::GroupCommit;
+use super::disk::DiskGuard;
 use super::error::{QueueError, RecordError};
 use super::index::{AgentIndex, SegMeta};
 use super::keys::{self, Parsed};
 use super::seal::SealKey;
-use super::{records, segment, Agent, Cursor, Inner, OpenReport, Queue, STREAM_LOCKS};
+use super::{records, segment, Agent, Cursor, Inner, OpenReport, Queue, QueueLimits, STREAM_LOCKS};
 use crate::metrics;
 use crate::route::RouteKey;
 
@@ -32,7 +40,91 @@ const QUARANTINE_TREE: &str = "quarantine";
 /// Format version written under [`keys::FORMAT_KEY`].
 const FORMAT_VERSION: u8 = 1;
 
-pub(super) fn open(dir: &Path, seal: SealKey) -> Result<(Queue, OpenReport), QueueError> {
+/// A queue directory that could not be opened and was moved aside.
+#[derive(Debug)]
+pub struct SetAside {
+    /// Where the unreadable directory is now (kept for inspection).
+    pub moved_to: PathBuf,
+    /// Why it could not be opened.
+    pub reason: QueueError,
+}
+
+pub(super) fn open_or_set_aside(
+    dir: &Path,
+    seal: SealKey,
+    limits: QueueLimits,
+) -> Result<(Queue, OpenReport, Option<SetAside>), QueueError> {
+    let reason = match catch_unwind(AssertUnwindSafe(|| open(dir, seal.clone(), limits))) {
+        Ok(Ok((queue, report))) => return Ok((queue, report, None)),
+        Ok(Err(error)) if !unreadable(&error) => return Err(error),
+        Ok(Err(error)) => error,
+        Err(panic) => QueueError::Unreadable {
+            dir: dir.to_path_buf(),
+            reason: panic_message(panic.as_ref()),
+        },
+    };
+    let moved_to = aside_path(dir);
+    std::fs::rename(dir, &moved_to).map_err(|source| QueueError::SetAside {
+        dir: dir.to_path_buf(),
+        to: moved_to.clone(),
+        source,
+    })?;
+    // Once only: a fresh directory that cannot be opened is reported as is.
+    let (queue, report) = open(dir, seal, limits)?;
+    Ok((queue, report, Some(SetAside { moved_to, reason })))
+}
+
+/// Whether an open failure means the files themselves cannot be read (so
+/// setting them aside is the way to keep serving).
+fn unreadable(error: &QueueError) -> bool {
+    let sled_error = match error {
+        QueueError::Open { source, .. } | QueueError::Sled(source) => source,
+        QueueError::Unreadable { .. } => return true,
+        _ => return false,
+    };
+    match sled_error {
+        sled::Error::Io(e) => {
+            e.kind() != std::io::ErrorKind::PermissionDenied
+                && !e.to_string().contains("could not acquire lock")
+                && !super::error::is_enospc(sled_error)
+        }
+        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
+        sled::Error::Unsupported(_) => true,
+        sled::Error::CollectionNotFound(_) => false,
+    }
+}
+
+/// `<dir>.unreadable-<unix seconds>` next to `dir` (with a counter if taken).
+fn aside_path(dir: &Path) -> PathBuf {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = dir
+        .file_name()
+        .map_or_else(|| "queue".into(), |n| n.to_string_lossy().into_owned());
+    let base = dir.with_file_name(format!("{name}.unreadable-{secs}"));
+    let mut candidate = base.clone();
+    let mut n = 1;
+    while candidate.exists() {
+        candidate = PathBuf::from(format!("{}-{n}", base.display()));
+        n += 1;
+    }
+    candidate
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "sled panicked while opening".to_string())
+}
+
+pub(super) fn open(
+    dir: &Path,
+    seal: SealKey,
+    limits: QueueLimits,
+) -> Result<(Queue, OpenReport), QueueError> {
     let db = sled::Config::new()
         .path(dir)
         .open()
@@ -108,6 +200,10 @@ pub(super) fn open(dir: &Path, seal: SealKey) -> Result<(Queue, OpenReport), Que
         seal,
         next_segment: AtomicU64::new(scan.max_segment.saturating_add(1)),
         commit: GroupCommit::new(db),
+        limits,
+        disk: DiskGuard::new(dir, limits.min_free_bytes),
+        quota_drops: Mutex::new(HashMap::new()),
+        quota_notify: Default::default(),
     };
     tracing::info!(
         segments = report.segments,
@@ -210,6 +306,10 @@ impl Scan {
                         SegMeta {
                             lines: checked.lines,
                             bytes: checked.header.data_bytes,
+                            span_ns: (
+                                checked.header.oldest_timestamp_ns,
+                                checked.header.newest_timestamp_ns,
+                            ),
                             tags,
                         },
                     );

@@ -47,6 +47,12 @@ pub(crate) struct Header {
     pub data_bytes: u64,
     #[prost(message, repeated, tag = "6")]
     pub routes: Vec<StoredTag>,
+    /// Earliest and latest line timestamp (ns since the epoch, as the shim
+    /// read them); 0 in segments written before they were recorded.
+    #[prost(int64, tag = "7")]
+    pub oldest_timestamp_ns: i64,
+    #[prost(int64, tag = "8")]
+    pub newest_timestamp_ns: i64,
 }
 
 /// One route a segment is tagged with (its agent is the segment's agent).
@@ -87,6 +93,8 @@ pub(crate) struct CheckedHeader {
 pub(crate) struct Encoded {
     pub lines: u32,
     pub bytes: u64,
+    /// Earliest and latest line timestamp (ns).
+    pub span_ns: (i64, i64),
     pub value: Vec<u8>,
 }
 
@@ -131,6 +139,8 @@ pub(crate) fn split(mut lines: Vec<Line>) -> Vec<Vec<Line>> {
 pub(crate) fn encode(mut header: Header, lines: Vec<Line>) -> Encoded {
     header.line_count = lines.len() as u64;
     header.data_bytes = lines.iter().map(|l| l.data.len() as u64).sum();
+    header.oldest_timestamp_ns = lines.iter().map(|l| l.timestamp_ns).min().unwrap_or(0);
+    header.newest_timestamp_ns = lines.iter().map(|l| l.timestamp_ns).max().unwrap_or(0);
     let lines = Lines { lines };
     let header_len = header.encoded_len();
     let mut out = frame_start(4 + header_len + lines.encoded_len());
@@ -143,6 +153,7 @@ pub(crate) fn encode(mut header: Header, lines: Vec<Line>) -> Encoded {
         // Callers pass at most MAX_SEGMENT_LINES lines (see `split`).
         lines: u32::try_from(header.line_count).unwrap_or(u32::MAX),
         bytes: header.data_bytes,
+        span_ns: (header.oldest_timestamp_ns, header.newest_timestamp_ns),
         value: frame_finish(out),
     }
 }

@@ -842,3 +842,247 @@ async fn routes_sealed_under_another_key_keep_their_lines_until_the_key_returns(
     assert_eq!(queue.routes().unwrap(), vec![(r.clone(), secrets("token"))]);
     assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 4));
 }
+
+fn open_limited(dir: &TempDir, agent_quota_bytes: u64) -> Queue {
+    let limits = QueueLimits {
+        agent_quota_bytes,
+        min_free_bytes: 0,
+    };
+    when_unlocked(|| Queue::open_with(dir.path(), seal_key(), limits)).0
+}
+
+/// `count` lines of exactly 10 data bytes, numbered from `first`.
+fn ten_byte_lines(first: u64, count: u64) -> Vec<Line> {
+    (first..first + count)
+        .map(|i| Line {
+            timestamp_ns: i64::try_from(i).unwrap() * 1_000,
+            data: Bytes::from(format!("line-{i:05}")),
+            ..Default::default()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn over_quota_drops_the_oldest_segments_counts_them_and_keeps_the_new_batch() {
+    let dir = TempDir::new().unwrap();
+    // Room for three batches of 10 lines of 10 bytes.
+    let queue = open_limited(&dir, 300);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    for batch in 0..3 {
+        append(
+            &queue,
+            "agent",
+            "srv",
+            batch * 10 + 1,
+            ten_byte_lines(batch * 10 + 1, 10),
+            one(&r),
+        )
+        .await;
+    }
+    assert_eq!(queue.depth("agent"), (30, 300));
+    assert!(
+        queue.take_quota_drops().is_empty(),
+        "nothing dropped while within the quota"
+    );
+
+    let fourth = append(&queue, "agent", "srv", 31, ten_byte_lines(31, 10), one(&r)).await;
+    assert_eq!(fourth.queued, 10, "the batch being appended is kept");
+    assert_eq!(queue.depth("agent"), (30, 300));
+    let read = read_all(&queue, &r);
+    assert_eq!(
+        read.first().map(|l| l.line.data.clone()),
+        Some(Bytes::from("line-00011"))
+    );
+    assert_eq!(read.len(), 30);
+    assert_eq!(
+        queue.take_quota_drops(),
+        vec![QuotaDrop {
+            route: r.clone(),
+            lines: 10,
+            bytes: 100,
+            oldest_ns: 1_000,
+            newest_ns: 10_000,
+        }]
+    );
+    assert!(queue.take_quota_drops().is_empty(), "drops are taken once");
+}
+
+#[tokio::test]
+async fn quota_drop_moves_cursors_past_the_dropped_segments_and_counts_only_undelivered_lines() {
+    let dir = TempDir::new().unwrap();
+    let queue = open_limited(&dir, 200);
+    let (x, y) = (route("agent", "x"), route("agent", "y"));
+    queue.put_route(&x, &secrets("t")).unwrap();
+    queue.put_route(&y, &secrets("u")).unwrap();
+    let both = [x.clone(), y.clone()];
+    append(&queue, "agent", "srv", 1, ten_byte_lines(1, 10), &both).await;
+    append(&queue, "agent", "srv", 11, ten_byte_lines(11, 10), &both).await;
+    // x delivered 4 lines of the first segment, y nothing.
+    let x_read = queue.read(&x, None, 4, usize::MAX).unwrap();
+    queue.commit(&x, x_read[3].cursor).unwrap();
+
+    append(&queue, "agent", "srv", 21, ten_byte_lines(21, 10), &both).await;
+    let mut drops = queue.take_quota_drops();
+    drops.sort_by(|a, b| a.route.cmp(&b.route));
+    let lost: Vec<(String, u64)> = drops
+        .iter()
+        .map(|d| (d.route.cred_id.clone(), d.lines))
+        .collect();
+    assert_eq!(lost, vec![("x".to_string(), 6), ("y".to_string(), 10)]);
+    // Both routes continue after the dropped segment, from its next line.
+    for r in [&x, &y] {
+        let read = queue
+            .read(r, queue.committed(r).unwrap(), 100, usize::MAX)
+            .unwrap();
+        assert_eq!(
+            data(&read).first().map(String::as_str),
+            Some("line-00011"),
+            "{r}"
+        );
+        assert_eq!(read.len(), 20);
+    }
+    // A late commit of a cursor inside the dropped segment changes nothing.
+    queue.commit(&x, x_read[0].cursor).unwrap();
+    assert_eq!(queue.depth("agent"), (20, 200));
+
+    // The moved cursors are durable: a reopen reads the same.
+    queue.flush().await.unwrap();
+    drop(queue);
+    let queue = open_limited(&dir, 200);
+    let read = queue
+        .read(&y, queue.committed(&y).unwrap(), 100, usize::MAX)
+        .unwrap();
+    assert_eq!(read.len(), 20);
+}
+
+#[tokio::test]
+async fn one_agent_over_quota_leaves_other_agents_untouched() {
+    let dir = TempDir::new().unwrap();
+    let queue = open_limited(&dir, 100);
+    let (a, b) = (route("a", "c1"), route("b", "c1"));
+    queue.put_route(&a, &secrets("t")).unwrap();
+    queue.put_route(&b, &secrets("t")).unwrap();
+    append(&queue, "b", "srv", 1, ten_byte_lines(1, 10), one(&b)).await;
+    for batch in 0..5 {
+        append(
+            &queue,
+            "a",
+            "srv",
+            batch * 10 + 1,
+            ten_byte_lines(batch * 10 + 1, 10),
+            one(&a),
+        )
+        .await;
+    }
+    assert_eq!(queue.depth("a"), (10, 100));
+    assert_eq!(queue.depth("b"), (10, 100));
+    let drops = queue.take_quota_drops();
+    assert!(drops.iter().all(|d| d.route == a), "{drops:?}");
+    assert_eq!(drops.iter().map(|d| d.lines).sum::<u64>(), 40);
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_whole_quota_is_refused_and_nothing_is_dropped() {
+    let dir = TempDir::new().unwrap();
+    let queue = open_limited(&dir, 50);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, ten_byte_lines(1, 5), one(&r)).await;
+    let err = queue
+        .append(Append {
+            agent_id: "agent",
+            agent_server_id: "srv",
+            boot_id: "boot-1",
+            first_seq: 6,
+            lines: ten_byte_lines(6, 6),
+            routes: one(&r),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_out_of_space(), "{err}");
+    assert!(err.to_string().contains("--agent-quota-bytes"), "{err}");
+    assert_eq!(queue.depth("agent"), (5, 50));
+    assert_eq!(
+        queue.acked_seq("agent", "srv", "boot-1").unwrap(),
+        5,
+        "not acked"
+    );
+}
+
+#[tokio::test]
+async fn appends_are_refused_below_the_disk_watermark_naming_the_dir_and_the_fix() {
+    let dir = TempDir::new().unwrap();
+    let limits = QueueLimits {
+        agent_quota_bytes: u64::MAX,
+        // More than any disk has free.
+        min_free_bytes: u64::MAX,
+    };
+    let (queue, _) = when_unlocked(|| Queue::open_with(dir.path(), seal_key(), limits));
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    let err = queue
+        .append(Append {
+            agent_id: "agent",
+            agent_server_id: "srv",
+            boot_id: "boot-1",
+            first_seq: 1,
+            lines: lines("l", 1, 3),
+            routes: one(&r),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_out_of_space(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&format!("{:?}", dir.path())), "{text}");
+    assert!(text.contains("LOGDRAIN_DISK_MIN_FREE_BYTES"), "{text}");
+    assert!(queue.disk_full());
+    assert_eq!(queue.depth("agent"), (0, 0));
+}
+
+#[tokio::test]
+async fn a_database_sled_cannot_open_is_set_aside_once_and_a_fresh_queue_serves() {
+    let dir = TempDir::new().unwrap();
+    let qdir = dir.path().join("queue");
+    {
+        let (queue, _) = Queue::open(&qdir, seal_key()).unwrap();
+        let r = route("agent", "c1");
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 100), one(&r)).await;
+    }
+    // Damage sled's own files: garbage over the config and the data file.
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(&qdir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::write(&path, vec![0xA5; 4096]).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+
+    let (queue, report, aside) =
+        when_unlocked(|| Queue::open_or_set_aside(&qdir, seal_key(), QueueLimits::default()));
+    let aside = aside.expect("the damaged database was set aside");
+    assert!(aside.moved_to.exists(), "kept for inspection: {aside:?}");
+    assert!(
+        aside
+            .moved_to
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("queue.unreadable-"),
+        "{aside:?}"
+    );
+    assert_eq!(report.segments, 0);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, lines("l", 1, 3), one(&r)).await;
+    drop(queue);
+
+    // The next start finds a clean queue: nothing more is set aside.
+    let (_queue, report, again) =
+        when_unlocked(|| Queue::open_or_set_aside(&qdir, seal_key(), QueueLimits::default()));
+    assert!(again.is_none());
+    assert_eq!(report.lines, 3);
+}
