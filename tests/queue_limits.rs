@@ -102,6 +102,10 @@ async fn an_agent_over_its_quota_loses_only_its_oldest_lines_counted_and_announc
     );
     let missing = A_LINES - a_numbers.len() as u64;
     let dropped_a = dropped("agent-quota-a", &gateway.metrics().await);
+    println!(
+        "quota 16 MiB: agent a wrote {A_LINES} lines, {} delivered, {missing} missing, {dropped_a} counted as dropped; agent b lost 0",
+        a_numbers.len()
+    );
     assert!(missing > 0, "over the quota some lines are gone");
     assert!(
         missing <= dropped_a,
