@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use logdrain::v1::{shim_message, Batch, ShimMessage, StreamKind};
+use logdrain::v1::{shim_message, Batch, Origin, ShimMessage, StreamKind};
 use logdrain_gateway::queue::{Append, Cursor, Line, Queue, QueuedLine};
 use logdrain_gateway::route::{DestinationKind, RouteKey, Secrets};
 use logdrain_gateway::sinks::engine::batch::Pending;
@@ -46,6 +46,7 @@ fn lines() -> Vec<Line> {
         .map(|i| Line {
             timestamp_ns: T0_NS + i as i64,
             stream: StreamKind::Stdout as i32,
+            origin: Origin::Agent as i32,
             data: text(i, levels[i % levels.len()]),
             ..Default::default()
         })

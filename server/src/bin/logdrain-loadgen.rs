@@ -14,9 +14,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use bytes::Bytes;
-use clap::Parser;
+use clap::{ArgGroup, Parser};
 use logdrain::v1::drain_client::DrainClient;
-use logdrain::v1::{gateway_message, shim_message, Batch, Line, Open, ShimMessage, StreamKind};
+use logdrain::v1::{
+    gateway_message, shim_message, Batch, Line, Open, Origin, ShimMessage, StreamKind,
+};
 use logdrain_gateway::auth::SigningKey;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,18 +30,18 @@ use tonic::transport::Endpoint;
 /// are sent in every stream's Open, as the shim does; with none, lines are
 /// only queued.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version, group(ArgGroup::new("auth").required(true).args(["token", "signing_key"])))]
 struct Args {
     /// The gateway's gRPC address, `http://host:port`.
     #[arg(long, env = "LOGDRAIN_GATEWAY")]
     gateway: String,
 
     /// The agent's ingest token (`logdrain-gateway token --agent-id ID`).
-    #[arg(long, env = "LOGDRAIN_TOKEN", hide_env_values = true, required_unless_present = "signing_key")]
+    #[arg(long, env = "LOGDRAIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
 
     /// The gateway's signing key, to mint the token instead of `--token`.
-    #[arg(long, env = "LOGDRAIN_SIGNING_KEY", hide_env_values = true, conflicts_with = "token")]
+    #[arg(long, env = "LOGDRAIN_SIGNING_KEY", hide_env_values = true)]
     signing_key: Option<String>,
 
     /// Agent id of every stream (stream i is agent-server `loadgen-<i>`).
@@ -291,6 +293,7 @@ async fn run_stream(
                     .map(|i| Line {
                         timestamp_ns,
                         stream: StreamKind::Stdout as i32,
+                        origin: Origin::Agent as i32,
                         data: pool[((next_seq + i) % pool.len() as u64) as usize].clone(),
                         ..Default::default()
                     })
