@@ -56,12 +56,17 @@ async fn every_loadgen_line_is_acked_reported_delivered_and_timed() {
         *per_stream.entry(host).or_insert(0) += 1;
         assert_eq!(entry.value["message"].as_str().map(str::len), Some(40));
     }
-    let expected: BTreeMap<String, usize> = [("loadgen-0", 834), ("loadgen-1", 833), ("loadgen-2", 833)]
-        .into_iter()
-        .map(|(host, n)| (host.to_string(), n))
-        .collect();
+    let expected: BTreeMap<String, usize> =
+        [("loadgen-0", 834), ("loadgen-1", 833), ("loadgen-2", 833)]
+            .into_iter()
+            .map(|(host, n)| (host.to_string(), n))
+            .collect();
     assert_eq!(per_stream, expected);
-    let latency = intake.stats().vendor(Vendor::Datadog).read_to_accepted.summary();
+    let latency = intake
+        .stats()
+        .vendor(Vendor::Datadog)
+        .read_to_accepted
+        .summary();
     assert_eq!((latency.count, latency.unstamped), (2500, 0));
 }
 

@@ -32,7 +32,8 @@ const T0_NS: i64 = 1_714_564_800_000_000_000;
 /// A 100-byte log line that looks like an application's: a timestamp, a
 /// level word at `level`, and a message.
 fn text(i: usize, level: &str) -> Bytes {
-    let mut line = format!("2024-05-01T12:00:00.{i:06}Z {level} request handled path=/api/v1/items/{i}");
+    let mut line =
+        format!("2024-05-01T12:00:00.{i:06}Z {level} request handled path=/api/v1/items/{i}");
     while line.len() < LINE_BYTES {
         line.push(' ');
     }
@@ -105,7 +106,10 @@ fn protobuf(c: &mut Criterion) {
         })),
     };
     let encoded = message.encode_to_vec();
-    assert_eq!(ShimMessage::decode(encoded.as_slice()).ok(), Some(message.clone()));
+    assert_eq!(
+        ShimMessage::decode(encoded.as_slice()).ok(),
+        Some(message.clone())
+    );
     let encoded = Bytes::from(encoded);
     let mut group = c.benchmark_group("protobuf");
     group.throughput(Throughput::Elements(LINES as u64));
@@ -121,7 +125,10 @@ fn protobuf(c: &mut Criterion) {
 }
 
 fn queue(c: &mut Criterion) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => panic!("cannot start a tokio runtime for the queue bench: {e}"),
     };

@@ -179,9 +179,15 @@ async fn run(
         args.streams,
         args.batch_lines,
         args.window,
-        if args.rate == 0 { "unlimited".to_string() } else { format!("{} lines/s", args.rate) }
+        if args.rate == 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{} lines/s", args.rate)
+        }
     );
-    println!("  acked (durable): {lines_per_s:>12.0} lines/s  {mb_per_s:>8.1} MB/s  ({seconds:.2} s)");
+    println!(
+        "  acked (durable): {lines_per_s:>12.0} lines/s  {mb_per_s:>8.1} MB/s  ({seconds:.2} s)"
+    );
     println!(
         "  ack latency ms: p50 {:.2}  p99 {:.2}  p999 {:.2}  max {:.2}  ({} batches)",
         pct(0.5),
@@ -281,10 +287,13 @@ async fn run_stream(
         tokio::spawn(async move {
             let mut next_seq = 1u64;
             while next_seq <= total {
-                let Ok(permit) = window.acquire().await else { return };
+                let Ok(permit) = window.acquire().await else {
+                    return;
+                };
                 permit.forget();
                 if plan.rate > 0.0 {
-                    let due = plan.start + Duration::from_secs_f64((next_seq - 1) as f64 / plan.rate);
+                    let due =
+                        plan.start + Duration::from_secs_f64((next_seq - 1) as f64 / plan.rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let count = plan.batch_lines.min(total - next_seq + 1);
@@ -299,7 +308,10 @@ async fn run_stream(
                     })
                     .collect();
                 let batch = ShimMessage {
-                    kind: Some(shim_message::Kind::Batch(Batch { first_seq: next_seq, lines })),
+                    kind: Some(shim_message::Kind::Batch(Batch {
+                        first_seq: next_seq,
+                        lines,
+                    })),
                 };
                 let last = next_seq + count - 1;
                 if sent_tx.send((last, Instant::now())).is_err() || tx.send(batch).await.is_err() {
@@ -323,12 +335,24 @@ async fn run_stream(
         }
         let message = match acks.message().await {
             Ok(Some(message)) => message,
-            Ok(None) => break Err(LoadError::Closed { stream, acked, sent: total }),
+            Ok(None) => {
+                break Err(LoadError::Closed {
+                    stream,
+                    acked,
+                    sent: total,
+                })
+            }
             Err(status) => break Err(LoadError::Refused { stream, status }),
         };
-        let Some(gateway_message::Kind::Ack(ack)) = message.kind else { continue };
+        let Some(gateway_message::Kind::Ack(ack)) = message.kind else {
+            continue;
+        };
         if ack.acked_seq > total {
-            break Err(LoadError::AckBeyondSent { stream, acked: ack.acked_seq, sent: total });
+            break Err(LoadError::AckBeyondSent {
+                stream,
+                acked: ack.acked_seq,
+                sent: total,
+            });
         }
         acked = acked.max(ack.acked_seq);
         while let Ok(sent) = sent_rx.try_recv() {
@@ -347,5 +371,8 @@ async fn run_stream(
     window.close();
     let _ = done_tx.send(());
     let _ = sender.await;
-    result.map(|()| StreamReport { lines: acked, latencies })
+    result.map(|()| StreamReport {
+        lines: acked,
+        latencies,
+    })
 }

@@ -163,7 +163,10 @@ mod tests {
         latency.record(Some(10), 5);
         latency.record(Some(3), 5);
         let summary = latency.summary();
-        assert_eq!((summary.count, summary.unstamped, summary.future), (2, 1, 1));
+        assert_eq!(
+            (summary.count, summary.unstamped, summary.future),
+            (2, 1, 1)
+        );
         assert_eq!((summary.p50_ms, summary.max_ms), (0, 2));
     }
 

@@ -51,9 +51,9 @@ use tokio::task::JoinHandle;
 
 pub use control::{Fault, FaultError};
 pub use datadog::{DatadogConfig, DatadogLimits};
+pub use latency::{Latency, LatencySummary};
 pub use newrelic::{NewRelicConfig, NewRelicLimits};
 pub use sentry::{SentryConfig, SentryLimits};
-pub use latency::{Latency, LatencySummary};
 pub use store::{AuthForm, Entry, Records, RequestRecord, Stats, VendorStats};
 
 use store::Store;

@@ -473,8 +473,14 @@ mod tests {
             Outcome::Accepted {
                 status: 202,
                 entries: vec![
-                    (serde_json::json!({"message": "a", "timestamp": 1_714_564_809_750_i64}), false),
-                    (serde_json::json!({"message": "b", "timestamp": 1_714_564_809_990_i64}), false),
+                    (
+                        serde_json::json!({"message": "a", "timestamp": 1_714_564_809_750_i64}),
+                        false,
+                    ),
+                    (
+                        serde_json::json!({"message": "b", "timestamp": 1_714_564_809_990_i64}),
+                        false,
+                    ),
                     (serde_json::json!({"message": "no timestamp"}), false),
                 ],
             },
