@@ -109,6 +109,7 @@ if [[ -z $out ]]; then
     out=$(mktemp -d)
 fi
 mkdir -p "$out"
+rm -f "$out"/*.time "$out"/*.hwm "$out"/loadgen.out
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -132,6 +133,23 @@ proc_usage() {
     awk -v t="$ticks" -v hz="$clk_tck" -v h="$hwm" 'BEGIN {printf "%.2f %d\n", t / hz, h}'
 }
 now() { date +%s.%N; }
+# Writes the peak RSS (VmHWM, KiB) of the process that `time_pid` (a
+# /usr/bin/time) runs into `file`, until it exits. /usr/bin/time's own %M
+# cannot be used for the shim: wait4 reports the largest RSS of the shim and
+# its waited-for child.
+watch_hwm() {
+    local time_pid=$1 file=$2 pid="" hwm
+    for _ in $(seq 200); do
+        pid=$(pgrep -P "$time_pid" | head -1 || true)
+        [[ -n $pid ]] && break
+        sleep 0.05
+    done
+    [[ -n $pid ]] || return 0
+    while hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null) && [[ -n $hwm ]]; do
+        echo "$hwm" >"$file"
+        sleep 0.2
+    done
+}
 
 # Intake: counts and times lines, keeps none.
 intake_port=$(free_port)
@@ -225,6 +243,8 @@ while n < count:
             /usr/bin/time -f '%e %U %S %M' -o "$out/child-$i.time" "${generator[@]}" \
             >/dev/null 2>"$out/shim-$i.log" &
         shim_pids+=("$!")
+        watch_hwm "$!" "$out/shim-$i.hwm" &
+        pids+=("$!")
     done
     for i in "${!shim_pids[@]}"; do
         wait "${shim_pids[$i]}" || die "shim $((i + 1)) failed; see $out/shim-$((i + 1)).log"
@@ -276,6 +296,8 @@ wall_s=$(awk -v s="$start" -v n="$(now)" 'BEGIN {print n - s}')
             read -r _ cu cs _ < <(tail -1 "$out/child-${name#shim-}.time")
             cpu=$(awk -v c="$cpu" -v u="$cu" -v s="$cs" 'BEGIN {print c - u - s}')
             row "child-${name#shim-}" "$w" "$(awk -v u="$cu" -v s="$cs" 'BEGIN {print u + s}')" "$(tail -1 "$out/child-${name#shim-}.time" | awk '{print $4}')"
+            # Sampled every 0.2 s, so growth in its last 0.2 s is missed.
+            m=$(cat "$out/$name.hwm" 2>/dev/null || echo 0)
         fi
         row "$name" "$w" "$cpu" "$m"
     done
