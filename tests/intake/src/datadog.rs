@@ -325,6 +325,12 @@ fn serialized_len(value: &Value) -> usize {
 
 /// Datadog's error body: `{"errors":["Forbidden"]}` for 403, otherwise the
 /// v2 API's `{"errors":[{"status","title","detail"}]}`.
+/// When the shim read an accepted entry: its `timestamp` (integer
+/// milliseconds), if it has one.
+pub(crate) fn entry_time_ms(entry: &Value) -> Option<i64> {
+    entry.get("timestamp").and_then(Value::as_i64)
+}
+
 fn error_response(status: StatusCode, detail: &str) -> Response {
     let body = if status == StatusCode::FORBIDDEN {
         json!({ "errors": ["Forbidden"] })

@@ -13,6 +13,11 @@
 //! | Sentry | `POST /api/{project_id}/envelope/` | [`sentry`] |
 //! | control | `/_intake/...` | [`control`] |
 //!
+//! For benchmarks, every accepted entry's read → accepted latency (its
+//! timestamp against the request's arrival) goes into a bounded histogram
+//! per vendor ([`latency`]), reported in `GET /_intake/stats`; with
+//! `max_recorded_entries` set to 0 the intake only counts and times lines.
+//!
 //! Use it in-process with [`Intake::start`], or as the
 //! `logdrain-test-intake` binary (for `docker compose`), which serves the
 //! same routes. Shared recording lives in [`store`] and fault injection in
@@ -27,6 +32,7 @@ mod body;
 pub mod control;
 pub mod datadog;
 mod handler;
+pub mod latency;
 pub mod newrelic;
 pub mod sentry;
 pub mod store;
@@ -45,6 +51,7 @@ use tokio::task::JoinHandle;
 
 pub use control::{Fault, FaultError};
 pub use datadog::{DatadogConfig, DatadogLimits};
+pub use latency::{Latency, LatencySummary};
 pub use newrelic::{NewRelicConfig, NewRelicLimits};
 pub use sentry::{SentryConfig, SentryLimits};
 pub use store::{AuthForm, Entry, Records, RequestRecord, Stats, VendorStats};
@@ -69,6 +76,16 @@ impl Vendor {
             Vendor::Datadog => "datadog",
             Vendor::NewRelic => "newrelic",
             Vendor::Sentry => "sentry",
+        }
+    }
+
+    /// When the shim read `entry` (its timestamp), in milliseconds since
+    /// the epoch; `None` when the entry carries no usable timestamp.
+    pub fn entry_time_ms(self, entry: &Value) -> Option<i64> {
+        match self {
+            Vendor::Datadog => datadog::entry_time_ms(entry),
+            Vendor::NewRelic => newrelic::entry_time_ms(entry),
+            Vendor::Sentry => sentry::entry_time_ms(entry),
         }
     }
 

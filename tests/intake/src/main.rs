@@ -46,7 +46,8 @@ struct Args {
     )]
     newrelic_keys: Vec<String>,
 
-    /// Entries kept in memory before further ones are only counted.
+    /// Entries kept in memory before further ones are only counted (0 =
+    /// count and time lines only, for benchmarks: see `/_intake/stats`).
     #[arg(long, env = "INTAKE_MAX_ENTRIES", default_value_t = 10_000_000)]
     max_entries: usize,
 }

@@ -491,6 +491,13 @@ fn request_id() -> String {
 
 /// The intake's error body: `{"error": "<reason>"}`. Reasons never carry a
 /// key.
+/// When the shim read an accepted entry: its `timestamp` (integer
+/// milliseconds; the recorded entry is the log merged with its common
+/// attributes), if it has one.
+pub(crate) fn entry_time_ms(entry: &Value) -> Option<i64> {
+    entry.get("timestamp").and_then(Value::as_i64)
+}
+
 fn error_response(status: StatusCode, reason: &str) -> Response {
     (status, Json(json!({ "error": reason }))).into_response()
 }

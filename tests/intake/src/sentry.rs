@@ -684,6 +684,15 @@ fn json_type(value: &Value) -> &'static str {
 }
 
 /// Relay's error body: `{"detail": "..."}`.
+/// When the shim read an accepted log: its `timestamp` (float seconds),
+/// rounded down to milliseconds.
+pub(crate) fn entry_time_ms(entry: &Value) -> Option<i64> {
+    let seconds = entry.get("timestamp").and_then(Value::as_f64)?;
+    seconds
+        .is_finite()
+        .then(|| (seconds * 1_000.0).floor() as i64)
+}
+
 fn error_response(status: StatusCode, detail: &str) -> Response {
     (status, Json(json!({ "detail": detail }))).into_response()
 }

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::control::Fault;
+use crate::latency::Latency;
 use crate::{IntakeConfig, Vendor};
 
 /// Request headers that carry credentials; they are never recorded.
@@ -102,6 +103,9 @@ pub struct VendorStats {
     pub oversized_entries: u64,
     /// Requests answered by an injected fault.
     pub injected: u64,
+    /// How long after the shim read each accepted entry (its timestamp) the
+    /// intake accepted it; counted for every accepted entry, kept or not.
+    pub read_to_accepted: Latency,
 }
 
 impl VendorStats {
@@ -324,6 +328,11 @@ impl Store {
             stats.entries += entries.len() as u64;
             stats.oversized_entries += entries.iter().filter(|(_, big)| *big).count() as u64;
             stats.injected += u64::from(injected);
+            for (value, _) in &entries {
+                stats
+                    .read_to_accepted
+                    .record(pending.vendor.entry_time_ms(value), pending.arrived_unix_ms);
+            }
 
             let room = inner.max_entries.saturating_sub(records.entries.len());
             let dropped = entries.len().saturating_sub(room);
@@ -449,6 +458,40 @@ mod tests {
             Some("good")
         );
         assert!(store.accepted_key(Vendor::Datadog, "bad").is_none());
+    }
+
+    #[test]
+    fn accepted_entries_are_timed_from_their_timestamp_to_arrival_even_beyond_the_cap() {
+        let store = Store::new(&IntakeConfig {
+            max_recorded_entries: 0,
+            ..IntakeConfig::default()
+        });
+        let mut arrived = pending();
+        arrived.arrived_unix_ms = 1_714_564_810_000;
+        store.record(
+            arrived,
+            Outcome::Accepted {
+                status: 202,
+                entries: vec![
+                    (
+                        serde_json::json!({"message": "a", "timestamp": 1_714_564_809_750_i64}),
+                        false,
+                    ),
+                    (
+                        serde_json::json!({"message": "b", "timestamp": 1_714_564_809_990_i64}),
+                        false,
+                    ),
+                    (serde_json::json!({"message": "no timestamp"}), false),
+                ],
+            },
+        );
+        store.read(|r| {
+            let latency = r.stats().vendor(Vendor::Datadog).read_to_accepted.summary();
+            assert_eq!(r.entry_count(Vendor::Datadog), 0);
+            assert_eq!((latency.count, latency.unstamped), (2, 1));
+            assert_eq!(latency.max_ms, 250);
+            assert_eq!(latency.p50_ms, 10);
+        });
     }
 
     #[test]
