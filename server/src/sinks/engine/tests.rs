@@ -128,6 +128,7 @@ fn limits(max_events: usize, max_linger: Duration) -> BatchLimits {
         max_events,
         max_bytes: 1_000_000,
         max_linger,
+        max_in_flight: 1,
     }
 }
 
