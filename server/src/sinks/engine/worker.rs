@@ -175,7 +175,8 @@ pub(super) struct Worker<S> {
     /// After such a failure, one request at a time until one is accepted:
     /// a failing vendor gets one probe, not a window of requests.
     probing: bool,
-    /// Shutdown began: no new request; answers in flight are still taken.
+    /// Shutdown of the engine or process began: no new request; answers
+    /// to requests in flight are still taken (within the grace period).
     stopping: bool,
 }
 
@@ -218,6 +219,12 @@ impl<S: Source> Worker<S> {
         self.committed = self.position;
         let mut changes = self.parts.source.subscribe(&self.parts.route.agent_id);
         loop {
+            if self.parts.stop.route.is_triggered() {
+                // Retired for a worker with newer credentials: requests
+                // still out use the refused ones. Dropping them leaves
+                // their lines uncommitted, so the new worker sends them.
+                return Err(Stopped);
+            }
             if !self.stopping && self.parts.stop.is_triggered() {
                 self.stopping = true;
             }
