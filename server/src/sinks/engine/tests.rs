@@ -1261,8 +1261,15 @@ async fn commits_stay_in_queue_order_when_answers_arrive_out_of_order() {
     assert_eq!(committed(), None, "x10..x29 are held until x0 is accepted");
     let status = status_of(&engine, "a1");
     assert_eq!(status.delivered_lines, 20);
-    assert_eq!(status.pending_lines, 20, "x0..x9 waiting, x30..x39 not sent");
-    assert_eq!(sink.call_count(), 3, "the window holds three batches at most");
+    assert_eq!(
+        status.pending_lines, 20,
+        "x0..x9 waiting, x30..x39 not sent"
+    );
+    assert_eq!(
+        sink.call_count(),
+        3,
+        "the window holds three batches at most"
+    );
 
     sleep(Duration::from_secs(1)).await;
     assert_eq!(committed(), nth(29), "one commit over the whole prefix");
@@ -1379,7 +1386,15 @@ async fn refused_credentials_with_requests_in_flight_park_the_route_and_probe_on
     let s = Duration::from_secs;
     assert_eq!(
         sink.call_times(),
-        [t0, t0, t0, t0 + s(61), t0 + s(121), t0 + s(121), t0 + s(121)],
+        [
+            t0,
+            t0,
+            t0,
+            t0 + s(61),
+            t0 + s(121),
+            t0 + s(121),
+            t0 + s(121)
+        ],
         "parked: one probe per interval; accepted: the window again"
     );
     assert_eq!(
@@ -1444,7 +1459,11 @@ async fn shutdown_with_requests_in_flight_waits_for_them_and_commits_only_the_ac
             aborted: 0
         }
     );
-    assert_eq!(sink.call_count(), 3, "no retry and no new batch after shutdown began");
+    assert_eq!(
+        sink.call_count(),
+        3,
+        "no retry and no new batch after shutdown began"
+    );
     assert_eq!(
         source.committed_cursor(&route("a1")),
         nth(9),

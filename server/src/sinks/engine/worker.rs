@@ -268,8 +268,7 @@ impl<S: Source> Worker<S> {
                     return Ok(position);
                 }
                 Err(e) => {
-                    let delay =
-                        self.source_failed("reading the committed cursor", e.to_string());
+                    let delay = self.source_failed("reading the committed cursor", e.to_string());
                     self.parts.stop.sleep(delay).await?;
                 }
             }
@@ -353,9 +352,11 @@ impl<S: Source> Worker<S> {
                 let lines = self.pending.take_batch(&self.limits);
                 let seq = self.next_seq;
                 self.next_seq += 1;
+                let mut todo = Vec::with_capacity(8);
+                todo.push(0..lines.len());
                 self.window.push_back(Slot {
                     seq,
-                    todo: vec![0..lines.len()],
+                    todo,
                     lines: Arc::new(lines),
                     done: 0,
                     sending: false,
