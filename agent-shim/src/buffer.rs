@@ -13,6 +13,9 @@
 //!   never dropped: the gateway usually stores them, so counting them as
 //!   dropped would overstate the loss. The drop count is therefore exactly
 //!   the lines never sent on the connection they were dropped during.
+//! * A drop notice is a line in the buffer too ([`Buffer::push_notice`]); if
+//!   it is dropped before it is sent, the drops it reported are counted
+//!   again for the next notice instead of being lost with it.
 //! * In-flight lines are bounded by the in-flight window (`window_bytes`,
 //!   see [`Buffer::next_batch`]), so the buffer holds at most its byte bound
 //!   plus the window (plus one line, if a single line exceeds the bound).
@@ -90,6 +93,8 @@ pub struct Buffer {
     sent_up_to: u64,
     dropped: Option<Dropped>,
     dropped_total: u64,
+    /// Drop notices in the buffer (seq and the drops it reports), by seq.
+    notices: VecDeque<(u64, Dropped)>,
 }
 
 impl Buffer {
@@ -108,6 +113,7 @@ impl Buffer {
             sent_up_to: 0,
             dropped: None,
             dropped_total: 0,
+            notices: VecDeque::new(),
         }
     }
 
@@ -120,24 +126,46 @@ impl Buffer {
     pub fn push(&mut self, line: Line) -> u64 {
         let cost = line_cost(&line);
         while self.bytes + cost > self.max_bytes {
-            let Some((_, old)) = self.unsent.pop_front() else {
+            let Some((seq, old)) = self.unsent.pop_front() else {
                 break;
             };
             self.bytes -= line_cost(&old);
+            if let Ok(index) = self.notices.binary_search_by_key(&seq, |(seq, _)| *seq) {
+                // A notice never sent: the next one reports its drops.
+                if let Some((_, reported)) = self.notices.remove(index) {
+                    self.count_dropped(reported);
+                }
+                continue;
+            }
             self.dropped_total += 1;
-            let dropped = self.dropped.get_or_insert(Dropped {
-                lines: 0,
+            self.count_dropped(Dropped {
+                lines: 1,
                 first_timestamp_ns: old.timestamp_ns,
                 last_timestamp_ns: old.timestamp_ns,
             });
-            dropped.lines += 1;
-            dropped.last_timestamp_ns = old.timestamp_ns;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += cost;
         self.unsent.push_back((seq, line));
         seq
+    }
+
+    /// Adds a drop notice (worded by the caller from the [`Dropped`] it got
+    /// from [`Buffer::take_dropped`]); if it is dropped unsent, `reports`
+    /// counts as not reported yet. Returns its seq.
+    pub fn push_notice(&mut self, line: Line, reports: Dropped) -> u64 {
+        let seq = self.push(line);
+        self.notices.push_back((seq, reports));
+        seq
+    }
+
+    /// Adds drops to those not reported yet.
+    fn count_dropped(&mut self, more: Dropped) {
+        let dropped = self.dropped.get_or_insert(Dropped { lines: 0, ..more });
+        dropped.lines += more.lines;
+        dropped.first_timestamp_ns = dropped.first_timestamp_ns.min(more.first_timestamp_ns);
+        dropped.last_timestamp_ns = dropped.last_timestamp_ns.max(more.last_timestamp_ns);
     }
 
     /// Removes every line with seq <= `acked_seq` (in flight or not: a
@@ -164,6 +192,11 @@ impl Buffer {
             self.bytes -= line_cost(&line);
             removed += 1;
         }
+        while self
+            .notices
+            .pop_front_if(|notice| notice.0 <= acked_seq)
+            .is_some()
+        {}
         Ok(removed)
     }
 
@@ -314,6 +347,13 @@ impl SharedBuffer {
     /// Pushes a line and wakes the stream. Never blocks on the network.
     pub fn push(&self, line: Line) -> u64 {
         let seq = self.lock().push(line);
+        self.ready.notify_one();
+        seq
+    }
+
+    /// Pushes a drop notice ([`Buffer::push_notice`]) and wakes the stream.
+    pub fn push_notice(&self, line: Line, reports: Dropped) -> u64 {
+        let seq = self.lock().push_notice(line, reports);
         self.ready.notify_one();
         seq
     }
@@ -554,6 +594,52 @@ mod tests {
         assert!(buffer.is_empty());
         assert!(buffer.dropped_total() > 0, "the test must make the buffer drop");
         assert_eq!(sent.len() as u64 + buffer.dropped_total(), ts as u64);
+    }
+
+    #[test]
+    fn a_drop_notice_dropped_unsent_is_folded_into_the_next_one() {
+        let mut buffer = Buffer::new(2 * LINE_OVERHEAD_BYTES, WIDE);
+        for ts in 1..=3 {
+            buffer.push(line(ts, b""));
+        }
+        let first = buffer.take_dropped().unwrap();
+        assert_eq!(first.lines, 1);
+        buffer.push_notice(line(10, b""), first);
+        // Seq 3 and the notice (seq 4) go; the next notice must tell both
+        // agent lines dropped, not only seq 3.
+        buffer.push(line(11, b""));
+        buffer.push(line(12, b""));
+        assert_eq!(
+            buffer.take_dropped(),
+            Some(Dropped {
+                lines: 3,
+                first_timestamp_ns: 1,
+                last_timestamp_ns: 3,
+            })
+        );
+        assert_eq!(buffer.dropped_total(), 3, "a notice is not an agent line");
+    }
+
+    #[test]
+    fn a_drop_notice_acked_is_reported_for_good() {
+        let mut buffer = Buffer::new(2 * LINE_OVERHEAD_BYTES, WIDE);
+        for ts in 1..=3 {
+            buffer.push(line(ts, b""));
+        }
+        let first = buffer.take_dropped().unwrap();
+        let notice = buffer.push_notice(line(10, b""), first);
+        assert_eq!(buffer.take_dropped().map(|d| d.lines), Some(1), "seq 2 made room");
+        let batch = buffer.next_batch(100, usize::MAX).unwrap();
+        assert_eq!(batch.first_seq + batch.lines.len() as u64 - 1, notice);
+        buffer.ack(notice).unwrap();
+        buffer.push(line(11, b""));
+        buffer.push(line(12, b""));
+        buffer.push(line(13, b""));
+        assert_eq!(
+            buffer.take_dropped().map(|d| d.lines),
+            Some(1),
+            "only seq 5: the acked notice's drops are not counted again"
+        );
     }
 
     #[test]

@@ -447,7 +447,8 @@ impl Shipper {
         if let Some(dropped) = dropped {
             let notice = lifecycle::drop_notice(&dropped, self.buffer_bytes);
             diag::emit_line(&notice);
-            self.buffer.push(lifecycle::shim_line(notice));
+            self.buffer
+                .push_notice(lifecycle::shim_line(notice), dropped);
         }
         Ok(())
     }
