@@ -281,11 +281,8 @@ async fn a_burst_through_a_small_buffer_reports_exactly_the_lines_never_sent() {
     // A buffer far below the burst (and below the in-flight window) makes
     // the shim drop while batches are in flight; those are never dropped,
     // so the notices still add up to exactly the missing lines.
-    let (delivered, dropped) = burst_of_a_million_lines(
-        "agent-burst-small",
-        &[("LOGDRAIN_BUFFER_BYTES", "2MiB")],
-    )
-    .await;
+    let (delivered, dropped) =
+        burst_of_a_million_lines("agent-burst-small", &[("LOGDRAIN_BUFFER_BYTES", "2MiB")]).await;
     println!("burst through 2 MiB: {delivered} delivered, {dropped} dropped and reported");
 }
 

@@ -127,7 +127,7 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
 
     let buffer = Arc::new(SharedBuffer::new(
         settings.buffer_bytes,
-        stream::IN_FLIGHT_MAX_BYTES,
+        stream::in_flight_window(settings.buffer_bytes),
     ));
     let (closing_tx, closing_rx) = watch::channel(false);
     let shipper = Shipper::new(

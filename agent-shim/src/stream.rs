@@ -5,9 +5,10 @@
 //! Per connection ("session"):
 //! 1. connect, send `Open` (token, ids, boot id, secrets, protocol version);
 //! 2. resend everything unacked from the oldest line, then new lines as they
-//!    come, in batches of consecutive seqs, with at most
-//!    [`IN_FLIGHT_MAX_BYTES`] of line cost sent and not acked (the buffer
-//!    never drops those lines, so this window bounds its overshoot);
+//!    come, in batches of consecutive seqs, with at most the in-flight
+//!    window ([`in_flight_window`]) of line cost sent and not acked (the
+//!    buffer never drops those lines, so the window keeps room for new
+//!    ones);
 //! 3. on each `Ack`, drop the acked lines; the first ack after drops
 //!    injects the drop notice, the first ack after failures resets the
 //!    backoff.
@@ -50,9 +51,18 @@ const OUTBOUND_BATCHES: usize = 4;
 /// queue, the gateway's pipeline of batches awaiting their group commit (8)
 /// and the bytes on the wire, so acks never starve the stream.
 pub const IN_FLIGHT_BATCHES: usize = 16;
-/// The in-flight window: line cost sent on a connection and not acked yet
-/// (16 MiB). The buffer may exceed `--buffer-bytes` by this much.
+/// Largest in-flight window: line cost sent on a connection and not acked
+/// yet (16 MiB).
 pub const IN_FLIGHT_MAX_BYTES: usize = IN_FLIGHT_BATCHES * BATCH_MAX_BYTES;
+
+/// The in-flight window for a buffer of `buffer_bytes`: half of it, at most
+/// [`IN_FLIGHT_MAX_BYTES`]. Lines in flight are never dropped, so this
+/// leaves at least half the buffer to new lines and the buffer never
+/// exceeds its bound (but for one line larger than the rest of it).
+pub fn in_flight_window(buffer_bytes: usize) -> usize {
+    (buffer_bytes / 2).min(IN_FLIGHT_MAX_BYTES)
+}
+
 /// Connecting and opening a stream must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// With lines outstanding, a gateway silent for this long is given up on.
@@ -619,6 +629,13 @@ pub(crate) fn chain(err: &dyn StdError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_is_half_the_buffer_and_at_most_16_mib() {
+        assert_eq!(in_flight_window(64 << 20), IN_FLIGHT_MAX_BYTES);
+        assert_eq!(IN_FLIGHT_MAX_BYTES, 16 << 20);
+        assert_eq!(in_flight_window(4 << 20), 2 << 20);
+    }
 
     #[test]
     fn unauthenticated_explains_how_to_get_a_token() {
