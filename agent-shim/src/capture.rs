@@ -110,7 +110,7 @@ mod tests {
     fn buffered_lines(buffer: &SharedBuffer) -> Vec<Line> {
         buffer
             .lock()
-            .batch_from(0, usize::MAX, usize::MAX)
+            .next_batch(usize::MAX, usize::MAX)
             .map(|batch| batch.lines)
             .unwrap_or_default()
     }
@@ -118,7 +118,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_pass_through_unchanged_and_lines_are_buffered() {
         let input: &[u8] = b"one\r\ntwo\n\xff\xfe\n\nlast";
-        let buffer = SharedBuffer::new(1 << 20);
+        let buffer = SharedBuffer::new(1 << 20, usize::MAX);
         let mut out = Vec::new();
         let report = capture(input, &mut out, StreamKind::Stderr, &buffer, 1024).await;
         assert_eq!(out, input);
@@ -137,7 +137,7 @@ mod tests {
     #[tokio::test]
     async fn long_lines_are_buffered_as_marked_pieces() {
         let input = vec![b'x'; 250];
-        let buffer = SharedBuffer::new(1 << 20);
+        let buffer = SharedBuffer::new(1 << 20, usize::MAX);
         capture(
             &input[..],
             tokio::io::sink(),
@@ -191,7 +191,7 @@ mod tests {
     #[tokio::test]
     async fn failing_passthrough_does_not_stop_capture() {
         let input: &[u8] = b"a\nb\nc\n";
-        let buffer = SharedBuffer::new(1 << 20);
+        let buffer = SharedBuffer::new(1 << 20, usize::MAX);
         let report = capture(
             Trickle(input),
             BrokenPipe,

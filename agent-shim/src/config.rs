@@ -100,8 +100,9 @@ pub struct Config {
     pub agent_server_id: Option<String>,
 
     /// Memory bound for lines the gateway has not acked yet. When full, the
-    /// oldest lines are dropped, counted, and reported in the drain once
-    /// delivery resumes.
+    /// oldest lines not yet sent are dropped, counted, and reported in the
+    /// drain once delivery resumes; lines awaiting their ack (at most half
+    /// the bound, and at most 16MiB) are never dropped.
     #[arg(long, env = "LOGDRAIN_BUFFER_BYTES", value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
     pub buffer_bytes: usize,
 

@@ -125,7 +125,10 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
     let mut reaper = Reaper::new(reap_orphans(settings.subreaper)).map_err(Error::Signals)?;
     let mut signals = ForwardedSignals::register().map_err(Error::Signals)?;
 
-    let buffer = Arc::new(SharedBuffer::new(settings.buffer_bytes));
+    let buffer = Arc::new(SharedBuffer::new(
+        settings.buffer_bytes,
+        stream::in_flight_window(settings.buffer_bytes),
+    ));
     let (closing_tx, closing_rx) = watch::channel(false);
     let shipper = Shipper::new(
         stream_config(&settings, &secrets),

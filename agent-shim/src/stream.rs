@@ -5,13 +5,17 @@
 //! Per connection ("session"):
 //! 1. connect, send `Open` (token, ids, boot id, secrets, protocol version);
 //! 2. resend everything unacked from the oldest line, then new lines as they
-//!    come, in batches of consecutive seqs;
+//!    come, in batches of consecutive seqs, with at most the in-flight
+//!    window ([`in_flight_window`]) of line cost sent and not acked (the
+//!    buffer never drops those lines, so the window keeps room for new
+//!    ones);
 //! 3. on each `Ack`, drop the acked lines; the first ack after drops
 //!    injects the drop notice, the first ack after failures resets the
 //!    backoff.
 //!
 //! A session ends on an error status, a closed stream, an ack for a line
-//! never sent, or no ack for [`ACK_TIMEOUT`] while lines are outstanding.
+//! never sent, or no ack for [`ACK_TIMEOUT`] while lines are outstanding;
+//! its unacked lines then go back to the buffer's unsent lines.
 //! [`Shipper::run`] returns only once the capture is over (`closing`) and
 //! every line is acked; the caller bounds that with the drain timeout.
 //!
@@ -43,6 +47,22 @@ use crate::lifecycle;
 pub const BATCH_MAX_BYTES: usize = 1024 * 1024;
 /// Batches queued for the gRPC stream beyond the one being written.
 const OUTBOUND_BATCHES: usize = 4;
+/// Full batches sent and not acked, at most: enough to cover the outbound
+/// queue, the gateway's pipeline of batches awaiting their group commit (8)
+/// and the bytes on the wire, so acks never starve the stream.
+pub const IN_FLIGHT_BATCHES: usize = 16;
+/// Largest in-flight window: line cost sent on a connection and not acked
+/// yet (16 MiB).
+pub const IN_FLIGHT_MAX_BYTES: usize = IN_FLIGHT_BATCHES * BATCH_MAX_BYTES;
+
+/// The in-flight window for a buffer of `buffer_bytes`: half of it, at most
+/// [`IN_FLIGHT_MAX_BYTES`]. Lines in flight are never dropped, so this
+/// leaves at least half the buffer to new lines and the buffer never
+/// exceeds its bound (but for one line larger than the rest of it).
+pub fn in_flight_window(buffer_bytes: usize) -> usize {
+    (buffer_bytes / 2).min(IN_FLIGHT_MAX_BYTES)
+}
+
 /// Connecting and opening a stream must finish within this.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// With lines outstanding, a gateway silent for this long is given up on.
@@ -244,6 +264,9 @@ impl Shipper {
                 Ok(()) => return,
                 Err(err) => err,
             };
+            // Whether the gateway stored what was in flight is unknown: it
+            // is resent on the next connection, and evictable until then.
+            self.buffer.lock().requeue_in_flight();
             if self.drained() {
                 return;
             }
@@ -420,11 +443,7 @@ impl Shipper {
     }
 
     fn on_ack(&mut self, acked_seq: u64, url: &Uri) -> Result<(), StreamError> {
-        let dropped = {
-            let mut buffer = self.buffer.lock();
-            buffer.ack(acked_seq)?;
-            buffer.take_dropped()
-        };
+        let dropped = self.buffer.ack(acked_seq)?;
         if self.failures > 0 {
             diag!(
                 "gateway {url}: delivering again after {} failed attempt{}",
@@ -438,37 +457,42 @@ impl Shipper {
         if let Some(dropped) = dropped {
             let notice = lifecycle::drop_notice(&dropped, self.buffer_bytes);
             diag::emit_line(&notice);
-            self.buffer.push(lifecycle::shim_line(notice));
+            self.buffer
+                .push_notice(lifecycle::shim_line(notice), dropped);
         }
         Ok(())
     }
 }
 
-/// Sends batches from the oldest unacked line on; runs until the stream
-/// closes. Never cancelled mid-session: a session ends as a whole, and the
-/// next one starts again from the oldest unacked line.
+/// Sends batches from the oldest unacked line on, keeping the lines in
+/// flight within the buffer's window; runs until the stream closes. Never
+/// cancelled mid-session: a session ends as a whole, its lines in flight
+/// are requeued, and the next one starts again from the oldest unacked line.
 async fn send_batches(
     buffer: Arc<SharedBuffer>,
     tx: mpsc::Sender<ShimMessage>,
     limits: BatchLimits,
 ) -> Result<(), StreamError> {
-    // 0: start at the oldest buffered line.
-    let mut cursor = 0u64;
     loop {
         let permit = tx.reserve().await.map_err(|_| StreamError::Closed)?;
         loop {
-            let pending = buffer.lock().pending_from(cursor);
-            if pending > 0 {
-                if pending < limits.lines && !limits.linger.is_zero() {
+            let (unsent, room) = {
+                let buffer = buffer.lock();
+                (buffer.unsent_len(), buffer.has_room_for(limits.bytes))
+            };
+            if unsent == 0 {
+                buffer.wait_for_lines().await;
+            } else if !room {
+                buffer.wait_for_room().await;
+            } else {
+                if unsent < limits.lines && !limits.linger.is_zero() {
                     tokio::time::sleep(limits.linger).await;
                 }
                 break;
             }
-            buffer.wait_for_lines().await;
         }
-        let batch = buffer.lock().batch_from(cursor, limits.lines, limits.bytes);
+        let batch = buffer.lock().next_batch(limits.lines, limits.bytes);
         if let Some(batch) = batch {
-            cursor = batch.first_seq + batch.lines.len() as u64;
             permit.send(ShimMessage {
                 kind: Some(shim_message::Kind::Batch(batch)),
             });
@@ -605,6 +629,13 @@ pub(crate) fn chain(err: &dyn StdError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_window_is_half_the_buffer_and_at_most_16_mib() {
+        assert_eq!(in_flight_window(64 << 20), IN_FLIGHT_MAX_BYTES);
+        assert_eq!(IN_FLIGHT_MAX_BYTES, 16 << 20);
+        assert_eq!(in_flight_window(4 << 20), 2 << 20);
+    }
 
     #[test]
     fn unauthenticated_explains_how_to_get_a_token() {

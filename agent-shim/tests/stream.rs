@@ -21,7 +21,7 @@ use logdrain::v1::{
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -40,6 +40,9 @@ enum Behavior {
     DropFirstStream,
     /// Refuse every stream with UNAUTHENTICATED.
     Unauthenticated,
+    /// Until [`Gateway::release`]: record batches and ack none; then fail
+    /// those streams with UNAVAILABLE and ack everything on later ones.
+    HoldUntilReleased,
 }
 
 /// Everything the gateway received, per stream, in arrival order.
@@ -48,12 +51,17 @@ struct Recorded {
     opens: Vec<Open>,
     /// (stream index, batch)
     batches: Vec<(usize, Batch)>,
+    /// Every line acked, by seq.
+    acked: BTreeMap<u64, logdrain::v1::Line>,
+    /// Streams held by [`Behavior::HoldUntilReleased`] (nothing acked).
+    held_streams: Vec<usize>,
 }
 
 #[derive(Clone)]
 struct Recorder {
     behavior: Behavior,
     recorded: Arc<Mutex<Recorded>>,
+    released: watch::Receiver<bool>,
 }
 
 type GatewayStream = Pin<Box<dyn Stream<Item = Result<GatewayMessage, Status>> + Send>>;
@@ -73,7 +81,38 @@ impl Drain for Recorder {
         let mut inbound = request.into_inner();
         let recorded = Arc::clone(&self.recorded);
         let behavior = self.behavior;
+        let mut released = self.released.clone();
+        let held = behavior == Behavior::HoldUntilReleased && !*released.borrow();
         let (tx, rx) = mpsc::channel(64);
+        if held {
+            tokio::spawn(async move {
+                let stream_index = {
+                    let mut recorded = recorded.lock().unwrap();
+                    let index = recorded.opens.len();
+                    recorded.held_streams.push(index);
+                    index
+                };
+                loop {
+                    tokio::select! {
+                        message = inbound.message() => match message {
+                            Ok(Some(ShimMessage { kind: Some(shim_message::Kind::Open(open)) })) => {
+                                recorded.lock().unwrap().opens.push(open)
+                            }
+                            Ok(Some(ShimMessage { kind: Some(shim_message::Kind::Batch(batch)) })) => {
+                                recorded.lock().unwrap().batches.push((stream_index, batch))
+                            }
+                            Ok(Some(_)) => {}
+                            Ok(None) | Err(_) => return,
+                        },
+                        () = async { let _ = released.wait_for(|&released| released).await; } => {
+                            let _ = tx.send(Err(Status::unavailable("test releases the stream"))).await;
+                            return;
+                        }
+                    }
+                }
+            });
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         tokio::spawn(async move {
             let stream_index = {
                 let recorded = recorded.lock().unwrap();
@@ -86,8 +125,19 @@ impl Drain for Recorder {
                     }
                     Some(shim_message::Kind::Batch(batch)) => {
                         let last = batch.first_seq + batch.lines.len() as u64 - 1;
-                        recorded.lock().unwrap().batches.push((stream_index, batch));
-                        if behavior == Behavior::DropFirstStream && stream_index == 0 {
+                        let drop_it = behavior == Behavior::DropFirstStream && stream_index == 0;
+                        {
+                            let mut recorded = recorded.lock().unwrap();
+                            if !drop_it {
+                                for (i, line) in batch.lines.iter().enumerate() {
+                                    recorded
+                                        .acked
+                                        .insert(batch.first_seq + i as u64, line.clone());
+                                }
+                            }
+                            recorded.batches.push((stream_index, batch));
+                        }
+                        if drop_it {
                             let _ = tx
                                 .send(Err(Status::unavailable("test drops the stream")))
                                 .await;
@@ -123,6 +173,7 @@ impl Drain for Recorder {
 struct Gateway {
     addr: SocketAddr,
     recorded: Arc<Mutex<Recorded>>,
+    release: watch::Sender<bool>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -135,9 +186,11 @@ impl Gateway {
     fn serve(listener: TcpListener, behavior: Behavior) -> Self {
         let addr = listener.local_addr().unwrap();
         let recorded = Arc::new(Mutex::new(Recorded::default()));
+        let (release, released) = watch::channel(false);
         let service = DrainServer::new(Recorder {
             behavior,
             recorded: Arc::clone(&recorded),
+            released,
         });
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -152,8 +205,14 @@ impl Gateway {
         Self {
             addr,
             recorded,
+            release,
             _stop: stop,
         }
+    }
+
+    /// Ends the hold of [`Behavior::HoldUntilReleased`].
+    fn release(&self) {
+        self.release.send_replace(true);
     }
 
     fn url(&self) -> String {
@@ -543,5 +602,116 @@ async fn check_against_a_gateway_without_the_check_rpc_says_to_upgrade_it() {
     assert!(
         recorded.opens.is_empty(),
         "a check opens no stream: {recorded:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_gateway_that_does_not_ack_gets_at_most_the_window_and_drops_are_counted_exactly() {
+    use agent_shim::buffer::{line_cost, LINE_OVERHEAD_BYTES};
+    use agent_shim::stream::{in_flight_window, BATCH_MAX_BYTES};
+
+    const BUFFER_BYTES: usize = 4 << 20;
+    let window = in_flight_window(BUFFER_BYTES);
+    const LINES: usize = 30_000;
+    const LINE_BYTES: usize = 999;
+    let gateway = Gateway::start(Behavior::HoldUntilReleased).await;
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    // About 30 MiB of lines, far more than the buffer and the window hold;
+    // then the agent stays until the test lets it exit.
+    let script = format!(
+        "yes \"$(printf '%0{LINE_BYTES}d' 0)\" | head -n {LINES}; echo written; \
+         while [ ! -e '{}' ]; do sleep 0.1; done",
+        go.display()
+    );
+    let options = ["--buffer-bytes", "4MiB"];
+    let mut child = shim(&gateway.url(), &options, &script).spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = tokio::spawn(async move {
+        let mut text = Vec::new();
+        let _ = stderr.read_to_end(&mut text).await;
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    // Every line is in the buffer once it is on the shim's stdout.
+    wait_for_stdout_line(&mut child, "written").await;
+    let stream_cost = |recorded: &Recorded| {
+        let mut cost = BTreeMap::<usize, usize>::new();
+        let held = recorded
+            .batches
+            .iter()
+            .filter(|(stream, _)| recorded.held_streams.contains(stream));
+        for (stream, batch) in held {
+            *cost.entry(*stream).or_default() += batch.lines.iter().map(line_cost).sum::<usize>();
+        }
+        cost
+    };
+    // The shim fills the window of a held stream, then waits for acks.
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let filled = {
+                let recorded = gateway.recorded.lock().unwrap();
+                stream_cost(&recorded)
+                    .values()
+                    .any(|&cost| cost > window - BATCH_MAX_BYTES.min(window))
+            };
+            if filled {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the shim never filled its in-flight window");
+    gateway.release();
+    std::fs::write(&go, b"").unwrap();
+    let status = tokio::time::timeout(LIMIT, child.wait())
+        .await
+        .expect("the shim did not finish")
+        .unwrap();
+    let stderr = stderr.await.unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
+    let recorded = gateway.recorded.lock().unwrap();
+    for (stream, cost) in stream_cost(&recorded) {
+        assert!(
+            cost <= window,
+            "stream {stream} got {cost} bytes of lines without an ack"
+        );
+    }
+    let delivered: Vec<&logdrain::v1::Line> = recorded
+        .acked
+        .values()
+        .filter(|l| l.origin == Origin::Agent as i32)
+        .collect();
+    let dropped: usize = recorded
+        .acked
+        .values()
+        .filter(|l| l.origin == Origin::Shim as i32)
+        .filter_map(|l| {
+            let text = String::from_utf8_lossy(&l.data).into_owned();
+            text.strip_prefix("agent-shim: dropped ")?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    // Nothing was acked before the agent finished writing, so at most the
+    // buffer's bound of its lines survived.
+    let per_line = LINE_BYTES + LINE_OVERHEAD_BYTES;
+    let delivered_long = delivered
+        .iter()
+        .filter(|l| l.data.len() == LINE_BYTES)
+        .count();
+    assert!(
+        delivered_long * per_line <= BUFFER_BYTES,
+        "{delivered_long} lines delivered"
+    );
+    // The notices count exactly the lines that never arrived.
+    assert_eq!(
+        delivered.len() + dropped,
+        LINES + 1,
+        "delivered {} + dropped {dropped}",
+        delivered.len()
     );
 }
