@@ -135,6 +135,10 @@ fn verify(
 
     // Everything queued for route A, from the start.
     let mut present: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
+    // Where each stream's first surviving line is, to tell "freed by a
+    // commit" (at or before route A's cursor) from "lost".
+    let mut first_at: BTreeMap<(u32, u32), Cursor> = BTreeMap::new();
+    let committed = queue.committed(&route("a")).unwrap();
     let mut after: Option<Cursor> = None;
     let mut total = 0;
     loop {
@@ -146,6 +150,7 @@ fn verify(
             let (r, stream, seq) = parse_data(&queued.line.data);
             assert_eq!(*queued.agent_server_id, server(stream));
             present.entry((r, stream)).or_default().push(seq);
+            first_at.entry((r, stream)).or_insert(queued.cursor);
         }
     }
     assert_eq!(queue.depth(AGENT).0, total, "depth counts what is queued");
@@ -184,7 +189,9 @@ fn verify(
             };
             assert!(
                 freed_through <= allowed,
-                "round {r} stream {stream}: lines 1..={freed_through} freed, delivered only {allowed}"
+                "round {r} stream {stream}: lines 1..={freed_through} freed, delivered only {allowed}; \
+                 route A committed through {committed:?}, first surviving line at {:?}",
+                first_at.get(&(r, stream))
             );
         }
     }
