@@ -196,7 +196,6 @@ fn batch_building(c: &mut Criterion) {
         max_events: datadog::request_builder::MAX_EVENTS,
         max_bytes: datadog::request_builder::MAX_PAYLOAD_BYTES - 1,
         max_linger: Duration::from_secs(1),
-        max_in_flight: 1,
     };
     let now = tokio::time::Instant::now();
     let fill = |lines: Vec<QueuedLine>| {

@@ -387,20 +387,6 @@ pub fn dd_messages(intake: &logdrain_test_intake::Intake, host: &str) -> Vec<Str
         .collect()
 }
 
-/// `messages` sorted by their last word read as a number (`line 12`), the
-/// others after them in arrival order. A route keeps several requests in
-/// flight, so lines of different requests may arrive out of queue order;
-/// compare the sorted list to check that every line arrived exactly once.
-pub fn by_number(mut messages: Vec<String>) -> Vec<String> {
-    messages.sort_by_key(|m| {
-        m.rsplit(' ')
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or(u64::MAX)
-    });
-    messages
-}
-
 /// Waits for a child to exit (polling, so the runtime keeps serving).
 pub async fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();

@@ -60,11 +60,6 @@ pub struct BatchLimits {
     pub max_bytes: usize,
     /// Longest time a line waits at the worker for its batch to fill.
     pub max_linger: Duration,
-    /// Most requests of one route out at once (at least 1). Commits stay in
-    /// queue order whatever the order of the answers; a route holds at most
-    /// this many batches besides the one it is filling, and a crash sends
-    /// at most this many batches again.
-    pub max_in_flight: usize,
 }
 
 /// What a vendor answered to a request it accepted.

@@ -85,12 +85,6 @@ use service::Service;
 /// Most log streams one send writes to at the same time.
 pub const PARALLEL_STREAMS: usize = 4;
 
-/// Requests (engine sends, each up to [`PARALLEL_STREAMS`] puts) of one
-/// route out at once. Concurrent PutLogEvents to one stream are allowed (no
-/// sequence token any more); only the events inside one put must be in
-/// order, and each put is built in order.
-pub const MAX_IN_FLIGHT: usize = 4;
-
 /// The HTTPS client every CloudWatch sink shares (one connection pool, one
 /// load of the trusted roots); rustls with ring, like the gateway's other
 /// clients. It also speaks plain HTTP for an `http://` endpoint override.
@@ -155,7 +149,6 @@ impl CloudWatchSink {
                 max_events: request_builder::MAX_EVENTS,
                 max_bytes: request_builder::MAX_BATCH_BYTES,
                 max_linger: settings.max_linger,
-                max_in_flight: MAX_IN_FLIGHT,
             },
         })
     }

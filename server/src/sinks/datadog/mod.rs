@@ -36,12 +36,6 @@ use crate::route::{DestinationKind, RouteKey, Secrets};
 use crate::sinks::{http, BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
 use config::Endpoint;
 
-/// Requests of one route out at once. Datadog sets no limit on concurrent
-/// requests (it throttles with 429 and `Retry-After`, which holds the whole
-/// route), and the order of lines across requests does not matter to it:
-/// each entry carries its own timestamp.
-pub const MAX_IN_FLIGHT: usize = 4;
-
 /// Delivers one route's lines to Datadog. `Debug` redacts the credential.
 #[derive(Debug)]
 pub struct DatadogSink {
@@ -69,7 +63,6 @@ impl DatadogSink {
                 // One byte of the array is its opening bracket.
                 max_bytes: request_builder::MAX_PAYLOAD_BYTES - 1,
                 max_linger: settings.max_linger,
-                max_in_flight: MAX_IN_FLIGHT,
             },
         })
     }

@@ -127,7 +127,6 @@ mod tests {
             max_events,
             max_bytes,
             max_linger: Duration::from_secs(1),
-            max_in_flight: 1,
         }
     }
 

@@ -22,9 +22,9 @@
 //!
 //! | vendor answer | what the route does |
 //! |---|---|
-//! | accepted | count `delivered`, sample latency of the oldest line, commit through the last line once every earlier request is accepted too |
-//! | accepted, but hold off (`SendOutcome::hold_off`) | as accepted, then no new send on this route until the hold-off (capped like `Retry-After`) has passed |
-//! | retryable (network, 408, 429, 5xx) | count `retried`, wait `Retry-After` (at least the minimum backoff) or the jittered backoff, send the same lines again, one request at a time until one is accepted |
+//! | accepted | commit through the last line, count `delivered`, sample latency of the oldest line |
+//! | accepted, but hold off (`SendOutcome::hold_off`) | as accepted, then no send on this route until the hold-off (capped like `Retry-After`) has passed |
+//! | retryable (network, 408, 429, 5xx) | count `retried`, wait `Retry-After` (at least the minimum backoff) or the jittered backoff, send the same lines again |
 //! | payload rejected (400, 413) | split the batch in halves until one line is rejected alone; drop and count only that line |
 //! | credentials refused (401, 403) | keep the lines, state `unauthorized`, try again every `park_interval` |
 //! | sink misconfigured | keep the lines, state `config`, try again every `park_interval` |
@@ -38,10 +38,8 @@
 //! credentials of the newest such stream whose route still delivers.
 //! Routes that deliver keep their own.
 //!
-//! A route keeps up to [`crate::sinks::BatchLimits::max_in_flight`] requests
-//! out at once and commits in queue order (see `worker`). Delivery is at
-//! least once: a line is committed only after its request and every earlier
-//! one were accepted, so the lines of the window at a crash are sent again.
+//! Delivery is at least once: a line is committed only after its request
+//! was accepted, so lines in flight at a crash are sent again.
 
 pub mod batch;
 pub mod retry;

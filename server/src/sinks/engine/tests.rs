@@ -2,7 +2,7 @@
 //! time (`start_paused`): every duration below is exact, not a threshold.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use tokio::time::{sleep, Instant};
 
 use super::source::memory::MemorySource;
 use super::*;
-use crate::queue::{Cursor, QueuedLine};
+use crate::queue::QueuedLine;
 use crate::route::DestinationKind;
 use crate::sinks::{BatchLimits, SecretError, SendOutcome, Sink, SinkError};
 
@@ -36,19 +36,6 @@ struct FakeSink {
     limits: BatchLimits,
     calls: Mutex<Vec<Call>>,
     script: Mutex<Script>,
-    /// Sends started and not yet answered (or dropped).
-    open: Arc<AtomicUsize>,
-    /// The most sends ever open at once.
-    most_open: AtomicUsize,
-}
-
-/// Counts a send as open until it is answered or dropped.
-struct OpenSend(Arc<AtomicUsize>);
-
-impl Drop for OpenSend {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl FakeSink {
@@ -60,8 +47,6 @@ impl FakeSink {
             limits,
             calls: Mutex::new(Vec::new()),
             script: Mutex::new(Box::new(script)),
-            open: Arc::new(AtomicUsize::new(0)),
-            most_open: AtomicUsize::new(0),
         })
     }
 
@@ -127,9 +112,6 @@ impl Sink for FakeSink {
             });
             reply
         };
-        let now_open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
-        let _open = OpenSend(Arc::clone(&self.open));
-        self.most_open.fetch_max(now_open, Ordering::SeqCst);
         match reply {
             Reply::Now(result) => result,
             Reply::After(delay, result) => {
@@ -146,22 +128,7 @@ fn limits(max_events: usize, max_linger: Duration) -> BatchLimits {
         max_events,
         max_bytes: 1_000_000,
         max_linger,
-        max_in_flight: 1,
     }
-}
-
-/// Limits with `max_events` lines per batch, no linger, and up to
-/// `max_in_flight` requests out at once.
-fn window(max_events: usize, max_in_flight: usize) -> BatchLimits {
-    BatchLimits {
-        max_in_flight,
-        ..limits(max_events, Duration::ZERO)
-    }
-}
-
-/// The first payload of a request: names its batch in the scripts below.
-fn first(lines: &[QueuedLine]) -> String {
-    String::from_utf8_lossy(&lines[0].line.data).into_owned()
 }
 
 fn route(agent: &str) -> RouteKey {
@@ -1196,308 +1163,4 @@ async fn a_parked_route_never_adopts_credentials_that_are_refused_too() {
     );
     assert_eq!(source.committed_cursor(&a), None, "lines are kept");
     assert_eq!(source.committed_cursor(&b), None, "lines are kept");
-}
-
-// ---- Several requests in flight per route ----
-
-/// Cursor of the `n`-th line pushed for agent "a1" (all in segment 1).
-fn nth(n: u32) -> Option<Cursor> {
-    Some(Cursor {
-        segment: 1,
-        index: n,
-    })
-}
-
-#[tokio::test(start_paused = true)]
-async fn requests_overlap_up_to_max_in_flight_and_never_beyond() {
-    let source = MemorySource::default();
-    let lines = payloads("x", 100);
-    push(&source, "a1", &lines);
-    let sink = FakeSink::new(window(10, 3), |_, _| {
-        Reply::After(Duration::from_secs(1), Ok(SendOutcome::accepted()))
-    });
-    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
-    let t0 = Instant::now();
-    engine.ensure_route(route("a1"), Secrets::default());
-
-    until("all committed", || {
-        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
-    })
-    .await;
-    assert_eq!(sink.most_open.load(Ordering::SeqCst), 3);
-    let second = Duration::from_secs(1);
-    let mut expected = Vec::new();
-    for round in 0..4 {
-        let sends = if round == 3 { 1 } else { 3 };
-        expected.extend(std::iter::repeat_n(t0 + second * round, sends));
-    }
-    assert_eq!(sink.call_times(), expected, "three at a time, in rounds");
-    assert_eq!(sink.delivered(), lines, "batches are sent in queue order");
-    let status = status_of(&engine, "a1");
-    assert_eq!(status.delivered_requests, 10);
-    assert_eq!(status.pending_lines, 0);
-}
-
-#[tokio::test(start_paused = true)]
-async fn commits_stay_in_queue_order_when_answers_arrive_out_of_order() {
-    let source = MemorySource::default();
-    push(&source, "a1", &payloads("x", 40));
-    // Batch x0 answers last; x10 and x20 are accepted before it.
-    let sink = FakeSink::new(window(10, 3), |_, lines| {
-        let secs = match first(lines).as_str() {
-            "x0" => 3,
-            "x10" => 1,
-            "x20" => 2,
-            _ => 1,
-        };
-        Reply::After(Duration::from_secs(secs), Ok(SendOutcome::accepted()))
-    });
-    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
-    let t0 = Instant::now();
-    engine.ensure_route(route("a1"), Secrets::default());
-    let committed = || source.committed_cursor(&route("a1"));
-
-    sleep(Duration::from_millis(2_500)).await;
-    assert_eq!(committed(), None, "x10..x29 are held until x0 is accepted");
-    let status = status_of(&engine, "a1");
-    assert_eq!(status.delivered_lines, 20);
-    assert_eq!(
-        status.pending_lines, 20,
-        "x0..x9 waiting, x30..x39 not sent"
-    );
-    assert_eq!(
-        sink.call_count(),
-        3,
-        "the window holds three batches at most"
-    );
-
-    sleep(Duration::from_secs(1)).await;
-    assert_eq!(committed(), nth(29), "one commit over the whole prefix");
-    until("all committed", || committed() == source.last_cursor("a1")).await;
-    let times = sink.call_times();
-    assert_eq!(times[3], t0 + Duration::from_secs(3), "x30 waits for room");
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_failed_request_holds_later_accepted_ones_until_it_succeeds_and_they_are_not_sent_again()
-{
-    let source = MemorySource::default();
-    let lines = payloads("x", 30);
-    push(&source, "a1", &lines);
-    let x10_failed = Arc::new(AtomicBool::new(false));
-    let failed = Arc::clone(&x10_failed);
-    let sink = FakeSink::new(window(10, 3), move |_, lines| match first(lines).as_str() {
-        "x10" if !failed.swap(true, Ordering::SeqCst) => Reply::After(
-            Duration::from_secs(2),
-            Err(SinkError::Retryable {
-                reason: "503".into(),
-                retry_after: None,
-            }),
-        ),
-        _ => Reply::After(Duration::from_secs(1), Ok(SendOutcome::accepted())),
-    });
-    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
-    let t0 = Instant::now();
-    engine.ensure_route(route("a1"), Secrets::default());
-    let committed = || source.committed_cursor(&route("a1"));
-
-    sleep(Duration::from_millis(2_050)).await;
-    assert_eq!(committed(), nth(9), "nothing past x9 while x10 is retried");
-    assert_eq!(status_of(&engine, "a1").state, RouteState::Retrying);
-
-    until("all committed", || committed() == source.last_cursor("a1")).await;
-    assert_eq!(
-        sink.call_times(),
-        [t0, t0, t0, t0 + Duration::from_millis(2_100)],
-        "only x10 is sent again, after the backoff"
-    );
-    let mut delivered = sink.delivered();
-    delivered.sort_by_key(|p| p[1..].parse::<u32>().unwrap());
-    assert_eq!(delivered, lines, "every line accepted exactly once");
-    assert_eq!(first_payloads(&sink), ["x0", "x10", "x20", "x10"]);
-}
-
-fn first_payloads(sink: &FakeSink) -> Vec<String> {
-    let calls = sink.calls.lock().unwrap();
-    calls.iter().map(|c| c.payloads[0].clone()).collect()
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_rejected_payload_is_split_inside_the_window_and_later_batches_commit_after_it() {
-    let source = MemorySource::default();
-    let lines = payloads("l", 8);
-    push(&source, "a1", &lines);
-    let sink = FakeSink::new(window(4, 2), |_, batch| {
-        if batch.iter().any(|l| &l.line.data[..] == b"l1") {
-            Reply::Now(Err(SinkError::PayloadRejected {
-                reason: "Datadog answered 400 Bad Request".into(),
-            }))
-        } else if first(batch) == "l4" {
-            Reply::After(Duration::from_secs(1), Ok(SendOutcome::accepted()))
-        } else {
-            Reply::Now(Ok(SendOutcome::accepted()))
-        }
-    });
-    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
-    engine.ensure_route(route("a1"), Secrets::default());
-    let committed = || source.committed_cursor(&route("a1"));
-
-    until("first batch settled", || committed() == nth(3)).await;
-    assert_eq!(status_of(&engine, "a1").dropped_lines, 1);
-    until("all committed", || committed() == source.last_cursor("a1")).await;
-    let expected: Vec<String> = lines.iter().filter(|l| *l != "l1").cloned().collect();
-    let mut delivered = sink.delivered();
-    delivered.sort();
-    assert_eq!(delivered, expected, "only l1 is dropped");
-    let status = status_of(&engine, "a1");
-    assert_eq!(status.dropped_lines, 1);
-    assert_eq!(status.delivered_lines, 7);
-}
-
-#[tokio::test(start_paused = true)]
-async fn refused_credentials_with_requests_in_flight_park_the_route_and_probe_one_at_a_time() {
-    let source = MemorySource::default();
-    let lines = payloads("x", 30);
-    push(&source, "a1", &lines);
-    let refused = || {
-        Err(SinkError::Unauthorized {
-            reason: "Datadog answered 403 Forbidden".into(),
-        })
-    };
-    let sink = FakeSink::new(window(10, 3), move |attempt, _| match attempt {
-        0..=2 => Reply::After(Duration::from_secs(1), refused()),
-        3 => Reply::Now(refused()),
-        _ => Reply::Now(Ok(SendOutcome::accepted())),
-    });
-    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
-    let t0 = Instant::now();
-    engine.ensure_route(route("a1"), Secrets::default());
-
-    sleep(Duration::from_secs(30)).await;
-    let status = status_of(&engine, "a1");
-    assert_eq!(status.state, RouteState::Unauthorized);
-    assert_eq!(status.pending_lines, 30, "every line is kept");
-    assert_eq!(source.committed_cursor(&route("a1")), None);
-
-    until("all committed", || {
-        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
-    })
-    .await;
-    let s = Duration::from_secs;
-    assert_eq!(
-        sink.call_times(),
-        [
-            t0,
-            t0,
-            t0,
-            t0 + s(61),
-            t0 + s(121),
-            t0 + s(121),
-            t0 + s(121)
-        ],
-        "parked: one probe per interval; accepted: the window again"
-    );
-    assert_eq!(
-        first_payloads(&sink)[3..],
-        ["x0", "x0", "x10", "x20"],
-        "the probe is the oldest batch"
-    );
-    assert_eq!(sink.delivered(), lines);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_hold_off_holds_every_request_of_the_route() {
-    let source = MemorySource::default();
-    push(&source, "a1", &payloads("x", 40));
-    let sink = FakeSink::new(window(10, 2), |_, lines| match first(lines).as_str() {
-        "x0" => Reply::Now(Ok(SendOutcome {
-            hold_off: Some(Duration::from_secs(10)),
-            ..SendOutcome::accepted()
-        })),
-        _ => Reply::After(Duration::from_secs(1), Ok(SendOutcome::accepted())),
-    });
-    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
-    let t0 = Instant::now();
-    engine.ensure_route(route("a1"), Secrets::default());
-
-    until("all committed", || {
-        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
-    })
-    .await;
-    let ten = t0 + Duration::from_secs(10);
-    assert_eq!(
-        sink.call_times(),
-        [t0, t0, ten, ten],
-        "x10 was already out; x20 and x30 wait for the hold-off"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn shutdown_with_requests_in_flight_waits_for_them_and_commits_only_the_accepted_prefix() {
-    let source = MemorySource::default();
-    push(&source, "a1", &payloads("x", 40));
-    let sink = FakeSink::new(window(10, 3), |_, lines| match first(lines).as_str() {
-        "x0" => Reply::After(Duration::from_secs(2), Ok(SendOutcome::accepted())),
-        "x10" => Reply::After(
-            Duration::from_secs(3),
-            Err(SinkError::Retryable {
-                reason: "503".into(),
-                retry_after: None,
-            }),
-        ),
-        _ => Reply::After(Duration::from_secs(1), Ok(SendOutcome::accepted())),
-    });
-    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
-    engine.ensure_route(route("a1"), Secrets::default());
-    until("three sending", || sink.call_count() == 3).await;
-
-    let report = engine.shutdown(Duration::from_secs(10)).await;
-    assert_eq!(
-        report,
-        ShutdownReport {
-            finished: 1,
-            aborted: 0
-        }
-    );
-    assert_eq!(
-        sink.call_count(),
-        3,
-        "no retry and no new batch after shutdown began"
-    );
-    assert_eq!(
-        source.committed_cursor(&route("a1")),
-        nth(9),
-        "x20..x29 were accepted but stay queued behind x10: sent again after a restart"
-    );
-    assert_eq!(status_of(&engine, "a1").state, RouteState::Stopped);
-}
-
-#[tokio::test(start_paused = true)]
-async fn after_a_restart_only_the_uncommitted_window_is_sent_again() {
-    let source = MemorySource::default();
-    push(&source, "a1", &payloads("x", 40));
-    let hung = FakeSink::new(window(10, 3), |_, lines| match first(lines).as_str() {
-        "x0" => Reply::Now(Ok(SendOutcome::accepted())),
-        "x10" => Reply::Never,
-        _ => Reply::Now(Ok(SendOutcome::accepted())),
-    });
-    let before = engine(&source, vec![(route("a1"), hung.clone())], settings());
-    before.ensure_route(route("a1"), Secrets::default());
-    until("window stuck behind x10", || hung.call_count() == 4).await;
-    let report = before.shutdown(Duration::from_secs(1)).await;
-    assert_eq!(report.aborted, 1);
-    assert_eq!(source.committed_cursor(&route("a1")), nth(9));
-
-    let fresh = FakeSink::accepting(window(10, 3));
-    let after = engine(&source, vec![(route("a1"), fresh.clone())], settings());
-    after.ensure_route(route("a1"), Secrets::default());
-    until("all committed", || {
-        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
-    })
-    .await;
-    assert_eq!(
-        first_payloads(&fresh),
-        ["x10", "x20", "x30"],
-        "the accepted but uncommitted x20..x39 are sent again (at least once), x0..x9 not"
-    );
 }

@@ -38,11 +38,6 @@ use crate::route::{DestinationKind, RouteKey, Secrets};
 use crate::sinks::{http, BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
 use config::Endpoint;
 
-/// Requests of one route out at once. New Relic sets no limit on concurrent
-/// POSTs (it throttles with 429 and `Retry-After`, which holds the whole
-/// route), and each log carries its own timestamp.
-pub const MAX_IN_FLIGHT: usize = 4;
-
 /// Delivers one route's lines to New Relic. `Debug` redacts the key.
 #[derive(Debug)]
 pub struct NewRelicSink {
@@ -69,7 +64,6 @@ impl NewRelicSink {
                 max_events: request_builder::MAX_EVENTS,
                 max_bytes: request_builder::MAX_JSON_BYTES,
                 max_linger: settings.max_linger,
-                max_in_flight: MAX_IN_FLIGHT,
             },
         })
     }

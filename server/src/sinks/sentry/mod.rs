@@ -43,13 +43,6 @@ use crate::route::{DestinationKind, RouteKey, Secrets};
 use crate::sinks::{http, BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
 use config::Endpoint;
 
-/// Requests of one route out at once. Sentry's rate limits arrive on the
-/// answers (`429`, or `X-Sentry-Rate-Limits` on an accepted envelope) and
-/// hold the whole route, but every envelope already out when one arrives
-/// still counts against the project's quota; Sentry's own SDKs send one
-/// envelope at a time. Two keep one encoding while the other is out.
-pub const MAX_IN_FLIGHT: usize = 2;
-
 /// Delivers one route's lines to Sentry. `Debug` redacts the public key.
 #[derive(Debug)]
 pub struct SentrySink {
@@ -77,7 +70,6 @@ impl SentrySink {
                 max_bytes: request_builder::MAX_ENVELOPE_BYTES
                     - request_builder::ENVELOPE_OVERHEAD_BYTES,
                 max_linger: settings.max_linger,
-                max_in_flight: MAX_IN_FLIGHT,
             },
         })
     }
