@@ -134,6 +134,13 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_DISK_MIN_FREE_BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub disk_min_free_bytes: u64,
 
+    /// Memory for the queue's page cache (like 64MiB). The backlog lives on
+    /// disk; this bounds how much of it the gateway keeps in memory while a
+    /// vendor is down. More cache saves disk reads when delivery falls far
+    /// behind.
+    #[arg(long, env = "LOGDRAIN_QUEUE_CACHE_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    pub queue_cache_bytes: u64,
+
     /// At most one quota drop notice per route in this interval; each
     /// repeats the totals of the ongoing run of drops.
     #[arg(long, env = "LOGDRAIN_QUOTA_NOTICE_INTERVAL", default_value = "60s", value_parser = parse_duration)]

@@ -96,6 +96,7 @@ pub async fn run(
     let limits = QueueLimits {
         agent_quota_bytes: config.agent_quota_bytes,
         min_free_bytes: config.disk_min_free_bytes,
+        cache_bytes: config.queue_cache_bytes,
     };
     let (queue, report, set_aside) = Queue::open_or_set_aside(&queue_dir, key.seal_key(), limits)?;
     if let Some(aside) = &set_aside {

@@ -132,13 +132,21 @@ pub struct QueueLimits {
     /// Appends are refused while the queue's filesystem has less free space
     /// than this (0: never).
     pub min_free_bytes: u64,
+    /// Memory sled may use to cache the queue's pages. The backlog itself
+    /// lives on disk: this bounds how much of it stays in memory.
+    pub cache_bytes: u64,
 }
+
+/// sled's page cache when nothing else is configured (sled's own default is
+/// 1 GiB, which a long backlog fills).
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Default for QueueLimits {
     fn default() -> Self {
         QueueLimits {
             agent_quota_bytes: u64::MAX,
             min_free_bytes: 0,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }

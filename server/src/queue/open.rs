@@ -127,6 +127,7 @@ pub(super) fn open(
 ) -> Result<(Queue, OpenReport), QueueError> {
     let db = sled::Config::new()
         .path(dir)
+        .cache_capacity(limits.cache_bytes)
         .open()
         .map_err(|source| QueueError::Open {
             dir: dir.to_path_buf(),

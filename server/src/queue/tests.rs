@@ -847,6 +847,7 @@ fn open_limited(dir: &TempDir, agent_quota_bytes: u64) -> Queue {
     let limits = QueueLimits {
         agent_quota_bytes,
         min_free_bytes: 0,
+        ..QueueLimits::default()
     };
     when_unlocked(|| Queue::open_with(dir.path(), seal_key(), limits)).0
 }
@@ -1017,6 +1018,7 @@ async fn appends_are_refused_below_the_disk_watermark_naming_the_dir_and_the_fix
         agent_quota_bytes: u64::MAX,
         // More than any disk has free.
         min_free_bytes: u64::MAX,
+        ..QueueLimits::default()
     };
     let (queue, _) = when_unlocked(|| Queue::open_with(dir.path(), seal_key(), limits));
     let r = route("agent", "c1");

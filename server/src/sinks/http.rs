@@ -20,7 +20,6 @@ use flate2::Compression;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use crate::queue::QueuedLine;
 use crate::sinks::engine::retry::parse_retry_after;
 use crate::sinks::SinkError;
 
@@ -38,7 +37,7 @@ impl GzipBody {
 
     /// A body whose compressed size is expected near `estimate` bytes.
     pub fn new(estimate: usize) -> Self {
-        let gzip = GzEncoder::new(Vec::with_capacity(estimate), Compression::default());
+        let gzip = GzEncoder::new(Vec::with_capacity(estimate), Compression::new(2));
         Self(BufWriter::with_capacity(Self::CHUNK, gzip))
     }
 
@@ -153,24 +152,6 @@ pub fn usual_meaning(
             reason: hinted(config_hint),
         }),
     }
-}
-
-/// Runs a vendor's request encoder on the blocking pool: JSON and gzip of up
-/// to megabytes is CPU work that must not stall the async threads the other
-/// routes run on. Copying the lines only bumps reference counts.
-pub async fn encode_off_runtime<T: Send + 'static>(
-    vendor: &'static str,
-    lines: &[QueuedLine],
-    encode: impl FnOnce(&[QueuedLine]) -> io::Result<T> + Send + 'static,
-) -> Result<T, SinkError> {
-    let owned = lines.to_vec();
-    let failed = |e: &dyn std::fmt::Display| SinkError::Config {
-        reason: format!("encoding the {vendor} request failed: {e}"),
-    };
-    tokio::task::spawn_blocking(move || encode(&owned))
-        .await
-        .map_err(|e| failed(&e))?
-        .map_err(|e| failed(&e))
 }
 
 /// What a vendor answered: its status, headers and a short, redacted

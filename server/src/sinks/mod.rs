@@ -142,8 +142,53 @@ pub trait Sink: Send + Sync + 'static {
     /// request limit. Never more than `limits().max_bytes`.
     fn event_size(&self, line: &QueuedLine) -> usize;
 
-    /// Sends `lines` (never empty, in queue order) as one request.
-    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError>;
+    /// Encodes the request for `lines` (JSON, compression: CPU work only, no
+    /// I/O) without sending it. The engine runs it on the blocking pool, for
+    /// the next batch while the previous request is in flight, so encoding
+    /// overlaps the vendor's round trip. An error is classified like a send's
+    /// (a request over a vendor limit is [`SinkError::PayloadRejected`]).
+    /// Default: nothing to prepare; the sink builds its request in
+    /// [`Sink::send_prepared`].
+    fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
+        let _ = lines;
+        Ok(Prepared::default())
+    }
+
+    /// Sends `lines` (never empty, in queue order) as one request, with what
+    /// [`Sink::prepare`] made of exactly these lines.
+    async fn send_prepared(
+        &self,
+        lines: &[QueuedLine],
+        prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError>;
+
+    /// Prepares and sends `lines` at once, encoding on the calling thread:
+    /// for single requests outside the engine (`test-send`, tests).
+    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
+        let prepared = self.prepare(lines)?;
+        self.send_prepared(lines, prepared).await
+    }
+}
+
+/// What [`Sink::prepare`] made of a batch: the encoded request body of an
+/// HTTP vendor, empty for a sink that builds its request while sending.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    pub body: Vec<u8>,
+}
+
+impl Prepared {
+    pub fn body(body: Vec<u8>) -> Self {
+        Self { body }
+    }
+}
+
+/// The error of an encoder that failed (it writes to memory, so this is a
+/// bug rather than bad input); the route parks with it in its status.
+pub fn encoding_failed(vendor: &str, error: &dyn fmt::Display) -> SinkError {
+    SinkError::Config {
+        reason: format!("encoding the {vendor} request failed: {error}"),
+    }
 }
 
 /// Settings shared by every sink, from the gateway's configuration.

@@ -78,7 +78,9 @@ use futures::StreamExt;
 
 use crate::queue::QueuedLine;
 use crate::route::{DestinationKind, RouteKey, Secrets};
-use crate::sinks::{BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
+use crate::sinks::{
+    BatchLimits, Prepared, SecretError, SendOutcome, Sink, SinkError, SinkSettings,
+};
 use outcome::Accepted;
 use service::Service;
 
@@ -177,7 +179,12 @@ impl Sink for CloudWatchSink {
         request_builder::event_size(line)
     }
 
-    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
+    /// The SDK builds the requests: nothing to prepare ahead.
+    async fn send_prepared(
+        &self,
+        lines: &[QueuedLine],
+        _prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError> {
         let (to_send, mut tally) = self.accepted.split(lines);
         let mut failure: Option<SinkError> = None;
         let mut taken = Vec::new();

@@ -33,7 +33,9 @@ use async_trait::async_trait;
 
 use crate::queue::QueuedLine;
 use crate::route::{DestinationKind, RouteKey, Secrets};
-use crate::sinks::{http, BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
+use crate::sinks::{
+    encoding_failed, BatchLimits, Prepared, SecretError, SendOutcome, Sink, SinkError, SinkSettings,
+};
 use config::Endpoint;
 
 /// Delivers one route's lines to Datadog. `Debug` redacts the credential.
@@ -87,13 +89,18 @@ impl Sink for DatadogSink {
         request_builder::event_size(&self.agent_id, line)
     }
 
-    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
-        let agent_id = Arc::clone(&self.agent_id);
-        let encoded = http::encode_off_runtime("Datadog", lines, move |lines| {
-            request_builder::encode(&agent_id, lines)
-        })
-        .await?;
-        service::post(&self.http, &self.endpoint, encoded.body).await?;
+    fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
+        let encoded = request_builder::encode(&self.agent_id, lines)
+            .map_err(|e| encoding_failed("Datadog", &e))?;
+        Ok(Prepared::body(encoded.body))
+    }
+
+    async fn send_prepared(
+        &self,
+        _lines: &[QueuedLine],
+        prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError> {
+        service::post(&self.http, &self.endpoint, prepared.body).await?;
         Ok(SendOutcome::accepted())
     }
 }

@@ -171,7 +171,7 @@ fn an_over_long_line_is_cut_with_a_visible_marker_within_one_log() {
 }
 
 #[test]
-fn event_sizes_add_up_to_the_exact_body_length() {
+fn event_sizes_add_up_to_the_body_length_counted_with_the_longest_status() {
     let mut lines: Vec<QueuedLine> = (0..50)
         .map(|i| queued(i, format!("line {i} \"quoted\" \\ tab\t é").as_bytes()))
         .collect();
@@ -183,7 +183,19 @@ fn event_sizes_add_up_to_the_exact_body_length() {
         .iter()
         .map(|l| request_builder::event_size("agent-42", l))
         .sum();
-    assert_eq!(sum + 1, encoded.json_bytes);
+    // Sizes count `"critical"`; these lines are `"info"`: 4 bytes each.
+    assert_eq!(sum + 1, encoded.json_bytes + 4 * lines.len());
+    let critical: Vec<QueuedLine> = (0..5).map(|i| queued(i, b"CRITICAL boom")).collect();
+    let sum: usize = critical
+        .iter()
+        .map(|l| request_builder::event_size("agent-42", l))
+        .sum();
+    assert_eq!(
+        sum + 1,
+        request_builder::encode("agent-42", &critical)
+            .unwrap()
+            .json_bytes
+    );
 }
 
 /// Cuts every batch a worker would cut from `lines` with this sink's limits.

@@ -13,7 +13,7 @@ use super::source::memory::MemorySource;
 use super::*;
 use crate::queue::QueuedLine;
 use crate::route::DestinationKind;
-use crate::sinks::{BatchLimits, SecretError, SendOutcome, Sink, SinkError};
+use crate::sinks::{BatchLimits, Prepared, SecretError, SendOutcome, Sink, SinkError};
 
 /// What the scripted sink does with one send.
 enum Reply {
@@ -96,7 +96,11 @@ impl Sink for FakeSink {
         line.line.data.len() + 1
     }
 
-    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
+    async fn send_prepared(
+        &self,
+        lines: &[QueuedLine],
+        _prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError> {
         let reply = {
             let mut calls = self.calls.lock().unwrap();
             let attempt = calls.len();
@@ -797,7 +801,11 @@ impl Sink for KeyedSink {
         line.line.data.len() + 1
     }
 
-    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
+    async fn send_prepared(
+        &self,
+        lines: &[QueuedLine],
+        _prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError> {
         let v = &self.vendor;
         v.attempts
             .lock()
@@ -1163,4 +1171,106 @@ async fn a_parked_route_never_adopts_credentials_that_are_refused_too() {
     );
     assert_eq!(source.committed_cursor(&a), None, "lines are kept");
     assert_eq!(source.committed_cursor(&b), None, "lines are kept");
+}
+
+/// What [`OverlapSink`] saw, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Prepared(String),
+    SendStart(String),
+    SendEnd(String),
+}
+
+/// A sink whose requests take 100 ms, recording when each batch (named by
+/// its first line) was encoded and sent.
+struct OverlapSink {
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl OverlapSink {
+    fn first(lines: &[QueuedLine]) -> String {
+        String::from_utf8_lossy(&lines[0].line.data).into_owned()
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Sink for OverlapSink {
+    fn kind(&self) -> DestinationKind {
+        DestinationKind::Datadog
+    }
+
+    fn limits(&self) -> BatchLimits {
+        limits(100, Duration::from_secs(1))
+    }
+
+    fn event_size(&self, line: &QueuedLine) -> usize {
+        line.line.data.len()
+    }
+
+    fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
+        let first = Self::first(lines);
+        self.seen
+            .lock()
+            .unwrap()
+            .push(Seen::Prepared(first.clone()));
+        Ok(Prepared::body(first.into_bytes()))
+    }
+
+    async fn send_prepared(
+        &self,
+        lines: &[QueuedLine],
+        prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError> {
+        let first = Self::first(lines);
+        assert_eq!(prepared.body, first.as_bytes(), "the body of other lines");
+        self.seen
+            .lock()
+            .unwrap()
+            .push(Seen::SendStart(first.clone()));
+        sleep(Duration::from_millis(100)).await;
+        self.seen.lock().unwrap().push(Seen::SendEnd(first));
+        Ok(SendOutcome::accepted())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_batch_is_encoded_while_a_request_is_in_flight_and_requests_stay_one_at_a_time() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 300));
+    let sink = Arc::new(OverlapSink {
+        seen: Mutex::new(Vec::new()),
+    });
+    let build = {
+        let sink = Arc::clone(&sink);
+        move |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+            Ok(Arc::clone(&sink) as Arc<dyn Sink>)
+        }
+    };
+    let engine = Engine::new(source.clone(), settings(), build, Shutdown::new());
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("all committed", || {
+        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
+    })
+    .await;
+    let seen = sink.seen();
+    let at = |event: Seen| {
+        seen.iter()
+            .position(|s| *s == event)
+            .unwrap_or_else(|| panic!("{event:?} never happened: {seen:?}"))
+    };
+    use Seen::*;
+    for (batch, next) in [("x0", "x100"), ("x100", "x200")] {
+        let (b, n) = (batch.to_string(), next.to_string());
+        assert!(at(Prepared(b.clone())) < at(SendStart(b.clone())));
+        // Encoded while the previous request was in flight ...
+        assert!(at(Prepared(n.clone())) < at(SendEnd(b.clone())), "{seen:?}");
+        // ... but sent only after it was answered.
+        assert!(at(SendEnd(b)) < at(SendStart(n)), "{seen:?}");
+    }
+    assert_eq!(seen.iter().filter(|s| matches!(s, SendStart(_))).count(), 3);
 }

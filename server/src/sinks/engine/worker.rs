@@ -2,7 +2,9 @@
 //!
 //! A [`Worker`] starts at the route's committed cursor, reads lines into a
 //! batch ([`Pending`]), waits up to the sink's linger for a batch to fill,
-//! sends it, and commits only after the vendor accepted. Failures follow
+//! sends it, and commits only after the vendor accepted. With a backlog, the
+//! next full batch is encoded on the blocking pool while the current request
+//! is in flight; requests still go out one at a time, in queue order. Failures follow
 //! [`action_for`]: back off and retry, split a rejected payload down to the
 //! offending line, or park the route while credentials are refused. A vendor
 //! that accepted a request but asked to hold off ([`SendOutcome::hold_off`])
@@ -15,6 +17,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::batch::Pending;
@@ -26,7 +29,7 @@ use crate::metrics;
 use crate::queue::{Cursor, QueuedLine};
 use crate::route::RouteKey;
 use crate::shutdown::Shutdown;
-use crate::sinks::{BatchLimits, SendOutcome, Sink, SinkError};
+use crate::sinks::{encoding_failed, BatchLimits, Prepared, SendOutcome, Sink, SinkError};
 
 /// How often a worker looks for lines when the queue's change signal is gone.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -109,6 +112,13 @@ enum Woke {
     Deadline,
 }
 
+/// A batch cut from [`Pending`], with its request being encoded on the
+/// blocking pool ([`Sink::prepare`]).
+struct Ready {
+    lines: Arc<Vec<QueuedLine>>,
+    prepared: JoinHandle<Result<Prepared, SinkError>>,
+}
+
 pub(super) struct Worker<S> {
     parts: Parts<S>,
     limits: BatchLimits,
@@ -117,6 +127,10 @@ pub(super) struct Worker<S> {
     /// Failures of the queue itself.
     source_backoff: Backoff,
     pending: Pending,
+    /// The next full batch, cut while the current one is sent, so that its
+    /// encoding overlaps the vendor's round trip. Requests still go out one
+    /// at a time, in queue order.
+    ahead: Option<Ready>,
     /// Cursor of the last line read into `pending` (or committed at start).
     position: Option<Cursor>,
     /// No request before this instant: the vendor accepted the last one but
@@ -134,6 +148,7 @@ impl<S: Source> Worker<S> {
             backoff: Backoff::new(policy),
             source_backoff: Backoff::new(policy),
             pending: Pending::new(),
+            ahead: None,
             position: None,
             hold_until: None,
         }
@@ -160,26 +175,69 @@ impl<S: Source> Worker<S> {
             // with the read wakes the wait below.
             changes.borrow_and_update();
             self.fill().await?;
-            self.report_pending(0);
-            self.report_oldest(self.pending.first());
-            if self.pending.is_empty() {
-                self.parts.status.set_state(RouteState::Idle);
-                self.wait_for_lines(&mut changes, None).await?;
-                continue;
-            }
-            self.parts.status.set_state(RouteState::Delivering);
-            if !self.pending.is_full(&self.limits) {
-                if let Some(deadline) = self.pending.deadline(&self.limits) {
-                    if Instant::now() < deadline {
-                        match self.wait_for_lines(&mut changes, Some(deadline)).await? {
-                            Woke::Changed => continue,
-                            Woke::Deadline => {}
+            let batch = match self.ahead.take() {
+                Some(ready) => ready,
+                None => {
+                    self.report_pending(0);
+                    self.report_oldest(self.pending.first());
+                    if self.pending.is_empty() {
+                        self.parts.status.set_state(RouteState::Idle);
+                        self.wait_for_lines(&mut changes, None).await?;
+                        continue;
+                    }
+                    self.parts.status.set_state(RouteState::Delivering);
+                    if !self.pending.is_full(&self.limits) {
+                        if let Some(deadline) = self.pending.deadline(&self.limits) {
+                            if Instant::now() < deadline {
+                                match self.wait_for_lines(&mut changes, Some(deadline)).await? {
+                                    Woke::Changed => continue,
+                                    Woke::Deadline => {}
+                                }
+                            }
                         }
                     }
+                    let lines = self.pending.take_batch(&self.limits);
+                    self.start(lines)
                 }
+            };
+            // A backlog: the next batch is full already, so it is encoded
+            // while this one is on its way. A partial batch still lingers.
+            self.fill().await?;
+            if self.pending.is_full(&self.limits) {
+                let next = self.pending.take_batch(&self.limits);
+                self.ahead = Some(self.start(next));
             }
-            let batch = self.pending.take_batch(&self.limits);
-            self.deliver(&batch).await?;
+            self.deliver(batch).await?;
+        }
+    }
+
+    /// Starts encoding `lines` as one request on the blocking pool.
+    fn start(&self, lines: Vec<QueuedLine>) -> Ready {
+        let lines = Arc::new(lines);
+        let prepared = self.spawn_prepare(Arc::clone(&lines), 0..lines.len());
+        Ready { lines, prepared }
+    }
+
+    fn spawn_prepare(
+        &self,
+        lines: Arc<Vec<QueuedLine>>,
+        range: Range<usize>,
+    ) -> JoinHandle<Result<Prepared, SinkError>> {
+        let sink = Arc::clone(&self.parts.sink);
+        tokio::task::spawn_blocking(move || sink.prepare(&lines[range]))
+    }
+
+    /// The encoded request, or [`Stopped`] if shutdown comes first.
+    async fn prepared(
+        &self,
+        task: JoinHandle<Result<Prepared, SinkError>>,
+    ) -> Result<Result<Prepared, SinkError>, Stopped> {
+        tokio::select! {
+            biased;
+            _ = self.parts.stop.wait() => Err(Stopped),
+            joined = task => Ok(joined.unwrap_or_else(|e| {
+                Err(encoding_failed(self.parts.route.kind.name(), &e))
+            })),
         }
     }
 
@@ -271,7 +329,14 @@ impl<S: Source> Worker<S> {
     /// Delivers `batch`, splitting rejected payloads, until every line is
     /// accepted or dropped. Returns early only on shutdown; whatever was not
     /// committed then stays queued.
-    async fn deliver(&mut self, batch: &[QueuedLine]) -> Result<(), Stopped> {
+    async fn deliver(&mut self, ready: Ready) -> Result<(), Stopped> {
+        let Ready {
+            lines: batch,
+            prepared,
+        } = ready;
+        // Encoded ahead for the whole batch, the first range sent; splits and
+        // retries are encoded again (Sentry's envelope carries its send time).
+        let mut early = Some(prepared);
         // Ranges still to send, the next one last; left halves go first so
         // commits stay in queue order.
         let mut todo: Vec<Range<usize>> = Vec::with_capacity(16);
@@ -287,7 +352,15 @@ impl<S: Source> Worker<S> {
                     return Err(Stopped);
                 }
                 self.hold_off().await?;
-                let error = match self.send(lines).await {
+                let task = match early.take() {
+                    Some(task) => task,
+                    None => self.spawn_prepare(Arc::clone(&batch), range.clone()),
+                };
+                let sent = match self.prepared(task).await? {
+                    Ok(prepared) => self.send(lines, prepared).await,
+                    Err(error) => Err(error),
+                };
+                let error = match sent {
                     Ok(outcome) => {
                         self.accepted(lines, outcome);
                         break;
@@ -354,9 +427,14 @@ impl<S: Source> Worker<S> {
 
     /// One attempt, bounded by the engine's send timeout so a hung vendor
     /// cannot hold its route forever.
-    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
+    async fn send(
+        &self,
+        lines: &[QueuedLine],
+        prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError> {
         let limit = self.parts.settings.send_timeout;
-        match tokio::time::timeout(limit, self.parts.sink.send(lines)).await {
+        let sending = self.parts.sink.send_prepared(lines, prepared);
+        match tokio::time::timeout(limit, sending).await {
             Ok(result) => result,
             Err(_) => Err(SinkError::Retryable {
                 reason: format!("no answer within {}s", limit.as_secs()),
@@ -466,7 +544,8 @@ impl<S: Source> Worker<S> {
     }
 
     fn report_pending(&self, in_flight: usize) {
-        let pending = (self.pending.len() + in_flight) as u64;
+        let ahead = self.ahead.as_ref().map_or(0, |ready| ready.lines.len());
+        let pending = (self.pending.len() + ahead + in_flight) as u64;
         self.parts.status.update(|s| s.pending_lines = pending);
     }
 }

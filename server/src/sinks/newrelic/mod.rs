@@ -35,7 +35,9 @@ use async_trait::async_trait;
 
 use crate::queue::QueuedLine;
 use crate::route::{DestinationKind, RouteKey, Secrets};
-use crate::sinks::{http, BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
+use crate::sinks::{
+    encoding_failed, BatchLimits, Prepared, SecretError, SendOutcome, Sink, SinkError, SinkSettings,
+};
 use config::Endpoint;
 
 /// Delivers one route's lines to New Relic. `Debug` redacts the key.
@@ -88,14 +90,19 @@ impl Sink for NewRelicSink {
         request_builder::event_size(&self.agent_id, line)
     }
 
-    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
-        let agent_id = Arc::clone(&self.agent_id);
-        let encoded = http::encode_off_runtime("New Relic", lines, move |lines| {
-            request_builder::encode(&agent_id, lines)
-        })
-        .await?;
+    fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
+        let encoded = request_builder::encode(&self.agent_id, lines)
+            .map_err(|e| encoding_failed("New Relic", &e))?;
         request_builder::check_post_size(&encoded)?;
-        service::post(&self.http, &self.endpoint, encoded.body).await?;
+        Ok(Prepared::body(encoded.body))
+    }
+
+    async fn send_prepared(
+        &self,
+        _lines: &[QueuedLine],
+        prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError> {
+        service::post(&self.http, &self.endpoint, prepared.body).await?;
         Ok(SendOutcome::accepted())
     }
 }

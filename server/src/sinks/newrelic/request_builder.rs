@@ -39,8 +39,9 @@ use serde::Serialize;
 
 use crate::queue::QueuedLine;
 use crate::sinks::http::GzipBody;
+use crate::sinks::level::{self, Level};
 use crate::sinks::text::{self, counted};
-use crate::sinks::{level, SinkError};
+use crate::sinks::SinkError;
 
 /// New Relic's limit on one POST, applied (as New Relic's own shippers do)
 /// to the gzipped body.
@@ -114,7 +115,7 @@ fn common<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Common<'a> {
     }
 }
 
-fn log(queued: &QueuedLine) -> Log<'_> {
+fn log(queued: &QueuedLine, level: Level) -> Log<'_> {
     let line = &queued.line;
     let logdrain = text::Attributes::of(line);
     let (message, truncated_bytes) = message(&line.data);
@@ -122,7 +123,7 @@ fn log(queued: &QueuedLine) -> Log<'_> {
         timestamp: line.timestamp_ns.div_euclid(1_000_000),
         message,
         attributes: LogAttributes {
-            level: level::detect(&line.data, line.stream()).as_str(),
+            level: level.as_str(),
             part: logdrain.part,
             more_parts: logdrain.more_parts,
             origin: logdrain.origin,
@@ -193,7 +194,7 @@ const CLOSE_BLOCK: &[u8] = b"]}";
 /// one block frame for every further line that shares a block. The engine can then cut batches by this size
 /// without knowing how the lines group.
 pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
-    text::json_len(&log(line)) + 1 + block_frame(agent_id, line)
+    text::json_len(&log(line, Level::WIDEST)) + 1 + block_frame(agent_id, line)
 }
 
 /// Bytes of the block frame of `line`'s group, with the comma before it.
@@ -240,7 +241,8 @@ fn write_json<W: Write>(out: &mut W, agent_id: &str, lines: &[QueuedLine]) -> io
             if j > 0 {
                 out.write_all(b",")?;
             }
-            serde_json::to_writer(&mut *out, &log(line))?;
+            let level = level::detect(&line.line.data, line.line.stream());
+            serde_json::to_writer(&mut *out, &log(line, level))?;
         }
         out.write_all(CLOSE_BLOCK)?;
     }

@@ -374,15 +374,23 @@ fn lines_up_to_the_limit_are_sent_whole() {
 // ---- sizes and batches ----
 
 #[test]
-fn a_single_lines_event_size_is_its_exact_body_length() {
+fn a_single_lines_event_size_is_its_body_length_with_the_longest_level() {
     for data in [&b"x"[..], b"tab\t\"quoted\" \\ \x01 \xff", &[b'q'; 500_000]] {
         let line = queued(0, data);
         assert_eq!(
             request_builder::event_size(AGENT, &line),
-            encode(std::slice::from_ref(&line)).json_bytes
+            encode(std::slice::from_ref(&line)).json_bytes + LEVEL_SLACK
         );
     }
+    let fatal = queued(0, b"FATAL out of memory");
+    assert_eq!(
+        request_builder::event_size(AGENT, &fatal),
+        encode(std::slice::from_ref(&fatal)).json_bytes
+    );
 }
+
+/// Sizes count the level `"fatal"`; lines without a level are `"info"`.
+const LEVEL_SLACK: usize = 1;
 
 #[test]
 fn event_sizes_bound_the_body_however_lines_group() {
@@ -405,13 +413,13 @@ fn event_sizes_bound_the_body_however_lines_group() {
     let same: Vec<QueuedLine> = (0..10).map(|i| queued(i, b"same block")).collect();
     let frame = request_builder::event_size(AGENT, &same[0]) - {
         let json = serde_json::to_vec(&decode(&same[..1])[0]["logs"][0]).unwrap();
-        json.len() + 1
+        json.len() + 1 + LEVEL_SLACK
     };
     let sum: usize = same
         .iter()
         .map(|l| request_builder::event_size(AGENT, l))
         .sum();
-    assert_eq!(sum - encode(&same).json_bytes, 9 * frame);
+    assert_eq!(sum - encode(&same).json_bytes, 9 * frame + 10 * LEVEL_SLACK);
 }
 
 /// Cuts every batch a worker would cut from `lines` with this sink's limits.

@@ -40,7 +40,9 @@ use async_trait::async_trait;
 
 use crate::queue::QueuedLine;
 use crate::route::{DestinationKind, RouteKey, Secrets};
-use crate::sinks::{http, BatchLimits, SecretError, SendOutcome, Sink, SinkError, SinkSettings};
+use crate::sinks::{
+    encoding_failed, BatchLimits, Prepared, SecretError, SendOutcome, Sink, SinkError, SinkSettings,
+};
 use config::Endpoint;
 
 /// Delivers one route's lines to Sentry. `Debug` redacts the public key.
@@ -94,12 +96,17 @@ impl Sink for SentrySink {
         request_builder::event_size(&self.agent_id, line)
     }
 
-    async fn send(&self, lines: &[QueuedLine]) -> Result<SendOutcome, SinkError> {
-        let agent_id = Arc::clone(&self.agent_id);
-        let encoded = http::encode_off_runtime("Sentry", lines, move |lines| {
-            request_builder::encode(&agent_id, lines, SystemTime::now())
-        })
-        .await?;
-        service::post(&self.http, &self.endpoint, encoded.body).await
+    fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
+        let encoded = request_builder::encode(&self.agent_id, lines, SystemTime::now())
+            .map_err(|e| encoding_failed("Sentry", &e))?;
+        Ok(Prepared::body(encoded.body))
+    }
+
+    async fn send_prepared(
+        &self,
+        _lines: &[QueuedLine],
+        prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError> {
+        service::post(&self.http, &self.endpoint, prepared.body).await
     }
 }

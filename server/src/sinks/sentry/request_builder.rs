@@ -43,7 +43,7 @@ use sha2::{Digest, Sha256};
 
 use crate::queue::QueuedLine;
 use crate::sinks::http::GzipBody;
-use crate::sinks::level;
+use crate::sinks::level::{self, Level};
 use crate::sinks::text::{self, json_len, Counting};
 
 /// Most logs in one envelope (Sentry's SDKs flush at 100).
@@ -129,7 +129,9 @@ struct Attributes<'a> {
     origin: Option<Attr<&'static str>>,
 }
 
-fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Log<'a> {
+/// The log of `queued` at `level`. The body's budget is counted with the
+/// longest level name, so it does not depend on `level`.
+fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level) -> Log<'a> {
     let line = &queued.line;
     let stream = line.stream();
     let logdrain = text::Attributes::of(line);
@@ -137,7 +139,7 @@ fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Log<'a> {
         // f64 keeps well under a microsecond for present-day times.
         timestamp: line.timestamp_ns as f64 / 1e9,
         trace_id: trace_id(agent_id, &queued.agent_server_id),
-        level: level::detect(&line.data, stream).as_str(),
+        level: Level::WIDEST.as_str(),
         body: Cow::Borrowed(""),
         attributes: Attributes {
             logger: string(agent_id),
@@ -175,13 +177,14 @@ fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Log<'a> {
         MAX_LOG_ITEM_BYTES.saturating_sub(json_len(&log).saturating_sub(2))
     };
     log.body = text::json_text(&line.data, budget);
+    log.level = level.as_str();
     log
 }
 
 /// Bytes `line` adds to the envelope: its log's JSON plus one separator, so
 /// a batch's sum plus [`ENVELOPE_OVERHEAD_BYTES`] bounds the envelope.
 pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
-    json_len(&log(agent_id, line)) + 1
+    json_len(&log(agent_id, line, Level::WIDEST)) + 1
 }
 
 #[derive(Serialize)]
@@ -228,7 +231,8 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::
         if i > 0 {
             out.write_all(b",")?;
         }
-        serde_json::to_writer(&mut out, &log(agent_id, line))?;
+        let level = level::detect(&line.line.data, line.line.stream());
+        serde_json::to_writer(&mut out, &log(agent_id, line, level))?;
     }
     out.write_all(b"]}\n")?;
     let envelope_bytes = out.count();

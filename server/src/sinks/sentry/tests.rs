@@ -399,7 +399,8 @@ fn an_over_long_line_is_cut_with_a_visible_marker_within_one_log_item() {
         let marker = format!("…[truncated by logdrain: {} bytes]", line.line.data.len());
         assert!(body.ends_with(&marker), "no marker");
         let size = request_builder::event_size(AGENT, &line) - 1;
-        assert_eq!(size, serde_json::to_string(entry).unwrap().len());
+        // Counted with `"fatal"`, written with `"info"`.
+        assert_eq!(size, serde_json::to_string(entry).unwrap().len() + 1);
         assert!(size <= MAX_LOG_ITEM_BYTES, "{size}");
         assert!(size > MAX_LOG_ITEM_BYTES - 16, "cut far too short: {size}");
     }
@@ -446,7 +447,8 @@ fn event_sizes_add_up_to_the_envelope_within_the_fixed_overhead() {
     // no separator.
     let fixed = envelope[0].len() + 1 + envelope[1].len() + 1 + 10 + 2 + 1;
     let total: usize = envelope.iter().map(|l| l.len() + 1).sum::<usize>() - 1;
-    assert_eq!(total, sum - 1 + fixed);
+    // Sizes count the level `"fatal"`; these lines are `"info"`.
+    assert_eq!(total + lines.len(), sum - 1 + fixed);
     assert!(fixed <= request_builder::ENVELOPE_OVERHEAD_BYTES);
 }
 
