@@ -21,7 +21,13 @@ fn number(message: &str) -> u64 {
 /// Overwrites the value of the first queued segment of `agent_id` with
 /// garbage (segment keys: `s`, u32 big-endian length, agent id, segment id).
 fn damage_first_segment(queue_dir: &Path, agent_id: &str) {
-    let db = sled::open(queue_dir).expect("open the stopped gateway's queue");
+    // The gateway's sled log segment size (server/src/queue/open.rs): sled
+    // refuses to open a database with another one.
+    let db = sled::Config::new()
+        .path(queue_dir)
+        .segment_size(2 * 1024 * 1024)
+        .open()
+        .expect("open the stopped gateway's queue");
     let mut prefix = vec![b's'];
     prefix.extend_from_slice(&(agent_id.len() as u32).to_be_bytes());
     prefix.extend_from_slice(agent_id.as_bytes());

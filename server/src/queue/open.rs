@@ -120,19 +120,46 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "sled panicked while opening".to_string())
 }
 
+/// sled's log segment size for new queues. sled writes a tree node larger
+/// than a quarter of it as a separate blob; segments are kept small enough
+/// (`segment::MAX_SEGMENT_DATA_BYTES`) that leaves never are.
+pub(crate) const SLED_SEGMENT_BYTES: usize = 2 * 1024 * 1024;
+
+/// sled's default, which queues created by earlier versions use. sled
+/// refuses to open a database with another segment size.
+const LEGACY_SLED_SEGMENT_BYTES: usize = 512 * 1024;
+
+/// Opens the database with [`SLED_SEGMENT_BYTES`], or with the legacy size
+/// when the database was created with it.
+pub(crate) fn open_sled(dir: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
+    let config = |segment_size| {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .segment_size(segment_size)
+    };
+    match config(SLED_SEGMENT_BYTES).open() {
+        Err(sled::Error::Unsupported(reason)) if reason.contains("io buffer size") => {
+            tracing::warn!(
+                queue = %dir.display(),
+                "the queue was created by an earlier version with smaller sled segments; \
+                 it keeps them (the page cache then bounds memory less tightly)"
+            );
+            config(LEGACY_SLED_SEGMENT_BYTES).open()
+        }
+        other => other,
+    }
+}
+
 pub(super) fn open(
     dir: &Path,
     seal: SealKey,
     limits: QueueLimits,
 ) -> Result<(Queue, OpenReport), QueueError> {
-    let db = sled::Config::new()
-        .path(dir)
-        .cache_capacity(limits.cache_bytes)
-        .open()
-        .map_err(|source| QueueError::Open {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+    let db = open_sled(dir, limits.cache_bytes).map_err(|source| QueueError::Open {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     let quarantine = db.open_tree(QUARANTINE_TREE)?;
     check_format(&db, dir)?;
 

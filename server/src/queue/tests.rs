@@ -311,8 +311,8 @@ async fn acked_lines_survive_reopen() {
     }
     let (queue, report) = reopen(&dir);
     assert_eq!(report.lines, 2010);
-    // 2000 lines are more than one segment holds.
-    assert_eq!(report.segments, 3);
+    // 2000 lines are more than one segment holds (256): 8 + 1.
+    assert_eq!(report.segments, 9);
     assert_eq!(report.quarantined, 0);
     assert_eq!(report.routes, 1);
     assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 2010));
@@ -475,7 +475,7 @@ async fn secrets_never_in_debug_output() {
     }
     // A corrupt route record: the error and the report do not show it.
     {
-        let db = when_unlocked(|| sled::open(dir.path()));
+        let db = when_unlocked(|| super::open::open_sled(dir.path(), super::DEFAULT_CACHE_BYTES));
         let key = keys::route(&r);
         let mut value = db.get(&key).unwrap().unwrap().to_vec();
         let last = value.len() - 1;
@@ -507,7 +507,7 @@ async fn corrupt_segment_is_quarantined_and_open_succeeds() {
         bad_segment = read_all(&queue, &r)[3].cursor.segment;
     }
     {
-        let db = when_unlocked(|| sled::open(dir.path()));
+        let db = when_unlocked(|| super::open::open_sled(dir.path(), super::DEFAULT_CACHE_BYTES));
         db.insert(
             keys::segment("agent", bad_segment),
             &b"\x01garbage bytes"[..],
@@ -802,7 +802,7 @@ async fn plain_route_records_of_older_versions_are_read_and_resealed() {
         queue.flush().await.unwrap();
     }
     {
-        let db = when_unlocked(|| sled::open(dir.path()));
+        let db = when_unlocked(|| super::open::open_sled(dir.path(), super::DEFAULT_CACHE_BYTES));
         let plain = records::plain_secrets_for_tests(&secrets("old-token"));
         db.insert(keys::route(&r), plain).unwrap();
         db.flush().unwrap();
@@ -1087,4 +1087,23 @@ async fn a_database_sled_cannot_open_is_set_aside_once_and_a_fresh_queue_serves(
         when_unlocked(|| Queue::open_or_set_aside(&qdir, seal_key(), QueueLimits::default()));
     assert!(again.is_none());
     assert_eq!(report.lines, 3);
+}
+
+#[tokio::test]
+async fn a_queue_created_with_sleds_default_segment_size_still_opens() {
+    let dir = TempDir::new().unwrap();
+    {
+        // What earlier versions created: sled's default segment size.
+        let db = sled::open(dir.path()).unwrap();
+        db.flush().unwrap();
+    }
+    let queue =
+        when_unlocked(|| Queue::open_with(dir.path(), seal_key(), QueueLimits::default())).0;
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, lines("l", 1, 300), one(&r)).await;
+    drop(queue);
+    let (queue, report) = reopen(&dir);
+    assert_eq!(report.lines, 300);
+    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 300));
 }

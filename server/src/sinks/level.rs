@@ -304,6 +304,12 @@ fn text_level(line: &[u8]) -> Option<Level> {
     }
     let mut header = Header { words: 0 };
     for token in Tokens(text) {
+        if token.first().is_some_and(u8::is_ascii_digit) && !token.contains(&b':') {
+            // A number or date: header, whatever else it holds (a key
+            // starting with a digit is never a level key). The quick path
+            // for long numeric tokens.
+            continue;
+        }
         if let Some(pair) = key_value(token) {
             if let ControlFlow::Break(found) = header.feed(pair) {
                 return found;
