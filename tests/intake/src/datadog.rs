@@ -347,6 +347,7 @@ fn error_response(status: StatusCode, detail: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timing;
 
     fn limits() -> DatadogLimits {
         DatadogLimits::default()
@@ -445,6 +446,54 @@ mod tests {
             Some((AuthForm::Header(API_KEY_HEADER), "apikey".to_string()))
         );
         assert_eq!(credential(&HeaderMap::new(), Some("other=1")), None);
+    }
+
+    /// A request body of `lines` lines as the gateway's Datadog sink writes
+    /// them (fields in its order), uncompressed.
+    fn sink_payload(lines: usize) -> Vec<u8> {
+        let entries: Vec<String> = (0..lines)
+            .map(|i| {
+                format!(
+                    r#"{{"host":"replica-1","ddsource":"bench","service":"cloud.livekit.io","stream":"stdout","message":"{}","timestamp":{},"status":"info"}}"#,
+                    timing::line(i),
+                    timing::STAMP_MS + i as i64
+                )
+            })
+            .collect();
+        format!("[{}]", entries.join(",")).into_bytes()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    #[ignore = "timing harness: run alone, in release mode (see the timing module)"]
+    async fn ns_per_line_of_a_gzipped_1000_line_request() {
+        let body = bytes::Bytes::from(timing::gzip(&sink_payload(timing::LINES)));
+        let mut headers = HeaderMap::new();
+        headers.insert(API_KEY_HEADER, "k".parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        for (mode, mut config) in [
+            ("counting", timing::counting_config()),
+            ("recording", crate::IntakeConfig::default()),
+        ] {
+            config.datadog.keys = vec!["k".to_string()];
+            let store = Store::new(&config);
+            let mut requests = 0;
+            timing::ns_per_line(&format!("datadog, {mode}"), timing::LINES, || {
+                requests += 1;
+                if requests % 50 == 0 {
+                    store.reset(); // bounds the memory of the recording run
+                }
+                let answer = receive(
+                    State(store.clone()),
+                    Extension(config.datadog.limits.clone()),
+                    RawQuery(None),
+                    headers.clone(),
+                    Body::from(body.clone()),
+                );
+                async move { assert_eq!(answer.await.status(), StatusCode::ACCEPTED) }
+            })
+            .await;
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub mod latency;
 pub mod newrelic;
 pub mod sentry;
 pub mod store;
+#[cfg(test)]
+mod timing;
 
 use std::future::Future;
 use std::io;

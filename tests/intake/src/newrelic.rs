@@ -505,6 +505,7 @@ fn error_response(status: StatusCode, reason: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timing;
 
     fn parse(payload: &str) -> Result<Vec<(Value, bool)>, Rejection> {
         parse_payload(payload.as_bytes(), &NewRelicLimits::default())
@@ -693,6 +694,59 @@ mod tests {
         assert_eq!(groups, [8, 4, 4, 4, 12], "{a}");
         assert!(a.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{a}");
         assert_eq!(&a[14..15], "4");
+    }
+
+    /// A request body of `lines` lines as the gateway's New Relic sink
+    /// writes them (one block for one replica and stream), uncompressed.
+    fn sink_payload(lines: usize) -> Vec<u8> {
+        let logs: Vec<String> = (0..lines)
+            .map(|i| {
+                format!(
+                    r#"{{"timestamp":{},"message":"{}","attributes":{{"level":"info"}}}}"#,
+                    timing::STAMP_MS + i as i64,
+                    timing::line(i)
+                )
+            })
+            .collect();
+        format!(
+            r#"[{{"common":{{"attributes":{{"hostname":"replica-1","service_name":"bench","source":"cloud.livekit.io","stream":"stdout"}}}},"logs":[{}]}}]"#,
+            logs.join(",")
+        )
+        .into_bytes()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    #[ignore = "timing harness: run alone, in release mode (see the timing module)"]
+    async fn ns_per_line_of_a_gzipped_1000_line_request() {
+        let body = bytes::Bytes::from(timing::gzip(&sink_payload(timing::LINES)));
+        let mut headers = HeaderMap::new();
+        headers.insert(LICENSE_KEY_HEADER, "k".parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        for (mode, mut config) in [
+            ("counting", timing::counting_config()),
+            ("recording", crate::IntakeConfig::default()),
+        ] {
+            config.newrelic.keys = vec!["k".to_string()];
+            let store = Store::new(&config);
+            store.set_keys(Vendor::NewRelic, &config.newrelic.keys);
+            let mut requests = 0;
+            timing::ns_per_line(&format!("newrelic, {mode}"), timing::LINES, || {
+                requests += 1;
+                if requests % 50 == 0 {
+                    store.reset(); // bounds the memory of the recording run
+                }
+                let answer = receive(
+                    State(store.clone()),
+                    Extension(config.newrelic.limits.clone()),
+                    RawQuery(None),
+                    headers.clone(),
+                    Body::from(body.clone()),
+                );
+                async move { assert_eq!(answer.await.status(), StatusCode::ACCEPTED) }
+            })
+            .await;
+        }
     }
 
     #[test]

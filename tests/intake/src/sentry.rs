@@ -700,6 +700,7 @@ fn error_response(status: StatusCode, detail: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timing;
 
     fn limits() -> SentryLimits {
         SentryLimits::default()
@@ -847,6 +848,72 @@ mod tests {
             "http://k@127.0.0.1:9000/42"
         );
         assert_eq!(envelope_path(42), "/api/42/envelope/");
+    }
+
+    /// An envelope of `lines` logs as the gateway's Sentry sink writes it,
+    /// uncompressed.
+    fn sink_envelope(lines: usize) -> Vec<u8> {
+        let logs: Vec<String> = (0..lines)
+            .map(|i| {
+                let attribute = |value: &str| format!(r#"{{"value":"{value}","type":"string"}}"#);
+                format!(
+                    r#"{{"timestamp":{},"trace_id":"{TRACE}","level":"info","body":"{}","attributes":{{"logger":{},"server_name":{},"environment":{},"sentry.environment":{},"stream":{}}}}}"#,
+                    (timing::STAMP_MS + i as i64) as f64 / 1e3,
+                    timing::line(i),
+                    attribute("bench"),
+                    attribute("replica-1"),
+                    attribute("production"),
+                    attribute("production"),
+                    attribute("stdout"),
+                )
+            })
+            .collect();
+        format!(
+            "{{\"sent_at\":\"2024-05-01T12:00:00.123456Z\"}}\n\
+             {{\"type\":\"log\",\"item_count\":{lines},\"content_type\":\"{LOG_CONTENT_TYPE}\"}}\n\
+             {{\"items\":[{}]}}",
+            logs.join(",")
+        )
+        .into_bytes()
+    }
+
+    /// The gateway's Sentry sink sends at most 100 logs per envelope.
+    #[tokio::test(flavor = "current_thread")]
+    #[ignore = "timing harness: run alone, in release mode (see the timing module)"]
+    async fn ns_per_line_of_a_gzipped_100_log_envelope() {
+        const KEY: &str = "0123456789abcdef0123456789abcdef";
+        let envelope = sink_envelope(100);
+        assert!(parse_envelope(&envelope, &limits()).is_ok());
+        let body = bytes::Bytes::from(timing::gzip(&envelope));
+        let mut headers = HeaderMap::new();
+        let auth = format!("Sentry sentry_key={KEY}, sentry_version=7");
+        headers.insert(AUTH_HEADER, auth.parse().unwrap());
+        headers.insert(header::CONTENT_TYPE, ENVELOPE_CONTENT_TYPE.parse().unwrap());
+        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        for (mode, mut config) in [
+            ("counting", timing::counting_config()),
+            ("recording", crate::IntakeConfig::default()),
+        ] {
+            config.sentry.keys = vec![KEY.to_string()];
+            let store = Store::new(&config);
+            let mut requests = 0;
+            timing::ns_per_line(&format!("sentry, {mode}"), 100, || {
+                requests += 1;
+                if requests % 500 == 0 {
+                    store.reset(); // bounds the memory of the recording run
+                }
+                let answer = receive(
+                    State(store.clone()),
+                    Extension(config.sentry.limits.clone()),
+                    Path("42".to_string()),
+                    RawQuery(None),
+                    headers.clone(),
+                    Body::from(body.clone()),
+                );
+                async move { assert_eq!(answer.await.status(), StatusCode::OK) }
+            })
+            .await;
+        }
     }
 
     #[test]
