@@ -21,8 +21,9 @@
 //! Use it in-process with [`Intake::start`], or as the
 //! `logdrain-test-intake` binary (for `docker compose`), which serves the
 //! same routes. Shared recording lives in [`store`] and fault injection in
-//! [`control`]; a vendor module only checks its requests and shapes its
-//! answers, so a new vendor is one more module of the same shape.
+//! [`control`]; request JSON is read into a tree borrowing from the body
+//! (the private `json` module); a vendor module only checks its requests and
+//! shapes its answers, so a new vendor is one more module of the same shape.
 //!
 //! This crate must not be used to deliver real logs: it keeps everything in
 //! memory (capped, see [`IntakeConfig`]) and forgets it on exit.
@@ -32,6 +33,7 @@ mod body;
 pub mod control;
 pub mod datadog;
 mod handler;
+mod json;
 pub mod latency;
 pub mod newrelic;
 pub mod sentry;

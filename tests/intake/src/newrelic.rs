@@ -125,7 +125,7 @@ async fn receive(
             let entries = check(&store, &limits, query.as_deref(), &headers, body, pending).await?;
             Ok(Accepted {
                 status: StatusCode::ACCEPTED,
-                entries,
+                entries: crate::handler::Entries::Kept(entries),
                 body: json!({ "requestId": request_id() }),
             })
         },

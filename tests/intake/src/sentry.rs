@@ -196,7 +196,9 @@ async fn receive(
             };
             Ok(Accepted {
                 status: StatusCode::OK,
-                entries: envelope.logs.into_iter().map(|log| (log, false)).collect(),
+                entries: crate::handler::Entries::Kept(
+                    envelope.logs.into_iter().map(|log| (log, false)).collect(),
+                ),
                 body: answer,
             })
         },
