@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
 
-use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
@@ -40,13 +40,13 @@ impl<'a> Tree<'a> {
         // `from_slice` finds the same error it always did.
         match std::str::from_utf8(bytes) {
             Ok(text) => Tree::parse_str(text),
-            Err(_) => serde_json::from_slice(bytes),
+            Err(_) => read(serde_json::Deserializer::from_slice(bytes)),
         }
     }
 
     /// Parses `text` as one JSON text, as `serde_json::from_str` does.
     pub fn parse_str(text: &'a str) -> serde_json::Result<Tree<'a>> {
-        serde_json::from_str(text)
+        read(serde_json::Deserializer::from_str(text))
     }
 
     /// The JSON type's name, for messages: "null", "boolean", "number",
@@ -203,17 +203,48 @@ fn written_len<T: Serialize + ?Sized>(value: &T) -> usize {
     count.0
 }
 
-impl<'de> Deserialize<'de> for Tree<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // `deserialize_any`, as for a `Value`: the parser then applies the
-        // same nesting limit.
-        deserializer.deserialize_any(TreeVisitor)
+/// Reads one value into a [`Tree`]. Members and items being read wait on
+/// two stacks shared by the whole parse, so that each object and array is
+/// allocated once, at its exact size.
+struct TreeSeed<'s, 'de> {
+    members: &'s mut Vec<(Cow<'de, str>, Tree<'de>)>,
+    items: &'s mut Vec<Tree<'de>>,
+}
+
+impl<'de> TreeSeed<'_, 'de> {
+    fn reborrow(&mut self) -> TreeSeed<'_, 'de> {
+        TreeSeed {
+            members: &mut *self.members,
+            items: &mut *self.items,
+        }
     }
 }
 
-struct TreeVisitor;
+/// Reads one whole JSON text, as `serde_json::from_str` and `from_slice` do.
+fn read<'de, R: serde_json::de::Read<'de>>(
+    mut deserializer: serde_json::Deserializer<R>,
+) -> serde_json::Result<Tree<'de>> {
+    let (mut members, mut items) = (Vec::new(), Vec::new());
+    let seed = TreeSeed {
+        members: &mut members,
+        items: &mut items,
+    };
+    let tree = seed.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(tree)
+}
 
-impl<'de> Visitor<'de> for TreeVisitor {
+impl<'de> DeserializeSeed<'de> for TreeSeed<'_, 'de> {
+    type Value = Tree<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Tree<'de>, D::Error> {
+        // `deserialize_any`, as for a `Value`: the parser then applies the
+        // same nesting limit.
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TreeSeed<'_, 'de> {
     type Value = Tree<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -253,28 +284,28 @@ impl<'de> Visitor<'de> for TreeVisitor {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Tree<'de>, D::Error> {
-        Tree::deserialize(deserializer)
+        self.deserialize(deserializer)
     }
 
     fn visit_unit<E>(self) -> Result<Tree<'de>, E> {
         Ok(Tree::Null)
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Tree<'de>, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Tree<'de>, A::Error> {
+        let base = self.items.len();
+        while let Some(item) = seq.next_element_seed(self.reborrow())? {
+            self.items.push(item);
         }
-        Ok(Tree::Array(items))
+        Ok(Tree::Array(self.items.drain(base..).collect()))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Tree<'de>, A::Error> {
-        // Room for a log line's fields without growing.
-        let mut members = Vec::with_capacity(8);
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Tree<'de>, A::Error> {
+        let base = self.members.len();
         while let Some(key) = map.next_key_seed(Key)? {
-            let value = map.next_value()?;
-            members.push((key, value));
+            let value = map.next_value_seed(self.reborrow())?;
+            self.members.push((key, value));
         }
+        let mut members: Vec<_> = self.members.drain(base..).collect();
         keep_last_of_each_key(&mut members);
         Ok(Tree::Object(members))
     }
