@@ -70,6 +70,20 @@ impl<'a> Tree<'a> {
         }
     }
 
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Tree::String(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Tree::Number(n) => n.as_f64(),
+            _ => None,
+        }
+    }
+
     pub fn as_i64(&self) -> Option<i64> {
         match self {
             Tree::Number(n) => n.as_i64(),
