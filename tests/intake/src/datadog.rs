@@ -23,10 +23,13 @@
 //!
 //! The payload is read into a tree that borrows from the body (`json`);
 //! entries become `serde_json::Value`s only when the store keeps entries,
-//! otherwise only each entry's time and `oversized` mark are handed on.
+//! otherwise only each entry's time and `oversized` mark are handed on, and
+//! a payload that plainly passes is read without building anything (`scan`).
 //!
 //! This module must not keep state of its own: recording and faults live in
 //! the shared store.
+
+use std::fmt;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -34,11 +37,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
 
 use crate::body::{self, BodyError};
 use crate::handler::{self, reject, Accepted, Entries, Rejection};
 use crate::json::Tree;
+use crate::scan;
 use crate::store::{AuthForm, Line, Pending, Store};
 use crate::Vendor;
 
@@ -241,7 +246,99 @@ fn parse_payload(decoded: &[u8], limits: &DatadogLimits) -> Result<Vec<(Value, b
 /// Checks the uncompressed payload like [`parse_payload`], and returns
 /// only what the counters need of each entry.
 fn count_payload(decoded: &[u8], limits: &DatadogLimits) -> Result<Vec<Line>, Rejection> {
-    check_payload(decoded, limits).map(|(_, lines)| lines)
+    match scan::read(decoded, PlainPayload(limits)) {
+        Some(lines) => Ok(lines),
+        None => check_payload(decoded, limits).map(|(_, lines)| lines),
+    }
+}
+
+/// The fast path of [`count_payload`] (see `scan`): a payload that plainly
+/// passes the checks, an array of at most `max_entries` objects, each with
+/// one string `message`, at most one `timestamp` (integer milliseconds of
+/// the years 2000 to 2100) and a length bound within `max_entry_bytes`.
+/// Gives up on anything else.
+struct PlainPayload<'l>(&'l DatadogLimits);
+
+impl<'de> DeserializeSeed<'de> for PlainPayload<'_> {
+    type Value = Vec<Line>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Line>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainPayload<'_> {
+    type Value = Vec<Line>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of log objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Line>, A::Error> {
+        let mut lines = Vec::new();
+        while let Some(line) = seq.next_element_seed(PlainEntry(self.0))? {
+            if lines.len() == self.0.max_entries {
+                return Err(scan::give_up());
+            }
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+}
+
+/// One entry of a [`PlainPayload`].
+struct PlainEntry<'l>(&'l DatadogLimits);
+
+impl<'de> DeserializeSeed<'de> for PlainEntry<'_> {
+    type Value = Line;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Line, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainEntry<'_> {
+    type Value = Line;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a log object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
+        const FIELDS: &[&str] = &["message", "timestamp"];
+        let mut message = false;
+        let mut time_ms = None;
+        let mut bound: usize = 2;
+        while let Some((field, key_bound)) = map.next_key_seed(scan::Key(FIELDS))? {
+            let value_bound = match field {
+                Some(0) if !message => {
+                    message = true;
+                    map.next_value_seed(scan::Str(|_: &str| true))?
+                }
+                Some(1) if time_ms.is_none() => {
+                    let ms = map.next_value_seed(scan::Int)?;
+                    if !(MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms) {
+                        return Err(scan::give_up());
+                    }
+                    time_ms = Some(ms);
+                    scan::NUMBER_BOUND
+                }
+                Some(_) => return Err(scan::give_up()), // a repeated field
+                None => map.next_value_seed(scan::Any)?.1,
+            };
+            bound = bound
+                .saturating_add(key_bound)
+                .saturating_add(value_bound)
+                .saturating_add(2);
+        }
+        if !message || bound > self.0.max_entry_bytes {
+            return Err(scan::give_up());
+        }
+        Ok(Line {
+            time_ms,
+            oversized: false,
+        })
+    }
 }
 
 /// Runs the payload's checks: JSON, an array, the entry count, then each
@@ -627,6 +724,32 @@ mod tests {
                 assert_eq!(counted, expected_lines, "{text}");
             }
         }
+    }
+
+    #[test]
+    fn the_fast_path_passes_only_what_the_full_checks_pass_with_the_same_lines() {
+        let small = DatadogLimits {
+            max_entries: 3,
+            max_entry_bytes: 40,
+            ..limits()
+        };
+        let mut passed = 0;
+        for limits in [limits(), small] {
+            for payload in tricky_payloads() {
+                if let Some(lines) = scan::read(&payload, PlainPayload(&limits)) {
+                    let full = check_payload(&payload, &limits).map(|(_, lines)| lines);
+                    let text = String::from_utf8_lossy(&payload);
+                    assert_eq!(full.map_err(|r| r.reason), Ok(lines), "{text}");
+                    passed += 1;
+                }
+            }
+        }
+        assert!(passed > 50, "the fast path takes plain payloads ({passed})");
+        let sink = sink_payload(1_000);
+        assert_eq!(
+            scan::read(&sink, PlainPayload(&limits())),
+            Some(count_payload(&sink, &limits()).unwrap())
+        );
     }
 
     /// A request body of `lines` lines as the gateway's Datadog sink writes

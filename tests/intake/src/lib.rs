@@ -36,6 +36,7 @@ mod handler;
 mod json;
 pub mod latency;
 pub mod newrelic;
+mod scan;
 pub mod sentry;
 pub mod store;
 #[cfg(test)]
