@@ -181,6 +181,33 @@ impl<'de, F: FnOnce(&str) -> bool> Visitor<'de> for Str<F> {
     }
 }
 
+/// A string that is one of the names (else give up): which one, and its
+/// length bound.
+pub(crate) struct OneOf<'n>(pub &'n [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for OneOf<'_> {
+    type Value = (usize, usize);
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OneOf<'_> {
+    type Value = (usize, usize);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("one of the names")
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        match self.0.iter().position(|name| *name == value) {
+            Some(at) => Ok((at, str_bound(value))),
+            None => Err(give_up()),
+        }
+    }
+}
+
 /// A number that fits an `i64` (what `Value::as_i64` reads), else give up.
 pub(crate) struct Int;
 
@@ -205,6 +232,37 @@ impl<'de> Visitor<'de> for Int {
 
     fn visit_u64<E: de::Error>(self, value: u64) -> Result<i64, E> {
         i64::try_from(value).map_err(|_| give_up())
+    }
+}
+
+/// Any number, as `f64` (what `Value::as_f64` reads), else give up.
+pub(crate) struct Float;
+
+impl<'de> DeserializeSeed<'de> for Float {
+    type Value = f64;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<f64, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Float {
+    type Value = f64;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a number")
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<f64, E> {
+        Ok(value as f64)
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<f64, E> {
+        Ok(value as f64)
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<f64, E> {
+        Ok(value)
     }
 }
 
@@ -246,6 +304,7 @@ mod tests {
         ] {
             let value: Value = serde_json::from_str(text).unwrap();
             assert_eq!(read(text.as_bytes(), Int), value.as_i64(), "{text}");
+            assert_eq!(read(text.as_bytes(), Float), value.as_f64(), "{text}");
         }
         assert_eq!(read(b"\"7\"", Int), None);
     }
@@ -258,6 +317,8 @@ mod tests {
             assert!(Tree::parse(text.as_bytes()).is_err(), "{text:?}");
         }
         assert!(read(b"[\"caf\xe9\"]", Any).is_none());
+        assert_eq!(read(b"\"info\"", OneOf(&["warn", "info"])), Some((1, 26)));
+        assert_eq!(read(b"\"loud\"", OneOf(&["warn", "info"])), None);
         assert_eq!(read(b"7", Str(|_: &str| true)), None);
     }
 }

@@ -43,10 +43,13 @@
 //! A `log` item's payload is read into a tree that borrows from the body
 //! (`json`); logs become `serde_json::Value`s only when the store keeps
 //! entries (and in [`parse_envelope`]), otherwise only each log's time is
-//! handed on.
+//! handed on, and a `log` item that plainly passes is read without building
+//! anything (`scan`).
 //!
 //! This module must not keep state of its own: recording and faults live in
 //! the shared store.
+
+use std::fmt;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -54,11 +57,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Map, Value};
 
 use crate::body::{self, BodyError};
 use crate::handler::{self, reject, Accepted, Entries, Rejection};
 use crate::json::Tree;
+use crate::scan;
 use crate::store::{AuthForm, Line, Pending, Store};
 use crate::Vendor;
 
@@ -490,18 +495,27 @@ fn check_envelope(
             }
         };
         if kind == "log" {
-            let log_item = check_log_item(item, &item_header, payload, limits)?;
-            lines.extend(log_item.logs().iter().map(|log| {
-                Line {
-                    time_ms: log
-                        .get("timestamp")
-                        .and_then(Tree::as_f64)
-                        .and_then(seconds_to_ms),
-                    oversized: false,
+            let plain = if keep {
+                None
+            } else {
+                plain_log_item(&item_header, payload, limits)
+            };
+            if let Some(plain) = plain {
+                lines.extend(plain);
+            } else {
+                let log_item = check_log_item(item, &item_header, payload, limits)?;
+                lines.extend(log_item.logs().iter().map(|log| {
+                    Line {
+                        time_ms: log
+                            .get("timestamp")
+                            .and_then(Tree::as_f64)
+                            .and_then(seconds_to_ms),
+                        oversized: false,
+                    }
+                }));
+                if keep {
+                    logs.extend(log_item.logs().iter().map(Tree::to_value));
                 }
-            }));
-            if keep {
-                logs.extend(log_item.logs().iter().map(Tree::to_value));
             }
         }
         item_types.push(kind.to_string());
@@ -533,6 +547,248 @@ fn check_envelope_header(header: &Map<String, Value>) -> Result<(), EnvelopeErro
         }
     }
     Ok(())
+}
+
+/// The fast path of [`check_log_item`] (see `scan`): the lines of a `log`
+/// item that plainly passes its checks, `None` to leave it to them. Takes
+/// the right `content_type`, an `item_count` equal to the number of logs,
+/// and a payload with one `items` array of logs, each with one of each
+/// field, valid as [`check_log`] wants it, attributes whose `value` fits
+/// their `type`, and a length bound within `max_log_item_bytes`.
+fn plain_log_item(
+    header: &Map<String, Value>,
+    payload: &[u8],
+    limits: &SentryLimits,
+) -> Option<Vec<Line>> {
+    let content_type = header.get("content_type").and_then(Value::as_str);
+    let item_count = header.get("item_count").and_then(Value::as_u64)?;
+    if content_type != Some(LOG_CONTENT_TYPE) {
+        return None;
+    }
+    let lines = scan::read(payload, PlainPayload(limits))?;
+    (u64::try_from(lines.len()).ok() == Some(item_count)).then_some(lines)
+}
+
+/// A plain `{"items": [...]}` payload (see [`plain_log_item`]).
+struct PlainPayload<'l>(&'l SentryLimits);
+
+impl<'de> DeserializeSeed<'de> for PlainPayload<'_> {
+    type Value = Vec<Line>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Line>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainPayload<'_> {
+    type Value = Vec<Line>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a log item payload")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Line>, A::Error> {
+        let mut lines = None;
+        while let Some((field, _)) = map.next_key_seed(scan::Key(&["items"]))? {
+            match field {
+                Some(_) if lines.is_none() => lines = Some(map.next_value_seed(PlainLogs(self.0))?),
+                Some(_) => return Err(scan::give_up()), // a repeated field
+                None => {
+                    map.next_value_seed(scan::Any)?;
+                }
+            }
+        }
+        lines.ok_or_else(scan::give_up)
+    }
+}
+
+/// The logs of a [`PlainPayload`].
+struct PlainLogs<'l>(&'l SentryLimits);
+
+impl<'de> DeserializeSeed<'de> for PlainLogs<'_> {
+    type Value = Vec<Line>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Line>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainLogs<'_> {
+    type Value = Vec<Line>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of logs")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Line>, A::Error> {
+        let mut lines = Vec::new();
+        while let Some(line) = seq.next_element_seed(PlainLog(self.0))? {
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+}
+
+/// One log of [`PlainLogs`].
+struct PlainLog<'l>(&'l SentryLimits);
+
+impl<'de> DeserializeSeed<'de> for PlainLog<'_> {
+    type Value = Line;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Line, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainLog<'_> {
+    type Value = Line;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a log")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
+        const FIELDS: &[&str] = &[
+            "timestamp",
+            "trace_id",
+            "span_id",
+            "level",
+            "body",
+            "attributes",
+        ];
+        let mut seen = [false; 6];
+        let mut time_ms = None;
+        let mut bound: usize = 2;
+        while let Some((field, key_bound)) = map.next_key_seed(scan::Key(FIELDS))? {
+            if let Some(at) = field {
+                if std::mem::replace(&mut seen[at], true) {
+                    return Err(scan::give_up()); // a repeated field
+                }
+            }
+            let value_bound = match field {
+                Some(0) => {
+                    let seconds = map.next_value_seed(scan::Float)?;
+                    if !(MIN_TIMESTAMP_S..=MAX_TIMESTAMP_S).contains(&seconds) {
+                        return Err(scan::give_up());
+                    }
+                    time_ms = seconds_to_ms(seconds);
+                    scan::NUMBER_BOUND
+                }
+                Some(1) => map.next_value_seed(scan::Str(|id: &str| is_hex(id, 32)))?,
+                Some(2) => map.next_value_seed(scan::Str(|id: &str| is_hex(id, 16)))?,
+                Some(3) => map.next_value_seed(scan::OneOf(&LEVELS))?.1,
+                Some(4) => map.next_value_seed(scan::Str(|_: &str| true))?,
+                Some(_) => map.next_value_seed(PlainAttributes)?,
+                None => map.next_value_seed(scan::Any)?.1,
+            };
+            bound = bound
+                .saturating_add(key_bound)
+                .saturating_add(value_bound)
+                .saturating_add(2);
+        }
+        // timestamp, trace_id, level and body are required; span_id and
+        // attributes are not.
+        if !(seen[0] && seen[1] && seen[3] && seen[4]) || bound > self.0.max_log_item_bytes {
+            return Err(scan::give_up());
+        }
+        Ok(Line {
+            time_ms,
+            oversized: false,
+        })
+    }
+}
+
+/// The `attributes` of a [`PlainLog`]: each `{"value": v, "type": t}`
+/// with `v` of type `t`. Answers its length bound.
+struct PlainAttributes;
+
+impl<'de> DeserializeSeed<'de> for PlainAttributes {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainAttributes {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("attributes")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let mut bound: usize = 2;
+        while let Some((_, key_bound)) = map.next_key_seed(scan::Key(&[]))? {
+            let value_bound = map.next_value_seed(PlainAttribute)?;
+            bound = bound
+                .saturating_add(key_bound)
+                .saturating_add(value_bound)
+                .saturating_add(2);
+        }
+        Ok(bound)
+    }
+}
+
+/// One attribute of [`PlainAttributes`]. Answers its length bound.
+struct PlainAttribute;
+
+impl<'de> DeserializeSeed<'de> for PlainAttribute {
+    type Value = usize;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainAttribute {
+    type Value = usize;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an attribute")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+        let mut value = None;
+        let mut kind = None;
+        let mut bound: usize = 2;
+        while let Some((field, key_bound)) = map.next_key_seed(scan::Key(&["value", "type"]))? {
+            let value_bound = match field {
+                Some(0) if value.is_none() => {
+                    let (found, value_bound) = map.next_value_seed(scan::Any)?;
+                    value = Some(found);
+                    value_bound
+                }
+                Some(1) if kind.is_none() => {
+                    let (at, value_bound) = map.next_value_seed(scan::OneOf(&ATTRIBUTE_TYPES))?;
+                    kind = Some(ATTRIBUTE_TYPES[at]);
+                    value_bound
+                }
+                Some(_) => return Err(scan::give_up()), // a repeated field
+                None => map.next_value_seed(scan::Any)?.1,
+            };
+            bound = bound
+                .saturating_add(key_bound)
+                .saturating_add(value_bound)
+                .saturating_add(2);
+        }
+        let fits = matches!(
+            (kind, value),
+            (Some("string"), Some(scan::Kind::String))
+                | (Some("boolean"), Some(scan::Kind::Bool))
+                | (Some("integer"), Some(scan::Kind::Integer))
+                | (
+                    Some("double"),
+                    Some(scan::Kind::Integer | scan::Kind::Float)
+                )
+                | (Some("array"), Some(scan::Kind::Array))
+        );
+        if fits {
+            Ok(bound)
+        } else {
+            Err(scan::give_up())
+        }
+    }
 }
 
 /// A checked `log` item's payload, `{"items": [...]}`.
@@ -1311,6 +1567,51 @@ mod tests {
             }
         }
         assert_eq!(outcomes.len(), 2, "some logs overflow, some fit");
+    }
+
+    #[test]
+    fn the_fast_path_passes_only_what_the_full_checks_pass_with_the_same_lines() {
+        let small = SentryLimits {
+            max_log_item_bytes: 300,
+            ..limits()
+        };
+        let mut passed = 0;
+        for limits in [limits(), small] {
+            for bytes in tricky_envelopes() {
+                let mut rest = bytes.as_slice();
+                take_line(&mut rest);
+                let Ok(header) = json_object(take_line(&mut rest), String::new) else {
+                    continue;
+                };
+                let payload = take_line(&mut rest);
+                if let Some(lines) = plain_log_item(&header, payload, &limits) {
+                    let full = check_log_item(0, &header, payload, &limits).map(|item| {
+                        let time = |log: &Tree<'_>| Line {
+                            time_ms: entry_time_ms(&log.to_value()),
+                            oversized: false,
+                        };
+                        item.logs().iter().map(time).collect::<Vec<_>>()
+                    });
+                    let text = String::from_utf8_lossy(&bytes);
+                    assert_eq!(full, Ok(lines), "{text}");
+                    passed += 1;
+                }
+            }
+        }
+        assert!(
+            passed > 50,
+            "the fast path takes plain envelopes ({passed})"
+        );
+        let sdk = include_bytes!("../fixtures/sentry_sdk_logs_envelope.txt");
+        for envelope in [sink_envelope(100), sdk.to_vec()] {
+            let lines = check_envelope(&envelope, &limits(), false).unwrap().lines;
+            let mut rest = envelope.as_slice();
+            take_line(&mut rest);
+            let header = json_object(take_line(&mut rest), String::new).unwrap();
+            let length = header.get("length").and_then(Value::as_u64);
+            let payload = &rest[..length.map_or(rest.len(), |n| n as usize)];
+            assert_eq!(plain_log_item(&header, payload, &limits()), Some(lines));
+        }
     }
 
     /// An envelope of `lines` logs as the gateway's Sentry sink writes it,
