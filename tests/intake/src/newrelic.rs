@@ -38,7 +38,9 @@
 //! The payload is read into a tree that borrows from the body (`json`), and
 //! each log is merged into borrowed values; entries become
 //! `serde_json::Value`s only when the store keeps entries, otherwise only
-//! each log's time and `oversized` mark are handed on.
+//! each log's time and `oversized` mark are handed on, and a payload of the
+//! detailed form that plainly passes is read without building anything
+//! (`scan`).
 //!
 //! This module must not keep state of its own: recording and faults live in
 //! the shared store.
@@ -49,17 +51,21 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::fmt;
+
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Map, Value};
 
 use crate::body::{self, BodyError};
 use crate::handler::{self, reject, Accepted, Entries, Rejection};
 use crate::json::Tree;
+use crate::scan;
 use crate::store::{AuthForm, Line, Pending, Store};
 use crate::Vendor;
 
@@ -273,7 +279,380 @@ fn parse_payload(decoded: &[u8], limits: &NewRelicLimits) -> Result<Vec<(Value, 
 /// Checks the decoded payload like [`parse_payload`], and returns only
 /// what the counters need of each merged entry.
 fn count_payload(decoded: &[u8], limits: &NewRelicLimits) -> Result<Vec<Line>, Rejection> {
-    check_payload(decoded, limits, |_, line| line)
+    let mut plain = Plain {
+        limits,
+        lines: Vec::new(),
+        common: Vec::new(),
+        attributes: Vec::new(),
+        top: Vec::new(),
+        event: Vec::new(),
+    };
+    match scan::read(decoded, PlainItems(&mut plain)) {
+        Some(()) => Ok(plain.lines),
+        None => check_payload(decoded, limits, |_, line| line),
+    }
+}
+
+/// The fast path of [`count_payload`] (see `scan`), for the detailed form as
+/// our sink writes it: an array of `{common, logs}` blocks whose common
+/// attributes come before their logs, and logs and attributes without
+/// nested objects, repeated names or escaped names. A log passes when its
+/// merged fields have a string `message`, at most `max_attributes` names
+/// and, if any, a `timestamp` of integer milliseconds of the years 2000 to
+/// 2100. Gives up on anything else.
+struct Plain<'l, 'de> {
+    limits: &'l NewRelicLimits,
+    lines: Vec<Line>,
+    /// The current block's common attributes.
+    common: Vec<PlainField<'de>>,
+    /// The current log's `attributes`, then its top-level fields.
+    attributes: Vec<PlainField<'de>>,
+    top: Vec<PlainField<'de>>,
+    /// The current log, merged.
+    event: Vec<PlainField<'de>>,
+}
+
+/// A field of a plain log: its name and what the checks need of its value.
+#[derive(Clone, Copy)]
+struct PlainField<'de> {
+    name: &'de str,
+    value: PlainValue,
+}
+
+/// What the checks need of a plain field's value.
+#[derive(Clone, Copy, PartialEq)]
+enum PlainValue {
+    /// A string, and whether it is past the searchable length.
+    String { long: bool },
+    /// An integer that fits `i64`.
+    Integer(i64),
+    /// Anything else but an object.
+    Other,
+}
+
+impl<'de> Plain<'_, 'de> {
+    /// Merges the current log (common attributes, then its `attributes`,
+    /// then its top-level fields, later ones winning), checks it, and keeps
+    /// its line.
+    fn finish_log(&mut self) -> bool {
+        self.event.clear();
+        self.event.extend_from_slice(&self.common);
+        for field in self.attributes.iter().chain(&self.top) {
+            match self.event.iter_mut().find(|f| f.name == field.name) {
+                Some(earlier) => earlier.value = field.value,
+                None => self.event.push(*field),
+            }
+        }
+        let get = |name| self.event.iter().find(|f| f.name == name).map(|f| f.value);
+        if !matches!(get("message"), Some(PlainValue::String { .. })) {
+            return false;
+        }
+        let time_ms = match get("timestamp") {
+            None => None,
+            Some(PlainValue::Integer(ms))
+                if (MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms) =>
+            {
+                Some(ms)
+            }
+            Some(_) => return false,
+        };
+        if self.event.len() > self.limits.max_attributes {
+            return false;
+        }
+        let oversized = self
+            .event
+            .iter()
+            .any(|f| f.value == PlainValue::String { long: true });
+        self.lines.push(Line { time_ms, oversized });
+        true
+    }
+}
+
+/// Reads the top-level array of a [`Plain`] payload.
+struct PlainItems<'p, 'l, 'de>(&'p mut Plain<'l, 'de>);
+
+impl<'de> DeserializeSeed<'de> for PlainItems<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainItems<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of blocks")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(PlainBlock(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+/// Reads one `{common, logs}` block of a [`Plain`] payload.
+struct PlainBlock<'p, 'l, 'de>(&'p mut Plain<'l, 'de>);
+
+impl<'de> DeserializeSeed<'de> for PlainBlock<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainBlock<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a block")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let plain = self.0;
+        plain.common.clear();
+        let (mut common, mut logs) = (false, false);
+        while let Some((field, _)) = map.next_key_seed(scan::Key(&["common", "logs"]))? {
+            match field {
+                // Common attributes after the logs would change them.
+                Some(0) if !common && !logs => {
+                    common = true;
+                    map.next_value_seed(PlainCommon {
+                        fields: &mut plain.common,
+                        max_chars: plain.limits.max_searchable_chars,
+                    })?;
+                }
+                Some(1) if !logs => {
+                    logs = true;
+                    map.next_value_seed(PlainLogs(&mut *plain))?;
+                }
+                Some(_) => return Err(scan::give_up()),
+                None => {
+                    map.next_value_seed(scan::Any)?;
+                }
+            }
+        }
+        // Without `logs`, the item is a log of the simple form.
+        if logs {
+            Ok(())
+        } else {
+            Err(scan::give_up())
+        }
+    }
+}
+
+/// Reads a block's `common` into its flat fields.
+struct PlainCommon<'p, 'de> {
+    fields: &'p mut Vec<PlainField<'de>>,
+    max_chars: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for PlainCommon<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainCommon<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a block's common")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut attributes = false;
+        while let Some((field, _)) = map.next_key_seed(scan::Key(&["attributes"]))? {
+            match field {
+                Some(_) if !attributes => {
+                    attributes = true;
+                    map.next_value_seed(PlainFields {
+                        fields: &mut *self.fields,
+                        attributes: None,
+                        max_chars: self.max_chars,
+                    })?;
+                }
+                Some(_) => return Err(scan::give_up()),
+                None => {
+                    map.next_value_seed(scan::Any)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a block's `logs`, keeping each log's line.
+struct PlainLogs<'p, 'l, 'de>(&'p mut Plain<'l, 'de>);
+
+impl<'de> DeserializeSeed<'de> for PlainLogs<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainLogs<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of logs")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let plain = self.0;
+        while let Some(()) = seq.next_element_seed(PlainLog(&mut *plain))? {
+            if !plain.finish_log() {
+                return Err(scan::give_up());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads one log of [`PlainLogs`] into its `attributes` and top-level
+/// fields.
+struct PlainLog<'p, 'l, 'de>(&'p mut Plain<'l, 'de>);
+
+impl<'de> DeserializeSeed<'de> for PlainLog<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainLog<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a log")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        let plain = self.0;
+        plain.attributes.clear();
+        plain.top.clear();
+        let fields = PlainFields {
+            fields: &mut plain.top,
+            attributes: Some(&mut plain.attributes),
+            max_chars: plain.limits.max_searchable_chars,
+        };
+        fields.visit_map(map)
+    }
+}
+
+/// Reads a flat object into fields, giving up on nested objects and on
+/// repeated or escaped names.
+struct PlainFields<'p, 'de> {
+    fields: &'p mut Vec<PlainField<'de>>,
+    /// For a log's top level: where its `attributes` go.
+    attributes: Option<&'p mut Vec<PlainField<'de>>>,
+    /// The searchable length of a string value.
+    max_chars: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for PlainFields<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainFields<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of attributes")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let PlainFields {
+            fields,
+            mut attributes,
+            max_chars,
+        } = self;
+        let mut attributes_read = false;
+        while let Some(name) = map.next_key_seed(scan::Name)? {
+            if name == "attributes" {
+                if let Some(into) = attributes.as_deref_mut() {
+                    if std::mem::replace(&mut attributes_read, true) {
+                        return Err(scan::give_up()); // a repeated field
+                    }
+                    map.next_value_seed(PlainFields {
+                        fields: into,
+                        attributes: None,
+                        max_chars,
+                    })?;
+                    continue;
+                }
+            }
+            if fields.iter().any(|f| f.name == name) {
+                return Err(scan::give_up()); // a repeated field
+            }
+            let value = map.next_value_seed(PlainScalar(max_chars))?;
+            fields.push(PlainField { name, value });
+        }
+        Ok(())
+    }
+}
+
+/// A field's value that is not an object (else give up); the number is the
+/// searchable length of a string.
+struct PlainScalar(usize);
+
+impl<'de> DeserializeSeed<'de> for PlainScalar {
+    type Value = PlainValue;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<PlainValue, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PlainScalar {
+    type Value = PlainValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a value that is not an object")
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<PlainValue, E> {
+        let max = self.0;
+        // No more characters than bytes: count only long values.
+        let long = value.len() > max && value.chars().count() > max;
+        Ok(PlainValue::String { long })
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<PlainValue, E> {
+        Ok(PlainValue::Integer(value))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<PlainValue, E> {
+        Ok(i64::try_from(value).map_or(PlainValue::Other, PlainValue::Integer))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<PlainValue, E> {
+        Ok(PlainValue::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<PlainValue, E> {
+        Ok(PlainValue::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<PlainValue, E> {
+        Ok(PlainValue::Other)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<PlainValue, A::Error> {
+        while seq.next_element_seed(scan::Any)?.is_some() {}
+        Ok(PlainValue::Other)
+    }
 }
 
 /// Runs every check of the payload and returns `accept(event, line)` for
@@ -1102,6 +1481,40 @@ mod tests {
         .iter()
         .map(|text| text.as_bytes().to_vec())
         .collect();
+        for text in [
+            r#"[{"common":{"attributes":{"message":"c","timestamp":1714564800000}},
+                "logs":[{"message":"a"},{"attributes":{"timestamp":"x"},"message":"b"},
+                        {"timestamp":1714564800001,"attributes":{"timestamp":7}}]}]"#,
+            r#"[{"common":{"attributes":{"message":"c","timestamp":1714564800000}},
+                "logs":[{"attributes":{"message":7}},{"timestamp":1714564800001}]}]"#,
+            r#"[{"common":{"attributes":{"hostname":"h","long":"a long common value"}},
+                "logs":[{"message":"a","long":"short"},{"message":"b"},
+                        {"message":"c","attributes":{"long":"short"}}]}]"#,
+            r#"[{"common":{"attributes":{"a":1,"b":2,"c":3}},
+                "logs":[{"message":"m"},{"message":"m","attributes":{"d":4}},
+                        {"message":"m","a":"top","attributes":{"b":"attr"}}]}]"#,
+            r#"[{"logs":[{"message":"a"}],"common":{"attributes":{"x":1}}}]"#,
+            r#"[{"logs":[{"message":"a"}],"common":{"attributes":{"timestamp":1714564800000,"a":1,"b":2,"c":3}}}]"#,
+            r#"[{"common":{"attributes":{"x":1},"other":2},"extra":{"q":1},
+                "logs":[{"message":"a","attributes":{"y":[1,{"z":1}]}}]}]"#,
+            r#"[{"common":{"attributes":{"x":1}},"logs":[{"message":"a"}]},
+                {"common":{"attributes":{"y":2}},"logs":[{"message":"b","x":3}]},
+                {"logs":[{"message":"c","timestamp":1714564800002}]}]"#,
+            r#"[{"common":{"attributes":{"x":1}}}]"#,
+            r#"[{"common":{"attributes":{"x":1}},"logs":[{"message":"a","attributes":{"attributes":1}}]}]"#,
+            r#"[{"common":{"attributes":{"attributes":{"x":1}}},"logs":[{"message":"a"}]}]"#,
+            r#"[{"common":{"attributes":{"x":1},"attributes":{"y":1}},"logs":[{"message":"a"}]}]"#,
+            r#"[{"common":{"attributes":{"x":1}},"logs":[{"message":"a"}],"logs":[{"message":"b"}]}]"#,
+            r#"[{"logs":[{"message":"a","attributes":{"k":1},"attributes":{"j":2}}]}]"#,
+            r#"[{"logs":[{"message":"a","timestamp":9223372036854775808}]}]"#,
+            r#"[{"logs":[{"message":"a","timestamp":1714564800000.0}]}]"#,
+            r#"[{"logs":[{"message":"a","n":null,"b":true,"f":1.5,"l":[]}]}]"#,
+            r#"[{"logs":[{"attributes":{"message":"a"},"message":7}]}]"#,
+            r#"[{"logs":[{"message":"m","attributes":{"timestamp":1714564800000},"timestamp":"x"}]}]"#,
+            r#"[{"common":{"attributes":{"message":"a"}},"logs":[{"attributes":{"message":7}}]}]"#,
+        ] {
+            payloads.push(text.as_bytes().to_vec());
+        }
         payloads.push(b"[{\"message\":\"caf\xe9\"}]".to_vec());
         payloads.push(b"[{\"message\":\"a\"}]\xff".to_vec());
         for count in [250, 253, 254, 255, 256] {
@@ -1140,6 +1553,12 @@ mod tests {
                 payloads.push(
                     format!(r#"[{{"message":"{text}","attributes":{{"other":"{text}"}}}}]"#)
                         .into_bytes(),
+                );
+                payloads.push(
+                    format!(
+                        r#"[{{"common":{{"attributes":{{"c":"{text}"}}}},"logs":[{{"message":"{text}"}},{{"message":"m","c":"m"}}]}}]"#
+                    )
+                    .into_bytes(),
                 );
             }
         }
@@ -1180,6 +1599,55 @@ mod tests {
                 assert_eq!(counted, expected_lines, "{text}");
             }
         }
+    }
+
+    #[test]
+    fn the_fast_path_passes_only_what_the_full_checks_pass_with_the_same_lines() {
+        let small = NewRelicLimits {
+            max_attributes: 4,
+            max_searchable_chars: 10,
+            max_value_bytes: 16,
+            ..NewRelicLimits::default()
+        };
+        let mut passed = 0;
+        for limits in [NewRelicLimits::default(), small] {
+            for payload in tricky_payloads() {
+                let mut plain = Plain {
+                    limits: &limits,
+                    lines: Vec::new(),
+                    common: Vec::new(),
+                    attributes: Vec::new(),
+                    top: Vec::new(),
+                    event: Vec::new(),
+                };
+                if scan::read(&payload, PlainItems(&mut plain)).is_some() {
+                    let full = check_payload(&payload, &limits, |_, line| line);
+                    let text = String::from_utf8_lossy(&payload);
+                    assert_eq!(full.map_err(|r| r.reason), Ok(plain.lines), "{text}");
+                    passed += 1;
+                }
+            }
+        }
+        assert!(passed > 30, "the fast path takes plain payloads ({passed})");
+    }
+
+    #[test]
+    fn the_fast_path_takes_the_sinks_payloads() {
+        let limits = NewRelicLimits::default();
+        let payload = sink_payload(1_000);
+        let mut plain = Plain {
+            limits: &limits,
+            lines: Vec::new(),
+            common: Vec::new(),
+            attributes: Vec::new(),
+            top: Vec::new(),
+            event: Vec::new(),
+        };
+        assert_eq!(scan::read(&payload, PlainItems(&mut plain)), Some(()));
+        assert_eq!(
+            plain.lines,
+            check_payload(&payload, &limits, |_, line| line).unwrap()
+        );
     }
 
     /// A request body of `lines` lines as the gateway's New Relic sink

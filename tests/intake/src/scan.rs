@@ -154,6 +154,34 @@ impl<'de> Visitor<'de> for Key<'_> {
     }
 }
 
+/// An object key that holds no escape, borrowed from the text (else give
+/// up).
+pub(crate) struct Name;
+
+impl<'de> DeserializeSeed<'de> for Name {
+    type Value = &'de str;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<&'de str, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Name {
+    type Value = &'de str;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_borrowed_str<E>(self, value: &'de str) -> Result<&'de str, E> {
+        Ok(value)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<&'de str, E> {
+        Err(give_up())
+    }
+}
+
 /// A string that `accept` accepts (else give up): its length bound.
 pub(crate) struct Str<F>(pub F);
 
@@ -320,5 +348,7 @@ mod tests {
         assert_eq!(read(b"\"info\"", OneOf(&["warn", "info"])), Some((1, 26)));
         assert_eq!(read(b"\"loud\"", OneOf(&["warn", "info"])), None);
         assert_eq!(read(b"7", Str(|_: &str| true)), None);
+        assert_eq!(read(br#""key""#, Name), Some("key"));
+        assert_eq!(read(br#""k\u0065y""#, Name), None);
     }
 }
