@@ -382,7 +382,7 @@ fn check_headers(headers: &HeaderMap) -> Result<bool, Rejection> {
 
 /// Splits off the next line (without its `\n`); the rest starts after it.
 fn take_line<'a>(rest: &mut &'a [u8]) -> &'a [u8] {
-    match rest.iter().position(|&b| b == b'\n') {
+    match find_newline(rest) {
         Some(at) => {
             let line = &rest[..at];
             *rest = &rest[at + 1..];
@@ -390,6 +390,31 @@ fn take_line<'a>(rest: &mut &'a [u8]) -> &'a [u8] {
         }
         None => std::mem::take(rest),
     }
+}
+
+/// Where the first `\n` of `bytes` is. Reads eight bytes at a time: an
+/// envelope's payload line is most of the body.
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut clear = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        // Zero bytes where `word` has a newline; any zero byte sets its
+        // high bit here.
+        let word = u64::from_ne_bytes(word) ^ NEWLINES;
+        if word.wrapping_sub(ONES) & !word & HIGHS != 0 {
+            break;
+        }
+        clear += 8;
+    }
+    bytes[clear..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|at| clear + at)
 }
 
 fn json_object(
@@ -1059,6 +1084,22 @@ mod tests {
     }
 
     const TRACE: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn newlines_are_found_wherever_they_are() {
+        for len in 0..40 {
+            for at in 0..len {
+                let mut bytes: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                bytes[at] = b'\n';
+                if at + 3 < len {
+                    bytes[at + 3] = b'\n';
+                }
+                assert_eq!(find_newline(&bytes), Some(at), "{len} {at}");
+            }
+            let high: Vec<u8> = "é\u{8a}\u{10a0a}".repeat(len).into_bytes();
+            assert_eq!(find_newline(&high), None, "{len}");
+        }
+    }
 
     #[test]
     fn a_log_item_without_length_is_read_up_to_the_newline() {
