@@ -106,6 +106,11 @@ pub struct VendorStats {
     /// How long after the shim read each accepted entry (its timestamp) the
     /// intake accepted it; counted for every accepted entry, kept or not.
     pub read_to_accepted: Latency,
+    /// When the intake last accepted an entry (recorded the request that
+    /// carried it), in wall-clock milliseconds since the epoch; `None` until
+    /// it accepts one. A benchmark reads the end of delivery from it instead
+    /// of polling for the moment the count is complete.
+    pub last_accepted_unix_ms: Option<u64>,
 }
 
 impl VendorStats {
@@ -175,12 +180,17 @@ pub(crate) struct Pending {
     pub decoded_bytes: Option<usize>,
 }
 
+/// Wall-clock milliseconds since the epoch (0 before it).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Pending {
     /// Starts the record of a request that arrived now.
     pub fn arrived(vendor: Vendor, headers: &HeaderMap) -> Self {
-        let arrived_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let arrived_unix_ms = unix_ms();
         let headers = headers
             .iter()
             .filter(|(name, _)| !CREDENTIAL_HEADERS.contains(&name.as_str()))
@@ -348,6 +358,7 @@ impl Store {
             }
             Outcome::Injected { status } => (status, None, true, Vec::new(), Vec::new()),
         };
+        let accepted_unix_ms = (!lines.is_empty()).then(unix_ms);
         {
             let mut guard = self.lock();
             let inner = &mut *guard;
@@ -365,6 +376,9 @@ impl Store {
                 stats
                     .read_to_accepted
                     .record(line.time_ms, pending.arrived_unix_ms);
+            }
+            if accepted_unix_ms.is_some() {
+                stats.last_accepted_unix_ms = accepted_unix_ms;
             }
 
             // Counted entries have no value to keep: all count as dropped.
@@ -559,6 +573,43 @@ mod tests {
                 (1, 1, 250)
             );
         });
+    }
+
+    #[test]
+    fn the_time_of_the_last_accepted_entry_is_kept_per_vendor() {
+        let store = store();
+        let before = unix_ms();
+        let counted = |n| Outcome::Counted {
+            status: 202,
+            lines: vec![
+                Line {
+                    time_ms: None,
+                    oversized: false
+                };
+                n
+            ],
+        };
+        store.record(pending(), counted(2));
+        let last =
+            |store: &Store| store.read(|r| r.stats().vendor(Vendor::Datadog).last_accepted_unix_ms);
+        let accepted = last(&store).expect("an entry was accepted");
+        assert!((before..=unix_ms()).contains(&accepted));
+        // Neither a refusal, a fault nor an accepted request without
+        // entries accepts an entry.
+        store.record(
+            pending(),
+            Outcome::Rejected {
+                status: 400,
+                reason: "bad".into(),
+            },
+        );
+        store.record(pending(), Outcome::Injected { status: 503 });
+        store.record(pending(), counted(0));
+        assert_eq!(last(&store), Some(accepted));
+        assert_eq!(
+            store.read(|r| r.stats().vendor(Vendor::NewRelic).last_accepted_unix_ms),
+            None
+        );
     }
 
     #[test]
