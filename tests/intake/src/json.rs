@@ -19,6 +19,8 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::{Map, Number, Value};
 
+use crate::scan;
+
 /// A JSON value whose strings borrow from the parsed text where they can.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Tree<'a> {
@@ -136,9 +138,9 @@ impl<'a> Tree<'a> {
     /// bytes (`\u001f`), a number at most 24 (`-2.2250738585072014e-308`).
     fn json_len_bound(&self) -> usize {
         match self {
-            Tree::Null | Tree::Bool(_) => 5,
-            Tree::Number(_) => 24,
-            Tree::String(text) => str_len_bound(text),
+            Tree::Null | Tree::Bool(_) => scan::WORD_BOUND,
+            Tree::Number(_) => scan::NUMBER_BOUND,
+            Tree::String(text) => scan::str_bound(text),
             Tree::Array(items) => items.iter().fold(2 + items.len(), |sum, item| {
                 sum.saturating_add(item.json_len_bound())
             }),
@@ -146,7 +148,7 @@ impl<'a> Tree<'a> {
                 members
                     .iter()
                     .fold(2 + 2 * members.len(), |sum, (key, value)| {
-                        sum.saturating_add(str_len_bound(key))
+                        sum.saturating_add(scan::str_bound(key))
                             .saturating_add(value.json_len_bound())
                     })
             }
@@ -193,10 +195,6 @@ fn str_len(text: &str) -> usize {
     } else {
         text.len() + 2
     }
-}
-
-fn str_len_bound(text: &str) -> usize {
-    text.len().saturating_mul(6).saturating_add(2)
 }
 
 /// Length of what `serde_json` writes for `value`.
@@ -390,6 +388,7 @@ mod tests {
         r#"null"#,
         r#"true"#,
         r#"[false, 0, -0, -1, 18446744073709551615, -9223372036854775808, 1.5, 1e5, 1E300, 2.5e-8, 123456789012345678901234567890]"#,
+        r#"[-2.2250738585072014e-308, -0.000012345678901234567, -1234567890123456.7]"#,
         r#""plain""#,
         r#""esc\"aped\\ \/ \n\t\r\b\f \u0001 \u00e9 é \ud83d\ude00""#,
         r#"{"a":1,"b":{"c":[1,{"d":null}]},"a":"again","e":{}}"#,

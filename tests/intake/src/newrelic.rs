@@ -295,22 +295,28 @@ fn count_payload(decoded: &[u8], limits: &NewRelicLimits) -> Result<Vec<Line>, R
 
 /// The fast path of [`count_payload`] (see `scan`), for the detailed form as
 /// our sink writes it: an array of `{common, logs}` blocks whose common
-/// attributes come before their logs, and logs and attributes without
-/// nested objects, repeated names or escaped names. A log passes when its
-/// merged fields have a string `message`, at most `max_attributes` names
-/// and, if any, a `timestamp` of integer milliseconds of the years 2000 to
-/// 2100. Gives up on anything else.
+/// attributes come before their logs, and logs and attributes without nested
+/// objects, repeated or escaped names, or more than [`PLAIN_FIELDS`] fields
+/// to an object. A log passes when its merged fields have a string
+/// `message`, at most `max_attributes` names and, if any, a `timestamp` of
+/// integer milliseconds of the years 2000 to 2100. Gives up on anything
+/// else.
 struct Plain<'l, 'de> {
     limits: &'l NewRelicLimits,
     lines: Vec<Line>,
     /// The current block's common attributes.
     common: Vec<PlainField<'de>>,
-    /// The current log's `attributes`, then its top-level fields.
+    /// The current log's `attributes`.
     attributes: Vec<PlainField<'de>>,
+    /// The current log's top-level fields.
     top: Vec<PlainField<'de>>,
     /// The current log, merged.
     event: Vec<PlainField<'de>>,
 }
+
+/// Most fields of one object the fast path merges (by comparing names,
+/// pair by pair); larger objects are left to the full checks.
+const PLAIN_FIELDS: usize = 32;
 
 /// A field of a plain log: its name and what the checks need of its value.
 #[derive(Clone, Copy)]
@@ -593,8 +599,8 @@ impl<'de> Visitor<'de> for PlainFields<'_, 'de> {
                     continue;
                 }
             }
-            if fields.iter().any(|f| f.name == name) {
-                return Err(scan::give_up()); // a repeated field
+            if fields.len() == PLAIN_FIELDS || fields.iter().any(|f| f.name == name) {
+                return Err(scan::give_up()); // many fields, or a repeated one
             }
             let value = map.next_value_seed(PlainScalar(max_chars))?;
             fields.push(PlainField { name, value });

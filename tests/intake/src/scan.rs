@@ -39,11 +39,13 @@ pub(crate) fn str_bound(text: &str) -> usize {
     text.len().saturating_mul(6).saturating_add(2)
 }
 
-/// At least the length of a number's JSON text.
+/// At least the length of a number's JSON text: serde_json writes at most
+/// 20 characters for an integer and 24 for a float
+/// (`-2.2250738585072014e-308`).
 pub(crate) const NUMBER_BOUND: usize = 24;
 
 /// At least the length of `true`, `false` or `null`.
-const WORD_BOUND: usize = 5;
+pub(crate) const WORD_BOUND: usize = 5;
 
 /// The JSON type of a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
