@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
 
-use crate::store::{Outcome, Pending, Store};
+use crate::store::{Line, Outcome, Pending, Store};
 use crate::Vendor;
 
 /// Why a request is refused: its status and a reason naming the problem.
@@ -28,12 +28,23 @@ pub(crate) fn reject(status: StatusCode, reason: impl Into<String>) -> Rejection
     }
 }
 
+/// The entries of an accepted request, in the form the store wants
+/// ([`Store::keeps_entries`]).
+#[derive(Debug)]
+pub(crate) enum Entries {
+    /// Every entry as (value, oversized), for a store that keeps entries.
+    Kept(Vec<(Value, bool)>),
+    /// Only what the counters need of each entry, for a store that keeps
+    /// none.
+    Counted(Vec<Line>),
+}
+
 /// A request that passed the vendor's checks: the vendor's success status,
-/// the entries to record as (value, oversized), and the answer body.
+/// the entries to record, and the answer body.
 #[derive(Debug)]
 pub(crate) struct Accepted {
     pub status: StatusCode,
-    pub entries: Vec<(Value, bool)>,
+    pub entries: Entries,
     pub body: Value,
 }
 
@@ -71,13 +82,18 @@ pub(crate) async fn respond(
             entries,
             body,
         }) => {
-            store.record(
-                pending,
-                Outcome::Accepted {
-                    status: status.as_u16(),
+            let status_code = status.as_u16();
+            let outcome = match entries {
+                Entries::Kept(entries) => Outcome::Accepted {
+                    status: status_code,
                     entries,
                 },
-            );
+                Entries::Counted(lines) => Outcome::Counted {
+                    status: status_code,
+                    lines,
+                },
+            };
+            store.record(pending, outcome);
             (status, Json(body)).into_response()
         }
         Err(Rejection { status, reason }) => {

@@ -9,8 +9,6 @@
 //! requests or know a vendor's format: each vendor module says where its
 //! entries carry their timestamp.
 
-use std::collections::BTreeMap;
-
 use serde::{Serialize, Serializer};
 
 /// Values below this are their own bucket.
@@ -40,7 +38,9 @@ fn upper_bound(bucket: u64) -> u64 {
 /// Histogram of read → accepted latency, in milliseconds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Latency {
-    buckets: BTreeMap<u64, u64>,
+    /// Count per bucket, indexed by bucket; as long as the largest bucket
+    /// used (recording a line is an index, not a map insert).
+    buckets: Vec<u64>,
     count: u64,
     max_ms: u64,
     /// Accepted entries without a usable timestamp.
@@ -79,7 +79,12 @@ impl Latency {
             self.future += 1;
         }
         let waited = u64::try_from(waited).unwrap_or(0);
-        *self.buckets.entry(bucket(waited)).or_default() += 1;
+        // At most about 1,900 buckets, whatever the value.
+        let at = usize::try_from(bucket(waited)).unwrap_or(usize::MAX);
+        if at >= self.buckets.len() {
+            self.buckets.resize(at + 1, 0);
+        }
+        self.buckets[at] += 1;
         self.count += 1;
         self.max_ms = self.max_ms.max(waited);
     }
@@ -92,7 +97,7 @@ impl Latency {
         }
         let rank = ((quantile.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (&bucket, &n) in &self.buckets {
+        for (bucket, &n) in (0u64..).zip(&self.buckets) {
             seen += n;
             if seen >= rank {
                 return upper_bound(bucket).min(self.max_ms);

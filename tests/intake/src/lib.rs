@@ -15,14 +15,19 @@
 //!
 //! For benchmarks, every accepted entry's read → accepted latency (its
 //! timestamp against the request's arrival) goes into a bounded histogram
-//! per vendor ([`latency`]), reported in `GET /_intake/stats`; with
-//! `max_recorded_entries` set to 0 the intake only counts and times lines.
+//! per vendor ([`latency`]), reported in `GET /_intake/stats` with the time
+//! each vendor last accepted an entry; with `max_recorded_entries` set to 0
+//! the intake only counts and times lines, and builds no entries to do so.
 //!
 //! Use it in-process with [`Intake::start`], or as the
 //! `logdrain-test-intake` binary (for `docker compose`), which serves the
 //! same routes. Shared recording lives in [`store`] and fault injection in
-//! [`control`]; a vendor module only checks its requests and shapes its
-//! answers, so a new vendor is one more module of the same shape.
+//! [`control`]. Request JSON is read into a tree borrowing from the body
+//! (the private `json` module); when the intake only counts, a request that
+//! plainly passes is first read without building anything (`scan`), and
+//! anything else gets the full checks on the tree. A vendor module only
+//! checks its requests and shapes its answers, so a new vendor is one more
+//! module of the same shape.
 //!
 //! This crate must not be used to deliver real logs: it keeps everything in
 //! memory (capped, see [`IntakeConfig`]) and forgets it on exit.
@@ -32,10 +37,14 @@ mod body;
 pub mod control;
 pub mod datadog;
 mod handler;
+mod json;
 pub mod latency;
 pub mod newrelic;
+mod scan;
 pub mod sentry;
 pub mod store;
+#[cfg(test)]
+mod timing;
 
 use std::future::Future;
 use std::io;

@@ -106,6 +106,11 @@ pub struct VendorStats {
     /// How long after the shim read each accepted entry (its timestamp) the
     /// intake accepted it; counted for every accepted entry, kept or not.
     pub read_to_accepted: Latency,
+    /// When the intake last accepted an entry (recorded the request that
+    /// carried it), in wall-clock milliseconds since the epoch; `None` until
+    /// it accepts one. A benchmark reads the end of delivery from it instead
+    /// of polling for the moment the count is complete.
+    pub last_accepted_unix_ms: Option<u64>,
 }
 
 impl VendorStats {
@@ -175,12 +180,17 @@ pub(crate) struct Pending {
     pub decoded_bytes: Option<usize>,
 }
 
+/// Wall-clock milliseconds since the epoch (0 before it).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Pending {
     /// Starts the record of a request that arrived now.
     pub fn arrived(vendor: Vendor, headers: &HeaderMap) -> Self {
-        let arrived_unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let arrived_unix_ms = unix_ms();
         let headers = headers
             .iter()
             .filter(|(name, _)| !CREDENTIAL_HEADERS.contains(&name.as_str()))
@@ -204,15 +214,28 @@ impl Pending {
     }
 }
 
+/// What the counters and the latency histogram need of one accepted entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Line {
+    /// When the shim read the entry (its timestamp), in milliseconds since
+    /// the epoch; `None` when the entry carries no usable timestamp.
+    pub time_ms: Option<i64>,
+    /// The vendor would truncate the entry (over its per-entry size limit).
+    pub oversized: bool,
+}
+
 /// How a request was answered, for [`Store::record`].
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// Accepted (the vendor's success status) with these entries as
-    /// (value, oversized).
+    /// (value, oversized); each is timed from its value.
     Accepted {
         status: u16,
         entries: Vec<(Value, bool)>,
     },
+    /// Accepted while the store keeps no entries ([`Store::keeps_entries`]):
+    /// only what the counters need of each entry, read while checking it.
+    Counted { status: u16, lines: Vec<Line> },
     /// Rejected after checking the request.
     Rejected { status: u16, reason: String },
     /// Answered by an injected fault.
@@ -308,13 +331,34 @@ impl Store {
         Some(taken)
     }
 
+    /// Whether accepted entries are kept at all (`max_recorded_entries` is
+    /// not 0). When not, vendor modules need not build entries: they hand
+    /// over [`Outcome::Counted`].
+    pub fn keeps_entries(&self) -> bool {
+        self.lock().max_entries > 0
+    }
+
     /// Records one answered request and wakes waiters.
     pub fn record(&self, pending: Pending, outcome: Outcome) {
-        let (status, reason, injected, entries) = match outcome {
-            Outcome::Accepted { status, entries } => (status, None, false, entries),
-            Outcome::Rejected { status, reason } => (status, Some(reason), false, Vec::new()),
-            Outcome::Injected { status } => (status, None, true, Vec::new()),
+        let vendor = pending.vendor;
+        let (status, reason, injected, lines, entries) = match outcome {
+            Outcome::Accepted { status, entries } => {
+                let lines = entries
+                    .iter()
+                    .map(|(value, oversized)| Line {
+                        time_ms: vendor.entry_time_ms(value),
+                        oversized: *oversized,
+                    })
+                    .collect();
+                (status, None, false, lines, entries)
+            }
+            Outcome::Counted { status, lines } => (status, None, false, lines, Vec::new()),
+            Outcome::Rejected { status, reason } => {
+                (status, Some(reason), false, Vec::new(), Vec::new())
+            }
+            Outcome::Injected { status } => (status, None, true, Vec::new(), Vec::new()),
         };
+        let accepted_unix_ms = (!lines.is_empty()).then(unix_ms);
         {
             let mut guard = self.lock();
             let inner = &mut *guard;
@@ -322,30 +366,34 @@ impl Store {
             let id = inner.next_request_id;
             inner.next_request_id += 1;
 
-            let stats = records.stats.vendors.entry(pending.vendor).or_default();
+            let stats = records.stats.vendors.entry(vendor).or_default();
             stats.requests += 1;
             *stats.by_status.entry(status).or_default() += 1;
-            stats.entries += entries.len() as u64;
-            stats.oversized_entries += entries.iter().filter(|(_, big)| *big).count() as u64;
+            stats.entries += lines.len() as u64;
+            stats.oversized_entries += lines.iter().filter(|line| line.oversized).count() as u64;
             stats.injected += u64::from(injected);
-            for (value, _) in &entries {
+            for line in &lines {
                 stats
                     .read_to_accepted
-                    .record(pending.vendor.entry_time_ms(value), pending.arrived_unix_ms);
+                    .record(line.time_ms, pending.arrived_unix_ms);
+            }
+            if accepted_unix_ms.is_some() {
+                stats.last_accepted_unix_ms = accepted_unix_ms;
             }
 
+            // Counted entries have no value to keep: all count as dropped.
             let room = inner.max_entries.saturating_sub(records.entries.len());
-            let dropped = entries.len().saturating_sub(room);
-            records.stats.dropped_entries += dropped as u64;
-            let count = entries.len();
+            let count = lines.len();
+            let kept = entries.len().min(room);
+            records.stats.dropped_entries += (count - kept) as u64;
             records
                 .entries
                 .extend(
                     entries
                         .into_iter()
-                        .take(room)
+                        .take(kept)
                         .map(|(value, oversized)| Entry {
-                            vendor: pending.vendor,
+                            vendor,
                             request_id: id,
                             key: pending.key.clone(),
                             oversized,
@@ -356,7 +404,7 @@ impl Store {
             if records.requests.len() < inner.max_requests {
                 records.requests.push(RequestRecord {
                     id,
-                    vendor: pending.vendor,
+                    vendor,
                     arrived: pending.arrived,
                     arrived_unix_ms: pending.arrived_unix_ms,
                     auth: pending.auth,
@@ -492,6 +540,76 @@ mod tests {
             assert_eq!(latency.max_ms, 250);
             assert_eq!(latency.p50_ms, 10);
         });
+    }
+
+    #[test]
+    fn counted_entries_are_counted_and_timed_but_never_kept() {
+        let store = Store::new(&IntakeConfig {
+            max_recorded_entries: 0,
+            ..IntakeConfig::default()
+        });
+        assert!(!store.keeps_entries());
+        assert!(self::store().keeps_entries());
+        let mut arrived = pending();
+        arrived.arrived_unix_ms = 1_714_564_810_000;
+        let line = |time_ms, oversized| Line { time_ms, oversized };
+        store.record(
+            arrived,
+            Outcome::Counted {
+                status: 202,
+                lines: vec![line(Some(1_714_564_809_750), true), line(None, false)],
+            },
+        );
+        store.read(|r| {
+            let stats = r.stats();
+            let datadog = stats.vendor(Vendor::Datadog);
+            assert_eq!((datadog.entries, datadog.oversized_entries), (2, 1));
+            assert_eq!(stats.dropped_entries, 2);
+            assert_eq!(r.entry_count(Vendor::Datadog), 0);
+            assert_eq!(r.requests()[0].entries, 2);
+            let latency = datadog.read_to_accepted.summary();
+            assert_eq!(
+                (latency.count, latency.unstamped, latency.max_ms),
+                (1, 1, 250)
+            );
+        });
+    }
+
+    #[test]
+    fn the_time_of_the_last_accepted_entry_is_kept_per_vendor() {
+        let store = store();
+        let before = unix_ms();
+        let counted = |n| Outcome::Counted {
+            status: 202,
+            lines: vec![
+                Line {
+                    time_ms: None,
+                    oversized: false
+                };
+                n
+            ],
+        };
+        store.record(pending(), counted(2));
+        let last =
+            |store: &Store| store.read(|r| r.stats().vendor(Vendor::Datadog).last_accepted_unix_ms);
+        let accepted = last(&store).expect("an entry was accepted");
+        assert!((before..=unix_ms()).contains(&accepted));
+        // Neither a refusal, a fault nor an accepted request without
+        // entries accepts an entry.
+        store.record(
+            pending(),
+            Outcome::Rejected {
+                status: 400,
+                reason: "bad".into(),
+            },
+        );
+        store.record(pending(), Outcome::Injected { status: 503 });
+        store.record(pending(), counted(0));
+        assert_eq!(last(&store), Some(accepted));
+        assert_eq!(
+            store.read(|r| r.stats().vendor(Vendor::NewRelic).last_accepted_unix_ms),
+            None
+        );
     }
 
     #[test]

@@ -125,6 +125,29 @@ async fn stats_count_requests_per_vendor_and_status() {
 }
 
 #[tokio::test]
+async fn stats_say_when_each_vendor_last_accepted_an_entry() {
+    let intake = start().await;
+    let stats_url = control(&intake, "/stats");
+    let stats = json_body(reqwest::get(&stats_url).await.unwrap()).await;
+    assert_eq!(stats["vendors"]["datadog"], Value::Null, "nothing yet");
+
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let before = now_ms();
+    post(&intake, &logs(2)).send().await.unwrap();
+    let after = now_ms();
+    let stats = json_body(reqwest::get(&stats_url).await.unwrap()).await;
+    let accepted = stats["vendors"]["datadog"]["last_accepted_unix_ms"]
+        .as_u64()
+        .unwrap();
+    assert!((before..=after).contains(&accepted), "{stats}");
+}
+
+#[tokio::test]
 async fn requests_are_listed_with_status_reason_and_auth_form() {
     let intake = start().await;
     reqwest::Client::new()
