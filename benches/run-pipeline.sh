@@ -281,6 +281,14 @@ if ((${#counted[@]} > 0)); then
     # `start` is Unix seconds with nanoseconds (date +%s.%N).
     delivered_s=$(awk -v s="$start" -v ms="$last_ms" 'BEGIN {print ms / 1000 - s}')
 fi
+# Each vendor's own rate, from its first to its last accepted request: the
+# delivery rate of a backlog (after --outage), or of each vendor when
+# several deliver at once.
+vendor_rates=()
+for vendor in "${counted[@]}"; do
+    span=$(jq -r --arg v "$vendor" '(.vendors[$v].last_accepted_unix_ms // 0) - (.vendors[$v].first_accepted_unix_ms // 0)' <<<"$stats")
+    vendor_rates+=("$vendor $span")
+done
 read -r gateway_cpu gateway_hwm < <(proc_usage "$gateway_pid")
 read -r intake_cpu intake_hwm < <(proc_usage "$intake_pid")
 stats=$(curl -sf "$intake/_intake/stats")
@@ -294,6 +302,11 @@ wall_s=$(awk -v s="$start" -v n="$(now)" 'BEGIN {print n - s}')
     awk -v t="$total" -v s="$acked_s" 'BEGIN {printf "  acked:     %12.0f lines/s (%.2f s)\n", t / s, s}'
     [[ -n $delivered_s ]] &&
         awk -v t="$total" -v s="$delivered_s" 'BEGIN {printf "  delivered: %12.0f lines/s (%.2f s)\n", t / s, s}'
+    for entry in "${vendor_rates[@]}"; do
+        read -r vendor span <<<"$entry"
+        awk -v v="$vendor" -v t="$total" -v ms="$span" 'BEGIN {
+            if (ms > 0) printf "  %-9s first → last accepted: %10.0f lines/s (%.2f s)\n", v, t / (ms / 1000), ms / 1000 }'
+    done
     printf '  %-12s %9s %9s %11s\n' process wall_s cpu_s peak_rss_MiB
     row() { awk -v p="$1" -v w="$2" -v c="$3" -v m="$4" 'BEGIN {printf "  %-12s %9.2f %9.2f %11.1f\n", p, w, c, m / 1024}'; }
     row gateway "$wall_s" "$gateway_cpu" "$gateway_hwm"

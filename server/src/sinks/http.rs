@@ -154,6 +154,15 @@ pub fn usual_meaning(
     }
 }
 
+/// Gzips a whole body at once. Encoders write their JSON into a `Vec`
+/// first (serde_json's many small writes are cheapest there) and compress
+/// it in one call.
+pub fn gzip(json: &[u8]) -> io::Result<Vec<u8>> {
+    let mut gz = GzipBody::new(json.len() / 4 + 64);
+    gz.write_all(json)?;
+    gz.finish()
+}
+
 /// What a vendor answered: its status, headers and a short, redacted
 /// excerpt of its body.
 #[derive(Debug)]

@@ -22,7 +22,12 @@ pub const SHIM_ORIGIN: &str = "shim";
 /// The raw line as UTF-8: bytes that are not UTF-8 become U+FFFD, because
 /// JSON strings (and every vendor) need Unicode.
 pub fn lossy(data: &[u8]) -> Cow<'_, str> {
-    String::from_utf8_lossy(data)
+    // `from_utf8` checks ASCII a word at a time; the lossy path walks
+    // character by character and is only needed for invalid input.
+    match std::str::from_utf8(data) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(data),
+    }
 }
 
 /// The marker that ends a cut text, `original_bytes` being the length of
@@ -128,6 +133,14 @@ impl<W: Write> Write for Counting<W> {
         let n = self.inner.write(buf)?;
         self.count += n;
         Ok(n)
+    }
+
+    // serde_json writes every token with `write_all`: one call, not a loop.
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)?;
+        self.count += buf.len();
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -14,7 +14,7 @@
 //! | `PUT /_intake/{vendor}/keys` | JSON array of accepted keys, replacing the old ones |
 //! | `GET /_intake/{vendor}/entries` | JSON array of accepted entries; `?detail=true` adds request id, key, oversized |
 //! | `GET /_intake/requests` | every answered request with its status and reason |
-//! | `GET /_intake/stats` | counters per vendor and status, each vendor's read → accepted latency (`read_to_accepted`: count, p50/p99/p999/max ms) and when it last accepted an entry (`last_accepted_unix_ms`) |
+//! | `GET /_intake/stats` | counters per vendor and status, each vendor's read → accepted latency (`read_to_accepted`: count, p50/p99/p999/max ms) and when it first and last accepted an entry (`first_accepted_unix_ms`, `last_accepted_unix_ms`) |
 //! | `POST /_intake/reset` | forgets requests, entries, counters and faults (keeps keys) |
 //!
 //! This module must not check vendor requests; vendor modules do, and call

@@ -111,6 +111,10 @@ pub struct VendorStats {
     /// it accepts one. A benchmark reads the end of delivery from it instead
     /// of polling for the moment the count is complete.
     pub last_accepted_unix_ms: Option<u64>,
+    /// When the intake first accepted an entry, in the same clock: with
+    /// [`VendorStats::last_accepted_unix_ms`] the span a backlog took to
+    /// arrive, whatever came before it (an outage, a slow start).
+    pub first_accepted_unix_ms: Option<u64>,
 }
 
 impl VendorStats {
@@ -379,6 +383,9 @@ impl Store {
             }
             if accepted_unix_ms.is_some() {
                 stats.last_accepted_unix_ms = accepted_unix_ms;
+                if stats.first_accepted_unix_ms.is_none() {
+                    stats.first_accepted_unix_ms = accepted_unix_ms;
+                }
             }
 
             // Counted entries have no value to keep: all count as dropped.

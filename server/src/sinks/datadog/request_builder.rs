@@ -17,14 +17,14 @@
 //!   log within a request.
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::io;
 
 use serde::Serialize;
 
 use crate::queue::QueuedLine;
-use crate::sinks::http::GzipBody;
+use crate::sinks::http;
 use crate::sinks::level::{self, Level};
-use crate::sinks::text::{self, Attributes, Counting};
+use crate::sinks::text::{self, Attributes};
 
 /// Most log entries in one request.
 pub const MAX_EVENTS: usize = 1_000;
@@ -98,19 +98,19 @@ pub struct Encoded {
 
 /// Encodes `lines` as one gzipped JSON array.
 pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
-    let estimate = lines.iter().map(|l| l.line.data.len() / 4 + 64).sum();
-    let mut out = Counting::new(GzipBody::new(estimate));
-    out.write_all(b"[")?;
+    let estimate: usize = lines.iter().map(|l| l.line.data.len() + 160).sum();
+    let mut json = Vec::with_capacity(estimate.min(MAX_PAYLOAD_BYTES));
+    json.push(b'[');
     for (i, line) in lines.iter().enumerate() {
         if i > 0 {
-            out.write_all(b",")?;
+            json.push(b',');
         }
         let level = level::detect(&line.line.data, line.line.stream());
-        serde_json::to_writer(&mut out, &entry(agent_id, line, level))?;
+        serde_json::to_writer(&mut json, &entry(agent_id, line, level))?;
     }
-    out.write_all(b"]")?;
-    let json_bytes = out.count();
-    let body = out.into_inner().finish()?;
+    json.push(b']');
+    let json_bytes = json.len();
+    let body = http::gzip(&json)?;
     Ok(Encoded {
         body,
         json_bytes,

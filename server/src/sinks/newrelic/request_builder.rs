@@ -38,7 +38,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::queue::QueuedLine;
-use crate::sinks::http::GzipBody;
+use crate::sinks::http;
 use crate::sinks::level::{self, Level};
 use crate::sinks::text::{self, counted};
 use crate::sinks::SinkError;
@@ -250,13 +250,6 @@ fn write_json<W: Write>(out: &mut W, agent_id: &str, lines: &[QueuedLine]) -> io
     Ok(blocks.len())
 }
 
-/// Gzips a body.
-pub fn gzip(json: &[u8]) -> io::Result<Vec<u8>> {
-    let mut gz = GzipBody::new(json.len() / 4 + 64);
-    gz.write_all(json)?;
-    gz.finish()
-}
-
 /// A request body ready to send.
 #[derive(Debug)]
 pub struct Encoded {
@@ -275,7 +268,7 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
     let mut json = Vec::with_capacity(estimate.min(MAX_JSON_BYTES));
     let blocks = write_json(&mut json, agent_id, lines)?;
     Ok(Encoded {
-        body: gzip(&json)?,
+        body: http::gzip(&json)?,
         json_bytes: json.len(),
         events: lines.len(),
         blocks,

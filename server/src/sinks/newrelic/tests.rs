@@ -489,7 +489,7 @@ fn gzip_of_the_largest_incompressible_body_stays_under_the_post_limit() {
             (state >> 24) as u8
         })
         .collect();
-    let gzipped = request_builder::gzip(&random).unwrap();
+    let gzipped = crate::sinks::http::gzip(&random).unwrap();
     assert!(gzipped.len() > MAX_JSON_BYTES, "the data must not compress");
     assert!(gzipped.len() <= MAX_POST_BYTES, "{}", gzipped.len());
 }

@@ -42,9 +42,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::queue::QueuedLine;
-use crate::sinks::http::GzipBody;
+use crate::sinks::http;
 use crate::sinks::level::{self, Level};
-use crate::sinks::text::{self, json_len, Counting};
+use crate::sinks::text::{self, json_len};
 
 /// Most logs in one envelope (Sentry's SDKs flush at 100).
 pub const MAX_ITEMS: usize = 100;
@@ -213,8 +213,8 @@ pub struct Encoded {
 /// Encodes `lines` as one gzipped envelope with one `log` item, stamped
 /// `sent_at`.
 pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::Result<Encoded> {
-    let estimate = lines.iter().map(|l| l.line.data.len() / 4 + 128).sum();
-    let mut out = Counting::new(GzipBody::new(estimate));
+    let estimate: usize = lines.iter().map(|l| l.line.data.len() + 512).sum();
+    let mut out = Vec::with_capacity(estimate.min(MAX_ENVELOPE_BYTES));
     let header = EnvelopeHeader {
         sent_at: humantime::format_rfc3339_micros(sent_at).to_string(),
     };
@@ -235,8 +235,8 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::
         serde_json::to_writer(&mut out, &log(agent_id, line, level))?;
     }
     out.write_all(b"]}\n")?;
-    let envelope_bytes = out.count();
-    let body = out.into_inner().finish()?;
+    let envelope_bytes = out.len();
+    let body = http::gzip(&out)?;
     Ok(Encoded {
         body,
         envelope_bytes,
