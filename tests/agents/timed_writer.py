@@ -30,8 +30,12 @@ def main() -> None:
     def pick(q: float) -> int:
         return durations[min(len(durations) - 1, int(q * len(durations)))]
 
-    with open(report, "w", encoding="ascii") as out:
+    # Written aside and renamed: the test waits for the file to exist and
+    # must never read it half written.
+    partial = report + ".partial"
+    with open(partial, "w", encoding="ascii") as out:
         out.write(f"{pick(0.50)} {pick(0.99)} {durations[-1]}\n")
+    os.replace(partial, report)
 
 
 if __name__ == "__main__":
