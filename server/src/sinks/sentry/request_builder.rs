@@ -36,6 +36,7 @@
 
 use std::borrow::Cow;
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -73,6 +74,9 @@ pub const ITEM_CONTENT_TYPE: &str = "application/vnd.sentry.items.log+json";
 /// lines need no exact count before deciding they fit.
 pub const LOG_OVERHEAD_BOUND: usize = 1024;
 
+/// Stands in for a trace id where only the size counts.
+const TRACE_ID_SIZED: &str = "00000000000000000000000000000000";
+
 /// The trace id of every line of one replica: the first 16 bytes of
 /// SHA-256 over the agent id and the agent-server id, as 32 lowercase hex
 /// characters.
@@ -89,7 +93,7 @@ pub fn trace_id(agent_id: &str, agent_server_id: &str) -> String {
 #[derive(Serialize)]
 struct Log<'a> {
     timestamp: f64,
-    trace_id: String,
+    trace_id: &'a str,
     level: &'static str,
     body: Cow<'a, str>,
     attributes: Attributes<'a>,
@@ -131,14 +135,14 @@ struct Attributes<'a> {
 
 /// The log of `queued` at `level`. The body's budget is counted with the
 /// longest level name, so it does not depend on `level`.
-fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level) -> Log<'a> {
+fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level, trace_id: &'a str) -> Log<'a> {
     let line = &queued.line;
     let stream = line.stream();
     let logdrain = text::Attributes::of(line);
     let mut log = Log {
         // f64 keeps well under a microsecond for present-day times.
         timestamp: line.timestamp_ns as f64 / 1e9,
-        trace_id: trace_id(agent_id, &queued.agent_server_id),
+        trace_id,
         level: Level::WIDEST.as_str(),
         body: Cow::Borrowed(""),
         attributes: Attributes {
@@ -184,7 +188,8 @@ fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level) -> Log<'a> {
 /// Bytes `line` adds to the envelope: its log's JSON plus one separator, so
 /// a batch's sum plus [`ENVELOPE_OVERHEAD_BYTES`] bounds the envelope.
 pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
-    json_len(&log(agent_id, line, Level::WIDEST)) + 1
+    // Every trace id is 32 hex digits: no need to hash for the size.
+    json_len(&log(agent_id, line, Level::WIDEST, TRACE_ID_SIZED)) + 1
 }
 
 #[derive(Serialize)]
@@ -227,12 +232,22 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::
     };
     serde_json::to_writer(&mut out, &item)?;
     out.write_all(b"\n{\"items\":[")?;
+    let mut trace: Option<(Arc<str>, String)> = None;
     for (i, line) in lines.iter().enumerate() {
         if i > 0 {
             out.write_all(b",")?;
         }
         let level = level::detect(&line.line.data, line.line.stream());
-        serde_json::to_writer(&mut out, &log(agent_id, line, level))?;
+        // Lines of one replica come in runs: hash once per run.
+        if trace
+            .as_ref()
+            .is_none_or(|(server, _)| *server != line.agent_server_id)
+        {
+            let id = trace_id(agent_id, &line.agent_server_id);
+            trace = Some((Arc::clone(&line.agent_server_id), id));
+        }
+        let id = trace.as_ref().map_or("", |(_, id)| id.as_str());
+        serde_json::to_writer(&mut out, &log(agent_id, line, level, id))?;
     }
     out.write_all(b"]}\n")?;
     let envelope_bytes = out.len();
