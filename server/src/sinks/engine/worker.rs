@@ -112,6 +112,26 @@ enum Woke {
     Deadline,
 }
 
+/// A request on its own task; dropping it (the worker stopped) cancels the
+/// request, as dropping the future would.
+struct Sending(JoinHandle<Result<SendOutcome, SinkError>>);
+
+impl Sending {
+    async fn finish(mut self, vendor: &str) -> Result<SendOutcome, SinkError> {
+        (&mut self.0).await.unwrap_or_else(|e| {
+            Err(SinkError::Config {
+                reason: format!("sending the {vendor} request failed: {e}"),
+            })
+        })
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A batch cut from [`Pending`], with its request being encoded on the
 /// blocking pool ([`Sink::prepare`]).
 struct Ready {
@@ -200,15 +220,20 @@ impl<S: Source> Worker<S> {
                     self.start(lines)
                 }
             };
-            // A backlog: the next batch is full already, so it is encoded
-            // while this one is on its way. A partial batch still lingers.
-            self.fill().await?;
-            if self.pending.is_full(&self.limits) {
-                let next = self.pending.take_batch(&self.limits);
-                self.ahead = Some(self.start(next));
-            }
+            self.prefetch().await?;
             self.deliver(batch).await?;
         }
+    }
+
+    /// With a backlog, the next batch is full already: it is cut and encoded
+    /// while the current one is on its way. A partial batch still lingers.
+    async fn prefetch(&mut self) -> Result<(), Stopped> {
+        self.fill().await?;
+        if self.ahead.is_none() && self.pending.is_full(&self.limits) {
+            let next = self.pending.take_batch(&self.limits);
+            self.ahead = Some(self.start(next));
+        }
+        Ok(())
     }
 
     /// Starts encoding `lines` as one request on the blocking pool.
@@ -357,7 +382,13 @@ impl<S: Source> Worker<S> {
                     None => self.spawn_prepare(Arc::clone(&batch), range.clone()),
                 };
                 let sent = match self.prepared(task).await? {
-                    Ok(prepared) => self.send(lines, prepared).await,
+                    Ok(prepared) => {
+                        let sending = self.send(Arc::clone(&batch), range.clone(), prepared);
+                        // Reads the lines after the next batch from the
+                        // queue while this request is on its way.
+                        self.prefetch().await?;
+                        sending.finish(self.parts.route.kind.name()).await
+                    }
                     Err(error) => Err(error),
                 };
                 let error = match sent {
@@ -427,20 +458,26 @@ impl<S: Source> Worker<S> {
 
     /// One attempt, bounded by the engine's send timeout so a hung vendor
     /// cannot hold its route forever.
-    async fn send(
+    /// Starts the request on its own task, so the worker can read ahead
+    /// while it is in flight.
+    fn send(
         &self,
-        lines: &[QueuedLine],
+        batch: Arc<Vec<QueuedLine>>,
+        range: Range<usize>,
         prepared: Prepared,
-    ) -> Result<SendOutcome, SinkError> {
+    ) -> Sending {
         let limit = self.parts.settings.send_timeout;
-        let sending = self.parts.sink.send_prepared(lines, prepared);
-        match tokio::time::timeout(limit, sending).await {
-            Ok(result) => result,
-            Err(_) => Err(SinkError::Retryable {
-                reason: format!("no answer within {}s", limit.as_secs()),
-                retry_after: None,
-            }),
-        }
+        let sink = Arc::clone(&self.parts.sink);
+        Sending(tokio::spawn(async move {
+            let sending = sink.send_prepared(&batch[range], prepared);
+            match tokio::time::timeout(limit, sending).await {
+                Ok(result) => result,
+                Err(_) => Err(SinkError::Retryable {
+                    reason: format!("no answer within {}s", limit.as_secs()),
+                    retry_after: None,
+                }),
+            }
+        }))
     }
 
     fn accepted(&mut self, lines: &[QueuedLine], outcome: SendOutcome) {
