@@ -457,40 +457,70 @@ struct Checked {
     lines: Vec<Line>,
 }
 
-/// Checks a decompressed envelope like [`parse_envelope`]; builds the logs
-/// only when `keep`.
-fn check_envelope(
-    bytes: &[u8],
-    limits: &SentryLimits,
-    keep: bool,
-) -> Result<Checked, EnvelopeError> {
+/// One item of an envelope: where it is, its header, its `type` and its
+/// payload.
+struct Item<'a> {
+    index: usize,
+    header: Map<String, Value>,
+    kind: String,
+    payload: &'a [u8],
+}
+
+/// Reads the envelope header of a decompressed envelope and returns it with
+/// its items, each framed (by `length` or by the next newline) when it is
+/// reached, so an error names the first bad item in order.
+fn frame(bytes: &[u8]) -> Result<(Map<String, Value>, Items<'_>), EnvelopeError> {
     let mut rest = bytes;
     let header = json_object(take_line(&mut rest), || {
         "the envelope header (first line)".to_string()
     })?;
     check_envelope_header(&header)?;
-    let mut item_types = Vec::new();
-    let mut logs = Vec::new();
-    let mut lines = Vec::new();
-    while !rest.is_empty() {
-        let item = item_types.len();
-        let line = take_line(&mut rest);
+    Ok((header, Items { rest, index: 0 }))
+}
+
+/// The items after an envelope header ([`frame`]).
+struct Items<'a> {
+    rest: &'a [u8],
+    index: usize,
+}
+
+impl<'a> Iterator for Items<'a> {
+    type Item = Result<Item<'a>, EnvelopeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let item = self.index;
+        let result = self.next_item(item);
+        if result.is_err() {
+            self.rest = &[]; // nothing after a framing error
+        }
+        self.index += 1;
+        result.transpose()
+    }
+}
+
+impl<'a> Items<'a> {
+    fn next_item(&mut self, item: usize) -> Result<Option<Item<'a>>, EnvelopeError> {
+        let line = take_line(&mut self.rest);
         if line.is_empty() {
-            if rest.is_empty() {
-                break; // a trailing newline
+            if self.rest.is_empty() {
+                return Ok(None); // a trailing newline
             }
             return Err(EnvelopeError::Framing(format!(
                 "an empty line where the header of item {item} was expected"
             )));
         }
-        let item_header = json_object(line, || format!("the header of item {item}"))?;
-        let Some(kind) = item_header.get("type").and_then(Value::as_str) else {
+        let header = json_object(line, || format!("the header of item {item}"))?;
+        let Some(kind) = header.get("type").and_then(Value::as_str) else {
             return Err(EnvelopeError::Framing(format!(
                 "the header of item {item} has no string \"type\""
             )));
         };
-        let payload = match item_header.get("length") {
-            None => take_line(&mut rest),
+        let kind = kind.to_string();
+        let payload = match header.get("length") {
+            None => take_line(&mut self.rest),
             Some(length) => {
                 let length = length
                     .as_u64()
@@ -500,14 +530,14 @@ fn check_envelope(
                             "item {item}: length {length} is not a byte count"
                         ))
                     })?;
-                if length > rest.len() {
+                if length > self.rest.len() {
                     return Err(EnvelopeError::Framing(format!(
                         "item {item} declares length {length} but only {} bytes follow",
-                        rest.len()
+                        self.rest.len()
                     )));
                 }
-                let (payload, after) = rest.split_at(length);
-                rest = match after.split_first() {
+                let (payload, after) = self.rest.split_at(length);
+                self.rest = match after.split_first() {
                     None => after,
                     Some((b'\n', after)) => after,
                     Some(_) => {
@@ -519,6 +549,33 @@ fn check_envelope(
                 payload
             }
         };
+        Ok(Some(Item {
+            index: item,
+            header,
+            kind,
+            payload,
+        }))
+    }
+}
+
+/// Checks a decompressed envelope like [`parse_envelope`]; builds the logs
+/// only when `keep`.
+fn check_envelope(
+    bytes: &[u8],
+    limits: &SentryLimits,
+    keep: bool,
+) -> Result<Checked, EnvelopeError> {
+    let (header, items) = frame(bytes)?;
+    let mut item_types = Vec::new();
+    let mut logs = Vec::new();
+    let mut lines = Vec::new();
+    for next in items {
+        let Item {
+            index: item,
+            header: item_header,
+            kind,
+            payload,
+        } = next?;
         if kind == "log" {
             let plain = if keep {
                 None
@@ -543,7 +600,7 @@ fn check_envelope(
                 }
             }
         }
-        item_types.push(kind.to_string());
+        item_types.push(kind);
     }
     Ok(Checked {
         header,
@@ -1232,64 +1289,21 @@ mod tests {
             bytes: &[u8],
             limits: &SentryLimits,
         ) -> Result<Envelope, EnvelopeError> {
-            let mut rest = bytes;
-            let header = json_object(take_line(&mut rest), || {
-                "the envelope header (first line)".to_string()
-            })?;
-            check_envelope_header(&header)?;
+            // The framing is shared ([`frame`]); the log checks are the old ones.
+            let (header, items) = frame(bytes)?;
             let mut item_types = Vec::new();
             let mut logs = Vec::new();
-            while !rest.is_empty() {
-                let item = item_types.len();
-                let line = take_line(&mut rest);
-                if line.is_empty() {
-                    if rest.is_empty() {
-                        break; // a trailing newline
-                    }
-                    return Err(EnvelopeError::Framing(format!(
-                        "an empty line where the header of item {item} was expected"
-                    )));
-                }
-                let item_header = json_object(line, || format!("the header of item {item}"))?;
-                let Some(kind) = item_header.get("type").and_then(Value::as_str) else {
-                    return Err(EnvelopeError::Framing(format!(
-                        "the header of item {item} has no string \"type\""
-                    )));
-                };
-                let payload = match item_header.get("length") {
-                    None => take_line(&mut rest),
-                    Some(length) => {
-                        let length = length
-                            .as_u64()
-                            .and_then(|n| usize::try_from(n).ok())
-                            .ok_or_else(|| {
-                                EnvelopeError::Framing(format!(
-                                    "item {item}: length {length} is not a byte count"
-                                ))
-                            })?;
-                        if length > rest.len() {
-                            return Err(EnvelopeError::Framing(format!(
-                                "item {item} declares length {length} but only {} bytes follow",
-                                rest.len()
-                            )));
-                        }
-                        let (payload, after) = rest.split_at(length);
-                        rest = match after.split_first() {
-                            None => after,
-                            Some((b'\n', after)) => after,
-                            Some(_) => {
-                                return Err(EnvelopeError::Framing(format!(
-                                    "item {item}: its {length}-byte payload is not followed by a newline"
-                                )))
-                            }
-                        };
-                        payload
-                    }
-                };
+            for next in items {
+                let Item {
+                    index: item,
+                    header: item_header,
+                    kind,
+                    payload,
+                } = next?;
                 if kind == "log" {
                     logs.extend(check_log_item(item, &item_header, payload, limits)?);
                 }
-                item_types.push(kind.to_string());
+                item_types.push(kind);
             }
             Ok(Envelope {
                 header,
