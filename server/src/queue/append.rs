@@ -1,6 +1,7 @@
 //! The write path of an append: de-duplicate against the stream's
-//! high-water mark, encode the new lines as segments, and write segments and
-//! mark in one atomic sled batch while updating the agent's index. The
+//! high-water mark, encode the new lines as segments, append their lines to
+//! the agent's segment file, and write the segments' headers and the mark in
+//! one atomic sled batch while updating the agent's index. The
 //! disk watermark is checked first, and the agent's quota is made room for
 //! in the same batch (its oldest segments dropped, cursors moved past them).
 //!
@@ -162,29 +163,42 @@ impl Inner {
             );
         }
         let mut metas = Vec::with_capacity(encoded.len());
+        let mut written = Vec::with_capacity(encoded.len());
         for segment in encoded {
+            let at = match self.files.append(&agent.id, &segment.encoded_lines) {
+                Ok(at) => at,
+                Err(e) => {
+                    self.files.release(written);
+                    return Err(e);
+                }
+            };
+            written.push(at.file);
             // Allocated under the agent lock: an agent's segments become
             // visible in id order, so a cursor never passes an unseen one.
             let id = self.next_segment.fetch_add(1, Ordering::AcqRel);
-            batch.insert(keys::segment(agent_id, id), segment.value);
+            batch.insert(keys::segment(agent_id, id), segment.value(at));
             let meta = SegMeta {
                 lines: segment.lines,
                 bytes: segment.bytes,
                 span_ns: segment.span_ns,
                 tags: tags.clone(),
+                file: Some(at.file),
             };
             metas.push((id, meta));
         }
         batch.insert(hwm_key, &records::encode_hwm(hwm)[..]);
-        self.db.apply_batch(batch).inspect_err(|e| {
-            if is_enospc(e) {
+        if let Err(e) = self.db.apply_batch(batch) {
+            if is_enospc(&e) {
                 self.disk.write_failed();
             }
-        })?;
+            self.files.release(written);
+            return Err(e.into());
+        }
         if !plan.segments.is_empty() {
             let lost = plan.lost_lines;
-            let (lines, bytes) = index.apply_quota(&plan);
-            metrics::queue_popped(agent_id, lines, bytes);
+            let removed = index.apply_quota(&plan);
+            self.files.release(removed.files);
+            metrics::queue_popped(agent_id, removed.lines, removed.bytes);
             metrics::dropped(agent_id, "quota", lost);
             tracing::warn!(
                 agent = agent_id,

@@ -1,5 +1,9 @@
 //! Group commit: many writers, one flush.
 //!
+//! A flush first syncs the segment files written since the last one, then
+//! flushes sled, so a durable segment header always has durable lines; files
+//! that became empty before the flush began are deleted after it.
+//!
 //! A writer that needs its sled writes durable calls
 //! [`GroupCommit::wait_durable`] after writing. It registers for the next
 //! flush to *begin* (its generation); one flusher task at a time runs
@@ -16,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
+use super::files::SegmentFiles;
 use super::lock;
 
 /// Shared handle to the group commit of one database.
@@ -26,6 +31,7 @@ pub(crate) struct GroupCommit {
 
 struct Shared {
     db: sled::Db,
+    files: Arc<SegmentFiles>,
     state: Mutex<State>,
     progress: watch::Sender<Progress>,
     flushes: AtomicU64,
@@ -49,10 +55,11 @@ struct Progress {
 }
 
 impl GroupCommit {
-    pub(crate) fn new(db: sled::Db) -> Self {
+    pub(crate) fn new(db: sled::Db, files: Arc<SegmentFiles>) -> Self {
         GroupCommit {
             shared: Arc::new(Shared {
                 db,
+                files,
                 state: Mutex::new(State {
                     next: 1,
                     pending: false,
@@ -107,6 +114,17 @@ impl GroupCommit {
         }
     }
 
+    /// Asks for a flush soon without waiting for it (nothing happens outside
+    /// a Tokio runtime: the next flush then covers it).
+    pub(crate) fn request(&self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let mut state = lock(&self.shared.state);
+        state.pending = true;
+        self.start_if_idle(&mut state);
+    }
+
     fn start_if_idle(&self, state: &mut State) {
         if !state.running {
             state.running = true;
@@ -134,7 +152,7 @@ async fn run(shared: Arc<Shared>) {
             state.next += 1;
             state.next - 1
         };
-        let result = shared.db.flush_async().await;
+        let result = flush(&shared).await;
         shared.flushes.fetch_add(1, Ordering::Relaxed);
         shared.progress.send_modify(|p| match result {
             Ok(_) => p.durable = p.durable.max(generation),
@@ -144,6 +162,34 @@ async fn run(shared: Arc<Shared>) {
             }
         });
     }
+}
+
+/// One flush: segment files synced (on the blocking pool), then sled;
+/// files doomed before it began are deleted once it succeeded.
+async fn flush(shared: &Arc<Shared>) -> Result<(), sled::Error> {
+    let doomed = shared.files.take_doomed();
+    if shared.files.is_dirty() {
+        let files = shared.files.clone();
+        match tokio::task::spawn_blocking(move || files.sync()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(sled::Error::Io(e)),
+            Err(join) => {
+                return Err(sled::Error::ReportableBug(format!(
+                    "syncing the segment files failed: {join}"
+                )))
+            }
+        }
+    }
+    shared.db.flush_async().await?;
+    if !doomed.is_empty() {
+        let files = shared.files.clone();
+        // Done before the flush counts as complete, so a caller that awaited
+        // it sees the files gone (one file per 16 MiB of lines: rare).
+        if let Err(join) = tokio::task::spawn_blocking(move || files.delete(doomed)).await {
+            tracing::warn!(%join, "deleting delivered segment files failed; retried at the next open");
+        }
+    }
+    Ok(())
 }
 
 /// Marks the flusher stopped if its task is dropped mid-flush, and wakes

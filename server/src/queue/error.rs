@@ -52,6 +52,17 @@ pub enum QueueError {
     #[error("queue storage error: {0}")]
     Sled(#[from] sled::Error),
 
+    /// A segment file could not be written.
+    #[error(
+        "cannot write the queue's segment file {path:?}: {source}; check that the data dir is \
+         writable and has free space"
+    )]
+    Files {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A group commit (flush to disk) failed. Nothing written after the last
     /// successful flush may be acknowledged.
     #[error(
@@ -149,6 +160,7 @@ impl QueueError {
             | QueueError::DiskWedged { .. }
             | QueueError::OverQuota { .. } => true,
             QueueError::Sled(e) | QueueError::Flush(e) => is_enospc(e),
+            QueueError::Files { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
             _ => false,
         }
     }
@@ -191,6 +203,10 @@ pub enum RecordError {
 
     #[error("key does not match the queue's key layout")]
     Key,
+
+    /// A segment's lines could not be read from its segment file.
+    #[error("its lines in {path:?} cannot be read: {reason}")]
+    Lines { path: PathBuf, reason: String },
 
     /// A sealed route record whose key id is not this gateway's.
     #[error(

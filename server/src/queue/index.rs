@@ -38,6 +38,18 @@ pub(crate) struct SegMeta {
     pub span_ns: (i64, i64),
     /// Shared between consecutive segments with the same tags.
     pub tags: Arc<[RouteTag]>,
+    /// The segment file holding its lines (`None`: inline in sled).
+    pub file: Option<u64>,
+}
+
+/// What [`AgentIndex::remove_segments`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Removed {
+    pub lines: u64,
+    pub bytes: u64,
+    /// The segment file of each removed segment that had one (one entry per
+    /// segment), to release.
+    pub files: Vec<u64>,
 }
 
 impl SegMeta {
@@ -208,18 +220,24 @@ impl AgentIndex {
         }
     }
 
-    /// Removes segments; returns the (lines, bytes) they held.
-    pub(crate) fn remove_segments(&mut self, segments: &[u64]) -> (u64, u64) {
-        let (mut lines, mut bytes) = (0, 0);
+    /// Removes segments; returns what they held and their files.
+    pub(crate) fn remove_segments(&mut self, segments: &[u64]) -> Removed {
+        let mut removed = Removed::default();
         for id in segments {
             if let Some(meta) = self.segments.remove(id) {
-                lines += u64::from(meta.lines);
-                bytes += meta.bytes;
+                removed.lines += u64::from(meta.lines);
+                removed.bytes += meta.bytes;
+                removed.files.extend(meta.file);
             }
         }
-        self.lines -= lines;
-        self.bytes -= bytes;
-        (lines, bytes)
+        self.lines -= removed.lines;
+        self.bytes -= removed.bytes;
+        removed
+    }
+
+    /// Whether the segment is still queued.
+    pub(crate) fn contains(&self, segment: u64) -> bool {
+        self.segments.contains_key(&segment)
     }
 
     /// Segments `route` should read next, strictly after `after`, until
@@ -325,9 +343,9 @@ impl AgentIndex {
     }
 
     /// Applies a [`QuotaPlan`] after its sled write succeeded: routes move
-    /// past the dropped segments, which leave the index. Returns the
-    /// (lines, bytes) the segments held.
-    pub(crate) fn apply_quota(&mut self, plan: &QuotaPlan) -> (u64, u64) {
+    /// past the dropped segments, which leave the index. Returns what the
+    /// segments held.
+    pub(crate) fn apply_quota(&mut self, plan: &QuotaPlan) -> Removed {
         for loss in &plan.losses {
             if let Some(entry) = self.routes.iter_mut().find(|r| r.tag == loss.tag) {
                 if entry.cursor.is_none_or(|c| c < loss.cursor) {
@@ -433,6 +451,7 @@ mod tests {
                     bytes: u64::from(*lines) * 10,
                     span_ns: (i64::from(*lines), i64::from(*lines) + 1),
                     tags,
+                    file: None,
                 },
             );
         }
@@ -546,7 +565,8 @@ mod tests {
                 )
             ]
         );
-        assert_eq!(index.apply_quota(&plan), (8, 80));
+        let removed = index.apply_quota(&plan);
+        assert_eq!((removed.lines, removed.bytes), (8, 80));
         assert_eq!(
             index.cursor(&route("y")),
             Some(Some(Cursor {

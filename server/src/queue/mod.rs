@@ -1,20 +1,25 @@
 //! The durable queue: our own small interface over sled.
 //!
-//! Lines are stored in **segments**, one sled value per received batch (split
-//! above 1,024 lines or 256 KiB), because one key per line is about 30 times
-//! slower. Each segment is tagged with the routes its stream enabled; each
+//! Lines are stored in **segments**, one per received batch (split above
+//! 1,024 lines or 256 KiB), because one key per line is about 30 times
+//! slower. A segment's lines are appended to a segment file (`files.rs`);
+//! its sled value holds its header and where its lines are, so sled's
+//! values stay small. Each segment is tagged with the routes its stream enabled; each
 //! route has a committed [`Cursor`] (segment id, line index). A segment is
 //! deleted once every route tagged on it has committed past its last line.
 //!
 //! * [`Queue::append`] de-duplicates by (agent-server id, boot id, seq)
-//!   against the stream's high-water mark, writes the new segment(s) and the
-//!   new high-water mark in one atomic sled batch, and returns only after a
-//!   group commit (`commit.rs`) made them durable.
+//!   against the stream's high-water mark, appends the new segments' lines
+//!   to the agent's segment file, writes their headers and the new
+//!   high-water mark in one atomic sled batch, and returns only after a
+//!   group commit (`commit.rs`: segment files synced, then sled flushed)
+//!   made them durable.
 //! * [`Queue::read`] finds the next segments of a route from an in-memory
 //!   index (`index.rs`) rebuilt from segment headers at open, so it never
 //!   decodes a segment just to look at its tags.
 //! * [`Queue::commit`] writes a cursor and deletes the segments it frees in
-//!   the same atomic batch.
+//!   the same atomic batch; a segment file is deleted after the group commit
+//!   that made the removal of its last segment durable.
 //! * Entries that cannot be decoded are moved to the `quarantine` tree, at
 //!   open or when a read meets them; they never make open fail.
 //! * Limits ([`QueueLimits`]): an append that would take an agent over its
@@ -34,6 +39,7 @@ mod append;
 mod commit;
 mod disk;
 mod error;
+mod files;
 mod index;
 mod keys;
 mod open;
@@ -63,7 +69,8 @@ use crate::route::{RouteKey, Secrets};
 use append::Stored;
 use commit::GroupCommit;
 use disk::DiskGuard;
-use index::AgentIndex;
+use files::SegmentFiles;
+use index::{AgentIndex, Removed};
 
 /// Position of one line in an agent's queue: segment id, index in segment.
 /// Ordered.
@@ -209,6 +216,8 @@ pub struct Queue {
 struct Inner {
     dir: PathBuf,
     db: sled::Db,
+    /// Where the segments' lines are.
+    files: Arc<SegmentFiles>,
     quarantine: sled::Tree,
     agents: RwLock<HashMap<Arc<str>, Arc<Agent>>>,
     streams: Box<[Mutex<()>]>,
@@ -491,8 +500,10 @@ impl Queue {
             })?;
         }
         index.set_cursor(route, through);
-        let (lines, bytes) = index.remove_segments(&freed);
-        report_popped(&agent.id, &index, lines, bytes);
+        let removed = index.remove_segments(&freed);
+        report_popped(&agent.id, &index, &removed);
+        drop(index);
+        inner.release(removed.files);
         Ok(())
     }
 
@@ -512,8 +523,10 @@ impl Queue {
         }
         inner.db.apply_batch(batch)?;
         index.remove_route(route);
-        let (lines, bytes) = index.remove_segments(&freed);
-        report_popped(&agent.id, &index, lines, bytes);
+        let removed = index.remove_segments(&freed);
+        report_popped(&agent.id, &index, &removed);
+        drop(index);
+        inner.release(removed.files);
         Ok(())
     }
 
@@ -622,15 +635,46 @@ impl Inner {
         let Some(value) = self.db.get(&key)? else {
             return Ok(None);
         };
-        match segment::decode(Bytes::from_owner(value.clone())) {
+        let decoded = segment::decode_header(&value).and_then(|checked| {
+            let encoded = match checked.header.location() {
+                None => segment::inline_lines(&checked, Bytes::from_owner(value.clone())),
+                Some(at) => match self.files.read(at) {
+                    Ok(bytes) => Bytes::from(bytes),
+                    Err(reason) => {
+                        return Err(RecordError::Lines {
+                            path: self.files.path(at.file),
+                            reason: reason.to_string(),
+                        })
+                    }
+                },
+            };
+            let lines = segment::decode_lines(&checked, encoded)?;
+            Ok((checked, lines))
+        });
+        match decoded {
             Ok((checked, lines)) => Ok(Some(Loaded {
                 server: Arc::from(checked.header.agent_server_id.as_str()),
                 lines,
             })),
+            // Freed (and its file deleted) while it was being read.
+            Err(RecordError::Lines { .. }) if !lock(&agent.index).contains(id) => Ok(None),
             Err(reason) => {
                 self.quarantine_segment(agent, id, &key, &value, reason)?;
                 Ok(None)
             }
+        }
+    }
+
+    /// Segments no longer point into these files. Files left empty are
+    /// deleted after the next group commit, which is started now if none
+    /// is under way (a removal must be durable before its file goes).
+    fn release(&self, files: Vec<u64>) {
+        if files.is_empty() {
+            return;
+        }
+        self.files.release(files);
+        if self.files.has_doomed() {
+            self.commit.request();
         }
     }
 
@@ -651,10 +695,12 @@ impl Inner {
         );
         self.quarantine.insert(key, value)?;
         self.db.remove(key)?;
-        let (lines, bytes) = index.remove_segments(&[id]);
+        let removed = index.remove_segments(&[id]);
         metrics::quarantined(1);
-        metrics::dropped(&agent.id, "quarantined", lines);
-        report_popped(&agent.id, &index, lines, bytes);
+        metrics::dropped(&agent.id, "quarantined", removed.lines);
+        report_popped(&agent.id, &index, &removed);
+        drop(index);
+        self.release(removed.files);
         Ok(())
     }
 }
@@ -676,9 +722,9 @@ impl Agent {
     }
 }
 
-fn report_popped(agent_id: &str, index: &AgentIndex, lines: u64, bytes: u64) {
-    if lines > 0 {
-        metrics::queue_popped(agent_id, lines, bytes);
+fn report_popped(agent_id: &str, index: &AgentIndex, removed: &Removed) {
+    if removed.lines > 0 {
+        metrics::queue_popped(agent_id, removed.lines, removed.bytes);
         let (lines, bytes) = index.depth();
         metrics::queue_depth(agent_id, lines, bytes);
     }

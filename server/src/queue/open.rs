@@ -1,5 +1,12 @@
 //! Opening the queue: one scan of the database rebuilds every agent's index.
 //!
+//! A segment whose lines are missing from its segment file (the file was
+//! cut short by a crash of the machine before the group commit that would
+//! have acknowledged it) is quarantined, and its stream's high-water mark
+//! moves back before it, so the shim's resend of those unacknowledged lines
+//! is accepted rather than taken for duplicates. Segment files no segment
+//! points into are deleted once the open's own removals are durable.
+//!
 //! Keys sort by kind byte (`c`ursors, `h`igh-water marks, `m`eta, `r`outes,
 //! `s`egments), so cursors and routes are known before the first segment is
 //! indexed. Each segment's checksum and header are verified, its lines are
@@ -27,6 +34,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::commit::GroupCommit;
 use super::disk::DiskGuard;
 use super::error::{QueueError, RecordError};
+use super::files::{Existing, SegmentFiles};
 use super::index::{AgentIndex, SegMeta};
 use super::keys::{self, Parsed};
 use super::seal::SealKey;
@@ -162,11 +170,19 @@ pub(super) fn open(
     })?;
     let quarantine = db.open_tree(QUARANTINE_TREE)?;
     check_format(&db, dir)?;
+    let (files, existing) = SegmentFiles::open(dir).map_err(|source| QueueError::Files {
+        path: dir.join("lines"),
+        source,
+    })?;
 
-    let mut scan = Scan::new(seal.clone());
+    let files = Arc::new(files);
+    let mut scan = Scan::new(seal.clone(), &files, &existing);
     for item in db.iter() {
         let (key, value) = item?;
         scan.visit(&key, &value);
+    }
+    for rollback in &scan.rollbacks {
+        roll_back_hwm(&db, rollback)?;
     }
 
     for (key, value, reason) in &scan.bad {
@@ -210,7 +226,7 @@ pub(super) fn open(
     };
     let mut agents = HashMap::with_capacity(scan.agents.len());
     for (agent_id, mut index) in scan.agents {
-        free_unheld(&db, &agent_id, &mut index)?;
+        free_unheld(&db, &files, &agent_id, &mut index)?;
         let (lines, bytes) = index.depth();
         metrics::queue_depth(&agent_id, lines, bytes);
         report.segments += index.segment_count() as u64;
@@ -218,16 +234,33 @@ pub(super) fn open(
         agents.insert(agent_id.clone(), Agent::new(agent_id, index));
     }
 
+    // Files go only once the removals above are durable.
+    db.flush()?;
+    files.delete(files.take_doomed());
+    let deleted = files
+        .delete_unreferenced(&existing)
+        .map_err(|source| QueueError::Files {
+            path: dir.join("lines"),
+            source,
+        })?;
+    if deleted > 0 {
+        tracing::info!(
+            files = deleted,
+            "deleted segment files no queued segment points into"
+        );
+    }
+
     let inner = Inner {
         dir: dir.to_path_buf(),
         db: db.clone(),
+        files: files.clone(),
         quarantine,
         agents: RwLock::new(agents),
         streams: (0..STREAM_LOCKS).map(|_| Mutex::new(())).collect(),
         stream_hasher: Default::default(),
         seal,
         next_segment: AtomicU64::new(scan.max_segment.saturating_add(1)),
-        commit: GroupCommit::new(db),
+        commit: GroupCommit::new(db, files.clone()),
         limits,
         disk: DiskGuard::new(dir, limits.min_free_bytes),
         quota_drops: Mutex::new(HashMap::new()),
@@ -264,8 +297,14 @@ fn check_format(db: &sled::Db, dir: &Path) -> Result<(), QueueError> {
 }
 
 /// What one pass over the database found.
-struct Scan {
+struct Scan<'a> {
     seal: SealKey,
+    files: &'a SegmentFiles,
+    /// Segment files on disk and their lengths.
+    existing: &'a Existing,
+    /// Streams whose high-water mark must move back before a segment whose
+    /// lines are missing.
+    rollbacks: Vec<Rollback>,
     agents: HashMap<Arc<str>, AgentIndex>,
     cursors: HashMap<RouteKey, Cursor>,
     routes: usize,
@@ -278,10 +317,21 @@ struct Scan {
     bad: Vec<(sled::IVec, sled::IVec, RecordError)>,
 }
 
-impl Scan {
-    fn new(seal: SealKey) -> Self {
+/// A stream's high-water mark to lower to `seq`.
+struct Rollback {
+    agent_id: String,
+    agent_server_id: String,
+    boot_id: String,
+    seq: u64,
+}
+
+impl<'a> Scan<'a> {
+    fn new(seal: SealKey, files: &'a SegmentFiles, existing: &'a Existing) -> Self {
         Self {
             seal,
+            files,
+            existing,
+            rollbacks: Vec::new(),
             agents: HashMap::new(),
             cursors: HashMap::new(),
             routes: 0,
@@ -326,7 +376,24 @@ impl Scan {
             }
             Some(Parsed::Segment { agent_id, segment }) => {
                 self.max_segment = self.max_segment.max(segment);
-                segment::decode_header(value).map(|checked| {
+                let checked = segment::decode_header(value).and_then(|checked| {
+                    self.lines_present(&checked.header)?;
+                    Ok(checked)
+                });
+                if let Err(RecordError::Lines { .. }) = &checked {
+                    if let Ok(lost) = segment::decode_header(value) {
+                        self.rollbacks.push(Rollback {
+                            agent_id: agent_id.clone(),
+                            agent_server_id: lost.header.agent_server_id,
+                            boot_id: lost.header.boot_id,
+                            seq: lost.header.first_seq.saturating_sub(1),
+                        });
+                    }
+                }
+                checked.map(|checked| {
+                    if let Some(at) = checked.header.location() {
+                        self.files.add_live(at.file);
+                    }
                     let index = self.agent(&agent_id);
                     let tags = index.tags_for(checked.tags.iter().map(|(k, c)| (*k, c.as_str())));
                     index.insert_segment(
@@ -339,6 +406,7 @@ impl Scan {
                                 checked.header.newest_timestamp_ns,
                             ),
                             tags,
+                            file: checked.header.location().map(|at| at.file),
                         },
                     );
                 })
@@ -348,6 +416,26 @@ impl Scan {
         if let Err(reason) = result {
             self.bad.push((key.clone(), value.clone(), reason));
         }
+    }
+
+    /// Whether a segment's lines are within its segment file (their
+    /// checksum is verified when they are read).
+    fn lines_present(&self, header: &segment::Header) -> Result<(), RecordError> {
+        let Some(at) = header.location() else {
+            return Ok(());
+        };
+        let end = at.offset.saturating_add(u64::from(at.len));
+        let reason = match self.existing.get(&at.file) {
+            None => "the file is missing".to_string(),
+            Some(&len) if len < end => {
+                format!("the file ends at byte {len}, before the lines' end at byte {end}")
+            }
+            Some(_) => return Ok(()),
+        };
+        Err(RecordError::Lines {
+            path: self.files.path(at.file),
+            reason,
+        })
     }
 
     fn agent(&mut self, agent_id: &str) -> &mut AgentIndex {
@@ -362,9 +450,38 @@ impl Scan {
     }
 }
 
+/// Lowers a stream's high-water mark to `rollback.seq` (never raises it).
+fn roll_back_hwm(db: &sled::Db, rollback: &Rollback) -> Result<(), QueueError> {
+    let key = keys::hwm(
+        &rollback.agent_id,
+        &rollback.agent_server_id,
+        &rollback.boot_id,
+    );
+    let current = match db.get(&key)? {
+        Some(value) => records::decode_hwm(&value).unwrap_or(u64::MAX),
+        None => return Ok(()),
+    };
+    if rollback.seq < current {
+        db.insert(&key, &records::encode_hwm(rollback.seq)[..])?;
+        tracing::warn!(
+            agent = rollback.agent_id,
+            agent_server_id = rollback.agent_server_id,
+            seq = rollback.seq,
+            "lines of an unacknowledged batch were lost from a segment file (the machine \
+             stopped before they were synced); the stream accepts them again from the next seq"
+        );
+    }
+    Ok(())
+}
+
 /// Deletes segments no stored route holds (their routes were removed or
 /// their route records were unreadable).
-fn free_unheld(db: &sled::Db, agent_id: &str, index: &mut AgentIndex) -> Result<(), QueueError> {
+fn free_unheld(
+    db: &sled::Db,
+    files: &SegmentFiles,
+    agent_id: &str,
+    index: &mut AgentIndex,
+) -> Result<(), QueueError> {
     let unheld = index.unheld();
     if unheld.is_empty() {
         return Ok(());
@@ -374,11 +491,12 @@ fn free_unheld(db: &sled::Db, agent_id: &str, index: &mut AgentIndex) -> Result<
         batch.remove(keys::segment(agent_id, *id));
     }
     db.apply_batch(batch)?;
-    let (lines, _) = index.remove_segments(&unheld);
+    let removed = index.remove_segments(&unheld);
+    files.release(removed.files);
     tracing::info!(
         agent = agent_id,
         segments = unheld.len(),
-        lines,
+        lines = removed.lines,
         "freed queued segments that no stored route holds"
     );
     Ok(())

@@ -1,43 +1,38 @@
-//! Segment encoding: one sled value holds a run of consecutive lines of one
-//! stream, and the routes they are tagged with.
+//! Segment encoding: a run of consecutive lines of one stream, and the
+//! routes they are tagged with.
 //!
-//! Layout (all integers big-endian):
+//! A segment is one sled value (all integers big-endian):
 //!
 //! ```text
-//! version (1) | crc32 of the rest (4) | header length (4) | Header (protobuf) | Lines (protobuf)
+//! version (1) | crc32 of the rest (4) | header length (4) | Header (protobuf) | Lines (protobuf)?
 //! ```
 //!
+//! The encoded `Lines` live in a segment file (`files.rs`) and the header
+//! records where ([`Header::location`]); segments written by earlier
+//! versions carry their lines inline after the header, and are still read.
 //! The header (stream identity, first sequence number, line and byte
-//! counts, route tags) decodes without touching the lines, so opening the
-//! queue reads tags and sizes cheaply. Decoding checks the version, the
-//! checksum, the header length and the line count, and never panics on bad
-//! bytes. This module must not touch the database.
+//! counts, route tags, location) decodes without touching the lines, so
+//! opening the queue reads tags and sizes cheaply. Decoding checks the
+//! version, the checksums, the header length and the line count, and never
+//! panics on bad bytes. This module must not touch the database or files.
 
 use bytes::Bytes;
 use logdrain::v1::Line;
 use prost::Message;
 
 use super::error::RecordError;
+use super::files::Location;
 use super::records::{frame_finish, frame_start, unframe};
 use crate::route::{DestinationKind, RouteKey};
 
 /// Most lines in one segment. A received batch with more is split into
 /// several segments (written in the same atomic batch), so one read never
 /// decodes a huge value to hand out a few lines.
-pub(crate) const MAX_SEGMENT_LINES: usize = 256;
+pub(crate) const MAX_SEGMENT_LINES: usize = 1024;
 
 /// Most line data bytes in one segment (a single longer line gets a segment
 /// of its own).
-///
-/// Small on purpose: with both limits a segment's value stays under about
-/// 27 KB, so a sled leaf (at most 17 entries) stays under the size sled
-/// writes out as a separate blob (a quarter of its 2 MiB log segment, see
-/// `open::SLED_SEGMENT_BYTES`). sled counts a blob in its page cache at the
-/// size of its pointer, so leaves of large values were never evicted: the
-/// whole backlog stayed in memory. Measured with sled alone: 400 MB written
-/// as 100 KB values → 404 MB RSS; as 28 KB values → 181 MB, flat at 188 MB
-/// after 1.2 GB.
-pub(crate) const MAX_SEGMENT_DATA_BYTES: usize = 20 * 1024;
+pub(crate) const MAX_SEGMENT_DATA_BYTES: usize = 256 * 1024;
 
 /// What a segment says about itself, readable without decoding its lines.
 #[derive(Clone, PartialEq, Message)]
@@ -62,6 +57,28 @@ pub(crate) struct Header {
     pub oldest_timestamp_ns: i64,
     #[prost(int64, tag = "8")]
     pub newest_timestamp_ns: i64,
+    /// Where the encoded lines are stored; unset (length 0) in segments
+    /// that carry their lines inline (written by earlier versions).
+    #[prost(uint64, tag = "9")]
+    pub file: u64,
+    #[prost(uint64, tag = "10")]
+    pub offset: u64,
+    #[prost(uint32, tag = "11")]
+    pub length: u32,
+    #[prost(fixed32, tag = "12")]
+    pub lines_crc: u32,
+}
+
+impl Header {
+    /// Where the lines are stored; `None` when they are inline.
+    pub(crate) fn location(&self) -> Option<Location> {
+        (self.length > 0).then_some(Location {
+            file: self.file,
+            offset: self.offset,
+            len: self.length,
+            crc: self.lines_crc,
+        })
+    }
 }
 
 /// One route a segment is tagged with (its agent is the segment's agent).
@@ -98,13 +115,48 @@ pub(crate) struct CheckedHeader {
     lines_offset: usize,
 }
 
-/// One encoded segment, with the sizes the index keeps.
+/// One encoded segment, with the sizes the index keeps: its encoded lines
+/// go to a segment file, then [`Encoded::value`] makes the sled value that
+/// points to them.
 pub(crate) struct Encoded {
     pub lines: u32,
     pub bytes: u64,
     /// Earliest and latest line timestamp (ns).
     pub span_ns: (i64, i64),
-    pub value: Vec<u8>,
+    pub header: Header,
+    /// The encoded `Lines` message.
+    pub encoded_lines: Vec<u8>,
+}
+
+impl Encoded {
+    /// The sled value of the segment whose lines are stored `at`.
+    pub(crate) fn value(&self, at: Location) -> Vec<u8> {
+        let header = Header {
+            file: at.file,
+            offset: at.offset,
+            length: at.len,
+            lines_crc: at.crc,
+            ..self.header.clone()
+        };
+        framed(&header, &[])
+    }
+
+    /// The segment as earlier versions stored it: lines inline.
+    #[cfg(test)]
+    pub(crate) fn inline_value(&self) -> Vec<u8> {
+        framed(&self.header, &self.encoded_lines)
+    }
+}
+
+fn framed(header: &Header, encoded_lines: &[u8]) -> Vec<u8> {
+    let header_len = header.encoded_len();
+    let mut out = frame_start(4 + header_len + encoded_lines.len());
+    // A header holds a few ids and tags: far below 4 GiB.
+    let header_len_u32 = u32::try_from(header_len).unwrap_or(u32::MAX);
+    out.extend_from_slice(&header_len_u32.to_be_bytes());
+    header.encode_raw(&mut out);
+    out.extend_from_slice(encoded_lines);
+    frame_finish(out)
 }
 
 /// Encodes a received batch (whose first line has `first_seq`) as one or
@@ -150,20 +202,14 @@ pub(crate) fn encode(mut header: Header, lines: Vec<Line>) -> Encoded {
     header.data_bytes = lines.iter().map(|l| l.data.len() as u64).sum();
     header.oldest_timestamp_ns = lines.iter().map(|l| l.timestamp_ns).min().unwrap_or(0);
     header.newest_timestamp_ns = lines.iter().map(|l| l.timestamp_ns).max().unwrap_or(0);
-    let lines = Lines { lines };
-    let header_len = header.encoded_len();
-    let mut out = frame_start(4 + header_len + lines.encoded_len());
-    // A header holds a few ids and tags: far below 4 GiB.
-    let header_len_u32 = u32::try_from(header_len).unwrap_or(u32::MAX);
-    out.extend_from_slice(&header_len_u32.to_be_bytes());
-    header.encode_raw(&mut out);
-    lines.encode_raw(&mut out);
+    let encoded_lines = Lines { lines }.encode_to_vec();
     Encoded {
         // Callers pass at most MAX_SEGMENT_LINES lines (see `split`).
         lines: u32::try_from(header.line_count).unwrap_or(u32::MAX),
         bytes: header.data_bytes,
         span_ns: (header.oldest_timestamp_ns, header.newest_timestamp_ns),
-        value: frame_finish(out),
+        header,
+        encoded_lines,
     }
 }
 
@@ -206,17 +252,36 @@ pub(crate) fn decode_header(value: &[u8]) -> Result<CheckedHeader, RecordError> 
     })
 }
 
-/// Decodes a whole segment. Line data are slices of `value` (no copy).
+/// Decodes a segment whose lines are inline. Line data are slices of
+/// `value` (no copy).
+#[cfg(test)]
 pub(crate) fn decode(value: Bytes) -> Result<(CheckedHeader, Vec<Line>), RecordError> {
     let checked = decode_header(&value)?;
-    let lines = Lines::decode(value.slice(checked.lines_offset..))?.lines;
+    let lines = decode_lines(&checked, value.slice(checked.lines_offset..))?;
+    Ok((checked, lines))
+}
+
+/// The inline lines of a checked segment value (empty when its lines are
+/// in a segment file).
+pub(crate) fn inline_lines(checked: &CheckedHeader, value: Bytes) -> Bytes {
+    value.slice(checked.lines_offset.min(value.len())..)
+}
+
+/// Decodes a segment's encoded lines (inline, or read from its file) and
+/// checks their count against the header. Line data are slices of
+/// `encoded` (no copy).
+pub(crate) fn decode_lines(
+    checked: &CheckedHeader,
+    encoded: Bytes,
+) -> Result<Vec<Line>, RecordError> {
+    let lines = Lines::decode(encoded)?.lines;
     if lines.len() as u64 != checked.header.line_count {
         return Err(RecordError::LineCount {
             header: checked.header.line_count,
             found: lines.len(),
         });
     }
-    Ok((checked, lines))
+    Ok(lines)
 }
 
 #[cfg(test)]
@@ -245,7 +310,7 @@ mod tests {
 
     #[test]
     fn segment_round_trips() {
-        let value = encode(header(), vec![line("a"), line("bc")]).value;
+        let value = encode(header(), vec![line("a"), line("bc")]).inline_value();
         let (checked, lines) = decode(Bytes::from(value)).expect("decodes");
         assert_eq!(checked.lines, 2);
         assert_eq!(checked.header.data_bytes, 3);
@@ -259,7 +324,7 @@ mod tests {
 
     #[test]
     fn every_single_byte_flip_and_truncation_is_detected_without_panic() {
-        let value = encode(header(), vec![line("hello"), line("world")]).value;
+        let value = encode(header(), vec![line("hello"), line("world")]).inline_value();
         for i in 0..value.len() {
             let mut bad = value.clone();
             bad[i] ^= 0x01;
@@ -297,12 +362,12 @@ mod tests {
         let firsts: Vec<(u64, u32)> = encoded
             .into_iter()
             .map(|e| {
-                let checked = decode_header(&e.value).expect("decodes");
+                let checked = decode_header(&e.inline_value()).expect("decodes");
                 (checked.header.first_seq, e.lines)
             })
             .collect();
-        let expected: Vec<(u64, u32)> = (0..10)
-            .map(|i| (10 + 256 * i, if i < 9 { 256 } else { 196 }))
+        let expected: Vec<(u64, u32)> = (0..3)
+            .map(|i| (10 + 1024 * i, if i < 2 { 1024 } else { 452 }))
             .collect();
         assert_eq!(firsts, expected);
     }
@@ -313,7 +378,7 @@ mod tests {
         let chunks = split(lines.clone());
         assert_eq!(
             chunks.iter().map(Vec::len).collect::<Vec<_>>(),
-            [vec![256; 9], vec![196]].concat()
+            vec![1024, 1024, 452]
         );
         assert_eq!(chunks.concat(), lines);
 

@@ -311,8 +311,8 @@ async fn acked_lines_survive_reopen() {
     }
     let (queue, report) = reopen(&dir);
     assert_eq!(report.lines, 2010);
-    // 2000 lines are more than one segment holds (256): 8 + 1.
-    assert_eq!(report.segments, 9);
+    // 2000 lines are more than one segment holds (1,024): 2 + 1.
+    assert_eq!(report.segments, 3);
     assert_eq!(report.quarantined, 0);
     assert_eq!(report.routes, 1);
     assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 2010));
@@ -367,10 +367,21 @@ async fn segment_is_freed_only_when_every_tagged_route_committed() {
     // A cursor never moves back, and the freed data stays freed after reopen.
     queue.commit(&y, read[0].cursor).unwrap();
     assert_eq!(queue.committed(&y).unwrap(), Some(last));
+    // The segment file goes with the group commit that made its last
+    // segment's removal durable.
+    queue.flush().await.unwrap();
+    assert_eq!(segment_files(&dir), 0);
     drop(queue);
     let (queue, report) = reopen(&dir);
     assert_eq!(report.lines, 0);
     assert_eq!(queue.committed(&y).unwrap(), Some(last));
+}
+
+/// Number of segment files in the queue directory.
+fn segment_files(dir: &TempDir) -> usize {
+    std::fs::read_dir(dir.path().join("lines"))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -1106,4 +1117,127 @@ async fn a_queue_created_with_sleds_default_segment_size_still_opens() {
     let (queue, report) = reopen(&dir);
     assert_eq!(report.lines, 300);
     assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 300));
+}
+
+#[tokio::test]
+async fn sled_holds_segment_headers_and_the_lines_live_in_segment_files() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    let long: Vec<Line> = (1..=1000).map(|i| line(&format!("{i:0100}"))).collect();
+    append(&queue, "agent", "srv", 1, long, one(&r)).await;
+    let segment = queue.read(&r, None, 1, usize::MAX).unwrap()[0]
+        .cursor
+        .segment;
+    let value = queue
+        .inner
+        .db
+        .get(keys::segment("agent", segment))
+        .unwrap()
+        .unwrap();
+    // 100 KB of lines; sled's value is their header and location only.
+    assert!(value.len() < 200, "sled value of {} bytes", value.len());
+    assert_eq!(segment_files(&dir), 1);
+    assert_eq!(read_all(&queue, &r).len(), 1000);
+}
+
+#[tokio::test]
+async fn lines_cut_from_a_segment_file_by_a_crash_are_quarantined_and_accepted_again() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("a", 1, 3), one(&r)).await;
+        append(&queue, "agent", "srv", 4, lines("b", 4, 6), one(&r)).await;
+    }
+    // The machine stopped before the second batch's lines reached the disk
+    // but after sled wrote its header and high-water mark.
+    let file = std::fs::read_dir(dir.path().join("lines"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+
+    let (queue, report) = reopen(&dir);
+    assert_eq!(report.quarantined, 1);
+    assert_eq!(report.lines, 3);
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 3);
+    // The shim never got an ack for 4..=6 and sends them again.
+    let again = append(&queue, "agent", "srv", 4, lines("b", 4, 6), one(&r)).await;
+    assert_eq!((again.queued, again.duplicates), (3, 0));
+    assert_eq!(
+        data(&read_all(&queue, &r)),
+        [names("a", 1, 3), names("b", 4, 6)].concat()
+    );
+}
+
+#[tokio::test]
+async fn a_segment_whose_file_rots_while_running_is_quarantined_on_read() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, lines("a", 1, 2), one(&r)).await;
+    let file = std::fs::read_dir(dir.path().join("lines"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[3] ^= 0xff;
+    std::fs::write(&file, bytes).unwrap();
+
+    assert!(read_all(&queue, &r).is_empty());
+    assert_eq!(queue.depth("agent").0, 0);
+    assert_eq!(queue.inner.quarantine.len(), 1);
+}
+
+#[tokio::test]
+async fn segments_stored_inline_by_earlier_versions_are_read_and_freed() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        let header = segment::Header {
+            agent_server_id: "srv".into(),
+            boot_id: "boot-1".into(),
+            first_seq: 1,
+            routes: vec![segment::StoredTag::of(&r)],
+            ..Default::default()
+        };
+        let value = segment::encode(header, lines("old", 1, 3)).inline_value();
+        queue
+            .inner
+            .db
+            .insert(keys::segment("agent", 1), value)
+            .unwrap();
+        queue.flush().await.unwrap();
+    }
+    let (queue, report) = reopen(&dir);
+    assert_eq!(
+        (report.segments, report.lines, report.quarantined),
+        (1, 3, 0)
+    );
+    append(&queue, "agent", "srv", 4, lines("new", 4, 5), one(&r)).await;
+    let read = read_all(&queue, &r);
+    assert_eq!(
+        data(&read),
+        [names("old", 1, 3), names("new", 4, 5)].concat()
+    );
+    queue.commit(&r, read[4].cursor).unwrap();
+    queue.flush().await.unwrap();
+    assert_eq!(queue.depth("agent"), (0, 0));
+    assert_eq!(segment_files(&dir), 0);
 }
