@@ -2,9 +2,10 @@
 //! the queue has less free space than `--disk-min-free-bytes`.
 //!
 //! sled stops accepting writes after an I/O error (ENOSPC included), so the
-//! watermark must keep the queue from ever filling the disk. Space freed by
-//! delivery is reused by sled inside its own files and may never show up as
-//! free space on the filesystem; so while the filesystem stays below the
+//! watermark must keep the queue from ever filling the disk. Delivery
+//! deletes segment files, but space it frees inside sled's own files is
+//! reused by sled and may never show up as free space on the filesystem; so
+//! while the filesystem stays below the
 //! watermark, appends resume once delivery has freed at least the watermark
 //! inside the queue since it tripped (sled reuses that room first).
 //!

@@ -12,7 +12,7 @@
 //! | `h`  | `h` agent server boot                          | high-water mark (u64)   |
 //! | `m`  | `m` name                                       | metadata (format)       |
 //! | `r`  | `r` agent kind cred                            | route record + secrets  |
-//! | `s`  | `s` agent segment-id(u64)                      | segment                 |
+//! | `s`  | `s` agent segment-id(u64)                      | segment header + where its lines are |
 //!
 //! This module only builds and parses keys; it must not touch the database.
 

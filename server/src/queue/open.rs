@@ -129,8 +129,9 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// sled's log segment size for new queues. sled writes a tree node larger
-/// than a quarter of it as a separate blob; segments are kept small enough
-/// (`segment::MAX_SEGMENT_DATA_BYTES`) that leaves never are.
+/// than a quarter of it as a separate blob, which its page cache never
+/// evicts; sled's values are segment headers of about a hundred bytes (the
+/// lines are in segment files), so leaves never are.
 pub(crate) const SLED_SEGMENT_BYTES: usize = 2 * 1024 * 1024;
 
 /// sled's default, which queues created by earlier versions use. sled
