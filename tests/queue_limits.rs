@@ -268,9 +268,10 @@ async fn a_disk_filled_to_the_last_byte_refuses_batches_without_crashing_and_sti
     let intake = intake().await;
     intake.inject(Fault::until_cleared(500)).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Watermark off: the queue grows until sled meets ENOSPC. sled then
-    // writes nothing more until restart (see queue/disk.rs); the gateway must
-    // stay up, refuse with RESOURCE_EXHAUSTED at once, and still stop.
+    // Watermark off: the queue grows until a write meets ENOSPC (a segment
+    // file's, or sled's, after which sled writes nothing more until restart,
+    // see queue/disk.rs); the gateway must stay up, refuse with
+    // RESOURCE_EXHAUSTED at once, and still stop.
     let Some(mut gateway) = Gateway::start_on_tmpfs(
         &dir.path().join("mnt"),
         24,

@@ -86,7 +86,7 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     } else if state.queue.disk_full() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "queue disk below its free-space watermark; new batches are refused, delivery continues\n",
+            "queue disk full or below its free-space watermark; new batches are refused, delivery continues\n",
         )
             .into_response()
     } else {

@@ -168,10 +168,14 @@ impl Inner {
             let at = match self.files.append(&agent.id, &segment.encoded_lines) {
                 Ok(at) => at,
                 Err(e) => {
+                    if e.is_out_of_space() {
+                        self.disk.file_write_failed();
+                    }
                     self.files.release(written);
                     return Err(e);
                 }
             };
+            self.disk.file_write_succeeded();
             written.push(at.file);
             // Allocated under the agent lock: an agent's segments become
             // visible in id order, so a cursor never passes an unseen one.

@@ -30,6 +30,9 @@ pub(super) struct DiskGuard {
     /// Bytes queued (all agents) when the watermark tripped.
     tripped_at: Mutex<Option<u64>>,
     full: AtomicBool,
+    /// The last segment file write met ENOSPC (cleared by the next one that
+    /// succeeds; sled is not affected).
+    files_full: AtomicBool,
     /// A write met ENOSPC: sled writes nothing more until restart.
     wedged: AtomicBool,
 }
@@ -42,6 +45,7 @@ impl DiskGuard {
             min_free,
             tripped_at: Mutex::new(None),
             full: AtomicBool::new(false),
+            files_full: AtomicBool::new(false),
             wedged: AtomicBool::new(false),
         }
     }
@@ -98,17 +102,40 @@ impl DiskGuard {
         self.set_full(true);
     }
 
+    /// Records that a segment file write failed because the disk is full:
+    /// that batch is refused, and the next append tries again.
+    pub(super) fn file_write_failed(&self) {
+        if !self.files_full.swap(true, Ordering::Relaxed) {
+            tracing::error!(dir = %self.dir.display(),
+                "the queue disk is full (ENOSPC); new batches are refused until space is freed; delivery continues");
+            self.publish();
+        }
+    }
+
+    /// Records that a segment file write succeeded.
+    pub(super) fn file_write_succeeded(&self) {
+        if self.files_full.load(Ordering::Relaxed) && self.files_full.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!(dir = %self.dir.display(), "the queue disk has room again; appends resume");
+            self.publish();
+        }
+    }
+
     pub(super) fn is_wedged(&self) -> bool {
         self.wedged.load(Ordering::Relaxed)
     }
 
     pub(super) fn is_full(&self) -> bool {
-        self.full.load(Ordering::Relaxed)
+        self.full.load(Ordering::Relaxed) || self.files_full.load(Ordering::Relaxed)
     }
 
     fn set_full(&self, full: bool) {
         if self.full.swap(full, Ordering::Relaxed) != full {
-            metrics::queue_disk_full(full);
+            self.publish();
         }
+    }
+
+    fn publish(&self) {
+        metrics::queue_disk_full(self.is_full());
     }
 }
