@@ -152,7 +152,7 @@ impl SegmentFiles {
             }
         };
         let written = self
-            .handle(&mut state, number, true)
+            .handle(&mut state, number, Open::Write { new: offset == 0 })
             .and_then(|file| file.write_all_at(data, offset).map(|()| file));
         let file = written.map_err(|source| QueueError::Files {
             path: self.path(number),
@@ -175,7 +175,7 @@ impl SegmentFiles {
     pub(crate) fn read(&self, at: Location) -> Result<Vec<u8>, ReadError> {
         let file = {
             let mut state = lock(&self.state);
-            self.handle(&mut state, at.file, false)
+            self.handle(&mut state, at.file, Open::Read)
                 .map_err(ReadError::Io)?
         };
         let mut out = vec![0; at.len as usize];
@@ -249,19 +249,21 @@ impl SegmentFiles {
         result
     }
 
-    /// A cached handle of `number`, opened (and created when `create`) if
-    /// needed.
-    fn handle(&self, state: &mut State, number: u64, create: bool) -> io::Result<Arc<File>> {
+    /// A cached handle of `number`, opened if needed.
+    fn handle(&self, state: &mut State, number: u64, how: Open) -> io::Result<Arc<File>> {
         if let Some(file) = state.handles.get(&number) {
             return Ok(file.clone());
         }
         let path = self.path(number);
+        // Read handles are writable too: a cached handle may serve the
+        // agent's next append.
+        let new = matches!(how, Open::Write { new: true });
         let file = OpenOptions::new()
             .read(true)
-            .write(create)
-            .create(create)
+            .write(true)
+            .create(new)
             .open(&path)?;
-        if create {
+        if new {
             // The new name must survive a crash as well as its bytes.
             File::open(&self.dir)?.sync_all()?;
         }
@@ -282,6 +284,16 @@ impl SegmentFiles {
         state.handles.insert(number, file.clone());
         Ok(file)
     }
+}
+
+/// How [`SegmentFiles::handle`] opens a file it has no handle for.
+#[derive(Clone, Copy)]
+enum Open {
+    Read,
+    /// For appending; `new`: the first append, which creates the file.
+    Write {
+        new: bool,
+    },
 }
 
 impl State {
@@ -335,6 +347,19 @@ mod tests {
         assert!(matches!(files.read(bad), Err(ReadError::Checksum { .. })));
         let beyond = Location { offset: 100, ..b };
         assert!(matches!(files.read(beyond), Err(ReadError::Io(_))));
+    }
+
+    #[test]
+    fn appends_continue_after_the_active_file_was_reopened_by_a_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (files, _) = SegmentFiles::open(dir.path()).expect("open");
+        let first = files.append(&agent("a"), b"one").expect("append");
+        // Its handle left the cache; a read opens it again.
+        lock(&files.state).handles.clear();
+        assert_eq!(files.read(first).expect("read"), b"one");
+        let second = files.append(&agent("a"), b"two").expect("append");
+        assert_eq!(second.file, first.file);
+        assert_eq!(files.read(second).expect("read"), b"two");
     }
 
     #[test]
