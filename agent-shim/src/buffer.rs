@@ -357,6 +357,18 @@ impl SharedBuffer {
         seq
     }
 
+    /// Pushes lines in order under one lock and wakes the stream once.
+    /// Never blocks on the network.
+    pub fn push_all(&self, lines: impl IntoIterator<Item = Line>) {
+        {
+            let mut buffer = self.lock();
+            for line in lines {
+                buffer.push(line);
+            }
+        }
+        self.ready.notify_one();
+    }
+
     /// Pushes a drop notice ([`Buffer::push_notice`]) and wakes the stream.
     pub fn push_notice(&self, line: Line, reports: Dropped) -> u64 {
         let seq = self.lock().push_notice(line, reports);
