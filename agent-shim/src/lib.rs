@@ -17,7 +17,8 @@
 //! * [`buffer`] holds unacked lines within a byte bound, dropping the
 //!   oldest (counted) when full.
 //! * [`stream`] owns the gRPC connection: open, send, ack, reconnect with
-//!   [`backoff`], fail over.
+//!   [`backoff`], fail over; [`wire`] encodes its batches straight from
+//!   the buffer.
 //! * [`child`] starts the agent, forwards signals and reaps children;
 //!   [`lifecycle`] maps exits to codes and words the shim's own lines.
 //! * [`check`] is `--check`: a report on the configuration and the
@@ -43,6 +44,7 @@ pub mod splitter;
 pub mod stream;
 mod sys;
 pub mod time;
+pub mod wire;
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
