@@ -25,12 +25,19 @@ pub struct Piece {
     pub more_parts: bool,
 }
 
+/// Capacity of the allocations that the pending bytes (and so the pieces
+/// cut from them) live in: the pieces of the lines read together share one,
+/// instead of one allocation (and its bookkeeping) per line.
+pub const PENDING_ALLOCATION_BYTES: usize = 64 * 1024;
+
 /// Splits one output stream into [`Piece`]s.
 #[derive(Debug)]
 pub struct LineSplitter {
     max_line_bytes: usize,
     /// Bytes of the current line not yet emitted (may end with a `\r`
-    /// that turns out to be the terminator's).
+    /// that turns out to be the terminator's). Pieces are split off its
+    /// front; once its allocation is used up, the next one has the same
+    /// capacity ([`PENDING_ALLOCATION_BYTES`], as `BytesMut` remembers it).
     pending: BytesMut,
     /// Index of the next piece of the current line.
     part: u32,
@@ -41,7 +48,7 @@ impl LineSplitter {
     pub fn new(max_line_bytes: usize) -> Self {
         Self {
             max_line_bytes: max_line_bytes.max(1),
-            pending: BytesMut::new(),
+            pending: BytesMut::with_capacity(PENDING_ALLOCATION_BYTES),
             part: 0,
         }
     }
@@ -139,6 +146,19 @@ mod tests {
 
     fn datas(pieces: &[Piece]) -> Vec<&[u8]> {
         pieces.iter().map(|p| &p.data[..]).collect()
+    }
+
+    #[test]
+    fn pieces_of_lines_read_together_share_one_allocation() {
+        let mut splitter = LineSplitter::new(100);
+        let mut out = Vec::new();
+        splitter.push(b"first\nsecond\nthird\n", &mut out);
+        splitter.push(b"fourth\n", &mut out);
+        assert_eq!(out.len(), 4);
+        for pair in out.windows(2) {
+            let end = pair[0].data.as_ptr().wrapping_add(pair[0].data.len());
+            assert_eq!(end, pair[1].data.as_ptr(), "each piece follows the last");
+        }
     }
 
     #[test]
