@@ -18,7 +18,7 @@
 //!   it is dropped before it is sent, the drops it reported are counted
 //!   again for the next notice instead of being lost with it.
 //! * In-flight lines are bounded by the in-flight window (`window_bytes`,
-//!   see [`Buffer::next_batch`]), so the buffer holds at most its byte bound
+//!   see [`Buffer::take_batch`]), so the buffer holds at most its byte bound
 //!   plus the window. The stream sets the window to at most half the bound
 //!   (`stream::in_flight_window`); then the bound itself always holds, but
 //!   for a single line larger than the room the lines in flight leave.
@@ -62,6 +62,17 @@ pub struct Dropped {
     pub first_timestamp_ns: i64,
     /// Timestamp (Unix ns) of the last dropped line.
     pub last_timestamp_ns: i64,
+}
+
+/// A batch moved to the lines in flight by [`Buffer::take_batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TakenBatch {
+    /// Seq of its first line; the others follow consecutively.
+    pub first_seq: u64,
+    /// How many lines it holds (the newest this many in flight).
+    pub lines: usize,
+    /// Lines dropped since start, as the batch reports them.
+    pub shim_dropped_total: u64,
 }
 
 /// The gateway acked a line the shim never sent: a gateway bug, or a
@@ -212,23 +223,22 @@ impl Buffer {
             || self.in_flight_bytes + batch_bytes.min(self.window_bytes) <= self.window_bytes
     }
 
-    /// The next batch to send, moved from the oldest unsent lines to the
-    /// lines in flight: consecutive seqs only (it ends at a seq gap), at
-    /// most `max_lines` lines and, except for a single oversized line, at
-    /// most `max_bytes` of line cost, and no line that would take the lines
-    /// in flight past the window (unless nothing is in flight). It carries
-    /// the total dropped so far (`shim_dropped_total`). `None` when nothing
-    /// is unsent or the window is full.
-    pub fn next_batch(&mut self, max_lines: usize, max_bytes: usize) -> Option<Batch> {
+    /// Takes the next batch to send, moving it from the oldest unsent lines
+    /// to the lines in flight (it is then the newest `lines` of them, see
+    /// [`Buffer::newest_in_flight`]): consecutive seqs only (it ends at a
+    /// seq gap), at most `max_lines` lines and, except for a single
+    /// oversized line, at most `max_bytes` of line cost, and no line that
+    /// would take the lines in flight past the window (unless nothing is in
+    /// flight). `None` when nothing is unsent or the window is full.
+    pub fn take_batch(&mut self, max_lines: usize, max_bytes: usize) -> Option<TakenBatch> {
         let first_seq = self.unsent.front()?.0;
-        let mut lines = Vec::new();
+        let mut count = 0;
         let mut bytes = 0;
         while let Some((seq, line)) = self.unsent.front() {
             let cost = line_cost(line);
-            let first = lines.is_empty();
-            let gap = *seq != first_seq + lines.len() as u64;
-            let batch_full =
-                lines.len() >= max_lines.max(1) || (!first && bytes + cost > max_bytes);
+            let first = count == 0;
+            let gap = *seq != first_seq + count as u64;
+            let batch_full = count >= max_lines.max(1) || (!first && bytes + cost > max_bytes);
             let window_full = !(first && self.in_flight.is_empty())
                 && self.in_flight_bytes + cost > self.window_bytes;
             if gap || batch_full || window_full {
@@ -239,19 +249,39 @@ impl Buffer {
             };
             bytes += cost;
             self.in_flight_bytes += cost;
-            // Cheap: `data` is reference-counted `Bytes`.
-            lines.push(entry.1.clone());
             self.in_flight.push_back(entry);
+            count += 1;
         }
-        if lines.is_empty() {
+        if count == 0 {
             return None;
         }
-        let last_seq = first_seq + lines.len() as u64 - 1;
+        let last_seq = first_seq + count as u64 - 1;
         self.sent_up_to = self.sent_up_to.max(last_seq);
-        Some(Batch {
+        Some(TakenBatch {
             first_seq,
-            lines,
+            lines: count,
             shim_dropped_total: self.dropped_total,
+        })
+    }
+
+    /// The newest `count` lines in flight, oldest first: after
+    /// [`Buffer::take_batch`], the batch it took.
+    pub fn newest_in_flight(
+        &self,
+        count: usize,
+    ) -> impl ExactSizeIterator<Item = &Line> + Clone + '_ {
+        let start = self.in_flight.len().saturating_sub(count);
+        self.in_flight.range(start..).map(|(_, line)| line)
+    }
+
+    /// [`Buffer::take_batch`] as a protobuf `Batch` (its lines copied; it
+    /// carries the total dropped so far, `shim_dropped_total`).
+    pub fn next_batch(&mut self, max_lines: usize, max_bytes: usize) -> Option<Batch> {
+        let taken = self.take_batch(max_lines, max_bytes)?;
+        Some(Batch {
+            first_seq: taken.first_seq,
+            lines: self.newest_in_flight(taken.lines).cloned().collect(),
+            shim_dropped_total: taken.shim_dropped_total,
         })
     }
 
@@ -355,6 +385,18 @@ impl SharedBuffer {
         let seq = self.lock().push(line);
         self.ready.notify_one();
         seq
+    }
+
+    /// Pushes lines in order under one lock and wakes the stream once.
+    /// Never blocks on the network.
+    pub fn push_all(&self, lines: impl IntoIterator<Item = Line>) {
+        {
+            let mut buffer = self.lock();
+            for line in lines {
+                buffer.push(line);
+            }
+        }
+        self.ready.notify_one();
     }
 
     /// Pushes a drop notice ([`Buffer::push_notice`]) and wakes the stream.
@@ -760,6 +802,30 @@ mod tests {
         let oversized = buffer.next_batch(100, 1).unwrap();
         assert_eq!(oversized.lines.len(), 1, "one line always fits");
         assert_eq!(buffer.unsent_len(), 2);
+    }
+
+    #[test]
+    fn a_taken_batch_is_the_newest_lines_in_flight() {
+        let mut buffer = Buffer::new(1 << 20, WIDE);
+        for ts in 1..=5 {
+            buffer.push(line(ts, b"x"));
+        }
+        let first = buffer.take_batch(2, usize::MAX).unwrap();
+        let second = buffer.take_batch(2, usize::MAX).unwrap();
+        assert_eq!(
+            second,
+            TakenBatch {
+                first_seq: 3,
+                lines: 2,
+                shim_dropped_total: 0
+            }
+        );
+        let taken: Vec<i64> = buffer
+            .newest_in_flight(second.lines)
+            .map(|l| l.timestamp_ns)
+            .collect();
+        assert_eq!(taken, vec![3, 4], "not the older batch still in flight");
+        assert_eq!((first.first_seq, buffer.in_flight_len()), (1, 4));
     }
 
     #[test]

@@ -2,14 +2,21 @@
 //! byte through unchanged to the shim's own stdout/stderr, and pushes each
 //! line (timestamped when read) into the buffer.
 //!
+//! Each pipe is captured on a thread of its own with plain blocking reads
+//! and writes: a read chunk is split, its lines go into the buffer under
+//! one lock with one wake-up of the stream, and the chunk is written
+//! through whole. Nothing of this runs on the async runtime, so a chunk
+//! costs no hand-offs between threads.
+//!
 //! It must never wait on the network: the buffer push is a short lock that
 //! never blocks, so the pipe is always drained. The only thing it may wait
 //! on is the shim's own stdout/stderr, exactly as the agent would without
 //! the shim. If that passthrough fails (e.g. nobody reads the shim's
 //! stdout any more), capturing and shipping go on.
 
+use std::io::{Read, Write};
+
 use logdrain::v1::{Line, Origin, StreamKind};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::buffer::SharedBuffer;
 use crate::diag::diag;
@@ -30,8 +37,8 @@ pub struct CaptureReport {
     pub passthrough_failed: bool,
 }
 
-/// Captures `source` until EOF; see the module docs.
-pub async fn capture<R, W>(
+/// Captures `source` until EOF, blocking; see the module docs.
+pub fn capture<R, W>(
     mut source: R,
     mut passthrough: W,
     stream: StreamKind,
@@ -39,15 +46,15 @@ pub async fn capture<R, W>(
     max_line_bytes: usize,
 ) -> CaptureReport
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: Read,
+    W: Write,
 {
     let mut report = CaptureReport::default();
     let mut splitter = LineSplitter::new(max_line_bytes);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut pieces = Vec::new();
     loop {
-        let read = match source.read(&mut chunk).await {
+        let read = match source.read(&mut chunk) {
             Ok(0) => break,
             Ok(read) => read,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -62,16 +69,12 @@ where
         let timestamp_ns = time::now_ns();
         report.bytes += read as u64;
         splitter.push(&chunk[..read], &mut pieces);
-        for piece in pieces.drain(..) {
-            buffer.push(agent_line(timestamp_ns, stream, piece));
-            report.lines += 1;
-        }
+        report.lines += push_pieces(buffer, timestamp_ns, stream, &mut pieces);
         if !report.passthrough_failed {
-            let written = async {
-                passthrough.write_all(&chunk[..read]).await?;
-                passthrough.flush().await
-            };
-            if let Err(err) = written.await {
+            let written = passthrough
+                .write_all(&chunk[..read])
+                .and_then(|()| passthrough.flush());
+            if let Err(err) = written {
                 diag!(
                     "cannot pass the agent's {0} through to the shim's {0}: {err}; \
                      its lines are still shipped",
@@ -82,12 +85,26 @@ where
         }
     }
     splitter.finish(&mut pieces);
-    let timestamp_ns = time::now_ns();
-    for piece in pieces.drain(..) {
-        buffer.push(agent_line(timestamp_ns, stream, piece));
-        report.lines += 1;
-    }
+    report.lines += push_pieces(buffer, time::now_ns(), stream, &mut pieces);
     report
+}
+
+/// Pushes (and empties) `pieces` as lines, all at once; returns how many.
+fn push_pieces(
+    buffer: &SharedBuffer,
+    timestamp_ns: i64,
+    stream: StreamKind,
+    pieces: &mut Vec<Piece>,
+) -> u64 {
+    let count = pieces.len() as u64;
+    if count > 0 {
+        buffer.push_all(
+            pieces
+                .drain(..)
+                .map(|piece| agent_line(timestamp_ns, stream, piece)),
+        );
+    }
+    count
 }
 
 fn agent_line(timestamp_ns: i64, stream: StreamKind, piece: Piece) -> Line {
@@ -104,8 +121,6 @@ fn agent_line(timestamp_ns: i64, stream: StreamKind, piece: Piece) -> Line {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
 
     fn buffered_lines(buffer: &SharedBuffer) -> Vec<Line> {
         buffer
@@ -115,12 +130,12 @@ mod tests {
             .unwrap_or_default()
     }
 
-    #[tokio::test]
-    async fn bytes_pass_through_unchanged_and_lines_are_buffered() {
+    #[test]
+    fn bytes_pass_through_unchanged_and_lines_are_buffered() {
         let input: &[u8] = b"one\r\ntwo\n\xff\xfe\n\nlast";
         let buffer = SharedBuffer::new(1 << 20, usize::MAX);
         let mut out = Vec::new();
-        let report = capture(input, &mut out, StreamKind::Stderr, &buffer, 1024).await;
+        let report = capture(input, &mut out, StreamKind::Stderr, &buffer, 1024);
         assert_eq!(out, input);
         assert_eq!(report.bytes, input.len() as u64);
         assert_eq!(report.lines, 5);
@@ -134,18 +149,17 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn long_lines_are_buffered_as_marked_pieces() {
+    #[test]
+    fn long_lines_are_buffered_as_marked_pieces() {
         let input = vec![b'x'; 250];
         let buffer = SharedBuffer::new(1 << 20, usize::MAX);
         capture(
             &input[..],
-            tokio::io::sink(),
+            std::io::sink(),
             StreamKind::Stdout,
             &buffer,
             100,
-        )
-        .await;
+        );
         let marks: Vec<(usize, u32, bool)> = buffered_lines(&buffer)
             .iter()
             .map(|l| (l.data.len(), l.part, l.more_parts))
@@ -156,40 +170,29 @@ mod tests {
     /// A writer that always fails, like a closed stdout.
     struct BrokenPipe;
 
-    impl AsyncWrite for BrokenPipe {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            _: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+    impl Write for BrokenPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
         }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 
     /// A reader handing out two bytes per read, like a slow pipe.
     struct Trickle<'a>(&'a [u8]);
 
-    impl AsyncRead for Trickle<'_> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> Poll<std::io::Result<()>> {
-            let n = self.0.len().min(2).min(buf.remaining());
-            buf.put_slice(&self.0[..n]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(2).min(buf.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
             self.0 = &self.0[n..];
-            Poll::Ready(Ok(()))
+            Ok(n)
         }
     }
 
-    #[tokio::test]
-    async fn failing_passthrough_does_not_stop_capture() {
+    #[test]
+    fn failing_passthrough_does_not_stop_capture() {
         let input: &[u8] = b"a\nb\nc\n";
         let buffer = SharedBuffer::new(1 << 20, usize::MAX);
         let report = capture(
@@ -198,8 +201,7 @@ mod tests {
             StreamKind::Stdout,
             &buffer,
             1024,
-        )
-        .await;
+        );
         assert!(report.passthrough_failed);
         assert_eq!(report.bytes, 6);
         assert_eq!(buffered_lines(&buffer).len(), 3);

@@ -14,10 +14,9 @@
 use std::ffi::OsString;
 use std::future::poll_fn;
 use std::io;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::task::Poll;
 
-use tokio::process::{ChildStderr, ChildStdout};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::diag::diag;
@@ -37,7 +36,8 @@ pub const FORWARDED_SIGNALS: [i32; 6] = [
 /// Environment variables removed from the agent's environment.
 pub const REMOVED_ENV_VARS: [&str; 1] = ["LOGDRAIN_TOKEN"];
 
-/// A started agent: its pid and the read ends of its output pipes.
+/// A started agent: its pid and the read ends of its output pipes (blocking:
+/// each is read by a capture thread of its own).
 #[derive(Debug)]
 pub struct Agent {
     pub pid: i32,
@@ -47,7 +47,7 @@ pub struct Agent {
 
 /// Starts `command` (program and arguments) with stdin inherited, stdout and
 /// stderr piped, and the environment unchanged except
-/// [`REMOVED_ENV_VARS`]. Must run inside the tokio runtime.
+/// [`REMOVED_ENV_VARS`].
 ///
 /// Register the [`Reaper`] first, so the agent's exit cannot be missed.
 pub fn spawn(command: &[OsString]) -> io::Result<Agent> {
@@ -76,8 +76,8 @@ pub fn spawn(command: &[OsString]) -> io::Result<Agent> {
     // `child` is dropped here without waiting: the Reaper waits for `pid`.
     Ok(Agent {
         pid,
-        stdout: ChildStdout::from_std(stdout)?,
-        stderr: ChildStderr::from_std(stderr)?,
+        stdout,
+        stderr,
     })
 }
 
@@ -212,7 +212,7 @@ pub async fn supervise(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use std::io::Read;
 
     #[tokio::test]
     async fn spawned_agent_output_is_piped_and_exit_status_is_reaped() {
@@ -223,9 +223,9 @@ mod tests {
             .collect();
         let mut agent = spawn(&command).unwrap();
         let mut out = Vec::new();
-        agent.stdout.read_to_end(&mut out).await.unwrap();
+        agent.stdout.read_to_end(&mut out).unwrap();
         let mut err = Vec::new();
-        agent.stderr.read_to_end(&mut err).await.unwrap();
+        agent.stderr.read_to_end(&mut err).unwrap();
         let status = reaper.wait_for(agent.pid).await.unwrap();
         assert_eq!((out.as_slice(), err.as_slice()), (&b"out"[..], &b"err"[..]));
         assert_eq!(status.code(), Some(5));

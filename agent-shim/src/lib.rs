@@ -11,12 +11,14 @@
 //!   child: spawn, forward signals, reap (PID 1) ──▶ lifecycle lines ──▶ buffer
 //! ```
 //!
-//! * [`capture`] drains the agent's pipes, never waiting on the network.
+//! * [`capture`] drains the agent's pipes (a thread each), never waiting on
+//!   the network.
 //! * [`splitter`] is the pure line splitter (CRLF, long lines, bytes).
 //! * [`buffer`] holds unacked lines within a byte bound, dropping the
 //!   oldest (counted) when full.
 //! * [`stream`] owns the gRPC connection: open, send, ack, reconnect with
-//!   [`backoff`], fail over.
+//!   [`backoff`], fail over; [`wire`] encodes its batches straight from
+//!   the buffer.
 //! * [`child`] starts the agent, forwards signals and reaps children;
 //!   [`lifecycle`] maps exits to codes and words the shim's own lines.
 //! * [`check`] is `--check`: a report on the configuration and the
@@ -42,7 +44,10 @@ pub mod splitter;
 pub mod stream;
 mod sys;
 pub mod time;
+pub mod wire;
 
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,14 +160,14 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
             let captures = [
                 spawn_capture(
                     agent.stdout,
-                    tokio::io::stdout(),
+                    stdout_passthrough(),
                     StreamKind::Stdout,
                     &buffer,
                     &settings,
                 ),
                 spawn_capture(
                     agent.stderr,
-                    tokio::io::stderr(),
+                    Box::new(std::io::stderr()),
                     StreamKind::Stderr,
                     &buffer,
                     &settings,
@@ -257,22 +262,34 @@ fn stream_config(settings: &Settings, secrets: &Secrets) -> StreamConfig {
     }
 }
 
-fn spawn_capture<R, W>(
+/// Captures one pipe on a thread of its own (see [`capture`]).
+fn spawn_capture<R>(
     source: R,
-    passthrough: W,
+    passthrough: Box<dyn Write + Send>,
     stream: StreamKind,
     buffer: &Arc<SharedBuffer>,
     settings: &Settings,
 ) -> JoinHandle<capture::CaptureReport>
 where
-    R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    R: Read + Send + 'static,
 {
     let buffer = Arc::clone(buffer);
     let max_line_bytes = settings.max_line_bytes;
-    tokio::spawn(async move {
-        capture::capture(source, passthrough, stream, &buffer, max_line_bytes).await
+    tokio::task::spawn_blocking(move || {
+        capture::capture(source, passthrough, stream, &buffer, max_line_bytes)
     })
+}
+
+/// The shim's stdout for the agent's: a duplicate of its descriptor, so a
+/// chunk is one unbuffered write (std's `Stdout` buffers up to the last
+/// newline); std's `Stdout` itself if the descriptor cannot be duplicated.
+/// Its stderr is used as is: std's `Stderr` is unbuffered, and its lock
+/// keeps a chunk and the shim's own diagnostics from interleaving.
+fn stdout_passthrough() -> Box<dyn Write + Send> {
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(_) => Box::new(std::io::stdout()),
+    }
 }
 
 /// A lifecycle event: on the shim's stderr and into the drain.

@@ -12,7 +12,7 @@
 //!
 //! It must not timestamp, buffer beyond one line, or know about streams.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// One line, or one piece of a line longer than the maximum.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,12 +25,19 @@ pub struct Piece {
     pub more_parts: bool,
 }
 
+/// Capacity of the allocations that the pending bytes (and so the pieces
+/// cut from them) live in: the pieces of the lines read together share one,
+/// instead of one allocation (and its bookkeeping) per line.
+pub const PENDING_ALLOCATION_BYTES: usize = 64 * 1024;
+
 /// Splits one output stream into [`Piece`]s.
 #[derive(Debug)]
 pub struct LineSplitter {
     max_line_bytes: usize,
     /// Bytes of the current line not yet emitted (may end with a `\r`
-    /// that turns out to be the terminator's).
+    /// that turns out to be the terminator's). Pieces are split off its
+    /// front; once its allocation is used up, the next one has the same
+    /// capacity ([`PENDING_ALLOCATION_BYTES`], as `BytesMut` remembers it).
     pending: BytesMut,
     /// Index of the next piece of the current line.
     part: u32,
@@ -41,31 +48,48 @@ impl LineSplitter {
     pub fn new(max_line_bytes: usize) -> Self {
         Self {
             max_line_bytes: max_line_bytes.max(1),
-            pending: BytesMut::new(),
+            pending: BytesMut::with_capacity(PENDING_ALLOCATION_BYTES),
             part: 0,
         }
     }
 
     /// Feeds a chunk of output; appends every piece it completes to `out`.
-    pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Piece>) {
-        while !chunk.is_empty() {
-            match chunk.iter().position(|&b| b == b'\n') {
-                Some(newline) => {
-                    self.pending.extend_from_slice(&chunk[..newline]);
-                    self.cut_overlong(out);
-                    if self.pending.last() == Some(&b'\r') {
-                        self.pending.truncate(self.pending.len() - 1);
-                    }
-                    self.emit_last(out);
-                    chunk = &chunk[newline + 1..];
-                }
-                None => {
-                    self.pending.extend_from_slice(chunk);
-                    self.cut_overlong(out);
-                    chunk = &[];
-                }
-            }
+    ///
+    /// The chunk is appended to the pending bytes in one copy, and lines
+    /// are split off their front as newlines are found.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Piece>) {
+        // The pending bytes before the chunk are the current line's, and
+        // hold no newline.
+        let mut searched = self.pending.len();
+        self.pending.extend_from_slice(chunk);
+        while let Some(at) = memchr::memchr(b'\n', &self.pending[searched..]) {
+            self.emit_line(searched + at, out);
+            searched = 0;
         }
+        self.cut_overlong(out);
+    }
+
+    /// Emits the current line, which ends with the newline at `newline` in
+    /// the pending bytes (one `\r` before it is the terminator's), and
+    /// removes it and its terminator from them.
+    fn emit_line(&mut self, newline: usize, out: &mut Vec<Piece>) {
+        let mut len = newline;
+        if len > 0 && self.pending[len - 1] == b'\r' {
+            len -= 1;
+        }
+        let terminator = newline + 1 - len;
+        while len > self.max_line_bytes {
+            self.cut(out);
+            len -= self.max_line_bytes;
+        }
+        let data = self.pending.split_to(len).freeze();
+        out.push(Piece {
+            data,
+            part: self.part,
+            more_parts: false,
+        });
+        self.part = 0;
+        self.pending.advance(terminator);
     }
 
     /// At EOF: appends the rest of an unterminated last line, if there is
@@ -139,6 +163,78 @@ mod tests {
 
     fn datas(pieces: &[Piece]) -> Vec<&[u8]> {
         pieces.iter().map(|p| &p.data[..]).collect()
+    }
+
+    #[test]
+    fn pieces_of_lines_read_together_share_one_allocation() {
+        let mut splitter = LineSplitter::new(100);
+        let mut out = Vec::new();
+        splitter.push(b"first\nsecond\nthird\n", &mut out);
+        splitter.push(b"fourth\n", &mut out);
+        assert_eq!(out.len(), 4);
+        let start = out[0].data.as_ptr() as usize;
+        for piece in &out {
+            let offset = (piece.data.as_ptr() as usize).wrapping_sub(start);
+            assert!(
+                offset + piece.data.len() <= 26,
+                "{piece:?} is not in the allocation of the first"
+            );
+        }
+    }
+
+    /// The lines the documented rule makes of `input` (as the fuzz target
+    /// states it), rebuilt from pieces.
+    fn rule_lines(input: &[u8]) -> Vec<Vec<u8>> {
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        let mut rest = input;
+        while let Some(at) = rest.iter().position(|&b| b == b'\n') {
+            let line = &rest[..at];
+            lines.push(line.strip_suffix(b"\r").unwrap_or(line).to_vec());
+            rest = &rest[at + 1..];
+        }
+        if !rest.is_empty() {
+            lines.push(rest.to_vec());
+        }
+        lines
+    }
+
+    #[test]
+    fn any_cut_into_chunks_gives_the_pieces_of_the_whole() {
+        // A fixed pseudo-random sequence: output rich in `\r`, `\n` and
+        // lines around the maximum, cut at random places.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for _ in 0..500 {
+            let max = 1 + next(8);
+            let input: Vec<u8> = (0..next(80))
+                .map(|_| [b'a', b'b', b'\r', b'\n', b'\n'][next(5)])
+                .collect();
+            let whole = split_all(max, &[&input]);
+            let mut chunks = Vec::new();
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let (chunk, tail) = rest.split_at(1 + next(rest.len()));
+                chunks.push(chunk);
+                rest = tail;
+            }
+            assert_eq!(split_all(max, &chunks), whole, "{input:?} in {chunks:?}");
+            let mut lines: Vec<Vec<u8>> = Vec::new();
+            for piece in &whole {
+                assert!(piece.data.len() <= max);
+                if piece.part == 0 {
+                    lines.push(Vec::new());
+                }
+                if let Some(line) = lines.last_mut() {
+                    line.extend_from_slice(&piece.data);
+                }
+            }
+            assert_eq!(lines, rule_lines(&input), "{input:?}");
+        }
     }
 
     #[test]

@@ -26,20 +26,21 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use logdrain::v1::drain_client::DrainClient;
 use logdrain::v1::{gateway_message, shim_message, GatewayMessage, Open, ShimMessage};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, GrpcMethod, Request, Status, Streaming};
 
 use crate::backoff::Backoff;
 use crate::buffer::{AckAheadOfSent, SharedBuffer};
 use crate::diag::{self, diag};
 use crate::lifecycle;
+use crate::wire::{self, Encoded, ShipCodec};
 
 /// Upper bound of a batch's line cost; a batch holds at least one line, and
 /// lines are at most 4 MiB, so every message stays far below
@@ -358,28 +359,22 @@ impl Shipper {
         let endpoint = self.gateways[index].endpoint.clone();
         let closed_hint = self.gateways[index].closed_at_opening_hint;
         let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
-        tx.try_send(ShimMessage {
+        tx.try_send(wire::encode_message(&ShimMessage {
             kind: Some(shim_message::Kind::Open(self.open.clone())),
-        })
+        }))
         .map_err(|_| StreamError::Closed)?;
         let opening = async {
             let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
-            let mut client = DrainClient::new(channel)
-                .max_decoding_message_size(logdrain::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(logdrain::MAX_MESSAGE_BYTES);
-            client
-                .ship(ReceiverStream::new(rx))
-                .await
-                .map_err(|status| {
-                    let dropped = matches!(status.code(), Code::Cancelled | Code::Unknown);
-                    let explained = !tls_hint(&describe_status(&status)).is_empty();
-                    let hint = if dropped && !explained {
-                        closed_hint
-                    } else {
-                        ""
-                    };
-                    StreamError::Refused { status, hint }
-                })
+            ship(channel, rx).await.map_err(|status| {
+                let dropped = matches!(status.code(), Code::Cancelled | Code::Unknown);
+                let explained = !tls_hint(&describe_status(&status)).is_empty();
+                let hint = if dropped && !explained {
+                    closed_hint
+                } else {
+                    ""
+                };
+                StreamError::Refused { status, hint }
+            })
         };
         let response = tokio::select! {
             opened = tokio::time::timeout(CONNECT_TIMEOUT, opening) => {
@@ -464,13 +459,35 @@ impl Shipper {
     }
 }
 
+/// Calls `Drain.Ship` with the messages from `outbound`, sent as encoded
+/// ([`ShipCodec`]); what the generated client does, but for the codec.
+async fn ship(
+    channel: tonic::transport::Channel,
+    outbound: mpsc::Receiver<Encoded>,
+) -> Result<tonic::Response<Streaming<GatewayMessage>>, Status> {
+    let mut client = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(logdrain::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(logdrain::MAX_MESSAGE_BYTES);
+    client
+        .ready()
+        .await
+        .map_err(|err| Status::unknown(format!("Service was not ready: {err}")))?;
+    let mut request = Request::new(ReceiverStream::new(outbound));
+    request
+        .extensions_mut()
+        .insert(GrpcMethod::new("logdrain.v1.Drain", "Ship"));
+    let path = PathAndQuery::from_static("/logdrain.v1.Drain/Ship");
+    client.streaming(request, path, ShipCodec).await
+}
+
 /// Sends batches from the oldest unacked line on, keeping the lines in
 /// flight within the buffer's window; runs until the stream closes. Never
 /// cancelled mid-session: a session ends as a whole, its lines in flight
 /// are requeued, and the next one starts again from the oldest unacked line.
+/// A batch is encoded straight from the buffer, under its lock.
 async fn send_batches(
     buffer: Arc<SharedBuffer>,
-    tx: mpsc::Sender<ShimMessage>,
+    tx: mpsc::Sender<Encoded>,
     limits: BatchLimits,
 ) -> Result<(), StreamError> {
     loop {
@@ -491,11 +508,18 @@ async fn send_batches(
                 break;
             }
         }
-        let batch = buffer.lock().next_batch(limits.lines, limits.bytes);
-        if let Some(batch) = batch {
-            permit.send(ShimMessage {
-                kind: Some(shim_message::Kind::Batch(batch)),
-            });
+        let encoded = {
+            let mut buffer = buffer.lock();
+            buffer.take_batch(limits.lines, limits.bytes).map(|taken| {
+                wire::encode_batch(
+                    taken.first_seq,
+                    buffer.newest_in_flight(taken.lines),
+                    taken.shim_dropped_total,
+                )
+            })
+        };
+        if let Some(encoded) = encoded {
+            permit.send(encoded);
         }
     }
 }
