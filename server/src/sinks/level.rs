@@ -335,19 +335,9 @@ fn text_level(line: &[u8]) -> Option<Level> {
     None
 }
 
-/// Whether `bytes` hold an ASCII letter. Checked a block at a time without
-/// branching inside a block, so it runs many bytes per step.
+/// Whether `bytes` hold an ASCII letter, many bytes per step.
 fn has_ascii_letter(bytes: &[u8]) -> bool {
-    fn letter(b: u8) -> bool {
-        (b | 0x20).wrapping_sub(b'a') < 26
-    }
-    let mut blocks = bytes.chunks_exact(32);
-    for block in &mut blocks {
-        if block.iter().fold(false, |any, &b| any | letter(b)) {
-            return true;
-        }
-    }
-    blocks.remainder().iter().any(|&b| letter(b))
+    crate::sinks::text::any_byte(bytes, |b| (b | 0x20).wrapping_sub(b'a') < 26)
 }
 
 /// Progress through a line's header.

@@ -165,21 +165,53 @@ pub fn json_len(value: &impl Serialize) -> usize {
     counted(|w| serde_json::to_writer(w, value).map_err(io::Error::from))
 }
 
-/// Whether `bytes` go into a JSON string as they are: no quote, no
-/// backslash, no control character. serde_json escapes exactly those and
-/// writes every other byte (UTF-8 included) unchanged. Checked a block at a
-/// time without branching inside a block, so it runs many bytes per step.
-pub fn json_plain(bytes: &[u8]) -> bool {
-    fn escaped(b: u8) -> bool {
-        b < 0x20 || b == b'"' || b == b'\\'
-    }
+/// Whether any byte of `bytes` is a `hit`. Checked a block at a time
+/// without branching inside a block, which the compiler turns into a few
+/// vector compares per block.
+#[inline]
+pub fn any_byte(bytes: &[u8], hit: impl Fn(u8) -> bool) -> bool {
     let mut blocks = bytes.chunks_exact(32);
     for block in &mut blocks {
-        if block.iter().fold(false, |any, &b| any | escaped(b)) {
-            return false;
+        let mut found = 0u8;
+        for &b in block {
+            found |= u8::from(hit(b));
+        }
+        if found != 0 {
+            return true;
         }
     }
-    !blocks.remainder().iter().any(|&b| escaped(b))
+    blocks.remainder().iter().any(|&b| hit(b))
+}
+
+/// A byte serde_json escapes in a string: a quote, a backslash, a control
+/// character. It writes every other byte (UTF-8 included) unchanged.
+#[inline]
+fn escaped(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// Whether `bytes` go into a JSON string as they are ([`escaped`] none).
+pub fn json_plain(bytes: &[u8]) -> bool {
+    !any_byte(bytes, escaped)
+}
+
+/// Whether raw line bytes go into a JSON string as they are without even a
+/// UTF-8 check: ASCII, none of it escaped.
+pub fn plain_ascii(bytes: &[u8]) -> bool {
+    !any_byte(bytes, |b| escaped(b) || !b.is_ascii())
+}
+
+/// Writes line `data` as the JSON string of [`json_text`]`(data, budget)`.
+/// A short line of [`plain_ascii`] bytes, the usual line, is copied as it
+/// is in one pass; any other goes through [`json_text`].
+pub fn write_json_text(out: &mut impl JsonOut, data: &[u8], budget: usize) {
+    // The quick bound of `json_text`: such a line is never cut.
+    let short = data.len().saturating_mul(6).saturating_add(2) <= budget;
+    if short && plain_ascii(data) {
+        out.quoted(data);
+    } else {
+        out.string(&json_text(data, budget));
+    }
 }
 
 /// Where a request builder writes JSON it lays out by hand: a body
@@ -194,6 +226,15 @@ pub trait JsonOut {
     /// ([`json_plain`]) is copied as it is; other text goes through
     /// serde_json.
     fn string(&mut self, text: &str);
+    /// Bytes known to need no escaping (a fixed name, or bytes
+    /// [`plain_ascii`] accepted), quoted.
+    #[inline]
+    fn quoted(&mut self, plain: &[u8]) {
+        debug_assert!(json_plain(plain) && std::str::from_utf8(plain).is_ok());
+        self.raw(b"\"");
+        self.raw(plain);
+        self.raw(b"\"");
+    }
     /// An integer.
     fn int(&mut self, n: impl itoa::Integer);
     /// Any other value, through serde_json.
@@ -429,6 +470,40 @@ mod tests {
             );
             let needs_escape = text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
             assert_eq!(json_plain(text.as_bytes()), !needs_escape, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn line_text_written_in_one_pass_matches_the_general_path() {
+        let mut lines: Vec<Vec<u8>> = awkward_texts()
+            .into_iter()
+            .map(String::into_bytes)
+            .collect();
+        lines.push(b"caf\xe9 \xff ok".to_vec());
+        lines.push(b"\x7f del".to_vec());
+        lines.push(vec![b'a'; 2_000]);
+        for data in &lines {
+            for budget in [
+                usize::MAX,
+                10_000,
+                data.len() * 6 + 2,
+                data.len() * 6 + 1,
+                60,
+            ] {
+                let mut out = Vec::new();
+                write_json_text(&mut out, data, budget);
+                let reference = serde_json::to_vec(&json_text(data, budget)).unwrap();
+                assert!(out == reference, "{data:?} in {budget}");
+                let counted = json_out_len(|len| {
+                    write_json_text(len, data, budget);
+                    Ok(())
+                });
+                assert_eq!(counted, reference.len());
+            }
+            let ascii_plain = data
+                .iter()
+                .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\');
+            assert_eq!(plain_ascii(data), ascii_plain, "{data:?}");
         }
     }
 

@@ -44,9 +44,9 @@ pub const MAX_LINE_JSON_BYTES: usize = MAX_EVENT_BYTES - EVENT_OVERHEAD - 256;
 fn write_message(out: &mut impl JsonOut, queued: &QueuedLine) -> io::Result<()> {
     let line = &queued.line;
     out.raw(b"{\"message\":");
-    out.string(&line_text(&line.data));
+    text::write_json_text(out, &line.data, MAX_LINE_JSON_BYTES);
     out.raw(b",\"stream\":");
-    out.string(line.stream().name());
+    out.quoted(line.stream().name().as_bytes());
     let attributes = Attributes::of(line);
     if !attributes.is_empty() {
         out.raw(b",\"logdrain\":");

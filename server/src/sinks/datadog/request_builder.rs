@@ -67,13 +67,13 @@ fn write_head(out: &mut impl JsonOut, agent_id: &str, host: &str) {
 fn write_rest(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) -> io::Result<()> {
     let line = &queued.line;
     out.raw(b",\"stream\":");
-    out.string(line.stream().name());
+    out.quoted(line.stream().name().as_bytes());
     out.raw(b",\"message\":");
-    out.string(&text::json_text(&line.data, MAX_MESSAGE_JSON_BYTES));
+    text::write_json_text(out, &line.data, MAX_MESSAGE_JSON_BYTES);
     out.raw(b",\"timestamp\":");
     out.int(line.timestamp_ns.div_euclid(1_000_000));
     out.raw(b",\"status\":");
-    out.string(status(level));
+    out.quoted(status(level).as_bytes());
     let attributes = Attributes::of(line);
     if !attributes.is_empty() {
         out.raw(b",\"logdrain\":");

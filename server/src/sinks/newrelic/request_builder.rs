@@ -83,13 +83,20 @@ fn open_block(out: &mut impl JsonOut, agent_id: &str, queued: &QueuedLine) {
 fn write_log(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) {
     let line = &queued.line;
     let logdrain = text::Attributes::of(line);
-    let (message, truncated_bytes) = message(&line.data);
     out.raw(b"{\"timestamp\":");
     out.int(line.timestamp_ns.div_euclid(1_000_000));
     out.raw(b",\"message\":");
-    out.string(&message);
+    // The usual line is short plain ASCII: copied as it is, in one pass.
+    let truncated_bytes = if line.data.len() <= MAX_MESSAGE_BYTES && text::plain_ascii(&line.data) {
+        out.quoted(&line.data);
+        None
+    } else {
+        let (message, truncated_bytes) = message(&line.data);
+        out.string(&message);
+        truncated_bytes
+    };
     out.raw(b",\"attributes\":{\"level\":");
-    out.string(level.as_str());
+    out.quoted(level.as_str().as_bytes());
     if let Some(part) = logdrain.part {
         out.raw(b",\"logdrain.part\":");
         out.int(part);

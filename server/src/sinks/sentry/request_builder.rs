@@ -36,7 +36,6 @@
 //! [`event_size`] counts a line's bytes in the payload with the same layout,
 //! exactly as [`encode`] writes them. This module must not send anything.
 
-use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -100,7 +99,7 @@ fn write_log(
     queued: &QueuedLine,
     level: Level,
     trace_id: &str,
-    body: &str,
+    (body, budget): (&[u8], usize),
 ) -> io::Result<()> {
     let line = &queued.line;
     out.raw(b"{\"timestamp\":");
@@ -109,9 +108,9 @@ fn write_log(
     out.raw(b",\"trace_id\":");
     out.string(trace_id);
     out.raw(b",\"level\":");
-    out.string(level.as_str());
+    out.quoted(level.as_str().as_bytes());
     out.raw(b",\"body\":");
-    out.string(body);
+    text::write_json_text(out, body, budget);
     out.raw(b",\"attributes\":{\"logger\":");
     string_attribute(out, agent_id);
     out.raw(b",\"server_name\":");
@@ -120,8 +119,9 @@ fn write_log(
     string_attribute(out, ENVIRONMENT);
     out.raw(b",\"sentry.environment\":");
     string_attribute(out, ENVIRONMENT);
-    out.raw(b",\"stream\":");
-    string_attribute(out, line.stream().name());
+    out.raw(b",\"stream\":{\"value\":");
+    out.quoted(line.stream().name().as_bytes());
+    out.raw(b",\"type\":\"string\"}");
     let logdrain = text::Attributes::of(line);
     if let Some(part) = logdrain.part {
         out.raw(b",\"logdrain.part\":{\"value\":");
@@ -148,10 +148,11 @@ fn string_attribute(out: &mut impl JsonOut, value: &str) {
     out.raw(b",\"type\":\"string\"}");
 }
 
-/// The body of `queued`'s log: the line as UTF-8, cut so that the log's
-/// JSON stays within [`MAX_LOG_ITEM_BYTES`]. The budget is counted with the
-/// longest level name, so it does not depend on the line's level.
-fn body<'a>(agent_id: &str, queued: &'a QueuedLine, trace_id: &str) -> Cow<'a, str> {
+/// The body of `queued`'s log and its JSON budget ([`text::json_text`]):
+/// the line, cut so that the log's JSON stays within [`MAX_LOG_ITEM_BYTES`].
+/// The budget is counted with the longest level name, so it does not depend
+/// on the line's level.
+fn body<'a>(agent_id: &str, queued: &'a QueuedLine, trace_id: &str) -> (&'a [u8], usize) {
     let line = &queued.line;
     let fits_easily = line
         .data
@@ -169,11 +170,19 @@ fn body<'a>(agent_id: &str, queued: &'a QueuedLine, trace_id: &str) -> Cow<'a, s
         usize::MAX
     } else {
         // Everything but the body's text, counted exactly (`""` included).
-        let rest =
-            text::json_out_len(|out| write_log(out, agent_id, queued, Level::WIDEST, trace_id, ""));
+        let rest = text::json_out_len(|out| {
+            write_log(
+                out,
+                agent_id,
+                queued,
+                Level::WIDEST,
+                trace_id,
+                (b"", usize::MAX),
+            )
+        });
         MAX_LOG_ITEM_BYTES.saturating_sub(rest.saturating_sub(2))
     };
-    text::json_text(&line.data, budget)
+    (&line.data, budget)
 }
 
 /// Bytes `line` adds to the envelope: its log's JSON plus one separator, so
@@ -181,7 +190,7 @@ fn body<'a>(agent_id: &str, queued: &'a QueuedLine, trace_id: &str) -> Cow<'a, s
 pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
     // Every trace id is 32 hex digits: no need to hash for the size.
     let body = body(agent_id, line, TRACE_ID_SIZED);
-    text::json_out_len(|out| write_log(out, agent_id, line, Level::WIDEST, TRACE_ID_SIZED, &body))
+    text::json_out_len(|out| write_log(out, agent_id, line, Level::WIDEST, TRACE_ID_SIZED, body))
         + 1
 }
 
@@ -246,7 +255,7 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::
             line,
             level,
             id,
-            &body(agent_id, line, id),
+            body(agent_id, line, id),
         )?;
     }
     out.write_all(b"]}\n")?;
