@@ -1275,9 +1275,11 @@ async fn the_next_batch_is_encoded_while_a_request_is_in_flight_and_requests_sta
     assert_eq!(seen.iter().filter(|s| matches!(s, SendStart(_))).count(), 3);
 }
 
-/// A sink that records on which thread each batch was encoded.
+/// A sink that records on which thread each batch was encoded, or whose
+/// encoder panics.
 struct ThreadSink {
     prepares: bool,
+    panics: bool,
     threads: Mutex<Vec<std::thread::ThreadId>>,
 }
 
@@ -1300,6 +1302,7 @@ impl Sink for ThreadSink {
     }
 
     fn prepare(&self, _lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
+        assert!(!self.panics, "an encoder bug");
         self.threads
             .lock()
             .unwrap()
@@ -1327,6 +1330,7 @@ async fn encoded_in_place(prepares: bool, line_bytes: usize) -> Vec<bool> {
     push(&source, "a1", &lines);
     let sink = Arc::new(ThreadSink {
         prepares,
+        panics: false,
         threads: Mutex::new(Vec::new()),
     });
     let build = {
@@ -1359,4 +1363,32 @@ async fn small_batches_and_sinks_with_nothing_to_encode_are_prepared_in_place() 
 #[tokio::test(start_paused = true)]
 async fn large_batches_of_an_encoding_sink_are_prepared_on_the_blocking_pool() {
     assert_eq!(encoded_in_place(true, 1_000).await, [false; 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_encoder_that_panics_in_place_parks_the_route_with_its_lines_kept() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 3));
+    let sink = Arc::new(ThreadSink {
+        prepares: true,
+        panics: true,
+        threads: Mutex::new(Vec::new()),
+    });
+    let build = move |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+        Ok(Arc::clone(&sink) as Arc<dyn Sink>)
+    };
+    let engine = Engine::new(source.clone(), settings(), build, Shutdown::new());
+    engine.ensure_route(route("a1"), Secrets::default());
+    until("parked", || {
+        status_of(&engine, "a1").state == RouteState::Config
+    })
+    .await;
+    let status = status_of(&engine, "a1");
+    let error = status.last_error.unwrap_or_default();
+    assert!(error.contains("the encoder panicked"), "{error}");
+    assert_eq!(
+        source.committed_cursor(&route("a1")),
+        None,
+        "lines are kept"
+    );
 }

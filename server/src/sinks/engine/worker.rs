@@ -253,13 +253,13 @@ impl<S: Source> Worker<S> {
     /// Starts encoding `lines` as one request.
     fn start(&self, lines: Vec<QueuedLine>) -> Ready {
         let lines = Arc::new(lines);
-        let prepared = self.spawn_prepare(Arc::clone(&lines), 0..lines.len());
+        let prepared = self.begin_prepare(Arc::clone(&lines), 0..lines.len());
         Ready { lines, prepared }
     }
 
     /// Encodes `lines[range]` on the blocking pool, or in place when the
     /// sink has nothing to encode or the lines are few bytes.
-    fn spawn_prepare(&self, lines: Arc<Vec<QueuedLine>>, range: Range<usize>) -> Preparing {
+    fn begin_prepare(&self, lines: Arc<Vec<QueuedLine>>, range: Range<usize>) -> Preparing {
         let sink = Arc::clone(&self.parts.sink);
         let small = || {
             let mut bytes = 0usize;
@@ -414,7 +414,7 @@ impl<S: Source> Worker<S> {
                 self.hold_off().await?;
                 let task = match early.take() {
                     Some(task) => task,
-                    None => self.spawn_prepare(Arc::clone(&batch), range.clone()),
+                    None => self.begin_prepare(Arc::clone(&batch), range.clone()),
                 };
                 let sent = match self.prepared(task).await? {
                     Ok(prepared) => {
