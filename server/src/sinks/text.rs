@@ -167,16 +167,17 @@ pub fn json_len(value: &impl Serialize) -> usize {
 
 /// Whether any byte of `bytes` is a `hit`. Checked a block at a time
 /// without branching inside a block, which the compiler turns into a few
-/// vector compares per block.
+/// vector compares per block, so `hit` must not branch either: combine its
+/// tests with `|`, not `||` (a branching test runs about ten times slower).
 #[inline]
 pub fn any_byte(bytes: &[u8], hit: impl Fn(u8) -> bool) -> bool {
     let mut blocks = bytes.chunks_exact(32);
     for block in &mut blocks {
-        let mut found = 0u8;
+        let mut found = false;
         for &b in block {
-            found |= u8::from(hit(b));
+            found |= hit(b);
         }
-        if found != 0 {
+        if found {
             return true;
         }
     }
@@ -187,7 +188,7 @@ pub fn any_byte(bytes: &[u8], hit: impl Fn(u8) -> bool) -> bool {
 /// character. It writes every other byte (UTF-8 included) unchanged.
 #[inline]
 fn escaped(b: u8) -> bool {
-    b < 0x20 || b == b'"' || b == b'\\'
+    (b < 0x20) | (b == b'"') | (b == b'\\')
 }
 
 /// Whether `bytes` go into a JSON string as they are ([`escaped`] none).
@@ -198,7 +199,7 @@ pub fn json_plain(bytes: &[u8]) -> bool {
 /// Whether raw line bytes go into a JSON string as they are without even a
 /// UTF-8 check: ASCII, none of it escaped.
 pub fn plain_ascii(bytes: &[u8]) -> bool {
-    !any_byte(bytes, |b| escaped(b) || !b.is_ascii())
+    !any_byte(bytes, |b| escaped(b) | !b.is_ascii())
 }
 
 /// Writes line `data` as the JSON string of [`json_text`]`(data, budget)`.
