@@ -2,7 +2,10 @@
 //! level detection, protobuf encode/decode of a 1,000-line `Batch`, durable
 //! queue append + read (a temp dir), batch building, and each vendor's
 //! request body for a 1,000-line batch (JSON + gzip; CloudWatch: events
-//! planned and chunked, since the AWS SDK serialises them).
+//! planned and chunked, since the AWS SDK serialises them). Level detection
+//! and the Datadog body are also timed on lines of 99 digits, the shape of
+//! the end-to-end delivery benchmark's load (no level word, nothing to
+//! escape).
 //!
 //! Run: `cargo bench -p logdrain-gateway --bench hot_paths [-- <group>]`.
 //! Every group reports throughput in lines (elements) per second. Each
@@ -41,24 +44,38 @@ fn text(i: usize, level: &str) -> Bytes {
     Bytes::from(line)
 }
 
-fn lines() -> Vec<Line> {
-    let levels = ["INFO", "WARN", "ERROR", "DEBUG"];
+/// A line of the delivery benchmark's load (`seq -f %099g`): 99 digits,
+/// no level word, nothing to escape.
+fn digits(i: usize) -> Bytes {
+    Bytes::from(format!("{i:099}"))
+}
+
+fn lines_of(data: impl Fn(usize) -> Bytes) -> Vec<Line> {
     (0..LINES)
         .map(|i| Line {
             timestamp_ns: T0_NS + i as i64,
             stream: StreamKind::Stdout as i32,
             origin: Origin::Agent as i32,
-            data: text(i, levels[i % levels.len()]),
+            data: data(i),
             ..Default::default()
         })
         .collect()
 }
 
+fn lines() -> Vec<Line> {
+    let levels = ["INFO", "WARN", "ERROR", "DEBUG"];
+    lines_of(|i| text(i, levels[i % levels.len()]))
+}
+
 /// The lines as a sink worker reads them (two replicas, so vendors that
 /// group by replica see more than one group).
 fn queued() -> Vec<QueuedLine> {
+    queued_from(lines())
+}
+
+fn queued_from(lines: Vec<Line>) -> Vec<QueuedLine> {
     let replicas: [Arc<str>; 2] = [Arc::from("replica-0"), Arc::from("replica-1")];
-    lines()
+    lines
         .into_iter()
         .enumerate()
         .map(|(i, line)| QueuedLine {
@@ -91,6 +108,15 @@ fn level_detection(c: &mut Criterion) {
     group.bench_function("detect, 4 line shapes", |b| {
         b.iter(|| {
             for line in &samples {
+                black_box(level::detect(black_box(line), StreamKind::Stdout));
+            }
+        })
+    });
+    let numbers: Vec<Bytes> = (0..samples.len()).map(digits).collect();
+    assert_eq!(level::named(&numbers[0]), None);
+    group.bench_function("detect, 4 lines of 99 digits", |b| {
+        b.iter(|| {
+            for line in &numbers {
                 black_box(level::detect(black_box(line), StreamKind::Stdout));
             }
         })
@@ -251,6 +277,10 @@ fn vendor_bodies(c: &mut Criterion) {
     group.throughput(Throughput::Elements(LINES as u64));
     group.bench_function("datadog: JSON + gzip of 1,000 lines", |b| {
         b.iter(|| datadog(black_box(&lines)))
+    });
+    let numeric = queued_from(lines_of(digits));
+    group.bench_function("datadog: JSON + gzip of 1,000 lines of 99 digits", |b| {
+        b.iter(|| datadog(black_box(&numeric)))
     });
     group.bench_function("newrelic: JSON + gzip of 1,000 lines", |b| {
         b.iter(|| newrelic(black_box(&lines)))

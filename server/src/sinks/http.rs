@@ -3,19 +3,19 @@
 //! ([`retry_after`]), a short excerpt of an error answer
 //! ([`read_detail`], [`answered`]), a request that got no answer
 //! ([`transport_error`]), keeping secrets out of all of it
-//! ([`redact`]), and the gzip request body ([`GzipBody`]).
+//! ([`redact`]), and the gzip request body ([`gzip`]).
 //!
 //! Each vendor's `service::classify` stays the one place that decides what
 //! its answers mean; it builds on these pieces. This module must not
 //! decide for a vendor, retry, wait, or put a URL or a secret into a
 //! reason.
 
+use std::cell::RefCell;
 use std::error::Error as _;
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::time::{Duration, SystemTime};
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
@@ -23,38 +23,14 @@ use reqwest::StatusCode;
 use crate::sinks::engine::retry::parse_retry_after;
 use crate::sinks::SinkError;
 
-/// A gzip-compressed request body, fed in large chunks.
-///
-/// flate2 prepares its whole internal output buffer on every `write`, so
-/// handing it serde_json's many small writes directly costs far more than
-/// the compression itself (it dominated a profile of the Datadog sink). The
-/// buffer in front turns them into a few large writes.
-pub struct GzipBody(BufWriter<GzEncoder<Vec<u8>>>);
+/// Deflate level of every request body: fast, and most of what higher
+/// levels would save on log text.
+const GZIP_LEVEL: u32 = 2;
 
-impl GzipBody {
-    /// Bytes gathered before each write to the compressor.
-    const CHUNK: usize = 64 * 1024;
-
-    /// A body whose compressed size is expected near `estimate` bytes.
-    pub fn new(estimate: usize) -> Self {
-        let gzip = GzEncoder::new(Vec::with_capacity(estimate), Compression::new(2));
-        Self(BufWriter::with_capacity(Self::CHUNK, gzip))
-    }
-
-    /// Completes the gzip stream and returns the compressed bytes.
-    pub fn finish(self) -> io::Result<Vec<u8>> {
-        self.0.into_inner().map_err(|e| e.into_error())?.finish()
-    }
-}
-
-impl Write for GzipBody {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
+thread_local! {
+    /// The compressor of this thread, reset for every body: a new one
+    /// allocates and clears several hundred KiB of tables each time.
+    static DEFLATE: RefCell<Option<Compress>> = const { RefCell::new(None) };
 }
 
 /// Most bytes of an error answer kept in a reason.
@@ -154,13 +130,34 @@ pub fn usual_meaning(
     }
 }
 
-/// Gzips a whole body at once. Encoders write their JSON into a `Vec`
-/// first (serde_json's many small writes are cheapest there) and compress
-/// it in one call.
+/// Gzips a whole body at once, straight into the returned `Vec` (no
+/// staging buffer), with this thread's compressor. Encoders write their
+/// JSON into a `Vec` first and compress it in one call.
 pub fn gzip(json: &[u8]) -> io::Result<Vec<u8>> {
-    let mut gz = GzipBody::new(json.len() / 4 + 64);
-    gz.write_all(json)?;
-    gz.finish()
+    DEFLATE.with(|slot| {
+        // Taken out while in use, so the slot is never borrowed twice.
+        let mut deflate = slot
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(|| Compress::new_gzip(Compression::new(GZIP_LEVEL), 15));
+        deflate.reset();
+        let body = gzip_with(&mut deflate, json);
+        *slot.borrow_mut() = Some(deflate);
+        body
+    })
+}
+
+fn gzip_with(deflate: &mut Compress, json: &[u8]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(json.len() / 4 + 64);
+    loop {
+        let read = usize::try_from(deflate.total_in()).unwrap_or(json.len());
+        let rest = json.get(read..).unwrap_or_default();
+        match deflate.compress_vec(rest, &mut out, FlushCompress::Finish) {
+            Ok(Status::StreamEnd) => return Ok(out),
+            Ok(Status::Ok | Status::BufError) => out.reserve(out.capacity().max(4 * 1024)),
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    }
 }
 
 /// What a vendor answered: its status, headers and a short, redacted
@@ -255,6 +252,42 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     use super::*;
+
+    fn gunzip(body: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn bodies_gzipped_one_after_another_each_decompress_to_their_input() {
+        // The compressor is reused: no state may leak from one body into
+        // the next, whatever their sizes.
+        let mut state = 7u64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let bodies = [
+            b"[]".to_vec(),
+            b"{\"message\":\"hello\"}".repeat(10_000),
+            noise,
+            Vec::new(),
+            b"x".to_vec(),
+        ];
+        for body in bodies.iter().chain(bodies.iter()) {
+            let gzipped = gzip(body).unwrap();
+            assert_eq!(&gzipped[..2], [0x1f, 0x8b], "a gzip header");
+            assert!(gunzip(&gzipped) == *body, "{} bytes", body.len());
+        }
+    }
 
     #[test]
     fn statuses_fall_into_their_usual_classes() {

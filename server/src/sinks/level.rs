@@ -292,6 +292,12 @@ enum Piece {
 
 fn text_level(line: &[u8]) -> Option<Level> {
     let prefix = &line[..line.len().min(TEXT_PREFIX_BYTES)];
+    // Every way a text line names its level spells a word (a level name,
+    // a `level=` key, glog's tag letter): a head without a single ASCII
+    // letter names none, and its numbers need not be walked token by token.
+    if !has_ascii_letter(prefix) {
+        return None;
+    }
     let mut buf = [0u8; TEXT_PREFIX_BYTES];
     // Most lines have no colours: no copy then.
     let text = if prefix.contains(&0x1b) {
@@ -327,6 +333,11 @@ fn text_level(line: &[u8]) -> Option<Level> {
         }
     }
     None
+}
+
+/// Whether `bytes` hold an ASCII letter, many bytes per step.
+fn has_ascii_letter(bytes: &[u8]) -> bool {
+    crate::sinks::text::any_byte(bytes, |b| (b | 0x20).wrapping_sub(b'a') < 26)
 }
 
 /// Progress through a line's header.
@@ -961,6 +972,36 @@ mod tests {
                         let _ = detect(&line, StreamKind::Stderr);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn lines_of_digits_and_punctuation_name_no_level() {
+        for line in [
+            "0".repeat(99),
+            "000000000000000000000000000000000000000000000000001e+99".to_string(),
+            "12:00:00 [42] (7) <3> 1.5 -- 2024/05/01".to_string(),
+            "\x1b[31m12345\x1b[0m".to_string(),
+        ] {
+            assert_eq!(named(line.as_bytes()), None, "{line}");
+        }
+        // A letter anywhere in the head is still read for a level.
+        assert_eq!(out(&format!("{} ERROR boom", "1".repeat(99))), Level::Error);
+        assert_eq!(out("12:00:00 [42] W slow"), Level::Info);
+    }
+
+    #[test]
+    fn the_letter_check_agrees_with_a_byte_by_byte_look() {
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphabetic();
+            for len in [1, 31, 32, 33, 64, 70] {
+                let mut bytes = vec![b'0'; len];
+                bytes[len - 1] = b;
+                assert_eq!(has_ascii_letter(&bytes), expected, "{b:#x} at {}", len - 1);
+                bytes[len - 1] = b'0';
+                bytes[0] = b;
+                assert_eq!(has_ascii_letter(&bytes), expected, "{b:#x} at 0");
             }
         }
     }

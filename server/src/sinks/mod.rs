@@ -145,13 +145,24 @@ pub trait Sink: Send + Sync + 'static {
     /// Encodes the request for `lines` (JSON, compression: CPU work only, no
     /// I/O) without sending it. The engine runs it on the blocking pool, for
     /// the next batch while the previous request is in flight, so encoding
-    /// overlaps the vendor's round trip. An error is classified like a send's
+    /// overlaps the vendor's round trip (small batches, and every batch of
+    /// a sink that [`Sink::prepares`] nothing, are encoded in place). An
+    /// error is classified like a send's
     /// (a request over a vendor limit is [`SinkError::PayloadRejected`]).
     /// Default: nothing to prepare; the sink builds its request in
     /// [`Sink::send_prepared`].
     fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
         let _ = lines;
         Ok(Prepared::default())
+    }
+
+    /// Whether [`Sink::prepare`] does work worth moving off the route's
+    /// task (encoding, compression). When it does not, the engine calls it
+    /// in place instead of handing every batch to the blocking pool; it
+    /// does so too for batches too small for the hand-off to pay. A sink
+    /// that overrides `prepare` says `true`.
+    fn prepares(&self) -> bool {
+        false
     }
 
     /// Sends `lines` (never empty, in queue order) as one request, with what

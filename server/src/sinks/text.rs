@@ -2,8 +2,10 @@
 //! part of a request body: the line as UTF-8 text ([`lossy`]), a text cut
 //! to a JSON budget with a visible marker ([`json_text`]), the `logdrain.*`
 //! attribute values of shim-written lines and split pieces
-//! ([`Attributes`]), and byte counting of serialised JSON ([`Counting`],
-//! [`json_len`]).
+//! ([`Attributes`]), byte counting of serialised JSON ([`Counting`],
+//! [`json_len`]), and the writer request builders lay their per-line JSON
+//! out with ([`JsonOut`]: into a body, or only counted, with strings that
+//! need no escaping copied as they are).
 //!
 //! This module owns values, not layouts: where the text and the attributes
 //! go in a request (a nested `logdrain` object, dotted names, typed
@@ -163,6 +165,158 @@ pub fn json_len(value: &impl Serialize) -> usize {
     counted(|w| serde_json::to_writer(w, value).map_err(io::Error::from))
 }
 
+/// Whether any byte of `bytes` is a `hit`. Checked a block at a time
+/// without branching inside a block, which the compiler turns into a few
+/// vector compares per block, so `hit` must not branch either: combine its
+/// tests with `|`, not `||` (a branching test runs about ten times slower).
+#[inline]
+pub fn any_byte(bytes: &[u8], hit: impl Fn(u8) -> bool) -> bool {
+    let mut blocks = bytes.chunks_exact(32);
+    for block in &mut blocks {
+        let mut found = false;
+        for &b in block {
+            found |= hit(b);
+        }
+        if found {
+            return true;
+        }
+    }
+    blocks.remainder().iter().any(|&b| hit(b))
+}
+
+/// A byte serde_json escapes in a string: a quote, a backslash, a control
+/// character. It writes every other byte (UTF-8 included) unchanged.
+#[inline]
+fn escaped(b: u8) -> bool {
+    (b < 0x20) | (b == b'"') | (b == b'\\')
+}
+
+/// Whether `bytes` go into a JSON string as they are ([`escaped`] none).
+pub fn json_plain(bytes: &[u8]) -> bool {
+    !any_byte(bytes, escaped)
+}
+
+/// Whether raw line bytes go into a JSON string as they are without even a
+/// UTF-8 check: ASCII, none of it escaped.
+pub fn plain_ascii(bytes: &[u8]) -> bool {
+    !any_byte(bytes, |b| escaped(b) | !b.is_ascii())
+}
+
+/// Writes line `data` as the JSON string of [`json_text`]`(data, budget)`.
+/// A short line of [`plain_ascii`] bytes, the usual line, is copied as it
+/// is in one pass; any other goes through [`json_text`].
+pub fn write_json_text(out: &mut impl JsonOut, data: &[u8], budget: usize) {
+    // The quick bound of `json_text`: such a line is never cut.
+    let short = data.len().saturating_mul(6).saturating_add(2) <= budget;
+    if short && plain_ascii(data) {
+        out.quoted(data);
+    } else {
+        out.string(&json_text(data, budget));
+    }
+}
+
+/// Where a request builder writes JSON it lays out by hand: a body
+/// (`Vec<u8>`) or only its length ([`JsonLen`]). One function written
+/// against it gives both a line's bytes and its size, so they cannot drift
+/// apart. Output is byte for byte what serde_json writes for the same
+/// values.
+pub trait JsonOut {
+    /// Bytes that are JSON already: punctuation, keys, text escaped before.
+    fn raw(&mut self, json: &[u8]);
+    /// `text` as a quoted JSON string. Text that needs no escaping
+    /// ([`json_plain`]) is copied as it is; other text goes through
+    /// serde_json.
+    fn string(&mut self, text: &str);
+    /// Bytes known to need no escaping (a fixed name, or bytes
+    /// [`plain_ascii`] accepted), quoted.
+    #[inline]
+    fn quoted(&mut self, plain: &[u8]) {
+        debug_assert!(json_plain(plain) && std::str::from_utf8(plain).is_ok());
+        self.raw(b"\"");
+        self.raw(plain);
+        self.raw(b"\"");
+    }
+    /// An integer.
+    fn int(&mut self, n: impl itoa::Integer);
+    /// Any other value, through serde_json.
+    fn value(&mut self, value: &impl Serialize) -> io::Result<()>;
+}
+
+impl JsonOut for Vec<u8> {
+    #[inline]
+    fn raw(&mut self, json: &[u8]) {
+        self.extend_from_slice(json);
+    }
+
+    #[inline]
+    fn string(&mut self, text: &str) {
+        if json_plain(text.as_bytes()) {
+            self.reserve(text.len() + 2);
+            self.push(b'"');
+            self.extend_from_slice(text.as_bytes());
+            self.push(b'"');
+        } else {
+            // Serialising a string into memory cannot fail.
+            let _ = serde_json::to_writer(&mut *self, text);
+        }
+    }
+
+    #[inline]
+    fn int(&mut self, n: impl itoa::Integer) {
+        self.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    fn value(&mut self, value: &impl Serialize) -> io::Result<()> {
+        serde_json::to_writer(&mut *self, value).map_err(io::Error::from)
+    }
+}
+
+/// Counts the bytes a layout would write, writing nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JsonLen(usize);
+
+impl JsonLen {
+    /// Bytes counted so far.
+    pub fn count(self) -> usize {
+        self.0
+    }
+}
+
+impl JsonOut for JsonLen {
+    #[inline]
+    fn raw(&mut self, json: &[u8]) {
+        self.0 += json.len();
+    }
+
+    #[inline]
+    fn string(&mut self, text: &str) {
+        self.0 += if json_plain(text.as_bytes()) {
+            text.len() + 2
+        } else {
+            json_len(&text)
+        };
+    }
+
+    #[inline]
+    fn int(&mut self, n: impl itoa::Integer) {
+        self.0 += itoa::Buffer::new().format(n).len();
+    }
+
+    fn value(&mut self, value: &impl Serialize) -> io::Result<()> {
+        self.0 += json_len(value);
+        Ok(())
+    }
+}
+
+/// Bytes `layout` writes.
+pub fn json_out_len(layout: impl FnOnce(&mut JsonLen) -> io::Result<()>) -> usize {
+    let mut len = JsonLen::default();
+    // Counting cannot fail, and neither can serialising the strings,
+    // numbers and booleans of a log.
+    let _ = layout(&mut len);
+    len.count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +421,126 @@ mod tests {
         serde_json::to_writer(&mut out, &"é").unwrap();
         assert_eq!(out.count(), 3 + 4);
         assert_eq!(out.into_inner(), "[1,\"é\"".as_bytes());
+    }
+
+    /// Awkward texts: escapes, every control character, invalid UTF-8 made
+    /// lossy, ANSI colours, non-ASCII, DEL, and long runs on both sides of
+    /// the block size.
+    fn awkward_texts() -> Vec<String> {
+        let mut texts: Vec<String> = [
+            "",
+            "plain ascii text",
+            "quote \" inside",
+            "back\\slash",
+            "tab\tnewline\ncr\r",
+            "\u{1b}[31mred\u{1b}[0m and \u{1b}]0;title\u{7}",
+            "caf\u{e9} \u{2603} \u{1f600} \u{7f} \u{80}",
+            "</script> & 'single' \u{2028}",
+        ]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+        texts.push(lossy(b"caf\xe9 \xff ok").into_owned());
+        texts.push((0u8..0x20).map(char::from).collect());
+        for len in [31, 32, 33, 64, 100, 5_000] {
+            texts.push("x".repeat(len));
+            let mut late = "y".repeat(len - 1);
+            late.push('"');
+            texts.push(late);
+            let mut early = String::from("\u{1}");
+            early.push_str(&"z".repeat(len));
+            texts.push(early);
+        }
+        texts
+    }
+
+    #[test]
+    fn hand_written_strings_match_serde_json_on_awkward_text() {
+        for text in awkward_texts() {
+            let mut out = Vec::new();
+            out.string(&text);
+            let reference = serde_json::to_vec(&text).unwrap();
+            assert_eq!(out, reference, "{text:?}");
+            assert_eq!(
+                json_out_len(|len| {
+                    len.string(&text);
+                    Ok(())
+                }),
+                reference.len(),
+                "{text:?}"
+            );
+            let needs_escape = text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
+            assert_eq!(json_plain(text.as_bytes()), !needs_escape, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn line_text_written_in_one_pass_matches_the_general_path() {
+        let mut lines: Vec<Vec<u8>> = awkward_texts()
+            .into_iter()
+            .map(String::into_bytes)
+            .collect();
+        lines.push(b"caf\xe9 \xff ok".to_vec());
+        lines.push(b"\x7f del".to_vec());
+        lines.push(vec![b'a'; 2_000]);
+        for data in &lines {
+            for budget in [
+                usize::MAX,
+                10_000,
+                data.len() * 6 + 2,
+                data.len() * 6 + 1,
+                60,
+            ] {
+                let mut out = Vec::new();
+                write_json_text(&mut out, data, budget);
+                let reference = serde_json::to_vec(&json_text(data, budget)).unwrap();
+                assert!(out == reference, "{data:?} in {budget}");
+                let counted = json_out_len(|len| {
+                    write_json_text(len, data, budget);
+                    Ok(())
+                });
+                assert_eq!(counted, reference.len());
+            }
+            let ascii_plain = data
+                .iter()
+                .all(|&b| (0x20..0x80).contains(&b) && b != b'"' && b != b'\\');
+            assert_eq!(plain_ascii(data), ascii_plain, "{data:?}");
+        }
+    }
+
+    #[test]
+    fn every_byte_is_plain_exactly_when_serde_json_leaves_it_alone() {
+        for b in 0..=0x7fu8 {
+            let text = char::from(b).to_string();
+            let reference = serde_json::to_string(&text).unwrap();
+            let unchanged = reference.len() == 3;
+            for at in [0, 31, 32, 40] {
+                let mut bytes = vec![b'a'; 41];
+                bytes[at] = b;
+                assert_eq!(json_plain(&bytes), unchanged, "{b:#x} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn hand_written_numbers_and_values_match_serde_json() {
+        for n in [0i64, 7, -1, -1_500, i64::MIN, i64::MAX, 1_700_000_000_123] {
+            let mut out = Vec::new();
+            out.int(n);
+            assert_eq!(out, serde_json::to_vec(&n).unwrap());
+            assert_eq!(
+                json_out_len(|len| {
+                    len.int(n);
+                    Ok(())
+                }),
+                out.len()
+            );
+        }
+        let attributes = Attributes::of(&line(2, true, Origin::Shim));
+        let mut out = Vec::new();
+        out.value(&attributes).unwrap();
+        assert_eq!(out, serde_json::to_vec(&attributes).unwrap());
+        assert_eq!(json_out_len(|len| len.value(&attributes)), out.len());
     }
 
     #[test]

@@ -8,17 +8,18 @@
 //! millisecond keep queue order), and cuts them into puts that obey every
 //! PutLogEvents rule: at most [`MAX_EVENTS`] events, at most
 //! [`MAX_BATCH_BYTES`] counted as message bytes plus [`EVENT_OVERHEAD`] per
-//! event, and a time span under [`MAX_SPAN_MS`]. [`event_size`] counts a
-//! line exactly as [`plan`] encodes it. This module must not send anything.
+//! event, and a time span under [`MAX_SPAN_MS`]. The message object is
+//! written by hand through [`JsonOut`], byte for byte as serde_json would
+//! write it, and [`event_size`] counts a line with the same layout, exactly
+//! as [`plan`] encodes it. This module must not send anything.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::queue::{Cursor, QueuedLine};
-use crate::sinks::text::{self, Attributes};
+use crate::sinks::text::{self, Attributes, JsonOut};
 
 /// Most events in one PutLogEvents request.
 pub const MAX_EVENTS: usize = 10_000;
@@ -38,22 +39,21 @@ pub const MAX_SPAN_MS: i64 = 24 * 60 * 60 * 1_000;
 pub const MAX_LINE_JSON_BYTES: usize = MAX_EVENT_BYTES - EVENT_OVERHEAD - 256;
 
 /// The JSON object that is an event's message.
-#[derive(Serialize)]
-struct Message<'a> {
-    message: Cow<'a, str>,
-    stream: &'static str,
-    /// The same attributes the Datadog sink sends.
-    #[serde(skip_serializing_if = "Attributes::is_empty")]
-    logdrain: Attributes,
-}
-
-fn message_of(queued: &QueuedLine) -> Message<'_> {
+/// The message object of `queued`: `message`, `stream`, and a `logdrain`
+/// object only when its attributes say something.
+fn write_message(out: &mut impl JsonOut, queued: &QueuedLine) -> io::Result<()> {
     let line = &queued.line;
-    Message {
-        message: line_text(&line.data),
-        stream: line.stream().name(),
-        logdrain: Attributes::of(line),
+    out.raw(b"{\"message\":");
+    text::write_json_text(out, &line.data, MAX_LINE_JSON_BYTES);
+    out.raw(b",\"stream\":");
+    out.quoted(line.stream().name().as_bytes());
+    let attributes = Attributes::of(line);
+    if !attributes.is_empty() {
+        out.raw(b",\"logdrain\":");
+        out.value(&attributes)?;
     }
+    out.raw(b"}");
+    Ok(())
 }
 
 /// The line as UTF-8 (lossy: bytes that are not UTF-8 become U+FFFD), cut
@@ -65,14 +65,17 @@ pub fn line_text(data: &[u8]) -> Cow<'_, str> {
 
 /// The event message of `line`: its JSON object as text.
 pub fn message(line: &QueuedLine) -> String {
+    let mut json = Vec::with_capacity(line.line.data.len() + 32);
     // Strings and integers cannot fail to serialize.
-    serde_json::to_string(&message_of(line)).unwrap_or_default()
+    let _ = write_message(&mut json, line);
+    // JSON written from strings is UTF-8.
+    String::from_utf8(json).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Bytes `line` adds to a request as CloudWatch counts them: its message's
 /// UTF-8 bytes plus [`EVENT_OVERHEAD`]. Never more than [`MAX_EVENT_BYTES`].
 pub fn event_size(line: &QueuedLine) -> usize {
-    text::json_len(&message_of(line)) + EVENT_OVERHEAD
+    text::json_out_len(|out| write_message(out, line)) + EVENT_OVERHEAD
 }
 
 /// The event's timestamp: the line's time in whole milliseconds.

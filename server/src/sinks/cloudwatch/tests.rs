@@ -106,6 +106,54 @@ fn a_message_is_a_json_object_with_the_line_and_its_stream() {
     );
 }
 
+/// The general path the hand-written message must match byte for byte.
+#[derive(serde::Serialize)]
+struct ReferenceMessage<'a> {
+    message: std::borrow::Cow<'a, str>,
+    stream: &'static str,
+    #[serde(skip_serializing_if = "crate::sinks::text::Attributes::is_empty")]
+    logdrain: crate::sinks::text::Attributes,
+}
+
+#[test]
+fn the_hand_written_message_is_byte_for_byte_what_serde_json_writes() {
+    let data: Vec<Vec<u8>> = vec![
+        b"plain line".to_vec(),
+        b"quote \" backslash \\ tab \t newline \n cr \r".to_vec(),
+        (0u8..0x20).collect(),
+        b"caf\xe9 \xff ok \xf0\x9f".to_vec(),
+        b"\x1b[2m2024-05-01T12:00:00Z\x1b[0m \x1b[33m WARN\x1b[0m colours".to_vec(),
+        "caf\u{e9} \u{2603} \u{1f600} \u{7f} \u{2028}"
+            .as_bytes()
+            .to_vec(),
+        vec![b'a'; 5_000],
+        vec![b'b'; 1_100_000],
+        vec![0x01u8; 200_000],
+        Vec::new(),
+    ];
+    for (i, data) in data.iter().enumerate() {
+        let mut l = line(i as u32, data);
+        match i % 4 {
+            1 => l.line.more_parts = true,
+            2 => l.line.origin = Origin::Shim as i32,
+            3 => l.line.stream = StreamKind::Stderr as i32,
+            _ => {}
+        }
+        let reference = serde_json::to_string(&ReferenceMessage {
+            message: request_builder::line_text(&l.line.data),
+            stream: l.line.stream().name(),
+            logdrain: crate::sinks::text::Attributes::of(&l.line),
+        })
+        .unwrap();
+        let message = request_builder::message(&l);
+        assert!(message == reference, "line {i} differs");
+        assert_eq!(
+            request_builder::event_size(&l),
+            reference.len() + EVENT_OVERHEAD
+        );
+    }
+}
+
 #[test]
 fn pieces_of_split_lines_and_shim_lines_say_so_under_logdrain() {
     let mut piece = line(0, b"abc");

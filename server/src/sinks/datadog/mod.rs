@@ -89,6 +89,10 @@ impl Sink for DatadogSink {
         request_builder::event_size(&self.agent_id, line)
     }
 
+    fn prepares(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
         let encoded = request_builder::encode(&self.agent_id, lines)
             .map_err(|e| encoding_failed("Datadog", &e))?;

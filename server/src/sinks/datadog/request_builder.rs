@@ -4,9 +4,14 @@
 //! `service`, `stream`, `message`, `timestamp`, `status`), plus a `logdrain`
 //! object only for pieces of a split line (`logdrain.part`,
 //! `logdrain.more_parts`) and for lines the shim wrote itself
-//! (`logdrain.origin = "shim"`). [`event_size`] counts a line's bytes in the
-//! uncompressed array as [`encode`] writes them (never less), so batches respect
-//! Datadog's 5 MB limit. This module must not send anything.
+//! (`logdrain.origin = "shim"`). The objects are written by hand through
+//! [`JsonOut`], byte for byte as serde_json would write them: the fields
+//! every line of a replica shares (`host`, `ddsource`, `service`) are
+//! escaped once per run of that replica's lines, and a message that needs
+//! no escaping is copied as it is. [`event_size`] counts a line's bytes in
+//! the uncompressed array with the same layout (never less than [`encode`]
+//! writes), so batches respect Datadog's 5 MB limit. This module must not
+//! send anything.
 //!
 //! * `message` is the raw line converted to UTF-8 lossily: bytes that are
 //!   not UTF-8 become U+FFFD, because JSON strings must be Unicode.
@@ -16,15 +21,12 @@
 //!   would truncate a log over 1 MB anyway, and cutting it here keeps every
 //!   log within a request.
 
-use std::borrow::Cow;
 use std::io;
-
-use serde::Serialize;
 
 use crate::queue::QueuedLine;
 use crate::sinks::http;
 use crate::sinks::level::{self, Level};
-use crate::sinks::text::{self, Attributes};
+use crate::sinks::text::{self, Attributes, JsonOut};
 
 /// Most log entries in one request.
 pub const MAX_EVENTS: usize = 1_000;
@@ -49,32 +51,36 @@ pub fn status(level: Level) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
-struct Entry<'a> {
-    host: &'a str,
-    ddsource: &'a str,
-    service: &'static str,
-    stream: &'static str,
-    message: Cow<'a, str>,
-    timestamp: i64,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Attributes::is_empty")]
-    logdrain: Attributes,
+/// The start of the log object of every line of replica `host`:
+/// `{"host":…,"ddsource":…,"service":"cloud.livekit.io"`.
+fn write_head(out: &mut impl JsonOut, agent_id: &str, host: &str) {
+    out.raw(b"{\"host\":");
+    out.string(host);
+    out.raw(b",\"ddsource\":");
+    out.string(agent_id);
+    out.raw(b",\"service\":");
+    out.string(SERVICE);
 }
 
-fn entry<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level) -> Entry<'a> {
+/// The rest of `queued`'s log object after [`write_head`], closing brace
+/// included.
+fn write_rest(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) -> io::Result<()> {
     let line = &queued.line;
-    let stream = line.stream();
-    Entry {
-        host: &queued.agent_server_id,
-        ddsource: agent_id,
-        service: SERVICE,
-        stream: stream.name(),
-        message: text::json_text(&line.data, MAX_MESSAGE_JSON_BYTES),
-        timestamp: line.timestamp_ns.div_euclid(1_000_000),
-        status: status(level),
-        logdrain: Attributes::of(line),
+    out.raw(b",\"stream\":");
+    out.quoted(line.stream().name().as_bytes());
+    out.raw(b",\"message\":");
+    text::write_json_text(out, &line.data, MAX_MESSAGE_JSON_BYTES);
+    out.raw(b",\"timestamp\":");
+    out.int(line.timestamp_ns.div_euclid(1_000_000));
+    out.raw(b",\"status\":");
+    out.quoted(status(level).as_bytes());
+    let attributes = Attributes::of(line);
+    if !attributes.is_empty() {
+        out.raw(b",\"logdrain\":");
+        out.value(&attributes)?;
     }
+    out.raw(b"}");
+    Ok(())
 }
 
 /// Bytes `line` adds to the uncompressed JSON array: its object plus one
@@ -83,7 +89,10 @@ fn entry<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level) -> Entry<'
 /// not be detected twice. A batch's sum plus one opening bracket is the body
 /// length, or at most 4 bytes per line more.
 pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
-    text::json_len(&entry(agent_id, line, Level::WIDEST)) + 1
+    text::json_out_len(|out| {
+        write_head(out, agent_id, &line.agent_server_id);
+        write_rest(out, line, Level::WIDEST)
+    }) + 1
 }
 
 /// A request body ready to send.
@@ -101,12 +110,23 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
     let estimate: usize = lines.iter().map(|l| l.line.data.len() + 160).sum();
     let mut json = Vec::with_capacity(estimate.min(MAX_PAYLOAD_BYTES));
     json.push(b'[');
+    // Lines of one replica come in runs: their shared fields are escaped
+    // once per run.
+    let mut head = Vec::new();
+    let mut head_of: Option<&str> = None;
     for (i, line) in lines.iter().enumerate() {
         if i > 0 {
             json.push(b',');
         }
+        let host = &*line.agent_server_id;
+        if head_of != Some(host) {
+            head.clear();
+            write_head(&mut head, agent_id, host);
+            head_of = Some(host);
+        }
+        json.extend_from_slice(&head);
         let level = level::detect(&line.line.data, line.line.stream());
-        serde_json::to_writer(&mut json, &entry(agent_id, line, level))?;
+        write_rest(&mut json, line, level)?;
     }
     json.push(b']');
     let json_bytes = json.len();

@@ -198,6 +198,104 @@ fn event_sizes_add_up_to_the_body_length_counted_with_the_longest_status() {
     );
 }
 
+/// The general path the hand-written layout must match byte for byte: each
+/// log object as serde_json writes it.
+#[derive(serde::Serialize)]
+struct Reference<'a> {
+    host: &'a str,
+    ddsource: &'a str,
+    service: &'static str,
+    stream: &'static str,
+    message: std::borrow::Cow<'a, str>,
+    timestamp: i64,
+    status: &'static str,
+    #[serde(skip_serializing_if = "crate::sinks::text::Attributes::is_empty")]
+    logdrain: crate::sinks::text::Attributes,
+}
+
+fn reference<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level) -> Reference<'a> {
+    let line = &queued.line;
+    Reference {
+        host: &queued.agent_server_id,
+        ddsource: agent_id,
+        service: request_builder::SERVICE,
+        stream: line.stream().name(),
+        message: crate::sinks::text::json_text(&line.data, request_builder::MAX_MESSAGE_JSON_BYTES),
+        timestamp: line.timestamp_ns.div_euclid(1_000_000),
+        status: request_builder::status(level),
+        logdrain: crate::sinks::text::Attributes::of(line),
+    }
+}
+
+/// Lines that take every path of the layout: escapes, control characters,
+/// invalid UTF-8, ANSI colours, non-ASCII, JSON text, lines long enough to
+/// be cut, pieces, shim lines, stderr, replicas alternating and replica ids
+/// that need escaping themselves.
+fn awkward_lines() -> Vec<QueuedLine> {
+    let data: Vec<Vec<u8>> = vec![
+        b"plain line".to_vec(),
+        b"quote \" backslash \\ tab \t newline \n cr \r".to_vec(),
+        (0u8..0x20).collect(),
+        b"caf\xe9 \xff ok \xf0\x9f".to_vec(),
+        b"\x1b[2m2024-05-01T12:00:00Z\x1b[0m \x1b[33m WARN\x1b[0m colours".to_vec(),
+        "caf\u{e9} \u{2603} \u{1f600} \u{7f} \u{2028}"
+            .as_bytes()
+            .to_vec(),
+        br#"{"level":"error","msg":"json \"inside\""}"#.to_vec(),
+        format!("{:099}", 7).into_bytes(),
+        vec![b'a'; 5_000],
+        vec![b'b'; 1_200_000],
+        vec![0x01u8; 200_000],
+        Vec::new(),
+    ];
+    let replicas: [Arc<str>; 3] = [
+        Arc::from("replica-7"),
+        Arc::from("replica \"8\" \\ \u{1}"),
+        Arc::from("r\u{e9}plica-9"),
+    ];
+    let mut lines = Vec::new();
+    for (i, data) in data.iter().enumerate() {
+        let mut line = queued(i as u32, data);
+        line.agent_server_id = Arc::clone(&replicas[(i / 2) % replicas.len()]);
+        match i % 5 {
+            1 => line.line.stream = StreamKind::Stderr as i32,
+            2 => line.line.more_parts = true,
+            3 => line.line.origin = Origin::Shim as i32,
+            4 => line.line.timestamp_ns = -1_500_000,
+            _ => {}
+        }
+        lines.push(line);
+    }
+    lines
+}
+
+#[test]
+fn the_hand_written_body_is_byte_for_byte_what_serde_json_writes() {
+    for agent in ["agent-42", "agent \"quoted\" \\ \u{7}"] {
+        let lines = awkward_lines();
+        let mut expected = b"[".to_vec();
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                expected.push(b',');
+            }
+            let level = crate::sinks::level::detect(&line.line.data, line.line.stream());
+            serde_json::to_writer(&mut expected, &reference(agent, line, level)).unwrap();
+        }
+        expected.push(b']');
+        let encoded = request_builder::encode(agent, &lines).unwrap();
+        assert!(gunzip(&encoded.body) == expected, "bodies differ");
+        for line in &lines {
+            let widest = serde_json::to_vec(&reference(agent, line, Level::WIDEST)).unwrap();
+            assert_eq!(
+                request_builder::event_size(agent, line),
+                widest.len() + 1,
+                "{:?}",
+                line.cursor
+            );
+        }
+    }
+}
+
 /// Cuts every batch a worker would cut from `lines` with this sink's limits.
 fn batches(sink: &DatadogSink, lines: Vec<QueuedLine>) -> Vec<Vec<QueuedLine>> {
     let limits = sink.limits();

@@ -1274,3 +1274,121 @@ async fn the_next_batch_is_encoded_while_a_request_is_in_flight_and_requests_sta
     }
     assert_eq!(seen.iter().filter(|s| matches!(s, SendStart(_))).count(), 3);
 }
+
+/// A sink that records on which thread each batch was encoded, or whose
+/// encoder panics.
+struct ThreadSink {
+    prepares: bool,
+    panics: bool,
+    threads: Mutex<Vec<std::thread::ThreadId>>,
+}
+
+#[async_trait]
+impl Sink for ThreadSink {
+    fn kind(&self) -> DestinationKind {
+        DestinationKind::Datadog
+    }
+
+    fn limits(&self) -> BatchLimits {
+        limits(100, Duration::from_secs(1))
+    }
+
+    fn event_size(&self, line: &QueuedLine) -> usize {
+        line.line.data.len()
+    }
+
+    fn prepares(&self) -> bool {
+        self.prepares
+    }
+
+    fn prepare(&self, _lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
+        assert!(!self.panics, "an encoder bug");
+        self.threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+        Ok(Prepared::default())
+    }
+
+    async fn send_prepared(
+        &self,
+        _lines: &[QueuedLine],
+        _prepared: Prepared,
+    ) -> Result<SendOutcome, SinkError> {
+        Ok(SendOutcome::accepted())
+    }
+}
+
+/// Delivers 300 lines of `line_bytes` each through a [`ThreadSink`] and
+/// tells, per batch, whether it was encoded on the route's own thread (the
+/// test runtime has only this one).
+async fn encoded_in_place(prepares: bool, line_bytes: usize) -> Vec<bool> {
+    let source = MemorySource::default();
+    let lines: Vec<String> = (0..300)
+        .map(|i| format!("{i:0width$}", width = line_bytes))
+        .collect();
+    push(&source, "a1", &lines);
+    let sink = Arc::new(ThreadSink {
+        prepares,
+        panics: false,
+        threads: Mutex::new(Vec::new()),
+    });
+    let build = {
+        let sink = Arc::clone(&sink);
+        move |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+            Ok(Arc::clone(&sink) as Arc<dyn Sink>)
+        }
+    };
+    let engine = Engine::new(source.clone(), settings(), build, Shutdown::new());
+    engine.ensure_route(route("a1"), Secrets::default());
+    until("all committed", || {
+        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
+    })
+    .await;
+    let here = std::thread::current().id();
+    let threads = sink.threads.lock().unwrap().clone();
+    threads.into_iter().map(|thread| thread == here).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn small_batches_and_sinks_with_nothing_to_encode_are_prepared_in_place() {
+    assert_eq!(encoded_in_place(true, 10).await, [true; 3], "small batches");
+    assert_eq!(
+        encoded_in_place(false, 1_000).await,
+        [true; 3],
+        "nothing to encode"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_batches_of_an_encoding_sink_are_prepared_on_the_blocking_pool() {
+    assert_eq!(encoded_in_place(true, 1_000).await, [false; 3]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_encoder_that_panics_in_place_parks_the_route_with_its_lines_kept() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 3));
+    let sink = Arc::new(ThreadSink {
+        prepares: true,
+        panics: true,
+        threads: Mutex::new(Vec::new()),
+    });
+    let build = move |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+        Ok(Arc::clone(&sink) as Arc<dyn Sink>)
+    };
+    let engine = Engine::new(source.clone(), settings(), build, Shutdown::new());
+    engine.ensure_route(route("a1"), Secrets::default());
+    until("parked", || {
+        status_of(&engine, "a1").state == RouteState::Config
+    })
+    .await;
+    let status = status_of(&engine, "a1");
+    let error = status.last_error.unwrap_or_default();
+    assert!(error.contains("the encoder panicked"), "{error}");
+    assert_eq!(
+        source.committed_cursor(&route("a1")),
+        None,
+        "lines are kept"
+    );
+}

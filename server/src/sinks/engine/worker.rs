@@ -4,7 +4,9 @@
 //! batch ([`Pending`]), waits up to the sink's linger for a batch to fill,
 //! sends it, and commits only after the vendor accepted. With a backlog, the
 //! next full batch is encoded on the blocking pool while the current request
-//! is in flight; requests still go out one at a time, in queue order. Failures follow
+//! is in flight (in place when the sink has nothing to encode or the batch is
+//! too small for the hand-off to pay); requests still go out one at a time,
+//! in queue order. Failures follow
 //! [`action_for`]: back off and retry, split a rejected payload down to the
 //! offending line, or park the route while credentials are refused. A vendor
 //! that accepted a request but asked to hold off ([`SendOutcome::hold_off`])
@@ -13,6 +15,7 @@
 //! another. It must not know any vendor's request format.
 
 use std::ops::Range;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -33,6 +36,11 @@ use crate::sinks::{encoding_failed, BatchLimits, Prepared, SendOutcome, Sink, Si
 
 /// How often a worker looks for lines when the queue's change signal is gone.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A batch whose lines hold fewer bytes than this is encoded on the worker's
+/// own task: handing it to the blocking pool and back (two thread wake-ups)
+/// costs more than encoding it.
+const INLINE_PREPARE_BYTES: usize = 16 * 1024;
 
 /// The worker stopped because shutdown began.
 #[derive(Debug)]
@@ -132,11 +140,17 @@ impl Drop for Sending {
     }
 }
 
-/// A batch cut from [`Pending`], with its request being encoded on the
-/// blocking pool ([`Sink::prepare`]).
+/// A batch cut from [`Pending`], with its request being encoded
+/// ([`Sink::prepare`]).
 struct Ready {
     lines: Arc<Vec<QueuedLine>>,
-    prepared: JoinHandle<Result<Prepared, SinkError>>,
+    prepared: Preparing,
+}
+
+/// A request being encoded: on the blocking pool, or already in place.
+enum Preparing {
+    Done(Result<Prepared, SinkError>),
+    Pool(JoinHandle<Result<Prepared, SinkError>>),
 }
 
 pub(super) struct Worker<S> {
@@ -236,27 +250,48 @@ impl<S: Source> Worker<S> {
         Ok(())
     }
 
-    /// Starts encoding `lines` as one request on the blocking pool.
+    /// Starts encoding `lines` as one request.
     fn start(&self, lines: Vec<QueuedLine>) -> Ready {
         let lines = Arc::new(lines);
-        let prepared = self.spawn_prepare(Arc::clone(&lines), 0..lines.len());
+        let prepared = self.begin_prepare(Arc::clone(&lines), 0..lines.len());
         Ready { lines, prepared }
     }
 
-    fn spawn_prepare(
-        &self,
-        lines: Arc<Vec<QueuedLine>>,
-        range: Range<usize>,
-    ) -> JoinHandle<Result<Prepared, SinkError>> {
+    /// Encodes `lines[range]` on the blocking pool, or in place when the
+    /// sink has nothing to encode or the lines are few bytes.
+    fn begin_prepare(&self, lines: Arc<Vec<QueuedLine>>, range: Range<usize>) -> Preparing {
         let sink = Arc::clone(&self.parts.sink);
-        tokio::task::spawn_blocking(move || sink.prepare(&lines[range]))
+        let small = || {
+            let mut bytes = 0usize;
+            lines[range.clone()].iter().all(|line| {
+                bytes = bytes.saturating_add(line.line.data.len());
+                bytes < INLINE_PREPARE_BYTES
+            })
+        };
+        if !sink.prepares() || small() {
+            // A panic is the encoder's bug, reported as the pool's would be.
+            let prepared =
+                std::panic::catch_unwind(AssertUnwindSafe(|| sink.prepare(&lines[range])))
+                    .unwrap_or_else(|_| {
+                        Err(encoding_failed(
+                            self.parts.route.kind.name(),
+                            &"the encoder panicked",
+                        ))
+                    });
+            return Preparing::Done(prepared);
+        }
+        Preparing::Pool(tokio::task::spawn_blocking(move || {
+            sink.prepare(&lines[range])
+        }))
     }
 
     /// The encoded request, or [`Stopped`] if shutdown comes first.
-    async fn prepared(
-        &self,
-        task: JoinHandle<Result<Prepared, SinkError>>,
-    ) -> Result<Result<Prepared, SinkError>, Stopped> {
+    async fn prepared(&self, task: Preparing) -> Result<Result<Prepared, SinkError>, Stopped> {
+        let task = match task {
+            Preparing::Done(_) if self.parts.stop.is_triggered() => return Err(Stopped),
+            Preparing::Done(prepared) => return Ok(prepared),
+            Preparing::Pool(task) => task,
+        };
         tokio::select! {
             biased;
             _ = self.parts.stop.wait() => Err(Stopped),
@@ -379,7 +414,7 @@ impl<S: Source> Worker<S> {
                 self.hold_off().await?;
                 let task = match early.take() {
                     Some(task) => task,
-                    None => self.spawn_prepare(Arc::clone(&batch), range.clone()),
+                    None => self.begin_prepare(Arc::clone(&batch), range.clone()),
                 };
                 let sent = match self.prepared(task).await? {
                     Ok(prepared) => {

@@ -90,6 +90,10 @@ impl Sink for NewRelicSink {
         request_builder::event_size(&self.agent_id, line)
     }
 
+    fn prepares(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
         let encoded = request_builder::encode(&self.agent_id, lines)
             .map_err(|e| encoding_failed("New Relic", &e))?;

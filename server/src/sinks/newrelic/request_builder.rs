@@ -16,8 +16,11 @@
 //! `logdrain` object, written here with the dotted names New Relic gives
 //! nested attributes anyway: `logdrain.part` and `logdrain.more_parts` for
 //! pieces of a line the shim split, `logdrain.origin = "shim"` for lines the
-//! shim wrote itself, and `logdrain.truncated_bytes` for a cut message. This
-//! module must not send anything.
+//! shim wrote itself, and `logdrain.truncated_bytes` for a cut message. The
+//! JSON is written by hand through [`JsonOut`], byte for byte as serde_json
+//! would write it (a message that needs no escaping is copied as it is), and
+//! [`event_size`] counts with the same layout. This module must not send
+//! anything.
 //!
 //! * `message` is the raw line converted to UTF-8 lossily (invalid bytes
 //!   become U+FFFD): New Relic requires UTF-8.
@@ -33,14 +36,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::{self, Write};
-
-use serde::Serialize;
+use std::io;
 
 use crate::queue::QueuedLine;
 use crate::sinks::http;
 use crate::sinks::level::{self, Level};
-use crate::sinks::text::{self, counted};
+use crate::sinks::text::{self, JsonOut};
 use crate::sinks::SinkError;
 
 /// New Relic's limit on one POST, applied (as New Relic's own shippers do)
@@ -63,73 +64,56 @@ pub const MAX_MESSAGE_BYTES: usize = 128_000;
 /// The `source` of every log.
 pub const SOURCE: &str = "cloud.livekit.io";
 
-/// Attributes shared by every log of a block.
-#[derive(Serialize)]
-struct Common<'a> {
-    attributes: CommonAttributes<'a>,
+/// Opens the block of `queued`'s (agent-server id, stream) group:
+/// `{"common":{"attributes":{…}},"logs":[`.
+fn open_block(out: &mut impl JsonOut, agent_id: &str, queued: &QueuedLine) {
+    out.raw(b"{\"common\":{\"attributes\":{\"hostname\":");
+    out.string(&queued.agent_server_id);
+    out.raw(b",\"service_name\":");
+    out.string(agent_id);
+    out.raw(b",\"source\":");
+    out.string(SOURCE);
+    out.raw(b",\"stream\":");
+    out.string(queued.line.stream().name());
+    out.raw(b"}},\"logs\":[");
 }
 
-#[derive(Serialize)]
-struct CommonAttributes<'a> {
-    hostname: &'a str,
-    service_name: &'a str,
-    source: &'static str,
-    stream: &'static str,
-}
-
-#[derive(Serialize)]
-struct Log<'a> {
-    timestamp: i64,
-    message: Cow<'a, str>,
-    attributes: LogAttributes,
-}
-
-/// Per-log attributes; the `logdrain.*` ones only when they say something.
-#[derive(Serialize)]
-struct LogAttributes {
-    level: &'static str,
-    #[serde(rename = "logdrain.part", skip_serializing_if = "Option::is_none")]
-    part: Option<u32>,
-    #[serde(
-        rename = "logdrain.more_parts",
-        skip_serializing_if = "Option::is_none"
-    )]
-    more_parts: Option<bool>,
-    #[serde(rename = "logdrain.origin", skip_serializing_if = "Option::is_none")]
-    origin: Option<&'static str>,
-    #[serde(
-        rename = "logdrain.truncated_bytes",
-        skip_serializing_if = "Option::is_none"
-    )]
-    truncated_bytes: Option<usize>,
-}
-
-fn common<'a>(agent_id: &'a str, queued: &'a QueuedLine) -> Common<'a> {
-    Common {
-        attributes: CommonAttributes {
-            hostname: &queued.agent_server_id,
-            service_name: agent_id,
-            source: SOURCE,
-            stream: queued.line.stream().name(),
-        },
-    }
-}
-
-fn log(queued: &QueuedLine, level: Level) -> Log<'_> {
+/// One log object: `timestamp`, `message`, and `attributes` with `level`
+/// and the `logdrain.*` ones that say something.
+fn write_log(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) {
     let line = &queued.line;
     let logdrain = text::Attributes::of(line);
-    let (message, truncated_bytes) = message(&line.data);
-    Log {
-        timestamp: line.timestamp_ns.div_euclid(1_000_000),
-        message,
-        attributes: LogAttributes {
-            level: level.as_str(),
-            part: logdrain.part,
-            more_parts: logdrain.more_parts,
-            origin: logdrain.origin,
-            truncated_bytes,
-        },
+    out.raw(b"{\"timestamp\":");
+    out.int(line.timestamp_ns.div_euclid(1_000_000));
+    out.raw(b",\"message\":");
+    // The usual line is short plain ASCII: copied as it is, in one pass.
+    let truncated_bytes = if line.data.len() <= MAX_MESSAGE_BYTES && text::plain_ascii(&line.data) {
+        out.quoted(&line.data);
+        None
+    } else {
+        let (message, truncated_bytes) = message(&line.data);
+        out.string(&message);
+        truncated_bytes
+    };
+    out.raw(b",\"attributes\":{\"level\":");
+    out.quoted(level.as_str().as_bytes());
+    if let Some(part) = logdrain.part {
+        out.raw(b",\"logdrain.part\":");
+        out.int(part);
     }
+    if let Some(more_parts) = logdrain.more_parts {
+        out.raw(b",\"logdrain.more_parts\":");
+        out.raw(if more_parts { b"true" } else { b"false" });
+    }
+    if let Some(origin) = logdrain.origin {
+        out.raw(b",\"logdrain.origin\":");
+        out.string(origin);
+    }
+    if let Some(cut) = truncated_bytes {
+        out.raw(b",\"logdrain.truncated_bytes\":");
+        out.int(cut);
+    }
+    out.raw(b"}}");
 }
 
 /// The marker that ends a cut message.
@@ -139,7 +123,7 @@ fn marker(cut: usize, total: usize) -> String {
 
 /// The line as UTF-8 (lossy), cut to at most [`MAX_MESSAGE_BYTES`] with a
 /// marker, and how many bytes of the original line were cut.
-fn message(data: &[u8]) -> (Cow<'_, str>, Option<usize>) {
+pub(super) fn message(data: &[u8]) -> (Cow<'_, str>, Option<usize>) {
     let whole = text::lossy(data);
     if whole.len() <= MAX_MESSAGE_BYTES {
         return (whole, None);
@@ -174,13 +158,6 @@ fn message(data: &[u8]) -> (Cow<'_, str>, Option<usize>) {
     (Cow::Owned(out), Some(cut))
 }
 
-/// Opens a block: `{"common":{...},"logs":[`.
-fn open_block<W: Write>(out: &mut W, common: &Common<'_>) -> io::Result<()> {
-    out.write_all(b"{\"common\":")?;
-    serde_json::to_writer(&mut *out, common)?;
-    out.write_all(b",\"logs\":[")
-}
-
 /// Closes a block.
 const CLOSE_BLOCK: &[u8] = b"]}";
 
@@ -194,12 +171,13 @@ const CLOSE_BLOCK: &[u8] = b"]}";
 /// one block frame for every further line that shares a block. The engine can then cut batches by this size
 /// without knowing how the lines group.
 pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
-    text::json_len(&log(line, Level::WIDEST)) + 1 + block_frame(agent_id, line)
-}
-
-/// Bytes of the block frame of `line`'s group, with the comma before it.
-fn block_frame(agent_id: &str, line: &QueuedLine) -> usize {
-    counted(|w| open_block(w, &common(agent_id, line))) + CLOSE_BLOCK.len() + 1
+    text::json_out_len(|out| {
+        write_log(out, line, Level::WIDEST);
+        open_block(out, agent_id, line);
+        Ok(())
+    }) + 1
+        + CLOSE_BLOCK.len()
+        + 1
 }
 
 /// The lines of one (agent-server id, stream) group, in queue order.
@@ -229,25 +207,25 @@ fn blocks(lines: &[QueuedLine]) -> Vec<Block<'_>> {
 
 /// Writes the uncompressed JSON body of `lines`; returns how many blocks
 /// it holds.
-fn write_json<W: Write>(out: &mut W, agent_id: &str, lines: &[QueuedLine]) -> io::Result<usize> {
+fn write_json(out: &mut Vec<u8>, agent_id: &str, lines: &[QueuedLine]) -> usize {
     let blocks = blocks(lines);
-    out.write_all(b"[")?;
+    out.push(b'[');
     for (i, block) in blocks.iter().enumerate() {
         if i > 0 {
-            out.write_all(b",")?;
+            out.push(b',');
         }
-        open_block(out, &common(agent_id, block.first))?;
+        open_block(out, agent_id, block.first);
         for (j, line) in block.lines.iter().enumerate() {
             if j > 0 {
-                out.write_all(b",")?;
+                out.push(b',');
             }
             let level = level::detect(&line.line.data, line.line.stream());
-            serde_json::to_writer(&mut *out, &log(line, level))?;
+            write_log(out, line, level);
         }
-        out.write_all(CLOSE_BLOCK)?;
+        out.extend_from_slice(CLOSE_BLOCK);
     }
-    out.write_all(b"]")?;
-    Ok(blocks.len())
+    out.push(b']');
+    blocks.len()
 }
 
 /// A request body ready to send.
@@ -266,7 +244,7 @@ pub struct Encoded {
 pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
     let estimate: usize = lines.iter().map(|l| l.line.data.len() + 96).sum();
     let mut json = Vec::with_capacity(estimate.min(MAX_JSON_BYTES));
-    let blocks = write_json(&mut json, agent_id, lines)?;
+    let blocks = write_json(&mut json, agent_id, lines);
     Ok(Encoded {
         body: http::gzip(&json)?,
         json_bytes: json.len(),

@@ -422,6 +422,164 @@ fn event_sizes_bound_the_body_however_lines_group() {
     assert_eq!(sum - encode(&same).json_bytes, 9 * frame + 10 * LEVEL_SLACK);
 }
 
+/// The general path the hand-written layout must match byte for byte: the
+/// body's structs as serde_json writes them.
+mod reference {
+    use std::borrow::Cow;
+
+    use serde::Serialize;
+
+    use super::super::request_builder::{message, SOURCE};
+    use crate::queue::QueuedLine;
+    use crate::sinks::level::Level;
+    use crate::sinks::text::Attributes;
+
+    #[derive(Serialize)]
+    struct Common<'a> {
+        attributes: CommonAttributes<'a>,
+    }
+
+    #[derive(Serialize)]
+    struct CommonAttributes<'a> {
+        hostname: &'a str,
+        service_name: &'a str,
+        source: &'static str,
+        stream: &'static str,
+    }
+
+    #[derive(Serialize)]
+    struct Log<'a> {
+        timestamp: i64,
+        message: Cow<'a, str>,
+        attributes: LogAttributes,
+    }
+
+    #[derive(Serialize)]
+    struct LogAttributes {
+        level: &'static str,
+        #[serde(rename = "logdrain.part", skip_serializing_if = "Option::is_none")]
+        part: Option<u32>,
+        #[serde(
+            rename = "logdrain.more_parts",
+            skip_serializing_if = "Option::is_none"
+        )]
+        more_parts: Option<bool>,
+        #[serde(rename = "logdrain.origin", skip_serializing_if = "Option::is_none")]
+        origin: Option<&'static str>,
+        #[serde(
+            rename = "logdrain.truncated_bytes",
+            skip_serializing_if = "Option::is_none"
+        )]
+        truncated_bytes: Option<usize>,
+    }
+
+    /// The body of `lines`, all of one (agent-server id, stream) group.
+    pub fn body(
+        agent_id: &str,
+        lines: &[QueuedLine],
+        level: impl Fn(&QueuedLine) -> Level,
+    ) -> Vec<u8> {
+        let first = &lines[0];
+        let common = Common {
+            attributes: CommonAttributes {
+                hostname: &first.agent_server_id,
+                service_name: agent_id,
+                source: SOURCE,
+                stream: first.line.stream().name(),
+            },
+        };
+        let mut out = b"[{\"common\":".to_vec();
+        serde_json::to_writer(&mut out, &common).unwrap();
+        out.extend_from_slice(b",\"logs\":[");
+        for (i, queued) in lines.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let line = &queued.line;
+            let logdrain = Attributes::of(line);
+            let (message, truncated_bytes) = message(&line.data);
+            let log = Log {
+                timestamp: line.timestamp_ns.div_euclid(1_000_000),
+                message,
+                attributes: LogAttributes {
+                    level: level(queued).as_str(),
+                    part: logdrain.part,
+                    more_parts: logdrain.more_parts,
+                    origin: logdrain.origin,
+                    truncated_bytes,
+                },
+            };
+            serde_json::to_writer(&mut out, &log).unwrap();
+        }
+        out.extend_from_slice(b"]}]");
+        out
+    }
+}
+
+/// Lines that take every path of the layout: escapes, control characters,
+/// invalid UTF-8, ANSI colours, non-ASCII, lines long enough to be cut,
+/// pieces, shim lines, timestamps before the epoch.
+fn awkward_lines(host: &str, stream: StreamKind) -> Vec<QueuedLine> {
+    let data: Vec<Vec<u8>> = vec![
+        b"plain line".to_vec(),
+        b"quote \" backslash \\ tab \t newline \n cr \r".to_vec(),
+        (0u8..0x20).collect(),
+        b"caf\xe9 \xff ok \xf0\x9f".to_vec(),
+        b"\x1b[2m2024-05-01T12:00:00Z\x1b[0m \x1b[33m WARN\x1b[0m colours".to_vec(),
+        "caf\u{e9} \u{2603} \u{1f600} \u{7f} \u{2028}"
+            .as_bytes()
+            .to_vec(),
+        br#"{"level":"error","msg":"json \"inside\""}"#.to_vec(),
+        vec![b'a'; 5_000],
+        vec![b'b'; 200_000],
+        [b"\"\xff".as_slice(); 70_000].concat(),
+        Vec::new(),
+    ];
+    data.iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let mut line = on(host, stream, i as u32, data);
+            match i % 4 {
+                1 => line.line.more_parts = true,
+                2 => line.line.part = 3,
+                3 => line.line.origin = Origin::Shim as i32,
+                _ => line.line.timestamp_ns = -1_500_000,
+            }
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn the_hand_written_body_is_byte_for_byte_what_serde_json_writes() {
+    let detected = |l: &QueuedLine| crate::sinks::level::detect(&l.line.data, l.line.stream());
+    for (agent, host, stream) in [
+        (AGENT, "replica-7", StreamKind::Stdout),
+        (
+            "agent \"q\" \\ \u{7}",
+            "r\u{e9}plica \"8\"\n",
+            StreamKind::Stderr,
+        ),
+    ] {
+        let lines = awkward_lines(host, stream);
+        let encoded = request_builder::encode(agent, &lines).unwrap();
+        assert!(
+            gunzip(&encoded.body) == reference::body(agent, &lines, detected),
+            "bodies differ"
+        );
+        for line in &lines {
+            let one = std::slice::from_ref(line);
+            let widest = reference::body(agent, one, |_| crate::sinks::level::Level::WIDEST);
+            assert_eq!(
+                request_builder::event_size(agent, line),
+                widest.len(),
+                "{:?}",
+                line.cursor
+            );
+        }
+    }
+}
+
 /// Cuts every batch a worker would cut from `lines` with this sink's limits.
 fn batches(sink: &NewRelicSink, lines: Vec<QueuedLine>) -> Vec<Vec<QueuedLine>> {
     let limits = sink.limits();

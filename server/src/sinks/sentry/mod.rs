@@ -96,6 +96,10 @@ impl Sink for SentrySink {
         request_builder::event_size(&self.agent_id, line)
     }
 
+    fn prepares(&self) -> bool {
+        true
+    }
+
     fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
         let encoded = request_builder::encode(&self.agent_id, lines, SystemTime::now())
             .map_err(|e| encoding_failed("Sentry", &e))?;

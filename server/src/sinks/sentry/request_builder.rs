@@ -31,10 +31,11 @@
 //!   its body cut at a character boundary, ending with a visible marker
 //!   (`…[truncated by logdrain: N bytes]`).
 //!
-//! [`event_size`] counts a line's bytes in the payload exactly as [`encode`]
-//! writes them. This module must not send anything.
+//! Logs are written by hand through [`JsonOut`], byte for byte as serde_json
+//! would write them (a body that needs no escaping is copied as it is).
+//! [`event_size`] counts a line's bytes in the payload with the same layout,
+//! exactly as [`encode`] writes them. This module must not send anything.
 
-use std::borrow::Cow;
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -45,7 +46,7 @@ use sha2::{Digest, Sha256};
 use crate::queue::QueuedLine;
 use crate::sinks::http;
 use crate::sinks::level::{self, Level};
-use crate::sinks::text::{self, json_len};
+use crate::sinks::text::{self, JsonOut};
 
 /// Most logs in one envelope (Sentry's SDKs flush at 100).
 pub const MAX_ITEMS: usize = 100;
@@ -90,78 +91,69 @@ pub fn trace_id(agent_id: &str, agent_server_id: &str) -> String {
     hex::encode(&hash.finalize()[..16])
 }
 
-#[derive(Serialize)]
-struct Log<'a> {
-    timestamp: f64,
-    trace_id: &'a str,
-    level: &'static str,
-    body: Cow<'a, str>,
-    attributes: Attributes<'a>,
-}
-
-/// A typed attribute: `{"value": v, "type": "string"}`.
-#[derive(Serialize)]
-struct Attr<T> {
-    value: T,
-    #[serde(rename = "type")]
-    kind: &'static str,
-}
-
-fn string(value: &str) -> Attr<&str> {
-    Attr {
-        value,
-        kind: "string",
-    }
-}
-
-#[derive(Serialize)]
-struct Attributes<'a> {
-    logger: Attr<&'a str>,
-    server_name: Attr<&'a str>,
-    environment: Attr<&'static str>,
-    #[serde(rename = "sentry.environment")]
-    sentry_environment: Attr<&'static str>,
-    stream: Attr<&'static str>,
-    #[serde(rename = "logdrain.part", skip_serializing_if = "Option::is_none")]
-    part: Option<Attr<u32>>,
-    #[serde(
-        rename = "logdrain.more_parts",
-        skip_serializing_if = "Option::is_none"
-    )]
-    more_parts: Option<Attr<bool>>,
-    #[serde(rename = "logdrain.origin", skip_serializing_if = "Option::is_none")]
-    origin: Option<Attr<&'static str>>,
-}
-
-/// The log of `queued` at `level`. The body's budget is counted with the
-/// longest level name, so it does not depend on `level`.
-fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level, trace_id: &'a str) -> Log<'a> {
+/// One log: `timestamp`, `trace_id`, `level`, `body` and its typed
+/// attributes, the `logdrain.*` ones only when they say something.
+fn write_log(
+    out: &mut impl JsonOut,
+    agent_id: &str,
+    queued: &QueuedLine,
+    level: Level,
+    trace_id: &str,
+    (body, budget): (&[u8], usize),
+) -> io::Result<()> {
     let line = &queued.line;
-    let stream = line.stream();
+    out.raw(b"{\"timestamp\":");
+    // f64 keeps well under a microsecond for present-day times.
+    out.value(&(line.timestamp_ns as f64 / 1e9))?;
+    out.raw(b",\"trace_id\":");
+    out.string(trace_id);
+    out.raw(b",\"level\":");
+    out.quoted(level.as_str().as_bytes());
+    out.raw(b",\"body\":");
+    text::write_json_text(out, body, budget);
+    out.raw(b",\"attributes\":{\"logger\":");
+    string_attribute(out, agent_id);
+    out.raw(b",\"server_name\":");
+    string_attribute(out, &queued.agent_server_id);
+    out.raw(b",\"environment\":");
+    string_attribute(out, ENVIRONMENT);
+    out.raw(b",\"sentry.environment\":");
+    string_attribute(out, ENVIRONMENT);
+    out.raw(b",\"stream\":{\"value\":");
+    out.quoted(line.stream().name().as_bytes());
+    out.raw(b",\"type\":\"string\"}");
     let logdrain = text::Attributes::of(line);
-    let mut log = Log {
-        // f64 keeps well under a microsecond for present-day times.
-        timestamp: line.timestamp_ns as f64 / 1e9,
-        trace_id,
-        level: Level::WIDEST.as_str(),
-        body: Cow::Borrowed(""),
-        attributes: Attributes {
-            logger: string(agent_id),
-            server_name: string(&queued.agent_server_id),
-            environment: string(ENVIRONMENT),
-            sentry_environment: string(ENVIRONMENT),
-            stream: string(stream.name()),
-            part: logdrain.part.map(|value| Attr {
-                value,
-                kind: "integer",
-            }),
-            more_parts: logdrain.more_parts.map(|value| Attr {
-                value,
-                kind: "boolean",
-            }),
-            origin: logdrain.origin.map(string),
-        },
-    };
+    if let Some(part) = logdrain.part {
+        out.raw(b",\"logdrain.part\":{\"value\":");
+        out.int(part);
+        out.raw(b",\"type\":\"integer\"}");
+    }
+    if let Some(more_parts) = logdrain.more_parts {
+        out.raw(b",\"logdrain.more_parts\":{\"value\":");
+        out.raw(if more_parts { b"true" } else { b"false" });
+        out.raw(b",\"type\":\"boolean\"}");
+    }
+    if let Some(origin) = logdrain.origin {
+        out.raw(b",\"logdrain.origin\":");
+        string_attribute(out, origin);
+    }
+    out.raw(b"}}");
+    Ok(())
+}
+
+/// A typed attribute: `{"value":"…","type":"string"}`.
+fn string_attribute(out: &mut impl JsonOut, value: &str) {
+    out.raw(b"{\"value\":");
+    out.string(value);
+    out.raw(b",\"type\":\"string\"}");
+}
+
+/// The body of `queued`'s log and its JSON budget ([`text::json_text`]):
+/// the line, cut so that the log's JSON stays within [`MAX_LOG_ITEM_BYTES`].
+/// The budget is counted with the longest level name, so it does not depend
+/// on the line's level.
+fn body<'a>(agent_id: &str, queued: &'a QueuedLine, trace_id: &str) -> (&'a [u8], usize) {
+    let line = &queued.line;
     let fits_easily = line
         .data
         .len()
@@ -178,18 +170,28 @@ fn log<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level, trace_id: &'
         usize::MAX
     } else {
         // Everything but the body's text, counted exactly (`""` included).
-        MAX_LOG_ITEM_BYTES.saturating_sub(json_len(&log).saturating_sub(2))
+        let rest = text::json_out_len(|out| {
+            write_log(
+                out,
+                agent_id,
+                queued,
+                Level::WIDEST,
+                trace_id,
+                (b"", usize::MAX),
+            )
+        });
+        MAX_LOG_ITEM_BYTES.saturating_sub(rest.saturating_sub(2))
     };
-    log.body = text::json_text(&line.data, budget);
-    log.level = level.as_str();
-    log
+    (&line.data, budget)
 }
 
 /// Bytes `line` adds to the envelope: its log's JSON plus one separator, so
 /// a batch's sum plus [`ENVELOPE_OVERHEAD_BYTES`] bounds the envelope.
 pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
     // Every trace id is 32 hex digits: no need to hash for the size.
-    json_len(&log(agent_id, line, Level::WIDEST, TRACE_ID_SIZED)) + 1
+    let body = body(agent_id, line, TRACE_ID_SIZED);
+    text::json_out_len(|out| write_log(out, agent_id, line, Level::WIDEST, TRACE_ID_SIZED, body))
+        + 1
 }
 
 #[derive(Serialize)]
@@ -247,7 +249,14 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::
             trace = Some((Arc::clone(&line.agent_server_id), id));
         }
         let id = trace.as_ref().map_or("", |(_, id)| id.as_str());
-        serde_json::to_writer(&mut out, &log(agent_id, line, level, id))?;
+        write_log(
+            &mut out,
+            agent_id,
+            line,
+            level,
+            id,
+            body(agent_id, line, id),
+        )?;
     }
     out.write_all(b"]}\n")?;
     let envelope_bytes = out.len();

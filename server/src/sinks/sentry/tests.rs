@@ -852,3 +852,166 @@ async fn an_unreachable_sentry_is_retryable_and_the_reason_has_no_key() {
         other => panic!("{other:?}"),
     }
 }
+
+// ---- the hand-written layout against serde_json ----
+
+/// The general path the hand-written layout must match byte for byte: each
+/// log as serde_json writes its structs.
+mod reference {
+    use std::borrow::Cow;
+
+    use serde::Serialize;
+
+    use super::request_builder::{ENVIRONMENT, MAX_LOG_ITEM_BYTES};
+    use crate::queue::QueuedLine;
+    use crate::sinks::level::Level;
+    use crate::sinks::text::{self, json_len};
+
+    #[derive(Serialize)]
+    struct Log<'a> {
+        timestamp: f64,
+        trace_id: &'a str,
+        level: &'static str,
+        body: Cow<'a, str>,
+        attributes: Attributes<'a>,
+    }
+
+    #[derive(Serialize)]
+    struct Attr<T> {
+        value: T,
+        #[serde(rename = "type")]
+        kind: &'static str,
+    }
+
+    fn string(value: &str) -> Attr<&str> {
+        Attr {
+            value,
+            kind: "string",
+        }
+    }
+
+    #[derive(Serialize)]
+    struct Attributes<'a> {
+        logger: Attr<&'a str>,
+        server_name: Attr<&'a str>,
+        environment: Attr<&'static str>,
+        #[serde(rename = "sentry.environment")]
+        sentry_environment: Attr<&'static str>,
+        stream: Attr<&'static str>,
+        #[serde(rename = "logdrain.part", skip_serializing_if = "Option::is_none")]
+        part: Option<Attr<u32>>,
+        #[serde(
+            rename = "logdrain.more_parts",
+            skip_serializing_if = "Option::is_none"
+        )]
+        more_parts: Option<Attr<bool>>,
+        #[serde(rename = "logdrain.origin", skip_serializing_if = "Option::is_none")]
+        origin: Option<Attr<&'static str>>,
+    }
+
+    /// The JSON of `queued`'s log, its body cut to what is left of the
+    /// item limit once everything else is counted.
+    pub fn log(agent_id: &str, queued: &QueuedLine, level: Level, trace_id: &str) -> Vec<u8> {
+        let line = &queued.line;
+        let logdrain = text::Attributes::of(line);
+        let mut log = Log {
+            timestamp: line.timestamp_ns as f64 / 1e9,
+            trace_id,
+            level: Level::WIDEST.as_str(),
+            body: Cow::Borrowed(""),
+            attributes: Attributes {
+                logger: string(agent_id),
+                server_name: string(&queued.agent_server_id),
+                environment: string(ENVIRONMENT),
+                sentry_environment: string(ENVIRONMENT),
+                stream: string(line.stream().name()),
+                part: logdrain.part.map(|value| Attr {
+                    value,
+                    kind: "integer",
+                }),
+                more_parts: logdrain.more_parts.map(|value| Attr {
+                    value,
+                    kind: "boolean",
+                }),
+                origin: logdrain.origin.map(string),
+            },
+        };
+        let budget = MAX_LOG_ITEM_BYTES.saturating_sub(json_len(&log) - 2);
+        log.body = text::json_text(&line.data, budget);
+        log.level = level.as_str();
+        serde_json::to_vec(&log).unwrap()
+    }
+}
+
+/// Lines that take every path of the layout: escapes, control characters,
+/// invalid UTF-8, ANSI colours, non-ASCII, lines long enough to be cut,
+/// pieces, shim lines, timestamps before the epoch, replica ids that need
+/// escaping.
+fn awkward_lines() -> Vec<QueuedLine> {
+    let data: Vec<Vec<u8>> = vec![
+        b"plain line".to_vec(),
+        b"quote \" backslash \\ tab \t newline \n cr \r".to_vec(),
+        (0u8..0x20).collect(),
+        b"caf\xe9 \xff ok \xf0\x9f".to_vec(),
+        b"\x1b[2m2024-05-01T12:00:00Z\x1b[0m \x1b[33m WARN\x1b[0m colours".to_vec(),
+        "caf\u{e9} \u{2603} \u{1f600} \u{7f} \u{2028}"
+            .as_bytes()
+            .to_vec(),
+        br#"{"level":"error","msg":"json \"inside\""}"#.to_vec(),
+        vec![b'a'; 5_000],
+        vec![b'b'; 1_100_000],
+        vec![0x01u8; 200_000],
+        Vec::new(),
+    ];
+    let replicas: [Arc<str>; 2] = [Arc::from("replica-7"), Arc::from("r\u{e9}plica \"8\"\n")];
+    data.iter()
+        .enumerate()
+        .map(|(i, data)| {
+            let mut line = queued(i as u32, data);
+            line.agent_server_id = Arc::clone(&replicas[(i / 3) % 2]);
+            match i % 5 {
+                1 => line.line.more_parts = true,
+                2 => line.line.part = 3,
+                3 => line.line.origin = Origin::Shim as i32,
+                4 => line.line.stream = StreamKind::Stderr as i32,
+                _ => line.line.timestamp_ns = -1_500_000,
+            }
+            line
+        })
+        .collect()
+}
+
+#[test]
+fn the_hand_written_logs_are_byte_for_byte_what_serde_json_writes() {
+    for agent in [AGENT, "agent \"q\" \\ \u{7}"] {
+        let lines = awkward_lines();
+        let mut expected = b"{\"items\":[".to_vec();
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                expected.push(b',');
+            }
+            let level = crate::sinks::level::detect(&line.line.data, line.line.stream());
+            let trace = request_builder::trace_id(agent, &line.agent_server_id);
+            expected.extend(reference::log(agent, line, level, &trace));
+        }
+        expected.extend_from_slice(b"]}");
+        let encoded = request_builder::encode(agent, &lines, SystemTime::UNIX_EPOCH).unwrap();
+        let envelope = gunzip(&encoded.body);
+        let payload = envelope.split(|&b| b == b'\n').nth(2).unwrap();
+        assert!(payload == expected.as_slice(), "payloads differ");
+        for line in &lines {
+            let widest = reference::log(
+                agent,
+                line,
+                crate::sinks::level::Level::WIDEST,
+                &"0".repeat(32),
+            );
+            assert_eq!(
+                request_builder::event_size(agent, line),
+                widest.len() + 1,
+                "{:?}",
+                line.cursor
+            );
+        }
+    }
+}
