@@ -134,10 +134,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_DISK_MIN_FREE_BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub disk_min_free_bytes: u64,
 
-    /// Memory for the queue's page cache (like 64MiB). The backlog lives on
-    /// disk; this bounds how much of it the gateway keeps in memory while a
-    /// vendor is down. More cache saves disk reads when delivery falls far
-    /// behind.
+    /// Memory for the queue database's page cache (like 64MiB): segment
+    /// headers, cursors and routes. The lines themselves live in segment
+    /// files on disk (read through the operating system's cache), so the
+    /// gateway's memory does not follow a backlog while a vendor is down.
     #[arg(long, env = "LOGDRAIN_QUEUE_CACHE_BYTES", default_value = "64MiB", value_parser = parse_size)]
     pub queue_cache_bytes: u64,
 
