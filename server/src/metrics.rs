@@ -145,7 +145,7 @@ fn describe() {
     );
     describe_gauge!(
         "logdrain_queue_disk_full",
-        "1 while free space on the queue's disk is below --disk-min-free-bytes (new batches are refused), else 0."
+        "1 while free space on the queue's disk is below --disk-min-free-bytes or a queue write met a full disk (new batches are refused), else 0."
     );
     describe_counter!(
         "logdrain_refused_batches_total",
