@@ -377,6 +377,14 @@ async fn segment_is_freed_only_when_every_tagged_route_committed() {
     assert_eq!(queue.committed(&y).unwrap(), Some(last));
 }
 
+/// The path of the queue's one segment file.
+fn only_segment_file(dir: &TempDir) -> std::path::PathBuf {
+    let mut files = std::fs::read_dir(dir.path().join("lines")).unwrap();
+    let file = files.next().unwrap().unwrap().path();
+    assert!(files.next().is_none(), "one segment file");
+    file
+}
+
 /// Number of segment files in the queue directory.
 fn segment_files(dir: &TempDir) -> usize {
     std::fs::read_dir(dir.path().join("lines"))
@@ -1154,12 +1162,7 @@ async fn lines_cut_from_a_segment_file_by_a_crash_are_quarantined_and_accepted_a
     }
     // The machine stopped before the second batch's lines reached the disk
     // but after sled wrote its header and high-water mark.
-    let file = std::fs::read_dir(dir.path().join("lines"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let file = only_segment_file(&dir);
     let len = std::fs::metadata(&file).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -1188,12 +1191,7 @@ async fn a_segment_whose_file_rots_while_running_is_quarantined_on_read() {
     let r = route("agent", "c1");
     queue.put_route(&r, &secrets("t")).unwrap();
     append(&queue, "agent", "srv", 1, lines("a", 1, 2), one(&r)).await;
-    let file = std::fs::read_dir(dir.path().join("lines"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let file = only_segment_file(&dir);
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[3] ^= 0xff;
     std::fs::write(&file, bytes).unwrap();

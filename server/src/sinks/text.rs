@@ -317,6 +317,23 @@ pub fn json_out_len(layout: impl FnOnce(&mut JsonLen) -> io::Result<()>) -> usiz
     len.count()
 }
 
+/// Line data that takes the JSON writer's every path: escapes, every
+/// control character, invalid UTF-8, ANSI colours, non-ASCII. Each vendor's
+/// tests add the lines its own layout needs (lengths around its cuts).
+#[cfg(test)]
+pub(crate) fn awkward_texts() -> Vec<Vec<u8>> {
+    vec![
+        b"plain line".to_vec(),
+        b"quote \" backslash \\ tab \t newline \n cr \r".to_vec(),
+        (0u8..0x20).collect(),
+        b"caf\xe9 \xff ok \xf0\x9f".to_vec(),
+        b"\x1b[2m2024-05-01T12:00:00Z\x1b[0m \x1b[33m WARN\x1b[0m colours".to_vec(),
+        "caf\u{e9} \u{2603} \u{1f600} \u{7f} \u{2028}"
+            .as_bytes()
+            .to_vec(),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,20 +117,13 @@ struct ReferenceMessage<'a> {
 
 #[test]
 fn the_hand_written_message_is_byte_for_byte_what_serde_json_writes() {
-    let data: Vec<Vec<u8>> = vec![
-        b"plain line".to_vec(),
-        b"quote \" backslash \\ tab \t newline \n cr \r".to_vec(),
-        (0u8..0x20).collect(),
-        b"caf\xe9 \xff ok \xf0\x9f".to_vec(),
-        b"\x1b[2m2024-05-01T12:00:00Z\x1b[0m \x1b[33m WARN\x1b[0m colours".to_vec(),
-        "caf\u{e9} \u{2603} \u{1f600} \u{7f} \u{2028}"
-            .as_bytes()
-            .to_vec(),
+    let mut data = crate::sinks::text::awkward_texts();
+    data.extend([
         vec![b'a'; 5_000],
         vec![b'b'; 1_100_000],
         vec![0x01u8; 200_000],
         Vec::new(),
-    ];
+    ]);
     for (i, data) in data.iter().enumerate() {
         let mut l = line(i as u32, data);
         match i % 4 {

@@ -232,22 +232,15 @@ fn reference<'a>(agent_id: &'a str, queued: &'a QueuedLine, level: Level) -> Ref
 /// be cut, pieces, shim lines, stderr, replicas alternating and replica ids
 /// that need escaping themselves.
 fn awkward_lines() -> Vec<QueuedLine> {
-    let data: Vec<Vec<u8>> = vec![
-        b"plain line".to_vec(),
-        b"quote \" backslash \\ tab \t newline \n cr \r".to_vec(),
-        (0u8..0x20).collect(),
-        b"caf\xe9 \xff ok \xf0\x9f".to_vec(),
-        b"\x1b[2m2024-05-01T12:00:00Z\x1b[0m \x1b[33m WARN\x1b[0m colours".to_vec(),
-        "caf\u{e9} \u{2603} \u{1f600} \u{7f} \u{2028}"
-            .as_bytes()
-            .to_vec(),
+    let mut data = crate::sinks::text::awkward_texts();
+    data.extend([
         br#"{"level":"error","msg":"json \"inside\""}"#.to_vec(),
         format!("{:099}", 7).into_bytes(),
         vec![b'a'; 5_000],
         vec![b'b'; 1_200_000],
         vec![0x01u8; 200_000],
         Vec::new(),
-    ];
+    ]);
     let replicas: [Arc<str>; 3] = [
         Arc::from("replica-7"),
         Arc::from("replica \"8\" \\ \u{1}"),
