@@ -171,6 +171,17 @@ fn engine(
     Engine::new(source.clone(), settings, build, Shutdown::new())
 }
 
+/// An engine whose every route delivers through `sink`, with route `a1`
+/// started.
+fn engine_with_sink(source: &MemorySource, sink: Arc<dyn Sink>) -> Engine<MemorySource> {
+    let build = move |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
+        Ok(Arc::clone(&sink))
+    };
+    let engine = Engine::new(source.clone(), settings(), build, Shutdown::new());
+    engine.ensure_route(route("a1"), Secrets::default());
+    engine
+}
+
 fn payloads(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
 }
@@ -1244,14 +1255,7 @@ async fn the_next_batch_is_encoded_while_a_request_is_in_flight_and_requests_sta
     let sink = Arc::new(OverlapSink {
         seen: Mutex::new(Vec::new()),
     });
-    let build = {
-        let sink = Arc::clone(&sink);
-        move |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
-            Ok(Arc::clone(&sink) as Arc<dyn Sink>)
-        }
-    };
-    let engine = Engine::new(source.clone(), settings(), build, Shutdown::new());
-    engine.ensure_route(route("a1"), Secrets::default());
+    let _engine = engine_with_sink(&source, Arc::clone(&sink) as Arc<dyn Sink>);
 
     until("all committed", || {
         source.committed_cursor(&route("a1")) == source.last_cursor("a1")
@@ -1333,14 +1337,7 @@ async fn encoded_in_place(prepares: bool, line_bytes: usize) -> Vec<bool> {
         panics: false,
         threads: Mutex::new(Vec::new()),
     });
-    let build = {
-        let sink = Arc::clone(&sink);
-        move |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
-            Ok(Arc::clone(&sink) as Arc<dyn Sink>)
-        }
-    };
-    let engine = Engine::new(source.clone(), settings(), build, Shutdown::new());
-    engine.ensure_route(route("a1"), Secrets::default());
+    let _engine = engine_with_sink(&source, Arc::clone(&sink) as Arc<dyn Sink>);
     until("all committed", || {
         source.committed_cursor(&route("a1")) == source.last_cursor("a1")
     })
@@ -1374,11 +1371,7 @@ async fn an_encoder_that_panics_in_place_parks_the_route_with_its_lines_kept() {
         panics: true,
         threads: Mutex::new(Vec::new()),
     });
-    let build = move |_: &RouteKey, _: &Secrets| -> Result<Arc<dyn Sink>, SecretError> {
-        Ok(Arc::clone(&sink) as Arc<dyn Sink>)
-    };
-    let engine = Engine::new(source.clone(), settings(), build, Shutdown::new());
-    engine.ensure_route(route("a1"), Secrets::default());
+    let engine = engine_with_sink(&source, sink);
     until("parked", || {
         status_of(&engine, "a1").state == RouteState::Config
     })
