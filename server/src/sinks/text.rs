@@ -202,6 +202,17 @@ pub fn plain_ascii(bytes: &[u8]) -> bool {
     !any_byte(bytes, |b| escaped(b) | !b.is_ascii())
 }
 
+/// Writes `,"logdrain":{...}`, the line's [`Attributes`], when they say
+/// something; nothing otherwise.
+pub fn write_logdrain_member(out: &mut impl JsonOut, line: &Line) -> io::Result<()> {
+    let attributes = Attributes::of(line);
+    if !attributes.is_empty() {
+        out.raw(b",\"logdrain\":");
+        out.value(&attributes)?;
+    }
+    Ok(())
+}
+
 /// Writes line `data` as the JSON string of [`json_text`]`(data, budget)`.
 /// A short line of [`plain_ascii`] bytes, the usual line, is copied as it
 /// is in one pass; any other goes through [`json_text`].

@@ -19,7 +19,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::queue::{Cursor, QueuedLine};
-use crate::sinks::text::{self, Attributes, JsonOut};
+use crate::sinks::text::{self, JsonOut};
 
 /// Most events in one PutLogEvents request.
 pub const MAX_EVENTS: usize = 10_000;
@@ -47,11 +47,7 @@ fn write_message(out: &mut impl JsonOut, queued: &QueuedLine) -> io::Result<()> 
     text::write_json_text(out, &line.data, MAX_LINE_JSON_BYTES);
     out.raw(b",\"stream\":");
     out.quoted(line.stream().name().as_bytes());
-    let attributes = Attributes::of(line);
-    if !attributes.is_empty() {
-        out.raw(b",\"logdrain\":");
-        out.value(&attributes)?;
-    }
+    text::write_logdrain_member(out, line)?;
     out.raw(b"}");
     Ok(())
 }

@@ -26,7 +26,7 @@ use std::io;
 use crate::queue::QueuedLine;
 use crate::sinks::http;
 use crate::sinks::level::{self, Level};
-use crate::sinks::text::{self, Attributes, JsonOut};
+use crate::sinks::text::{self, JsonOut};
 
 /// Most log entries in one request.
 pub const MAX_EVENTS: usize = 1_000;
@@ -74,11 +74,7 @@ fn write_rest(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) -> io::
     out.int(line.timestamp_ns.div_euclid(1_000_000));
     out.raw(b",\"status\":");
     out.quoted(status(level).as_bytes());
-    let attributes = Attributes::of(line);
-    if !attributes.is_empty() {
-        out.raw(b",\"logdrain\":");
-        out.value(&attributes)?;
-    }
+    text::write_logdrain_member(out, line)?;
     out.raw(b"}");
     Ok(())
 }
