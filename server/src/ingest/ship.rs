@@ -187,8 +187,8 @@ impl Session {
         let mut ending: Option<Status> = None;
         loop {
             if !reading {
-                // Every batch read is written: a new stream of this boot
-                // (the shim reconnecting) may write after them.
+                // This stream writes no more: a new stream of its boot (the
+                // shim reconnecting) may write after it.
                 self.boot = None;
             }
             if !reading && waiting.is_empty() {
@@ -205,6 +205,11 @@ impl Session {
                 Some(done) = waiting.next() => {
                     let reply = done.map(ack);
                     let failed = reply.is_err();
+                    if failed {
+                        // Released before the shim hears of it, so that
+                        // its reconnect is admitted.
+                        self.boot = None;
+                    }
                     if tx.send(reply).await.is_err() || failed {
                         break;
                     }
@@ -216,36 +221,43 @@ impl Session {
                     reading = false;
                 }
                 message = inbound.message(), if reading && waiting.len() < PIPELINE_DEPTH => {
-                    match message {
+                    let refusal = match message {
                         Ok(Some(ShimMessage {
                             kind: Some(shim_message::Kind::Batch(batch)),
                         })) => match self.write(batch) {
-                            Ok(durable) => waiting.push_back(durable),
-                            Err(status) => {
-                                let _ = tx.send(Err(status)).await;
-                                break;
+                            Ok(durable) => {
+                                waiting.push_back(durable);
+                                None
                             }
+                            Err(status) => Some(status),
                         },
                         Ok(Some(ShimMessage {
                             kind: Some(shim_message::Kind::Open(_)),
-                        })) => {
-                            let _ = tx.send(Err(Status::invalid_argument(
-                                "a stream carries one Open, as its first message; open a new stream instead",
-                            ))).await;
-                            break;
-                        }
+                        })) => Some(Status::invalid_argument(
+                            "a stream carries one Open, as its first message; open a new stream instead",
+                        )),
                         Ok(Some(ShimMessage { kind: None })) => {
-                            let _ = tx.send(Err(Status::invalid_argument("empty message: send a Batch"))).await;
-                            break;
+                            Some(Status::invalid_argument("empty message: send a Batch"))
                         }
-                        Ok(None) => reading = false,
+                        Ok(None) => {
+                            reading = false;
+                            None
+                        }
                         Err(status) => {
                             tracing::debug!(agent = %self.agent_id, agent_server = %self.agent_server_id, %status, "stream ended by the shim");
                             reading = false;
                             // A shim that hung up does not read it; one
                             // that sent something undecodable learns why.
                             ending = Some(inbound_error(status));
+                            None
                         }
+                    };
+                    if let Some(status) = refusal {
+                        // Released before the shim hears of it, so that its
+                        // reconnect is admitted.
+                        self.boot = None;
+                        let _ = tx.send(Err(status)).await;
+                        break;
                     }
                 }
             }
