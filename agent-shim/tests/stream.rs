@@ -47,6 +47,10 @@ enum Behavior {
     /// the first boot it sees: every batch of that boot is acked with that
     /// seq and nothing of it is stored. Other boots: stored and acked.
     ForgedFirstBoot,
+    /// Refuses every stream of the first boot it sees with ABORTED, as the
+    /// real gateway does while another stream holds that boot; stores and
+    /// acks the streams of other boots.
+    FirstBootLive,
 }
 
 /// The seq a forger wrote into the first boot (see [`Behavior::ForgedFirstBoot`]).
@@ -96,6 +100,26 @@ impl Drain for Recorder {
         let held = behavior == Behavior::HoldUntilReleased && !*released.borrow();
         let (tx, rx) = mpsc::channel(64);
         if behavior == Behavior::ForgedFirstBoot {
+            tokio::spawn(serve_forged_first_boot(inbound, recorded, tx));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        if behavior == Behavior::FirstBootLive {
+            let Ok(Some(ShimMessage {
+                kind: Some(shim_message::Kind::Open(open)),
+            })) = inbound.message().await
+            else {
+                return Err(Status::invalid_argument("Open first"));
+            };
+            {
+                let mut recorded = recorded.lock().unwrap();
+                let live = recorded.opens.first().map(|o| o.boot_id.clone());
+                recorded.opens.push(open.clone());
+                if live.is_none_or(|live| live == open.boot_id) {
+                    return Err(Status::aborted(
+                        "this boot id is being written by another stream",
+                    ));
+                }
+            }
             tokio::spawn(serve_forged_first_boot(inbound, recorded, tx));
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
@@ -185,14 +209,21 @@ impl Drain for Recorder {
     }
 }
 
-/// One stream of [`Behavior::ForgedFirstBoot`]: de-duplicates by boot and
-/// seq against a high-water mark, as the real gateway does.
+/// One stream of [`Behavior::ForgedFirstBoot`] (or, after its `Open`, of
+/// [`Behavior::FirstBootLive`]): de-duplicates by boot and seq against a
+/// high-water mark, as the real gateway does.
 async fn serve_forged_first_boot(
     mut inbound: Streaming<ShimMessage>,
     recorded: Arc<Mutex<Recorded>>,
     tx: mpsc::Sender<Result<GatewayMessage, Status>>,
 ) {
-    let mut boot = String::new();
+    let mut boot = recorded
+        .lock()
+        .unwrap()
+        .opens
+        .last()
+        .map(|o| o.boot_id.clone())
+        .unwrap_or_default();
     while let Ok(Some(message)) = inbound.message().await {
         let acked_seq = {
             let mut recorded = recorded.lock().unwrap();
@@ -807,4 +838,30 @@ async fn an_ack_of_lines_never_sent_makes_the_shim_resend_everything_under_a_new
         !done.stderr.contains(&recorded.opens[0].boot_id),
         "the shim never prints its boot id"
     );
+}
+
+#[tokio::test]
+async fn a_boot_refused_as_live_on_another_stream_is_left_for_a_new_one_and_every_line_arrives() {
+    let gateway = Gateway::start(Behavior::FirstBootLive).await;
+    let child = shim(&gateway.url(), &[], &count_script(300))
+        .spawn()
+        .unwrap();
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(done.stderr.contains("ABORTED"), "{}", done.stderr);
+
+    let recorded = gateway.recorded.lock().unwrap();
+    let boots: Vec<&str> = recorded.opens.iter().map(|o| o.boot_id.as_str()).collect();
+    assert!(
+        boots.len() >= 2 && boots[boots.len() - 1] != boots[0],
+        "the shim went on under a new boot id: {boots:?}"
+    );
+    let stored = recorded
+        .stored
+        .iter()
+        .filter(|l| l.stream == StreamKind::Stdout as i32)
+        .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+        .collect::<Vec<_>>();
+    let expected: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+    assert_eq!(stored, expected, "every line stored once, in order");
 }
