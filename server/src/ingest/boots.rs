@@ -7,12 +7,14 @@
 //! batch far ahead would otherwise lift the boot's high-water mark, and the
 //! real shim's later lines would be acked as resends without being stored.
 //!
-//! The reconnect case: when a shim's connection dies, the gateway sees its
-//! stream end (reset, or HTTP/2 pings unanswered for 20 s) and the boot is
-//! released; until then the shim's new stream is refused and it retries
-//! with its usual backoff. No take-over: proving ownership would need a
-//! secret the shim holds beyond the boot id, and the boot id already is one,
-//! as long as nobody prints it. The gateway logs only a [`fingerprint`].
+//! The reconnect case: a stream lets go of its boot as soon as it stops
+//! reading, and before it tells the shim why it ends; a connection that
+//! died silently is found by HTTP/2 pings (unanswered for 20 s). A shim
+//! refused meanwhile (its old stream half-dead) does not wait: it starts a
+//! new boot id and resends what it holds from seq 1, so at worst lines the
+//! old stream stored but never acked arrive twice. No take-over: a second
+//! stream never writes into a live boot, whoever sent it. The boot id is a
+//! secret of the shim and the gateway: logs show only a [`fingerprint`].
 //!
 //! Bounded: one entry per admitted ship stream (at most `--max-streams`).
 //! In memory only. This module must not hold lines or secrets, nor decide
