@@ -120,7 +120,7 @@ impl Session {
             .ok_or_else(|| {
                 metrics::refused_streams("boot_live");
                 Status::aborted(
-                    "this boot id is being written by another stream; a shim reconnecting is admitted once its old stream has ended: retry with backoff",
+                    "this boot id is being written by another stream; go on under a new boot id (agent-shim does), or retry once that stream has ended",
                 )
             })?;
         let secrets = open.secrets.into_iter().collect();
