@@ -100,7 +100,7 @@ impl Drain for Recorder {
         let held = behavior == Behavior::HoldUntilReleased && !*released.borrow();
         let (tx, rx) = mpsc::channel(64);
         if behavior == Behavior::ForgedFirstBoot {
-            tokio::spawn(serve_forged_first_boot(inbound, recorded, tx));
+            tokio::spawn(serve_deduplicating(inbound, recorded, tx));
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
         if behavior == Behavior::FirstBootLive {
@@ -120,7 +120,7 @@ impl Drain for Recorder {
                     ));
                 }
             }
-            tokio::spawn(serve_forged_first_boot(inbound, recorded, tx));
+            tokio::spawn(serve_deduplicating(inbound, recorded, tx));
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         }
         if held {
@@ -212,7 +212,7 @@ impl Drain for Recorder {
 /// One stream of [`Behavior::ForgedFirstBoot`] (or, after its `Open`, of
 /// [`Behavior::FirstBootLive`]): de-duplicates by boot and seq against a
 /// high-water mark, as the real gateway does.
-async fn serve_forged_first_boot(
+async fn serve_deduplicating(
     mut inbound: Streaming<ShimMessage>,
     recorded: Arc<Mutex<Recorded>>,
     tx: mpsc::Sender<Result<GatewayMessage, Status>>,
