@@ -728,3 +728,214 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// The next ack of a stream the test reads one message at a time.
+async fn next_ack(inbound: &mut Streaming<GatewayMessage>) -> u64 {
+    match inbound.message().await {
+        Ok(Some(message)) => acked(message),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_skips_ahead_is_acked_with_the_skipped_seqs_counted_never_as_stored_lines() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+    let mut client = client(&gateway).await;
+    let token = token("agent-skip");
+
+    let acks = ship(
+        &mut client,
+        vec![
+            open_as("agent-skip", "replica-1", &token),
+            batch(1, vec![line("one"), line("two")]),
+            batch(5, vec![line("five"), line("six")]),
+        ],
+    )
+    .await
+    .expect("accepted");
+    assert_eq!(acks, vec![2, 6]);
+    let metrics = gateway.metrics().await;
+    let agent = [("agent", "agent-skip")];
+    assert_eq!(
+        metric_value(&metrics, "logdrain_skipped_seqs_total", &agent),
+        2.0,
+        "seqs 3 and 4 are counted as skipped by the shim"
+    );
+    assert_eq!(
+        metric_value(&metrics, "logdrain_acked_lines_total", &agent),
+        4.0,
+        "only the stored lines count as acked"
+    );
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1").len() >= 4
+    })
+    .await;
+    assert!(arrived, "{}", gateway.log());
+    assert_eq!(
+        dd_messages(&intake, "replica-1"),
+        vec!["one", "two", "five", "six"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_stream_cannot_write_into_a_live_boot_so_a_forged_high_seq_is_never_acked() {
+    const FORGED: u64 = 1_000_000_000_000_000;
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+    let mut client = client(&gateway).await;
+    let token = token("agent-victim");
+    let open = || open_as("agent-victim", "replica-1", &token);
+
+    let (victim, response) = open_stream(&mut client).await;
+    victim.send(open()).await.unwrap();
+    victim
+        .send(batch(1, vec![line("v1"), line("v2")]))
+        .await
+        .unwrap();
+    let mut acks = response.await.unwrap().expect("the victim is admitted");
+    assert_eq!(next_ack(&mut acks).await, 2);
+
+    // Another client of the same agent knows the victim's boot id.
+    let status = ship(
+        &mut client,
+        vec![open(), batch(FORGED, vec![line("forged")])],
+    )
+    .await
+    .expect_err("a second stream of a live boot is refused");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(
+        status.message().contains("another stream"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        !gateway.log().contains(BOOT),
+        "the boot id is never logged:\n{}",
+        gateway.log()
+    );
+
+    victim
+        .send(batch(3, vec![line("v3"), line("v4")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_ack(&mut acks).await,
+        4,
+        "the victim's lines are its own"
+    );
+    drop(victim);
+    assert!(acks.message().await.expect("a clean end").is_none());
+
+    // Once its stream ended, the boot is free again: the shim reconnects.
+    let resent = ship(
+        &mut client,
+        vec![
+            open(),
+            batch(3, vec![line("v3"), line("v4")]),
+            batch(5, vec![line("v5")]),
+        ],
+    )
+    .await
+    .expect("the reconnect is admitted");
+    assert_eq!(resent, vec![4, 5]);
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1").len() >= 5
+    })
+    .await;
+    assert!(arrived, "{}", gateway.log());
+    assert_eq!(
+        dd_messages(&intake, "replica-1"),
+        vec!["v1", "v2", "v3", "v4", "v5"]
+    );
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "boot_live")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_streams_overlapping_batches_and_extreme_seqs_never_get_an_ack_beyond_what_is_stored(
+) {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+    let mut client = client(&gateway).await;
+    let token = token("agent-race");
+    let open = || open_as("agent-race", "replica-1", &token);
+
+    // Two streams open the same boot at once: exactly one is admitted.
+    let (first, first_response) = open_stream(&mut client).await;
+    let (second, second_response) = open_stream(&mut client).await;
+    first.send(open()).await.unwrap();
+    second.send(open()).await.unwrap();
+    let (first_result, second_result) = (
+        first_response.await.unwrap(),
+        second_response.await.unwrap(),
+    );
+    let (tx, mut acks, refused) = match (first_result, second_result) {
+        (Ok(acks), Err(refused)) => (first, acks, refused),
+        (Err(refused), Ok(acks)) => (second, acks, refused),
+        other => panic!("exactly one stream of a boot is admitted: {other:?}"),
+    };
+    assert_eq!(refused.code(), Code::Aborted, "{refused:?}");
+
+    // Overlapping batches: each line is stored once, acks never go back.
+    tx.send(batch(1, vec![line("a"), line("b"), line("c")]))
+        .await
+        .unwrap();
+    assert_eq!(next_ack(&mut acks).await, 3);
+    tx.send(batch(2, vec![line("b"), line("c"), line("d"), line("e")]))
+        .await
+        .unwrap();
+    assert_eq!(next_ack(&mut acks).await, 5);
+    // The last storable seq: accepted, the skip counted.
+    tx.send(batch(u64::MAX - 1, vec![line("max")]))
+        .await
+        .unwrap();
+    assert_eq!(next_ack(&mut acks).await, u64::MAX - 1);
+    // Beyond it: refused, nothing more stored.
+    tx.send(batch(u64::MAX, vec![line("overflow")]))
+        .await
+        .unwrap();
+    let status = acks.message().await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    drop(tx);
+    // The refused stream let go of its boot before saying so: the shim's
+    // reconnect is admitted at once, and its resend acked with the mark.
+    let resent = ship(&mut client, vec![open(), batch(1, vec![line("a")])])
+        .await
+        .expect("the reconnect is admitted");
+    assert_eq!(resent, vec![u64::MAX - 1]);
+
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1").len() >= 6
+    })
+    .await;
+    assert!(arrived, "{}", gateway.log());
+    assert_eq!(
+        dd_messages(&intake, "replica-1"),
+        vec!["a", "b", "c", "d", "e", "max"]
+    );
+    let metrics = gateway.metrics().await;
+    let agent = [("agent", "agent-race")];
+    assert_eq!(
+        metric_value(&metrics, "logdrain_acked_lines_total", &agent),
+        6.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "logdrain_duplicate_lines_total", &agent),
+        3.0
+    );
+    assert!(
+        metric_value(&metrics, "logdrain_skipped_seqs_total", &agent) > 1e18,
+        "the jump to u64::MAX - 1 is counted"
+    );
+}

@@ -189,6 +189,15 @@ async fn past_the_buffer_bound_the_oldest_lines_are_dropped_and_reported_exactly
     );
     assert!(*dropped > 0, "the buffer overflowed");
     assert_eq!(
+        metric_value(
+            &gateway.metrics().await,
+            "logdrain_skipped_seqs_total",
+            &[("agent", "agent-overflow")]
+        ),
+        *dropped as f64,
+        "the gateway counts the seqs the shim skipped, never acking them as stored"
+    );
+    assert_eq!(
         *dropped as usize,
         LINES - received.len(),
         "the notice accounts for exactly the lines that never arrived"

@@ -29,6 +29,10 @@
 //!   starts above its high-water mark.
 //! * Lines leave only when acked (`acked_seq` covers every seq <= it) or
 //!   dropped.
+//! * An ack beyond what was sent ([`AckAheadOfSent`]) means the gateway holds
+//!   lines of another writer under this boot; its acks for the boot cannot
+//!   be believed. The stream then starts a new boot and
+//!   [`Buffer::restart_seqs`] numbers the lines still held from 1 again.
 //!
 //! It must not do I/O, read clocks or format messages: the stream decides
 //! when to send and the lifecycle module words the drop notice.
@@ -75,8 +79,9 @@ pub struct TakenBatch {
     pub shim_dropped_total: u64,
 }
 
-/// The gateway acked a line the shim never sent: a gateway bug, or a
-/// gateway confusing two boots. The stream reconnects instead of believing it.
+/// The gateway acked a line the shim never sent: another client wrote into
+/// this boot, or a gateway bug. The stream starts a new boot instead of
+/// believing it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("gateway acked seq {acked} but the shim has only sent up to seq {sent}")]
 pub struct AckAheadOfSent {
@@ -293,6 +298,24 @@ impl Buffer {
             self.unsent.push_front(entry);
         }
         self.in_flight_bytes = 0;
+    }
+
+    /// For a new boot: every line held becomes unsent and is numbered from
+    /// 1, consecutively, in order; returns how many there are. Whatever the
+    /// old boot's gateway stored of them is sent again (duplicates, no loss).
+    pub fn restart_seqs(&mut self) -> usize {
+        self.requeue_in_flight();
+        let mut notices = self.notices.iter_mut().peekable();
+        for (seq, new) in self.unsent.iter_mut().map(|(seq, _)| seq).zip(1..) {
+            while notices.next_if(|notice| notice.0 < *seq).is_some() {}
+            if let Some(notice) = notices.next_if(|notice| notice.0 == *seq) {
+                notice.0 = new;
+            }
+            *seq = new;
+        }
+        self.next_seq = self.unsent.len() as u64 + 1;
+        self.sent_up_to = 0;
+        self.unsent.len()
     }
 
     /// Lines not sent on the current connection yet.
@@ -774,6 +797,32 @@ mod tests {
         // The new gateway had stored all four: it acks its high-water mark.
         assert_eq!(buffer.ack(4), Ok(4));
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_new_boot_numbers_the_held_lines_from_one_and_keeps_their_notices() {
+        let mut buffer = Buffer::new(3 * LINE_OVERHEAD_BYTES, WIDE);
+        for ts in 1..=3 {
+            buffer.push(line(ts, b""));
+        }
+        buffer.next_batch(1, usize::MAX).unwrap();
+        buffer.push(line(4, b""));
+        let dropped = buffer.take_dropped().unwrap();
+        buffer.push_notice(line(10, b""), dropped);
+        // Held: seq 1 in flight, 4, and the notice (5); 2 and 3 dropped.
+        assert_eq!(buffer.ack(6), Err(AckAheadOfSent { acked: 6, sent: 1 }));
+
+        assert_eq!(buffer.restart_seqs(), 3);
+        assert_eq!((buffer.oldest_seq(), buffer.next_seq()), (1, 4));
+        let resent = buffer.next_batch(100, usize::MAX).unwrap();
+        assert_eq!(resent.first_seq, 1);
+        assert_eq!(stamps(&resent), vec![1, 4, 10], "no gap, order kept");
+        assert_eq!(buffer.ack(3), Ok(3));
+        assert!(
+            buffer.notices.is_empty(),
+            "the notice, now seq 3, is acked: its drops are reported for good"
+        );
+        assert_eq!(buffer.push(line(11, b"")), 4);
     }
 
     #[test]

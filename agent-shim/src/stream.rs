@@ -19,6 +19,15 @@
 //! [`Shipper::run`] returns only once the capture is over (`closing`) and
 //! every line is acked; the caller bounds that with the drain timeout.
 //!
+//! An ack for a line never sent means the gateway holds another writer's
+//! lines under this boot id, so its acks for the boot cannot be believed;
+//! `ABORTED` at the opening means another stream holds the boot (the
+//! shim's own old stream, not yet seen dead, or another client). Either
+//! way the shim starts a new boot id and resends every line it holds,
+//! numbered from 1 ([`Shipper::start_new_boot`]). Nothing is lost and
+//! nothing waits; what the gateway had stored of them arrives twice. The
+//! boot id is never printed.
+//!
 //! It must never block the capture: it only takes the buffer's lock for
 //! short, non-blocking operations. It never prints the token or secrets.
 
@@ -268,6 +277,9 @@ impl Shipper {
             // Whether the gateway stored what was in flight is unknown: it
             // is resent on the next connection, and evictable until then.
             self.buffer.lock().requeue_in_flight();
+            if needs_new_boot(&err) {
+                self.start_new_boot();
+            }
             if self.drained() {
                 return;
             }
@@ -315,6 +327,13 @@ impl Shipper {
             );
         }
         self.last_logged[gateway] = kind;
+    }
+
+    /// Goes on under a new boot id, every held line numbered from 1 again.
+    fn start_new_boot(&mut self) {
+        self.open.boot_id = crate::new_boot_id();
+        let resent = self.buffer.lock().restart_seqs();
+        diag!("going on under a new boot id, resending the {resent} lines not acked yet");
     }
 
     /// True once the capture is over and every line was acked (or dropped).
@@ -456,6 +475,16 @@ impl Shipper {
                 .push_notice(lifecycle::shim_line(notice), dropped);
         }
         Ok(())
+    }
+}
+
+/// Whether a failure means the gateway will not take this boot's lines as
+/// this shim's (see the module docs).
+fn needs_new_boot(err: &StreamError) -> bool {
+    match err {
+        StreamError::AckAheadOfSent(_) => true,
+        StreamError::Refused { status, .. } => status.code() == Code::Aborted,
+        _ => false,
     }
 }
 

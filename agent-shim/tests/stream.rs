@@ -43,7 +43,18 @@ enum Behavior {
     /// Until [`Gateway::release`]: record batches and ack none; then fail
     /// those streams with UNAVAILABLE and ack everything on later ones.
     HoldUntilReleased,
+    /// Like the real gateway after another client wrote [`FORGED_SEQ`] into
+    /// the first boot it sees: every batch of that boot is acked with that
+    /// seq and nothing of it is stored. Other boots: stored and acked.
+    ForgedFirstBoot,
+    /// Refuses every stream of the first boot it sees with ABORTED, as the
+    /// real gateway does while another stream holds that boot; stores and
+    /// acks the streams of other boots.
+    FirstBootLive,
 }
+
+/// The seq a forger wrote into the first boot (see [`Behavior::ForgedFirstBoot`]).
+const FORGED_SEQ: u64 = 1_000_000_000_000_000;
 
 /// Everything the gateway received, per stream, in arrival order.
 #[derive(Debug, Default)]
@@ -55,6 +66,10 @@ struct Recorded {
     acked: BTreeMap<u64, logdrain::v1::Line>,
     /// Streams held by [`Behavior::HoldUntilReleased`] (nothing acked).
     held_streams: Vec<usize>,
+    /// [`Behavior::ForgedFirstBoot`]: the stored lines, in order, and each
+    /// boot's high-water mark.
+    stored: Vec<logdrain::v1::Line>,
+    marks: BTreeMap<String, u64>,
 }
 
 #[derive(Clone)]
@@ -84,6 +99,30 @@ impl Drain for Recorder {
         let mut released = self.released.clone();
         let held = behavior == Behavior::HoldUntilReleased && !*released.borrow();
         let (tx, rx) = mpsc::channel(64);
+        if behavior == Behavior::ForgedFirstBoot {
+            tokio::spawn(serve_deduplicating(inbound, recorded, tx));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        if behavior == Behavior::FirstBootLive {
+            let Ok(Some(ShimMessage {
+                kind: Some(shim_message::Kind::Open(open)),
+            })) = inbound.message().await
+            else {
+                return Err(Status::invalid_argument("Open first"));
+            };
+            {
+                let mut recorded = recorded.lock().unwrap();
+                let live = recorded.opens.first().map(|o| o.boot_id.clone());
+                recorded.opens.push(open.clone());
+                if live.is_none_or(|live| live == open.boot_id) {
+                    return Err(Status::aborted(
+                        "this boot id is being written by another stream",
+                    ));
+                }
+            }
+            tokio::spawn(serve_deduplicating(inbound, recorded, tx));
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         if held {
             tokio::spawn(async move {
                 let stream_index = {
@@ -167,6 +206,61 @@ impl Drain for Recorder {
     /// Answers like a gateway older than `Drain.Check`.
     async fn check(&self, _request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
         Err(Status::unimplemented("unknown method Check"))
+    }
+}
+
+/// One stream of [`Behavior::ForgedFirstBoot`] (or, after its `Open`, of
+/// [`Behavior::FirstBootLive`]): de-duplicates by boot and seq against a
+/// high-water mark, as the real gateway does.
+async fn serve_deduplicating(
+    mut inbound: Streaming<ShimMessage>,
+    recorded: Arc<Mutex<Recorded>>,
+    tx: mpsc::Sender<Result<GatewayMessage, Status>>,
+) {
+    let mut boot = recorded
+        .lock()
+        .unwrap()
+        .opens
+        .last()
+        .map(|o| o.boot_id.clone())
+        .unwrap_or_default();
+    while let Ok(Some(message)) = inbound.message().await {
+        let acked_seq = {
+            let mut recorded = recorded.lock().unwrap();
+            match message.kind {
+                Some(shim_message::Kind::Open(open)) => {
+                    boot = open.boot_id.clone();
+                    if recorded.marks.is_empty() {
+                        recorded.marks.insert(boot.clone(), FORGED_SEQ);
+                    }
+                    recorded.opens.push(open);
+                    continue;
+                }
+                Some(shim_message::Kind::Batch(batch)) => {
+                    let mark = recorded.marks.get(&boot).copied().unwrap_or(0);
+                    let fresh = batch
+                        .lines
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| batch.first_seq + *i as u64 > mark);
+                    let fresh: Vec<_> = fresh.map(|(_, line)| line.clone()).collect();
+                    recorded.stored.extend(fresh);
+                    let last = batch.first_seq + batch.lines.len() as u64 - 1;
+                    let index = recorded.opens.len().saturating_sub(1);
+                    recorded.batches.push((index, batch));
+                    let mark = mark.max(last);
+                    recorded.marks.insert(boot.clone(), mark);
+                    mark
+                }
+                None => continue,
+            }
+        };
+        let ack = GatewayMessage {
+            kind: Some(gateway_message::Kind::Ack(Ack { acked_seq })),
+        };
+        if tx.send(Ok(ack)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -714,4 +808,60 @@ async fn a_gateway_that_does_not_ack_gets_at_most_the_window_and_drops_are_count
         "delivered {} + dropped {dropped}",
         delivered.len()
     );
+}
+
+#[tokio::test]
+async fn an_ack_of_lines_never_sent_makes_the_shim_resend_everything_under_a_new_boot() {
+    let gateway = Gateway::start(Behavior::ForgedFirstBoot).await;
+    let child = shim(&gateway.url(), &[], &count_script(300))
+        .spawn()
+        .unwrap();
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(done.stderr.contains("new boot id"), "{}", done.stderr);
+
+    let recorded = gateway.recorded.lock().unwrap();
+    let boots: Vec<&str> = recorded.opens.iter().map(|o| o.boot_id.as_str()).collect();
+    assert!(
+        boots.len() >= 2 && boots[boots.len() - 1] != boots[0],
+        "the shim went on under a new boot id: {boots:?}"
+    );
+    let stored = recorded
+        .stored
+        .iter()
+        .filter(|l| l.stream == StreamKind::Stdout as i32)
+        .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+        .collect::<Vec<_>>();
+    let expected: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+    assert_eq!(stored, expected, "every line stored once, in order");
+    assert!(
+        !done.stderr.contains(&recorded.opens[0].boot_id),
+        "the shim never prints its boot id"
+    );
+}
+
+#[tokio::test]
+async fn a_boot_refused_as_live_on_another_stream_is_left_for_a_new_one_and_every_line_arrives() {
+    let gateway = Gateway::start(Behavior::FirstBootLive).await;
+    let child = shim(&gateway.url(), &[], &count_script(300))
+        .spawn()
+        .unwrap();
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(done.stderr.contains("ABORTED"), "{}", done.stderr);
+
+    let recorded = gateway.recorded.lock().unwrap();
+    let boots: Vec<&str> = recorded.opens.iter().map(|o| o.boot_id.as_str()).collect();
+    assert!(
+        boots.len() >= 2 && boots[boots.len() - 1] != boots[0],
+        "the shim went on under a new boot id: {boots:?}"
+    );
+    let stored = recorded
+        .stored
+        .iter()
+        .filter(|l| l.stream == StreamKind::Stdout as i32)
+        .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+        .collect::<Vec<_>>();
+    let expected: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+    assert_eq!(stored, expected, "every line stored once, in order");
 }

@@ -53,6 +53,10 @@ fn describe() {
         "Received lines already queued from an earlier send (resent after a reconnect)."
     );
     describe_counter!(
+        "logdrain_skipped_seqs_total",
+        "Sequence numbers a shim's batch skipped: lines its buffer dropped, or lines another gateway acked before a failover. Acked past, never counted as acked lines."
+    );
+    describe_counter!(
         "logdrain_acked_lines_total",
         "Lines acked to shims as durably queued."
     );
@@ -166,6 +170,12 @@ pub fn received(agent: &str, lines: u64, bytes: u64) {
 /// Lines de-duplicated away (already queued from an earlier send).
 pub fn duplicates(agent: &str, lines: u64) {
     counter!("logdrain_duplicate_lines_total", "agent" => agent.to_string()).increment(lines);
+}
+
+/// Seqs a shim's batch skipped (above the boot's mark + 1): lines its
+/// buffer dropped, or lines another gateway acked before a failover.
+pub fn skipped_seqs(agent: &str, seqs: u64) {
+    counter!("logdrain_skipped_seqs_total", "agent" => agent.to_string()).increment(seqs);
 }
 
 /// Lines acked to a shim as durably queued.

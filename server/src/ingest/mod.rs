@@ -1,10 +1,12 @@
 //! Ingest: the gRPC `Drain` service that shims and `tail` clients talk to.
 //!
-//! Owns stream admission (token, ids, protocol version), turning an opening
-//! message into routes, acking only what the queue made durable, and the
+//! Owns stream admission (token, ids, protocol version, one stream per live
+//! boot), turning an opening message into routes, acking only what the queue
+//! made durable (or what the boot's own stream skipped, counted), and the
 //! `Check` dry run of a shim's configuration. It must not deliver to vendors
 //! (the sinks do) and must not decide how lines are stored (the queue does).
 
+mod boots;
 mod check;
 pub mod notice;
 pub mod replicas;
@@ -26,6 +28,7 @@ use crate::auth::SigningKey;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::Engine;
+use boots::LiveBoots;
 use replicas::Replicas;
 use tail::TailHub;
 
@@ -37,6 +40,8 @@ pub struct Ingest {
     pub(crate) credential_key: Vec<u8>,
     pub(crate) tail: TailHub,
     pub(crate) replicas: Replicas,
+    /// Boots bound to the stream writing them.
+    pub(crate) boots: LiveBoots,
     pub(crate) shutdown: Shutdown,
     pub(crate) open_timeout: Duration,
     /// Most ship streams served at once, counted from their first byte
@@ -131,6 +136,7 @@ impl IngestService {
             credential_key,
             tail: TailHub::default(),
             replicas: Replicas::default(),
+            boots: LiveBoots::default(),
             shutdown,
             open_timeout,
             max_streams,

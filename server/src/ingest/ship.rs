@@ -1,9 +1,16 @@
 //! One shim stream (`Ship`) and one tail stream (`Tail`), from admission to end.
 //!
 //! A ship stream: the opening message is checked (protocol version, ids,
-//! token), its secrets become routes, and then every batch is appended to the
-//! queue and acked with the stream's durable high-water mark. Nothing is acked
+//! token), its boot is bound to it (`boots.rs`: one stream per live boot),
+//! its secrets become routes, and then every batch is appended to the queue
+//! and acked with the stream's durable high-water mark. Nothing is acked
 //! before the queue says it is on disk.
+//!
+//! Seqs a batch skips (it starts above the mark + 1: the shim's buffer
+//! dropped them, or another gateway acked them before a failover) are
+//! counted (`logdrain_skipped_seqs_total`), never as acked lines. Only the
+//! boot's own stream can skip, so an ack never covers a line another client
+//! meant to write. The boot id is never logged, only its fingerprint.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +26,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 
+use super::boots::{self, BootBinding};
 use super::tail::TailBatch;
 use super::validate;
 use super::{BoxStream, Ingest, StreamSlot};
@@ -87,6 +95,8 @@ struct Session {
     agent_id: String,
     agent_server_id: Arc<str>,
     boot_id: String,
+    /// Held while the stream reads; released when it stops.
+    boot: Option<BootBinding>,
     routes: Vec<RouteKey>,
 }
 
@@ -103,6 +113,15 @@ impl Session {
             .map_err(|refused| {
                 metrics::refused_streams(refused.reason);
                 refused.status
+            })?;
+        let boot = ingest
+            .boots
+            .bind(&open.agent_id, &open.agent_server_id, &open.boot_id)
+            .ok_or_else(|| {
+                metrics::refused_streams("boot_live");
+                Status::aborted(
+                    "this boot id is being written by another stream; go on under a new boot id (agent-shim does), or retry once that stream has ended",
+                )
             })?;
         let secrets = open.secrets.into_iter().collect();
         let mut routes = Vec::new();
@@ -132,12 +151,13 @@ impl Session {
             agent_id: open.agent_id,
             agent_server_id: Arc::from(open.agent_server_id),
             boot_id: open.boot_id,
+            boot: Some(boot),
             routes,
         })
     }
 
     async fn run(
-        self,
+        mut self,
         mut inbound: Streaming<ShimMessage>,
         tx: mpsc::Sender<Result<GatewayMessage, Status>>,
         _slot: StreamSlot,
@@ -153,7 +173,7 @@ impl Session {
             agent_server_id: Arc::clone(&self.agent_server_id),
             replicas: self.ingest.replicas.clone(),
         };
-        tracing::info!(agent = %self.agent_id, agent_server = %self.agent_server_id, boot = %self.boot_id, routes = self.routes.len(), "stream opened");
+        tracing::info!(agent = %self.agent_id, agent_server = %self.agent_server_id, boot = %boots::fingerprint(&self.boot_id), routes = self.routes.len(), "stream opened");
 
         // Batches written to the queue and waiting for their group commit,
         // acked in order as they become durable. Reading the next batch
@@ -166,6 +186,11 @@ impl Session {
         // written are acked.
         let mut ending: Option<Status> = None;
         loop {
+            if !reading {
+                // This stream writes no more: a new stream of its boot (the
+                // shim reconnecting) may write after it.
+                self.boot = None;
+            }
             if !reading && waiting.is_empty() {
                 if shutting_down {
                     ending = Some(Status::unavailable("this gateway is shutting down; everything acked is on disk; reconnect to another gateway"));
@@ -180,6 +205,11 @@ impl Session {
                 Some(done) = waiting.next() => {
                     let reply = done.map(ack);
                     let failed = reply.is_err();
+                    if failed {
+                        // Released before the shim hears of it, so that
+                        // its reconnect is admitted.
+                        self.boot = None;
+                    }
                     if tx.send(reply).await.is_err() || failed {
                         break;
                     }
@@ -191,36 +221,43 @@ impl Session {
                     reading = false;
                 }
                 message = inbound.message(), if reading && waiting.len() < PIPELINE_DEPTH => {
-                    match message {
+                    let refusal = match message {
                         Ok(Some(ShimMessage {
                             kind: Some(shim_message::Kind::Batch(batch)),
                         })) => match self.write(batch) {
-                            Ok(durable) => waiting.push_back(durable),
-                            Err(status) => {
-                                let _ = tx.send(Err(status)).await;
-                                break;
+                            Ok(durable) => {
+                                waiting.push_back(durable);
+                                None
                             }
+                            Err(status) => Some(status),
                         },
                         Ok(Some(ShimMessage {
                             kind: Some(shim_message::Kind::Open(_)),
-                        })) => {
-                            let _ = tx.send(Err(Status::invalid_argument(
-                                "a stream carries one Open, as its first message; open a new stream instead",
-                            ))).await;
-                            break;
-                        }
+                        })) => Some(Status::invalid_argument(
+                            "a stream carries one Open, as its first message; open a new stream instead",
+                        )),
                         Ok(Some(ShimMessage { kind: None })) => {
-                            let _ = tx.send(Err(Status::invalid_argument("empty message: send a Batch"))).await;
-                            break;
+                            Some(Status::invalid_argument("empty message: send a Batch"))
                         }
-                        Ok(None) => reading = false,
+                        Ok(None) => {
+                            reading = false;
+                            None
+                        }
                         Err(status) => {
                             tracing::debug!(agent = %self.agent_id, agent_server = %self.agent_server_id, %status, "stream ended by the shim");
                             reading = false;
                             // A shim that hung up does not read it; one
                             // that sent something undecodable learns why.
                             ending = Some(inbound_error(status));
+                            None
                         }
+                    };
+                    if let Some(status) = refusal {
+                        // Released before the shim hears of it, so that its
+                        // reconnect is admitted.
+                        self.boot = None;
+                        let _ = tx.send(Err(status)).await;
+                        break;
                     }
                 }
             }
@@ -264,6 +301,14 @@ impl Session {
             .tail
             .has_followers(&self.agent_id)
             .then(|| batch.lines.clone());
+        // This stream alone writes its boot, so the mark it reads is the one
+        // the batch is written against.
+        let mark = self
+            .ingest
+            .queue
+            .acked_seq(&self.agent_id, &self.agent_server_id, &self.boot_id)
+            .map_err(queue_status)?;
+        let skipped = batch.first_seq.saturating_sub(mark.saturating_add(1));
         let written = self
             .ingest
             .queue
@@ -286,6 +331,10 @@ impl Session {
             let fresh = count - outcome.duplicates as u64;
             metrics::duplicates(&agent_id, outcome.duplicates as u64);
             metrics::acked(&agent_id, fresh);
+            if skipped > 0 {
+                metrics::skipped_seqs(&agent_id, skipped);
+                tracing::debug!(agent = %agent_id, agent_server = %agent_server_id, skipped, "batch skipped seqs (dropped by the shim or acked by another gateway)");
+            }
             if no_destination {
                 metrics::dropped(&agent_id, "no_destination", fresh);
             }

@@ -10,8 +10,9 @@
 //!
 //! Deliberately accepted: an empty batch (answered with the stream's durable
 //! mark); a batch whose sequence numbers are already acked (a resend, acked
-//! again) or beyond the next expected one (a shim moving between gateways
-//! resumes from its oldest unacked line); `part`/`more_parts` as sent (the
+//! again) or beyond the next expected one (the shim's buffer dropped lines,
+//! or a shim moving between gateways resumes from its oldest unacked line:
+//! `ship.rs` counts the skipped seqs); `part`/`more_parts` as sent (the
 //! gateway never reassembles pieces, it forwards their marks); any
 //! timestamp.
 
