@@ -1,15 +1,15 @@
 //! The only module with `unsafe`: thin, safe wrappers over the few Unix
 //! system calls the shim needs that std and tokio do not offer
 //! (`waitpid` on any child, `kill`, `prctl(PR_SET_CHILD_SUBREAPER)`,
-//! `gethostname`).
+//! `prctl(PR_SET_PDEATHSIG)` in the agent before it runs, `gethostname`).
 //!
 //! Each wrapper only translates arguments and errors. Policy (which child to
 //! wait for, which signal to send) lives in `child.rs`, never here.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
 
 /// Which children [`waitpid_nohang`] may reap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +87,45 @@ pub fn set_child_subreaper() -> io::Result<()> {
         "child subreapers need Linux (prctl PR_SET_CHILD_SUBREAPER)",
     ))
 }
+
+/// Makes the process `command` starts receive SIGKILL when the thread that
+/// starts it ends (`prctl(PR_SET_PDEATHSIG)`, Linux only; elsewhere nothing
+/// is set). Start it from a thread that lives as long as the process.
+///
+/// If this process is gone before the signal is set, the new one sees
+/// another parent and exits instead of running.
+#[cfg(target_os = "linux")]
+pub fn kill_when_parent_dies(command: &mut Command) {
+    let parent = std::process::id();
+    let hook = move || {
+        // SAFETY: prctl and getppid are async-signal-safe system calls on
+        // plain integers; nothing is allocated or locked after the fork.
+        let (ret, ppid) = unsafe {
+            let ret = libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            );
+            (ret, libc::getppid())
+        };
+        if ret == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        if u32::try_from(ppid).ok() != Some(parent) {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes the async-signal-safe calls above.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn kill_when_parent_dies(_command: &mut Command) {}
 
 /// The host name (`gethostname`), lossily decoded as UTF-8.
 pub fn hostname() -> io::Result<String> {

@@ -355,6 +355,40 @@ fn send_signal(pid: i32, signal: &str) -> i32 {
 }
 
 #[test]
+fn an_agent_that_ignores_sigterm_dies_with_its_sigkilled_shim() {
+    // The agent inherits the shim's stdin: here the write end of a pipe, so
+    // the test's read end ends once the shim and the agent are both gone.
+    let (mut held, stdin) = std::io::pipe().unwrap();
+    let mut child = shim()
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM INT HUP; echo $$; exec sleep 600",
+        ])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let agent = wait_for_line(&mut stdout, "").trim().to_string();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (gone, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_end(&mut held, &mut Vec::new());
+        let _ = gone.send(());
+    });
+    // A bound that turns a surviving agent into a failure, not a timing.
+    let died = ended.recv_timeout(Duration::from_secs(60)).is_ok();
+    if let (false, Ok(pid @ 1..)) = (died, agent.parse::<i32>()) {
+        send_signal(pid, "KILL");
+    }
+    assert!(died, "the agent (pid {agent}) outlived its SIGKILLed shim");
+}
+
+#[test]
 fn subreaper_reaps_orphans_without_stealing_the_agents_status() {
     // The orphan outlives its parent subshell, so it is re-parented to the
     // shim; it prints its pid and its new parent, then exits. The agent
