@@ -63,13 +63,17 @@ use buffer::SharedBuffer;
 use child::{ForwardedSignals, Reaper};
 use diag::diag;
 use lifecycle::AgentExit;
-use stream::{Shipper, StreamConfig, StreamError};
+use stream::{Shipped, Shipper, StreamConfig, StreamError};
 
 /// Exit code for a configuration error (as clap uses for usage errors).
 pub const EXIT_CONFIG: i32 = 2;
 /// Exit code when the shim itself fails before the agent could run
 /// (like `env` and `timeout`).
 pub const EXIT_SHIM_FAILURE: i32 = 125;
+/// Exit code when the agent exited 0 but every gateway refused the shim for
+/// good (token, ids or protocol version), so its lines were not delivered
+/// (`EX_NOPERM`). A non-zero code of the agent is kept.
+pub const EXIT_REFUSED: i32 = 77;
 
 /// What keeps the shim from running at all. Anything that goes wrong with
 /// the agent or the gateway is not an error: it becomes an exit code, a
@@ -221,7 +225,7 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
     if reaper.reaps_orphans() {
         tokio::spawn(reaper.reap_orphans_forever());
     }
-    drain(
+    let refused = drain(
         shipping,
         deadline,
         settings.drain_timeout,
@@ -235,7 +239,10 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
              it started); what was written to them until then was captured"
         );
     }
-    Ok(exit_code)
+    Ok(match (refused, exit_code) {
+        (true, 0) => EXIT_REFUSED,
+        _ => exit_code,
+    })
 }
 
 /// A new boot id: 16 random bytes, hex encoded.
@@ -322,36 +329,43 @@ fn event(buffer: &SharedBuffer, message: String) {
 
 /// Waits for the shipper to deliver everything, at most until `deadline`;
 /// SIGTERM, SIGINT or SIGQUIT received meanwhile end the wait at once.
+/// True when it stopped because every gateway refused the shim for good.
 async fn drain(
-    shipping: JoinHandle<()>,
+    shipping: JoinHandle<Shipped>,
     deadline: Instant,
     drain_timeout: Duration,
     buffer: &SharedBuffer,
     signals: &mut ForwardedSignals,
-) {
+) -> bool {
     tokio::pin!(shipping);
     let deadline_sleep = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline_sleep);
     let cut_short = loop {
         tokio::select! {
-            result = &mut shipping => {
-                if let Err(err) = result {
-                    diag!("the gateway stream stopped unexpectedly: {err}");
+            result = &mut shipping => match result {
+                Ok(Shipped::Drained) => break None,
+                Ok(Shipped::Refused) => {
+                    break Some(("refused by every gateway for good".to_string(), true))
                 }
-                break None;
+                Err(err) => {
+                    diag!("the gateway stream stopped unexpectedly: {err}");
+                    break None;
+                }
+            },
+            () = &mut deadline_sleep => {
+                break Some((format!("drain timeout ({drain_timeout:?}) reached"), false))
             }
-            () = &mut deadline_sleep => break Some(format!("drain timeout ({drain_timeout:?}) reached")),
             number = signals.recv() => {
                 if matches!(number, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
-                    break Some(format!(
-                        "{} received while draining",
-                        lifecycle::signal_display(number)
-                    ));
+                    let signal = lifecycle::signal_display(number);
+                    break Some((format!("{signal} received while draining"), false));
                 }
             }
         }
     };
-    let Some(reason) = cut_short else { return };
+    let Some((reason, refused)) = cut_short else {
+        return false;
+    };
     shipping.abort();
     let buffer = buffer.lock();
     if !buffer.is_empty() {
@@ -368,6 +382,7 @@ async fn drain(
             if dropped.lines == 1 { " was" } else { "s were" }
         );
     }
+    refused
 }
 
 #[cfg(test)]

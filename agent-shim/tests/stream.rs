@@ -38,7 +38,8 @@ enum Behavior {
     /// On the first stream: take the first batch without acking it, then
     /// fail the stream with UNAVAILABLE. Later streams: ack everything.
     DropFirstStream,
-    /// Refuse every stream with UNAUTHENTICATED.
+    /// Read each stream's `Open`, then refuse it with UNAUTHENTICATED,
+    /// echoing the token (as a careless or hostile gateway might).
     Unauthenticated,
     /// Until [`Gateway::release`]: record batches and ack none; then fail
     /// those streams with UNAVAILABLE and ack everything on later ones.
@@ -76,7 +77,20 @@ impl Drain for Recorder {
         request: Request<Streaming<ShimMessage>>,
     ) -> Result<Response<Self::ShipStream>, Status> {
         if self.behavior == Behavior::Unauthenticated {
-            return Err(Status::unauthenticated("token does not match agent id"));
+            let mut inbound = request.into_inner();
+            let token = match inbound.message().await {
+                Ok(Some(ShimMessage {
+                    kind: Some(shim_message::Kind::Open(open)),
+                })) => {
+                    let token = open.token.clone();
+                    self.recorded.lock().unwrap().opens.push(open);
+                    token
+                }
+                _ => String::new(),
+            };
+            return Err(Status::unauthenticated(format!(
+                "token {token:?} does not match agent id"
+            )));
         }
         let mut inbound = request.into_inner();
         let recorded = Arc::clone(&self.recorded);
@@ -525,7 +539,7 @@ async fn unauthenticated_gateway_says_how_to_get_a_token() {
         .spawn()
         .unwrap();
     let done = finish(child).await;
-    assert_eq!(done.status.code(), Some(0));
+    assert_eq!(done.status.code(), Some(77));
     assert!(done.stderr.contains("UNAUTHENTICATED"), "{}", done.stderr);
     assert!(
         done.stderr.contains("does not match the agent id"),
@@ -540,6 +554,76 @@ async fn unauthenticated_gateway_says_how_to_get_a_token() {
     assert!(
         !done.stderr.contains("ingest-token-1"),
         "the token is never printed"
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_for_good_is_said_once_never_retried_and_the_shim_exits_77_after_the_agent() {
+    let gateway = Gateway::start(Behavior::Unauthenticated).await;
+    let mut child = shim(
+        &gateway.url(),
+        &[],
+        "echo started; read _; echo still-running",
+    )
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let refusal = tokio::time::timeout(LIMIT, async {
+        loop {
+            let mut line = String::new();
+            let read = stderr.read_line(&mut line).await.unwrap();
+            assert!(read > 0, "stderr ended before the refusal: {said}");
+            said.push_str(&line);
+            if line.contains("UNAUTHENTICATED") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the refusal is said");
+    // The agent still runs and is still passed through.
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let mut stdout = Vec::new();
+    let mut rest = String::new();
+    let mut out = child.stdout.take().unwrap();
+    let (a, b, status) = tokio::time::timeout(LIMIT, async {
+        tokio::join!(
+            out.read_to_end(&mut stdout),
+            stderr.read_to_string(&mut rest),
+            child.wait()
+        )
+    })
+    .await
+    .expect("the shim exits after the agent");
+    a.unwrap();
+    b.unwrap();
+    said.push_str(&rest);
+    assert_eq!(status.unwrap().code(), Some(77), "{said}");
+    assert_eq!(String::from_utf8_lossy(&stdout), "started\nstill-running\n");
+    assert!(
+        refusal.contains("logdrain-gateway token --agent-id") && refusal.contains("77"),
+        "the cause, the fix and the exit status: {refusal}"
+    );
+    assert_eq!(
+        said.matches("UNAUTHENTICATED").count(),
+        1,
+        "said once: {said}"
+    );
+    assert!(
+        !said.contains("ingest-token-1"),
+        "the token is never printed: {said}"
+    );
+    assert!(said.contains("not delivered"), "{said}");
+    assert_eq!(
+        gateway.recorded.lock().unwrap().opens.len(),
+        1,
+        "never retried"
     );
 }
 
