@@ -146,6 +146,18 @@ fn help_mentions_every_environment_variable() {
 }
 
 #[test]
+fn help_documents_the_exit_status_of_a_refusal_for_good() {
+    let output = Command::new(SHIM).arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    // Clap wraps the text to the terminal's width.
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("77 if the agent exited 0 but every gateway refused"),
+        "{help}"
+    );
+}
+
+#[test]
 fn help_never_shows_the_token_value() {
     let output = Command::new(SHIM)
         .arg("--help")
