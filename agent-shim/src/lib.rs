@@ -144,6 +144,7 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
         Arc::clone(&buffer),
         closing_rx,
     )?;
+    let refused = shipper.refused();
     let shipping = tokio::spawn(shipper.run());
 
     let (exit_code, deadline, capturing) = match child::spawn(&settings.command) {
@@ -225,7 +226,7 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
     if reaper.reaps_orphans() {
         tokio::spawn(reaper.reap_orphans_forever());
     }
-    let refused = drain(
+    drain(
         shipping,
         deadline,
         settings.drain_timeout,
@@ -239,9 +240,11 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
              it started); what was written to them until then was captured"
         );
     }
-    Ok(match (refused, exit_code) {
-        (true, 0) => EXIT_REFUSED,
-        _ => exit_code,
+    let refused = *refused.borrow();
+    Ok(if refused && exit_code == 0 {
+        EXIT_REFUSED
+    } else {
+        exit_code
     })
 }
 
@@ -329,14 +332,13 @@ fn event(buffer: &SharedBuffer, message: String) {
 
 /// Waits for the shipper to deliver everything, at most until `deadline`;
 /// SIGTERM, SIGINT or SIGQUIT received meanwhile end the wait at once.
-/// True when it stopped because every gateway refused the shim for good.
 async fn drain(
     shipping: JoinHandle<Shipped>,
     deadline: Instant,
     drain_timeout: Duration,
     buffer: &SharedBuffer,
     signals: &mut ForwardedSignals,
-) -> bool {
+) {
     tokio::pin!(shipping);
     let deadline_sleep = tokio::time::sleep_until(deadline);
     tokio::pin!(deadline_sleep);
@@ -344,28 +346,24 @@ async fn drain(
         tokio::select! {
             result = &mut shipping => match result {
                 Ok(Shipped::Drained) => break None,
-                Ok(Shipped::Refused) => {
-                    break Some(("refused by every gateway for good".to_string(), true))
-                }
+                Ok(Shipped::Refused) => break Some("refused by every gateway for good".to_string()),
                 Err(err) => {
                     diag!("the gateway stream stopped unexpectedly: {err}");
                     break None;
                 }
             },
-            () = &mut deadline_sleep => {
-                break Some((format!("drain timeout ({drain_timeout:?}) reached"), false))
-            }
+            () = &mut deadline_sleep => break Some(format!("drain timeout ({drain_timeout:?}) reached")),
             number = signals.recv() => {
                 if matches!(number, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {
-                    let signal = lifecycle::signal_display(number);
-                    break Some((format!("{signal} received while draining"), false));
+                    break Some(format!(
+                        "{} received while draining",
+                        lifecycle::signal_display(number)
+                    ));
                 }
             }
         }
     };
-    let Some((reason, refused)) = cut_short else {
-        return false;
-    };
+    let Some(reason) = cut_short else { return };
     shipping.abort();
     let buffer = buffer.lock();
     if !buffer.is_empty() {
@@ -382,7 +380,6 @@ async fn drain(
             if dropped.lines == 1 { " was" } else { "s were" }
         );
     }
-    refused
 }
 
 #[cfg(test)]

@@ -221,6 +221,9 @@ pub struct Shipper {
     rng: StdRng,
     /// Consecutive failed sessions; cleared (with a message) by an ack.
     failures: u64,
+    /// True from a round in which every gateway refused for good until a
+    /// stream opens.
+    refused: watch::Sender<bool>,
     /// The last failure logged per gateway, to log repeats sparsely.
     last_logged: Vec<String>,
 }
@@ -273,8 +276,14 @@ impl Shipper {
             backoff: Backoff::new(config.backoff_min, config.backoff_max),
             rng: StdRng::from_os_rng(),
             failures: 0,
+            refused: watch::Sender::new(false),
             last_logged: vec![String::new(); config.gateways.len()],
         })
+    }
+
+    /// Whether every gateway refuses the shim for good, as it changes.
+    pub fn refused(&self) -> watch::Receiver<bool> {
+        self.refused.subscribe()
     }
 
     /// Ships until closing and fully acked, or closing while refused for
@@ -316,6 +325,7 @@ impl Shipper {
             }
             failures_this_round = 0;
             if std::mem::take(&mut refusals_this_round) == self.gateways.len() {
+                self.refused.send_replace(true);
                 self.log_refusal(failed, failure, kind);
                 if self.closing() || self.sleep_unless_closing(REFUSED_RETRY).await {
                     return Shipped::Refused;
@@ -336,12 +346,17 @@ impl Shipper {
     /// Logs a refusal for good once per gateway, however often it repeats.
     fn log_refusal(&mut self, gateway: usize, failure: String, kind: String) {
         if kind != self.last_logged[gateway] {
-            diag!(
-                "{failure}; retrying cannot help: the agent keeps running and its lines wait in \
-                 the buffer, the shim tries again every {REFUSED_RETRY:?}, and it exits with \
-                 status {} when the agent exits with 0",
-                crate::EXIT_REFUSED
-            );
+            let code = crate::EXIT_REFUSED;
+            let next_step = if self.closing() {
+                format!("the shim stops now (exit status {code} if the agent exited 0)")
+            } else {
+                format!(
+                    "the agent keeps running and its lines wait in the buffer, the shim tries \
+                     again every {REFUSED_RETRY:?}, and it exits with status {code} when the \
+                     agent exits with 0"
+                )
+            };
+            diag!("{failure}; retrying cannot help: {next_step}");
         }
         self.last_logged[gateway] = kind;
     }
@@ -462,6 +477,7 @@ impl Shipper {
             // Nothing left to send: do not wait for a slow connect.
             () = self.closed_with_nothing_to_send() => return Ok(()),
         };
+        self.refused.send_replace(false);
         let mut inbound = response.into_inner();
         let mut sending = Box::pin(send_batches(Arc::clone(&self.buffer), tx, self.batch));
         let result = tokio::select! {

@@ -570,19 +570,7 @@ async fn a_refusal_for_good_is_said_once_never_retried_and_the_shim_exits_77_aft
     .unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut said = String::new();
-    let refusal = tokio::time::timeout(LIMIT, async {
-        loop {
-            let mut line = String::new();
-            let read = stderr.read_line(&mut line).await.unwrap();
-            assert!(read > 0, "stderr ended before the refusal: {said}");
-            said.push_str(&line);
-            if line.contains("UNAUTHENTICATED") {
-                return line;
-            }
-        }
-    })
-    .await
-    .expect("the refusal is said");
+    let refusal = read_until(&mut stderr, "UNAUTHENTICATED", &mut said).await;
     // The agent still runs and is still passed through.
     let mut stdin = child.stdin.take().unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
@@ -625,6 +613,56 @@ async fn a_refusal_for_good_is_said_once_never_retried_and_the_shim_exits_77_aft
         1,
         "never retried"
     );
+}
+
+/// Reads lines into `said` until one contains `want`; returns that line.
+async fn read_until(
+    reader: &mut BufReader<tokio::process::ChildStderr>,
+    want: &str,
+    said: &mut String,
+) -> String {
+    let read = async {
+        loop {
+            let mut line = String::new();
+            let read = reader.read_line(&mut line).await.unwrap();
+            assert!(read > 0, "ended before {want:?}: {said}");
+            said.push_str(&line);
+            if line.contains(want) {
+                return line;
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, read)
+        .await
+        .unwrap_or_else(|_| panic!("{want:?} never came"))
+}
+
+#[tokio::test]
+async fn refused_for_good_while_a_process_the_agent_started_holds_its_pipes_still_exits_77() {
+    let gateway = Gateway::start(Behavior::Unauthenticated).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("release");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    // The grandchild holds the pipes until the test writes to the FIFO; the
+    // agent exits 0 once the test writes a line to its stdin.
+    let script = format!("(read _ < '{}') & read _; exit 0", fifo.display());
+    let mut child = shim(&gateway.url(), &[], &script)
+        .env("LOGDRAIN_DRAIN_TIMEOUT", "1s")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    read_until(&mut stderr, "UNAUTHENTICATED", &mut said).await;
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
+        .await
+        .unwrap();
+    read_until(&mut stderr, "still open", &mut said).await;
+    let status = tokio::time::timeout(LIMIT, child.wait()).await;
+    std::fs::write(&fifo, "go\n").unwrap();
+    assert_eq!(status.unwrap().unwrap().code(), Some(77), "{said}");
 }
 
 #[tokio::test]
