@@ -21,7 +21,11 @@ async fn a_wrong_token_is_refused_and_nothing_is_queued() {
         .spawn_sh("echo hello");
     let (out, err) = capture(&mut shim);
     let status = wait_exit(&mut shim, Duration::from_secs(60)).await;
-    assert!(status.success(), "the agent's own exit code is kept");
+    assert_eq!(
+        status.code(),
+        Some(77),
+        "refused for good, although the agent exited 0"
+    );
     assert_eq!(String::from_utf8(out.join().unwrap()).unwrap(), "hello\n");
     let err = String::from_utf8_lossy(&err.join().unwrap()).to_string();
     assert!(
@@ -46,6 +50,100 @@ async fn a_wrong_token_is_refused_and_nothing_is_queued() {
         0.0
     );
     assert!(intake.datadog_entries().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_id_is_said_once_never_retried_and_counted_by_reason_in_status_and_metrics() {
+    const ADMIN_TOKEN: &str = "admin-token-for-auth-tests-0123456";
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start_with(
+        &dir.path().join("gw"),
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        vec![("LOGDRAIN_ADMIN_TOKEN".into(), ADMIN_TOKEN.into())],
+    );
+    // The agent runs until the test writes to this FIFO.
+    let fifo = dir.path().join("release");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    let secret_token = token("agent-ok");
+    let mut shim = ShimBuilder::new(&gateway.url(), "agent-ok", "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        // The shim takes it; the gateway's id rules refuse it.
+        .env("LOGDRAIN_AGENT_ID", "agent/one")
+        .spawn_sh(&format!(
+            "echo started; read _ < '{}'; echo still-running",
+            fifo.display()
+        ));
+    let stdout = shim.stdout.take().unwrap();
+    let out = std::thread::spawn(move || std::io::read_to_string(stdout).unwrap_or_default());
+    let (lines, said) = std::sync::mpsc::channel();
+    let stderr = shim.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut stderr = Vec::new();
+    let refusal = loop {
+        let line = said
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no refusal on the shim's stderr: {stderr:?}"));
+        stderr.push(line.clone());
+        if line.contains("INVALID_ARGUMENT") {
+            break line;
+        }
+    };
+    assert!(
+        refusal.contains("agent id") && refusal.contains("--agent-id"),
+        "the cause and the fix: {refusal}"
+    );
+    let refused = |metrics: &str| {
+        metric_value(
+            metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "invalid_argument")],
+        )
+    };
+    assert_eq!(refused(&gateway.metrics().await), 1.0);
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/v1/status", gateway.http))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_reason = status["refused_streams"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        by_reason
+            .iter()
+            .any(|r| r["reason"] == "invalid_argument" && r["count"] == 1),
+        "{status}"
+    );
+
+    std::fs::write(&fifo, "go\n").unwrap();
+    let code = wait_exit(&mut shim, Duration::from_secs(60)).await.code();
+    stderr.extend(said.iter());
+    assert_eq!(code, Some(77), "{stderr:#?}");
+    assert_eq!(
+        out.join().unwrap(),
+        "started\nstill-running\n",
+        "the agent ran on"
+    );
+    let said_refusal = stderr.iter().filter(|l| l.contains("INVALID_ARGUMENT"));
+    assert_eq!(said_refusal.count(), 1, "said once: {stderr:#?}");
+    assert!(
+        !stderr.iter().any(|l| l.contains(&secret_token)),
+        "{stderr:#?}"
+    );
+    assert_eq!(refused(&gateway.metrics().await), 1.0, "never retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -13,14 +13,23 @@
 //! on is the shim's own stdout/stderr, exactly as the agent would without
 //! the shim. If that passthrough fails (e.g. nobody reads the shim's
 //! stdout any more), capturing and shipping go on.
+//!
+//! When the agent exits, an [`AgentPipe`] reads what is already in the pipe,
+//! pushes its lines and then says it caught up, so the agent's exit line
+//! follows its last line without waiting for processes it started that
+//! still hold the pipe; their later lines are captured as before.
 
-use std::io::{Read, Write};
+use std::io::{self, PipeReader, Read, Write};
+use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use logdrain::v1::{Line, Origin, StreamKind};
+use tokio::sync::oneshot;
 
 use crate::buffer::SharedBuffer;
 use crate::diag::diag;
 use crate::splitter::{LineSplitter, Piece};
+use crate::sys;
 use crate::time;
 
 /// Bytes read from a pipe at a time.
@@ -37,6 +46,97 @@ pub struct CaptureReport {
     pub passthrough_failed: bool,
 }
 
+/// What [`capture`] reads: one of the agent's pipes, or any reader.
+pub trait Source: Read {
+    /// Called once the lines of the chunk read last are in the buffer.
+    fn pushed(&mut self) {}
+}
+
+impl Source for &[u8] {}
+
+/// One of the agent's pipes, told of the agent's exit by `exited` (the read
+/// end of a pipe whose write end is closed when the agent has exited).
+pub struct AgentPipe<P> {
+    pipe: P,
+    catch_up: CatchUp,
+}
+
+enum CatchUp {
+    /// The agent runs: wait for the pipe or the agent's exit.
+    Running {
+        exited: Arc<PipeReader>,
+        caught_up: oneshot::Sender<()>,
+    },
+    /// The agent exited; `left` bytes it wrote are still to read.
+    Reading {
+        left: usize,
+        caught_up: oneshot::Sender<()>,
+    },
+    /// The agent's bytes are all pushed (or cannot be told apart).
+    Done,
+}
+
+impl<P: Read + AsFd> AgentPipe<P> {
+    /// `caught_up` is told (or dropped) once every byte in the pipe when
+    /// the agent exited is pushed. Without `exited`, it is dropped at once.
+    pub fn new(pipe: P, exited: Option<Arc<PipeReader>>, caught_up: oneshot::Sender<()>) -> Self {
+        let catch_up = match exited {
+            Some(exited) => CatchUp::Running { exited, caught_up },
+            None => CatchUp::Done,
+        };
+        Self { pipe, catch_up }
+    }
+
+    /// Waits for the pipe or the agent's exit; on the exit, counts the
+    /// bytes left to read.
+    fn wait(&mut self) {
+        let CatchUp::Running { exited, .. } = &self.catch_up else {
+            return;
+        };
+        let left = match sys::poll_readable([self.pipe.as_fd(), exited.as_fd()]) {
+            Ok([_, false]) => return,
+            Ok([_, true]) => sys::bytes_readable(self.pipe.as_fd()).unwrap_or(0),
+            Err(err) => {
+                diag!("cannot watch the agent's output for its exit: {err}");
+                0
+            }
+        };
+        if let CatchUp::Running { caught_up, .. } =
+            std::mem::replace(&mut self.catch_up, CatchUp::Done)
+        {
+            self.catch_up = CatchUp::Reading { left, caught_up };
+        }
+    }
+}
+
+impl<P: Read + AsFd> Read for AgentPipe<P> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.wait();
+        if let CatchUp::Reading { left: 0, .. } = self.catch_up {
+            self.pushed();
+        }
+        let CatchUp::Reading { left, .. } = &mut self.catch_up else {
+            return self.pipe.read(buf);
+        };
+        let wanted = buf.len().min(*left);
+        let read = self.pipe.read(&mut buf[..wanted])?;
+        *left = if read == 0 { 0 } else { *left - read };
+        Ok(read)
+    }
+}
+
+impl<P: Read + AsFd> Source for AgentPipe<P> {
+    fn pushed(&mut self) {
+        if let CatchUp::Reading { left: 0, .. } = self.catch_up {
+            if let CatchUp::Reading { caught_up, .. } =
+                std::mem::replace(&mut self.catch_up, CatchUp::Done)
+            {
+                let _ = caught_up.send(());
+            }
+        }
+    }
+}
+
 /// Captures `source` until EOF, blocking; see the module docs.
 pub fn capture<R, W>(
     mut source: R,
@@ -46,7 +146,7 @@ pub fn capture<R, W>(
     max_line_bytes: usize,
 ) -> CaptureReport
 where
-    R: Read,
+    R: Source,
     W: Write,
 {
     let mut report = CaptureReport::default();
@@ -70,6 +170,7 @@ where
         report.bytes += read as u64;
         splitter.push(&chunk[..read], &mut pieces);
         report.lines += push_pieces(buffer, timestamp_ns, stream, &mut pieces);
+        source.pushed();
         if !report.passthrough_failed {
             let written = passthrough
                 .write_all(&chunk[..read])
@@ -182,6 +283,8 @@ mod tests {
     /// A reader handing out two bytes per read, like a slow pipe.
     struct Trickle<'a>(&'a [u8]);
 
+    impl Source for Trickle<'_> {}
+
     impl Read for Trickle<'_> {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
             let n = self.0.len().min(2).min(buf.len());
@@ -189,6 +292,37 @@ mod tests {
             self.0 = &self.0[n..];
             Ok(n)
         }
+    }
+
+    #[test]
+    fn at_the_agents_exit_the_bytes_in_its_pipe_are_pushed_before_caught_up_is_told() {
+        let (pipe, mut writer) = std::io::pipe().unwrap();
+        let (exited, exit) = std::io::pipe().unwrap();
+        let (caught_up, told) = oneshot::channel();
+        let buffer = Arc::new(SharedBuffer::new(1 << 20, usize::MAX));
+        let capturing = {
+            let buffer = Arc::clone(&buffer);
+            let source = AgentPipe::new(pipe, Some(Arc::new(exited)), caught_up);
+            std::thread::spawn(move || {
+                capture(source, std::io::sink(), StreamKind::Stdout, &buffer, 1024)
+            })
+        };
+        writer.write_all(b"one\ntwo\n").unwrap();
+        drop(exit);
+        // `writer` stays open, as if a process the agent started held it.
+        told.blocking_recv().unwrap();
+        let data = |lines: Vec<Line>| -> Vec<Vec<u8>> {
+            lines.into_iter().map(|l| l.data.to_vec()).collect()
+        };
+        assert_eq!(
+            data(buffered_lines(&buffer)),
+            [b"one".to_vec(), b"two".to_vec()]
+        );
+        writer.write_all(b"later\n").unwrap();
+        drop(writer);
+        assert_eq!(capturing.join().unwrap().lines, 3);
+        // The lines taken above are in flight; only the new one is unsent.
+        assert_eq!(data(buffered_lines(&buffer)), [b"later".to_vec()]);
     }
 
     #[test]

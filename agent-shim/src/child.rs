@@ -9,6 +9,11 @@
 //! waited for. Signals are sent only while the agent is not yet reaped, so a
 //! recycled pid is never signalled.
 //!
+//! The agent dies with the shim: it gets SIGKILL when the shim's thread that
+//! started it ends (the runtime's thread, which lives as long as the shim), so
+//! a SIGKILLed shim never leaves it running unsupervised with broken pipes.
+//! Processes the agent starts are not covered.
+//!
 //! It must not decide exit codes or word events (`lifecycle.rs` does).
 
 use std::ffi::OsString;
@@ -46,8 +51,8 @@ pub struct Agent {
 }
 
 /// Starts `command` (program and arguments) with stdin inherited, stdout and
-/// stderr piped, and the environment unchanged except
-/// [`REMOVED_ENV_VARS`].
+/// stderr piped, the environment unchanged except [`REMOVED_ENV_VARS`], and
+/// SIGKILL as its parent-death signal (see the module docs).
 ///
 /// Register the [`Reaper`] first, so the agent's exit cannot be missed.
 pub fn spawn(command: &[OsString]) -> io::Result<Agent> {
@@ -66,6 +71,7 @@ pub fn spawn(command: &[OsString]) -> io::Result<Agent> {
     for name in REMOVED_ENV_VARS {
         builder.env_remove(name);
     }
+    sys::kill_when_parent_dies(&mut builder);
     let mut child = builder.spawn()?;
     let pid = i32::try_from(child.id())
         .map_err(|_| io::Error::other(format!("pid {} does not fit a pid_t", child.id())))?;

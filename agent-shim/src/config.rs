@@ -50,10 +50,12 @@ SENTRY_DSN, NEW_RELIC_LICENSE_KEY.
 
 The agent inherits the shim's stdin and environment, except LOGDRAIN_TOKEN. Its stdout and \
 stderr pass through unchanged. SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are \
-forwarded to it.
+forwarded to it. If the shim dies, the agent gets SIGKILL.
 
 Exit status: the agent's exit code, or 128+N if a signal N killed it; 127 if the command \
-was not found, 126 if it could not be executed; 2 for a configuration error.
+was not found, 126 if it could not be executed; 2 for a configuration error; 77 if the agent \
+exited 0 but every gateway refused the shim for good (wrong token, an id or the protocol \
+version the gateway does not accept), so its lines were not delivered.
 
 --check: run with the deployment's environment to see, without starting the agent, which \
 destinations its secrets switch on (naming the secrets, never their values), which are \

@@ -46,13 +46,13 @@ mod sys;
 pub mod time;
 pub mod wire;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use logdrain::v1::{Open, StreamKind};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -63,13 +63,17 @@ use buffer::SharedBuffer;
 use child::{ForwardedSignals, Reaper};
 use diag::diag;
 use lifecycle::AgentExit;
-use stream::{Shipper, StreamConfig, StreamError};
+use stream::{Shipped, Shipper, StreamConfig, StreamError};
 
 /// Exit code for a configuration error (as clap uses for usage errors).
 pub const EXIT_CONFIG: i32 = 2;
 /// Exit code when the shim itself fails before the agent could run
 /// (like `env` and `timeout`).
 pub const EXIT_SHIM_FAILURE: i32 = 125;
+/// Exit code when the agent exited 0 but every gateway refused the shim for
+/// good (token, ids or protocol version), so its lines were not delivered
+/// (`EX_NOPERM`). A non-zero code of the agent is kept.
+pub const EXIT_REFUSED: i32 = 77;
 
 /// What keeps the shim from running at all. Anything that goes wrong with
 /// the agent or the gateway is not an error: it becomes an exit code, a
@@ -140,9 +144,10 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
         Arc::clone(&buffer),
         closing_rx,
     )?;
+    let refused = shipper.refused();
     let shipping = tokio::spawn(shipper.run());
 
-    let (exit_code, deadline) = match child::spawn(&settings.command) {
+    let (exit_code, deadline, capturing) = match child::spawn(&settings.command) {
         Err(err) => {
             let program = settings
                 .command
@@ -150,23 +155,37 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
                 .map(|p| p.as_os_str())
                 .unwrap_or_default();
             event(&buffer, lifecycle::start_failure_message(program, &err));
+            closing_tx.send_replace(true);
             (
                 lifecycle::start_failure_exit_code(&err),
                 Instant::now() + settings.drain_timeout,
+                None,
             )
         }
         Ok(agent) => {
             let pid = agent.pid;
+            let (exited_tx, exited_rx) = match std::io::pipe() {
+                Ok((reader, writer)) => (Some(writer), Some(Arc::new(reader))),
+                Err(err) => {
+                    diag!(
+                        "cannot watch the agent's pipes for its exit ({err}); its exit line \
+                         may come before its last lines"
+                    );
+                    (None, None)
+                }
+            };
+            let (stdout_caught_up, stdout_told) = oneshot::channel();
+            let (stderr_caught_up, stderr_told) = oneshot::channel();
             let captures = [
                 spawn_capture(
-                    agent.stdout,
+                    capture::AgentPipe::new(agent.stdout, exited_rx.clone(), stdout_caught_up),
                     stdout_passthrough(),
                     StreamKind::Stdout,
                     &buffer,
                     &settings,
                 ),
                 spawn_capture(
-                    agent.stderr,
+                    capture::AgentPipe::new(agent.stderr, exited_rx, stderr_caught_up),
                     Box::new(std::io::stderr()),
                     StreamKind::Stderr,
                     &buffer,
@@ -175,19 +194,14 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
             ];
             let status = child::supervise(pid, &mut reaper, &mut signals).await;
             let deadline = Instant::now() + settings.drain_timeout;
-            // The exit line must come after the agent's last line.
-            let captured = tokio::time::timeout_at(deadline, async {
-                for capture in captures {
-                    let _ = capture.await;
-                }
+            // The exit line comes after the agent's last line, and right
+            // away: processes it started may hold its pipes for long.
+            drop(exited_tx);
+            let _ = tokio::time::timeout_at(deadline, async {
+                let _ = stdout_told.await;
+                let _ = stderr_told.await;
             })
             .await;
-            if captured.is_err() {
-                diag!(
-                    "the agent exited but its output pipes are still open (held by a process \
-                     it started); not waiting for them"
-                );
-            }
             let exit = match status {
                 Ok(status) => AgentExit::from_status(status),
                 Err(err) => {
@@ -198,13 +212,20 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
             if let Some(message) = exit.event_message() {
                 event(&buffer, message);
             }
-            (exit.shim_exit_code(), deadline)
+            // What they write is captured and shipped until the pipes close
+            // or the drain ends.
+            let capturing = tokio::spawn(async move {
+                for capture in captures {
+                    let _ = capture.await;
+                }
+                closing_tx.send_replace(true);
+            });
+            (exit.shim_exit_code(), deadline, Some(capturing))
         }
     };
     if reaper.reaps_orphans() {
         tokio::spawn(reaper.reap_orphans_forever());
     }
-    closing_tx.send_replace(true);
     drain(
         shipping,
         deadline,
@@ -213,7 +234,18 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
         &mut signals,
     )
     .await;
-    Ok(exit_code)
+    if capturing.is_some_and(|capturing| !capturing.is_finished()) {
+        diag!(
+            "the agent's output pipes were still open when the shim exited (held by a process \
+             it started); what was written to them until then was captured"
+        );
+    }
+    let refused = *refused.borrow();
+    Ok(if refused && exit_code == 0 {
+        EXIT_REFUSED
+    } else {
+        exit_code
+    })
 }
 
 /// A new boot id: 16 random bytes, hex encoded.
@@ -271,7 +303,7 @@ fn spawn_capture<R>(
     settings: &Settings,
 ) -> JoinHandle<capture::CaptureReport>
 where
-    R: Read + Send + 'static,
+    R: capture::Source + Send + 'static,
 {
     let buffer = Arc::clone(buffer);
     let max_line_bytes = settings.max_line_bytes;
@@ -301,7 +333,7 @@ fn event(buffer: &SharedBuffer, message: String) {
 /// Waits for the shipper to deliver everything, at most until `deadline`;
 /// SIGTERM, SIGINT or SIGQUIT received meanwhile end the wait at once.
 async fn drain(
-    shipping: JoinHandle<()>,
+    shipping: JoinHandle<Shipped>,
     deadline: Instant,
     drain_timeout: Duration,
     buffer: &SharedBuffer,
@@ -312,12 +344,14 @@ async fn drain(
     tokio::pin!(deadline_sleep);
     let cut_short = loop {
         tokio::select! {
-            result = &mut shipping => {
-                if let Err(err) = result {
+            result = &mut shipping => match result {
+                Ok(Shipped::Drained) => break None,
+                Ok(Shipped::Refused) => break Some("refused by every gateway for good".to_string()),
+                Err(err) => {
                     diag!("the gateway stream stopped unexpectedly: {err}");
+                    break None;
                 }
-                break None;
-            }
+            },
             () = &mut deadline_sleep => break Some(format!("drain timeout ({drain_timeout:?}) reached")),
             number = signals.recv() => {
                 if matches!(number, libc::SIGTERM | libc::SIGINT | libc::SIGQUIT) {

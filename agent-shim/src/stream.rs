@@ -28,6 +28,11 @@
 //! nothing waits; what the gateway had stored of them arrives twice. The
 //! boot id is never printed.
 //!
+//! A refusal no retry can heal (token, ids, protocol version:
+//! [`StreamError::is_permanent`]) from every gateway is said once; the
+//! shim then tries again only every [`REFUSED_RETRY`], and once closing
+//! stops at once ([`Shipped::Refused`]).
+//!
 //! It must never block the capture: it only takes the buffer's lock for
 //! short, non-blocking operations. It never prints the token or secrets.
 
@@ -85,6 +90,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnect backoff floor and cap.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Shortest token removed from the gateway's messages (real ones are far
+/// longer).
+const MIN_REDACTED_TOKEN: usize = 8;
+/// Between attempts while every gateway refuses the shim for good (a
+/// gateway may be redeployed with the right key or version meanwhile).
+pub const REFUSED_RETRY: Duration = Duration::from_secs(300);
 
 /// Everything a [`Shipper`] needs; built by `run()` from the settings.
 #[derive(Clone)]
@@ -149,6 +160,15 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// A refusal of the stream's opening that no retry can heal: the token,
+    /// an id (or another opening field) or the protocol version.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, StreamError::Refused { status, .. } if matches!(
+            status.code(),
+            Code::Unauthenticated | Code::InvalidArgument | Code::FailedPrecondition
+        ))
+    }
+
     /// What makes two failures "the same" for logging: the status code for
     /// a gateway status (its message may carry changing figures), the whole
     /// text otherwise.
@@ -186,6 +206,16 @@ fn mutual_tls_hint(https: bool, has_identity: bool) -> &'static str {
     }
 }
 
+/// How [`Shipper::run`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shipped {
+    /// Every line was acked (or no gateway is configured).
+    Drained,
+    /// Closing while every gateway refuses the shim for good: the lines
+    /// left are not delivered.
+    Refused,
+}
+
 /// Ships the buffer to the gateways; see the module docs.
 pub struct Shipper {
     gateways: Vec<Gateway>,
@@ -200,6 +230,9 @@ pub struct Shipper {
     rng: StdRng,
     /// Consecutive failed sessions; cleared (with a message) by an ack.
     failures: u64,
+    /// True from a round in which every gateway refused for good until a
+    /// stream opens.
+    refused: watch::Sender<bool>,
     /// The last failure logged per gateway, to log repeats sparsely.
     last_logged: Vec<String>,
 }
@@ -252,26 +285,34 @@ impl Shipper {
             backoff: Backoff::new(config.backoff_min, config.backoff_max),
             rng: StdRng::from_os_rng(),
             failures: 0,
+            refused: watch::Sender::new(false),
             last_logged: vec![String::new(); config.gateways.len()],
         })
     }
 
-    /// Ships until closing and fully acked; never returns otherwise.
-    pub async fn run(mut self) {
+    /// Whether every gateway refuses the shim for good, as it changes.
+    pub fn refused(&self) -> watch::Receiver<bool> {
+        self.refused.subscribe()
+    }
+
+    /// Ships until closing and fully acked, or closing while refused for
+    /// good; never returns otherwise.
+    pub async fn run(mut self) -> Shipped {
         if self.gateways.is_empty() {
             diag!("no gateway configured; lines are not shipped");
-            return;
+            return Shipped::Drained;
         }
         let mut index = 0;
         let mut failures_this_round = 0;
+        let mut refusals_this_round = 0;
         loop {
             if self.drained() {
-                return;
+                return Shipped::Drained;
             }
             let failed = index;
             let url = self.gateways[index].url.clone();
             let err = match self.session(index).await {
-                Ok(()) => return,
+                Ok(()) => return Shipped::Drained,
                 Err(err) => err,
             };
             // Whether the gateway stored what was in flight is unknown: it
@@ -281,12 +322,13 @@ impl Shipper {
                 self.start_new_boot();
             }
             if self.drained() {
-                return;
+                return Shipped::Drained;
             }
             self.failures += 1;
             index = (index + 1) % self.gateways.len();
             failures_this_round += 1;
-            let failure = format!("gateway {url}: {err}");
+            refusals_this_round += usize::from(err.is_permanent());
+            let failure = self.redacted(format!("gateway {url}: {err}"));
             let kind = err.repeat_key();
             if failures_this_round < self.gateways.len() {
                 let next = self.gateways[index].url.clone();
@@ -294,6 +336,14 @@ impl Shipper {
                 continue;
             }
             failures_this_round = 0;
+            if std::mem::take(&mut refusals_this_round) == self.gateways.len() {
+                self.refused.send_replace(true);
+                self.log_refusal(failed, failure, kind);
+                if self.closing() || self.sleep_unless_closing(REFUSED_RETRY).await {
+                    return Shipped::Refused;
+                }
+                continue;
+            }
             let delay = self.backoff.next_delay(&mut self.rng);
             self.log_failure(
                 failed,
@@ -303,6 +353,34 @@ impl Shipper {
             );
             self.sleep_unless_drained(delay).await;
         }
+    }
+
+    /// Logs a refusal for good once per gateway, however often it repeats.
+    fn log_refusal(&mut self, gateway: usize, failure: String, kind: String) {
+        if kind != self.last_logged[gateway] {
+            let code = crate::EXIT_REFUSED;
+            let next_step = if self.closing() {
+                format!("the shim stops now (exit status {code} if the agent exited 0)")
+            } else {
+                format!(
+                    "the agent keeps running and its lines wait in the buffer, the shim tries \
+                     again every {REFUSED_RETRY:?}, and it exits with status {code} when the \
+                     agent exits with 0"
+                )
+            };
+            diag!("{failure}; retrying cannot help: {next_step}");
+        }
+        self.last_logged[gateway] = kind;
+    }
+
+    /// `text` without the token, should a gateway's message echo it (a
+    /// token too short to be one is left, or every message would be
+    /// garbled).
+    fn redacted(&self, text: String) -> String {
+        if self.open.token.len() < MIN_REDACTED_TOKEN {
+            return text;
+        }
+        text.replace(&self.open.token, "<token>")
     }
 
     /// Logs a failure when it differs from the last one logged, and repeats
@@ -338,10 +416,26 @@ impl Shipper {
 
     /// True once the capture is over and every line was acked (or dropped).
     fn drained(&mut self) -> bool {
+        self.closing() && self.buffer.lock().is_empty()
+    }
+
+    /// True once the capture is over.
+    fn closing(&mut self) -> bool {
         if !self.closing {
             self.closing = *self.closing_rx.borrow();
         }
-        self.closing && self.buffer.lock().is_empty()
+        self.closing
+    }
+
+    /// Sleeps for `delay`; true if the capture ended meanwhile.
+    async fn sleep_unless_closing(&mut self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            () = closed(&mut self.closing_rx) => {
+                self.closing = true;
+                true
+            }
+        }
     }
 
     async fn sleep_unless_drained(&mut self, delay: Duration) {
@@ -402,6 +496,7 @@ impl Shipper {
             // Nothing left to send: do not wait for a slow connect.
             () = self.closed_with_nothing_to_send() => return Ok(()),
         };
+        self.refused.send_replace(false);
         let mut inbound = response.into_inner();
         let mut sending = Box::pin(send_batches(Arc::clone(&self.buffer), tx, self.batch));
         let result = tokio::select! {
@@ -719,6 +814,24 @@ mod tests {
         assert_eq!(mutual_tls_hint(false, false), "");
         assert!(mutual_tls_hint(true, false).contains("--client-cert"));
         assert!(mutual_tls_hint(true, true).contains("--tls-client-ca"));
+    }
+
+    #[test]
+    fn only_a_refused_token_id_or_protocol_version_is_a_refusal_for_good() {
+        let refused = |status| StreamError::Refused { status, hint: "" };
+        assert!(refused(Status::unauthenticated("token")).is_permanent());
+        assert!(refused(Status::invalid_argument("agent id")).is_permanent());
+        assert!(refused(Status::failed_precondition("protocol version")).is_permanent());
+        for transient in [
+            Status::unavailable("shutting down"),
+            Status::resource_exhausted("--max-streams"),
+            Status::deadline_exceeded("no Open"),
+            Status::cancelled("connection closed"),
+        ] {
+            assert!(!refused(transient).is_permanent());
+        }
+        // Once a stream is open, its errors are never refusals for good.
+        assert!(!StreamError::Status(Status::invalid_argument("seq")).is_permanent());
     }
 
     #[test]

@@ -1,15 +1,17 @@
 //! The only module with `unsafe`: thin, safe wrappers over the few Unix
 //! system calls the shim needs that std and tokio do not offer
 //! (`waitpid` on any child, `kill`, `prctl(PR_SET_CHILD_SUBREAPER)`,
-//! `gethostname`).
+//! `prctl(PR_SET_PDEATHSIG)` in the agent before it runs, `poll`,
+//! `ioctl(FIONREAD)`, `gethostname`).
 //!
 //! Each wrapper only translates arguments and errors. Policy (which child to
 //! wait for, which signal to send) lives in `child.rs`, never here.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::unix::process::ExitStatusExt;
-use std::process::ExitStatus;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
 
 /// Which children [`waitpid_nohang`] may reap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +90,79 @@ pub fn set_child_subreaper() -> io::Result<()> {
     ))
 }
 
+/// Makes the process `command` starts receive SIGKILL when the thread that
+/// starts it ends (`prctl(PR_SET_PDEATHSIG)`, Linux only; elsewhere nothing
+/// is set). Start it from a thread that lives as long as the process.
+///
+/// If this process is gone before the signal is set, the new one sees
+/// another parent and exits instead of running.
+#[cfg(target_os = "linux")]
+pub fn kill_when_parent_dies(command: &mut Command) {
+    let parent = std::process::id();
+    let hook = move || {
+        // SAFETY: prctl and getppid are async-signal-safe system calls on
+        // plain integers; nothing is allocated or locked after the fork.
+        let (ret, ppid) = unsafe {
+            let ret = libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            );
+            (ret, libc::getppid())
+        };
+        if ret == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        if u32::try_from(ppid).ok() != Some(parent) {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes the async-signal-safe calls above.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn kill_when_parent_dies(_command: &mut Command) {}
+
+/// Which of `fds` are ready to read (data, end of file or an error), waiting
+/// as long as it takes (`poll`).
+pub fn poll_readable<const N: usize>(fds: [BorrowedFd<'_>; N]) -> io::Result<[bool; N]> {
+    let mut polled = fds.map(|fd| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: the pointer and count describe `polled`, which outlives
+        // the call; the descriptors are borrowed, so open.
+        let ret = unsafe { libc::poll(polled.as_mut_ptr(), N as libc::nfds_t, -1) };
+        if ret >= 0 {
+            return Ok(polled.map(|p| p.revents != 0));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Bytes waiting to be read in a pipe (`ioctl(FIONREAD)`).
+pub fn bytes_readable(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut count: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer, which is valid for
+    // the call; the descriptor is borrowed, so open.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut count) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(count).unwrap_or(0))
+}
+
 /// The host name (`gethostname`), lossily decoded as UTF-8.
 pub fn hostname() -> io::Result<String> {
     // HOST_NAME_MAX is 64 on Linux and 255 elsewhere; 256 fits both plus NUL.
@@ -129,6 +204,21 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(1));
         };
         assert_eq!(status.code(), Some(7));
+    }
+
+    #[test]
+    fn a_pipe_is_readable_once_written_or_closed_and_counts_its_bytes() {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        let (other, other_writer) = std::io::pipe().unwrap();
+        writer.write_all(b"abc").unwrap();
+        let ready = poll_readable([reader.as_fd(), other.as_fd()]).unwrap();
+        assert_eq!(ready, [true, false]);
+        assert_eq!(bytes_readable(reader.as_fd()).unwrap(), 3);
+        drop(other_writer);
+        assert_eq!(poll_readable([other.as_fd()]).unwrap(), [true]);
+        assert_eq!(bytes_readable(other.as_fd()).unwrap(), 0);
     }
 
     #[test]

@@ -146,6 +146,18 @@ fn help_mentions_every_environment_variable() {
 }
 
 #[test]
+fn help_documents_the_exit_status_of_a_refusal_for_good() {
+    let output = Command::new(SHIM).arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    // Clap wraps the text to the terminal's width.
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("77 if the agent exited 0 but every gateway refused"),
+        "{help}"
+    );
+}
+
+#[test]
 fn help_never_shows_the_token_value() {
     let output = Command::new(SHIM)
         .arg("--help")
@@ -352,6 +364,40 @@ fn send_signal(pid: i32, signal: &str) -> i32 {
         .unwrap()
         .code()
         .unwrap_or(-1)
+}
+
+#[test]
+fn an_agent_that_ignores_sigterm_dies_with_its_sigkilled_shim() {
+    // The agent inherits the shim's stdin: here the write end of a pipe, so
+    // the test's read end ends once the shim and the agent are both gone.
+    let (mut held, stdin) = std::io::pipe().unwrap();
+    let mut child = shim()
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM INT HUP; echo $$; exec sleep 600",
+        ])
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let agent = wait_for_line(&mut stdout, "").trim().to_string();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (gone, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::Read::read_to_end(&mut held, &mut Vec::new());
+        let _ = gone.send(());
+    });
+    // A bound that turns a surviving agent into a failure, not a timing.
+    let died = ended.recv_timeout(Duration::from_secs(60)).is_ok();
+    if let (false, Ok(pid @ 1..)) = (died, agent.parse::<i32>()) {
+        send_signal(pid, "KILL");
+    }
+    assert!(died, "the agent (pid {agent}) outlived its SIGKILLed shim");
 }
 
 #[test]

@@ -38,7 +38,8 @@ enum Behavior {
     /// On the first stream: take the first batch without acking it, then
     /// fail the stream with UNAVAILABLE. Later streams: ack everything.
     DropFirstStream,
-    /// Refuse every stream with UNAUTHENTICATED.
+    /// Read each stream's `Open`, then refuse it with UNAUTHENTICATED,
+    /// echoing the token (as a careless or hostile gateway might).
     Unauthenticated,
     /// Until [`Gateway::release`]: record batches and ack none; then fail
     /// those streams with UNAVAILABLE and ack everything on later ones.
@@ -91,7 +92,20 @@ impl Drain for Recorder {
         request: Request<Streaming<ShimMessage>>,
     ) -> Result<Response<Self::ShipStream>, Status> {
         if self.behavior == Behavior::Unauthenticated {
-            return Err(Status::unauthenticated("token does not match agent id"));
+            let mut inbound = request.into_inner();
+            let token = match inbound.message().await {
+                Ok(Some(ShimMessage {
+                    kind: Some(shim_message::Kind::Open(open)),
+                })) => {
+                    let token = open.token.clone();
+                    self.recorded.lock().unwrap().opens.push(open);
+                    token
+                }
+                _ => String::new(),
+            };
+            return Err(Status::unauthenticated(format!(
+                "token {token:?} does not match agent id"
+            )));
         }
         let mut inbound = request.into_inner();
         let recorded = Arc::clone(&self.recorded);
@@ -619,7 +633,7 @@ async fn unauthenticated_gateway_says_how_to_get_a_token() {
         .spawn()
         .unwrap();
     let done = finish(child).await;
-    assert_eq!(done.status.code(), Some(0));
+    assert_eq!(done.status.code(), Some(77));
     assert!(done.stderr.contains("UNAUTHENTICATED"), "{}", done.stderr);
     assert!(
         done.stderr.contains("does not match the agent id"),
@@ -635,6 +649,114 @@ async fn unauthenticated_gateway_says_how_to_get_a_token() {
         !done.stderr.contains("ingest-token-1"),
         "the token is never printed"
     );
+}
+
+#[tokio::test]
+async fn a_refusal_for_good_is_said_once_never_retried_and_the_shim_exits_77_after_the_agent() {
+    let gateway = Gateway::start(Behavior::Unauthenticated).await;
+    let mut child = shim(
+        &gateway.url(),
+        &[],
+        "echo started; read _; echo still-running",
+    )
+    .stdin(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    let refusal = read_until(&mut stderr, "UNAUTHENTICATED", &mut said).await;
+    // The agent still runs and is still passed through.
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let mut stdout = Vec::new();
+    let mut rest = String::new();
+    let mut out = child.stdout.take().unwrap();
+    let (a, b, status) = tokio::time::timeout(LIMIT, async {
+        tokio::join!(
+            out.read_to_end(&mut stdout),
+            stderr.read_to_string(&mut rest),
+            child.wait()
+        )
+    })
+    .await
+    .expect("the shim exits after the agent");
+    a.unwrap();
+    b.unwrap();
+    said.push_str(&rest);
+    assert_eq!(status.unwrap().code(), Some(77), "{said}");
+    assert_eq!(String::from_utf8_lossy(&stdout), "started\nstill-running\n");
+    assert!(
+        refusal.contains("logdrain-gateway token --agent-id") && refusal.contains("77"),
+        "the cause, the fix and the exit status: {refusal}"
+    );
+    assert_eq!(
+        said.matches("UNAUTHENTICATED").count(),
+        1,
+        "said once: {said}"
+    );
+    assert!(
+        !said.contains("ingest-token-1"),
+        "the token is never printed: {said}"
+    );
+    assert!(said.contains("not delivered"), "{said}");
+    assert_eq!(
+        gateway.recorded.lock().unwrap().opens.len(),
+        1,
+        "never retried"
+    );
+}
+
+/// Reads lines into `said` until one contains `want`; returns that line.
+async fn read_until(
+    reader: &mut BufReader<tokio::process::ChildStderr>,
+    want: &str,
+    said: &mut String,
+) -> String {
+    let read = async {
+        loop {
+            let mut line = String::new();
+            let read = reader.read_line(&mut line).await.unwrap();
+            assert!(read > 0, "ended before {want:?}: {said}");
+            said.push_str(&line);
+            if line.contains(want) {
+                return line;
+            }
+        }
+    };
+    tokio::time::timeout(LIMIT, read)
+        .await
+        .unwrap_or_else(|_| panic!("{want:?} never came"))
+}
+
+#[tokio::test]
+async fn refused_for_good_while_a_process_the_agent_started_holds_its_pipes_still_exits_77() {
+    let gateway = Gateway::start(Behavior::Unauthenticated).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("release");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    // The grandchild holds the pipes until the test writes to the FIFO; the
+    // agent exits 0 once the test writes a line to its stdin.
+    let script = format!("(read _ < '{}') & read _; exit 0", fifo.display());
+    let mut child = shim(&gateway.url(), &[], &script)
+        .env("LOGDRAIN_DRAIN_TIMEOUT", "1s")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    read_until(&mut stderr, "UNAUTHENTICATED", &mut said).await;
+    let mut stdin = child.stdin.take().unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, b"go\n")
+        .await
+        .unwrap();
+    read_until(&mut stderr, "still open", &mut said).await;
+    let status = tokio::time::timeout(LIMIT, child.wait()).await;
+    std::fs::write(&fifo, "go\n").unwrap();
+    assert_eq!(status.unwrap().unwrap().code(), Some(77), "{said}");
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@
 //! ([`connected_replicas`]) instead of labelled.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
@@ -298,10 +299,32 @@ pub fn oldest_line_ages<'a>(
     ages
 }
 
+/// Streams refused since start by reason, with the time of the last one:
+/// the counts of `logdrain_refused_streams_total`, kept for the status
+/// report (the recorder cannot be read back).
+static REFUSED_STREAMS: Mutex<BTreeMap<&str, (u64, SystemTime)>> = Mutex::new(BTreeMap::new());
+
 /// Streams refused, by fixed reason (`unauthenticated`, `invalid_argument`,
 /// `resource_exhausted`, ...).
 pub fn refused_streams(reason: &'static str) {
     counter!("logdrain_refused_streams_total", "reason" => reason).increment(1);
+    let mut refused = REFUSED_STREAMS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let (count, last) = refused.entry(reason).or_insert((0, UNIX_EPOCH));
+    *count += 1;
+    *last = SystemTime::now();
+}
+
+/// Streams refused since start: (reason, count, last time), by reason.
+pub fn refused_streams_so_far() -> Vec<(&'static str, u64, SystemTime)> {
+    let refused = REFUSED_STREAMS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    refused
+        .iter()
+        .map(|(&reason, &(count, last))| (reason, count, last))
+        .collect()
 }
 
 /// Queue entries set aside at start because they could not be read.

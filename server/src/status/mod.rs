@@ -41,6 +41,20 @@ pub struct Report {
     /// When the gateway made it (Unix seconds).
     pub generated_unix: u64,
     pub agents: Vec<AgentStatus>,
+    /// Shim streams this gateway refused at admission since it started, by
+    /// reason (a wrong token, an invalid id, another protocol version, ...).
+    /// Only in the report of every agent; empty in one agent's.
+    #[serde(default)]
+    pub refused_streams: Vec<RefusedStreams>,
+}
+
+/// Streams refused for one reason (`logdrain_refused_streams_total`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedStreams {
+    pub reason: String,
+    pub count: u64,
+    /// When the last one was refused (Unix seconds).
+    pub last_unix: u64,
 }
 
 /// One agent.
@@ -179,6 +193,7 @@ pub struct Sources<'a> {
 
 /// The report of `agents`, or of every agent the gateway knows when `None`.
 pub fn build(sources: &Sources<'_>, agents: Option<&[String]>, now: SystemTime) -> Report {
+    let agents_asked = agents;
     let statuses = sources.engine.statuses();
     let oldest = sources.engine.oldest_undelivered();
     let ids: Vec<String> = match agents {
@@ -251,10 +266,22 @@ pub fn build(sources: &Sources<'_>, agents: Option<&[String]>, now: SystemTime) 
             }
         })
         .collect();
+    let refused_streams = match agents_asked {
+        Some(_) => Vec::new(),
+        None => crate::metrics::refused_streams_so_far()
+            .into_iter()
+            .map(|(reason, count, last)| RefusedStreams {
+                reason: reason.to_string(),
+                count,
+                last_unix: unix(last),
+            })
+            .collect(),
+    };
     Report {
         schema: SCHEMA,
         generated_unix: now_unix,
         agents,
+        refused_streams,
     }
 }
 
@@ -404,6 +431,21 @@ pub fn render_text(report: &Report) -> String {
         }
         out.push('\n');
     }
+    if !report.refused_streams.is_empty() {
+        out.push_str("REFUSED STREAMS (since the gateway started)\n");
+        let rows: Vec<Vec<String>> = report
+            .refused_streams
+            .iter()
+            .map(|r| {
+                vec![
+                    r.reason.clone(),
+                    r.count.to_string(),
+                    when(Some(r.last_unix), now),
+                ]
+            })
+            .collect();
+        table(&mut out, &["REASON", "STREAMS", "LAST"], &rows);
+    }
     out
 }
 
@@ -471,6 +513,11 @@ mod tests {
                     note: None,
                 }],
             }],
+            refused_streams: vec![RefusedStreams {
+                reason: "unauthenticated".into(),
+                count: 7,
+                last_unix: 999_995,
+            }],
         }
     }
 
@@ -487,6 +534,8 @@ mod tests {
             "Datadog answered 403 Forbidden: bad key",
             "2.0 KiB",
             "never",
+            "REFUSED STREAMS",
+            "unauthenticated  7        1970-01-12T13:46:35Z (5s ago)",
         ] {
             assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
         }

@@ -170,6 +170,7 @@ mod tests {
                     note: None,
                 }],
             }],
+            refused_streams: vec![],
         };
         let html = render(&report, 10);
         assert!(!html.contains("<script>"), "{html}");
