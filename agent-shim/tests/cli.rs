@@ -234,9 +234,11 @@ fn bad_option_values_are_named_with_the_fix() {
 #[test]
 fn wrong_secrets_are_warned_about_at_start_and_the_agent_still_runs() {
     let dsn = "https://leakykey@sentry.example.com/1";
+    // An API key pasted into the region variable: named, never echoed.
+    let pasted = "pastedkey0123456789abcdef01234567";
     let output = shim()
         .env("DATADOG_TOKEN", "x")
-        .env("DATADOG_REGION", "mars")
+        .env("DATADOG_REGION", pasted)
         .env("SENTRY_DSN", dsn)
         .args(["--", "sh", "-c", "echo ran; exit 3"])
         .output()
@@ -251,7 +253,7 @@ fn wrong_secrets_are_warned_about_at_start_and_the_agent_still_runs() {
     };
     assert_eq!(
         warning("DATADOG_REGION"),
-        "agent-shim: warning: DATADOG_REGION \"mars\" is not a Datadog region; \
+        "agent-shim: warning: DATADOG_REGION is not a Datadog region; \
          use one of us1, us3, us5, us1-fed, eu, ap1, ap2; \
          lines are still sent and kept by the gateway until a deployment brings valid secrets"
     );
@@ -260,6 +262,7 @@ fn wrong_secrets_are_warned_about_at_start_and_the_agent_still_runs() {
         "{stderr}"
     );
     assert!(!stderr.contains("leakykey"), "{stderr}");
+    assert!(!stderr.contains(pasted), "{stderr}");
     assert!(!stderr.contains("sentry.example.com"), "{stderr}");
     // The agent's own stderr is untouched by the warnings.
     assert!(agent_stderr(&output).is_empty(), "{stderr}");

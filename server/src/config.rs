@@ -93,6 +93,16 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_CLOUDWATCH_URL")]
     pub cloudwatch_url: Option<Url>,
 
+    /// A network (CIDR, like 10.20.0.0/16, or one address) that endpoints
+    /// supplied by tenants may reach although it is not public, such as a
+    /// self-hosted Sentry on a private network. Repeatable; the environment
+    /// variable takes a comma-separated list. Without it, a tenant's
+    /// SENTRY_DSN may lead only to public addresses: never to loopback,
+    /// private, link-local, unique-local, multicast or cloud metadata
+    /// addresses. The --*-url overrides above are not restricted.
+    #[arg(long = "allow-endpoint-net", env = "LOGDRAIN_ALLOW_ENDPOINT_NETS", value_name = "CIDR", value_delimiter = ',', value_parser = crate::sinks::endpoint::parse_net)]
+    pub allow_endpoint_nets: Vec<ipnet::IpNet>,
+
     /// On SIGTERM, how long in-flight deliveries may take to finish before
     /// they are abandoned (their lines stay queued).
     #[arg(long, env = "LOGDRAIN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

@@ -25,6 +25,7 @@ use crate::ingest::IngestService;
 use crate::listener;
 use crate::queue::{Queue, QueueError, QueueLimits};
 use crate::shutdown::Shutdown;
+use crate::sinks::endpoint::EndpointPolicy;
 use crate::sinks::engine::{Engine, EngineSettings};
 use crate::sinks::{cloudwatch, SinkError, SinkFactory, SinkSettings};
 use crate::tls::{ServerTls, TlsError};
@@ -131,6 +132,7 @@ pub async fn run(
         newrelic_url: config.newrelic_url.clone(),
         cloudwatch_url,
         request_timeout: config.vendor_timeout,
+        endpoint_policy: EndpointPolicy::new(config.allow_endpoint_nets.clone()),
         ..SinkSettings::default()
     })?;
     let engine = Engine::new(

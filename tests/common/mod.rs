@@ -152,6 +152,8 @@ impl Gateway {
             .env("LOGDRAIN_HTTP_LISTEN", http)
             .env("LOGDRAIN_DATADOG_URL", datadog_url)
             .env("LOGDRAIN_LOG", "info")
+            // The test intakes stand in for the vendors on loopback.
+            .env("LOGDRAIN_ALLOW_ENDPOINT_NETS", "127.0.0.0/8")
             .envs(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(log_file)
