@@ -223,6 +223,9 @@ pub enum ConfigError {
     BadGatewayUrl { url: String, reason: String },
     #[error("no ingest token given: pass --token TOKEN or set LOGDRAIN_TOKEN; create one with `logdrain-gateway token --agent-id ID`")]
     MissingToken,
+    /// Never shows the token.
+    #[error("the ingest token (--token / LOGDRAIN_TOKEN) contains spaces, line breaks or non-ASCII characters; pass it exactly as `logdrain-gateway token --agent-id ID` printed it")]
+    MalformedToken,
     #[error("no agent id given: pass --agent-id ID or set LOGDRAIN_AGENT_ID")]
     MissingAgentId,
     #[error("no command given: run `agent-shim [OPTIONS] -- COMMAND [ARGS...]`, or pass --check to only check the configuration")]
@@ -335,8 +338,11 @@ impl Config {
             return Err(ConfigError::MissingCommand);
         }
         let gateways = parse_gateways(self.gateway.as_deref().unwrap_or(""))?;
-        let token = match self.token {
-            Some(token) if !token.trim().is_empty() => token,
+        let token = match self.token.as_deref().map(str::trim) {
+            Some(token) if token.bytes().all(|b| b.is_ascii_graphic()) && !token.is_empty() => {
+                token.to_string()
+            }
+            Some(token) if !token.is_empty() => return Err(ConfigError::MalformedToken),
             _ => return Err(ConfigError::MissingToken),
         };
         let agent_id = match self.agent_id {
@@ -651,6 +657,21 @@ mod tests {
         args.drain(2..4);
         let err = config(&args).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("logdrain-gateway token --agent-id"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_token_is_named_never_echoed() {
+        for bad in ["secret tok", "secret\ntok", "secrét"] {
+            let mut args = valid_args();
+            args[3] = bad;
+            let err = config(&args).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains("--token / LOGDRAIN_TOKEN"), "{err}");
+            assert!(!err.contains("secr"), "{err}");
+        }
+        let mut args = valid_args();
+        args[3] = " tok\n";
+        let settings = config(&args).unwrap().validate().unwrap();
+        assert_eq!(settings.token, "tok", "a pasted line break is trimmed");
     }
 
     #[test]

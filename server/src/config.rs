@@ -190,7 +190,7 @@ pub struct ServeConfig {
     /// without `agent_id`), at least 16 characters. It also reads any one
     /// agent's status and may test-send. When unset, only per-agent status
     /// with that agent's own token is available.
-    #[arg(long, env = "LOGDRAIN_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
+    #[arg(long, env = "LOGDRAIN_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<AdminToken>,
 }
 
@@ -212,6 +212,34 @@ impl std::fmt::Debug for AdminToken {
 
 /// Shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// Parses `--admin-token` with [`parse_admin_token`]. A refusal names the
+/// option and never shows the value (clap's own errors quote it).
+#[derive(Clone, Copy, Debug)]
+struct AdminTokenParser;
+
+impl clap::builder::TypedValueParser for AdminTokenParser {
+    type Value = AdminToken;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<AdminToken, clap::Error> {
+        value
+            .to_str()
+            .ok_or_else(|| "the admin token is not valid UTF-8; use visible ASCII only".to_string())
+            .and_then(parse_admin_token)
+            .map_err(|problem| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--admin-token / LOGDRAIN_ADMIN_TOKEN is not usable: {problem}\n"),
+                )
+                .with_cmd(cmd)
+            })
+    }
+}
 
 fn parse_admin_token(value: &str) -> Result<AdminToken, String> {
     let value = value.trim();
@@ -527,6 +555,17 @@ mod tests {
         let err = parse_admin_token("short").unwrap_err();
         assert!(err.contains("16"), "{err}");
         assert!(!format!("{:?}", parse_admin_token("0123456789abcdef0").unwrap()).contains("0123"));
+    }
+
+    #[test]
+    fn a_refused_admin_token_is_named_never_echoed() {
+        for bad in ["shortsecret", "secret with a blank 0123456789"] {
+            let err = Config::try_parse_from(["logdrain-gateway", "serve", "--admin-token", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--admin-token"), "{err}");
+            assert!(!err.contains("secret") && !err.contains("blank"), "{err}");
+        }
     }
 
     #[test]
