@@ -224,6 +224,7 @@ pub async fn run(
         replicas,
         sinks,
         admin_token: config.admin_token.clone(),
+        tls: tls.is_some(),
     });
     let http_stop = async move { http_shutdown.wait().await };
     let http_task = match &tls {
