@@ -75,6 +75,21 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
     pub http_listen: SocketAddr,
 
+    /// Most HTTP connections open at once. At the limit, a new connection
+    /// closes the oldest one with no request in progress (an idle or
+    /// half-sent one), so health probes are still answered; it is refused
+    /// only while every connection is busy with a request. Refusals are
+    /// counted in logdrain_http_refused_total. Keep the open file limit
+    /// (`ulimit -n`) above this plus --max-streams.
+    #[arg(long, env = "LOGDRAIN_HTTP_MAX_CONNECTIONS", default_value_t = 256, value_parser = parse_http_max_connections)]
+    pub http_max_connections: usize,
+
+    /// How long an HTTP client has to send a request's headers before its
+    /// connection is closed (requests are also capped at 64KiB of headers
+    /// and 64KiB of declared body).
+    #[arg(long, env = "LOGDRAIN_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
     /// Replace the Datadog base URL (scheme, host and port), for tests and
     /// proxies. The path /api/v2/logs is kept.
     #[arg(long, env = "LOGDRAIN_DATADOG_URL")]
@@ -452,6 +467,16 @@ fn parse_max_streams(value: &str) -> Result<usize, String> {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!(
             "{value:?} is not a stream count; use a whole number of at least 1, like 10000"
+        )),
+    }
+}
+
+/// `--http-max-connections`: a whole number of at least 1.
+fn parse_http_max_connections(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{value:?} is not a connection count; use a whole number of at least 1, like 256"
         )),
     }
 }

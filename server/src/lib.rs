@@ -29,6 +29,7 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod http_listener;
 pub mod ingest;
 pub mod listener;
 pub mod logging;
