@@ -496,3 +496,32 @@ fn check_reports_a_configuration_error_instead_of_contacting_gateways() {
     );
     assert!(report.contains("gateways: not contacted"), "{report}");
 }
+
+#[test]
+fn the_agent_cannot_read_the_token_in_the_shims_proc_files() {
+    let token = "proc-visible-token-0123456789abcdef";
+    let read = "cat /proc/$PPID/environ; echo; cat /proc/$PPID/cmdline | tr '\\0' ' '; echo; echo read-done";
+    for via_option in [false, true] {
+        let mut command = shim();
+        command.env_remove("LOGDRAIN_TOKEN");
+        if via_option {
+            command.args(["--token", token]);
+        } else {
+            command.env("LOGDRAIN_TOKEN", token);
+        }
+        let output = command.args(["--", "sh", "-c", read]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stdout.contains("read-done"), "{output:?}");
+        // The command line was read (it is readable), without the value.
+        assert!(
+            stdout.contains("--drain-timeout") || stdout.contains("agent-shim"),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.contains(token),
+            "via option: {via_option}\n{stdout}"
+        );
+        assert!(!stderr.contains(token), "{stderr}");
+    }
+}
