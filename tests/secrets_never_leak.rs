@@ -237,6 +237,7 @@ async fn secrets_never_leak(level: &str) {
         ],
     );
     let dsn = logdrain_test_intake::sentry::dsn(&intake.base_url(), SENTRY_KEY, 7);
+    let ingest_token = token(AGENT);
     let all = [
         DD_SECRET,
         AWS_ACCESS_KEY,
@@ -245,6 +246,7 @@ async fn secrets_never_leak(level: &str) {
         SENTRY_KEY,
         dsn.as_str(),
         NR_SECRET,
+        ingest_token.as_str(),
     ];
 
     let mut shim = ShimBuilder::new(&gateway.url(), AGENT, "replica-1");

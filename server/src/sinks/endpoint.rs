@@ -240,6 +240,9 @@ mod tests {
             "http://169.254.169.254/latest/meta-data/",
             "http://metadata.google.internal/computeMetadata/v1/",
             "http://localhost:8080/x",
+            // Full-width letters: IDNA maps them to `localhost`.
+            "http://\u{ff4c}\u{ff4f}\u{ff43}\u{ff41}\u{ff4c}\u{ff48}\u{ff4f}\u{ff53}\u{ff54}/x",
+            "http://127.0.0.1./x",
             "http://10.0.0.1/x",
             "http://[fd00::1]/x",
             "http://0.0.0.0/x",
