@@ -6,7 +6,7 @@
 //! gateway's own rules ([`logdrain::secrets::check`]) so a wrong secret is
 //! seen at once ([`Secrets::warnings`]); it forwards them all the same. It
 //! must not judge values itself. Values never appear in `Debug` output, logs,
-//! warnings or errors: only the variable names do (and a region's value).
+//! warnings or errors: only the variable names do.
 //! [`Secrets::destinations`] sorts the same findings by destination for
 //! `agent-shim --check`.
 
