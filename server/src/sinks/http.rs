@@ -3,7 +3,9 @@
 //! ([`retry_after`]), a short excerpt of an error answer
 //! ([`read_detail`], [`excerpt`], [`answered`]), a request that got no answer
 //! ([`transport_error`]), keeping secrets out of all of it
-//! ([`redact`]), and the gzip request body ([`gzip`]).
+//! ([`redact`], always before an excerpt is cut), what may be shown of an
+//! endpoint a tenant chose ([`Origin`]), and the gzip request body
+//! ([`gzip`]).
 //!
 //! Each vendor's `service::classify` stays the one place that decides what
 //! its answers mean; it builds on these pieces. This module must not
