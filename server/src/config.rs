@@ -115,8 +115,8 @@ pub struct ServeConfig {
     /// SENTRY_DSN may lead only to public addresses: never to loopback,
     /// private, link-local, unique-local, multicast or cloud metadata
     /// addresses. The --*-url overrides above are not restricted.
-    #[arg(long = "allow-endpoint-net", env = "LOGDRAIN_ALLOW_ENDPOINT_NETS", value_name = "CIDR", value_delimiter = ',', value_parser = crate::sinks::endpoint::parse_net)]
-    pub allow_endpoint_nets: Vec<ipnet::IpNet>,
+    #[arg(long = "allow-endpoint-net", env = "LOGDRAIN_ALLOW_ENDPOINT_NETS", value_name = "CIDR[,CIDR...]", value_parser = parse_nets)]
+    pub allow_endpoint_nets: Vec<AllowedNets>,
 
     /// On SIGTERM, how long in-flight deliveries may take to finish before
     /// they are abandoned (their lines stay queued).
@@ -207,6 +207,31 @@ pub struct ServeConfig {
     /// with that agent's own token is available.
     #[arg(long, env = "LOGDRAIN_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<AdminToken>,
+}
+
+/// The networks of one `--allow-endpoint-net` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedNets(pub Vec<ipnet::IpNet>);
+
+impl ServeConfig {
+    /// Every network of `--allow-endpoint-net`.
+    pub fn allowed_endpoint_nets(&self) -> Vec<ipnet::IpNet> {
+        self.allow_endpoint_nets
+            .iter()
+            .flat_map(|nets| nets.0.iter().copied())
+            .collect()
+    }
+}
+
+/// A comma-separated list of networks ([`crate::sinks::endpoint::parse_net`]);
+/// empty items are skipped, so an empty variable allows nothing.
+fn parse_nets(value: &str) -> Result<AllowedNets, String> {
+    value
+        .split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(crate::sinks::endpoint::parse_net)
+        .collect::<Result<_, _>>()
+        .map(AllowedNets)
 }
 
 /// The admin token of `serve`; `Debug` never shows it.
@@ -580,6 +605,30 @@ mod tests {
         let err = parse_admin_token("short").unwrap_err();
         assert!(err.contains("16"), "{err}");
         assert!(!format!("{:?}", parse_admin_token("0123456789abcdef0").unwrap()).contains("0123"));
+    }
+
+    #[test]
+    fn allowed_endpoint_networks_are_read_from_repeated_flags_and_lists() {
+        let parsed = Config::try_parse_from([
+            "logdrain-gateway",
+            "serve",
+            "--allow-endpoint-net",
+            "10.20.0.0/16",
+            "--allow-endpoint-net",
+            "192.168.1.7, fd00::/8,",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = parsed.command else {
+            panic!("not serve")
+        };
+        let nets: Vec<String> = serve
+            .allowed_endpoint_nets()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.20.0.0/16", "192.168.1.7/32", "fd00::/8"]);
+        assert_eq!(parse_nets(""), Ok(AllowedNets(Vec::new())));
+        assert!(parse_nets("10.0.0.0/8,intranet").is_err());
     }
 
     #[test]

@@ -133,7 +133,7 @@ pub async fn run(
         newrelic_url: config.newrelic_url.clone(),
         cloudwatch_url,
         request_timeout: config.vendor_timeout,
-        endpoint_policy: EndpointPolicy::new(config.allow_endpoint_nets.clone()),
+        endpoint_policy: EndpointPolicy::new(config.allowed_endpoint_nets()),
         ..SinkSettings::default()
     })?;
     let engine = Engine::new(
