@@ -4,8 +4,10 @@
 # then runs agent-shim as PID 1 around the command given (the demo agent).
 #
 #   LOGDRAIN_TOKEN       used as is when set
-#   LOGDRAIN_TOKEN_FILE  otherwise read from here (default /run/logdrain-token/token),
-#                        waiting up to LOGDRAIN_TOKEN_WAIT seconds (default 60) for it
+#   LOGDRAIN_TOKEN_FILE  otherwise the shim reads the token from this file (default
+#                        /run/logdrain-token/token), so it is in no environment or
+#                        command line; waits up to LOGDRAIN_TOKEN_WAIT seconds
+#                        (default 60) for it
 set -eu
 
 if [ -z "${LOGDRAIN_TOKEN:-}" ]; then
@@ -21,8 +23,10 @@ if [ -z "${LOGDRAIN_TOKEN:-}" ]; then
         sleep 1
         waited=$((waited + 1))
     done
-    LOGDRAIN_TOKEN=$(cat "$token_file")
-    export LOGDRAIN_TOKEN
+    LOGDRAIN_TOKEN_FILE=$token_file
+    export LOGDRAIN_TOKEN_FILE
+else
+    unset LOGDRAIN_TOKEN_FILE
 fi
-unset LOGDRAIN_TOKEN_FILE LOGDRAIN_TOKEN_WAIT
+unset LOGDRAIN_TOKEN_WAIT
 exec agent-shim -- "$@"

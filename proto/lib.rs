@@ -5,12 +5,15 @@
 //! * the contract of destination secrets ([`secrets`]): which variables are
 //!   forwarded, which destinations they enable, and which values are valid,
 //!   so the shim's check at start and the gateway's sinks apply the same
-//!   rules.
+//!   rules;
+//! * the rule for tenant-supplied endpoints ([`endpoint`]): public
+//!   addresses only.
 //!
 //! It must not contain any shim or gateway behaviour: no I/O beyond the
 //! generated client and server, no vendor endpoints, headers or clients.
 #![forbid(unsafe_code)]
 
+pub mod endpoint;
 pub mod secrets;
 
 pub use secrets::SECRET_VARS;

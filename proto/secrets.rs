@@ -9,9 +9,9 @@
 //! no URL, header or vendor client types (those belong to the gateway's
 //! sinks).
 //!
-//! A [`SecretProblem`] names the secret and what it accepts. It shows the
-//! value only of a secret that is not confidential (a region); never a key,
-//! a token or a DSN.
+//! A [`SecretProblem`] names the secret and what it accepts, never its
+//! value: not even a region's, since a key pasted into the wrong variable
+//! would be shown.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -112,26 +112,29 @@ impl Destination {
 }
 
 /// Why a secret's value cannot be used. The message names the secret and
-/// what it accepts; it shows the value only of a region.
+/// what it accepts, never the value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SecretProblem {
-    /// A secret that is not confidential (a region) is not one of the
-    /// accepted values; the value is shown.
-    #[error("{secret} {value:?} is not a {what}; use one of {accepted}")]
+    /// A region is not one of the accepted values.
+    #[error("{secret} is not a {what}; use one of {accepted}")]
     NotOneOf {
         secret: &'static str,
-        value: String,
         what: &'static str,
         accepted: &'static str,
     },
-    /// A secret that is not confidential (a region) does not have the
-    /// accepted form; the value is shown.
-    #[error("{secret} {value:?} is not {what}; use {accepted}")]
+    /// A region does not have the accepted form.
+    #[error("{secret} is not {what}; use {accepted}")]
     NotOfForm {
         secret: &'static str,
-        value: String,
         what: &'static str,
         accepted: &'static str,
+    },
+    /// A tenant-supplied endpoint is not a public address
+    /// ([`crate::endpoint`]).
+    #[error("{secret} cannot be used: its host is {}; {}", kind.describe(), crate::endpoint::RULE)]
+    NotPublic {
+        secret: &'static str,
+        kind: crate::endpoint::NotPublic,
     },
     /// A confidential secret cannot be used as it is; its value is not shown.
     #[error("{secret} cannot be used: {problem}")]
@@ -155,6 +158,7 @@ impl SecretProblem {
             SecretProblem::NotOneOf { secret, .. }
             | SecretProblem::NotOfForm { secret, .. }
             | SecretProblem::Malformed { secret, .. }
+            | SecretProblem::NotPublic { secret, .. }
             | SecretProblem::Missing { secret, .. } => secret,
         }
     }
@@ -251,11 +255,6 @@ fn visible_ascii<'a>(
     }
 }
 
-/// The first characters of a non-confidential value, to show it.
-fn shown(value: &str) -> String {
-    value.trim().chars().take(64).collect()
-}
-
 // ---- Datadog ----
 
 /// A Datadog region, chosen by `DATADOG_REGION`.
@@ -320,9 +319,8 @@ impl DatadogRegion {
         DatadogRegion::ALL
             .into_iter()
             .find(|r| r.name() == wanted)
-            .ok_or_else(|| SecretProblem::NotOneOf {
+            .ok_or(SecretProblem::NotOneOf {
                 secret: DATADOG_REGION,
-                value: shown(raw),
                 what: "Datadog region",
                 accepted: DatadogRegion::ACCEPTED,
             })
@@ -374,7 +372,6 @@ pub fn aws_region(value: Option<&str>) -> Result<String, SecretProblem> {
     } else {
         Err(SecretProblem::NotOfForm {
             secret: AWS_REGION,
-            value: shown(raw),
             what: "an AWS region name",
             accepted: "a name like us-west-2 or eu-central-1",
         })
@@ -536,6 +533,19 @@ pub fn sentry_dsn(dsn: &str) -> Result<SentryDsn<'_>, SecretProblem> {
     })
 }
 
+/// The host of a valid `SENTRY_DSN` judged as written by the endpoint rule
+/// ([`crate::endpoint::host_not_public`]): a literal internal address or
+/// a well-known internal name. The gateway refuses such a host unless its
+/// operator allowed that network; it also judges what a name resolves to,
+/// which this cannot.
+pub fn sentry_host_problem(secrets: &BTreeMap<String, String>) -> Option<SecretProblem> {
+    let dsn = sentry_dsn(value(secrets, SENTRY_DSN)?).ok()?;
+    crate::endpoint::host_not_public(dsn.host).map(|kind| SecretProblem::NotPublic {
+        secret: SENTRY_DSN,
+        kind,
+    })
+}
+
 /// Splits `host[:port]` (`[v6]:port` for IPv6) and checks both.
 fn split_host_port(host_port: &str) -> Result<(&str, Option<u16>), SecretProblem> {
     let bad_host = || dsn_malformed(dsn_problem!("its host is not a host name or an IP address"));
@@ -574,14 +584,20 @@ fn split_host_port(host_port: &str) -> Result<(&str, Option<u16>), SecretProblem
 }
 
 /// Letters, digits, `-`, `_` and dots; a name whose last label is a number
-/// must be an IPv4 address (as URL parsers read it).
+/// (decimal, or hexadecimal after `0x`, as URL parsers read it) must be an
+/// IPv4 address in dotted decimal, so `0x7f000001` or `127.1` never stands
+/// for an address the endpoint rule would not recognise.
 fn is_host_name(host: &str) -> bool {
     let chars_ok = host
         .chars()
         .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.'));
     let last = host.strip_suffix('.').unwrap_or(host);
     let last = last.rsplit('.').next().unwrap_or(last);
-    let numeric = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let numeric = hex || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()));
     chars_ok && (!numeric || host.parse::<Ipv4Addr>().is_ok())
 }
 
@@ -703,7 +719,7 @@ mod tests {
         assert_eq!(
             texts(&problems),
             [
-                r#"DATADOG_REGION "mars" is not a Datadog region; use one of us1, us3, us5, us1-fed, eu, ap1, ap2"#
+                r#"DATADOG_REGION is not a Datadog region; use one of us1, us3, us5, us1-fed, eu, ap1, ap2"#
             ]
         );
         assert_eq!(problems[0].secret(), DATADOG_REGION);
@@ -763,12 +779,45 @@ mod tests {
             "not-a-key",
             "sentry.example",
             "nrkey",
+            // A key pasted into a region variable would be shown too.
+            "mars",
+            "moon-1",
         ] {
             assert!(!all.contains(secret), "{secret:?} shown in:\n{all}");
+            assert!(!format!("{problems:?}").contains(secret), "{secret:?}");
         }
-        assert!(!format!("{problems:?}").contains("not-a-key"));
-        // Regions are not confidential: the value helps.
-        assert!(all.contains(r#""mars""#) && all.contains(r#""moon-1""#));
+    }
+
+    #[test]
+    fn a_dsn_host_that_is_an_internal_address_is_named_with_the_rule() {
+        let problem = |host: &str| {
+            sentry_host_problem(&secrets(&[(SENTRY_DSN, &format!("http://{KEY}@{host}/1"))]))
+                .map(|p| p.to_string())
+        };
+        assert_eq!(
+            problem("127.0.0.1:9000").as_deref(),
+            Some(
+                "SENTRY_DSN cannot be used: its host is a loopback address; a tenant-supplied \
+                 endpoint must be a public address; use the vendor's public host, or ask the \
+                 gateway's operator to allow that network with --allow-endpoint-net"
+            )
+        );
+        for host in [
+            "[::1]",
+            "localhost",
+            "169.254.169.254",
+            "metadata.google.internal",
+        ] {
+            assert!(problem(host).is_some(), "{host}");
+        }
+        assert_eq!(problem("o1.ingest.sentry.io"), None);
+        // Hexadecimal and short IPv4 forms are not host names at all.
+        for host in ["0x7f000001", "0x7f.1", "127.1"] {
+            assert!(
+                sentry_dsn(&format!("http://{KEY}@{host}/1")).is_err(),
+                "{host}"
+            );
+        }
     }
 
     // ---- Datadog ----
@@ -811,10 +860,18 @@ mod tests {
     }
 
     #[test]
-    fn a_long_region_value_is_shown_cut() {
-        let err = DatadogRegion::from_secret(Some(&"x".repeat(500))).unwrap_err();
-        assert!(err.to_string().contains(&format!("\"{}\"", "x".repeat(64))));
-        assert!(!err.to_string().contains(&"x".repeat(65)));
+    fn a_key_pasted_into_a_region_variable_is_named_never_echoed() {
+        let key = "0123456789abcdef0123456789abcdef";
+        let problems = [
+            DatadogRegion::from_secret(Some(key)).unwrap_err(),
+            aws_region(Some(key)).unwrap_err(),
+        ];
+        for problem in problems {
+            let text = problem.to_string();
+            assert!(text.contains("_REGION is not"), "{text}");
+            assert!(!text.contains("0123456789"), "{text}");
+            assert!(!format!("{problem:?}").contains("0123456789"));
+        }
     }
 
     #[test]
@@ -863,7 +920,7 @@ mod tests {
     fn a_value_that_is_not_an_aws_region_name_is_named_with_the_accepted_form() {
         assert_eq!(
             aws_region(Some("mars-1")).unwrap_err().to_string(),
-            r#"AWS_REGION "mars-1" is not an AWS region name; use a name like us-west-2 or eu-central-1"#
+            r#"AWS_REGION is not an AWS region name; use a name like us-west-2 or eu-central-1"#
         );
         for bad in [
             "us-west",

@@ -20,6 +20,7 @@ const AGENT: &str = "agent-leak";
 const DD_SECRET: &str = "dd-secret-Q7vX2mK9pL4wR8tYc3Nz";
 const AWS_ACCESS_KEY: &str = "AKIASECRETSCAN4242QZ";
 const AWS_SECRET: &str = "aws-secret-Z3nB6cV1xM5qW0eR/tY+uI8o";
+const AWS_SESSION: &str = "aws-session-K8dF3gH6jL9zX2cV5bN0mQ1wE4rT7y";
 const SENTRY_KEY: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e7a1";
 const NR_SECRET: &str = "nr-secret-H4jK7lP0oI9uY6tT5rE2wQNRAL";
 /// A line the agent writes: stored in plain text in the queue, so finding
@@ -31,8 +32,10 @@ fn secrets(sentry_dsn: &str) -> Vec<(&'static str, String)> {
         ("DATADOG_TOKEN", DD_SECRET.to_string()),
         ("AWS_ACCESS_KEY_ID", AWS_ACCESS_KEY.to_string()),
         ("AWS_SECRET_ACCESS_KEY", AWS_SECRET.to_string()),
-        // Not a region: the CloudWatch route fails on its configuration.
-        ("AWS_REGION", "not_a_region".to_string()),
+        ("AWS_SESSION_TOKEN", AWS_SESSION.to_string()),
+        // Signed and sent to the intake, which knows no CloudWatch: the
+        // route fails on its configuration after the AWS SDK used the keys.
+        ("AWS_REGION", "us-west-2".to_string()),
         ("SENTRY_DSN", sentry_dsn.to_string()),
         ("NEW_RELIC_LICENSE_KEY", NR_SECRET.to_string()),
     ]
@@ -191,7 +194,18 @@ fn route_states(status: &Value) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn secrets_never_leak() {
+async fn secrets_never_leak_at_debug() {
+    secrets_never_leak("debug").await;
+}
+
+/// The AWS SDK logs the access key id at debug and echoed credentials at
+/// trace; nothing at any level may show a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_never_leak_at_trace() {
+    secrets_never_leak("trace").await;
+}
+
+async fn secrets_never_leak(level: &str) {
     // No vendor accepts these credentials; Datadog first answers 500 with
     // the request headers (the API key) echoed in its body, Sentry 401.
     let intake = intake().await;
@@ -218,17 +232,21 @@ async fn secrets_never_leak() {
         "127.0.0.1:0",
         vec![
             ("LOGDRAIN_NEWRELIC_URL".into(), intake.base_url()),
-            ("LOGDRAIN_LOG".into(), "debug".into()),
+            ("LOGDRAIN_CLOUDWATCH_URL".into(), intake.base_url()),
+            ("LOGDRAIN_LOG".into(), level.into()),
         ],
     );
     let dsn = logdrain_test_intake::sentry::dsn(&intake.base_url(), SENTRY_KEY, 7);
+    let ingest_token = token(AGENT);
     let all = [
         DD_SECRET,
         AWS_ACCESS_KEY,
         AWS_SECRET,
+        AWS_SESSION,
         SENTRY_KEY,
         dsn.as_str(),
         NR_SECRET,
+        ingest_token.as_str(),
     ];
 
     let mut shim = ShimBuilder::new(&gateway.url(), AGENT, "replica-1");
@@ -279,6 +297,11 @@ async fn secrets_never_leak() {
         intake.stats().vendor(Vendor::Datadog).status(500) >= 2,
         "the echoing 500s were answered"
     );
+    assert!(
+        status_text.contains("CloudWatch Logs CreateLogStream to")
+            && status_text.contains("answered"),
+        "the AWS SDK signed and sent a request with the keys: {status_text}"
+    );
 
     let mut endpoints = vec![("status".to_string(), status_text)];
     for endpoint in ["/metrics", "/healthz", "/readyz"] {
@@ -304,8 +327,9 @@ async fn secrets_never_leak() {
         "the scan reads the queue's files, where plain text would be found"
     );
     assert!(
-        gateway_output.contains("logdrain-gateway: listening") && gateway_output.contains("DEBUG"),
-        "the scan reads the gateway's stdout and debug log"
+        gateway_output.contains("logdrain-gateway: listening")
+            && gateway_output.contains(&level.to_uppercase()),
+        "the scan reads the gateway's stdout and its log at {level}"
     );
     let mut found = leaks_in_dir(&data_dir, &all);
     for leak in leaks(gateway_output.as_bytes(), &all) {

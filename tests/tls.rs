@@ -284,3 +284,26 @@ async fn status_reads_an_https_gateway_it_verifies_against_its_ca() {
         "names the certificate problem: {err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_pages_cookie_is_secure_under_tls() {
+    let s = setup(false).await;
+    let pem = std::fs::read(&s.pki.ca).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let answer = client
+        .get(format!("{}/?token=any-token-value", s.gateway.https_base()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 303);
+    let cookie = answer.headers()["set-cookie"].to_str().unwrap();
+    let attributes: Vec<&str> = cookie.split(';').map(str::trim).collect();
+    for wanted in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(attributes.contains(&wanted), "{cookie}");
+    }
+}

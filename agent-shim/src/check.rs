@@ -124,7 +124,11 @@ fn destinations(report: &mut Report, secrets: &Secrets) {
         let text = match &state {
             DestinationState::On { names } => {
                 on += 1;
-                format!("on, switched on by {}", names.join(", "))
+                let mut text = format!("on, switched on by {}", names.join(", "));
+                if let Some(problem) = secrets.endpoint_problem(destination) {
+                    let _ = write!(text, "; but {problem} (the gateway's answer below decides)");
+                }
+                text
             }
             DestinationState::HalfConfigured {
                 present,

@@ -39,7 +39,7 @@ pub const FORWARDED_SIGNALS: [i32; 6] = [
 ];
 
 /// Environment variables removed from the agent's environment.
-pub const REMOVED_ENV_VARS: [&str; 1] = ["LOGDRAIN_TOKEN"];
+pub const REMOVED_ENV_VARS: [&str; 2] = ["LOGDRAIN_TOKEN", "LOGDRAIN_TOKEN_FILE"];
 
 /// A started agent: its pid and the read ends of its output pipes (blocking:
 /// each is read by a capture thread of its own).

@@ -4,7 +4,8 @@
 //! | option | environment variable | default |
 //! |---|---|---|
 //! | `--gateway URL[,URL...]` | `LOGDRAIN_GATEWAY` | required |
-//! | `--token TOKEN` | `LOGDRAIN_TOKEN` | required |
+//! | `--token TOKEN` | `LOGDRAIN_TOKEN` | required, or: |
+//! | `--token-file PATH` | `LOGDRAIN_TOKEN_FILE` | (the token, in a file) |
 //! | `--agent-id ID` | `LOGDRAIN_AGENT_ID` | required |
 //! | `--agent-server-id ID` | `LOGDRAIN_AGENT_SERVER_ID` | the host name |
 //! | `--buffer-bytes SIZE` | `LOGDRAIN_BUFFER_BYTES` | `64MiB` |
@@ -48,7 +49,9 @@ Secrets: these variables, when set in the shim's environment, are sent to the ga
 DATADOG_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, \
 SENTRY_DSN, NEW_RELIC_LICENSE_KEY.
 
-The agent inherits the shim's stdin and environment, except LOGDRAIN_TOKEN. Its stdout and \
+The agent inherits the shim's stdin and environment, except LOGDRAIN_TOKEN and \
+LOGDRAIN_TOKEN_FILE; pass the token in a file (--token-file) so it is in no environment or \
+command line. Its stdout and \
 stderr pass through unchanged. SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are \
 forwarded to it. If the shim dies, the agent gets SIGKILL.
 
@@ -83,7 +86,9 @@ pub struct Config {
 
     /// Ingest token for --agent-id, created with
     /// `logdrain-gateway token --agent-id ID`. Removed from the agent's
-    /// environment.
+    /// environment, and overwritten in the shim's own command line and
+    /// environment so the agent cannot read it there; prefer
+    /// --token-file.
     #[arg(
         long,
         env = "LOGDRAIN_TOKEN",
@@ -91,6 +96,18 @@ pub struct Config {
         hide_env_values = true
     )]
     pub token: Option<String>,
+
+    /// File holding the ingest token (surrounding whitespace ignored), the
+    /// recommended way to pass it: it never appears in a command line or
+    /// an environment. Make the file unreadable to the agent if the agent
+    /// runs as another user.
+    #[arg(
+        long,
+        env = "LOGDRAIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
 
     /// The agent's id (required); the token must belong to it.
     #[arg(long, env = "LOGDRAIN_AGENT_ID", value_name = "ID")]
@@ -196,6 +213,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("gateway", &self.gateway)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
             .field("agent_id", &self.agent_id)
             .field("agent_server_id", &self.agent_server_id)
             .field("buffer_bytes", &self.buffer_bytes)
@@ -225,6 +243,15 @@ pub enum ConfigError {
     BadGatewayUrl { url: String, reason: String },
     #[error("no ingest token given: pass --token TOKEN or set LOGDRAIN_TOKEN; create one with `logdrain-gateway token --agent-id ID`")]
     MissingToken,
+    #[error("cannot read --token-file / LOGDRAIN_TOKEN_FILE {path:?}: {source}; point it at the file holding the ingest token")]
+    TokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Never shows the token.
+    #[error("the ingest token (--token / LOGDRAIN_TOKEN) contains spaces, line breaks or non-ASCII characters; pass it exactly as `logdrain-gateway token --agent-id ID` printed it")]
+    MalformedToken,
     #[error("no agent id given: pass --agent-id ID or set LOGDRAIN_AGENT_ID")]
     MissingAgentId,
     #[error("no command given: run `agent-shim [OPTIONS] -- COMMAND [ARGS...]`, or pass --check to only check the configuration")]
@@ -337,8 +364,19 @@ impl Config {
             return Err(ConfigError::MissingCommand);
         }
         let gateways = parse_gateways(self.gateway.as_deref().unwrap_or(""))?;
-        let token = match self.token {
-            Some(token) if !token.trim().is_empty() => token,
+        let from_file = match &self.token_file {
+            Some(path) => Some(read_token_file(path)?),
+            None => None,
+        };
+        let token = match from_file
+            .as_deref()
+            .or(self.token.as_deref())
+            .map(str::trim)
+        {
+            Some(token) if token.bytes().all(|b| b.is_ascii_graphic()) && !token.is_empty() => {
+                token.to_string()
+            }
+            Some(token) if !token.is_empty() => return Err(ConfigError::MalformedToken),
             _ => return Err(ConfigError::MissingToken),
         };
         let agent_id = match self.agent_id {
@@ -415,6 +453,22 @@ impl Config {
             command: self.command,
         })
     }
+}
+
+/// Most bytes read from a token file: a token is 64 characters.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let failed = |source| ConfigError::TokenFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_TOKEN_FILE_BYTES).read_to_string(&mut text))
+        .map_err(failed)?;
+    Ok(text)
 }
 
 /// Reads a PEM file of the client identity; `what` is the expected block
@@ -653,6 +707,37 @@ mod tests {
         args.drain(2..4);
         let err = config(&args).unwrap().validate().unwrap_err().to_string();
         assert!(err.contains("logdrain-gateway token --agent-id"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_token_is_named_never_echoed() {
+        for bad in ["secret tok", "secret\ntok", "secrét"] {
+            let mut args = valid_args();
+            args[3] = bad;
+            let err = config(&args).unwrap().validate().unwrap_err().to_string();
+            assert!(err.contains("--token / LOGDRAIN_TOKEN"), "{err}");
+            assert!(!err.contains("secr"), "{err}");
+        }
+        let mut args = valid_args();
+        args[3] = " tok\n";
+        let settings = config(&args).unwrap().validate().unwrap();
+        assert_eq!(settings.token, "tok", "a pasted line break is trimmed");
+    }
+
+    #[test]
+    fn the_token_is_read_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "file-token\n").unwrap();
+        let mut args = valid_args();
+        args.drain(2..4);
+        let path_arg = path.to_str().unwrap();
+        args.splice(0..0, ["--token-file", path_arg]);
+        let settings = config(&args).unwrap().validate().unwrap();
+        assert_eq!(settings.token, "file-token");
+        args[1] = "/nonexistent/token";
+        let err = config(&args).unwrap().validate().unwrap_err().to_string();
+        assert!(err.contains("LOGDRAIN_TOKEN_FILE"), "{err}");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod child;
 pub mod config;
 mod diag;
 pub mod lifecycle;
+mod scrub;
 pub mod secrets;
 pub mod splitter;
 pub mod stream;
@@ -109,6 +110,12 @@ pub fn run(config: Config) -> Result<i32, Error> {
         return Ok(check::run(config));
     }
     let settings = config.validate()?;
+    if let Err(err) = scrub::hide_token() {
+        diag!(
+            "warning: cannot hide the ingest token from the agent ({err}); pass it in a file \
+             with LOGDRAIN_TOKEN_FILE instead"
+        );
+    }
     let secrets = Secrets::from_env();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -6,7 +6,7 @@
 //! gateway's own rules ([`logdrain::secrets::check`]) so a wrong secret is
 //! seen at once ([`Secrets::warnings`]); it forwards them all the same. It
 //! must not judge values itself. Values never appear in `Debug` output, logs,
-//! warnings or errors: only the variable names do (and a region's value).
+//! warnings or errors: only the variable names do.
 //! [`Secrets::destinations`] sorts the same findings by destination for
 //! `agent-shim --check`.
 
@@ -142,6 +142,15 @@ impl Secrets {
             .collect()
     }
 
+    /// Why the endpoint `destination` would reach is not public, judged
+    /// from the secrets as written (a Sentry DSN whose host is an internal
+    /// address); the gateway may still allow it.
+    pub fn endpoint_problem(&self, destination: &Destination) -> Option<SecretProblem> {
+        (destination.name == logdrain::secrets::SENTRY.name)
+            .then(|| logdrain::secrets::sentry_host_problem(&self.values))
+            .flatten()
+    }
+
     /// The map sent in `Open.secrets`.
     pub fn to_open_map(&self) -> HashMap<String, String> {
         self.values
@@ -237,7 +246,7 @@ mod tests {
         assert_eq!(
             secrets.warnings(),
             [
-                r#"DATADOG_REGION "mars" is not a Datadog region; use one of us1, us3, us5, us1-fed, eu, ap1, ap2; lines are still sent and kept by the gateway until a deployment brings valid secrets"#
+                r#"DATADOG_REGION is not a Datadog region; use one of us1, us3, us5, us1-fed, eu, ap1, ap2; lines are still sent and kept by the gateway until a deployment brings valid secrets"#
             ]
         );
         // Forwarded all the same: the gateway keeps the data.
@@ -267,7 +276,7 @@ mod tests {
         let warnings = secrets.warnings();
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(
-            warnings[1].starts_with("AWS_REGION \"moon\""),
+            warnings[1].starts_with("AWS_REGION is not an AWS region name"),
             "{warnings:?}"
         );
         for warning in &warnings {

@@ -2,7 +2,7 @@
 //! system calls the shim needs that std and tokio do not offer
 //! (`waitpid` on any child, `kill`, `prctl(PR_SET_CHILD_SUBREAPER)`,
 //! `prctl(PR_SET_PDEATHSIG)` in the agent before it runs, `poll`,
-//! `ioctl(FIONREAD)`, `gethostname`).
+//! `ioctl(FIONREAD)`, `gethostname`, `prctl(PR_SET_DUMPABLE)`).
 //!
 //! Each wrapper only translates arguments and errors. Policy (which child to
 //! wait for, which signal to send) lives in `child.rs`, never here.
@@ -174,6 +174,25 @@ pub fn hostname() -> io::Result<String> {
     }
     let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// `prctl(PR_SET_DUMPABLE, 0)`: other processes of the same user (the
+/// agent) can no longer read this process's memory or
+/// `/proc/<pid>/environ`. `execve` resets it, so the agent is unaffected.
+#[cfg(target_os = "linux")]
+pub fn set_not_dumpable() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    let ret = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_not_dumpable() -> io::Result<()> {
+    Ok(())
 }
 
 #[cfg(test)]

@@ -246,9 +246,11 @@ fn bad_option_values_are_named_with_the_fix() {
 #[test]
 fn wrong_secrets_are_warned_about_at_start_and_the_agent_still_runs() {
     let dsn = "https://leakykey@sentry.example.com/1";
+    // An API key pasted into the region variable: named, never echoed.
+    let pasted = "pastedkey0123456789abcdef01234567";
     let output = shim()
         .env("DATADOG_TOKEN", "x")
-        .env("DATADOG_REGION", "mars")
+        .env("DATADOG_REGION", pasted)
         .env("SENTRY_DSN", dsn)
         .args(["--", "sh", "-c", "echo ran; exit 3"])
         .output()
@@ -263,7 +265,7 @@ fn wrong_secrets_are_warned_about_at_start_and_the_agent_still_runs() {
     };
     assert_eq!(
         warning("DATADOG_REGION"),
-        "agent-shim: warning: DATADOG_REGION \"mars\" is not a Datadog region; \
+        "agent-shim: warning: DATADOG_REGION is not a Datadog region; \
          use one of us1, us3, us5, us1-fed, eu, ap1, ap2; \
          lines are still sent and kept by the gateway until a deployment brings valid secrets"
     );
@@ -272,6 +274,7 @@ fn wrong_secrets_are_warned_about_at_start_and_the_agent_still_runs() {
         "{stderr}"
     );
     assert!(!stderr.contains("leakykey"), "{stderr}");
+    assert!(!stderr.contains(pasted), "{stderr}");
     assert!(!stderr.contains("sentry.example.com"), "{stderr}");
     // The agent's own stderr is untouched by the warnings.
     assert!(agent_stderr(&output).is_empty(), "{stderr}");
@@ -538,4 +541,33 @@ fn check_reports_a_configuration_error_instead_of_contacting_gateways() {
         "{report}"
     );
     assert!(report.contains("gateways: not contacted"), "{report}");
+}
+
+#[test]
+fn the_agent_cannot_read_the_token_in_the_shims_proc_files() {
+    let token = "proc-visible-token-0123456789abcdef";
+    let read = "cat /proc/$PPID/environ; echo; cat /proc/$PPID/cmdline | tr '\\0' ' '; echo; echo read-done";
+    for via_option in [false, true] {
+        let mut command = shim();
+        command.env_remove("LOGDRAIN_TOKEN");
+        if via_option {
+            command.args(["--token", token]);
+        } else {
+            command.env("LOGDRAIN_TOKEN", token);
+        }
+        let output = command.args(["--", "sh", "-c", read]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stdout.contains("read-done"), "{output:?}");
+        // The command line was read (it is readable), without the value.
+        assert!(
+            stdout.contains("--drain-timeout") || stdout.contains("agent-shim"),
+            "{stdout}"
+        );
+        assert!(
+            !stdout.contains(token),
+            "via option: {via_option}\n{stdout}"
+        );
+        assert!(!stderr.contains(token), "{stderr}");
+    }
 }

@@ -75,6 +75,21 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_HTTP_LISTEN", default_value = "0.0.0.0:9090")]
     pub http_listen: SocketAddr,
 
+    /// Most HTTP connections open at once. At the limit, a new connection
+    /// closes the oldest one with no request in progress (an idle or
+    /// half-sent one), so health probes are still answered; it is refused
+    /// only while every connection is busy with a request. Refusals are
+    /// counted in logdrain_http_refused_total. Keep the open file limit
+    /// (`ulimit -n`) above this plus --max-streams.
+    #[arg(long, env = "LOGDRAIN_HTTP_MAX_CONNECTIONS", default_value_t = 256, value_parser = parse_http_max_connections)]
+    pub http_max_connections: usize,
+
+    /// How long an HTTP client has to send a request's headers before its
+    /// connection is closed (requests are also capped at 64KiB of headers
+    /// and 64KiB of declared body).
+    #[arg(long, env = "LOGDRAIN_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
     /// Replace the Datadog base URL (scheme, host and port), for tests and
     /// proxies. The path /api/v2/logs is kept.
     #[arg(long, env = "LOGDRAIN_DATADOG_URL")]
@@ -92,6 +107,16 @@ pub struct ServeConfig {
     /// the gateway's environment.
     #[arg(long, env = "LOGDRAIN_CLOUDWATCH_URL")]
     pub cloudwatch_url: Option<Url>,
+
+    /// A network (CIDR, like 10.20.0.0/16, or one address) that endpoints
+    /// supplied by tenants may reach although it is not public, such as a
+    /// self-hosted Sentry on a private network. Repeatable; the environment
+    /// variable takes a comma-separated list. Without it, a tenant's
+    /// SENTRY_DSN may lead only to public addresses: never to loopback,
+    /// private, link-local, unique-local, multicast or cloud metadata
+    /// addresses. The --*-url overrides above are not restricted.
+    #[arg(long = "allow-endpoint-net", env = "LOGDRAIN_ALLOW_ENDPOINT_NETS", value_name = "CIDR[,CIDR...]", value_parser = parse_nets)]
+    pub allow_endpoint_nets: Vec<AllowedNets>,
 
     /// On SIGTERM, how long in-flight deliveries may take to finish before
     /// they are abandoned (their lines stay queued).
@@ -180,8 +205,33 @@ pub struct ServeConfig {
     /// without `agent_id`), at least 16 characters. It also reads any one
     /// agent's status and may test-send. When unset, only per-agent status
     /// with that agent's own token is available.
-    #[arg(long, env = "LOGDRAIN_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
+    #[arg(long, env = "LOGDRAIN_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<AdminToken>,
+}
+
+/// The networks of one `--allow-endpoint-net` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowedNets(pub Vec<ipnet::IpNet>);
+
+impl ServeConfig {
+    /// Every network of `--allow-endpoint-net`.
+    pub fn allowed_endpoint_nets(&self) -> Vec<ipnet::IpNet> {
+        self.allow_endpoint_nets
+            .iter()
+            .flat_map(|nets| nets.0.iter().copied())
+            .collect()
+    }
+}
+
+/// A comma-separated list of networks ([`crate::sinks::endpoint::parse_net`]);
+/// empty items are skipped, so an empty variable allows nothing.
+fn parse_nets(value: &str) -> Result<AllowedNets, String> {
+    value
+        .split(',')
+        .filter(|item| !item.trim().is_empty())
+        .map(crate::sinks::endpoint::parse_net)
+        .collect::<Result<_, _>>()
+        .map(AllowedNets)
 }
 
 /// The admin token of `serve`; `Debug` never shows it.
@@ -202,6 +252,34 @@ impl std::fmt::Debug for AdminToken {
 
 /// Shortest admin token accepted.
 pub const MIN_ADMIN_TOKEN: usize = 16;
+
+/// Parses `--admin-token` with [`parse_admin_token`]. A refusal names the
+/// option and never shows the value (clap's own errors quote it).
+#[derive(Clone, Copy, Debug)]
+struct AdminTokenParser;
+
+impl clap::builder::TypedValueParser for AdminTokenParser {
+    type Value = AdminToken;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<AdminToken, clap::Error> {
+        value
+            .to_str()
+            .ok_or_else(|| "the admin token is not valid UTF-8; use visible ASCII only".to_string())
+            .and_then(parse_admin_token)
+            .map_err(|problem| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("--admin-token / LOGDRAIN_ADMIN_TOKEN is not usable: {problem}\n"),
+                )
+                .with_cmd(cmd)
+            })
+    }
+}
 
 fn parse_admin_token(value: &str) -> Result<AdminToken, String> {
     let value = value.trim();
@@ -418,6 +496,16 @@ fn parse_max_streams(value: &str) -> Result<usize, String> {
     }
 }
 
+/// `--http-max-connections`: a whole number of at least 1.
+fn parse_http_max_connections(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{value:?} is not a connection count; use a whole number of at least 1, like 256"
+        )),
+    }
+}
+
 pub mod ids {
     /// Longest agent id accepted.
     pub const MAX_AGENT_ID: usize = 128;
@@ -517,6 +605,41 @@ mod tests {
         let err = parse_admin_token("short").unwrap_err();
         assert!(err.contains("16"), "{err}");
         assert!(!format!("{:?}", parse_admin_token("0123456789abcdef0").unwrap()).contains("0123"));
+    }
+
+    #[test]
+    fn allowed_endpoint_networks_are_read_from_repeated_flags_and_lists() {
+        let parsed = Config::try_parse_from([
+            "logdrain-gateway",
+            "serve",
+            "--allow-endpoint-net",
+            "10.20.0.0/16",
+            "--allow-endpoint-net",
+            "192.168.1.7, fd00::/8,",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = parsed.command else {
+            panic!("not serve")
+        };
+        let nets: Vec<String> = serve
+            .allowed_endpoint_nets()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.20.0.0/16", "192.168.1.7/32", "fd00::/8"]);
+        assert_eq!(parse_nets(""), Ok(AllowedNets(Vec::new())));
+        assert!(parse_nets("10.0.0.0/8,intranet").is_err());
+    }
+
+    #[test]
+    fn a_refused_admin_token_is_named_never_echoed() {
+        for bad in ["shortsecret", "secret with a blank 0123456789"] {
+            let err = Config::try_parse_from(["logdrain-gateway", "serve", "--admin-token", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--admin-token"), "{err}");
+            assert!(!err.contains("secret") && !err.contains("blank"), "{err}");
+        }
     }
 
     #[test]

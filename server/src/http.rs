@@ -5,14 +5,15 @@
 //! | `GET /metrics` | none | Prometheus text; labels are agent ids, destinations and reasons, never secrets |
 //! | `GET /healthz` | none | 200 while the process serves |
 //! | `GET /readyz` | none | 200 when the queue is open, its disk above the free-space watermark and the gateway not shutting down, else 503 |
-//! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token or the admin token>` | the agent's status report (schema 1, [`crate::status`]) plus the engine's raw `routes` |
+//! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token or the admin token>` (the scheme in any case) | the agent's status report (schema 1, [`crate::status`]) plus the engine's raw `routes` |
 //! | `GET /v1/status` | `Authorization: Bearer <admin token>` | the status report of every agent |
 //! | `POST /v1/agents/{agent_id}/test-send` | agent token or admin token | sends one marked test line through each destination, answers each vendor's reply |
 //! | `GET /` | admin token, or `?agent_id=` with that agent's token | the status page (HTML) |
 //!
 //! The status page takes its token from the `Authorization` header or the
 //! `logdrain_status` cookie. A browser can pass `?token=` once: the answer
-//! is a redirect that stores it in an HttpOnly, SameSite=Strict cookie and
+//! is a redirect that stores it in an HttpOnly, SameSite=Strict cookie
+//! (`Secure` when the gateway serves TLS) and
 //! drops it from the address bar and history. The gateway logs no request
 //! URLs, so the token is not written to its log.
 //!
@@ -51,6 +52,8 @@ pub struct HttpState {
     /// Builds the fresh sinks of `test-send` (same settings as delivery).
     pub sinks: SinkFactory,
     pub admin_token: Option<AdminToken>,
+    /// The listener serves TLS: the status cookie is marked `Secure`.
+    pub tls: bool,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -97,11 +100,18 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
 /// Name of the status page's cookie.
 const COOKIE: &str = "logdrain_status";
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme's
+/// case does not matter (RFC 9110, 11.1).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+    let (scheme, token) = headers
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .trim()
+        .split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 fn cookie_token(headers: &HeaderMap) -> Option<String> {
@@ -254,13 +264,14 @@ async fn page(
         // Keep the token out of the address bar and history: store it in a
         // cookie and reload without it.
         let value: String = url::form_urlencoded::byte_serialize(token.trim().as_bytes()).collect();
+        let secure = if state.tls { "; Secure" } else { "" };
         return (
             StatusCode::SEE_OTHER,
             [
                 ("location", back),
                 (
                     "set-cookie",
-                    format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/"),
+                    format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/{secure}"),
                 ),
                 ("cache-control", "no-store".to_string()),
             ],
@@ -287,4 +298,25 @@ async fn page(
         status::page::render(&report, 10),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_authorization(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_accepted_in_any_case() {
+        for value in ["Bearer tok", "bearer tok", "BEARER tok", "bEaReR  tok"] {
+            assert_eq!(bearer(&with_authorization(value)), Some("tok"), "{value}");
+        }
+        assert_eq!(bearer(&with_authorization("Basic tok")), None);
+        assert_eq!(bearer(&with_authorization("Bearertok")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
 }

@@ -17,6 +17,8 @@
 //!   Retry-After, isolation — written once) and one folder per vendor.
 //! * [`metrics`] names every metric the gateway exports.
 //! * [`tls`] loads the gateway's certificates and runs TLS handshakes.
+//! * [`logging`] sets up the log, keeping credentials the AWS SDK would
+//!   print out of it.
 //! * [`status`] renders what the others know (replicas, destinations,
 //!   delivery state, where to look) for the admin API, `status` and the
 //!   status page.
@@ -27,8 +29,10 @@
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod http_listener;
 pub mod ingest;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod queue;
 pub mod route;

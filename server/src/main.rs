@@ -6,18 +6,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use logdrain_gateway::config::{Command, Config};
-use logdrain_gateway::{auth, metrics, serve, shutdown, status, tail_client};
+use logdrain_gateway::{auth, logging, metrics, serve, shutdown, status, tail_client};
 
 fn main() -> ExitCode {
     let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOGDRAIN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    logging::init();
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -157,6 +157,13 @@ fn describe() {
         "Batches the queue refused, by reason (disk_full, over_quota); the shim keeps their lines and retries."
     );
     describe_counter!(
+        "logdrain_http_refused_total",
+        "HTTP connections and requests refused by the listener's limits, by reason \
+         (connection_cap: every connection busy; idle_evicted: an idle or half-sent \
+         connection closed to admit a new one; header_timeout: headers not sent in time; \
+         too_large: headers or body over the size cap)."
+    );
+    describe_counter!(
         "logdrain_queue_set_aside_total",
         "Queue databases that could not be opened at all and were moved aside at start."
     );
@@ -297,6 +304,13 @@ pub fn oldest_line_ages<'a>(
         *entry = entry.max(age);
     }
     ages
+}
+
+/// An HTTP connection or request refused by the listener's limits, by
+/// fixed reason (`connection_cap`, `idle_evicted`, `header_timeout`,
+/// `too_large`).
+pub fn http_refused(reason: &'static str) {
+    counter!("logdrain_http_refused_total", "reason" => reason).increment(1);
 }
 
 /// Streams refused since start by reason, with the time of the last one:

@@ -8,7 +8,7 @@
 //! 3. deliveries in flight get `--shutdown-grace` to finish;
 //! 4. the queue is flushed.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -20,11 +20,13 @@ use tokio_stream::StreamExt;
 use crate::auth::{AuthError, SigningKey};
 use crate::config::ServeConfig;
 use crate::http::{self, HttpState};
+use crate::http_listener::{self, HttpLimits};
 use crate::ingest::notice;
 use crate::ingest::IngestService;
 use crate::listener;
 use crate::queue::{Queue, QueueError, QueueLimits};
 use crate::shutdown::Shutdown;
+use crate::sinks::endpoint::EndpointPolicy;
 use crate::sinks::engine::{Engine, EngineSettings};
 use crate::sinks::{cloudwatch, SinkError, SinkFactory, SinkSettings};
 use crate::tls::{ServerTls, TlsError};
@@ -131,6 +133,7 @@ pub async fn run(
         newrelic_url: config.newrelic_url.clone(),
         cloudwatch_url,
         request_timeout: config.vendor_timeout,
+        endpoint_policy: EndpointPolicy::new(config.allowed_endpoint_nets()),
         ..SinkSettings::default()
     })?;
     let engine = Engine::new(
@@ -222,23 +225,29 @@ pub async fn run(
         replicas,
         sinks,
         admin_token: config.admin_token.clone(),
+        tls: tls.is_some(),
     });
-    let http_stop = async move { http_shutdown.wait().await };
+    let http_limits = HttpLimits {
+        max_connections: config.http_max_connections,
+        header_timeout: config.http_header_timeout,
+    };
     let http_task = match &tls {
-        None => tokio::spawn(
-            axum::serve(http_listener, router)
-                .with_graceful_shutdown(http_stop)
-                .into_future(),
-        ),
+        None => tokio::spawn(http_listener::serve(
+            http_listener,
+            router,
+            http_limits,
+            http_shutdown,
+        )),
         Some(tls) => {
             let listener = tls
                 .https_listener(http_listener)
                 .map_err(ServeError::Http)?;
-            tokio::spawn(
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(http_stop)
-                    .into_future(),
-            )
+            tokio::spawn(http_listener::serve(
+                listener,
+                router,
+                http_limits,
+                http_shutdown,
+            ))
         }
     };
 
@@ -265,8 +274,8 @@ pub async fn run(
             "final queue flush did not finish; data acked earlier is already durable"
         ),
     }
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), http_task).await {
-        tracing::error!(error = %e, "HTTP server ended with an error");
+    if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(1), http_task).await {
+        tracing::error!(error = %e, "HTTP server task failed");
     }
     if queue.storage_wedged() {
         // sled flushes when its last handle drops, and after a full disk

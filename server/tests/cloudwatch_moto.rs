@@ -24,7 +24,9 @@ use bytes::Bytes;
 use logdrain::v1::{Line, Origin, StreamKind};
 use logdrain_gateway::queue::{Cursor, QueuedLine};
 use logdrain_gateway::route::{DestinationKind, RouteKey, Secrets};
-use logdrain_gateway::sinks::{build_sink, cloudwatch, SendOutcome, Sink, SinkSettings};
+use logdrain_gateway::sinks::{
+    build_sink, cloudwatch, HttpClients, SendOutcome, Sink, SinkSettings,
+};
 use moto::MotoServer;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
@@ -94,8 +96,13 @@ fn sink(moto: &MotoServer, agent: &str) -> Arc<dyn Sink> {
         cloudwatch_url: Some(Url::parse(&moto.url()).unwrap()),
         ..SinkSettings::default()
     };
-    build_sink(&route, &secrets, &settings, &reqwest::Client::new())
-        .unwrap_or_else(|e| panic!("the CloudWatch sink must build: {e}"))
+    build_sink(
+        &route,
+        &secrets,
+        &settings,
+        &HttpClients::new(&SinkSettings::default()).unwrap(),
+    )
+    .unwrap_or_else(|e| panic!("the CloudWatch sink must build: {e}"))
 }
 
 /// A plain SDK client on moto, to read back and to change things behind the

@@ -124,6 +124,29 @@ impl Gateway {
         ))
     }
 
+    /// Starts a gateway on ephemeral ports whose open file limit is
+    /// `open_files` (`ulimit -n`), so a test can exhaust it.
+    pub fn start_with_open_files(
+        data_dir: &Path,
+        datadog_url: &str,
+        open_files: u32,
+        extra_env: Vec<(String, String)>,
+    ) -> Gateway {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {open_files} && exec \"$0\" serve"))
+            .arg(bin("logdrain-gateway"));
+        Self::spawn(
+            command,
+            data_dir,
+            datadog_url,
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            extra_env,
+        )
+    }
+
     /// A path inside the gateway's own mount namespace (see
     /// [`Gateway::start_on_tmpfs`]).
     pub fn in_namespace(&self, path: &Path) -> PathBuf {
@@ -152,6 +175,8 @@ impl Gateway {
             .env("LOGDRAIN_HTTP_LISTEN", http)
             .env("LOGDRAIN_DATADOG_URL", datadog_url)
             .env("LOGDRAIN_LOG", "info")
+            // The test intakes stand in for the vendors on loopback.
+            .env("LOGDRAIN_ALLOW_ENDPOINT_NETS", "127.0.0.0/8")
             .envs(extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(log_file)

@@ -1,9 +1,11 @@
 //! The pieces of an HTTP exchange that every vendor sink handles the same
 //! way: what a status usually means ([`status_class`]), `Retry-After`
 //! ([`retry_after`]), a short excerpt of an error answer
-//! ([`read_detail`], [`answered`]), a request that got no answer
+//! ([`read_detail`], [`excerpt`], [`answered`]), a request that got no answer
 //! ([`transport_error`]), keeping secrets out of all of it
-//! ([`redact`]), and the gzip request body ([`gzip`]).
+//! ([`redact`], always before an excerpt is cut), what may be shown of an
+//! endpoint a tenant chose ([`Origin`]), and the gzip request body
+//! ([`gzip`]).
 //!
 //! Each vendor's `service::classify` stays the one place that decides what
 //! its answers mean; it builds on these pieces. This module must not
@@ -160,8 +162,33 @@ fn gzip_with(deflate: &mut Compress, json: &[u8]) -> io::Result<Vec<u8>> {
     }
 }
 
+/// Who chose the endpoint of a request, which decides what of its answers
+/// and failures may be shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The vendor's own endpoint, or the operator's override: an excerpt of
+    /// an answer and the cause of a failure are shown.
+    Vendor,
+    /// An endpoint a tenant supplied in `secret` (a Sentry DSN's host). The
+    /// rule of [`crate::sinks::endpoint`] refused it, or it is a public
+    /// host: `quoted` (a host of the vendor's own) shows answers and
+    /// causes; otherwise only the status is shown, and a failure to connect
+    /// says just that, so the gateway tells a tenant nothing about hosts
+    /// and ports that are not the vendor's.
+    Tenant { secret: &'static str, quoted: bool },
+}
+
+impl Origin {
+    fn quoted(self) -> bool {
+        match self {
+            Origin::Vendor => true,
+            Origin::Tenant { quoted, .. } => quoted,
+        }
+    }
+}
+
 /// What a vendor answered: its status, headers and a short, redacted
-/// excerpt of its body.
+/// excerpt of its body (empty when `origin` is not quoted).
 #[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
@@ -169,62 +196,126 @@ pub struct Reply {
     pub detail: String,
 }
 
-/// Sends `request` and reads the answer. The body excerpt is read even on
-/// success, so the connection can be reused. A request that got no answer
-/// is a [`transport_error`] (retryable, never naming the URL), and `secret`
-/// is redacted from the excerpt. What the answer means is the vendor's
+/// Sends `request` and reads the answer. The body is read even on success,
+/// so the connection can be reused. A request that got no answer is a
+/// [`transport_error`] (retryable, never naming the URL), and `secret` is
+/// redacted from the excerpt. What the answer means is the vendor's
 /// `classify`.
 pub async fn send(
     vendor: &str,
     request: reqwest::RequestBuilder,
     secret: &str,
+    origin: Origin,
 ) -> Result<Reply, SinkError> {
     let response = request
         .send()
         .await
-        .map_err(|e| transport_error(vendor, e, secret))?;
+        .map_err(|e| transport_error(vendor, e, secret, origin))?;
     let status = response.status();
     let headers = response.headers().clone();
-    let detail = redact(&read_detail(response).await, &[secret]);
+    let detail = read_detail(response, &[secret]).await;
     Ok(Reply {
         status,
         headers,
-        detail,
+        detail: if origin.quoted() {
+            detail
+        } else {
+            String::new()
+        },
     })
 }
 
-/// Up to [`DETAIL_BYTES`] of the answer's body, on one line. Reading it also
-/// lets the connection be reused. Not redacted: pass it to [`redact`].
-pub async fn read_detail(mut response: reqwest::Response) -> String {
+/// Most bytes of an answer's body read for its excerpt: far more than
+/// [`DETAIL_BYTES`], so a secret the excerpt could reach is read whole and
+/// redacted before the excerpt is cut.
+pub const READ_BYTES: usize = 16 * 1024;
+
+/// An excerpt of the answer's body ([`excerpt`] of its first
+/// [`READ_BYTES`]). Reading it also lets the connection be reused.
+pub async fn read_detail(mut response: reqwest::Response, secrets: &[&str]) -> String {
     let mut kept = Vec::new();
-    while kept.len() < DETAIL_BYTES {
+    while kept.len() < READ_BYTES {
         match response.chunk().await {
             Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
             Ok(None) | Err(_) => break,
         }
     }
-    kept.truncate(DETAIL_BYTES);
-    let text = String::from_utf8_lossy(&kept);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    // Reading stopped at the limit: the body may go on.
+    let cut = kept.len() >= READ_BYTES;
+    kept.truncate(READ_BYTES);
+    excerpt(&kept, cut, secrets)
+}
+
+/// At most [`DETAIL_BYTES`] of `body`, on one line, with `secrets`
+/// redacted first and cut after, so no part of a secret is ever shown.
+/// `cut` says the body went on after `body`: a secret's beginning left at
+/// its end after redacting is dropped, since the rest was not read.
+pub fn excerpt(body: &[u8], cut: bool, secrets: &[&str]) -> String {
+    let mut text = redact(&String::from_utf8_lossy(body), secrets);
+    if cut {
+        let partial = secrets
+            .iter()
+            .filter_map(|s| {
+                (1..s.len())
+                    .rev()
+                    .find(|&n| text.as_bytes().ends_with(&s.as_bytes()[..n]))
+            })
+            .max()
+            .unwrap_or(0);
+        text.truncate(text.len() - partial);
+    }
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    cut_at(&line, DETAIL_BYTES).to_string()
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn cut_at(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// A request to `vendor` that got no answer: the network is worth
-/// retrying; a request that could not even be built is a configuration
-/// problem. The reason holds the error and its causes, never the URL (it
-/// may carry a credential), with `secret` redacted.
-pub fn transport_error(vendor: &str, error: reqwest::Error, secret: &str) -> SinkError {
+/// retrying; a request that could not even be built, or to a tenant
+/// endpoint the rule refuses, is a configuration problem. The reason holds
+/// the error and its causes (for a quoted [`Origin`]), never the URL (it may
+/// carry a credential), with `secret` redacted.
+pub fn transport_error(
+    vendor: &str,
+    error: reqwest::Error,
+    secret: &str,
+    origin: Origin,
+) -> SinkError {
+    if let (Origin::Tenant { secret: name, .. }, Some(refused)) =
+        (origin, crate::sinks::endpoint::refusal(&error))
+    {
+        return SinkError::Config {
+            reason: crate::sinks::SecretError::NotPublic {
+                secret: name,
+                kind: refused.0,
+            }
+            .to_string(),
+        };
+    }
     let building = error.is_builder();
     let timeout = error.is_timeout();
     let error = error.without_url();
-    let mut reason = format!("request to {vendor} failed: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        reason.push_str(": ");
-        reason.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    if timeout {
-        reason.push_str(" (timed out)");
+    let mut reason = format!("request to {vendor} failed");
+    if origin.quoted() {
+        reason.push_str(&format!(": {error}"));
+        let mut source = error.source();
+        while let Some(cause) = source {
+            reason.push_str(": ");
+            reason.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        if timeout {
+            reason.push_str(" (timed out)");
+        }
+    } else {
+        reason.push_str(": could not connect or got no answer");
     }
     let reason = redact(&reason, &[secret]);
     if building {
@@ -348,6 +439,50 @@ mod tests {
         assert_eq!(redact("nothing", &[]), "nothing");
     }
 
+    /// No character of a secret made of upper-case letters and digits is
+    /// left in `text` (`<redacted>` and the padding are lower case).
+    fn assert_no_part_of_a_secret(text: &str) {
+        assert!(
+            !text
+                .bytes()
+                .any(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+            "part of a secret in {text:?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_at_every_cut_position_of_the_excerpt_is_redacted_whole() {
+        let secret = "SK0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        for at in 0..=DETAIL_BYTES + secret.len() {
+            let body = format!("{}{secret}{}", ".".repeat(at), ".".repeat(40));
+            let shown = excerpt(body.as_bytes(), false, &[secret]);
+            assert_no_part_of_a_secret(&shown);
+            assert!(shown.len() <= DETAIL_BYTES);
+        }
+    }
+
+    #[test]
+    fn a_long_secret_cut_where_reading_stopped_is_not_shown_in_part() {
+        // Long secrets (an AWS session token) redacted one after another
+        // shrink the text, so the excerpt reaches where reading stopped.
+        let secret: String = (0..1200)
+            .map(|i| char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[i % 36]))
+            .collect();
+        let body = format!("{secret} ").repeat(READ_BYTES / secret.len() + 2);
+        for cut in 0..=secret.len() {
+            let read = &body.as_bytes()[..READ_BYTES - cut];
+            assert_no_part_of_a_secret(&excerpt(read, true, &[&secret]));
+        }
+    }
+
+    #[test]
+    fn an_excerpt_is_cut_at_a_character_boundary() {
+        let body = "é".repeat(DETAIL_BYTES);
+        let shown = excerpt(body.as_bytes(), false, &[]);
+        assert_eq!(shown.len(), DETAIL_BYTES);
+        assert!(shown.chars().all(|c| c == 'é'));
+    }
+
     #[tokio::test]
     async fn a_request_without_an_answer_is_retryable_and_carries_no_url_or_secret() {
         // Nothing listens on port 1 of the loopback address: the connection
@@ -358,7 +493,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        match transport_error("Datadog", error, "tok3n") {
+        match transport_error("Datadog", error, "tok3n", Origin::Vendor) {
             SinkError::Retryable {
                 reason,
                 retry_after,
@@ -382,7 +517,7 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(
-            transport_error("Sentry", error, ""),
+            transport_error("Sentry", error, "", Origin::Vendor),
             SinkError::Config { .. }
         ));
     }

@@ -23,6 +23,8 @@
 //!   a status, `Retry-After`, error-answer excerpts, transport errors
 //!   without URLs, and redaction of secrets.
 //! * [`level`] detects a line's level for vendors that show one.
+//! * [`endpoint`] keeps tenant-supplied endpoints (a Sentry DSN's host) to
+//!   public addresses, with the HTTP client that connects to them.
 //!
 //! A sink must never retry, sleep or touch the queue itself: it answers one
 //! send with one [`SinkError`] class, and the engine decides what to do.
@@ -31,6 +33,7 @@
 
 pub mod cloudwatch;
 pub mod datadog;
+pub mod endpoint;
 pub mod engine;
 pub mod http;
 pub mod level;
@@ -222,6 +225,8 @@ pub struct SinkSettings {
     pub connect_timeout: Duration,
     /// Longest time a line waits for its batch to fill.
     pub max_linger: Duration,
+    /// Where tenant-supplied endpoints may lead (`--allow-endpoint-net`).
+    pub endpoint_policy: endpoint::EndpointPolicy,
 }
 
 impl Default for SinkSettings {
@@ -233,6 +238,7 @@ impl Default for SinkSettings {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_linger: Duration::from_secs(1),
+            endpoint_policy: endpoint::EndpointPolicy::default(),
         }
     }
 }
@@ -280,7 +286,7 @@ pub fn locate(
         DestinationKind::CloudWatch => {
             cloudwatch::config::location(agent, secrets, settings.cloudwatch_url.as_ref())
         }
-        DestinationKind::Sentry => sentry::config::location(secrets),
+        DestinationKind::Sentry => sentry::config::location(secrets, &settings.endpoint_policy),
     }
 }
 
@@ -298,12 +304,45 @@ where
     }
 }
 
-/// Builds real vendor sinks; holds the one HTTP client (and its connection
-/// pool) that every HTTP sink shares. Credentials are per request.
+/// The HTTP clients the sinks share (each with its connection pool):
+/// `vendor` for the vendors' own endpoints and the operator's overrides,
+/// `tenant` for endpoints a tenant supplied, which connects only to
+/// addresses [`endpoint::EndpointPolicy`] allows.
+#[derive(Clone, Debug)]
+pub struct HttpClients {
+    pub vendor: reqwest::Client,
+    pub tenant: reqwest::Client,
+}
+
+impl HttpClients {
+    /// Both clients, with the timeouts of `settings`.
+    pub fn new(settings: &SinkSettings) -> Result<Self, SinkError> {
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(concat!("logdrain-gateway/", env!("CARGO_PKG_VERSION")))
+                .timeout(settings.request_timeout)
+                .connect_timeout(settings.connect_timeout)
+                // A redirected POST loses its body; a vendor never redirects
+                // its intake, so a redirect means the endpoint is wrong.
+                .redirect(reqwest::redirect::Policy::none())
+        };
+        let failed = |e: reqwest::Error| SinkError::Config {
+            reason: format!("cannot set up the HTTP client: {}", e.without_url()),
+        };
+        Ok(Self {
+            vendor: builder().build().map_err(failed)?,
+            tenant: endpoint::tenant_client(builder(), &settings.endpoint_policy)
+                .map_err(failed)?,
+        })
+    }
+}
+
+/// Builds real vendor sinks; holds the HTTP clients (and their connection
+/// pools) that every HTTP sink shares. Credentials are per request.
 #[derive(Clone)]
 pub struct SinkFactory {
     settings: SinkSettings,
-    http: reqwest::Client,
+    http: HttpClients,
 }
 
 impl fmt::Debug for SinkFactory {
@@ -315,7 +354,7 @@ impl fmt::Debug for SinkFactory {
 }
 
 impl SinkFactory {
-    /// Checks the settings and builds the shared HTTP client.
+    /// Checks the settings and builds the shared HTTP clients.
     pub fn new(settings: SinkSettings) -> Result<Self, SinkError> {
         if let Some(url) = &settings.datadog_url {
             check_base_url("--datadog-url", url)?;
@@ -323,17 +362,7 @@ impl SinkFactory {
         if let Some(url) = &settings.newrelic_url {
             check_base_url("--newrelic-url", url)?;
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("logdrain-gateway/", env!("CARGO_PKG_VERSION")))
-            .timeout(settings.request_timeout)
-            .connect_timeout(settings.connect_timeout)
-            // A redirected POST loses its body; a vendor never redirects its
-            // intake, so a redirect means the endpoint is wrong.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| SinkError::Config {
-                reason: format!("cannot set up the HTTP client: {}", e.without_url()),
-            })?;
+        let http = HttpClients::new(&settings)?;
         Ok(Self { settings, http })
     }
 
@@ -354,20 +383,29 @@ pub fn build_sink(
     route: &RouteKey,
     secrets: &Secrets,
     settings: &SinkSettings,
-    http: &reqwest::Client,
+    http: &HttpClients,
 ) -> Result<Arc<dyn Sink>, SecretError> {
     match route.kind {
         DestinationKind::Datadog => Ok(Arc::new(datadog::DatadogSink::new(
-            route, secrets, settings, http,
+            route,
+            secrets,
+            settings,
+            &http.vendor,
         )?)),
         DestinationKind::NewRelic => Ok(Arc::new(newrelic::NewRelicSink::new(
-            route, secrets, settings, http,
+            route,
+            secrets,
+            settings,
+            &http.vendor,
         )?)),
         DestinationKind::CloudWatch => Ok(Arc::new(cloudwatch::CloudWatchSink::new(
             route, secrets, settings,
         )?)),
         DestinationKind::Sentry => Ok(Arc::new(sentry::SentrySink::new(
-            route, secrets, settings, http,
+            route,
+            secrets,
+            settings,
+            &http.tenant,
         )?)),
     }
 }

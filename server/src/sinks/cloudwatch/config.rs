@@ -322,7 +322,7 @@ mod tests {
         let err = parse_region(Some("mars-1")).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"AWS_REGION "mars-1" is not an AWS region name; use a name like us-west-2 or eu-central-1"#
+            r#"AWS_REGION is not an AWS region name; use a name like us-west-2 or eu-central-1"#
         );
         for bad in [
             "us-west",

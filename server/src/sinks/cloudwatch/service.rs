@@ -165,7 +165,10 @@ pub fn classify(call: Call, target: &str, failure: &Failure, secrets: &[&str]) -
     let (code, status, message) = match failure {
         Failure::Transport { detail } => {
             return SinkError::Retryable {
-                reason: redact(&format!("{what} failed: {}", short(detail)), secrets),
+                reason: redact(
+                    &format!("{what} failed: {}", short(detail, secrets)),
+                    secrets,
+                ),
                 retry_after: None,
             };
         }
@@ -174,7 +177,7 @@ pub fn classify(call: Call, target: &str, failure: &Failure, secrets: &[&str]) -
                 reason: redact(
                     &format!(
                         "{what} could not be sent: {} (is the CloudWatch endpoint right?)",
-                        short(detail)
+                        short(detail, secrets)
                     ),
                     secrets,
                 ),
@@ -187,9 +190,9 @@ pub fn classify(call: Call, target: &str, failure: &Failure, secrets: &[&str]) -
         } => (code.as_deref(), *status, message.as_deref()),
     };
     let answered = match (code, message) {
-        (Some(code), Some(message)) => format!("{code}: {}", short(message)),
+        (Some(code), Some(message)) => format!("{code}: {}", short(message, secrets)),
         (Some(code), None) => code.to_string(),
-        (None, Some(message)) => format!("HTTP {status}: {}", short(message)),
+        (None, Some(message)) => format!("HTTP {status}: {}", short(message, secrets)),
         (None, None) => format!("HTTP {status}"),
     };
     let reason = redact(&format!("{what} answered {answered}"), secrets);
@@ -512,9 +515,13 @@ impl Service {
     }
 }
 
-/// At most [`DETAIL_CHARS`] characters, on one line.
-fn short(text: &str) -> String {
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+/// At most [`DETAIL_CHARS`] characters, on one line, with `secrets`
+/// redacted before it is cut (a cut secret would escape redaction).
+fn short(text: &str, secrets: &[&str]) -> String {
+    let line = redact(text, secrets)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     match line.char_indices().nth(DETAIL_CHARS) {
         Some((at, _)) => format!("{}…", &line[..at]),
         None => line,
@@ -538,6 +545,27 @@ mod tests {
 
     fn class_of(code: &str, status: u16) -> &'static str {
         classify(Call::PutLogEvents, "g / s", &answer(code, status), &[]).class()
+    }
+
+    #[test]
+    fn a_secret_at_every_cut_position_of_a_message_is_redacted_whole() {
+        let secret = "ASIA0123456789SESSIONTOKENEXAMPLEVALUE";
+        for at in 0..=DETAIL_CHARS + secret.len() {
+            let failure = Failure::Answer {
+                code: Some("AccessDeniedException".to_string()),
+                status: 400,
+                message: Some(format!("{}{secret} is not allowed", ".".repeat(at))),
+            };
+            let reason = classify(Call::PutLogEvents, "g / s", &failure, &[secret]).to_string();
+            let message = reason.split("AccessDeniedException: ").nth(1).unwrap();
+            let message = message.split(" (the key needs").next().unwrap();
+            assert!(
+                !message
+                    .bytes()
+                    .any(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+                "part of a secret at {at}: {reason}"
+            );
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub async fn post(
         .header(CONTENT_TYPE, "application/json")
         .header(CONTENT_ENCODING, "gzip")
         .body(body);
-    let reply = http::send(VENDOR, request, secret).await?;
+    let reply = http::send(VENDOR, request, secret, http::Origin::Vendor).await?;
     classify(
         reply.status,
         http::retry_after(&reply.headers),

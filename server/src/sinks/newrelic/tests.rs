@@ -20,7 +20,7 @@ use super::request_builder::{self, Encoded, MAX_JSON_BYTES, MAX_MESSAGE_BYTES, M
 use super::*;
 use crate::queue::Cursor;
 use crate::sinks::engine::batch::Pending;
-use crate::sinks::{build_sink, SinkFactory};
+use crate::sinks::{build_sink, HttpClients, SinkFactory};
 
 const US_KEY: &str = "0123456789abcdef0123456789abcdef0123NRAL";
 const EU_KEY: &str = "eu01xx6789abcdef0123456789abcdef0123NRAL";
@@ -146,7 +146,7 @@ fn a_new_relic_route_builds_a_new_relic_sink_with_its_limits() {
         &route(),
         &secrets(US_KEY),
         &SinkSettings::default(),
-        &reqwest::Client::new(),
+        &HttpClients::new(&SinkSettings::default()).unwrap(),
     )
     .unwrap();
     assert_eq!(built.kind(), DestinationKind::NewRelic);

@@ -16,6 +16,8 @@ use reqwest::header::HeaderValue;
 use url::Url;
 
 use crate::route::Secrets;
+use crate::sinks::endpoint::EndpointPolicy;
+use crate::sinks::http::Origin;
 use crate::sinks::SecretError;
 
 /// The secret that enables Sentry.
@@ -59,11 +61,35 @@ impl Endpoint {
     pub fn secret(&self) -> &str {
         &self.public_key
     }
+
+    /// The DSN's host is the tenant's choice: Sentry's answers and
+    /// connection failures are quoted only from Sentry's own hosts.
+    pub fn origin(&self) -> Origin {
+        Origin::Tenant {
+            secret: SECRET,
+            quoted: self.url.host_str().is_some_and(is_sentry_host),
+        }
+    }
 }
 
-/// Reads `SENTRY_DSN` (surrounding spaces ignored) and builds the endpoint.
-pub fn from_secrets(secrets: &Secrets) -> Result<Endpoint, SecretError> {
-    parse_dsn(rules::required(&SENTRY, SECRET, secrets.get(SECRET))?)
+/// `sentry.io` and its subdomains (`o1.ingest.us.sentry.io`).
+fn is_sentry_host(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    host == "sentry.io" || host.ends_with(".sentry.io")
+}
+
+/// Reads `SENTRY_DSN` (surrounding spaces ignored) and builds the endpoint,
+/// whose host must pass `policy` as written (a literal address, a
+/// well-known internal name); names are judged again when resolved.
+pub fn from_secrets(secrets: &Secrets, policy: &EndpointPolicy) -> Result<Endpoint, SecretError> {
+    let endpoint = parse_dsn(rules::required(&SENTRY, SECRET, secrets.get(SECRET))?)?;
+    policy
+        .check_url(&endpoint.url)
+        .map_err(|kind| SecretError::NotPublic {
+            secret: SECRET,
+            kind,
+        })?;
+    Ok(endpoint)
 }
 
 /// Parses a DSN ([`rules::sentry_dsn`]) and builds its envelope endpoint and
@@ -96,8 +122,11 @@ pub fn parse_dsn(dsn: &str) -> Result<Endpoint, SecretError> {
 
 /// Where an agent's lines land in Sentry: the project id and host of the
 /// DSN (neither is secret; the DSN's public key is, and is never shown).
-pub fn location(secrets: &Secrets) -> Result<crate::sinks::Location, SecretError> {
-    let endpoint = from_secrets(secrets)?;
+pub fn location(
+    secrets: &Secrets,
+    policy: &EndpointPolicy,
+) -> Result<crate::sinks::Location, SecretError> {
+    let endpoint = from_secrets(secrets, policy)?;
     let host = match (endpoint.url.host_str(), endpoint.url.port()) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_string(),

@@ -12,7 +12,7 @@
 //!
 //! | limit | value | where |
 //! |---|---|---|
-//! | endpoint | `{scheme}://{host}{path}/api/{project_id}/envelope/` from `SENTRY_DSN`; `http://` allowed | [`config::parse_dsn`] |
+//! | endpoint | `{scheme}://{host}{path}/api/{project_id}/envelope/` from `SENTRY_DSN`; `http://` allowed; public addresses only ([`crate::sinks::endpoint`]) | [`config::parse_dsn`] |
 //! | auth | `X-Sentry-Auth: Sentry sentry_version=7, sentry_client=logdrain/<version>, sentry_key=<public key>` | [`config`] |
 //! | body | one envelope, one `log` item, `Content-Type: application/x-sentry-envelope`, `Content-Encoding: gzip` | [`request_builder`] |
 //! | logs per envelope | 100 (Sentry's SDKs flush at 100) | [`request_builder::MAX_ITEMS`] |
@@ -55,14 +55,17 @@ pub struct SentrySink {
 }
 
 impl SentrySink {
-    /// Builds the sink of `route` from `SENTRY_DSN`.
+    /// Builds the sink of `route` from `SENTRY_DSN`. `http` must be the
+    /// client of tenant endpoints ([`crate::sinks::HttpClients::tenant`]),
+    /// whose resolver applies `settings.endpoint_policy` to every address
+    /// it connects to.
     pub fn new(
         route: &RouteKey,
         secrets: &Secrets,
         settings: &SinkSettings,
         http: &reqwest::Client,
     ) -> Result<Self, SecretError> {
-        let endpoint = config::from_secrets(secrets)?;
+        let endpoint = config::from_secrets(secrets, &settings.endpoint_policy)?;
         Ok(Self {
             agent_id: Arc::from(route.agent_id.as_str()),
             endpoint,

@@ -39,7 +39,7 @@ pub async fn post(
         .header(CONTENT_TYPE, ENVELOPE_CONTENT_TYPE)
         .header(CONTENT_ENCODING, "gzip")
         .body(body);
-    let reply = http::send(VENDOR, request, secret).await?;
+    let reply = http::send(VENDOR, request, secret, endpoint.origin()).await?;
     classify(&Answer {
         status: reply.status,
         retry_after: http::retry_after(&reply.headers),

@@ -23,7 +23,9 @@ use super::request_builder::{self, MAX_ITEMS, MAX_LOG_ITEM_BYTES};
 use super::service::{classify, rate_limit, Answer, DEFAULT_RATE_LIMIT_WAIT};
 use super::*;
 use crate::queue::Cursor;
+use crate::sinks::endpoint::{parse_net, EndpointPolicy};
 use crate::sinks::engine::batch::Pending;
+use crate::sinks::HttpClients;
 
 const KEY: &str = "0123456789abcdef0123456789abcdef";
 const OTHER_KEY: &str = "fedcba9876543210fedcba9876543210";
@@ -68,14 +70,18 @@ fn secrets(dsn: &str) -> Secrets {
     Secrets([("SENTRY_DSN".to_string(), dsn.to_string())].into())
 }
 
+/// Settings whose endpoint rule lets the tests' loopback intakes through.
+fn loopback_allowed() -> SinkSettings {
+    SinkSettings {
+        endpoint_policy: EndpointPolicy::new(vec![parse_net("127.0.0.0/8").unwrap()]),
+        ..SinkSettings::default()
+    }
+}
+
 fn sink(dsn: &str) -> SentrySink {
-    SentrySink::new(
-        &route(),
-        &secrets(dsn),
-        &SinkSettings::default(),
-        &reqwest::Client::new(),
-    )
-    .unwrap()
+    let settings = loopback_allowed();
+    let http = HttpClients::new(&settings).unwrap();
+    SentrySink::new(&route(), &secrets(dsn), &settings, &http.tenant).unwrap()
 }
 
 fn gunzip(body: &[u8]) -> Vec<u8> {
@@ -151,9 +157,10 @@ fn the_auth_header_names_version_client_and_key_and_is_sensitive() {
 
 #[test]
 fn spaces_a_trailing_slash_a_query_and_a_fragment_are_ignored() {
-    let ep = config::from_secrets(&secrets(&format!(
-        "  https://{KEY}@o1.ingest.sentry.io/42/?x=1#f\n"
-    )))
+    let ep = config::from_secrets(
+        &secrets(&format!("  https://{KEY}@o1.ingest.sentry.io/42/?x=1#f\n")),
+        &EndpointPolicy::default(),
+    )
     .unwrap();
     assert_eq!(
         ep.url.as_str(),
@@ -208,12 +215,12 @@ fn each_dsn_problem_is_named() {
 
 #[test]
 fn a_missing_dsn_is_named() {
-    let err = config::from_secrets(&Secrets::default()).unwrap_err();
+    let err = config::from_secrets(&Secrets::default(), &EndpointPolicy::default()).unwrap_err();
     assert_eq!(
         err.to_string(),
         "SENTRY_DSN is required to deliver to sentry but is missing or empty"
     );
-    assert!(config::from_secrets(&secrets("   ")).is_err());
+    assert!(config::from_secrets(&secrets("   "), &EndpointPolicy::default()).is_err());
 }
 
 #[test]
@@ -824,33 +831,114 @@ async fn the_request_has_the_auth_header_the_prefixed_path_and_a_gzipped_envelop
 }
 
 #[tokio::test]
-async fn a_key_echoed_in_an_error_answer_is_redacted() {
-    let echo = format!(r#"{{"detail":"bad key {KEY}"}}"#);
-    let (addr, _) = recorder(StatusCode::UNAUTHORIZED, &echo).await;
+async fn a_self_hosted_endpoints_answer_shows_its_status_never_its_body() {
+    let body = format!(r#"{{"detail":"internal admin page, key {KEY}"}}"#);
+    let (addr, _) = recorder(StatusCode::UNAUTHORIZED, &body).await;
     let s = sink(&format!("http://{KEY}@{addr}/1"));
     match s.send(&[queued(0, b"x")]).await {
-        Err(error @ SinkError::Unauthorized { .. }) => {
-            let text = error.to_string();
-            assert!(text.contains("<redacted>"), "{text}");
-            assert!(!text.contains(KEY), "{text}");
-        }
+        Err(error @ SinkError::Unauthorized { .. }) => assert_eq!(
+            error.to_string(),
+            "the vendor refused the credentials: Sentry answered 401 Unauthorized"
+        ),
         other => panic!("{other:?}"),
     }
 }
 
+#[test]
+fn only_sentrys_own_hosts_have_their_answers_quoted() {
+    let quoted = |dsn: &str| match parse_dsn(dsn).unwrap().origin() {
+        crate::sinks::http::Origin::Tenant { secret, quoted } => {
+            assert_eq!(secret, "SENTRY_DSN");
+            quoted
+        }
+        other => panic!("{other:?}"),
+    };
+    assert!(quoted(&format!("https://{KEY}@o1.ingest.us.sentry.io/1")));
+    assert!(quoted(&format!("https://{KEY}@sentry.io/1")));
+    assert!(!quoted(&format!("https://{KEY}@sentry.io.example.com/1")));
+    assert!(!quoted(&format!("https://{KEY}@notsentry.io/1")));
+    assert!(!quoted(&format!("http://{KEY}@127.0.0.1:9000/1")));
+}
+
 #[tokio::test]
-async fn an_unreachable_sentry_is_retryable_and_the_reason_has_no_key() {
+async fn an_unreachable_self_hosted_sentry_is_retryable_and_says_only_could_not_connect() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let s = sink(&format!("http://{KEY}@{addr}/1"));
     match s.send(&[queued(0, b"x")]).await {
-        Err(SinkError::Retryable { reason, .. }) => {
-            assert!(!reason.contains(KEY), "{reason}");
-            assert!(reason.starts_with("request to Sentry failed"), "{reason}");
-        }
+        Err(SinkError::Retryable { reason, .. }) => assert_eq!(
+            reason,
+            "request to Sentry failed: could not connect or got no answer"
+        ),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_dsn_whose_host_is_an_internal_address_parks_the_route_naming_sentry_dsn_and_the_rule() {
+    let settings = SinkSettings::default();
+    let http = HttpClients::new(&settings).unwrap();
+    for host in [
+        "127.0.0.1:9000",
+        "[::1]",
+        "[::ffff:127.0.0.1]",
+        "169.254.169.254",
+        "10.0.0.8",
+        "localhost:8080",
+        "metadata.google.internal",
+        "0.0.0.0",
+    ] {
+        let dsn = format!("http://{KEY}@{host}/internal/admin/1");
+        let err = SentrySink::new(&route(), &secrets(&dsn), &settings, &http.tenant).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("SENTRY_DSN cannot be used: its host is a"),
+            "{text}"
+        );
+        assert!(text.contains("must be a public address"), "{text}");
+        assert!(text.contains("--allow-endpoint-net"), "{text}");
+        assert!(!text.contains(KEY), "{text}");
+    }
+    // A hexadecimal IPv4 host is not a host name the rule would judge
+    // differently from the URL parser: the DSN rule refuses it.
+    let dsn = format!("http://{KEY}@0x7f000001/1");
+    assert!(SentrySink::new(&route(), &secrets(&dsn), &settings, &http.tenant).is_err());
+}
+
+/// Answers every lookup with one address.
+struct ResolvesTo(std::net::IpAddr);
+
+impl crate::sinks::endpoint::Lookup for ResolvesTo {
+    fn lookup(&self, _name: String) -> reqwest::dns::Resolving {
+        let addrs = vec![SocketAddr::new(self.0, 0)];
+        Box::pin(async move { Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs) })
+    }
+}
+
+#[tokio::test]
+async fn a_dsn_name_that_resolves_to_loopback_parks_the_route_and_the_listener_gets_nothing() {
+    let (addr, received) = recorder(StatusCode::OK, "internal answer").await;
+    let settings = SinkSettings::default();
+    let client = crate::sinks::endpoint::with_lookup(
+        reqwest::Client::builder(),
+        &settings.endpoint_policy,
+        ResolvesTo(addr.ip()),
+    )
+    .unwrap();
+    let dsn = format!("http://{KEY}@sentry.internal.example:{}/1", addr.port());
+    let s = SentrySink::new(&route(), &secrets(&dsn), &settings, &client).unwrap();
+    match s.send(&[queued(0, b"x")]).await {
+        Err(SinkError::Config { reason }) => assert_eq!(
+            reason,
+            format!(
+                "SENTRY_DSN cannot be used: its host is a loopback address; {}",
+                logdrain::endpoint::RULE
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(received.lock().unwrap().is_empty());
 }
 
 // ---- the hand-written layout against serde_json ----
