@@ -644,6 +644,7 @@ impl Inner {
                         return Err(RecordError::Lines {
                             path: self.files.path(at.file),
                             reason: reason.to_string(),
+                            transient: matches!(reason, files::ReadError::Io(_)),
                         })
                     }
                 },
@@ -658,6 +659,12 @@ impl Inner {
             })),
             // Freed (and its file deleted) while it was being read.
             Err(RecordError::Lines { .. }) if !lock(&agent.index).contains(id) => Ok(None),
+            // Not evidence of damage (EMFILE, EIO, ...): the reader retries.
+            Err(RecordError::Lines {
+                path,
+                reason,
+                transient: true,
+            }) => Err(QueueError::Read { path, reason }),
             Err(reason) => {
                 self.quarantine_segment(agent, id, &key, &value, reason)?;
                 Ok(None)

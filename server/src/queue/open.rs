@@ -64,12 +64,17 @@ pub(super) fn open_or_set_aside(
 ) -> Result<(Queue, OpenReport, Option<SetAside>), QueueError> {
     let reason = match catch_unwind(AssertUnwindSafe(|| open(dir, seal.clone(), limits))) {
         Ok(Ok((queue, report))) => return Ok((queue, report, None)),
-        Ok(Err(error)) if !unreadable(&error) => return Err(error),
+        Ok(Err(error)) if !damaged(&error) => return Err(error),
         Ok(Err(error)) => error,
-        Err(panic) => QueueError::Unreadable {
-            dir: dir.to_path_buf(),
-            reason: panic_message(panic.as_ref()),
-        },
+        // Not evidence of damage: refuse, change nothing.
+        Err(panic) => {
+            return Err(QueueError::Unavailable {
+                dir: dir.to_path_buf(),
+                what: "sled panicked while opening the database".to_string(),
+                cause: panic_message(panic.as_ref()),
+                fix: "keep the directory as it is and report the panic".to_string(),
+            })
+        }
     };
     let moved_to = aside_path(dir);
     std::fs::rename(dir, &moved_to).map_err(|source| QueueError::SetAside {
@@ -82,23 +87,35 @@ pub(super) fn open_or_set_aside(
     Ok((queue, report, Some(SetAside { moved_to, reason })))
 }
 
-/// Whether an open failure means the files themselves cannot be read (so
-/// setting them aside is the way to keep serving).
-fn unreadable(error: &QueueError) -> bool {
-    let sled_error = match error {
-        QueueError::Open { source, .. } | QueueError::Sled(source) => source,
-        QueueError::Unreadable { .. } => return true,
-        _ => return false,
-    };
-    match sled_error {
-        sled::Error::Io(e) => {
-            e.kind() != std::io::ErrorKind::PermissionDenied
-                && !e.to_string().contains("could not acquire lock")
-                && !super::error::is_enospc(sled_error)
+/// Whether an open failure is positive evidence that the database is
+/// damaged: sled itself reports it corrupt. Anything else (errno, lock,
+/// permissions, an error not classified) refuses the start instead.
+fn damaged(error: &QueueError) -> bool {
+    matches!(
+        error,
+        QueueError::Sled(sled::Error::Corruption { .. })
+            | QueueError::Flush(sled::Error::Corruption { .. })
+    )
+}
+
+/// The refusal for a sled error met while opening.
+fn unavailable(dir: &Path, what: &str, error: sled::Error) -> QueueError {
+    let (cause, fix) = match &error {
+        sled::Error::Io(io) => {
+            let (cause, fix) = super::error::io_cause(io);
+            (cause, fix.to_string())
         }
-        sled::Error::Corruption { .. } | sled::Error::ReportableBug(_) => true,
-        sled::Error::Unsupported(_) => true,
-        sled::Error::CollectionNotFound(_) => false,
+        sled::Error::Corruption { .. } => return QueueError::Sled(error),
+        other => (
+            other.to_string(),
+            "fix the cause and start again".to_string(),
+        ),
+    };
+    QueueError::Unavailable {
+        dir: dir.to_path_buf(),
+        what: what.to_string(),
+        cause,
+        fix,
     }
 }
 
@@ -165,10 +182,8 @@ pub(super) fn open(
     seal: SealKey,
     limits: QueueLimits,
 ) -> Result<(Queue, OpenReport), QueueError> {
-    let db = open_sled(dir, limits.cache_bytes).map_err(|source| QueueError::Open {
-        dir: dir.to_path_buf(),
-        source,
-    })?;
+    let db = open_sled(dir, limits.cache_bytes)
+        .map_err(|e| unavailable(dir, "opening the sled database", e))?;
     let quarantine = db.open_tree(QUARANTINE_TREE)?;
     check_format(&db, dir)?;
     let (files, existing) = SegmentFiles::open(dir).map_err(|source| QueueError::Files {
@@ -238,16 +253,13 @@ pub(super) fn open(
     // Files go only once the removals above are durable.
     db.flush()?;
     files.delete(files.take_doomed());
-    let deleted = files
-        .delete_unreferenced(&existing)
-        .map_err(|source| QueueError::Files {
-            path: dir.join("lines"),
-            source,
-        })?;
-    if deleted > 0 {
-        tracing::info!(
-            files = deleted,
-            "deleted segment files no queued segment points into"
+    // A file no segment points into is kept: only a commit that freed its
+    // last segment may delete it, never the database not knowing it.
+    let unknown = files.unreferenced(&existing);
+    if unknown > 0 {
+        tracing::error!(
+            files = unknown,
+            "segment files no queued segment points into were kept"
         );
     }
 
@@ -436,6 +448,7 @@ impl<'a> Scan<'a> {
         Err(RecordError::Lines {
             path: self.files.path(at.file),
             reason,
+            transient: false,
         })
     }
 
