@@ -22,6 +22,8 @@ pub enum QueueError {
         what: String,
         cause: String,
         fix: String,
+        /// An I/O error (errno): the environment, not the files, is at fault.
+        io: bool,
     },
 
     /// An unreadable queue directory could not be moved aside.
@@ -38,13 +40,13 @@ pub enum QueueError {
 
     /// The database was written by a different version of the queue format.
     #[error(
-        "the queue database in {dir:?} has format version {found}, this build reads version \
-         {expected}; run the matching gateway version or move the directory aside"
+        "the queue in {dir:?} has format {found}, this build reads format version \
+         {expected}; run the gateway version that wrote it; nothing in the queue was changed"
     )]
     Format {
         dir: PathBuf,
         found: String,
-        expected: u8,
+        expected: u32,
     },
 
     /// A read or write of the underlying database failed.

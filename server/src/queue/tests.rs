@@ -313,7 +313,7 @@ async fn acked_lines_survive_reopen() {
     assert_eq!(report.lines, 2010);
     // 2000 lines are more than one segment holds (1,024): 2 + 1.
     assert_eq!(report.segments, 3);
-    assert_eq!(report.quarantined, 0);
+    assert_eq!(report.rebuilt, 0, "sled agreed with the files");
     assert_eq!(report.routes, 1);
     assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 2010));
     assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 2010);
@@ -508,12 +508,15 @@ async fn secrets_never_in_debug_output() {
         db.flush().unwrap();
     }
     let (queue, report) = reopen(&dir);
-    assert_eq!(report.quarantined, 1);
+    assert_eq!(
+        report.rebuilt, 1,
+        "the route record came back from the files"
+    );
     assert!(!format!("{queue:?} {report:?}").contains(secret));
 }
 
 #[tokio::test]
-async fn corrupt_segment_is_quarantined_and_open_succeeds() {
+async fn garbled_index_entries_are_rebuilt_from_the_segment_files_and_nothing_is_lost() {
     let dir = TempDir::new().unwrap();
     let r = route("agent", "c1");
     let bad_segment;
@@ -533,87 +536,96 @@ async fn corrupt_segment_is_quarantined_and_open_succeeds() {
         )
         .unwrap();
         db.insert(b"zz unknown key", &b"?"[..]).unwrap();
-        db.insert(keys::hwm("agent", "srv", "old-boot"), &b"short"[..])
+        db.insert(keys::hwm("agent", "srv", "boot-1"), &b"short"[..])
             .unwrap();
         db.flush().unwrap();
     }
     let (queue, report) = reopen(&dir);
-    assert_eq!(report.quarantined, 3);
-    assert_eq!(report.segments, 2);
-    assert_eq!(report.lines, 6);
-    let mut expected = names("a", 1, 3);
-    expected.extend(names("c", 7, 9));
-    assert_eq!(data(&read_all(&queue, &r)), expected);
-    assert_eq!(queue.inner.quarantine.len(), 3);
+    assert_eq!((report.segments, report.lines), (3, 9));
+    assert_eq!(report.rebuilt, 2, "the segment entry and the mark");
+    assert_eq!(
+        data(&read_all(&queue, &r)),
+        [names("a", 1, 3), names("b", 4, 6), names("c", 7, 9)].concat()
+    );
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 9);
     drop(queue);
-    // Quarantined entries are not met again.
     let (_, report) = reopen(&dir);
-    assert_eq!(report.quarantined, 0);
+    assert_eq!(report.rebuilt, 0, "rebuilt once");
 }
 
 #[tokio::test]
-async fn read_quarantines_a_corrupt_segment_and_continues() {
-    let dir = TempDir::new().unwrap();
-    let queue = open(&dir);
-    let r = route("agent", "c1");
-    queue.put_route(&r, &secrets("t")).unwrap();
-    append(&queue, "agent", "srv", 1, lines("a", 1, 2), one(&r)).await;
-    append(&queue, "agent", "srv", 3, lines("b", 3, 4), one(&r)).await;
-    let first = queue.read(&r, None, 1, usize::MAX).unwrap()[0]
-        .cursor
-        .segment;
-    // The segment rots while the queue runs.
-    let mut value = queue
-        .inner
-        .db
-        .get(keys::segment("agent", first))
-        .unwrap()
-        .unwrap()
-        .to_vec();
-    value[20] ^= 0xff;
-    queue
-        .inner
-        .db
-        .insert(keys::segment("agent", first), value)
-        .unwrap();
-
-    assert_eq!(data(&read_all(&queue, &r)), names("b", 3, 4));
-    assert_eq!(queue.depth("agent").0, 2);
-    assert_eq!(queue.inner.quarantine.len(), 1);
-}
-
-#[tokio::test]
-async fn remove_route_frees_segments_only_it_held() {
+async fn a_flipped_byte_in_a_segment_file_loses_only_its_line_counted_and_reported_once() {
     let dir = TempDir::new().unwrap();
     let queue = open(&dir);
     let (x, y) = (route("agent", "x"), route("agent", "y"));
     queue.put_route(&x, &secrets("tx")).unwrap();
     queue.put_route(&y, &secrets("ty")).unwrap();
-    append(&queue, "agent", "s1", 1, lines("x", 1, 3), one(&x)).await;
     append(
         &queue,
         "agent",
-        "s2",
+        "srv",
         1,
-        lines("xy", 1, 3),
+        lines("l", 1, 1000),
         &[x.clone(), y.clone()],
     )
     .await;
+    // One byte in the middle of the lines rots while the queue runs.
+    let file = only_segment_file(&dir);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
 
-    queue.remove_route(&x).unwrap();
-    assert_eq!(queue.depth("agent").0, 3);
-    assert_eq!(data(&read_all(&queue, &y)), names("xy", 1, 3));
-    assert!(matches!(
-        queue.read(&x, None, 10, 10),
-        Err(QueueError::UnknownRoute { .. })
-    ));
-    queue.remove_route(&x).unwrap();
+    for r in [&x, &y] {
+        let read = data(&read_all(&queue, r));
+        assert_eq!(read.len(), 999, "only the touched line is lost");
+        let all = names("l", 1, 1000);
+        assert!(read.iter().all(|l| all.contains(l)));
+        assert_eq!(queue.route_damaged(r), 1);
+    }
+    let mut drops = queue.take_damage_drops();
+    drops.sort_by(|a, b| a.route.cred_id.cmp(&b.route.cred_id));
+    let lost: Vec<(&str, u64)> = drops
+        .iter()
+        .map(|d| (d.route.cred_id.as_str(), d.lines))
+        .collect();
+    assert_eq!(
+        lost,
+        vec![("x", 1), ("y", 1)],
+        "once per route, not per read"
+    );
+    assert!(queue.take_damage_drops().is_empty());
+}
 
-    drop(queue);
-    let (queue, report) = reopen(&dir);
-    assert_eq!(report.routes, 1);
-    assert_eq!(report.lines, 3);
-    assert_eq!(queue.routes().unwrap().len(), 1);
+#[tokio::test]
+async fn a_segment_file_of_another_format_refuses_the_start_and_changes_nothing() {
+    let dir = TempDir::new().unwrap();
+    {
+        let queue = open(&dir);
+        let r = route("agent", "c1");
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 3), one(&r)).await;
+    }
+    let file = only_segment_file(&dir);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[11] = 7; // the format version
+    std::fs::write(&file, bytes).unwrap();
+    let before = snapshot(dir.path());
+    let error = loop {
+        match Queue::open(dir.path(), seal_key()) {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => break e,
+            Ok(_) => panic!("another format must refuse the start"),
+        }
+    };
+    let shown = error.to_string();
+    assert!(
+        shown.contains("version 7") && shown.contains("format version 1"),
+        "{shown}"
+    );
+    assert_eq!(snapshot(dir.path()), before);
 }
 
 #[tokio::test]
@@ -811,35 +823,6 @@ async fn route_secrets_are_encrypted_in_the_database_files() {
 }
 
 #[tokio::test]
-async fn plain_route_records_of_older_versions_are_read_and_resealed() {
-    let dir = TempDir::new().unwrap();
-    let r = route("agent", "c1");
-    {
-        let queue = open(&dir);
-        queue.put_route(&r, &secrets("old-token")).unwrap();
-        append(&queue, "agent", "srv", 1, lines("l", 1, 3), one(&r)).await;
-        queue.flush().await.unwrap();
-    }
-    {
-        let db = when_unlocked(|| super::open::open_sled(dir.path(), super::DEFAULT_CACHE_BYTES));
-        let plain = records::plain_secrets_for_tests(&secrets("old-token"));
-        db.insert(keys::route(&r), plain).unwrap();
-        db.flush().unwrap();
-    }
-    let (queue, report) = reopen(&dir);
-    assert_eq!((report.resealed, report.quarantined), (1, 0));
-    assert_eq!(
-        queue.routes().unwrap(),
-        vec![(r.clone(), secrets("old-token"))]
-    );
-    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 3));
-    queue.flush().await.unwrap();
-    drop(queue);
-    let (_, report) = reopen(&dir);
-    assert_eq!(report.resealed, 0, "stored sealed after the first open");
-}
-
-#[tokio::test]
 async fn routes_sealed_under_another_key_keep_their_lines_until_the_key_returns() {
     let dir = TempDir::new().unwrap();
     let r = route("agent", "c1");
@@ -852,7 +835,7 @@ async fn routes_sealed_under_another_key_keep_their_lines_until_the_key_returns(
     {
         let (queue, report) = reopen_with(&dir, SealKey::derive(b"another-signing-key"));
         assert_eq!(report.sealed_under_other_key, 1);
-        assert_eq!((report.quarantined, report.lines), (0, 4));
+        assert_eq!((report.rebuilt, report.lines), (0, 4));
         assert!(queue.routes().unwrap().is_empty(), "not delivered");
         queue.flush().await.unwrap();
     }
@@ -1113,25 +1096,6 @@ async fn a_database_sled_cannot_open_refuses_the_start_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn a_queue_created_with_sleds_default_segment_size_still_opens() {
-    let dir = TempDir::new().unwrap();
-    {
-        // What earlier versions created: sled's default segment size.
-        let db = sled::open(dir.path()).unwrap();
-        db.flush().unwrap();
-    }
-    let queue =
-        when_unlocked(|| Queue::open_with(dir.path(), seal_key(), QueueLimits::default())).0;
-    let r = route("agent", "c1");
-    queue.put_route(&r, &secrets("t")).unwrap();
-    append(&queue, "agent", "srv", 1, lines("l", 1, 300), one(&r)).await;
-    drop(queue);
-    let (queue, report) = reopen(&dir);
-    assert_eq!(report.lines, 300);
-    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 300));
-}
-
-#[tokio::test]
 async fn sled_holds_segment_headers_and_the_lines_live_in_segment_files() {
     let dir = TempDir::new().unwrap();
     let queue = open(&dir);
@@ -1155,7 +1119,7 @@ async fn sled_holds_segment_headers_and_the_lines_live_in_segment_files() {
 }
 
 #[tokio::test]
-async fn lines_cut_from_a_segment_file_by_a_crash_are_quarantined_and_accepted_again() {
+async fn lines_cut_from_a_segment_file_by_a_crash_are_accepted_again() {
     let dir = TempDir::new().unwrap();
     let r = route("agent", "c1");
     {
@@ -1176,7 +1140,7 @@ async fn lines_cut_from_a_segment_file_by_a_crash_are_quarantined_and_accepted_a
         .unwrap();
 
     let (queue, report) = reopen(&dir);
-    assert_eq!(report.quarantined, 1);
+    assert_eq!(report.rebuilt, 1, "its index entry went");
     assert_eq!(report.lines, 3);
     assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 3);
     // The shim never got an ack for 4..=6 and sends them again.
@@ -1189,57 +1153,32 @@ async fn lines_cut_from_a_segment_file_by_a_crash_are_quarantined_and_accepted_a
 }
 
 #[tokio::test]
-async fn a_segment_whose_file_rots_while_running_is_quarantined_on_read() {
+async fn a_damaged_record_header_loses_its_segment_counted_and_the_next_is_delivered() {
     let dir = TempDir::new().unwrap();
     let queue = open(&dir);
     let r = route("agent", "c1");
     queue.put_route(&r, &secrets("t")).unwrap();
     append(&queue, "agent", "srv", 1, lines("a", 1, 2), one(&r)).await;
+    append(&queue, "agent", "srv", 3, lines("b", 3, 4), one(&r)).await;
+    let first = queue.read(&r, None, 1, usize::MAX).unwrap()[0]
+        .cursor
+        .segment;
+    let at = lock(&queue.inner.agents.read().unwrap()["agent"].index)
+        .segment(first)
+        .unwrap()
+        .at;
     let file = only_segment_file(&dir);
     let mut bytes = std::fs::read(&file).unwrap();
-    bytes[3] ^= 0xff;
+    bytes[at.offset as usize + 20] ^= 0xff; // inside its record header
     std::fs::write(&file, bytes).unwrap();
 
-    assert!(read_all(&queue, &r).is_empty());
-    assert_eq!(queue.depth("agent").0, 0);
-    assert_eq!(queue.inner.quarantine.len(), 1);
-}
-
-#[tokio::test]
-async fn segments_stored_inline_by_earlier_versions_are_read_and_freed() {
-    let dir = TempDir::new().unwrap();
-    let r = route("agent", "c1");
-    {
-        let queue = open(&dir);
-        queue.put_route(&r, &secrets("t")).unwrap();
-        let header = segment::Header {
-            agent_server_id: "srv".into(),
-            boot_id: "boot-1".into(),
-            first_seq: 1,
-            routes: vec![segment::StoredTag::of(&r)],
-            ..Default::default()
-        };
-        let value = segment::encode(header, lines("old", 1, 3)).inline_value();
-        queue
-            .inner
-            .db
-            .insert(keys::segment("agent", 1), value)
-            .unwrap();
-        queue.flush().await.unwrap();
-    }
+    assert_eq!(data(&read_all(&queue, &r)), names("b", 3, 4));
+    assert_eq!(queue.route_damaged(&r), 2);
+    drop(queue);
+    // At the next open the scan skips to the next record; sled still lists
+    // the damaged segment, so reading it counts its lines again there.
     let (queue, report) = reopen(&dir);
-    assert_eq!(
-        (report.segments, report.lines, report.quarantined),
-        (1, 3, 0)
-    );
-    append(&queue, "agent", "srv", 4, lines("new", 4, 5), one(&r)).await;
-    let read = read_all(&queue, &r);
-    assert_eq!(
-        data(&read),
-        [names("old", 1, 3), names("new", 4, 5)].concat()
-    );
-    queue.commit(&r, read[4].cursor).unwrap();
-    queue.flush().await.unwrap();
-    assert_eq!(queue.depth("agent"), (0, 0));
-    assert_eq!(segment_files(&dir), 0);
+    assert_eq!(report.damaged_regions, 1);
+    assert_eq!(data(&read_all(&queue, &r)), names("b", 3, 4));
+    assert_eq!(queue.route_damaged(&r), 2);
 }
