@@ -1182,3 +1182,115 @@ async fn a_damaged_record_header_loses_its_segment_counted_and_the_next_is_deliv
     assert_eq!(data(&read_all(&queue, &r)), names("b", 3, 4));
     assert_eq!(queue.route_damaged(&r), 2);
 }
+
+/// How the store-damage tests damage sled's data file.
+#[derive(Clone, Copy, Debug)]
+enum StoreDamage {
+    TruncatedToHalf,
+    TruncatedToZero,
+    OverwrittenInTheMiddle,
+    Deleted,
+}
+
+fn damage_store(dir: &std::path::Path, damage: StoreDamage) {
+    use std::os::unix::fs::FileExt;
+    let db = dir.join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    let file = || std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    match damage {
+        StoreDamage::TruncatedToHalf => file().set_len(len / 2).unwrap(),
+        StoreDamage::TruncatedToZero => file().set_len(0).unwrap(),
+        StoreDamage::OverwrittenInTheMiddle => {
+            file().write_all_at(&vec![0xA5; 4096], len / 2).unwrap()
+        }
+        StoreDamage::Deleted => std::fs::remove_file(&db).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_or_lost_sled_database_is_rebuilt_from_the_segment_files_and_loses_no_line() {
+    for damage in [
+        StoreDamage::TruncatedToHalf,
+        StoreDamage::TruncatedToZero,
+        StoreDamage::OverwrittenInTheMiddle,
+        StoreDamage::Deleted,
+    ] {
+        let dir = TempDir::new().unwrap();
+        let (x, y) = (route("agent", "x"), route("agent", "y"));
+        {
+            let queue = open(&dir);
+            queue.put_route(&x, &secrets("tx")).unwrap();
+            queue.put_route(&y, &secrets("ty")).unwrap();
+            for first in (1..=3000).step_by(500) {
+                let batch = lines("l", first, first + 499);
+                append(
+                    &queue,
+                    "agent",
+                    "srv",
+                    first,
+                    batch,
+                    &[x.clone(), y.clone()],
+                )
+                .await;
+            }
+            // x delivered its first 1,000 lines; y nothing.
+            let read = queue.read(&x, None, 1000, usize::MAX).unwrap();
+            queue.commit(&x, read[999].cursor).unwrap();
+            queue.flush().await.unwrap();
+        }
+        damage_store(dir.path(), damage);
+
+        let (queue, report) = reopen(&dir);
+        let mut routes = queue.routes().unwrap();
+        routes.sort_by(|a, b| a.0.cred_id.cmp(&b.0.cred_id));
+        assert_eq!(
+            routes,
+            vec![(x.clone(), secrets("tx")), (y.clone(), secrets("ty"))],
+            "{damage:?}: credentials come back from the files"
+        );
+        assert_eq!(
+            data(&read_all(&queue, &y)),
+            names("l", 1, 3000),
+            "{damage:?}"
+        );
+        let for_x = data(&read_all(&queue, &x));
+        assert!(
+            for_x.ends_with(&names("l", 1001, 3000)),
+            "{damage:?}: x lost nothing undelivered"
+        );
+        assert_eq!(
+            for_x.len() as u64 - 2000,
+            report.rebuilt_lines.min(for_x.len() as u64 - 2000),
+            "{damage:?}: lines x gets again are counted as rebuilt"
+        );
+        assert!(
+            queue.acked_seq("agent", "srv", "boot-1").unwrap() >= 3000,
+            "{damage:?}: resends stay duplicates"
+        );
+        assert_eq!(segment_files(&dir), 1, "{damage:?}: no file deleted");
+    }
+}
+
+#[tokio::test]
+async fn recover_rebuilds_a_queue_whose_sled_database_cannot_be_opened() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 100), one(&r)).await;
+    }
+    std::fs::write(dir.path().join("conf"), vec![0xA5; 4096]).unwrap();
+    assert!(Queue::open(dir.path(), seal_key()).is_err(), "refused");
+
+    let (report, aside) = when_unlocked(|| recover(dir.path(), seal_key()));
+    let aside = aside.expect("sled's files were set aside");
+    assert!(aside.join("conf").exists(), "kept for inspection");
+    assert_eq!(report.lines, 100);
+    let (queue, _) = reopen(&dir);
+    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 100));
+    drop(queue);
+    // A queue that opens is left alone.
+    let (_, aside) = when_unlocked(|| recover(dir.path(), seal_key()));
+    assert!(aside.is_none());
+}
