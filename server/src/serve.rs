@@ -38,7 +38,7 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("cannot open the queue: {0}")]
+    #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("cannot listen on {addr} ({what}): {source}; choose a free address with {flag}")]
     Bind {

@@ -196,6 +196,35 @@ pub(crate) fn open_sled(dir: &Path, cache_bytes: u64) -> sled::Result<sled::Db> 
         .open()
 }
 
+/// File handles opened (and closed) before sled opens: sled writes to its
+/// files while it recovers, before it has opened every file it needs, so a
+/// lack of descriptors must be found before it starts.
+const PREFLIGHT_HANDLES: usize = 64;
+
+/// Refuses, before anything is written, a start that could not open the
+/// files it needs (EMFILE, ENFILE).
+fn preflight(dir: &Path) -> Result<(), QueueError> {
+    let mut handles = Vec::with_capacity(PREFLIGHT_HANDLES);
+    for _ in 0..PREFLIGHT_HANDLES {
+        match std::fs::File::open(dir) {
+            Ok(handle) => handles.push(handle),
+            // A queue not created yet has nothing to protect.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                let (cause, fix) = io_cause(&e);
+                return Err(QueueError::Unavailable {
+                    dir: dir.to_path_buf(),
+                    what: format!("opening {PREFLIGHT_HANDLES} files"),
+                    cause,
+                    fix: fix.to_string(),
+                    io: true,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A segment found in the files.
 struct FileSegment {
     checked: CheckedHeader,
@@ -227,6 +256,7 @@ pub(super) fn open(
             expected: files::FORMAT_VERSION,
         },
     })?;
+    preflight(dir)?;
     let db = open_sled(dir, limits.cache_bytes)
         .map_err(|e| unavailable(dir, "opening the sled database", e))?;
     let reading = |e| unavailable(dir, "reading the sled database", e);
