@@ -219,6 +219,12 @@ impl SegmentFiles {
         })
     }
 
+    /// Closes every cached handle (tests: the next read reopens its file).
+    #[cfg(test)]
+    pub(crate) fn forget_handles(&self) {
+        lock(&self.state).handles.clear();
+    }
+
     /// Reads a segment record and checks its header's checksum.
     pub(crate) fn read(&self, at: Location) -> Result<Record, ReadError> {
         let file = {

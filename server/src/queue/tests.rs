@@ -1294,3 +1294,26 @@ async fn recover_rebuilds_a_queue_whose_sled_database_cannot_be_opened() {
     let (_, aside) = when_unlocked(|| recover(dir.path(), seal_key()));
     assert!(aside.is_none());
 }
+
+#[tokio::test]
+async fn a_read_that_meets_an_io_error_is_retried_and_sets_nothing_aside() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, lines("l", 1, 500), one(&r)).await;
+    // The file cannot be opened for a while (as under EMFILE or EACCES).
+    let file = only_segment_file(&dir);
+    let away = file.with_extension("away");
+    std::fs::rename(&file, &away).unwrap();
+    queue.inner.files.forget_handles();
+    let error = queue.read(&r, None, 1000, usize::MAX).unwrap_err();
+    assert!(matches!(error, QueueError::Read { .. }), "{error}");
+    assert!(error.to_string().contains("retrying"), "{error}");
+    assert_eq!(queue.depth("agent").0, 500, "nothing set aside");
+
+    std::fs::rename(&away, &file).unwrap();
+    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 500));
+    assert_eq!(queue.route_damaged(&r), 0);
+    assert!(queue.take_damage_drops().is_empty());
+}
