@@ -410,7 +410,7 @@ impl Queue {
             inner.files.forget_route(&key);
         }
         if !index.has_route(route) {
-            // A cursor survives when its route record was quarantined.
+            // A cursor is stored apart from its route record.
             let cursor = match inner.db.get(keys::cursor(route))? {
                 Some(value) => records::decode_cursor(&value).ok(),
                 None => None,
