@@ -346,3 +346,43 @@ async fn a_flipped_byte_in_a_segment_file_loses_only_its_line_counted_shown_and_
     assert_eq!(destination["health"], "failing", "{status}");
     println!("segment damage: sent 1000, acked 1000, delivered 999, lost 1 (counted 1), notice: {notice}");
 }
+
+// ---- Recover ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queue_whose_sled_cannot_open_is_refused_and_recover_brings_every_line_back() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("gw");
+    let mut gateway = queue_undelivered(&intake, &data_dir, 1000).await;
+    // Garbage over sled's config: sled says "unsupported", not "corrupt".
+    std::fs::write(data_dir.join("queue").join("conf"), vec![0xA5; 4096]).unwrap();
+    let before = snapshot(&data_dir);
+    let (ok, stderr) = start_refused(&data_dir, &intake.base_url(), "exec \"$0\" serve");
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("logdrain-gateway recover"),
+        "names the fix: {stderr}"
+    );
+    assert_eq!(snapshot(&data_dir), before, "not a byte moved");
+
+    let out = Command::new(bin("logdrain-gateway"))
+        .arg("recover")
+        .env("LOGDRAIN_DATA_DIR", &data_dir)
+        .env("LOGDRAIN_SIGNING_KEY", SIGNING_KEY)
+        .output()
+        .expect("run recover");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("1000 lines"), "{said}");
+
+    intake.clear_faults();
+    gateway.restart();
+    let delivered = all_delivered(&intake, &expected(1000)).await;
+    assert!(delivered, "{}", gateway.log());
+    println!("recover: {}", said.trim());
+}

@@ -538,12 +538,18 @@ fn scan_file(number: u64, path: &Path, file: &File) -> Result<ScannedFile, ScanF
     file.read_exact_at(&mut head, 0)
         .map_err(ScanFileError::Io)?;
     let version = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
-    if head[..8] != FILE_MAGIC[..] || version != FORMAT_VERSION {
-        return Err(ScanFileError::Format(if head[..8] == FILE_MAGIC[..] {
-            format!("version {version}")
-        } else {
-            "no logdrain segment file header".to_string()
-        }));
+    if head[..8] == FILE_MAGIC[..] && version != FORMAT_VERSION {
+        return Err(ScanFileError::Format(format!("version {version}")));
+    }
+    if head[..8] != FILE_MAGIC[..] {
+        // Damage to the file header if a valid record follows it; else a
+        // file of another kind.
+        if next_record(file, FILE_HEADER_LEN, len)? != Some(FILE_HEADER_LEN) {
+            return Err(ScanFileError::Format(
+                "no logdrain segment file header".to_string(),
+            ));
+        }
+        out.damaged.push((0, FILE_HEADER_LEN));
     }
     let read_at = |offset: u64, n: usize| -> Result<Vec<u8>, ScanFileError> {
         let mut bytes = vec![0; n];
@@ -732,6 +738,25 @@ mod tests {
             scan(dir.path()),
             Err(ScanError::Format { found, .. }) if found == "version 2"
         ));
+    }
+
+    #[test]
+    fn a_damaged_file_header_before_valid_records_is_damage_not_another_format() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files = SegmentFiles::create(dir.path(), 0).expect("create");
+        let a = files
+            .append(&agent("a"), &[], b"h1", b"one")
+            .expect("append");
+        files.sync().expect("sync");
+        let path = files.path(a.file);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[2] ^= 1;
+        fs::write(&path, &bytes).expect("write");
+        let found = scan(dir.path()).map_err(|_| "scan").expect("scan");
+        assert_eq!(found.files[0].damaged, vec![(0, FILE_HEADER_LEN)]);
+        assert_eq!(found.files[0].records[0].at, a);
+        fs::write(&path, b"some other file entirely").expect("write");
+        assert!(matches!(scan(dir.path()), Err(ScanError::Format { .. })));
     }
 
     #[test]
