@@ -339,25 +339,25 @@ pub(super) fn open(
         let seq = files_hwm.entry(stream(&checked)).or_insert(0);
         *seq = (*seq).max(header.last_seq());
         let key = keys::segment(&header.agent_id, header.segment);
-        let keep = match segments.remove(&key) {
+        // Whether to keep it, and whether sled's entry must be written.
+        let (keep, write) = match segments.remove(&key) {
             Some(Some(listed))
                 if listed.header.location() == at && listed.lines == checked.lines =>
             {
-                true
+                (true, false)
             }
-            Some(_) => {
-                report.rebuilt += 1;
-                true
-            }
-            None if passed(&checked, &stored.cursors) => false,
+            Some(_) => (true, true),
+            None if passed(&checked, &stored.cursors) => (false, false),
             None => {
-                report.rebuilt += 1;
                 report.rebuilt_lines += u64::from(checked.lines);
-                true
+                (true, true)
             }
         };
-        if keep {
+        if write {
+            report.rebuilt += 1;
             batch.insert(key, segment::sled_value(header, at));
+        }
+        if keep {
             live.insert((header.agent_id.clone(), header.segment), (checked, at));
         }
     }
@@ -422,6 +422,16 @@ pub(super) fn open(
                     routes.insert(route, RouteState::Bad);
                 }
             }
+        }
+    }
+    // A damaged route record no queued segment needs holds no line: it goes
+    // (the agent's next stream stores it again).
+    for route in &stored.bad_routes {
+        if !routes.contains_key(route) {
+            tracing::warn!(route = %route, "a stored route record does not authenticate \
+                (damaged) and no queued line needs it; removed, the next stream stores it again");
+            batch.remove(keys::route(route));
+            report.rebuilt += 1;
         }
     }
     report.routes = routes.len();
@@ -624,6 +634,8 @@ struct Stored {
     /// Segment key → its header (`None`: does not decode).
     segments: HashMap<Vec<u8>, Option<CheckedHeader>>,
     max_cursor_segment: u64,
+    /// Route records that fail to authenticate (damaged).
+    bad_routes: Vec<RouteKey>,
 }
 
 impl Stored {
@@ -634,6 +646,7 @@ impl Stored {
             hwms: HashMap::new(),
             segments: HashMap::new(),
             max_cursor_segment: 0,
+            bad_routes: Vec::new(),
         };
         for item in db.iter() {
             let (key, value) = item?;
@@ -658,7 +671,7 @@ impl Stored {
                             stored.routes.insert(route, RouteState::OtherKey);
                         }
                         // The files' copy replaces it, if they have one.
-                        Err(_) => {}
+                        Err(_) => stored.bad_routes.push(route),
                     }
                 }
                 Some(Parsed::Segment { .. }) => {

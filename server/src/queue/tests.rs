@@ -1317,3 +1317,23 @@ async fn a_read_that_meets_an_io_error_is_retried_and_sets_nothing_aside() {
     assert_eq!(queue.route_damaged(&r), 0);
     assert!(queue.take_damage_drops().is_empty());
 }
+
+#[tokio::test]
+async fn a_damaged_route_record_no_line_needs_is_dropped_and_the_queue_still_opens() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        queue.flush().await.unwrap();
+        let key = keys::route(&r);
+        let mut value = queue.inner.db.get(&key).unwrap().unwrap().to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 0x55;
+        queue.inner.db.insert(&key, value).unwrap();
+        queue.flush().await.unwrap();
+    }
+    let (queue, report) = reopen(&dir);
+    assert_eq!((report.rebuilt, report.routes), (1, 0));
+    assert!(queue.routes().unwrap().is_empty());
+}
