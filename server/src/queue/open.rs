@@ -374,19 +374,20 @@ pub(super) fn open(
             continue;
         };
         let at = listed.header.location();
+        let end = at.offset + u64::from(at.len);
+        let cut_short = file_lens.get(&at.file).is_none_or(|&len| len < end);
         let in_damage = damaged
             .get(&at.file)
             .is_some_and(|spans| spans.iter().any(|&(s, e)| s <= at.offset && at.offset < e));
-        if in_damage {
+        if in_damage && !cut_short {
             // Its record header is damaged: reading it counts its lines.
             live.insert((agent_id, segment), (listed, at));
             continue;
         }
         batch.remove(key);
         report.rebuilt += 1;
-        let end = at.offset + u64::from(at.len);
-        if file_lens.get(&at.file).is_none_or(|&len| len < end) {
-            // The file is cut short before the record: the machine stopped
+        if cut_short {
+            // The file ends before the record does: the machine stopped
             // before its sync, so it was never acked.
             rollbacks.push((stream(&listed), listed.header.first_seq.saturating_sub(1)));
         }
@@ -523,7 +524,12 @@ pub(super) fn open(
         seg_files.add_live(at.file);
     }
     for file in &scan.files {
-        let clean = damaged.get(&file.number).is_none_or(Vec::is_empty);
+        // Damage running to the end of the file is a write the machine cut
+        // short (never acked) unless sled lists a segment there (then the
+        // file is live); damage before it is kept for inspection.
+        let clean = damaged
+            .get(&file.number)
+            .is_none_or(|spans| spans.iter().all(|&(_, end)| end == file.len));
         if !seg_files.is_live(file.number) && clean {
             seg_files.doom(file.number);
         }

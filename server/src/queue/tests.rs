@@ -1337,3 +1337,27 @@ async fn a_damaged_route_record_no_line_needs_is_dropped_and_the_queue_still_ope
     assert_eq!((report.rebuilt, report.routes), (1, 0));
     assert!(queue.routes().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_file_holding_only_a_record_cut_short_by_the_machine_stopping_is_deleted_at_open() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("a", 1, 3), one(&r)).await;
+    }
+    // The machine stopped inside the first record's header (never acked).
+    let file = only_segment_file(&dir);
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - 40)
+        .unwrap();
+    let (queue, report) = reopen(&dir);
+    assert_eq!(report.lines, 0, "{report:?} {len}");
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 0);
+    assert_eq!(segment_files(&dir), 0, "nothing in it was ever acked");
+}
