@@ -612,8 +612,11 @@ fn next_record(file: &File, from: u64, len: u64) -> Result<Option<u64>, ScanFile
     if from >= len {
         return Ok(None);
     }
-    // A file holds at most FILE_BYTES plus one record: bounded.
-    let mut rest = vec![0; usize::try_from(len - from).unwrap_or(usize::MAX)];
+    // A file this queue wrote holds at most FILE_BYTES plus one record (a
+    // line is at most 16 MiB); a longer one is searched that far only.
+    const MAX_SEARCH: u64 = 4 * FILE_BYTES;
+    let searched = (len - from).min(MAX_SEARCH);
+    let mut rest = vec![0; usize::try_from(searched).unwrap_or(0)];
     file.read_exact_at(&mut rest, from)
         .map_err(ScanFileError::Io)?;
     let mut at = 0;

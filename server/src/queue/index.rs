@@ -2,9 +2,9 @@
 //! they are, which routes they are tagged with, and each route's committed
 //! cursor.
 //!
-//! It is rebuilt at open from the segment files (`open.rs`) and kept in step with the
-//! database by [`super::Queue`], which changes it only after the matching
-//! sled write succeeded. It answers "which segments does this route read
+//! It is rebuilt at open from the segment files (`open.rs`) and kept in
+//! step with the database by [`super::Queue`], which changes it only after
+//! the matching sled write succeeded. It answers "which segments does this route read
 //! next" and "which segments may be freed" without touching the database.
 //! It costs about 80 bytes per queued segment (a segment holds up to a whole
 //! received batch). It also plans what the per-agent quota drops
