@@ -135,6 +135,75 @@ async fn every_acked_line_is_delivered_after_the_queue_db_is_deleted() {
     every_acked_line_is_delivered_after_the_db_is("deleted").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lines_delivered_before_the_db_was_deleted_may_come_again_and_every_duplicate_is_counted() {
+    use logdrain_test_intake::{Intake, IntakeConfig, Vendor};
+    const NR_KEY: &str = "0123456789abcdef0123456789abcdef0123NRAL";
+    let mut config = IntakeConfig::with_datadog_keys([DD_KEY]);
+    config.newrelic.keys = vec![NR_KEY.to_string()];
+    let intake = Intake::start(config).await.unwrap();
+    // New Relic is down, so every segment stays on disk after Datadog
+    // delivered it.
+    intake
+        .inject(Fault::until_cleared(500).for_vendor(Vendor::NewRelic))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("gw");
+    let mut gateway = Gateway::start_with(
+        &data_dir,
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        vec![("LOGDRAIN_NEWRELIC_URL".into(), intake.base_url())],
+    );
+    let mut shim = ShimBuilder::new(&gateway.url(), "agent-q", "replica-q")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .env("NEW_RELIC_LICENSE_KEY", NR_KEY)
+        .spawn_sh("seq -f 'line %g' 1 3000");
+    let (_out, err) = capture(&mut shim);
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
+    assert_drained(&String::from_utf8_lossy(&err.join().unwrap()));
+    let all = expected(3000);
+    assert!(all_delivered(&intake, &all).await, "{}", gateway.log());
+    assert!(gateway.terminate().success());
+    let before = dd_messages(&intake, "replica-q").len();
+
+    damage_db(&data_dir.join("queue"), "deleted");
+    intake.clear_faults();
+    gateway.restart();
+    let nr_messages = || -> Vec<String> {
+        intake
+            .entries(Vendor::NewRelic)
+            .iter()
+            .filter(|e| e.value["hostname"] == "replica-q")
+            .filter_map(|e| e.value["message"].as_str().map(str::to_string))
+            .collect()
+    };
+    let delivered = wait_until(Duration::from_secs(120), || {
+        let got = counted(&nr_messages());
+        all.iter().all(|l| got.contains_key(l))
+    })
+    .await;
+    assert!(delivered, "New Relic lost nothing: {}", gateway.log());
+    let metrics = gateway.metrics().await;
+    let rebuilt = metric_value(&metrics, "logdrain_queue_rebuilt_lines_total", &[]);
+    // Datadog's cursor went with the db: what it gets again is counted.
+    let again = wait_until(Duration::from_secs(120), || {
+        dd_messages(&intake, "replica-q").len() - before == rebuilt as usize
+    })
+    .await;
+    let dd = dd_messages(&intake, "replica-q");
+    assert!(again, "{} again, {rebuilt} counted", dd.len() - before);
+    assert_eq!(counted(&dd).len(), 3000, "Datadog lost nothing");
+    println!(
+        "db deleted after Datadog delivered: sent 3000, acked 3000, Datadog delivered 3000 \
+         unique and {} again, New Relic 3000, lost 0, counted as possible duplicates {rebuilt}",
+        dd.len() - before
+    );
+}
+
 // ---- Store unavailable --------------------------------------------------
 
 /// Runs `logdrain-gateway serve` on `data_dir` through `sh -c <wrapper>`
