@@ -63,6 +63,19 @@ fn when_unlocked<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> 
     f().expect("database lock released")
 }
 
+/// The error of an open that must be refused, once a dropped queue released
+/// the database lock (see [`when_unlocked`]).
+fn refused<T>(mut open: impl FnMut() -> Result<T, QueueError>) -> QueueError {
+    match when_unlocked(|| match open() {
+        Ok(_) => Ok(None),
+        Err(e) if e.to_string().contains("could not acquire lock") => Err(e),
+        Err(e) => Ok(Some(e)),
+    }) {
+        Some(error) => error,
+        None => panic!("the open must be refused"),
+    }
+}
+
 /// The key the tests seal route secrets with.
 fn seal_key() -> SealKey {
     SealKey::derive(b"queue-tests-signing-key")
@@ -611,15 +624,7 @@ async fn a_segment_file_of_another_format_refuses_the_start_and_changes_nothing(
     bytes[11] = 7; // the format version
     std::fs::write(&file, bytes).unwrap();
     let before = snapshot(dir.path());
-    let error = loop {
-        match Queue::open(dir.path(), seal_key()) {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(e) => break e,
-            Ok(_) => panic!("another format must refuse the start"),
-        }
-    };
+    let error = refused(|| Queue::open(dir.path(), seal_key()));
     let shown = error.to_string();
     assert!(
         shown.contains("version 7") && shown.contains("format version 1"),
@@ -1081,15 +1086,7 @@ async fn a_database_sled_cannot_open_refuses_the_start_and_changes_nothing() {
         }
     }
     let before = snapshot(dir.path());
-    let error = loop {
-        match Queue::open_or_set_aside(&qdir, seal_key(), QueueLimits::default()) {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            Err(e) => break e,
-            Ok(_) => panic!("a database sled cannot open must refuse the start"),
-        }
-    };
+    let error = refused(|| Queue::open_or_set_aside(&qdir, seal_key(), QueueLimits::default()));
     let shown = error.to_string();
     assert!(shown.contains("the start is refused"), "{shown}");
     assert_eq!(snapshot(dir.path()), before, "not a byte moved");
