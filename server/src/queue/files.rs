@@ -538,16 +538,19 @@ fn scan_file(number: u64, path: &Path, file: &File) -> Result<ScannedFile, ScanF
     file.read_exact_at(&mut head, 0)
         .map_err(ScanFileError::Io)?;
     let version = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
-    if head[..8] == FILE_MAGIC[..] && version != FORMAT_VERSION {
-        return Err(ScanFileError::Format(format!("version {version}")));
-    }
-    if head[..8] != FILE_MAGIC[..] {
-        // Damage to the file header if a valid record follows it; else a
-        // file of another kind.
-        if next_record(file, FILE_HEADER_LEN, len)? != Some(FILE_HEADER_LEN) {
-            return Err(ScanFileError::Format(
-                "no logdrain segment file header".to_string(),
-            ));
+    let magic = head[..8] == FILE_MAGIC[..];
+    if !magic || version != FORMAT_VERSION {
+        // A damaged file header (a bad magic, or a version one bit off) is
+        // told from another format by a valid record right after it.
+        let damage = (magic || version == FORMAT_VERSION)
+            && (!magic || (version ^ FORMAT_VERSION).count_ones() == 1)
+            && next_record(file, FILE_HEADER_LEN, len)? == Some(FILE_HEADER_LEN);
+        if !damage {
+            return Err(ScanFileError::Format(if magic {
+                format!("version {version}")
+            } else {
+                "no logdrain segment file header".to_string()
+            }));
         }
         out.damaged.push((0, FILE_HEADER_LEN));
     }
