@@ -45,6 +45,12 @@ pub enum Command {
     /// agent, with the credentials the gateway stored for it, and print
     /// each vendor's answer. The queue and delivery are not touched.
     TestSend(TestSendConfig),
+    /// Bring back a queue whose start was refused because sled cannot open
+    /// its database: with the gateway stopped, sets sled's files aside
+    /// (kept, in `sled.corrupt-<time>` inside the queue) and rebuilds the
+    /// index from the segment files, so the next start delivers every line
+    /// they hold. A queue that opens is left as it is.
+    Recover(RecoverConfig),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -390,6 +396,15 @@ pub struct TokenConfig {
     /// The agent id the token is for.
     #[arg(long, env = "LOGDRAIN_AGENT_ID")]
     pub agent_id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RecoverConfig {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    /// The queue directory (default: `queue` in the data dir).
+    pub queue: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -47,6 +47,31 @@ fn run(config: Config) -> anyhow::Result<()> {
             println!("{}", key.token(&token_config.agent_id));
             Ok(())
         }
+        Command::Recover(recover_config) => {
+            let data_dir = &recover_config.key.data_dir;
+            let key = auth::SigningKey::load(recover_config.key.signing_key.as_deref(), data_dir)?;
+            let dir = recover_config
+                .queue
+                .unwrap_or_else(|| data_dir.join("queue"));
+            let (report, aside) = logdrain_gateway::queue::recover(&dir, key.seal_key())?;
+            match aside {
+                None => println!(
+                    "logdrain-gateway: the queue in {} opens; nothing to recover ({} lines queued)",
+                    dir.display(),
+                    report.lines
+                ),
+                Some(aside) => println!(
+                    "logdrain-gateway: recovered the queue in {}: {} lines in {} segments are \
+                     queued again and are delivered at the next start; sled's files were set \
+                     aside in {}",
+                    dir.display(),
+                    report.lines,
+                    report.segments,
+                    aside.display()
+                ),
+            }
+            Ok(())
+        }
         Command::Status(status_config) => {
             let text = runtime.block_on(status::client::status(&status_config))?;
             print!("{text}");

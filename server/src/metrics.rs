@@ -121,7 +121,8 @@ fn describe() {
     );
     describe_counter!(
         "logdrain_dropped_lines_total",
-        "Lines dropped for good, by reason (rejected_by_vendor, no_destination)."
+        "Lines dropped for good, by reason (rejected_by_vendor, no_destination, quota, damaged: \
+         failed their checksum in the queue's segment files)."
     );
     describe_gauge!(
         "logdrain_route_blocked",
@@ -145,8 +146,9 @@ fn describe() {
         "Shim streams refused at admission, by reason (unauthenticated, invalid_argument, ...)."
     );
     describe_counter!(
-        "logdrain_queue_quarantined_entries_total",
-        "Queue entries set aside at start because they could not be read."
+        "logdrain_queue_rebuilt_lines_total",
+        "Lines the queue restored from its segment files at start because its index (sled) did \
+         not list them; a destination may receive them a second time."
     );
     describe_gauge!(
         "logdrain_queue_disk_full",
@@ -165,7 +167,8 @@ fn describe() {
     );
     describe_counter!(
         "logdrain_queue_set_aside_total",
-        "Queue databases that could not be opened at all and were moved aside at start."
+        "Queue indexes (sled's files) that sled reported corrupt at start, set aside; the index \
+         was rebuilt from the segment files."
     );
 }
 
@@ -341,9 +344,10 @@ pub fn refused_streams_so_far() -> Vec<(&'static str, u64, SystemTime)> {
         .collect()
 }
 
-/// Queue entries set aside at start because they could not be read.
-pub fn quarantined(entries: u64) {
-    counter!("logdrain_queue_quarantined_entries_total").increment(entries);
+/// Lines the queue restored from its segment files at start (possible
+/// duplicates).
+pub fn queue_rebuilt_lines(lines: u64) {
+    counter!("logdrain_queue_rebuilt_lines_total").increment(lines);
 }
 
 /// Whether the queue's disk is below its free-space watermark (1), so new
@@ -359,8 +363,8 @@ pub fn refused_batches(agent: &str, reason: &'static str) {
         .increment(1);
 }
 
-/// A queue database that could not be opened at all was moved aside whole
-/// at start (a fresh queue serves).
+/// sled reported the queue's index corrupt at start: its files were set
+/// aside and the index rebuilt from the segment files.
 pub fn queue_set_aside() {
     counter!("logdrain_queue_set_aside_total").increment(1);
 }

@@ -40,7 +40,7 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("cannot open the queue: {0}")]
+    #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("cannot listen on {addr} ({what}): {source}; choose a free address with {flag}")]
     Bind {
@@ -107,13 +107,7 @@ pub async fn run(
             queue = %queue_dir.display(),
             moved_to = %aside.moved_to.display(),
             reason = %aside.reason,
-            "the queue database could not be opened; it was moved aside whole (nothing in it is delivered; keep it for inspection) and a fresh queue was started"
-        );
-    }
-    if report.quarantined > 0 {
-        tracing::error!(
-            quarantined = report.quarantined,
-            "queue entries could not be read and were set aside; every other entry is served"
+            "sled reported the queue's index corrupt; its files were set aside (kept for inspection) and the index was rebuilt from the segment files"
         );
     }
     tracing::info!(

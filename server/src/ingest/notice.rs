@@ -10,8 +10,10 @@
 //! episode's totals so far: while the vendor stays down, older notices are
 //! themselves dropped by the quota, and the newest one still tells the
 //! whole story. Notices are appended as a stream of their own (agent-server
-//! id [`NOTICE_SERVER_ID`], one boot id per gateway run). This module must
-//! not drop or count lines itself.
+//! id [`NOTICE_SERVER_ID`], one boot id per gateway run). Lines the queue
+//! found damaged on disk get a notice too ([`damage_text`]), one per route
+//! each time damage is found. This module must not drop or count lines
+//! itself.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -82,7 +84,24 @@ async fn run(queue: Queue, engine: Engine<Queue>, settings: NoticeSettings, shut
         tokio::select! {
             () = shutdown.wait() => return,
             () = queue.quota_dropped() => {}
+            () = queue.damage_found() => {}
             () = sleep_until(next_due), if next_due.is_some() => {}
+        }
+        for drop in queue.take_damage_drops() {
+            let written = queue
+                .append(Append {
+                    agent_id: &drop.route.agent_id,
+                    agent_server_id: NOTICE_SERVER_ID,
+                    boot_id: &boot_id,
+                    first_seq: seq,
+                    lines: vec![notice_line(damage_text(&drop))],
+                    routes: std::slice::from_ref(&drop.route),
+                })
+                .await;
+            seq += 1;
+            if let Err(error) = written {
+                tracing::warn!(route = %drop.route, %error, "cannot queue the damage notice");
+            }
         }
         let now = Instant::now();
         let drops = queue.take_quota_drops();
@@ -230,6 +249,19 @@ pub(crate) fn notice_text(drop: &QuotaDrop, quota_bytes: u64, cause: &str) -> St
     )
 }
 
+/// The notice for lines of one route lost to damage on the gateway's disk.
+pub(crate) fn damage_text(drop: &QuotaDrop) -> String {
+    format!(
+        "logdrain-gateway: dropped {} lines queued between {} and {} for agent {} because they \
+         were damaged on the gateway's disk (a checksum mismatch in its queue's segment files); \
+         the other lines were delivered",
+        group_digits(drop.lines),
+        timestamp(drop.oldest_ns),
+        timestamp(drop.newest_ns),
+        drop.route.agent_id,
+    )
+}
+
 fn blocked(state: RouteState) -> bool {
     matches!(
         state,
@@ -341,6 +373,18 @@ mod tests {
         assert!(
             text.contains("quota of 16.0 MiB while datadog accepted lines more slowly"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_damage_notice_names_count_time_range_agent_and_cause() {
+        let text = damage_text(&drop_of(1, 10));
+        assert_eq!(
+            text,
+            "logdrain-gateway: dropped 1 lines queued between 2023-11-14T22:13:20Z and \
+             2023-11-14T22:14:20Z for agent agent-1 because they were damaged on the gateway's \
+             disk (a checksum mismatch in its queue's segment files); the other lines were \
+             delivered"
         );
     }
 

@@ -1,7 +1,8 @@
 //! The write path of an append: de-duplicate against the stream's
-//! high-water mark, encode the new lines as segments, append their lines to
-//! the agent's segment file, and write the segments' headers and the mark in
-//! one atomic sled batch while updating the agent's index. The
+//! high-water mark, encode the new lines as segments, append them (and the
+//! route records their tags need) to the agent's segment file, and write
+//! their index entries and the mark in one atomic sled batch while updating
+//! the agent's index. The
 //! disk watermark is checked first, and the agent's quota is made room for
 //! in the same batch (its oldest segments dropped, cursors moved past them).
 //!
@@ -105,14 +106,18 @@ impl Inner {
             metrics::refused_batches(agent_id, "disk_full");
         })?;
         let header = segment::Header {
+            agent_id: agent_id.to_string(),
             agent_server_id: agent_server_id.to_string(),
             boot_id: boot_id.to_string(),
             routes: routes.iter().map(segment::StoredTag::of).collect(),
             ..Default::default()
         };
-        let encoded = segment::encode_batch(header, first_seq + skip as u64, lines);
-        let (agent, newest, queued) =
-            self.insert_segments(agent_id, routes, encoded, (hwm_key, last_seq))?;
+        let (agent, newest, queued) = self.insert_segments(
+            agent_id,
+            routes,
+            (header, first_seq + skip as u64, lines),
+            (hwm_key, last_seq),
+        )?;
         outcome.queued = queued;
         Ok(Stored {
             outcome,
@@ -127,7 +132,7 @@ impl Inner {
         &self,
         agent_id: &str,
         routes: &[RouteKey],
-        encoded: Vec<segment::Encoded>,
+        (header, first_seq, lines): (segment::Header, u64, Vec<logdrain::v1::Line>),
         (hwm_key, hwm): (Vec<u8>, u64),
     ) -> Result<(Arc<Agent>, u64, usize), QueueError> {
         let agent = self.agent(agent_id);
@@ -135,6 +140,20 @@ impl Inner {
         if let Some(route) = routes.iter().find(|r| !index.has_route(r)) {
             return Err(unknown(route));
         }
+        // Each file holds the route records its segments need.
+        let mut route_records = Vec::with_capacity(routes.len());
+        for route in routes {
+            let id = keys::route(route);
+            let Some(sealed) = self.db.get(&id)? else {
+                return Err(unknown(route));
+            };
+            route_records.push((id, segment::encode_route(route, &sealed)));
+        }
+        // Allocated under the agent lock: an agent's segments become
+        // visible in id order, so a cursor never passes an unseen one.
+        let encoded = segment::encode_batch(header, first_seq, lines, || {
+            self.next_segment.fetch_add(1, Ordering::AcqRel)
+        });
         let incoming: u64 = encoded.iter().map(|e| e.bytes).sum();
         let quota = self.limits.agent_quota_bytes;
         if incoming > quota {
@@ -165,7 +184,12 @@ impl Inner {
         let mut metas = Vec::with_capacity(encoded.len());
         let mut written = Vec::with_capacity(encoded.len());
         for segment in encoded {
-            let at = match self.files.append(&agent.id, &segment.encoded_lines) {
+            let at = match self.files.append(
+                &agent.id,
+                &route_records,
+                &segment.file_header(),
+                &segment.body,
+            ) {
                 Ok(at) => at,
                 Err(e) => {
                     if e.is_out_of_space() {
@@ -177,16 +201,15 @@ impl Inner {
             };
             self.disk.file_write_succeeded();
             written.push(at.file);
-            // Allocated under the agent lock: an agent's segments become
-            // visible in id order, so a cursor never passes an unseen one.
-            let id = self.next_segment.fetch_add(1, Ordering::AcqRel);
-            batch.insert(keys::segment(agent_id, id), segment.value(at));
+            let id = segment.header.segment;
+            batch.insert(keys::segment(agent_id, id), segment.sled_value(at));
             let meta = SegMeta {
                 lines: segment.lines,
                 bytes: segment.bytes,
                 span_ns: segment.span_ns,
                 tags: tags.clone(),
-                file: Some(at.file),
+                at,
+                damage_counted: false,
             };
             metas.push((id, meta));
         }

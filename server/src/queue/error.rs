@@ -10,20 +10,21 @@ use std::path::PathBuf;
 /// An error of the durable queue.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    /// The sled database could not be opened.
+    /// The queue could not be opened for a reason that is not evidence of
+    /// damage (errno, lock, permissions, or anything unclassified): the
+    /// start is refused and nothing in the queue is changed.
     #[error(
-        "cannot open the queue database in {dir:?}: {source}; check that the directory is \
-         writable and not used by another gateway process"
+        "cannot open the queue in {dir:?}: {what} ({cause}); {fix}; the start is refused and \
+         nothing in the queue was changed"
     )]
-    Open {
+    Unavailable {
         dir: PathBuf,
-        #[source]
-        source: sled::Error,
+        what: String,
+        cause: String,
+        fix: String,
+        /// An I/O error (errno): the environment, not the files, is at fault.
+        io: bool,
     },
-
-    /// sled panicked while opening the database (damaged files).
-    #[error("the queue database in {dir:?} cannot be read: {reason}")]
-    Unreadable { dir: PathBuf, reason: String },
 
     /// An unreadable queue directory could not be moved aside.
     #[error(
@@ -39,13 +40,13 @@ pub enum QueueError {
 
     /// The database was written by a different version of the queue format.
     #[error(
-        "the queue database in {dir:?} has format version {found}, this build reads version \
-         {expected}; run the matching gateway version or move the directory aside"
+        "the queue in {dir:?} has format {found}, this build reads format version \
+         {expected}; run the gateway version that wrote it; nothing in the queue was changed"
     )]
     Format {
         dir: PathBuf,
         found: String,
-        expected: u8,
+        expected: u32,
     },
 
     /// A read or write of the underlying database failed.
@@ -70,6 +71,11 @@ pub enum QueueError {
          and restart the gateway"
     )]
     Flush(#[source] sled::Error),
+
+    /// A segment file could not be read for a reason that is not evidence
+    /// of damage (EMFILE, EIO, ...): the caller retries; nothing is set aside.
+    #[error("cannot read the queue's segment file {path:?}: {reason}; retrying")]
+    Read { path: PathBuf, reason: String },
 
     /// A stored entry could not be decoded.
     #[error("corrupt queue entry {key}: {reason}")]
@@ -166,6 +172,50 @@ impl QueueError {
     }
 }
 
+/// The errno name and the operator's fix for an I/O error met while opening
+/// the queue.
+pub(crate) fn io_cause(error: &std::io::Error) -> (String, &'static str) {
+    let fix = match error.raw_os_error() {
+        Some(libc::EMFILE) => "raise the open-file limit of the gateway (ulimit -n, LimitNOFILE=)",
+        Some(libc::ENFILE) => "the system-wide open-file table is full: raise fs.file-max or stop what holds the files",
+        Some(libc::ENOMEM) => "give the gateway more memory (or lower --queue-cache-bytes)",
+        Some(libc::EROFS) => "the data dir is on a read-only filesystem: mount it read-write",
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            "give the gateway's user read and write access to the data dir and every file in it"
+        }
+        Some(libc::EIO) => "the disk reported an I/O error: check the device (dmesg), then start again",
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => "free disk space in the data dir's filesystem",
+        Some(libc::EAGAIN) => "another gateway process holds the queue's lock: stop it, or give this one another --data-dir",
+        _ if error.to_string().contains("lock") => {
+            "another gateway process holds the queue's lock: stop it, or give this one another --data-dir"
+        }
+        _ => "fix the cause and start again",
+    };
+    let name = match error.raw_os_error() {
+        Some(code) => format!("{} (errno {code}): {error}", errno_name(code)),
+        None => error.to_string(),
+    };
+    (name, fix)
+}
+
+fn errno_name(code: i32) -> &'static str {
+    match code {
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::ENOMEM => "ENOMEM",
+        libc::EROFS => "EROFS",
+        libc::EACCES => "EACCES",
+        libc::EPERM => "EPERM",
+        libc::EIO => "EIO",
+        libc::ENOSPC => "ENOSPC",
+        libc::EDQUOT => "EDQUOT",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOENT => "ENOENT",
+        libc::ENOTDIR => "ENOTDIR",
+        _ => "errno",
+    }
+}
+
 /// Whether sled failed because the disk is full.
 pub(crate) fn is_enospc(error: &sled::Error) -> bool {
     matches!(error, sled::Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull)
@@ -204,9 +254,14 @@ pub enum RecordError {
     #[error("key does not match the queue's key layout")]
     Key,
 
-    /// A segment's lines could not be read from its segment file.
+    /// A segment's lines could not be read from its segment file;
+    /// `transient`: an I/O error, not evidence of damage.
     #[error("its lines in {path:?} cannot be read: {reason}")]
-    Lines { path: PathBuf, reason: String },
+    Lines {
+        path: PathBuf,
+        reason: String,
+        transient: bool,
+    },
 
     /// A sealed route record whose key id is not this gateway's.
     #[error(

@@ -2,9 +2,9 @@
 //! they are, which routes they are tagged with, and each route's committed
 //! cursor.
 //!
-//! It is rebuilt from segment headers at open and kept in step with the
-//! database by [`super::Queue`], which changes it only after the matching
-//! sled write succeeded. It answers "which segments does this route read
+//! It is rebuilt at open from the segment files (`open.rs`) and kept in
+//! step with the database by [`super::Queue`], which changes it only after
+//! the matching sled write succeeded. It answers "which segments does this route read
 //! next" and "which segments may be freed" without touching the database.
 //! It costs about 80 bytes per queued segment (a segment holds up to a whole
 //! received batch). It also plans what the per-agent quota drops
@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::files::Location;
 use super::Cursor;
 use crate::route::{DestinationKind, RouteKey};
 
@@ -38,8 +39,10 @@ pub(crate) struct SegMeta {
     pub span_ns: (i64, i64),
     /// Shared between consecutive segments with the same tags.
     pub tags: Arc<[RouteTag]>,
-    /// The segment file holding its lines (`None`: inline in sled).
-    pub file: Option<u64>,
+    /// Its record in a segment file.
+    pub at: Location,
+    /// Damage in it was found and counted already.
+    pub damage_counted: bool,
 }
 
 /// What [`AgentIndex::remove_segments`] removed.
@@ -47,8 +50,8 @@ pub(crate) struct SegMeta {
 pub(crate) struct Removed {
     pub lines: u64,
     pub bytes: u64,
-    /// The segment file of each removed segment that had one (one entry per
-    /// segment), to release.
+    /// The segment file of each removed segment (one entry per segment), to
+    /// release.
     pub files: Vec<u64>,
 }
 
@@ -66,6 +69,8 @@ impl SegMeta {
 struct RouteEntry {
     tag: RouteTag,
     cursor: Option<Cursor>,
+    /// Lines of this route lost to damage since open.
+    damaged: u64,
 }
 
 /// One segment a read should decode, and the first line index it wants.
@@ -160,15 +165,47 @@ impl AgentIndex {
                     cred_id: Arc::from(route.cred_id.as_str()),
                 },
                 cursor,
+                damaged: 0,
             });
         }
     }
 
-    /// Removes a route; returns whether it existed.
-    pub(crate) fn remove_route(&mut self, route: &RouteKey) -> bool {
-        let before = self.routes.len();
-        self.routes.retain(|r| !r.tag.is(route));
-        self.routes.len() != before
+    /// Lines of `route` lost to damage since open.
+    pub(crate) fn route_damaged(&self, route: &RouteKey) -> u64 {
+        self.routes
+            .iter()
+            .find(|r| r.tag.is(route))
+            .map_or(0, |r| r.damaged)
+    }
+
+    /// Records that `lines` lines of a segment were lost to damage, once per
+    /// segment: returns the routes that had not delivered them (the ones
+    /// whose cursor is before the segment's last line) and the segment's
+    /// time span, or `None` if this segment's damage was counted already.
+    pub(crate) fn count_damage(
+        &mut self,
+        segment: u64,
+        lines: u64,
+    ) -> Option<(Vec<RouteTag>, (i64, i64))> {
+        let meta = self.segments.get_mut(&segment)?;
+        if std::mem::replace(&mut meta.damage_counted, true) {
+            return None;
+        }
+        let last = meta.last(segment);
+        let (tags, span) = (meta.tags.clone(), meta.span_ns);
+        let mut hit = Vec::new();
+        for entry in &mut self.routes {
+            if tags.contains(&entry.tag) && entry.cursor.is_none_or(|c| c < last) {
+                entry.damaged += lines;
+                hit.push(entry.tag.clone());
+            }
+        }
+        Some((hit, span))
+    }
+
+    /// The segment's metadata.
+    pub(crate) fn segment(&self, segment: u64) -> Option<&SegMeta> {
+        self.segments.get(&segment)
     }
 
     /// The route's committed cursor; `None` inside if nothing is committed,
@@ -227,7 +264,7 @@ impl AgentIndex {
             if let Some(meta) = self.segments.remove(id) {
                 removed.lines += u64::from(meta.lines);
                 removed.bytes += meta.bytes;
-                removed.files.extend(meta.file);
+                removed.files.push(meta.at.file);
             }
         }
         self.lines -= removed.lines;
@@ -356,18 +393,19 @@ impl AgentIndex {
         self.remove_segments(&plan.segments)
     }
 
-    /// Whether some live route still needs the segment after `change`.
-    fn held(&self, segment: u64, meta: &SegMeta, change: Change<'_>) -> bool {
+    /// Whether some route still needs the segment after `route` commits
+    /// through `through`. A route the index does not know holds it: nothing
+    /// is freed because its route record is missing.
+    fn held(&self, segment: u64, meta: &SegMeta, route: &RouteKey, through: Cursor) -> bool {
         let last = meta.last(segment);
         meta.tags.iter().any(|tag| {
-            let cursor = match change {
-                Change::Commit(route, through) if tag.is(route) => Some(through),
-                // A removed route holds nothing.
-                Change::Remove(route) if tag.is(route) => return false,
-                _ => match self.routes.iter().find(|r| r.tag == *tag) {
+            let cursor = if tag.is(route) {
+                Some(through)
+            } else {
+                match self.routes.iter().find(|r| r.tag == *tag) {
                     Some(entry) => entry.cursor,
-                    None => return false,
-                },
+                    None => return true,
+                }
             };
             cursor.is_none_or(|c| c < last)
         })
@@ -382,27 +420,7 @@ impl AgentIndex {
         self.segments
             .range(from..=through.segment)
             .filter(|(_, meta)| meta.tags.iter().any(|t| t.is(route)))
-            .filter(|(&id, meta)| !self.held(id, meta, Change::Commit(route, through)))
-            .map(|(&id, _)| id)
-            .collect()
-    }
-
-    /// Segments that become free when `route` is removed.
-    pub(crate) fn freed_by_removal(&self, route: &RouteKey) -> Vec<u64> {
-        self.segments
-            .iter()
-            .filter(|(_, meta)| meta.tags.iter().any(|t| t.is(route)))
-            .filter(|(&id, meta)| !self.held(id, meta, Change::Remove(route)))
-            .map(|(&id, _)| id)
-            .collect()
-    }
-
-    /// Every segment no live route holds (at open: tagged only with routes
-    /// whose records are gone).
-    pub(crate) fn unheld(&self) -> Vec<u64> {
-        self.segments
-            .iter()
-            .filter(|(&id, meta)| !self.held(id, meta, Change::None))
+            .filter(|(&id, meta)| !self.held(id, meta, route, through))
             .map(|(&id, _)| id)
             .collect()
     }
@@ -415,14 +433,6 @@ pub(crate) fn widen(a: (i64, i64), b: (i64, i64)) -> (i64, i64) {
         (x, y) => x.min(y),
     };
     (min(a.0, b.0), a.1.max(b.1))
-}
-
-/// A change whose effect on holding is being evaluated.
-#[derive(Clone, Copy)]
-enum Change<'a> {
-    None,
-    Commit(&'a RouteKey, Cursor),
-    Remove(&'a RouteKey),
 }
 
 #[cfg(test)]
@@ -451,7 +461,12 @@ mod tests {
                     bytes: u64::from(*lines) * 10,
                     span_ns: (i64::from(*lines), i64::from(*lines) + 1),
                     tags,
-                    file: None,
+                    at: Location {
+                        file: 1,
+                        offset: 0,
+                        len: 1,
+                    },
+                    damage_counted: false,
                 },
             );
         }
@@ -592,9 +607,24 @@ mod tests {
             index: 2,
         };
         assert_eq!(index.freed_by_commit(&route("y"), end), vec![1]);
-        // Removing x frees what only x held; y still holds segment 1.
-        assert_eq!(index.freed_by_removal(&route("x")), vec![2]);
-        assert!(index.remove_route(&route("x")));
-        assert_eq!(index.unheld(), vec![2]);
+    }
+
+    #[test]
+    fn damage_is_counted_once_per_segment_for_the_routes_that_had_not_delivered_it() {
+        let mut index = index_with(&[(1, 3, &["x", "y"])]);
+        index.set_cursor(
+            &route("x"),
+            Cursor {
+                segment: 1,
+                index: 2,
+            },
+        );
+        let (hit, span) = index.count_damage(1, 2).expect("first time");
+        assert_eq!(hit.len(), 1);
+        assert_eq!(&*hit[0].cred_id, "y");
+        assert_eq!(span, (3, 4));
+        assert!(index.count_damage(1, 2).is_none(), "counted once");
+        assert_eq!(index.route_damaged(&route("y")), 2);
+        assert_eq!(index.route_damaged(&route("x")), 0);
     }
 }

@@ -1,39 +1,46 @@
-//! The durable queue: our own small interface over sled.
+//! The durable queue: segment files as the source of truth, sled as their
+//! index.
 //!
 //! Lines are stored in **segments**, one per received batch (split above
 //! 1,024 lines or 256 KiB), because one key per line is about 30 times
-//! slower. A segment's lines are appended to a segment file (`files.rs`);
-//! its sled value holds its header and where its lines are, so sled's
-//! values stay small. Each segment is tagged with the routes its stream enabled; each
-//! route has a committed [`Cursor`] (segment id, line index). A segment is
-//! deleted once every route tagged on it has committed past its last line.
+//! slower. A segment is a self-describing record of a segment file
+//! (`files.rs`, `segment.rs`): agent, stream, first seq, route tags, and
+//! each line with its own checksum; the route records (credentials sealed)
+//! its tags need are in the same file. sled holds the index: each segment's
+//! header and where its record is, the routes and their committed
+//! [`Cursor`]s, and each stream's high-water mark. A segment is freed once
+//! every route tagged on it has committed past its last line.
 //!
 //! * [`Queue::append`] de-duplicates by (agent-server id, boot id, seq)
-//!   against the stream's high-water mark, appends the new segments' lines
-//!   to the agent's segment file, writes their headers and the new
-//!   high-water mark in one atomic sled batch, and returns only after a
-//!   group commit (`commit.rs`: segment files synced, then sled flushed)
-//!   made them durable.
+//!   against the stream's high-water mark, appends the new segments to the
+//!   agent's segment file, writes their index entries and the new mark in
+//!   one atomic sled batch, and returns only after a group commit
+//!   (`commit.rs`: segment files synced, then sled flushed) made them
+//!   durable.
 //! * [`Queue::read`] finds the next segments of a route from an in-memory
-//!   index (`index.rs`) rebuilt from segment headers at open, so it never
-//!   decodes a segment just to look at its tags.
-//! * [`Queue::commit`] writes a cursor and deletes the segments it frees in
-//!   the same atomic batch; a segment file is deleted after the group commit
-//!   that made the removal of its last segment durable.
-//! * Entries that cannot be decoded are moved to the `quarantine` tree, at
-//!   open or when a read meets them; they never make open fail.
+//!   index (`index.rs`). A line whose checksum fails is left out, counted
+//!   (`dropped{reason="damaged"}`, the route's damaged count in `status`)
+//!   and reported once per route ([`Queue::take_damage_drops`]); the rest of
+//!   its segment is delivered. An I/O error (EMFILE, EIO, ...) is returned
+//!   for the caller to retry: it never sets anything aside.
+//! * [`Queue::commit`] writes a cursor and removes the index entries of the
+//!   segments it frees in the same atomic batch; a segment file is deleted
+//!   after the group commit that made the freeing of its last segment
+//!   durable, and never because sled does not know it.
+//! * [`Queue::open`] (`open.rs`) rebuilds the index from the segment files
+//!   wherever sled is missing, short or wrong, and refuses to start on any
+//!   error that is not positive evidence of damage.
 //! * Limits ([`QueueLimits`]): an append that would take an agent over its
 //!   quota first drops that agent's oldest segments (whole, for every route)
 //!   in the same atomic batch that moves the affected cursors past them, and
 //!   reports what each route lost ([`Queue::take_quota_drops`]); an append
 //!   is refused while the disk is below its free-space watermark (`disk.rs`).
 //!
-//! Route secrets are stored with each route record, encrypted with a
-//! [`SealKey`] (one function pair in `records.rs`, the cipher in `seal.rs`),
-//! and never appear in `Debug`, errors or logs. A route record sealed under
-//! another key (the signing key changed) is reported at open and keeps its
-//! lines, but is not delivered. This module must not know about gRPC, vendors or
-//! delivery policy.
+//! Route secrets are stored encrypted with a [`SealKey`] (one function pair
+//! in `records.rs`, the cipher in `seal.rs`), and never appear in `Debug`,
+//! errors or logs. A route record sealed under another key (the signing key
+//! changed) is reported at open and keeps its lines, but is not delivered.
+//! This module must not know about gRPC, vendors or delivery policy.
 
 mod append;
 mod commit;
@@ -56,12 +63,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
 pub use error::{QueueError, RecordError};
 pub use logdrain::v1::Line;
-pub use open::SetAside;
+pub use open::{recover, SetAside};
 pub use seal::SealKey;
 
 use crate::metrics;
@@ -69,7 +75,7 @@ use crate::route::{RouteKey, Secrets};
 use append::Stored;
 use commit::GroupCommit;
 use disk::DiskGuard;
-use files::SegmentFiles;
+use files::{Location, ReadError, SegmentFiles};
 use index::{AgentIndex, Removed};
 
 /// Position of one line in an agent's queue: segment id, index in segment.
@@ -113,21 +119,27 @@ pub struct AppendOutcome {
 }
 
 /// What [`Queue::open`] found on disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OpenReport {
-    /// Segments queued (after freeing those no route holds).
+    /// Segments queued.
     pub segments: u64,
     /// Lines in those segments.
     pub lines: u64,
-    /// Entries moved to the quarantine tree because they could not be read.
-    pub quarantined: u64,
+    /// Index entries (segments, routes, marks) sled was missing or had wrong,
+    /// rebuilt from the segment files.
+    pub rebuilt: u64,
+    /// Lines restored from the segment files that sled did not list: a
+    /// route may deliver some of them a second time (duplicates by rebuild).
+    pub rebuilt_lines: u64,
+    /// Byte ranges of segment files whose record headers fail their
+    /// checksum (skipped; their lines cannot be counted unless sled lists
+    /// their segment).
+    pub damaged_regions: u64,
     /// Routes stored.
     pub routes: usize,
     /// Of those, routes whose secrets were sealed under another key (the
     /// signing key changed): their lines are kept but not delivered.
     pub sealed_under_other_key: usize,
-    /// Route records stored in plain text by an older version, re-sealed.
-    pub resealed: usize,
 }
 
 /// Limits the queue enforces on appends.
@@ -158,8 +170,9 @@ impl Default for QueueLimits {
     }
 }
 
-/// Undelivered lines of one route dropped by the quota since the last
-/// [`Queue::take_quota_drops`].
+/// Undelivered lines of one route dropped by the quota (or lost to damage)
+/// since the last [`Queue::take_quota_drops`] (or
+/// [`Queue::take_damage_drops`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuotaDrop {
     pub route: RouteKey,
@@ -216,9 +229,8 @@ pub struct Queue {
 struct Inner {
     dir: PathBuf,
     db: sled::Db,
-    /// Where the segments' lines are.
+    /// Where the segments are.
     files: Arc<SegmentFiles>,
-    quarantine: sled::Tree,
     agents: RwLock<HashMap<Arc<str>, Arc<Agent>>>,
     streams: Box<[Mutex<()>]>,
     stream_hasher: RandomState,
@@ -232,6 +244,9 @@ struct Inner {
     /// Quota drops not yet taken, one entry per route (bounded by routes).
     quota_drops: Mutex<HashMap<RouteKey, QuotaDrop>>,
     quota_notify: Notify,
+    /// Lines lost to damage not yet taken, one entry per route.
+    damage_drops: Mutex<HashMap<RouteKey, QuotaDrop>>,
+    damage_notify: Notify,
 }
 
 struct Agent {
@@ -254,20 +269,21 @@ impl fmt::Debug for Queue {
 }
 
 impl Queue {
-    /// Opens (creating if needed) the sled database in `dir`; route secrets
-    /// are sealed with `seal`.
+    /// Opens (creating if needed) the queue in `dir`; route secrets are
+    /// sealed with `seal`.
     ///
-    /// Rebuilds the index from segment headers (verifying every segment's
-    /// checksum), moves undecodable entries to the quarantine tree, re-seals
-    /// route records an older version stored in plain text, frees segments
-    /// no stored route holds, and sets the depth metrics.
+    /// Reads every record header of the segment files, cross-checks sled's
+    /// index against them and rebuilds what is missing or wrong, and sets
+    /// the depth metrics. Refuses (changing nothing) on any error that is
+    /// not evidence of damage.
     pub fn open(dir: &Path, seal: SealKey) -> Result<(Queue, OpenReport), QueueError> {
         open::open(dir, seal, QueueLimits::default())
     }
 
-    /// [`Queue::open_with`], but a database sled cannot open at all is moved
-    /// aside (to `<dir>.unreadable-<unix time>`) and a fresh queue started;
-    /// [`SetAside`] says where it went and why.
+    /// [`Queue::open_with`], but a sled database that sled reports corrupt
+    /// is set aside (sled's own files, moved into
+    /// `<dir>/sled.corrupt-<unix time>`) and the index rebuilt from the
+    /// segment files; [`SetAside`] says where it went and why.
     pub fn open_or_set_aside(
         dir: &Path,
         seal: SealKey,
@@ -297,6 +313,28 @@ impl Queue {
     /// Resolves when quota drops were recorded since it last resolved.
     pub async fn quota_dropped(&self) {
         self.inner.quota_notify.notified().await;
+    }
+
+    /// Takes the lines lost to damage found since the last call (one entry
+    /// per route, counts summed).
+    pub fn take_damage_drops(&self) -> Vec<QuotaDrop> {
+        lock(&self.inner.damage_drops)
+            .drain()
+            .map(|(_, drop)| drop)
+            .collect()
+    }
+
+    /// Resolves when damage was found since it last resolved.
+    pub async fn damage_found(&self) {
+        self.inner.damage_notify.notified().await;
+    }
+
+    /// Lines of `route` lost to damage since open.
+    pub fn route_damaged(&self, route: &RouteKey) -> u64 {
+        match read_lock(&self.inner.agents).get(route.agent_id.as_str()) {
+            Some(agent) => lock(&agent.index).route_damaged(route),
+            None => 0,
+        }
     }
 
     /// Whether a write met a full disk (ENOSPC): sled then writes nothing
@@ -359,10 +397,20 @@ impl Queue {
         let agent = inner.agent(&route.agent_id);
         let mut index = lock(&agent.index);
         let key = keys::route(route);
-        let sealed = records::seal_secrets(&inner.seal, &key, secrets);
-        inner.db.insert(key, sealed)?;
+        let unchanged = match inner.db.get(&key)? {
+            Some(stored) => {
+                records::unseal_secrets(&inner.seal, &key, &stored).is_ok_and(|s| s == *secrets)
+            }
+            None => false,
+        };
+        if !unchanged {
+            let sealed = records::seal_secrets(&inner.seal, &key, secrets);
+            inner.db.insert(key.as_slice(), sealed)?;
+            // Segment files get the new record before their next segment.
+            inner.files.forget_route(&key);
+        }
         if !index.has_route(route) {
-            // A cursor survives when its route record was quarantined.
+            // A cursor is stored apart from its route record.
             let cursor = match inner.db.get(keys::cursor(route))? {
                 Some(value) => records::decode_cursor(&value).ok(),
                 None => None,
@@ -394,7 +442,8 @@ impl Queue {
     /// `route`, strictly after `after` (`None`: from the start of the agent's
     /// queue), in queue order. Returns at least one line if any is available.
     ///
-    /// A segment that cannot be decoded is quarantined and skipped.
+    /// Lines whose checksum fails are left out and counted; an I/O error is
+    /// returned (retry later), never taken for damage.
     pub fn read(
         &self,
         route: &RouteKey,
@@ -424,8 +473,10 @@ impl Queue {
                 else {
                     continue;
                 };
-                let skip = planned.from_index as usize;
-                for (index, line) in lines.into_iter().enumerate().skip(skip) {
+                for (index, line) in lines {
+                    if index < planned.from_index {
+                        continue;
+                    }
                     let len = line.data.len();
                     let full = out.len() >= max_lines
                         || (!out.is_empty() && bytes.saturating_add(len) > max_bytes);
@@ -436,8 +487,7 @@ impl Queue {
                     out.push(QueuedLine {
                         cursor: Cursor {
                             segment: planned.segment,
-                            // A segment holds at most MAX_SEGMENT_LINES.
-                            index: u32::try_from(index).unwrap_or(u32::MAX),
+                            index,
                         },
                         agent_server_id: server.clone(),
                         line,
@@ -447,7 +497,7 @@ impl Queue {
             if !out.is_empty() {
                 return Ok(out);
             }
-            // Every planned segment was gone or corrupt: look further.
+            // Every planned segment was gone or damaged: look further.
             after = Some(Cursor {
                 segment: last.segment,
                 index: u32::MAX,
@@ -500,29 +550,6 @@ impl Queue {
             })?;
         }
         index.set_cursor(route, through);
-        let removed = index.remove_segments(&freed);
-        report_popped(&agent.id, &index, &removed);
-        drop(index);
-        inner.release(removed.files);
-        Ok(())
-    }
-
-    /// Drops a route: its record and cursor are deleted and it no longer
-    /// holds segments (segments only it held are deleted in the same batch).
-    /// Removing an unknown route does nothing.
-    pub fn remove_route(&self, route: &RouteKey) -> Result<(), QueueError> {
-        let inner = &self.inner;
-        let agent = inner.agent(&route.agent_id);
-        let mut index = lock(&agent.index);
-        let freed = index.freed_by_removal(route);
-        let mut batch = sled::Batch::default();
-        batch.remove(keys::route(route));
-        batch.remove(keys::cursor(route));
-        for id in &freed {
-            batch.remove(keys::segment(&agent.id, *id));
-        }
-        inner.db.apply_batch(batch)?;
-        index.remove_route(route);
         let removed = index.remove_segments(&freed);
         report_popped(&agent.id, &index, &removed);
         drop(index);
@@ -627,42 +654,96 @@ impl Inner {
         }
     }
 
-    /// Loads and decodes one segment: its server id and lines. `None` if it
-    /// is gone (freed after a commit passed it) or was corrupt (it is then
-    /// quarantined).
+    /// Loads and decodes one segment: its server id and the lines that pass
+    /// their checksum, with their indexes. `None` if it is gone (freed
+    /// after a commit passed it) or wholly damaged. Damage is counted once
+    /// per segment; an I/O error is returned, never taken for damage.
     fn load_segment(&self, agent: &Agent, id: u64) -> Result<Option<Loaded>, QueueError> {
-        let key = keys::segment(&agent.id, id);
-        let Some(value) = self.db.get(&key)? else {
+        let Some((at, lines)) = lock(&agent.index)
+            .segment(id)
+            .map(|meta| (meta.at, meta.lines))
+        else {
             return Ok(None);
         };
-        let decoded = segment::decode_header(&value).and_then(|checked| {
-            let encoded = match checked.header.location() {
-                None => segment::inline_lines(&checked, Bytes::from_owner(value.clone())),
-                Some(at) => match self.files.read(at) {
-                    Ok(bytes) => Bytes::from(bytes),
-                    Err(reason) => {
-                        return Err(RecordError::Lines {
-                            path: self.files.path(at.file),
-                            reason: reason.to_string(),
-                        })
-                    }
-                },
-            };
-            let lines = segment::decode_lines(&checked, encoded)?;
-            Ok((checked, lines))
-        });
-        match decoded {
-            Ok((checked, lines)) => Ok(Some(Loaded {
-                server: Arc::from(checked.header.agent_server_id.as_str()),
-                lines,
-            })),
+        let record = match self.files.read(at) {
+            Ok(record) => record,
             // Freed (and its file deleted) while it was being read.
-            Err(RecordError::Lines { .. }) if !lock(&agent.index).contains(id) => Ok(None),
-            Err(reason) => {
-                self.quarantine_segment(agent, id, &key, &value, reason)?;
-                Ok(None)
+            Err(ReadError::Io(_)) if !lock(&agent.index).contains(id) => return Ok(None),
+            Err(ReadError::Io(error)) => {
+                return Err(QueueError::Read {
+                    path: self.files.path(at.file),
+                    reason: error.to_string(),
+                })
             }
+            Err(damaged @ ReadError::Damaged(_)) => {
+                self.count_damage(agent, id, u64::from(lines), at, &damaged.to_string());
+                return Ok(None);
+            }
+        };
+        let checked = match segment::decode_file_header(&record.header) {
+            Ok(checked)
+                if checked.header.segment == id && *checked.header.agent_id == *agent.id =>
+            {
+                checked
+            }
+            Ok(_) => {
+                let reason = "its record belongs to another segment";
+                self.count_damage(agent, id, u64::from(lines), at, reason);
+                return Ok(None);
+            }
+            Err(reason) => {
+                self.count_damage(agent, id, u64::from(lines), at, &reason.to_string());
+                return Ok(None);
+            }
+        };
+        let decoded = segment::decode_lines(&checked.header, record.body);
+        if decoded.damaged > 0 {
+            let reason = "line checksum mismatch";
+            self.count_damage(agent, id, u64::from(decoded.damaged), at, reason);
         }
+        Ok(Some(Loaded {
+            server: Arc::from(checked.header.agent_server_id.as_str()),
+            lines: decoded.lines,
+        }))
+    }
+
+    /// Counts `lines` lines of a segment lost to damage (once per segment):
+    /// logged, `dropped{reason="damaged"}`, and a drop for every route that
+    /// had not delivered them.
+    fn count_damage(&self, agent: &Agent, id: u64, lines: u64, at: Location, reason: &str) {
+        let Some((routes, span_ns)) = lock(&agent.index).count_damage(id, lines) else {
+            return;
+        };
+        tracing::error!(
+            agent = %agent.id,
+            segment = id,
+            file = %self.files.path(at.file).display(),
+            offset = at.offset,
+            lines,
+            reason,
+            "queued lines are damaged on disk and cannot be delivered; the rest of the segment is"
+        );
+        metrics::dropped(&agent.id, "damaged", lines);
+        let mut drops = lock(&self.damage_drops);
+        for tag in routes {
+            let route = RouteKey {
+                agent_id: agent.id.to_string(),
+                kind: tag.kind,
+                cred_id: tag.cred_id.to_string(),
+            };
+            let entry = drops.entry(route.clone()).or_insert(QuotaDrop {
+                route,
+                lines: 0,
+                bytes: 0,
+                oldest_ns: 0,
+                newest_ns: 0,
+            });
+            entry.lines += lines;
+            (entry.oldest_ns, entry.newest_ns) =
+                index::widen((entry.oldest_ns, entry.newest_ns), span_ns);
+        }
+        drop(drops);
+        self.damage_notify.notify_one();
     }
 
     /// Segments no longer point into these files. Files left empty are
@@ -677,38 +758,13 @@ impl Inner {
             self.commit.request();
         }
     }
-
-    /// Moves an undecodable segment met by a read to the quarantine tree.
-    fn quarantine_segment(
-        &self,
-        agent: &Agent,
-        id: u64,
-        key: &[u8],
-        value: &[u8],
-        reason: RecordError,
-    ) -> Result<(), QueueError> {
-        let mut index = lock(&agent.index);
-        tracing::warn!(
-            entry = %keys::describe(key),
-            %reason,
-            "queue entry cannot be decoded; moved to quarantine"
-        );
-        self.quarantine.insert(key, value)?;
-        self.db.remove(key)?;
-        let removed = index.remove_segments(&[id]);
-        metrics::quarantined(1);
-        metrics::dropped(&agent.id, "quarantined", removed.lines);
-        report_popped(&agent.id, &index, &removed);
-        drop(index);
-        self.release(removed.files);
-        Ok(())
-    }
 }
 
-/// A decoded segment.
+/// A decoded segment: its lines that passed their checksum, with their
+/// indexes.
 struct Loaded {
     server: Arc<str>,
-    lines: Vec<Line>,
+    lines: Vec<(u32, Line)>,
 }
 
 impl Agent {

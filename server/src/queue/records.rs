@@ -3,9 +3,7 @@
 //!
 //! Route secrets become bytes in exactly one function pair,
 //! [`seal_secrets`] / [`unseal_secrets`], which encrypts them (`seal.rs`).
-//! Records written in plain text by older versions (a frame of version 1)
-//! are still read; open re-seals them. Nothing here formats a secret: the
-//! stored-route message has no `Debug`.
+//! Nothing here formats a secret: the stored-route message has no `Debug`.
 //! Decoding never panics on bad bytes; it returns a [`RecordError`].
 
 use std::collections::BTreeMap;
@@ -112,38 +110,14 @@ pub(crate) fn seal_secrets(key: &SealKey, context: &[u8], secrets: &Secrets) -> 
     key.seal(context, &prost::Message::encode_to_vec(&stored))
 }
 
-/// Reads secrets stored by [`seal_secrets`], or by an older version in plain
-/// text (see [`is_plain`]).
+/// Reads secrets stored by [`seal_secrets`].
 pub(crate) fn unseal_secrets(
     key: &SealKey,
     context: &[u8],
     value: &[u8],
 ) -> Result<Secrets, RecordError> {
-    let stored: StoredSecrets = if is_plain(value) {
-        let start = unframe(value)?;
-        prost::Message::decode(&value[start..])?
-    } else {
-        prost::Message::decode(key.open(context, value)?.as_slice())?
-    };
+    let stored: StoredSecrets = prost::Message::decode(key.open(context, value)?.as_slice())?;
     Ok(Secrets(stored.secrets))
-}
-
-/// Whether a route record is in the plain-text format of older versions
-/// (to be re-sealed).
-pub(crate) fn is_plain(value: &[u8]) -> bool {
-    value.first() == Some(&FRAME_VERSION)
-}
-
-/// A route record in the plain-text format of older versions (tests of the
-/// migration).
-#[cfg(test)]
-pub(crate) fn plain_secrets_for_tests(secrets: &Secrets) -> Vec<u8> {
-    let stored = StoredSecrets {
-        secrets: secrets.0.clone(),
-    };
-    let mut out = frame_start(prost::Message::encoded_len(&stored));
-    prost::Message::encode_raw(&stored, &mut out);
-    frame_finish(out)
 }
 
 #[cfg(test)]
@@ -161,7 +135,6 @@ mod tests {
     fn sealed_secrets_round_trip_and_are_not_readable_on_disk() {
         let key = SealKey::derive(b"0123456789abcdef0123");
         let mut sealed = seal_secrets(&key, b"r/route", &secrets());
-        assert!(!is_plain(&sealed));
         assert!(!sealed.windows(20).any(|w| w == b"tok-visible-in-plain"));
         assert_eq!(
             unseal_secrets(&key, b"r/route", &sealed).ok(),
@@ -177,23 +150,6 @@ mod tests {
         assert!(matches!(
             unseal_secrets(&key, b"r/route", &[9; 40]),
             Err(RecordError::Version(9))
-        ));
-    }
-
-    #[test]
-    fn plain_records_of_older_versions_are_still_read() {
-        let key = SealKey::derive(b"0123456789abcdef0123");
-        let mut plain = plain_secrets_for_tests(&secrets());
-        assert!(is_plain(&plain));
-        assert_eq!(
-            unseal_secrets(&key, b"r/route", &plain).ok(),
-            Some(secrets())
-        );
-        let last = plain.len() - 1;
-        plain[last] ^= 0xff;
-        assert!(matches!(
-            unseal_secrets(&key, b"r/route", &plain),
-            Err(RecordError::Checksum { .. })
         ));
     }
 

@@ -63,6 +63,19 @@ fn when_unlocked<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> 
     f().expect("database lock released")
 }
 
+/// The error of an open that must be refused, once a dropped queue released
+/// the database lock (see [`when_unlocked`]).
+fn refused<T>(mut open: impl FnMut() -> Result<T, QueueError>) -> QueueError {
+    match when_unlocked(|| match open() {
+        Ok(_) => Ok(None),
+        Err(e) if e.to_string().contains("could not acquire lock") => Err(e),
+        Err(e) => Ok(Some(e)),
+    }) {
+        Some(error) => error,
+        None => panic!("the open must be refused"),
+    }
+}
+
 /// The key the tests seal route secrets with.
 fn seal_key() -> SealKey {
     SealKey::derive(b"queue-tests-signing-key")
@@ -313,7 +326,7 @@ async fn acked_lines_survive_reopen() {
     assert_eq!(report.lines, 2010);
     // 2000 lines are more than one segment holds (1,024): 2 + 1.
     assert_eq!(report.segments, 3);
-    assert_eq!(report.quarantined, 0);
+    assert_eq!(report.rebuilt, 0, "sled agreed with the files");
     assert_eq!(report.routes, 1);
     assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 2010));
     assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 2010);
@@ -508,12 +521,15 @@ async fn secrets_never_in_debug_output() {
         db.flush().unwrap();
     }
     let (queue, report) = reopen(&dir);
-    assert_eq!(report.quarantined, 1);
+    assert_eq!(
+        report.rebuilt, 1,
+        "the route record came back from the files"
+    );
     assert!(!format!("{queue:?} {report:?}").contains(secret));
 }
 
 #[tokio::test]
-async fn corrupt_segment_is_quarantined_and_open_succeeds() {
+async fn garbled_index_entries_are_rebuilt_from_the_segment_files_and_nothing_is_lost() {
     let dir = TempDir::new().unwrap();
     let r = route("agent", "c1");
     let bad_segment;
@@ -533,87 +549,88 @@ async fn corrupt_segment_is_quarantined_and_open_succeeds() {
         )
         .unwrap();
         db.insert(b"zz unknown key", &b"?"[..]).unwrap();
-        db.insert(keys::hwm("agent", "srv", "old-boot"), &b"short"[..])
+        db.insert(keys::hwm("agent", "srv", "boot-1"), &b"short"[..])
             .unwrap();
         db.flush().unwrap();
     }
     let (queue, report) = reopen(&dir);
-    assert_eq!(report.quarantined, 3);
-    assert_eq!(report.segments, 2);
-    assert_eq!(report.lines, 6);
-    let mut expected = names("a", 1, 3);
-    expected.extend(names("c", 7, 9));
-    assert_eq!(data(&read_all(&queue, &r)), expected);
-    assert_eq!(queue.inner.quarantine.len(), 3);
+    assert_eq!((report.segments, report.lines), (3, 9));
+    assert_eq!(report.rebuilt, 2, "the segment entry and the mark");
+    assert_eq!(
+        data(&read_all(&queue, &r)),
+        [names("a", 1, 3), names("b", 4, 6), names("c", 7, 9)].concat()
+    );
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 9);
     drop(queue);
-    // Quarantined entries are not met again.
     let (_, report) = reopen(&dir);
-    assert_eq!(report.quarantined, 0);
+    assert_eq!(report.rebuilt, 0, "rebuilt once");
 }
 
 #[tokio::test]
-async fn read_quarantines_a_corrupt_segment_and_continues() {
-    let dir = TempDir::new().unwrap();
-    let queue = open(&dir);
-    let r = route("agent", "c1");
-    queue.put_route(&r, &secrets("t")).unwrap();
-    append(&queue, "agent", "srv", 1, lines("a", 1, 2), one(&r)).await;
-    append(&queue, "agent", "srv", 3, lines("b", 3, 4), one(&r)).await;
-    let first = queue.read(&r, None, 1, usize::MAX).unwrap()[0]
-        .cursor
-        .segment;
-    // The segment rots while the queue runs.
-    let mut value = queue
-        .inner
-        .db
-        .get(keys::segment("agent", first))
-        .unwrap()
-        .unwrap()
-        .to_vec();
-    value[20] ^= 0xff;
-    queue
-        .inner
-        .db
-        .insert(keys::segment("agent", first), value)
-        .unwrap();
-
-    assert_eq!(data(&read_all(&queue, &r)), names("b", 3, 4));
-    assert_eq!(queue.depth("agent").0, 2);
-    assert_eq!(queue.inner.quarantine.len(), 1);
-}
-
-#[tokio::test]
-async fn remove_route_frees_segments_only_it_held() {
+async fn a_flipped_byte_in_a_segment_file_loses_only_its_line_counted_and_reported_once() {
     let dir = TempDir::new().unwrap();
     let queue = open(&dir);
     let (x, y) = (route("agent", "x"), route("agent", "y"));
     queue.put_route(&x, &secrets("tx")).unwrap();
     queue.put_route(&y, &secrets("ty")).unwrap();
-    append(&queue, "agent", "s1", 1, lines("x", 1, 3), one(&x)).await;
     append(
         &queue,
         "agent",
-        "s2",
+        "srv",
         1,
-        lines("xy", 1, 3),
+        lines("l", 1, 1000),
         &[x.clone(), y.clone()],
     )
     .await;
+    // One byte in the middle of the lines rots while the queue runs.
+    let file = only_segment_file(&dir);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
 
-    queue.remove_route(&x).unwrap();
-    assert_eq!(queue.depth("agent").0, 3);
-    assert_eq!(data(&read_all(&queue, &y)), names("xy", 1, 3));
-    assert!(matches!(
-        queue.read(&x, None, 10, 10),
-        Err(QueueError::UnknownRoute { .. })
-    ));
-    queue.remove_route(&x).unwrap();
+    for r in [&x, &y] {
+        let read = data(&read_all(&queue, r));
+        assert_eq!(read.len(), 999, "only the touched line is lost");
+        let all = names("l", 1, 1000);
+        assert!(read.iter().all(|l| all.contains(l)));
+        assert_eq!(queue.route_damaged(r), 1);
+    }
+    let mut drops = queue.take_damage_drops();
+    drops.sort_by(|a, b| a.route.cred_id.cmp(&b.route.cred_id));
+    let lost: Vec<(&str, u64)> = drops
+        .iter()
+        .map(|d| (d.route.cred_id.as_str(), d.lines))
+        .collect();
+    assert_eq!(
+        lost,
+        vec![("x", 1), ("y", 1)],
+        "once per route, not per read"
+    );
+    assert!(queue.take_damage_drops().is_empty());
+}
 
-    drop(queue);
-    let (queue, report) = reopen(&dir);
-    assert_eq!(report.routes, 1);
-    assert_eq!(report.lines, 3);
-    assert_eq!(queue.routes().unwrap().len(), 1);
+#[tokio::test]
+async fn a_segment_file_of_another_format_refuses_the_start_and_changes_nothing() {
+    let dir = TempDir::new().unwrap();
+    {
+        let queue = open(&dir);
+        let r = route("agent", "c1");
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 3), one(&r)).await;
+    }
+    let file = only_segment_file(&dir);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[11] = 7; // the format version
+    std::fs::write(&file, bytes).unwrap();
+    let before = snapshot(dir.path());
+    let error = refused(|| Queue::open(dir.path(), seal_key()));
+    let shown = error.to_string();
+    assert!(
+        shown.contains("version 7") && shown.contains("format version 1"),
+        "{shown}"
+    );
+    assert_eq!(snapshot(dir.path()), before);
 }
 
 #[tokio::test]
@@ -811,35 +828,6 @@ async fn route_secrets_are_encrypted_in_the_database_files() {
 }
 
 #[tokio::test]
-async fn plain_route_records_of_older_versions_are_read_and_resealed() {
-    let dir = TempDir::new().unwrap();
-    let r = route("agent", "c1");
-    {
-        let queue = open(&dir);
-        queue.put_route(&r, &secrets("old-token")).unwrap();
-        append(&queue, "agent", "srv", 1, lines("l", 1, 3), one(&r)).await;
-        queue.flush().await.unwrap();
-    }
-    {
-        let db = when_unlocked(|| super::open::open_sled(dir.path(), super::DEFAULT_CACHE_BYTES));
-        let plain = records::plain_secrets_for_tests(&secrets("old-token"));
-        db.insert(keys::route(&r), plain).unwrap();
-        db.flush().unwrap();
-    }
-    let (queue, report) = reopen(&dir);
-    assert_eq!((report.resealed, report.quarantined), (1, 0));
-    assert_eq!(
-        queue.routes().unwrap(),
-        vec![(r.clone(), secrets("old-token"))]
-    );
-    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 3));
-    queue.flush().await.unwrap();
-    drop(queue);
-    let (_, report) = reopen(&dir);
-    assert_eq!(report.resealed, 0, "stored sealed after the first open");
-}
-
-#[tokio::test]
 async fn routes_sealed_under_another_key_keep_their_lines_until_the_key_returns() {
     let dir = TempDir::new().unwrap();
     let r = route("agent", "c1");
@@ -852,7 +840,7 @@ async fn routes_sealed_under_another_key_keep_their_lines_until_the_key_returns(
     {
         let (queue, report) = reopen_with(&dir, SealKey::derive(b"another-signing-key"));
         assert_eq!(report.sealed_under_other_key, 1);
-        assert_eq!((report.quarantined, report.lines), (0, 4));
+        assert_eq!((report.rebuilt, report.lines), (0, 4));
         assert!(queue.routes().unwrap().is_empty(), "not delivered");
         queue.flush().await.unwrap();
     }
@@ -1061,8 +1049,26 @@ async fn appends_are_refused_below_the_disk_watermark_naming_the_dir_and_the_fix
     assert_eq!(queue.depth("agent"), (0, 0));
 }
 
+/// Every file under `dir` with its bytes (to check that nothing changed).
+fn snapshot(dir: &std::path::Path) -> BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.insert(path, bytes);
+            }
+        }
+    }
+    files
+}
+
 #[tokio::test]
-async fn a_database_sled_cannot_open_is_set_aside_once_and_a_fresh_queue_serves() {
+async fn a_database_sled_cannot_open_refuses_the_start_and_changes_nothing() {
     let dir = TempDir::new().unwrap();
     let qdir = dir.path().join("queue");
     {
@@ -1071,60 +1077,19 @@ async fn a_database_sled_cannot_open_is_set_aside_once_and_a_fresh_queue_serves(
         queue.put_route(&r, &secrets("t")).unwrap();
         append(&queue, "agent", "srv", 1, lines("l", 1, 100), one(&r)).await;
     }
-    // Damage sled's own files: garbage over the config and the data file.
-    let mut damaged = 0;
+    // Garbage over sled's config and data file: sled cannot say it is
+    // damaged (it reports an unsupported version), so this is doubt.
     for entry in std::fs::read_dir(&qdir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_file() {
             std::fs::write(&path, vec![0xA5; 4096]).unwrap();
-            damaged += 1;
         }
     }
-    assert!(damaged > 0);
-
-    let (queue, report, aside) =
-        when_unlocked(|| Queue::open_or_set_aside(&qdir, seal_key(), QueueLimits::default()));
-    let aside = aside.expect("the damaged database was set aside");
-    assert!(aside.moved_to.exists(), "kept for inspection: {aside:?}");
-    assert!(
-        aside
-            .moved_to
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("queue.unreadable-"),
-        "{aside:?}"
-    );
-    assert_eq!(report.segments, 0);
-    let r = route("agent", "c1");
-    queue.put_route(&r, &secrets("t")).unwrap();
-    append(&queue, "agent", "srv", 1, lines("l", 1, 3), one(&r)).await;
-    drop(queue);
-
-    // The next start finds a clean queue: nothing more is set aside.
-    let (_queue, report, again) =
-        when_unlocked(|| Queue::open_or_set_aside(&qdir, seal_key(), QueueLimits::default()));
-    assert!(again.is_none());
-    assert_eq!(report.lines, 3);
-}
-
-#[tokio::test]
-async fn a_queue_created_with_sleds_default_segment_size_still_opens() {
-    let dir = TempDir::new().unwrap();
-    {
-        // What earlier versions created: sled's default segment size.
-        let db = sled::open(dir.path()).unwrap();
-        db.flush().unwrap();
-    }
-    let queue =
-        when_unlocked(|| Queue::open_with(dir.path(), seal_key(), QueueLimits::default())).0;
-    let r = route("agent", "c1");
-    queue.put_route(&r, &secrets("t")).unwrap();
-    append(&queue, "agent", "srv", 1, lines("l", 1, 300), one(&r)).await;
-    drop(queue);
-    let (queue, report) = reopen(&dir);
-    assert_eq!(report.lines, 300);
-    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 300));
+    let before = snapshot(dir.path());
+    let error = refused(|| Queue::open_or_set_aside(&qdir, seal_key(), QueueLimits::default()));
+    let shown = error.to_string();
+    assert!(shown.contains("the start is refused"), "{shown}");
+    assert_eq!(snapshot(dir.path()), before, "not a byte moved");
 }
 
 #[tokio::test]
@@ -1151,7 +1116,7 @@ async fn sled_holds_segment_headers_and_the_lines_live_in_segment_files() {
 }
 
 #[tokio::test]
-async fn lines_cut_from_a_segment_file_by_a_crash_are_quarantined_and_accepted_again() {
+async fn lines_cut_from_a_segment_file_by_a_crash_are_accepted_again() {
     let dir = TempDir::new().unwrap();
     let r = route("agent", "c1");
     {
@@ -1172,7 +1137,7 @@ async fn lines_cut_from_a_segment_file_by_a_crash_are_quarantined_and_accepted_a
         .unwrap();
 
     let (queue, report) = reopen(&dir);
-    assert_eq!(report.quarantined, 1);
+    assert_eq!(report.rebuilt, 1, "its index entry went");
     assert_eq!(report.lines, 3);
     assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 3);
     // The shim never got an ack for 4..=6 and sends them again.
@@ -1185,57 +1150,261 @@ async fn lines_cut_from_a_segment_file_by_a_crash_are_quarantined_and_accepted_a
 }
 
 #[tokio::test]
-async fn a_segment_whose_file_rots_while_running_is_quarantined_on_read() {
+async fn a_damaged_record_header_loses_its_segment_counted_and_the_next_is_delivered() {
     let dir = TempDir::new().unwrap();
     let queue = open(&dir);
     let r = route("agent", "c1");
     queue.put_route(&r, &secrets("t")).unwrap();
     append(&queue, "agent", "srv", 1, lines("a", 1, 2), one(&r)).await;
+    append(&queue, "agent", "srv", 3, lines("b", 3, 4), one(&r)).await;
+    let first = queue.read(&r, None, 1, usize::MAX).unwrap()[0]
+        .cursor
+        .segment;
+    let at = lock(&queue.inner.agents.read().unwrap()["agent"].index)
+        .segment(first)
+        .unwrap()
+        .at;
     let file = only_segment_file(&dir);
     let mut bytes = std::fs::read(&file).unwrap();
-    bytes[3] ^= 0xff;
+    bytes[at.offset as usize + 20] ^= 0xff; // inside its record header
     std::fs::write(&file, bytes).unwrap();
 
-    assert!(read_all(&queue, &r).is_empty());
-    assert_eq!(queue.depth("agent").0, 0);
-    assert_eq!(queue.inner.quarantine.len(), 1);
+    assert_eq!(data(&read_all(&queue, &r)), names("b", 3, 4));
+    assert_eq!(queue.route_damaged(&r), 2);
+    drop(queue);
+    // At the next open the scan skips to the next record; sled still lists
+    // the damaged segment, so reading it counts its lines again there.
+    let (queue, report) = reopen(&dir);
+    assert_eq!(report.damaged_regions, 1);
+    assert_eq!(data(&read_all(&queue, &r)), names("b", 3, 4));
+    assert_eq!(queue.route_damaged(&r), 2);
+}
+
+/// How the store-damage tests damage sled's data file.
+#[derive(Clone, Copy, Debug)]
+enum StoreDamage {
+    TruncatedToHalf,
+    TruncatedToZero,
+    OverwrittenInTheMiddle,
+    Deleted,
+}
+
+fn damage_store(dir: &std::path::Path, damage: StoreDamage) {
+    use std::os::unix::fs::FileExt;
+    let db = dir.join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    let file = || std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    match damage {
+        StoreDamage::TruncatedToHalf => file().set_len(len / 2).unwrap(),
+        StoreDamage::TruncatedToZero => file().set_len(0).unwrap(),
+        StoreDamage::OverwrittenInTheMiddle => {
+            file().write_all_at(&vec![0xA5; 4096], len / 2).unwrap()
+        }
+        StoreDamage::Deleted => std::fs::remove_file(&db).unwrap(),
+    }
 }
 
 #[tokio::test]
-async fn segments_stored_inline_by_earlier_versions_are_read_and_freed() {
+async fn a_damaged_or_lost_sled_database_is_rebuilt_from_the_segment_files_and_loses_no_line() {
+    for damage in [
+        StoreDamage::TruncatedToHalf,
+        StoreDamage::TruncatedToZero,
+        StoreDamage::OverwrittenInTheMiddle,
+        StoreDamage::Deleted,
+    ] {
+        let dir = TempDir::new().unwrap();
+        let (x, y) = (route("agent", "x"), route("agent", "y"));
+        {
+            let queue = open(&dir);
+            queue.put_route(&x, &secrets("tx")).unwrap();
+            queue.put_route(&y, &secrets("ty")).unwrap();
+            for first in (1..=3000).step_by(500) {
+                let batch = lines("l", first, first + 499);
+                append(
+                    &queue,
+                    "agent",
+                    "srv",
+                    first,
+                    batch,
+                    &[x.clone(), y.clone()],
+                )
+                .await;
+            }
+            // x delivered its first 1,000 lines; y nothing.
+            let read = queue.read(&x, None, 1000, usize::MAX).unwrap();
+            queue.commit(&x, read[999].cursor).unwrap();
+            queue.flush().await.unwrap();
+        }
+        damage_store(dir.path(), damage);
+
+        let (queue, report) = reopen(&dir);
+        let mut routes = queue.routes().unwrap();
+        routes.sort_by(|a, b| a.0.cred_id.cmp(&b.0.cred_id));
+        assert_eq!(
+            routes,
+            vec![(x.clone(), secrets("tx")), (y.clone(), secrets("ty"))],
+            "{damage:?}: credentials come back from the files"
+        );
+        assert_eq!(
+            data(&read_all(&queue, &y)),
+            names("l", 1, 3000),
+            "{damage:?}"
+        );
+        let for_x = data(&read_all(&queue, &x));
+        assert!(
+            for_x.ends_with(&names("l", 1001, 3000)),
+            "{damage:?}: x lost nothing undelivered"
+        );
+        assert_eq!(
+            for_x.len() as u64 - 2000,
+            report.rebuilt_lines.min(for_x.len() as u64 - 2000),
+            "{damage:?}: lines x gets again are counted as rebuilt"
+        );
+        assert!(
+            queue.acked_seq("agent", "srv", "boot-1").unwrap() >= 3000,
+            "{damage:?}: resends stay duplicates"
+        );
+        assert_eq!(segment_files(&dir), 1, "{damage:?}: no file deleted");
+    }
+}
+
+#[tokio::test]
+async fn recover_rebuilds_a_queue_whose_sled_database_cannot_be_opened() {
     let dir = TempDir::new().unwrap();
     let r = route("agent", "c1");
     {
         let queue = open(&dir);
         queue.put_route(&r, &secrets("t")).unwrap();
-        let header = segment::Header {
-            agent_server_id: "srv".into(),
-            boot_id: "boot-1".into(),
-            first_seq: 1,
-            routes: vec![segment::StoredTag::of(&r)],
-            ..Default::default()
-        };
-        let value = segment::encode(header, lines("old", 1, 3)).inline_value();
-        queue
-            .inner
-            .db
-            .insert(keys::segment("agent", 1), value)
-            .unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 100), one(&r)).await;
+    }
+    std::fs::write(dir.path().join("conf"), vec![0xA5; 4096]).unwrap();
+    assert!(Queue::open(dir.path(), seal_key()).is_err(), "refused");
+
+    let (report, aside) = when_unlocked(|| recover(dir.path(), seal_key()));
+    let aside = aside.expect("sled's files were set aside");
+    assert!(aside.join("conf").exists(), "kept for inspection");
+    assert_eq!(report.lines, 100);
+    let (queue, _) = reopen(&dir);
+    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 100));
+    drop(queue);
+    // A queue that opens is left alone.
+    let (_, aside) = when_unlocked(|| recover(dir.path(), seal_key()));
+    assert!(aside.is_none());
+}
+
+#[tokio::test]
+async fn a_read_that_meets_an_io_error_is_retried_and_sets_nothing_aside() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let r = route("agent", "c1");
+    queue.put_route(&r, &secrets("t")).unwrap();
+    append(&queue, "agent", "srv", 1, lines("l", 1, 500), one(&r)).await;
+    // The file cannot be opened for a while (as under EMFILE or EACCES).
+    let file = only_segment_file(&dir);
+    let away = file.with_extension("away");
+    std::fs::rename(&file, &away).unwrap();
+    queue.inner.files.forget_handles();
+    let error = queue.read(&r, None, 1000, usize::MAX).unwrap_err();
+    assert!(matches!(error, QueueError::Read { .. }), "{error}");
+    assert!(error.to_string().contains("retrying"), "{error}");
+    assert_eq!(queue.depth("agent").0, 500, "nothing set aside");
+
+    std::fs::rename(&away, &file).unwrap();
+    assert_eq!(data(&read_all(&queue, &r)), names("l", 1, 500));
+    assert_eq!(queue.route_damaged(&r), 0);
+    assert!(queue.take_damage_drops().is_empty());
+}
+
+#[tokio::test]
+async fn a_damaged_route_record_no_line_needs_is_dropped_and_the_queue_still_opens() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        queue.flush().await.unwrap();
+        let key = keys::route(&r);
+        let mut value = queue.inner.db.get(&key).unwrap().unwrap().to_vec();
+        let last = value.len() - 1;
+        value[last] ^= 0x55;
+        queue.inner.db.insert(&key, value).unwrap();
         queue.flush().await.unwrap();
     }
     let (queue, report) = reopen(&dir);
-    assert_eq!(
-        (report.segments, report.lines, report.quarantined),
-        (1, 3, 0)
-    );
-    append(&queue, "agent", "srv", 4, lines("new", 4, 5), one(&r)).await;
-    let read = read_all(&queue, &r);
-    assert_eq!(
-        data(&read),
-        [names("old", 1, 3), names("new", 4, 5)].concat()
-    );
-    queue.commit(&r, read[4].cursor).unwrap();
-    queue.flush().await.unwrap();
-    assert_eq!(queue.depth("agent"), (0, 0));
-    assert_eq!(segment_files(&dir), 0);
+    assert_eq!((report.rebuilt, report.routes), (1, 0));
+    assert!(queue.routes().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_file_holding_only_a_record_cut_short_by_the_machine_stopping_is_deleted_at_open() {
+    let dir = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("a", 1, 3), one(&r)).await;
+    }
+    // The machine stopped inside the first record's header (never acked).
+    let file = only_segment_file(&dir);
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - 40)
+        .unwrap();
+    let (queue, report) = reopen(&dir);
+    assert_eq!(report.lines, 0, "{report:?} {len}");
+    assert_eq!(queue.acked_seq("agent", "srv", "boot-1").unwrap(), 0);
+    assert_eq!(segment_files(&dir), 0, "nothing in it was ever acked");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn any_single_flipped_byte_of_a_segment_file_loses_at_most_its_segment_and_every_loss_is_counted(
+) {
+    let pristine = TempDir::new().unwrap();
+    let r = route("agent", "c1");
+    {
+        let queue = open(&pristine);
+        queue.put_route(&r, &secrets("t")).unwrap();
+        append(&queue, "agent", "srv", 1, lines("l", 1, 10), one(&r)).await;
+        append(&queue, "agent", "srv", 11, lines("m", 11, 20), one(&r)).await;
+    }
+    let name = only_segment_file(&pristine)
+        .strip_prefix(pristine.path())
+        .unwrap()
+        .to_path_buf();
+    let len = std::fs::metadata(pristine.path().join(&name))
+        .unwrap()
+        .len() as usize;
+    for at in 0..len {
+        let dir = TempDir::new().unwrap();
+        copy_dir(pristine.path(), dir.path());
+        let file = dir.path().join(&name);
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[at] ^= 0x10;
+        std::fs::write(&file, bytes).unwrap();
+        let (queue, _) = reopen(&dir);
+        let read = read_all(&queue, &r);
+        let lost = queue.route_damaged(&r);
+        assert_eq!(
+            read.len() as u64 + lost,
+            20,
+            "byte {at}: every line is delivered or counted"
+        );
+        assert!(lost <= 10, "byte {at}: at most one segment lost");
+    }
 }

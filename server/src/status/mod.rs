@@ -174,7 +174,8 @@ pub struct DestinationStatus {
     pub delivered_lines: u64,
     pub delivered_requests: u64,
     pub failed_requests: u64,
-    /// Lines the vendor refused for good.
+    /// Lines dropped for good: refused by the vendor, or damaged on the
+    /// gateway's disk (then `health` is failing and `note` says so).
     pub dropped_lines: u64,
     /// Last request the vendor accepted (Unix seconds), since the gateway
     /// started.
@@ -232,11 +233,24 @@ pub fn build(sources: &Sources<'_>, agents: Option<&[String]>, now: SystemTime) 
                         .find(|(route, _)| *route == key)
                         .and_then(|(_, head)| *head);
                     let state = Delivery::of(s.state);
+                    // Lines lost to damage on the gateway's disk: unhealthy.
+                    let damaged = sources.queue.route_damaged(&key);
+                    let health = if damaged > 0 {
+                        Health::Failing
+                    } else {
+                        state.health()
+                    };
+                    let note = match (damaged, &s.note) {
+                        (0, note) => note.clone(),
+                        (n, _) => Some(format!(
+                            "{n} queued lines were damaged on the gateway's disk and dropped"
+                        )),
+                    };
                     DestinationStatus {
                         destination: s.destination.name().to_string(),
                         cred_id: s.cred_id.clone(),
                         state,
-                        health: state.health(),
+                        health,
                         enabled_by,
                         location,
                         last_error: s.last_error.clone(),
@@ -250,9 +264,9 @@ pub fn build(sources: &Sources<'_>, agents: Option<&[String]>, now: SystemTime) 
                         delivered_lines: s.delivered_lines,
                         delivered_requests: s.delivered_requests,
                         failed_requests: s.failed_requests,
-                        dropped_lines: s.dropped_lines,
+                        dropped_lines: s.dropped_lines + damaged,
                         last_success_unix: s.last_success_unix,
-                        note: s.note.clone(),
+                        note,
                     }
                 })
                 .collect();
