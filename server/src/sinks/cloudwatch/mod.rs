@@ -32,7 +32,7 @@
 //! | order | chronological within a request: sorted by time, stable | [`request_builder::chunk`] |
 //! | time span | under 24 h per request: split | [`request_builder::MAX_SPAN_MS`] |
 //! | streams | one request per log stream: a batch is grouped by agent-server id | [`request_builder::plan`] |
-//! | too new (> 2 h ahead), too old (> 14 days), expired (retention) | accepted requests report them in `rejectedLogEventsInfo`: counted as dropped, never retried | [`outcome::Tally`] |
+//! | too new (> 2 h ahead), too old (> 14 days), expired (retention) | accepted requests report them in `rejectedLogEventsInfo` (end indexes exclusive, the too-new start inclusive): counted as dropped, never retried | [`outcome::Tally`], [`service::verdicts`] |
 //! | errors | throttling/unavailable/network → retry; access denied and bad keys → credentials; invalid parameter → payload; quotas → config | [`service::classify`] |
 //! | group and stream | created on first write; `ResourceAlreadyExistsException` is success; a put answered `ResourceNotFoundException` creates them and is sent once more | [`service::Service`] |
 //!

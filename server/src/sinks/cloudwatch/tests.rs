@@ -641,23 +641,37 @@ async fn a_stream_still_missing_after_creation_is_retryable_not_a_loop() {
     assert_eq!(puts, 2);
 }
 
+/// A canned PutLogEvents answer read by the real SDK: the end indexes are
+/// exclusive and the too-new start inclusive, as AWS documents (moto reads
+/// the ends as inclusive, so its tests cannot pin this).
 #[tokio::test]
-async fn events_refused_for_their_time_are_reported_not_retried() {
+async fn refused_events_are_counted_by_aws_documented_index_semantics() {
     let (url, _) = fake(|call, _| match call.operation.as_str() {
         "PutLogEvents" => (
             StatusCode::OK,
-            json!({"rejectedLogEventsInfo": {"tooOldLogEventEndIndex": 1}}),
+            json!({
+                "nextSequenceToken": "49039859",
+                "rejectedLogEventsInfo": {
+                    "expiredLogEventEndIndex": 1,
+                    "tooOldLogEventEndIndex": 2,
+                    "tooNewLogEventStartIndex": 4
+                }
+            }),
         ),
         _ => ok(),
     })
     .await;
-    let lines = [line(0, b"a"), line(1, b"b"), line(2, b"c")];
+    let lines: Vec<QueuedLine> = (0..6).map(|i| line(i, b"x")).collect();
     let outcome = sink(Some(url)).send(&lines).await.unwrap();
-    assert_eq!(outcome.rejected, 2);
-    assert!(outcome
-        .rejected_reason
-        .unwrap()
-        .contains("2 more than 14 days old"));
+    // 0 expired, 1 too old, 2 and 3 stored, 4 and 5 too new.
+    assert_eq!(outcome.rejected, 4);
+    assert_eq!(
+        outcome.rejected_reason.as_deref(),
+        Some(
+            "CloudWatch Logs refused events for their timestamps: 2 more than 2 h in the future, \
+             1 more than 14 days old, 1 older than the log group's retention"
+        )
+    );
 }
 
 #[tokio::test]
