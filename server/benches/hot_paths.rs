@@ -15,7 +15,7 @@
 use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -250,7 +250,7 @@ fn vendor_bodies(c: &mut Criterion) {
     let sentry = |lines: &[QueuedLine]| {
         lines
             .chunks(sentry::request_builder::MAX_ITEMS)
-            .map(|chunk| sentry::request_builder::encode(AGENT, chunk, SystemTime::UNIX_EPOCH))
+            .map(|chunk| sentry::request_builder::encode(AGENT, chunk))
             .collect::<Result<Vec<_>, _>>()
     };
     let cloudwatch = |lines: &[QueuedLine]| {
