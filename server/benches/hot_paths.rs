@@ -85,6 +85,7 @@ fn queued_from(lines: Vec<Line>) -> Vec<QueuedLine> {
             },
             agent_server_id: replicas[i / 500].clone(),
             line,
+            original_timestamp_ns: None,
         })
         .collect()
 }

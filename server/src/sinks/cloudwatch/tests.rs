@@ -46,6 +46,7 @@ fn queued(index: u32, server: &str, timestamp_ns: i64, data: &[u8]) -> QueuedLin
             part: 0,
             more_parts: false,
         },
+        original_timestamp_ns: None,
     }
 }
 
@@ -160,6 +161,22 @@ fn pieces_of_split_lines_and_shim_lines_say_so_under_logdrain() {
     let mut shim = line(1, b"agent exited with code 1");
     shim.line.origin = Origin::Shim as i32;
     assert_eq!(message_json(&shim)["logdrain"], json!({"origin": "shim"}));
+}
+
+#[test]
+fn a_line_sent_with_the_time_of_sending_keeps_its_own_time_in_milliseconds() {
+    let mut late = line(0, b"from the backlog");
+    late.original_timestamp_ns = Some(T0_NS - 15 * 24 * HOUR_NS);
+    let own_ms = (T0_NS - 15 * 24 * HOUR_NS) / 1_000_000;
+    assert_eq!(
+        message_json(&late),
+        json!({"message": "from the backlog", "stream": "stdout",
+               "logdrain": {"original_timestamp": own_ms}})
+    );
+    assert_eq!(
+        request_builder::event_size(&late),
+        request_builder::message(&late).len() + EVENT_OVERHEAD
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //! | one log | 1,000,000 bytes; longer messages are cut here with a visible marker | [`request_builder::MAX_LOG_BYTES`] |
 //! | body | JSON array, `Content-Type: application/json`, `Content-Encoding: gzip` | [`request_builder`] |
 //! | answers | 2xx accepted; 408/429/5xx retry (`Retry-After`); 400/413 permanent; 401/403 credentials | [`service::classify`] |
-//! | timestamps | older than 18 h or over 2 h ahead are not placed at their own time (Datadog's rule; lines are still sent) | |
+//! | timestamps | Datadog takes logs up to 18 h in the past and 2 h in the future (<https://docs.datadoghq.com/api/latest/logs/#send-logs>, <https://docs.datadoghq.com/logs/log_configuration/processors/log_date_remapper/>); older ones are discarded after a 202. The engine sends such lines with the time of sending, their own time in `logdrain.original_timestamp` (ms) | [`MAX_AGE`], [`crate::sinks::engine::late`] |
 //!
 //! Files: [`config`] (region → site, token form → intake and credential
 //! placement), [`request_builder`] (lines → gzipped JSON), [`service`]
@@ -28,6 +28,7 @@ pub mod service;
 mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -37,6 +38,9 @@ use crate::sinks::{
     encoding_failed, BatchLimits, Prepared, SecretError, SendOutcome, Sink, SinkError, SinkSettings,
 };
 use config::Endpoint;
+
+/// Oldest line Datadog keeps at its own time.
+pub const MAX_AGE: Duration = Duration::from_secs(18 * 3600);
 
 /// Delivers one route's lines to Datadog. `Debug` redacts the credential.
 #[derive(Debug)]
@@ -83,6 +87,10 @@ impl Sink for DatadogSink {
 
     fn limits(&self) -> BatchLimits {
         self.limits
+    }
+
+    fn max_age(&self) -> Option<Duration> {
+        Some(MAX_AGE)
     }
 
     fn event_size(&self, line: &QueuedLine) -> usize {

@@ -74,7 +74,7 @@ fn write_rest(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) -> io::
     out.int(line.timestamp_ns.div_euclid(1_000_000));
     out.raw(b",\"status\":");
     out.quoted(status(level).as_bytes());
-    text::write_logdrain_member(out, line)?;
+    text::write_logdrain_member(out, queued)?;
     out.raw(b"}");
     Ok(())
 }

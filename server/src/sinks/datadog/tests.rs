@@ -38,6 +38,7 @@ fn queued(index: u32, data: &[u8]) -> QueuedLine {
             part: 0,
             more_parts: false,
         },
+        original_timestamp_ns: None,
     }
 }
 

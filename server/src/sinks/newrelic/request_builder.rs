@@ -82,7 +82,7 @@ fn open_block(out: &mut impl JsonOut, agent_id: &str, queued: &QueuedLine) {
 /// and the `logdrain.*` ones that say something.
 fn write_log(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) {
     let line = &queued.line;
-    let logdrain = text::Attributes::of(line);
+    let logdrain = text::Attributes::of_queued(queued);
     out.raw(b"{\"timestamp\":");
     out.int(line.timestamp_ns.div_euclid(1_000_000));
     out.raw(b",\"message\":");
@@ -108,6 +108,10 @@ fn write_log(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) {
     if let Some(origin) = logdrain.origin {
         out.raw(b",\"logdrain.origin\":");
         out.string(origin);
+    }
+    if let Some(ms) = logdrain.original_timestamp {
+        out.raw(b",\"logdrain.original_timestamp\":");
+        out.int(ms);
     }
     if let Some(cut) = truncated_bytes {
         out.raw(b",\"logdrain.truncated_bytes\":");
