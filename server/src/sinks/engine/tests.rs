@@ -1446,7 +1446,38 @@ async fn a_20_hour_old_backlog_reaches_datadog_restamped_with_its_own_time_kept(
         ("twenty hours old", now_ns - 20 * HOUR_NS),
         ("three hours ahead", now_ns + 3 * HOUR_NS),
     ];
-    let (before, after) = through_the_engine(Arc::new(sink), &intake, &lines).await;
+    let source = MemorySource::default();
+    source.push_stamped("a1", &lines);
+    let before = unix_ms_now();
+    let engine = engine_with_sink(&source, Arc::new(sink));
+    intake
+        .wait_for(Duration::from_secs(60), |records| {
+            records.requests().iter().any(|r| r.status == 202)
+        })
+        .await
+        .unwrap();
+    let after = unix_ms_now();
+    // The counts the route's next notice states, taken once.
+    let restamps = engine.take_restamps();
+    assert_eq!(
+        restamps,
+        [(
+            route("a1"),
+            late::Restamps {
+                too_old: 1,
+                too_new: 1
+            },
+            crate::sinks::datadog::MAX_AGE
+        )]
+    );
+    assert_eq!(
+        restamps[0].1.notice("datadog", restamps[0].2),
+        "logdrain: 2 lines were sent with the time of sending (1 older than datadog's 18h \
+         window, 1 more than 2h in the future); each keeps its own time in \
+         logdrain.original_timestamp"
+    );
+    assert!(engine.take_restamps().is_empty());
+    engine.shutdown(Duration::from_secs(5)).await;
     let entries = intake.datadog_entries();
     let messages: Vec<&str> = entries
         .iter()
