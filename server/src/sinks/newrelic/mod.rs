@@ -7,7 +7,7 @@
 //!
 //! | limit | value | where |
 //! |---|---|---|
-//! | endpoint | US `https://log-api.newrelic.com/log/v1`; EU `https://log-api.eu.newrelic.com/log/v1` for license keys starting with `eu`; `--newrelic-url` replaces scheme, host and port | [`config::endpoint_url`] |
+//! | endpoint | US `https://log-api.newrelic.com/log/v1`; EU `https://log-api.eu.newrelic.com/log/v1` for license keys whose region (leading letters) is `eu…`; FedRAMP `https://gov-log-api.newrelic.com/log/v1` for `gov`; `jp` keys: endpoint unconfirmed, US unless `--newrelic-url`; `--newrelic-url` replaces scheme, host and port | [`config::Region::of_key`], [`config::endpoint_url`] |
 //! | auth | `X-License-Key: <NEW_RELIC_LICENSE_KEY>` | [`service::post`] |
 //! | body | detailed JSON form, one `{common, logs}` block per (agent-server id, stream); `Content-Type: application/json`, `Content-Encoding: gzip` | [`request_builder`] |
 //! | one POST | 1,000,000 bytes gzipped: batches are cut at 990,000 bytes uncompressed, which cannot gzip past it | [`request_builder::MAX_JSON_BYTES`] |
