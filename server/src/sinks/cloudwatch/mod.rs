@@ -17,10 +17,12 @@
 //! The message is JSON so that Logs Insights discovers `message` and
 //! `stream` as fields (`fields message, stream | filter stream = "stderr"`).
 //! `message` is the raw line as UTF-8 (bytes that are not UTF-8 become
-//! U+FFFD); `stream` is `stdout` or `stderr`. Only for pieces of a split line
-//! and for lines the shim wrote itself, a `logdrain` object is added
-//! (`logdrain.part`, `logdrain.more_parts`, `logdrain.origin = "shim"`), the
-//! same attributes the Datadog sink sends.
+//! U+FFFD); `stream` is `stdout` or `stderr`. Only for pieces of a split line,
+//! for lines the shim wrote itself and for lines sent with the time of
+//! sending, a `logdrain` object is added (`logdrain.part`,
+//! `logdrain.more_parts`, `logdrain.origin = "shim"`,
+//! `logdrain.original_timestamp`), the same attributes the Datadog sink
+//! sends.
 //!
 //! CloudWatch's limits, as this sink applies them:
 //!

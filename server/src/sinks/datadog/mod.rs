@@ -15,6 +15,16 @@
 //! | answers | 2xx accepted; 408/429/5xx retry (`Retry-After`); 400/413 permanent; 401/403 credentials | [`service::classify`] |
 //! | timestamps | Datadog takes logs up to 18 h in the past and 2 h in the future (<https://docs.datadoghq.com/api/latest/logs/#send-logs>, <https://docs.datadoghq.com/logs/log_configuration/processors/log_date_remapper/>); older ones are discarded after a 202. The engine sends such lines with the time of sending, their own time in `logdrain.original_timestamp` (ms) | [`MAX_AGE`], [`crate::sinks::engine::late`] |
 //!
+//! Edges we could not confirm (see `docs/vendors-edges.md`): Datadog's API
+//! reference also lists uk1 (`uk1.datadoghq.com`) and US2-FED
+//! (`us2.ddog-gov.com`), which `DATADOG_REGION` does not accept yet (the
+//! list is shared with the shim); whether the browser intake wants the
+//! browser SDK's other query parameters (`ddsource`, `dd-evp-origin`,
+//! `dd-request-id`, … in `packages/core/src/domain/configuration/endpointBuilder.ts`
+//! of <https://github.com/DataDog/browser-sdk>) or takes gzip; and which
+//! value wins when a JSON `message` carries its own `host`, `service`,
+//! `status` or `timestamp`.
+//!
 //! Files: [`config`] (region → site, token form → intake and credential
 //! placement), [`request_builder`] (lines → gzipped JSON), [`service`]
 //! (HTTP call → classification). Retry, batching and backoff are the

@@ -3,8 +3,9 @@
 //! Each line becomes exactly the fields of the contract (`host`, `ddsource`,
 //! `service`, `stream`, `message`, `timestamp`, `status`), plus a `logdrain`
 //! object only for pieces of a split line (`logdrain.part`,
-//! `logdrain.more_parts`) and for lines the shim wrote itself
-//! (`logdrain.origin = "shim"`). The objects are written by hand through
+//! `logdrain.more_parts`), for lines the shim wrote itself
+//! (`logdrain.origin = "shim"`) and for lines the engine sent with the time
+//! of sending (`logdrain.original_timestamp`, ms). The objects are written by hand through
 //! [`JsonOut`], byte for byte as serde_json would write them: the fields
 //! every line of a replica shares (`host`, `ddsource`, `service`) are
 //! escaped once per run of that replica's lines, and a message that needs

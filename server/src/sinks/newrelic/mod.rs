@@ -17,6 +17,11 @@
 //! | answers | 2xx (202) accepted; 408/429/5xx retry (`Retry-After`); 400/413 permanent; 401/403 credentials | [`service::classify`] |
 //! | timestamps | integer milliseconds; payloads older than 48 h may be dropped after a 202 (<https://docs.newrelic.com/docs/logs/log-api/introduction-log-api/>, <https://github.com/newrelic/docs-website/pull/3230>): the engine sends such lines, and lines over 2 h ahead, with the time of sending, their own time in `logdrain.original_timestamp` (ms) | [`MAX_AGE`], [`crate::sinks::engine::late`] |
 //!
+//! Unconfirmed (see `docs/vendors-edges.md`): the Japan Log API endpoint
+//! (`jp` keys go to the US one unless `--newrelic-url`), and whether a JSON
+//! `message` carrying its own `hostname`, `service_name` or `source`
+//! replaces the values sent in `common`.
+//!
 //! Files: [`config`] (license key → endpoint), [`request_builder`] (lines →
 //! gzipped JSON), [`service`] (HTTP call → classification). Retry, batching
 //! and backoff are the engine's ([`crate::sinks::engine`]), not this

@@ -16,7 +16,9 @@
 //! `logdrain` object, written here with the dotted names New Relic gives
 //! nested attributes anyway: `logdrain.part` and `logdrain.more_parts` for
 //! pieces of a line the shim split, `logdrain.origin = "shim"` for lines the
-//! shim wrote itself, and `logdrain.truncated_bytes` for a cut message. The
+//! shim wrote itself, `logdrain.original_timestamp` (ms) for a line the
+//! engine sent with the time of sending, and `logdrain.truncated_bytes` for
+//! a cut message. The
 //! JSON is written by hand through [`JsonOut`], byte for byte as serde_json
 //! would write it (a message that needs no escaping is copied as it is), and
 //! [`event_size`] counts with the same layout. This module must not send
