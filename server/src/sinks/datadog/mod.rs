@@ -8,7 +8,7 @@
 //!
 //! | limit | value | where |
 //! |---|---|---|
-//! | entries per request | 1,000 | [`request_builder::MAX_EVENTS`] |
+//! | entries per request | 1,000; 50 to the browser intake (client tokens), the browser SDK's "Logs intake limit" | [`request_builder::MAX_EVENTS`], [`request_builder::MAX_BROWSER_EVENTS`] |
 //! | uncompressed request | 5,000,000 bytes (the whole JSON array) | [`request_builder::MAX_PAYLOAD_BYTES`] |
 //! | one log | 1,000,000 bytes; longer messages are cut here with a visible marker | [`request_builder::MAX_LOG_BYTES`] |
 //! | body | JSON array, `Content-Type: application/json`, `Content-Encoding: gzip` | [`request_builder`] |
@@ -70,12 +70,16 @@ impl DatadogSink {
         http: &reqwest::Client,
     ) -> Result<Self, SecretError> {
         let endpoint = config::from_secrets(secrets, settings.datadog_url.as_ref())?;
+        let max_events = match endpoint.credential {
+            config::Credential::Header(_) => request_builder::MAX_EVENTS,
+            config::Credential::Query(_) => request_builder::MAX_BROWSER_EVENTS,
+        };
         Ok(Self {
             agent_id: Arc::from(route.agent_id.as_str()),
             endpoint,
             http: http.clone(),
             limits: BatchLimits {
-                max_events: request_builder::MAX_EVENTS,
+                max_events,
                 // One byte of the array is its opening bracket.
                 max_bytes: request_builder::MAX_PAYLOAD_BYTES - 1,
                 max_linger: settings.max_linger,

@@ -31,6 +31,12 @@ use crate::sinks::text::{self, JsonOut};
 
 /// Most log entries in one request.
 pub const MAX_EVENTS: usize = 1_000;
+/// Most log entries in one request to the browser intake (client tokens):
+/// Datadog's browser SDK calls 50 messages per batch the "Logs intake
+/// limit" (`batchMessagesLimit` in
+/// `packages/core/src/domain/configuration/configuration.ts`,
+/// <https://github.com/DataDog/browser-sdk>).
+pub const MAX_BROWSER_EVENTS: usize = 50;
 /// Most uncompressed bytes in one request (the whole JSON array).
 pub const MAX_PAYLOAD_BYTES: usize = 5_000_000;
 /// Most bytes of one log as Datadog counts it.

@@ -307,6 +307,14 @@ fn batches(sink: &DatadogSink, lines: Vec<QueuedLine>) -> Vec<Vec<QueuedLine>> {
 }
 
 #[test]
+fn batches_to_the_browser_intake_hold_at_most_50_entries() {
+    let s = sink(CLIENT_TOKEN, None);
+    let lines = (0..120).map(|i| queued(i, b"short line")).collect();
+    let sizes: Vec<usize> = batches(&s, lines).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [50, 50, 20]);
+}
+
+#[test]
 fn batches_hold_at_most_1000_entries() {
     let s = sink(API_KEY, None);
     let lines = (0..2_500).map(|i| queued(i, b"short line")).collect();
