@@ -21,9 +21,11 @@
 //! list is shared with the shim); whether the browser intake wants the
 //! browser SDK's other query parameters (`ddsource`, `dd-evp-origin`,
 //! `dd-request-id`, … in `packages/core/src/domain/configuration/endpointBuilder.ts`
-//! of <https://github.com/DataDog/browser-sdk>) or takes gzip; and which
-//! value wins when a JSON `message` carries its own `host`, `service`,
-//! `status` or `timestamp`.
+//! of <https://github.com/DataDog/browser-sdk>) or takes gzip; and whether a
+//! JSON `message` carrying its own `host`, `service`, `status` or
+//! `timestamp` can replace ours (Datadog's docs say JSON inside `message`
+//! is not expanded automatically:
+//! <https://github.com/DataDog/documentation/pull/6104>).
 //!
 //! Files: [`config`] (region → site, token form → intake and credential
 //! placement), [`request_builder`] (lines → gzipped JSON), [`service`]
