@@ -424,7 +424,7 @@ impl<S: Source> Worker<S> {
             prepared,
         } = ready;
         // Encoded ahead for the whole batch, the first range sent; splits and
-        // retries are encoded again (Sentry's envelope carries its send time).
+        // retries are encoded again (a send consumes its body).
         let mut early = Some(prepared);
         // Ranges still to send, the next one last; left halves go first so
         // commits stay in queue order.
