@@ -15,7 +15,7 @@
 use std::cell::Cell;
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
@@ -85,6 +85,7 @@ fn queued_from(lines: Vec<Line>) -> Vec<QueuedLine> {
             },
             agent_server_id: replicas[i / 500].clone(),
             line,
+            original_timestamp_ns: None,
         })
         .collect()
 }
@@ -250,7 +251,7 @@ fn vendor_bodies(c: &mut Criterion) {
     let sentry = |lines: &[QueuedLine]| {
         lines
             .chunks(sentry::request_builder::MAX_ITEMS)
-            .map(|chunk| sentry::request_builder::encode(AGENT, chunk, SystemTime::UNIX_EPOCH))
+            .map(|chunk| sentry::request_builder::encode(AGENT, chunk))
             .collect::<Result<Vec<_>, _>>()
     };
     let cloudwatch = |lines: &[QueuedLine]| {

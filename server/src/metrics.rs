@@ -120,6 +120,12 @@ fn describe() {
         "Time from the shim reading a line to the destination accepting it (oldest line of each request)."
     );
     describe_counter!(
+        "logdrain_restamped_lines_total",
+        "Lines sent with the time of sending because their own time was outside the \
+         destination's window (reason: too_old, too_new); each keeps its own time in \
+         logdrain.original_timestamp."
+    );
+    describe_counter!(
         "logdrain_dropped_lines_total",
         "Lines dropped for good, by reason (rejected_by_vendor, no_destination, quota, damaged: \
          failed their checksum in the queue's segment files)."
@@ -235,6 +241,13 @@ pub fn retried(agent: &str, destination: &str, lines: u64) {
 pub fn delivery_latency(destination: &str, latency: Duration) {
     histogram!("logdrain_delivery_latency_seconds", "destination" => destination.to_string())
         .record(latency.as_secs_f64());
+}
+
+/// Lines sent with the time of sending because their own time is outside
+/// the destination's window (`reason`: `too_old`, `too_new`).
+pub fn restamped(destination: &str, reason: &'static str, lines: u64) {
+    counter!("logdrain_restamped_lines_total", "destination" => destination.to_string(), "reason" => reason)
+        .increment(lines);
 }
 
 /// Lines dropped, by fixed reason (for example `rejected_by_vendor`,

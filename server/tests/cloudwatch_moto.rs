@@ -24,6 +24,7 @@ use bytes::Bytes;
 use logdrain::v1::{Line, Origin, StreamKind};
 use logdrain_gateway::queue::{Cursor, QueuedLine};
 use logdrain_gateway::route::{DestinationKind, RouteKey, Secrets};
+use logdrain_gateway::sinks::engine::late;
 use logdrain_gateway::sinks::{
     build_sink, cloudwatch, HttpClients, SendOutcome, Sink, SinkSettings,
 };
@@ -69,6 +70,7 @@ fn line(index: u32, server: &str, timestamp_ns: i64, stream: StreamKind, data: &
             part: 0,
             more_parts: false,
         },
+        original_timestamp_ns: None,
     }
 }
 
@@ -327,25 +329,33 @@ fn lines_of_two_agent_servers_go_to_two_streams() {
     });
 }
 
+/// The engine gives lines outside CloudWatch's 14 days the time of sending
+/// (`engine::late`); CloudWatch then stores them, each keeping its own time.
 #[test]
-fn events_too_old_for_cloudwatch_are_counted_as_rejected_and_the_rest_stored() {
+fn events_too_old_for_cloudwatch_are_stored_at_the_time_of_sending_with_their_own_time() {
     on_shared_runtime(async {
         let moto = MotoServer::shared();
         let sink = sink(&moto, "agent-e");
         let t = now_ns();
-        let batch = [
+        let mut batch = [
             stdout(0, "server-1", t, "fresh"),
             stdout(1, "server-1", t - 20 * 24 * HOUR_NS, "twenty days old"),
-            stdout(2, "server-1", t - 15 * 24 * HOUR_NS, "fifteen days old"),
         ];
+        let max_age = sink.max_age().unwrap();
+        for line in &mut batch {
+            late::restamp(line, max_age, t);
+        }
         let outcome = sink.send(&batch).await.unwrap();
-        assert_eq!(outcome.rejected, 2);
-        let reason = outcome.rejected_reason.unwrap_or_default();
-        assert!(reason.contains("2 more than 14 days old"), "{reason}");
+        assert_eq!(outcome, SendOutcome::accepted());
 
         let client = reader(&moto);
         let got = events(&client, "livekit/agent-e", "server-1").await;
-        assert_eq!(texts(&got), ["fresh"]);
+        assert_eq!(texts(&got), ["fresh", "twenty days old"]);
+        assert_eq!(got[1].0, t / 1_000_000);
+        assert_eq!(
+            got[1].1["logdrain"]["original_timestamp"],
+            (t - 20 * 24 * HOUR_NS) / 1_000_000
+        );
     });
 }
 

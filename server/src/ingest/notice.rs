@@ -14,6 +14,11 @@
 //! found damaged on disk get a notice too ([`damage_text`]), one per route
 //! each time damage is found. This module must not drop or count lines
 //! itself.
+//!
+//! The same task tells each route, at most once per interval, how many of
+//! its lines the engine sent with the time of sending because their own
+//! time was outside the vendor's window ([`crate::sinks::engine::late`]),
+//! from the counts the engine keeps ([`Engine::take_restamps`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -75,17 +80,37 @@ async fn run(queue: Queue, engine: Engine<Queue>, settings: NoticeSettings, shut
     let mut seq = 1u64;
     // One entry per route at most.
     let mut episodes: HashMap<RouteKey, Episode> = HashMap::new();
+    let mut restamps_due = tokio::time::interval(interval);
+    restamps_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next_due = episodes
             .values()
             .filter(|e| e.unreported())
             .filter_map(|e| e.last_sent.map(|sent| sent + interval))
             .min();
-        tokio::select! {
+        let restamps = tokio::select! {
             () = shutdown.wait() => return,
-            () = queue.quota_dropped() => {}
-            () = queue.damage_found() => {}
-            () = sleep_until(next_due), if next_due.is_some() => {}
+            () = queue.quota_dropped() => Vec::new(),
+            () = queue.damage_found() => Vec::new(),
+            () = sleep_until(next_due), if next_due.is_some() => Vec::new(),
+            _ = restamps_due.tick() => engine.take_restamps(),
+        };
+        for (route, restamps, max_age) in restamps {
+            let text = restamps.notice(route.kind.name(), max_age);
+            let written = queue
+                .append(Append {
+                    agent_id: &route.agent_id,
+                    agent_server_id: NOTICE_SERVER_ID,
+                    boot_id: &boot_id,
+                    first_seq: seq,
+                    lines: vec![notice_line(text)],
+                    routes: std::slice::from_ref(&route),
+                })
+                .await;
+            seq += 1;
+            if let Err(error) = written {
+                tracing::warn!(route = %route, %error, "cannot queue the re-stamp notice");
+            }
         }
         for drop in queue.take_damage_drops() {
             let written = queue

@@ -92,6 +92,10 @@ pub struct QueuedLine {
     pub cursor: Cursor,
     pub agent_server_id: Arc<str>,
     pub line: Line,
+    /// The line's own time when the delivery engine sends it with the time
+    /// of sending instead (outside the vendor's window:
+    /// `sinks::engine::late`); `None` as read from the queue.
+    pub original_timestamp_ns: Option<i64>,
 }
 
 /// One received batch of a shim stream.
@@ -491,6 +495,7 @@ impl Queue {
                         },
                         agent_server_id: server.clone(),
                         line,
+                        original_timestamp_ns: None,
                     });
                 }
             }

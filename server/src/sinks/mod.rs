@@ -145,6 +145,14 @@ pub trait Sink: Send + Sync + 'static {
     /// request limit. Never more than `limits().max_bytes`.
     fn event_size(&self, line: &QueuedLine) -> usize;
 
+    /// How old a line may be for the vendor to keep it at its own time;
+    /// older lines, and lines more than [`engine::late::MAX_AHEAD`] ahead,
+    /// are sent with the time of sending ([`engine::late`]). `None`: the
+    /// vendor places every line itself.
+    fn max_age(&self) -> Option<Duration> {
+        None
+    }
+
     /// Encodes the request for `lines` (JSON, compression: CPU work only, no
     /// I/O) without sending it. The engine runs it on the blocking pool, for
     /// the next batch while the previous request is in flight, so encoding

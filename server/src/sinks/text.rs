@@ -16,6 +16,8 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 
 use logdrain::v1::{Line, Origin};
+
+use crate::queue::QueuedLine;
 use serde::Serialize;
 
 /// The `logdrain.origin` value of a line the shim wrote itself.
@@ -77,7 +79,10 @@ fn escaped_len(c: char) -> usize {
 
 /// The `logdrain.*` attribute values of a line, each present only when it
 /// says something: `part` and `more_parts` for pieces of a line the shim
-/// split, `origin` ([`SHIM_ORIGIN`]) for lines the shim wrote itself.
+/// split, `origin` ([`SHIM_ORIGIN`]) for lines the shim wrote itself,
+/// `original_timestamp` (milliseconds since the epoch, as Datadog, New
+/// Relic and CloudWatch stamp logs) for a line the engine sent with the time
+/// of sending ([`crate::sinks::engine::late`]).
 ///
 /// Serialised as is, it is the nested `logdrain` object (absent fields are
 /// left out); vendors with flat or typed attributes read the fields.
@@ -89,6 +94,8 @@ pub struct Attributes {
     pub more_parts: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_timestamp: Option<i64>,
 }
 
 impl Attributes {
@@ -99,6 +106,18 @@ impl Attributes {
             part: piece.then_some(line.part),
             more_parts: piece.then_some(line.more_parts),
             origin: shim.then_some(SHIM_ORIGIN),
+            original_timestamp: None,
+        }
+    }
+
+    /// [`Attributes::of`] the line, with its own time when it was sent with
+    /// the time of sending.
+    pub fn of_queued(queued: &QueuedLine) -> Self {
+        Self {
+            original_timestamp: queued
+                .original_timestamp_ns
+                .map(|ns| ns.div_euclid(1_000_000)),
+            ..Self::of(&queued.line)
         }
     }
 
@@ -204,8 +223,8 @@ pub fn plain_ascii(bytes: &[u8]) -> bool {
 
 /// Writes `,"logdrain":{...}`, the line's [`Attributes`], when they say
 /// something; nothing otherwise.
-pub fn write_logdrain_member(out: &mut impl JsonOut, line: &Line) -> io::Result<()> {
-    let attributes = Attributes::of(line);
+pub fn write_logdrain_member(out: &mut impl JsonOut, queued: &QueuedLine) -> io::Result<()> {
+    let attributes = Attributes::of_queued(queued);
     if !attributes.is_empty() {
         out.raw(b",\"logdrain\":");
         out.value(&attributes)?;

@@ -73,6 +73,7 @@ pub async fn run(engine: &Engine<Queue>, sinks: &SinkFactory, agent_id: &str) ->
             part: 0,
             more_parts: false,
         },
+        original_timestamp_ns: None,
     };
     let routes: Vec<RouteKey> = engine
         .statuses()

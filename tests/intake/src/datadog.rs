@@ -68,6 +68,11 @@ pub struct DatadogLimits {
     pub max_payload_bytes: usize,
     /// Serialized bytes per entry before Datadog truncates it.
     pub max_entry_bytes: usize,
+    /// Entries stamped longer ago than this are accepted (202) and silently
+    /// dropped, as Datadog discards logs older than 18 h at ingestion
+    /// (<https://docs.datadoghq.com/api/latest/logs/#send-logs>). `None`: no
+    /// window.
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl Default for DatadogLimits {
@@ -76,6 +81,7 @@ impl Default for DatadogLimits {
             max_entries: 1_000,
             max_payload_bytes: 5_000_000,
             max_entry_bytes: 1_000_000,
+            max_age: Some(std::time::Duration::from_secs(18 * 3600)),
         }
     }
 }
@@ -113,7 +119,9 @@ async fn receive(
         &headers,
         error_response,
         async |pending| {
-            let entries = check(&store, &limits, query.as_deref(), &headers, body, pending).await?;
+            let entries = check(&store, &limits, query.as_deref(), &headers, body, pending)
+                .await?
+                .within(Vendor::Datadog, limits.max_age);
             Ok(Accepted {
                 status: StatusCode::ACCEPTED,
                 entries,

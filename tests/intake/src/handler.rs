@@ -6,6 +6,8 @@
 //! this module must not know any vendor's wire format, credentials or
 //! answer bodies.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -37,6 +39,33 @@ pub(crate) enum Entries {
     /// Only what the counters need of each entry, for a store that keeps
     /// none.
     Counted(Vec<Line>),
+}
+
+impl Entries {
+    /// Drops entries stamped more than `max_age` before now, as Datadog and
+    /// New Relic do after answering 202: the request is accepted, the
+    /// entries never show up. Entries without a time are kept (the vendor
+    /// uses the time of arrival).
+    pub(crate) fn within(self, vendor: Vendor, max_age: Option<Duration>) -> Self {
+        let Some(max_age) = max_age else {
+            return self;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let oldest_ms = i64::try_from(now.saturating_sub(max_age).as_millis()).unwrap_or(i64::MAX);
+        let fresh = |time_ms: Option<i64>| time_ms.is_none_or(|t| t >= oldest_ms);
+        match self {
+            Entries::Kept(mut entries) => {
+                entries.retain(|(value, _)| fresh(vendor.entry_time_ms(value)));
+                Entries::Kept(entries)
+            }
+            Entries::Counted(mut lines) => {
+                lines.retain(|line| fresh(line.time_ms));
+                Entries::Counted(lines)
+            }
+        }
+    }
 }
 
 /// A request that passed the vendor's checks: the vendor's success status,

@@ -98,6 +98,11 @@ pub struct NewRelicLimits {
     pub max_searchable_chars: usize,
     /// Bytes of an attribute value that are kept at all.
     pub max_value_bytes: usize,
+    /// Entries stamped longer ago than this are accepted (202) and silently
+    /// dropped, as New Relic may drop payloads older than 48 h
+    /// (<https://docs.newrelic.com/docs/logs/log-api/introduction-log-api/>).
+    /// `None`: no window.
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl Default for NewRelicLimits {
@@ -108,6 +113,7 @@ impl Default for NewRelicLimits {
             max_attributes: 255,
             max_searchable_chars: 4_094,
             max_value_bytes: 128 * 1024,
+            max_age: Some(std::time::Duration::from_secs(48 * 3600)),
         }
     }
 }
@@ -135,7 +141,9 @@ async fn receive(
         &headers,
         error_response,
         async |pending| {
-            let entries = check(&store, &limits, query.as_deref(), &headers, body, pending).await?;
+            let entries = check(&store, &limits, query.as_deref(), &headers, body, pending)
+                .await?
+                .within(Vendor::NewRelic, limits.max_age);
             Ok(Accepted {
                 status: StatusCode::ACCEPTED,
                 entries,

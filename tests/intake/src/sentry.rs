@@ -13,7 +13,18 @@
 //!   ProjectId`). Every error body is Relay's `{"detail":"..."}`. The
 //!   project id must be digits (Relay's route), any project is accepted.
 //! * Body: gzip (`Content-Encoding: gzip`) or uncompressed. A body over
-//!   [`SentryLimits::max_envelope_bytes`] (compressed or not) → 413.
+//!   [`SentryLimits::max_envelope_bytes`] (compressed or not) → 413, and so
+//!   is a `log` item whose payload is over
+//!   [`SentryLimits::max_log_container_bytes`] (Relay's default log
+//!   container limit, 12 MiB: the whole envelope is refused).
+//! * Clock drift, as Relay corrects it (relay
+//!   `relay-event-normalization/src/eap/time.rs` with
+//!   `MINIMUM_CLOCK_DRIFT` of 55 minutes): when the envelope header's
+//!   `sent_at` is 55 minutes or more away from the time the envelope
+//!   arrives, every log's timestamp is shifted by the difference. The
+//!   arrival time is this machine's clock plus
+//!   [`SentryLimits::clock_ahead`], so a test can play an envelope that
+//!   arrives long after it was stamped.
 //! * Envelope framing ([`parse_envelope`]): a JSON object header line, then
 //!   per item a JSON object header line with a string `type` and the
 //!   payload: exactly `length` bytes when the header has `length`, else up
@@ -50,6 +61,7 @@
 //! the shared store.
 
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -86,6 +98,8 @@ const PUBLIC_KEY_LEN: usize = 32;
 const MIN_TIMESTAMP_S: f64 = 946_684_800.0;
 /// Latest plausible `timestamp` (2100-01-01T00:00:00Z) in seconds.
 const MAX_TIMESTAMP_S: f64 = 4_102_444_800.0;
+/// Relay shifts timestamps only for a drift of at least this many ms.
+const MINIMUM_CLOCK_DRIFT_MS: i64 = 55 * 60 * 1000;
 
 /// The envelope path of a project.
 pub fn envelope_path(project_id: u64) -> String {
@@ -115,6 +129,11 @@ pub struct SentryLimits {
     pub max_envelope_bytes: usize,
     /// Bytes of one log's JSON (Sentry: 1 MiB).
     pub max_log_item_bytes: usize,
+    /// Bytes of one `log` item's payload (Relay's default: 12 MiB).
+    pub max_log_container_bytes: usize,
+    /// How far the intake's clock is ahead of the sender's: an envelope
+    /// arrives this long after its `sent_at` was stamped.
+    pub clock_ahead: Duration,
 }
 
 impl Default for SentryLimits {
@@ -122,6 +141,8 @@ impl Default for SentryLimits {
         SentryLimits {
             max_envelope_bytes: 200 * 1024 * 1024,
             max_log_item_bytes: 1024 * 1024,
+            max_log_container_bytes: 12 * 1024 * 1024,
+            clock_ahead: Duration::ZERO,
         }
     }
 }
@@ -163,6 +184,16 @@ pub enum EnvelopeError {
         item: usize,
         index: usize,
         problem: String,
+    },
+    /// A `log` item's payload is over the log container limit (413).
+    #[error(
+        "envelope exceeded size limits for type 'log': item {item} is {bytes} bytes, over the \
+         log container limit of {limit}; send fewer or smaller logs per envelope"
+    )]
+    Container {
+        item: usize,
+        bytes: usize,
+        limit: usize,
     },
     /// One log is over the per-log limit.
     #[error(
@@ -295,8 +326,90 @@ async fn check(
     };
     pending.decoded_bytes = Some(decoded.len());
 
-    check_envelope(&decoded, limits, store.keeps_entries())
-        .map_err(|e| reject(StatusCode::BAD_REQUEST, e.to_string()))
+    let mut checked = check_envelope(&decoded, limits, store.keeps_entries()).map_err(|e| {
+        let status = match e {
+            EnvelopeError::Container { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        reject(status, e.to_string())
+    })?;
+    correct_clock_drift(&mut checked, limits.clock_ahead);
+    Ok(checked)
+}
+
+/// Relay's clock-drift correction (see the module docs): shifts every log
+/// by the time between `sent_at` and the arrival, when that is 55 minutes
+/// or more either way.
+fn correct_clock_drift(checked: &mut Checked, clock_ahead: Duration) {
+    let Some(sent_ms) = checked
+        .header
+        .get("sent_at")
+        .and_then(Value::as_str)
+        .and_then(rfc3339_ms)
+    else {
+        return;
+    };
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_add(clock_ahead)
+        .as_millis();
+    let drift = i64::try_from(now_ms)
+        .unwrap_or(i64::MAX)
+        .saturating_sub(sent_ms);
+    if drift.saturating_abs() < MINIMUM_CLOCK_DRIFT_MS {
+        return;
+    }
+    for line in &mut checked.lines {
+        line.time_ms = line.time_ms.map(|t| t.saturating_add(drift));
+    }
+    for log in &mut checked.logs {
+        if let Some(seconds) = log.get("timestamp").and_then(Value::as_f64) {
+            log["timestamp"] = json!(seconds + drift as f64 / 1e3);
+        }
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time ([`is_rfc3339`]).
+fn rfc3339_ms(text: &str) -> Option<i64> {
+    if !is_rfc3339(text) {
+        return None;
+    }
+    let number = |range| number_at(text, range);
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    // Days from the civil date (H. Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut rest = &text[19..];
+    let mut ms = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        let millis: String = fraction[..digits]
+            .chars()
+            .chain("000".chars())
+            .take(3)
+            .collect();
+        ms = millis.parse::<i64>().ok()?;
+        rest = &fraction[digits..];
+    }
+    let offset_s = match rest.as_bytes().first() {
+        Some(b'+' | b'-') => {
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (number_at(rest, 1..3)? * 3600 + number_at(rest, 4..6)? * 60)
+        }
+        _ => 0,
+    };
+    Some(((days * 86_400 + hour * 3600 + minute * 60 + second - offset_s) * 1000) + ms)
+}
+
+fn number_at(text: &str, range: std::ops::Range<usize>) -> Option<i64> {
+    text.get(range)?.parse().ok()
 }
 
 /// The public key and where it was. Exactly one form must be present.
@@ -577,6 +690,13 @@ fn check_envelope(
             payload,
         } = next?;
         if kind == "log" {
+            if payload.len() > limits.max_log_container_bytes {
+                return Err(EnvelopeError::Container {
+                    item,
+                    bytes: payload.len(),
+                    limit: limits.max_log_container_bytes,
+                });
+            }
             let plain = if keep {
                 None
             } else {
@@ -1231,6 +1351,21 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with("envelope exceeded size limits for type 'log'"));
+    }
+
+    #[test]
+    fn rfc3339_times_are_read_as_epoch_milliseconds() {
+        assert_eq!(
+            rfc3339_ms("2024-05-01T12:00:00.123456Z"),
+            Some(1_714_564_800_123)
+        );
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_ms("2024-05-01T14:00:00.5+02:00"),
+            Some(1_714_564_800_500)
+        );
+        assert_eq!(rfc3339_ms("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+        assert_eq!(rfc3339_ms("yesterday"), None);
     }
 
     #[test]

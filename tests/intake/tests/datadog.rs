@@ -337,3 +337,20 @@ async fn a_delayed_fault_answers_after_its_delay() {
     assert_eq!(response.status(), 504);
     assert!(started.elapsed() >= Duration::from_secs(30));
 }
+
+#[tokio::test]
+async fn logs_older_than_18_hours_are_accepted_and_silently_dropped_like_datadog() {
+    let intake = start().await;
+    let mut body = logs(3);
+    let now_ms = body[0]["timestamp"].as_i64().unwrap();
+    body[0]["timestamp"] = json!(now_ms - 20 * 3_600_000);
+    body[1]["timestamp"] = json!(now_ms - 17 * 3_600_000);
+    let response = post(&intake, &body).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let kept: Vec<Value> = intake.datadog_entries();
+    let messages: Vec<&str> = kept
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["line 1", "line 2"]);
+}

@@ -27,6 +27,18 @@ fn url(intake: &Intake) -> String {
     format!("{}{PATH}", intake.base_url())
 }
 
+/// The time of the payloads: now, once per test process (New Relic may
+/// drop logs older than 48 h).
+fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    })
+}
+
 /// A detailed-form payload as the New Relic sink builds it: one block per
 /// (host, stream).
 fn detailed() -> Value {
@@ -36,9 +48,9 @@ fn detailed() -> Value {
                 "hostname": "replica-1", "service_name": "agent-1",
                 "source": "cloud.livekit.io", "stream": "stdout"}},
             "logs": [
-                {"timestamp": 1_714_564_800_000_i64, "message": "ready",
+                {"timestamp": t0(), "message": "ready",
                  "attributes": {"level": "info"}},
-                {"timestamp": 1_714_564_800_001_i64, "message": "piece",
+                {"timestamp": t0() + 1, "message": "piece",
                  "attributes": {"level": "info", "logdrain.part": 1, "logdrain.more_parts": false}},
             ]
         },
@@ -47,7 +59,7 @@ fn detailed() -> Value {
                 "hostname": "replica-2", "service_name": "agent-1",
                 "source": "cloud.livekit.io", "stream": "stderr"}},
             "logs": [
-                {"timestamp": 1_714_564_800_002_i64, "message": "Traceback",
+                {"timestamp": t0() + 2, "message": "Traceback",
                  "attributes": {"level": "error"}},
             ]
         }
@@ -87,14 +99,14 @@ async fn a_gzipped_detailed_payload_is_accepted_and_recorded_with_merged_attribu
         [
             json!({"hostname": "replica-1", "service_name": "agent-1",
                    "source": "cloud.livekit.io", "stream": "stdout", "level": "info",
-                   "timestamp": 1_714_564_800_000_i64, "message": "ready"}),
+                   "timestamp": t0(), "message": "ready"}),
             json!({"hostname": "replica-1", "service_name": "agent-1",
                    "source": "cloud.livekit.io", "stream": "stdout", "level": "info",
                    "logdrain.part": 1, "logdrain.more_parts": false,
-                   "timestamp": 1_714_564_800_001_i64, "message": "piece"}),
+                   "timestamp": t0() + 1, "message": "piece"}),
             json!({"hostname": "replica-2", "service_name": "agent-1",
                    "source": "cloud.livekit.io", "stream": "stderr", "level": "error",
-                   "timestamp": 1_714_564_800_002_i64, "message": "Traceback"}),
+                   "timestamp": t0() + 2, "message": "Traceback"}),
         ]
     );
     let request = &intake.requests()[0];
@@ -302,4 +314,20 @@ async fn keys_can_be_set_over_the_control_api() {
         .await
         .unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn logs_older_than_48_hours_are_accepted_and_silently_dropped_like_new_relic() {
+    let intake = start().await;
+    let mut body = detailed();
+    body[0]["logs"][0]["timestamp"] = json!(t0() - 50 * 3_600_000);
+    body[0]["logs"][1]["timestamp"] = json!(t0() - 47 * 3_600_000);
+    let response = post(&intake, &body).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let messages: Vec<String> = intake
+        .entries(Vendor::NewRelic)
+        .into_iter()
+        .map(|e| e.value["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(messages, ["piece", "Traceback"]);
 }

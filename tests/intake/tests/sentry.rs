@@ -57,12 +57,16 @@ fn logs(n: usize) -> Vec<Value> {
 }
 
 fn envelope_with(item_header: Value, logs: &[Value]) -> Vec<u8> {
-    format!(
-        "{}\n{item_header}\n{}\n",
-        json!({"sent_at": "2024-05-01T12:00:00.123456Z"}),
-        json!({ "items": logs })
-    )
-    .into_bytes()
+    envelope_sent_at(None, item_header, logs)
+}
+
+/// An envelope whose header carries `sent_at` when given.
+fn envelope_sent_at(sent_at: Option<&str>, item_header: Value, logs: &[Value]) -> Vec<u8> {
+    let header = match sent_at {
+        Some(sent_at) => json!({ "sent_at": sent_at }),
+        None => json!({}),
+    };
+    format!("{header}\n{item_header}\n{}\n", json!({ "items": logs })).into_bytes()
 }
 
 fn envelope(logs: &[Value]) -> Vec<u8> {
@@ -348,6 +352,7 @@ async fn envelopes_and_logs_over_the_limits_are_refused_as_sentry_refuses_them()
     config.sentry.limits = SentryLimits {
         max_envelope_bytes: 4_000,
         max_log_item_bytes: 1_000,
+        ..SentryLimits::default()
     };
     let intake = Intake::start(config).await.unwrap();
 
@@ -362,6 +367,74 @@ async fn envelopes_and_logs_over_the_limits_are_refused_as_sentry_refuses_them()
     let response = post(&intake, &envelope(&logs(20))).send().await.unwrap();
     assert_eq!(response.status(), 413, "an oversized envelope is 413");
     assert!(sentry_entries(&intake).is_empty());
+}
+
+#[tokio::test]
+async fn a_log_container_over_the_limit_refuses_the_whole_envelope_with_413() {
+    let mut config = IntakeConfig::default();
+    config.sentry.keys = vec![KEY.to_string()];
+    config.sentry.limits.max_log_container_bytes = 2_000;
+    let intake = Intake::start(config).await.unwrap();
+
+    let response = post(&intake, &envelope(&logs(3))).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let response = post(&intake, &envelope(&logs(20))).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert!(detail(response).await.contains("log container limit"));
+    assert_eq!(sentry_entries(&intake).len(), 3);
+}
+
+#[tokio::test]
+async fn a_sent_at_55_minutes_or_more_behind_the_arrival_shifts_every_log() {
+    let mut config = IntakeConfig::default();
+    config.sentry.keys = vec![KEY.to_string()];
+    config.sentry.limits.clock_ahead = std::time::Duration::from_secs(3600);
+    let intake = Intake::start(config).await.unwrap();
+    let header = || json!({"type": "log", "item_count": 2, "content_type": LOG_CONTENT_TYPE});
+    let sent = logs(2);
+
+    // No sent_at: nothing to correct.
+    let plain = envelope_sent_at(None, header(), &sent);
+    assert_eq!(post(&intake, &plain).send().await.unwrap().status(), 200);
+    assert_eq!(sentry_entries(&intake), sent);
+
+    // Stamped an hour before it arrives: shifted by that hour (within the
+    // time this test takes).
+    intake.reset();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let stamped = format_rfc3339(now);
+    let late = envelope_sent_at(Some(&stamped), header(), &sent);
+    assert_eq!(post(&intake, &late).send().await.unwrap().status(), 200);
+    for (got, sent) in sentry_entries(&intake).iter().zip(&sent) {
+        let shift = got["timestamp"].as_f64().unwrap() - sent["timestamp"].as_f64().unwrap();
+        assert!(shift >= 3599.99, "shifted by {shift} s");
+    }
+}
+
+/// `seconds` since the epoch as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn format_rfc3339(seconds: f64) -> String {
+    let ms = (seconds * 1e3) as i64;
+    let (days, rest) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3_600_000,
+        rest / 60_000 % 60,
+        rest / 1000 % 60,
+        rest % 1000
+    )
 }
 
 #[tokio::test]

@@ -17,10 +17,12 @@
 //! The message is JSON so that Logs Insights discovers `message` and
 //! `stream` as fields (`fields message, stream | filter stream = "stderr"`).
 //! `message` is the raw line as UTF-8 (bytes that are not UTF-8 become
-//! U+FFFD); `stream` is `stdout` or `stderr`. Only for pieces of a split line
-//! and for lines the shim wrote itself, a `logdrain` object is added
-//! (`logdrain.part`, `logdrain.more_parts`, `logdrain.origin = "shim"`), the
-//! same attributes the Datadog sink sends.
+//! U+FFFD); `stream` is `stdout` or `stderr`. Only for pieces of a split line,
+//! for lines the shim wrote itself and for lines sent with the time of
+//! sending, a `logdrain` object is added (`logdrain.part`,
+//! `logdrain.more_parts`, `logdrain.origin = "shim"`,
+//! `logdrain.original_timestamp`), the same attributes the Datadog sink
+//! sends.
 //!
 //! CloudWatch's limits, as this sink applies them:
 //!
@@ -32,7 +34,8 @@
 //! | order | chronological within a request: sorted by time, stable | [`request_builder::chunk`] |
 //! | time span | under 24 h per request: split | [`request_builder::MAX_SPAN_MS`] |
 //! | streams | one request per log stream: a batch is grouped by agent-server id | [`request_builder::plan`] |
-//! | too new (> 2 h ahead), too old (> 14 days), expired (retention) | accepted requests report them in `rejectedLogEventsInfo`: counted as dropped, never retried | [`outcome::Tally`] |
+//! | window | 14 days back, 2 h ahead (<https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_PutLogEvents.html>): the engine sends lines outside it with the time of sending, their own time in `logdrain.original_timestamp` (ms) | [`MAX_AGE`], [`crate::sinks::engine::late`] |
+//! | too new (> 2 h ahead), too old (> 14 days), expired (retention) | accepted requests report them in `rejectedLogEventsInfo` (end indexes exclusive, the too-new start inclusive): counted as dropped, never retried | [`outcome::Tally`], [`service::verdicts`] |
 //! | errors | throttling/unavailable/network → retry; access denied and bad keys → credentials; invalid parameter → payload; quotas → config | [`service::classify`] |
 //! | group and stream | created on first write; `ResourceAlreadyExistsException` is success; a put answered `ResourceNotFoundException` creates them and is sent once more | [`service::Service`] |
 //!
@@ -70,6 +73,7 @@ mod tests;
 
 use std::fmt;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_cloudwatchlogs::config::SharedHttpClient;
@@ -86,6 +90,11 @@ use service::Service;
 
 /// Most log streams one send writes to at the same time.
 pub const PARALLEL_STREAMS: usize = 4;
+
+/// Oldest event CloudWatch Logs takes at its own time (older ones come back
+/// in `rejectedLogEventsInfo`); the group's retention may be shorter, and
+/// those events are still counted as expired.
+pub const MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// The HTTPS client every CloudWatch sink shares (one connection pool, one
 /// load of the trusted roots); rustls with ring, like the gateway's other
@@ -173,6 +182,10 @@ impl Sink for CloudWatchSink {
 
     fn limits(&self) -> BatchLimits {
         self.limits
+    }
+
+    fn max_age(&self) -> Option<Duration> {
+        Some(MAX_AGE)
     }
 
     fn event_size(&self, line: &QueuedLine) -> usize {

@@ -47,7 +47,7 @@ fn write_message(out: &mut impl JsonOut, queued: &QueuedLine) -> io::Result<()> 
     text::write_json_text(out, &line.data, MAX_LINE_JSON_BYTES);
     out.raw(b",\"stream\":");
     out.quoted(line.stream().name().as_bytes());
-    text::write_logdrain_member(out, line)?;
+    text::write_logdrain_member(out, queued)?;
     out.raw(b"}");
     Ok(())
 }

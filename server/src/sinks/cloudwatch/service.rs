@@ -254,8 +254,11 @@ pub fn most_severe(a: SinkError, b: SinkError) -> SinkError {
 }
 
 /// CloudWatch's verdict on each of `events` events of an accepted put, from
-/// its `rejectedLogEventsInfo` (inclusive end indexes for too old and
-/// expired events, an inclusive start index for too new ones).
+/// its `rejectedLogEventsInfo`: `expiredLogEventEndIndex` and
+/// `tooOldLogEventEndIndex` are exclusive ends, `tooNewLogEventStartIndex`
+/// an inclusive start (AWS API reference, RejectedLogEventsInfo:
+/// "This field is exclusive" / "This field is inclusive"). moto reads the
+/// ends as inclusive, so only the unit tests pin this.
 pub fn verdicts(info: Option<&RejectedLogEventsInfo>, events: usize) -> Vec<Verdict> {
     let index = |v: Option<i32>| v.and_then(|i| usize::try_from(i).ok());
     let (expired_end, too_old_end, too_new_start) = match info {
@@ -268,9 +271,9 @@ pub fn verdicts(info: Option<&RejectedLogEventsInfo>, events: usize) -> Vec<Verd
     };
     (0..events)
         .map(|i| {
-            if expired_end.is_some_and(|end| i <= end) {
+            if expired_end.is_some_and(|end| i < end) {
                 Verdict::Expired
-            } else if too_old_end.is_some_and(|end| i <= end) {
+            } else if too_old_end.is_some_and(|end| i < end) {
                 Verdict::TooOld
             } else if too_new_start.is_some_and(|start| i >= start) {
                 Verdict::TooNew
@@ -685,10 +688,10 @@ mod tests {
     }
 
     #[test]
-    fn rejected_event_indexes_become_verdicts() {
+    fn rejected_end_indexes_are_exclusive_and_the_too_new_start_inclusive() {
         let info = RejectedLogEventsInfo::builder()
-            .expired_log_event_end_index(0)
-            .too_old_log_event_end_index(1)
+            .expired_log_event_end_index(1)
+            .too_old_log_event_end_index(2)
             .too_new_log_event_start_index(4)
             .build();
         assert_eq!(
@@ -703,5 +706,10 @@ mod tests {
             ]
         );
         assert_eq!(verdicts(None, 2), [Verdict::Stored, Verdict::Stored]);
+        // An end index of 0 rejects nothing.
+        let none = RejectedLogEventsInfo::builder()
+            .too_old_log_event_end_index(0)
+            .build();
+        assert_eq!(verdicts(Some(&none), 1), [Verdict::Stored]);
     }
 }

@@ -46,6 +46,7 @@ fn queued(index: u32, server: &str, timestamp_ns: i64, data: &[u8]) -> QueuedLin
             part: 0,
             more_parts: false,
         },
+        original_timestamp_ns: None,
     }
 }
 
@@ -160,6 +161,22 @@ fn pieces_of_split_lines_and_shim_lines_say_so_under_logdrain() {
     let mut shim = line(1, b"agent exited with code 1");
     shim.line.origin = Origin::Shim as i32;
     assert_eq!(message_json(&shim)["logdrain"], json!({"origin": "shim"}));
+}
+
+#[test]
+fn a_line_sent_with_the_time_of_sending_keeps_its_own_time_in_milliseconds() {
+    let mut late = line(0, b"from the backlog");
+    late.original_timestamp_ns = Some(T0_NS - 15 * 24 * HOUR_NS);
+    let own_ms = (T0_NS - 15 * 24 * HOUR_NS) / 1_000_000;
+    assert_eq!(
+        message_json(&late),
+        json!({"message": "from the backlog", "stream": "stdout",
+               "logdrain": {"original_timestamp": own_ms}})
+    );
+    assert_eq!(
+        request_builder::event_size(&late),
+        request_builder::message(&late).len() + EVENT_OVERHEAD
+    );
 }
 
 #[test]
@@ -653,23 +670,37 @@ async fn a_stream_still_missing_after_creation_is_retryable_not_a_loop() {
     assert_eq!(puts, 2);
 }
 
+/// A canned PutLogEvents answer read by the real SDK: the end indexes are
+/// exclusive and the too-new start inclusive, as AWS documents (moto reads
+/// the ends as inclusive, so its tests cannot pin this).
 #[tokio::test]
-async fn events_refused_for_their_time_are_reported_not_retried() {
+async fn refused_events_are_counted_by_aws_documented_index_semantics() {
     let (url, _) = fake(|call, _| match call.operation.as_str() {
         "PutLogEvents" => (
             StatusCode::OK,
-            json!({"rejectedLogEventsInfo": {"tooOldLogEventEndIndex": 1}}),
+            json!({
+                "nextSequenceToken": "49039859",
+                "rejectedLogEventsInfo": {
+                    "expiredLogEventEndIndex": 1,
+                    "tooOldLogEventEndIndex": 2,
+                    "tooNewLogEventStartIndex": 4
+                }
+            }),
         ),
         _ => ok(),
     })
     .await;
-    let lines = [line(0, b"a"), line(1, b"b"), line(2, b"c")];
+    let lines: Vec<QueuedLine> = (0..6).map(|i| line(i, b"x")).collect();
     let outcome = sink(Some(url)).send(&lines).await.unwrap();
-    assert_eq!(outcome.rejected, 2);
-    assert!(outcome
-        .rejected_reason
-        .unwrap()
-        .contains("2 more than 14 days old"));
+    // 0 expired, 1 too old, 2 and 3 stored, 4 and 5 too new.
+    assert_eq!(outcome.rejected, 4);
+    assert_eq!(
+        outcome.rejected_reason.as_deref(),
+        Some(
+            "CloudWatch Logs refused events for their timestamps: 2 more than 2 h in the future, \
+             1 more than 14 days old, 1 older than the log group's retention"
+        )
+    );
 }
 
 #[tokio::test]

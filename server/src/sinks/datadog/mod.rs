@@ -8,12 +8,24 @@
 //!
 //! | limit | value | where |
 //! |---|---|---|
-//! | entries per request | 1,000 | [`request_builder::MAX_EVENTS`] |
+//! | entries per request | 1,000; 50 to the browser intake (client tokens), the browser SDK's "Logs intake limit" | [`request_builder::MAX_EVENTS`], [`request_builder::MAX_BROWSER_EVENTS`] |
 //! | uncompressed request | 5,000,000 bytes (the whole JSON array) | [`request_builder::MAX_PAYLOAD_BYTES`] |
 //! | one log | 1,000,000 bytes; longer messages are cut here with a visible marker | [`request_builder::MAX_LOG_BYTES`] |
 //! | body | JSON array, `Content-Type: application/json`, `Content-Encoding: gzip` | [`request_builder`] |
 //! | answers | 2xx accepted; 408/429/5xx retry (`Retry-After`); 400/413 permanent; 401/403 credentials | [`service::classify`] |
-//! | timestamps | older than 18 h or over 2 h ahead are not placed at their own time (Datadog's rule; lines are still sent) | |
+//! | timestamps | Datadog takes logs up to 18 h in the past and 2 h in the future (<https://docs.datadoghq.com/api/latest/logs/#send-logs>, <https://docs.datadoghq.com/logs/log_configuration/processors/log_date_remapper/>); older ones are discarded after a 202. The engine sends such lines with the time of sending, their own time in `logdrain.original_timestamp` (ms) | [`MAX_AGE`], [`crate::sinks::engine::late`] |
+//!
+//! Edges we could not confirm (see `docs/vendors-edges.md`): Datadog's API
+//! reference also lists uk1 (`uk1.datadoghq.com`) and US2-FED
+//! (`us2.ddog-gov.com`), which `DATADOG_REGION` does not accept yet (the
+//! list is shared with the shim); whether the browser intake wants the
+//! browser SDK's other query parameters (`ddsource`, `dd-evp-origin`,
+//! `dd-request-id`, … in `packages/core/src/domain/configuration/endpointBuilder.ts`
+//! of <https://github.com/DataDog/browser-sdk>) or takes gzip; and whether a
+//! JSON `message` carrying its own `host`, `service`, `status` or
+//! `timestamp` can replace ours (Datadog's docs say JSON inside `message`
+//! is not expanded automatically:
+//! <https://github.com/DataDog/documentation/pull/6104>).
 //!
 //! Files: [`config`] (region → site, token form → intake and credential
 //! placement), [`request_builder`] (lines → gzipped JSON), [`service`]
@@ -28,6 +40,7 @@ pub mod service;
 mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -37,6 +50,9 @@ use crate::sinks::{
     encoding_failed, BatchLimits, Prepared, SecretError, SendOutcome, Sink, SinkError, SinkSettings,
 };
 use config::Endpoint;
+
+/// Oldest line Datadog keeps at its own time.
+pub const MAX_AGE: Duration = Duration::from_secs(18 * 3600);
 
 /// Delivers one route's lines to Datadog. `Debug` redacts the credential.
 #[derive(Debug)]
@@ -56,12 +72,16 @@ impl DatadogSink {
         http: &reqwest::Client,
     ) -> Result<Self, SecretError> {
         let endpoint = config::from_secrets(secrets, settings.datadog_url.as_ref())?;
+        let max_events = match endpoint.credential {
+            config::Credential::Header(_) => request_builder::MAX_EVENTS,
+            config::Credential::Query(_) => request_builder::MAX_BROWSER_EVENTS,
+        };
         Ok(Self {
             agent_id: Arc::from(route.agent_id.as_str()),
             endpoint,
             http: http.clone(),
             limits: BatchLimits {
-                max_events: request_builder::MAX_EVENTS,
+                max_events,
                 // One byte of the array is its opening bracket.
                 max_bytes: request_builder::MAX_PAYLOAD_BYTES - 1,
                 max_linger: settings.max_linger,
@@ -83,6 +103,10 @@ impl Sink for DatadogSink {
 
     fn limits(&self) -> BatchLimits {
         self.limits
+    }
+
+    fn max_age(&self) -> Option<Duration> {
+        Some(MAX_AGE)
     }
 
     fn event_size(&self, line: &QueuedLine) -> usize {

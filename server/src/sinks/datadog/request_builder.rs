@@ -3,8 +3,9 @@
 //! Each line becomes exactly the fields of the contract (`host`, `ddsource`,
 //! `service`, `stream`, `message`, `timestamp`, `status`), plus a `logdrain`
 //! object only for pieces of a split line (`logdrain.part`,
-//! `logdrain.more_parts`) and for lines the shim wrote itself
-//! (`logdrain.origin = "shim"`). The objects are written by hand through
+//! `logdrain.more_parts`), for lines the shim wrote itself
+//! (`logdrain.origin = "shim"`) and for lines the engine sent with the time
+//! of sending (`logdrain.original_timestamp`, ms). The objects are written by hand through
 //! [`JsonOut`], byte for byte as serde_json would write them: the fields
 //! every line of a replica shares (`host`, `ddsource`, `service`) are
 //! escaped once per run of that replica's lines, and a message that needs
@@ -30,6 +31,12 @@ use crate::sinks::text::{self, JsonOut};
 
 /// Most log entries in one request.
 pub const MAX_EVENTS: usize = 1_000;
+/// Most log entries in one request to the browser intake (client tokens):
+/// Datadog's browser SDK calls 50 messages per batch the "Logs intake
+/// limit" (`batchMessagesLimit` in
+/// `packages/core/src/domain/configuration/configuration.ts`,
+/// <https://github.com/DataDog/browser-sdk>).
+pub const MAX_BROWSER_EVENTS: usize = 50;
 /// Most uncompressed bytes in one request (the whole JSON array).
 pub const MAX_PAYLOAD_BYTES: usize = 5_000_000;
 /// Most bytes of one log as Datadog counts it.
@@ -74,7 +81,7 @@ fn write_rest(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) -> io::
     out.int(line.timestamp_ns.div_euclid(1_000_000));
     out.raw(b",\"status\":");
     out.quoted(status(level).as_bytes());
-    text::write_logdrain_member(out, line)?;
+    text::write_logdrain_member(out, queued)?;
     out.raw(b"}");
     Ok(())
 }

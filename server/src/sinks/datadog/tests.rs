@@ -38,6 +38,7 @@ fn queued(index: u32, data: &[u8]) -> QueuedLine {
             part: 0,
             more_parts: false,
         },
+        original_timestamp_ns: None,
     }
 }
 
@@ -303,6 +304,14 @@ fn batches(sink: &DatadogSink, lines: Vec<QueuedLine>) -> Vec<Vec<QueuedLine>> {
         out.push(pending.take_batch(&limits));
     }
     out
+}
+
+#[test]
+fn batches_to_the_browser_intake_hold_at_most_50_entries() {
+    let s = sink(CLIENT_TOKEN, None);
+    let lines = (0..120).map(|i| queued(i, b"short line")).collect();
+    let sizes: Vec<usize> = batches(&s, lines).iter().map(Vec::len).collect();
+    assert_eq!(sizes, [50, 50, 20]);
 }
 
 #[test]

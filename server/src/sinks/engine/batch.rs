@@ -119,6 +119,7 @@ mod tests {
             cursor: Cursor { segment: 0, index },
             agent_server_id: Arc::from("r"),
             line: Line::default(),
+            original_timestamp_ns: None,
         }
     }
 

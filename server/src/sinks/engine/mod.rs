@@ -42,6 +42,7 @@
 //! was accepted, so lines in flight at a crash are sent again.
 
 pub mod batch;
+pub mod late;
 pub mod retry;
 pub mod source;
 pub mod status;
@@ -124,6 +125,9 @@ struct Inner<S> {
     routes: Mutex<HashMap<RouteKey, RouteEntry>>,
     /// Counts [`Engine::offer_credentials`] calls, to find the newest.
     offers: AtomicU64,
+    /// Lines each route sent with the time of sending since the last
+    /// [`Engine::take_restamps`], with the route's window.
+    restamps: Mutex<HashMap<RouteKey, (late::Restamps, Duration)>>,
 }
 
 impl<S: Source> Inner<S> {
@@ -133,6 +137,20 @@ impl<S: Source> Inner<S> {
         self.routes
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn add_restamps(&self, route: &RouteKey, restamps: late::Restamps, max_age: Duration) {
+        // Counters only: a panic elsewhere cannot leave them inconsistent.
+        let mut all = self
+            .restamps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = all
+            .entry(route.clone())
+            .or_insert((late::Restamps::default(), max_age));
+        entry.0.too_old += restamps.too_old;
+        entry.0.too_new += restamps.too_new;
+        entry.1 = max_age;
     }
 
     fn parts(
@@ -275,6 +293,7 @@ impl<S: Source> Engine<S> {
                 },
                 routes: Mutex::new(HashMap::new()),
                 offers: AtomicU64::new(0),
+                restamps: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -414,6 +433,22 @@ impl<S: Source> Engine<S> {
             }
         }
         oldest
+    }
+
+    /// Lines each route sent with the time of sending since the last call
+    /// ([`late`]), with the route's window; for the routes' notices.
+    pub fn take_restamps(&self) -> Vec<(RouteKey, late::Restamps, Duration)> {
+        let mut all = self
+            .inner
+            .restamps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut taken: Vec<_> = all
+            .drain()
+            .map(|(route, (restamps, max_age))| (route, restamps, max_age))
+            .collect();
+        taken.sort_by(|a, b| a.0.cmp(&b.0));
+        taken
     }
 
     /// The status of every known route, sorted by route.

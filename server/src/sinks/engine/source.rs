@@ -106,21 +106,31 @@ pub(crate) mod memory {
     impl MemorySource {
         /// Appends lines with the given payloads for `agent` and signals it.
         pub(crate) fn push(&self, agent: &str, payloads: &[&str]) {
+            let stamped: Vec<(&str, i64)> = payloads
+                .iter()
+                .map(|p| (*p, 1_700_000_000_000_000_000))
+                .collect();
+            self.push_stamped(agent, &stamped);
+        }
+
+        /// Appends lines (payload, time in ns) for `agent` and signals it.
+        pub(crate) fn push_stamped(&self, agent: &str, lines_at: &[(&str, i64)]) {
             let mut state = self.state.lock().unwrap();
             let lines = state.lines.entry(agent.to_string()).or_default();
-            for payload in payloads {
+            for &(payload, timestamp_ns) in lines_at {
                 let index = lines.len() as u32;
                 lines.push(QueuedLine {
                     cursor: Cursor { segment: 1, index },
                     agent_server_id: Arc::from("replica-1"),
                     line: Line {
-                        timestamp_ns: 1_700_000_000_000_000_000,
+                        timestamp_ns,
                         stream: StreamKind::Stdout as i32,
                         data: Bytes::from(payload.to_string()),
                         origin: 1,
                         part: 0,
                         more_parts: false,
                     },
+                    original_timestamp_ns: None,
                 });
             }
             let signal = state

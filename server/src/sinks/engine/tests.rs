@@ -1384,3 +1384,179 @@ async fn an_encoder_that_panics_in_place_parks_the_route_with_its_lines_kept() {
         "lines are kept"
     );
 }
+
+// ---- lines outside a vendor's window, through the real sinks ----
+
+const HOUR_NS: i64 = 3_600_000_000_000;
+
+fn unix_ms_now() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    since.as_millis() as i64
+}
+
+/// Delivers `lines` (payload, ns) through an engine whose route sends
+/// through `sink` to `intake`, and returns the wall-clock ms before and
+/// after.
+async fn through_the_engine(
+    sink: Arc<dyn Sink>,
+    intake: &logdrain_test_intake::Intake,
+    lines: &[(&str, i64)],
+) -> (i64, i64) {
+    let source = MemorySource::default();
+    source.push_stamped("a1", lines);
+    let before = unix_ms_now();
+    let engine = engine_with_sink(&source, sink);
+    intake
+        .wait_for(Duration::from_secs(60), |records| {
+            records.requests().iter().any(|r| r.status == 202)
+        })
+        .await
+        .unwrap();
+    engine.shutdown(Duration::from_secs(5)).await;
+    (before, unix_ms_now())
+}
+
+/// Datadog discards logs older than 18 h after answering 202 (the intake
+/// does too): a backlog of 20 h reaches it at the time of sending, each line
+/// keeping its own time in `logdrain.original_timestamp`.
+#[tokio::test]
+async fn a_20_hour_old_backlog_reaches_datadog_restamped_with_its_own_time_kept() {
+    use logdrain_test_intake::{Intake, IntakeConfig};
+    let intake = Intake::start(IntakeConfig::with_datadog_keys(["dd-key"]))
+        .await
+        .unwrap();
+    let secrets = Secrets([("DATADOG_TOKEN".to_string(), "dd-key".to_string())].into());
+    let settings = crate::sinks::SinkSettings {
+        datadog_url: Some(url::Url::parse(&intake.base_url()).unwrap()),
+        ..crate::sinks::SinkSettings::default()
+    };
+    let sink = crate::sinks::datadog::DatadogSink::new(
+        &route("a1"),
+        &secrets,
+        &settings,
+        &reqwest::Client::new(),
+    )
+    .unwrap();
+    let now_ns = unix_ms_now() * 1_000_000;
+    let lines = [
+        ("fresh", now_ns - 60_000_000_000),
+        ("twenty hours old", now_ns - 20 * HOUR_NS),
+        ("three hours ahead", now_ns + 3 * HOUR_NS),
+    ];
+    let source = MemorySource::default();
+    source.push_stamped("a1", &lines);
+    let before = unix_ms_now();
+    let engine = engine_with_sink(&source, Arc::new(sink));
+    intake
+        .wait_for(Duration::from_secs(60), |records| {
+            records.requests().iter().any(|r| r.status == 202)
+        })
+        .await
+        .unwrap();
+    let after = unix_ms_now();
+    // The counts the route's next notice states, taken once.
+    let restamps = engine.take_restamps();
+    assert_eq!(
+        restamps,
+        [(
+            route("a1"),
+            late::Restamps {
+                too_old: 1,
+                too_new: 1
+            },
+            crate::sinks::datadog::MAX_AGE
+        )]
+    );
+    assert_eq!(
+        restamps[0].1.notice("datadog", restamps[0].2),
+        "logdrain: 2 lines were sent with the time of sending (1 older than datadog's 18h \
+         window, 1 more than 2h in the future); each keeps its own time in \
+         logdrain.original_timestamp"
+    );
+    assert!(engine.take_restamps().is_empty());
+    engine.shutdown(Duration::from_secs(5)).await;
+    let entries = intake.datadog_entries();
+    let messages: Vec<&str> = entries
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["fresh", "twenty hours old", "three hours ahead"]);
+    assert_eq!(entries[0]["timestamp"], (lines[0].1 / 1_000_000));
+    assert!(entries[0].get("logdrain").is_none(), "{}", entries[0]);
+    for (entry, (_, own_ns)) in entries.iter().zip(&lines).skip(1) {
+        let sent = entry["timestamp"].as_i64().unwrap();
+        assert!((before..=after).contains(&sent), "{entry}");
+        assert_eq!(
+            entry["logdrain"]["original_timestamp"],
+            own_ns / 1_000_000,
+            "{entry}"
+        );
+    }
+}
+
+/// New Relic may drop logs older than 48 h after a 202 (the intake does).
+#[tokio::test]
+async fn a_50_hour_old_backlog_reaches_new_relic_restamped_with_its_own_time_kept() {
+    use logdrain_test_intake::{Intake, IntakeConfig, Vendor};
+    const KEY: &str = "0123456789abcdef0123456789abcdef0123NRAL";
+    let mut config = IntakeConfig::default();
+    config.newrelic.keys = vec![KEY.to_string()];
+    let intake = Intake::start(config).await.unwrap();
+    let secrets = Secrets([("NEW_RELIC_LICENSE_KEY".to_string(), KEY.to_string())].into());
+    let settings = crate::sinks::SinkSettings {
+        newrelic_url: Some(url::Url::parse(&intake.base_url()).unwrap()),
+        ..crate::sinks::SinkSettings::default()
+    };
+    let sink = crate::sinks::newrelic::NewRelicSink::new(
+        &route("a1"),
+        &secrets,
+        &settings,
+        &reqwest::Client::new(),
+    )
+    .unwrap();
+    let now_ns = unix_ms_now() * 1_000_000;
+    let lines = [
+        ("fresh", now_ns - 60_000_000_000),
+        ("fifty hours old", now_ns - 50 * HOUR_NS),
+    ];
+    let (before, after) = through_the_engine(Arc::new(sink), &intake, &lines).await;
+    let entries: Vec<serde_json::Value> = intake
+        .entries(Vendor::NewRelic)
+        .into_iter()
+        .map(|e| e.value)
+        .collect();
+    let messages: Vec<&str> = entries
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["fresh", "fifty hours old"]);
+    assert!(entries[0].get("logdrain.original_timestamp").is_none());
+    let sent = entries[1]["timestamp"].as_i64().unwrap();
+    assert!((before..=after).contains(&sent), "{}", entries[1]);
+    assert_eq!(
+        entries[1]["logdrain.original_timestamp"],
+        lines[1].1 / 1_000_000
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sink_without_a_window_gets_every_line_at_its_own_time() {
+    let source = MemorySource::default();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let sink = FakeSink::new(limits(10, Duration::from_millis(10)), move |_, lines| {
+        record.lock().unwrap().extend(
+            lines
+                .iter()
+                .map(|l| (l.line.timestamp_ns, l.original_timestamp_ns)),
+        );
+        Reply::Now(Ok(SendOutcome::accepted()))
+    });
+    source.push_stamped("a1", &[("ancient", 1)]);
+    let engine = engine(&source, vec![(route("a1"), sink)], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+    until("delivered", || !seen.lock().unwrap().is_empty()).await;
+    assert_eq!(*seen.lock().unwrap(), [(1, None)]);
+}

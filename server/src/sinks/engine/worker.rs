@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::batch::Pending;
+use super::late::{self, Restamps};
 use super::retry::{action_for, Action, Backoff};
 use super::source::Source;
 use super::status::{RouteState, StatusCell};
@@ -332,13 +333,24 @@ impl<S: Source> Worker<S> {
                     self.source_backoff.reset();
                     let now = Instant::now();
                     let before = self.pending.len();
-                    for line in lines {
+                    let window = self.parts.sink.max_age();
+                    let now_ns = unix_nanos(SystemTime::now());
+                    let mut restamps = Restamps::default();
+                    for mut line in lines {
                         if self.position.is_some_and(|p| line.cursor <= p) {
                             continue; // already read; the source repeated it
                         }
                         self.position = Some(line.cursor);
+                        if let Some(max_age) = window {
+                            if let Some(reason) = late::restamp(&mut line, max_age, now_ns) {
+                                restamps.add(reason);
+                            }
+                        }
                         let size = self.parts.sink.event_size(&line);
                         self.pending.push(line, size, now);
+                    }
+                    if let (Some(max_age), false) = (window, restamps.is_empty()) {
+                        self.restamped(restamps, max_age);
                     }
                     if self.pending.len() == before {
                         break; // nothing new: do not spin on a repeating source
@@ -348,6 +360,23 @@ impl<S: Source> Worker<S> {
             }
         }
         Ok(())
+    }
+
+    /// Counts lines given the time of sending, and keeps them for the
+    /// route's next notice.
+    fn restamped(&self, restamps: Restamps, max_age: Duration) {
+        let dest = self.parts.route.kind.name();
+        for (reason, lines) in [
+            (late::Reason::TooOld, restamps.too_old),
+            (late::Reason::TooNew, restamps.too_new),
+        ] {
+            if lines > 0 {
+                metrics::restamped(dest, reason.label(), lines);
+            }
+        }
+        if let Some(engine) = self.parts.engine.upgrade() {
+            engine.add_restamps(&self.parts.route, restamps, max_age);
+        }
     }
 
     async fn source_failed(&mut self, doing: &'static str, error: String) -> Result<(), Stopped> {
@@ -395,7 +424,7 @@ impl<S: Source> Worker<S> {
             prepared,
         } = ready;
         // Encoded ahead for the whole batch, the first range sent; splits and
-        // retries are encoded again (Sentry's envelope carries its send time).
+        // retries are encoded again (a send consumes its body).
         let mut early = Some(prepared);
         // Ranges still to send, the next one last; left halves go first so
         // commits stay in queue order.
@@ -525,7 +554,8 @@ impl<S: Source> Worker<S> {
         metrics::delivered(&route.agent_id, dest, sent);
         // One latency sample per request, from its oldest line: the worst
         // latency of the request, without one histogram sample per line.
-        if let Some(oldest) = lines.iter().map(|l| l.line.timestamp_ns).min() {
+        let own_time = |l: &QueuedLine| l.original_timestamp_ns.unwrap_or(l.line.timestamp_ns);
+        if let Some(oldest) = lines.iter().map(own_time).min() {
             metrics::delivery_latency(dest, since_unix_nanos(oldest));
         }
         let rejected = outcome.rejected.min(sent);
@@ -620,6 +650,12 @@ impl<S: Source> Worker<S> {
         let pending = (self.pending.len() + ahead + in_flight) as u64;
         self.parts.status.update(|s| s.pending_lines = pending);
     }
+}
+
+/// Nanoseconds since the Unix epoch (0 before it, saturating far after).
+fn unix_nanos(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Time since a Unix timestamp in nanoseconds; zero if it is in the future

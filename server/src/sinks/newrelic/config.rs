@@ -1,10 +1,15 @@
 //! New Relic configuration from a route's secrets: the license key, checked,
 //! and the Log API endpoint it belongs to.
 //!
-//! [`endpoint_url`] is the one place that decides the endpoint: the EU
-//! endpoint for a license key that starts with `eu` (exactly as New Relic's
-//! own shippers decide it), the US endpoint otherwise, and the gateway's
-//! `--newrelic-url` override above both. The key's characters are checked by
+//! [`Region::of_key`] and [`endpoint_url`] are the one place that decides
+//! the endpoint: New Relic's infrastructure agent reads the region from the
+//! key's leading letters (`^([a-z]{2,3})`, `pkg/license/license.go` in
+//! <https://github.com/newrelic/infrastructure-agent>): `eu` → the EU Log
+//! API, `gov` → FedRAMP, anything else the US endpoint; the gateway's
+//! `--newrelic-url` override wins over all. The agent also knows `jp`, but
+//! New Relic's own docs name no Japan Log API endpoint that we could
+//! confirm: such keys go to the US endpoint unless `--newrelic-url` says
+//! otherwise. The key's characters are checked by
 //! the shared rule in [`logdrain::secrets`], which the shim also applies at
 //! start. This module must never format a key: `Debug` of [`Endpoint`]
 //! redacts it.
@@ -27,14 +32,19 @@ pub const LOG_PATH: &str = "/log/v1";
 pub const US_URL: &str = "https://log-api.newrelic.com/log/v1";
 /// The EU Log API.
 pub const EU_URL: &str = "https://log-api.eu.newrelic.com/log/v1";
+/// The FedRAMP Log API.
+pub const GOV_URL: &str = "https://gov-log-api.newrelic.com/log/v1";
 /// The prefix of EU license keys (for example `eu01xx…`).
 pub const EU_KEY_PREFIX: &str = "eu";
+/// The region of FedRAMP license keys.
+pub const GOV_KEY_REGION: &str = "gov";
 
 /// The New Relic data center of an account, as its license key tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Region {
     Us,
     Eu,
+    Gov,
 }
 
 impl Region {
@@ -42,9 +52,17 @@ impl Region {
     /// case-sensitive, as in New Relic's own log shippers: keys are issued in
     /// lowercase, a US key is hex and so can never start with `eu`, and an
     /// upper-cased key would be refused by New Relic anyway.
+    ///
+    /// The region is the key's leading 2 or 3 lowercase letters, as in the
+    /// infrastructure agent: `gov` (a hex US key cannot start with it) is
+    /// FedRAMP.
     pub fn of_key(key: &str) -> Region {
-        if key.starts_with(EU_KEY_PREFIX) {
+        let letters = key.bytes().take_while(u8::is_ascii_lowercase).count();
+        let region = &key[..letters.min(3)];
+        if region.starts_with(EU_KEY_PREFIX) {
             Region::Eu
+        } else if region == GOV_KEY_REGION {
+            Region::Gov
         } else {
             Region::Us
         }
@@ -55,6 +73,7 @@ impl Region {
         match self {
             Region::Us => US_URL,
             Region::Eu => EU_URL,
+            Region::Gov => GOV_URL,
         }
     }
 }
@@ -115,6 +134,7 @@ pub fn location(
     let region = match Region::of_key(endpoint.secret()) {
         Region::Us => "US",
         Region::Eu => "EU",
+        Region::Gov => "FedRAMP",
     };
     let host = endpoint.url.host_str().unwrap_or_default().to_string();
     let query = format!("service_name:{agent_id}");
@@ -144,10 +164,7 @@ fn header_value(key: &str) -> Result<HeaderValue, SecretError> {
 /// * `base_override` (`--newrelic-url`) → its scheme, host and port with the
 ///   path [`LOG_PATH`], whatever the region (as `--datadog-url` does for
 ///   Datadog);
-/// * otherwise the region's Log API: [`EU_URL`] or [`US_URL`].
-///
-/// FedRAMP accounts (`gov-log-api.newrelic.com`) cannot be told from their
-/// key; they need the override.
+/// * otherwise the region's Log API: [`EU_URL`], [`GOV_URL`] or [`US_URL`].
 pub fn endpoint_url(region: Region, base_override: Option<&Url>) -> Url {
     match base_override {
         Some(base) => {
@@ -187,6 +204,18 @@ mod tests {
         let ep = from_secrets(&secrets(EU_KEY), None).unwrap();
         assert_eq!(ep.url.as_str(), "https://log-api.eu.newrelic.com/log/v1");
         assert_eq!(Region::of_key("eu"), Region::Eu);
+    }
+
+    #[test]
+    fn a_key_whose_region_is_gov_goes_to_the_fedramp_log_api() {
+        let key = "gov01x6789abcdef0123456789abcdef0123NRAL";
+        let ep = from_secrets(&secrets(key), None).unwrap();
+        assert_eq!(ep.url.as_str(), "https://gov-log-api.newrelic.com/log/v1");
+        // The agent reads at most three letters: `govx…` is `gov`.
+        assert_eq!(Region::of_key("govx01"), Region::Gov);
+        assert_eq!(Region::of_key("go01"), Region::Us);
+        assert_eq!(Region::of_key("jp01xx"), Region::Us, "unconfirmed endpoint");
+        assert_eq!(Region::of_key(""), Region::Us);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!
 //! | limit | value | where |
 //! |---|---|---|
-//! | endpoint | US `https://log-api.newrelic.com/log/v1`; EU `https://log-api.eu.newrelic.com/log/v1` for license keys starting with `eu`; `--newrelic-url` replaces scheme, host and port | [`config::endpoint_url`] |
+//! | endpoint | US `https://log-api.newrelic.com/log/v1`; EU `https://log-api.eu.newrelic.com/log/v1` for license keys whose region (leading letters) is `eu…`; FedRAMP `https://gov-log-api.newrelic.com/log/v1` for `gov`; `jp` keys: endpoint unconfirmed, US unless `--newrelic-url`; `--newrelic-url` replaces scheme, host and port | [`config::Region::of_key`], [`config::endpoint_url`] |
 //! | auth | `X-License-Key: <NEW_RELIC_LICENSE_KEY>` | [`service::post`] |
 //! | body | detailed JSON form, one `{common, logs}` block per (agent-server id, stream); `Content-Type: application/json`, `Content-Encoding: gzip` | [`request_builder`] |
 //! | one POST | 1,000,000 bytes gzipped: batches are cut at 990,000 bytes uncompressed, which cannot gzip past it | [`request_builder::MAX_JSON_BYTES`] |
@@ -15,7 +15,12 @@
 //! | attributes per event | 255: we send at most 11 | |
 //! | encoding | UTF-8 only: invalid bytes become U+FFFD | [`request_builder`] |
 //! | answers | 2xx (202) accepted; 408/429/5xx retry (`Retry-After`); 400/413 permanent; 401/403 credentials | [`service::classify`] |
-//! | timestamps | integer milliseconds; events older than 48 h may be dropped by New Relic (lines are still sent) | |
+//! | timestamps | integer milliseconds; payloads older than 48 h may be dropped after a 202 (<https://docs.newrelic.com/docs/logs/log-api/introduction-log-api/>, <https://github.com/newrelic/docs-website/pull/3230>): the engine sends such lines, and lines over 2 h ahead, with the time of sending, their own time in `logdrain.original_timestamp` (ms) | [`MAX_AGE`], [`crate::sinks::engine::late`] |
+//!
+//! Unconfirmed (see `docs/vendors-edges.md`): the Japan Log API endpoint
+//! (`jp` keys go to the US one unless `--newrelic-url`), and whether a JSON
+//! `message` carrying its own `hostname`, `service_name` or `source`
+//! replaces the values sent in `common`.
 //!
 //! Files: [`config`] (license key → endpoint), [`request_builder`] (lines →
 //! gzipped JSON), [`service`] (HTTP call → classification). Retry, batching
@@ -30,6 +35,7 @@ pub mod service;
 mod tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -39,6 +45,9 @@ use crate::sinks::{
     encoding_failed, BatchLimits, Prepared, SecretError, SendOutcome, Sink, SinkError, SinkSettings,
 };
 use config::Endpoint;
+
+/// Oldest line New Relic keeps at its own time.
+pub const MAX_AGE: Duration = Duration::from_secs(48 * 3600);
 
 /// Delivers one route's lines to New Relic. `Debug` redacts the key.
 #[derive(Debug)]
@@ -84,6 +93,10 @@ impl Sink for NewRelicSink {
 
     fn limits(&self) -> BatchLimits {
         self.limits
+    }
+
+    fn max_age(&self) -> Option<Duration> {
+        Some(MAX_AGE)
     }
 
     fn event_size(&self, line: &QueuedLine) -> usize {

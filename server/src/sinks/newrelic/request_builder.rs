@@ -16,7 +16,9 @@
 //! `logdrain` object, written here with the dotted names New Relic gives
 //! nested attributes anyway: `logdrain.part` and `logdrain.more_parts` for
 //! pieces of a line the shim split, `logdrain.origin = "shim"` for lines the
-//! shim wrote itself, and `logdrain.truncated_bytes` for a cut message. The
+//! shim wrote itself, `logdrain.original_timestamp` (ms) for a line the
+//! engine sent with the time of sending, and `logdrain.truncated_bytes` for
+//! a cut message. The
 //! JSON is written by hand through [`JsonOut`], byte for byte as serde_json
 //! would write it (a message that needs no escaping is copied as it is), and
 //! [`event_size`] counts with the same layout. This module must not send
@@ -82,7 +84,7 @@ fn open_block(out: &mut impl JsonOut, agent_id: &str, queued: &QueuedLine) {
 /// and the `logdrain.*` ones that say something.
 fn write_log(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) {
     let line = &queued.line;
-    let logdrain = text::Attributes::of(line);
+    let logdrain = text::Attributes::of_queued(queued);
     out.raw(b"{\"timestamp\":");
     out.int(line.timestamp_ns.div_euclid(1_000_000));
     out.raw(b",\"message\":");
@@ -108,6 +110,10 @@ fn write_log(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) {
     if let Some(origin) = logdrain.origin {
         out.raw(b",\"logdrain.origin\":");
         out.string(origin);
+    }
+    if let Some(ms) = logdrain.original_timestamp {
+        out.raw(b",\"logdrain.original_timestamp\":");
+        out.int(ms);
     }
     if let Some(cut) = truncated_bytes {
         out.raw(b",\"logdrain.truncated_bytes\":");

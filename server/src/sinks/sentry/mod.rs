@@ -17,7 +17,8 @@
 //! | body | one envelope, one `log` item, `Content-Type: application/x-sentry-envelope`, `Content-Encoding: gzip` | [`request_builder`] |
 //! | logs per envelope | 100 (Sentry's SDKs flush at 100) | [`request_builder::MAX_ITEMS`] |
 //! | one log | 1 MiB; longer bodies are cut here with a visible marker | [`request_builder::MAX_LOG_ITEM_BYTES`] |
-//! | decompressed envelope | 200 MiB (never reached at 100 logs of 1 MiB) | [`request_builder::MAX_ENVELOPE_BYTES`] |
+//! | decompressed envelope | 12 MiB: Relay's default log container limit (over it the whole envelope gets 413) | [`request_builder::MAX_ENVELOPE_BYTES`] |
+//! | `sent_at` | never sent: Relay shifts every log of an envelope whose `sent_at` is 55 min or more from its arrival, and a prefetched envelope can be sent long after it was encoded | [`request_builder`] |
 //! | answers | 2xx accepted; 429 retry after `Retry-After` / `X-Sentry-Rate-Limits` (60 s if neither); 408/5xx retry; 400/413 permanent; 401/403 credentials | [`service::classify`] |
 //! | rate limit on a 2xx | accepted, then no request until it expires ([`crate::sinks::SendOutcome::hold_off`]) | [`service::rate_limit`] |
 //!
@@ -34,7 +35,6 @@ pub mod service;
 mod tests;
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use async_trait::async_trait;
 
@@ -104,7 +104,7 @@ impl Sink for SentrySink {
     }
 
     fn prepare(&self, lines: &[QueuedLine]) -> Result<Prepared, SinkError> {
-        let encoded = request_builder::encode(&self.agent_id, lines, SystemTime::now())
+        let encoded = request_builder::encode(&self.agent_id, lines)
             .map_err(|e| encoding_failed("Sentry", &e))?;
         Ok(Prepared::body(encoded.body))
     }

@@ -3,21 +3,27 @@
 //! The envelope is newline-separated JSON:
 //!
 //! ```text
-//! {"sent_at":"2024-05-01T12:00:00.123456Z"}
+//! {}
 //! {"type":"log","item_count":2,"content_type":"application/vnd.sentry.items.log+json"}
 //! {"items":[{...},{...}]}
 //! ```
 //!
-//! The envelope header carries `sent_at` (when this attempt was encoded, on
-//! the gateway's clock), as Sentry's SDKs send it; it never carries the DSN,
-//! which holds the public key. The item header has no `length`: the payload
-//! is one line (JSON escapes every newline), which the envelope format
-//! allows.
+//! The envelope header is empty. It has no `sent_at`: Relay shifts every
+//! timestamp of an envelope whose `sent_at` is 55 minutes or more away from
+//! its arrival (relay `relay-event-normalization/src/eap/time.rs`,
+//! `MINIMUM_CLOCK_DRIFT`), and an envelope encoded early (the worker's
+//! prefetch) can be sent long after, once an outage ends; the lines' times
+//! come from the shim's clock anyway, not the gateway's. It never carries
+//! the DSN, which holds the public key. The item header has no `length`:
+//! the payload is one line (JSON escapes every newline), which the envelope
+//! format allows.
 //!
 //! Each line becomes one log with `timestamp` (float seconds), `trace_id`,
 //! `level` ([`level::detect`]), `body` (the raw line) and exactly the
 //! contract's attributes (`logger`, `server_name`, `environment`,
-//! `sentry.environment`, `stream`), all of type `string`. As in the Datadog
+//! `sentry.environment`, `stream`), all of type `string`, plus
+//! `logger.name` (Sentry's own attribute for the logger, which its UI
+//! groups by) with the same value as `logger`. As in the Datadog
 //! sink, pieces of a split line add `logdrain.part` (integer) and
 //! `logdrain.more_parts` (boolean), and lines the shim wrote itself add
 //! `logdrain.origin = "shim"`.
@@ -38,7 +44,6 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -52,16 +57,17 @@ use crate::sinks::text::{self, JsonOut};
 pub const MAX_ITEMS: usize = 100;
 /// Most bytes of one log item's JSON (Sentry: 1 MiB per log).
 pub const MAX_LOG_ITEM_BYTES: usize = 1024 * 1024;
-/// Most bytes of one decompressed envelope (Sentry: 200 MiB). With at most
-/// [`MAX_ITEMS`] logs of at most [`MAX_LOG_ITEM_BYTES`], it is never reached.
-pub const MAX_ENVELOPE_BYTES: usize = 200 * 1024 * 1024;
+/// Most bytes of one decompressed envelope: Relay's default limit for one
+/// log container (the `log` item's payload) is 12 MiB, and over it the whole
+/// envelope is refused with 413. The envelope is the container plus a few
+/// bytes, so it is the tighter bound.
+pub const MAX_ENVELOPE_BYTES: usize = 12 * 1024 * 1024;
 /// Room for everything of an envelope but its logs: the envelope header,
 /// the item header and the payload's `{"items":[` … `]}`.
 pub const ENVELOPE_OVERHEAD_BYTES: usize = 1024;
 
-// The full number of logs of the largest size always fits an envelope.
-const _: () =
-    assert!(MAX_ITEMS * (MAX_LOG_ITEM_BYTES + 1) + ENVELOPE_OVERHEAD_BYTES <= MAX_ENVELOPE_BYTES);
+// A log of the largest size always fits an envelope.
+const _: () = assert!(MAX_LOG_ITEM_BYTES + 1 + ENVELOPE_OVERHEAD_BYTES <= MAX_ENVELOPE_BYTES);
 /// `environment` and `sentry.environment` of every log.
 pub const ENVIRONMENT: &str = "production";
 /// Content type of the request.
@@ -112,6 +118,8 @@ fn write_log(
     out.raw(b",\"body\":");
     text::write_json_text(out, body, budget);
     out.raw(b",\"attributes\":{\"logger\":");
+    string_attribute(out, agent_id);
+    out.raw(b",\"logger.name\":");
     string_attribute(out, agent_id);
     out.raw(b",\"server_name\":");
     string_attribute(out, &queued.agent_server_id);
@@ -195,11 +203,6 @@ pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
 }
 
 #[derive(Serialize)]
-struct EnvelopeHeader {
-    sent_at: String,
-}
-
-#[derive(Serialize)]
 struct ItemHeader {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -217,16 +220,11 @@ pub struct Encoded {
     pub items: usize,
 }
 
-/// Encodes `lines` as one gzipped envelope with one `log` item, stamped
-/// `sent_at`.
-pub fn encode(agent_id: &str, lines: &[QueuedLine], sent_at: SystemTime) -> io::Result<Encoded> {
+/// Encodes `lines` as one gzipped envelope with one `log` item.
+pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
     let estimate: usize = lines.iter().map(|l| l.line.data.len() + 512).sum();
     let mut out = Vec::with_capacity(estimate.min(MAX_ENVELOPE_BYTES));
-    let header = EnvelopeHeader {
-        sent_at: humantime::format_rfc3339_micros(sent_at).to_string(),
-    };
-    serde_json::to_writer(&mut out, &header)?;
-    out.write_all(b"\n")?;
+    out.write_all(b"{}\n")?;
     let item = ItemHeader {
         kind: ITEM_TYPE,
         item_count: lines.len(),

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Bytes as Body;
 use axum::extract::State;
@@ -49,6 +49,7 @@ fn queued(index: u32, data: &[u8]) -> QueuedLine {
             part: 0,
             more_parts: false,
         },
+        original_timestamp_ns: None,
     }
 }
 
@@ -91,8 +92,8 @@ fn gunzip(body: &[u8]) -> Vec<u8> {
 }
 
 /// The decompressed envelope of `lines`, split into its lines.
-fn envelope_lines(lines: &[QueuedLine], sent_at: SystemTime) -> Vec<String> {
-    let encoded = request_builder::encode(AGENT, lines, sent_at).unwrap();
+fn envelope_lines(lines: &[QueuedLine]) -> Vec<String> {
+    let encoded = request_builder::encode(AGENT, lines).unwrap();
     let text = String::from_utf8(gunzip(&encoded.body)).unwrap();
     assert_eq!(text.len(), encoded.envelope_bytes);
     assert_eq!(encoded.items, lines.len());
@@ -101,7 +102,7 @@ fn envelope_lines(lines: &[QueuedLine], sent_at: SystemTime) -> Vec<String> {
 
 /// The logs our envelope carries.
 fn logs(lines: &[QueuedLine]) -> Vec<Value> {
-    let text = &envelope_lines(lines, SystemTime::now())[2];
+    let text = &envelope_lines(lines)[2];
     let payload: Value = serde_json::from_str(text).unwrap();
     payload["items"].as_array().unwrap().clone()
 }
@@ -253,11 +254,10 @@ fn the_factory_builds_a_sentry_sink_and_reports_a_bad_dsn() {
 // ---- the envelope ----
 
 #[test]
-fn the_envelope_is_a_sent_at_header_one_log_item_header_and_one_payload_line() {
-    let sent_at = SystemTime::UNIX_EPOCH + Duration::from_micros(1_714_564_800_123_456);
-    let lines = envelope_lines(&[queued(0, b"one"), queued(1, b"two")], sent_at);
+fn the_envelope_is_an_empty_header_one_log_item_header_and_one_payload_line() {
+    let lines = envelope_lines(&[queued(0, b"one"), queued(1, b"two")]);
     assert_eq!(lines.len(), 4, "{lines:?}");
-    assert_eq!(lines[0], r#"{"sent_at":"2024-05-01T12:00:00.123456Z"}"#);
+    assert_eq!(lines[0], "{}", "no sent_at for Relay to shift the logs by");
     assert_eq!(
         lines[1],
         r#"{"type":"log","item_count":2,"content_type":"application/vnd.sentry.items.log+json"}"#
@@ -281,6 +281,7 @@ fn each_line_carries_exactly_the_contract_fields_and_attributes() {
             "body": "hello world",
             "attributes": {
                 "logger": {"value": "agent-42", "type": "string"},
+                "logger.name": {"value": "agent-42", "type": "string"},
                 "server_name": {"value": "replica-7", "type": "string"},
                 "environment": {"value": "production", "type": "string"},
                 "sentry.environment": {"value": "production", "type": "string"},
@@ -359,6 +360,7 @@ fn only_shim_lines_carry_an_origin() {
         [
             "environment",
             "logger",
+            "logger.name",
             "sentry.environment",
             "server_name",
             "stream"
@@ -444,8 +446,7 @@ fn event_sizes_add_up_to_the_envelope_within_the_fixed_overhead() {
     lines[3].line.more_parts = true;
     lines[4].line.origin = Origin::Shim as i32;
     lines[5].line.timestamp_ns = -1_500_000; // before the epoch still encodes
-    let sent_at = SystemTime::now();
-    let envelope = envelope_lines(&lines, sent_at);
+    let envelope = envelope_lines(&lines);
     let sum: usize = lines
         .iter()
         .map(|l| request_builder::event_size(AGENT, l))
@@ -486,20 +487,15 @@ fn envelopes_hold_at_most_100_logs_like_sentrys_sdks() {
 #[test]
 fn our_envelope_passes_the_intake_and_has_the_fields_of_the_python_sdks() {
     let limits = SentryLimits::default();
-    let encoded = request_builder::encode(
-        AGENT,
-        &[queued(0, b"one"), stderr(1, b"ERROR two")],
-        SystemTime::now(),
-    )
-    .unwrap();
+    let encoded =
+        request_builder::encode(AGENT, &[queued(0, b"one"), stderr(1, b"ERROR two")]).unwrap();
     let ours = parse_envelope(&gunzip(&encoded.body), &limits).unwrap();
     let sdk = parse_envelope(SDK_ENVELOPE, &limits).unwrap();
     assert_eq!(ours.item_types, sdk.item_types);
     let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
-    assert_eq!(
-        keys(&Value::Object(ours.header)),
-        keys(&Value::Object(sdk.header))
-    );
+    // The SDK stamps sent_at; we leave it out (see request_builder).
+    assert!(ours.header.is_empty());
+    assert!(sdk.header.contains_key("sent_at"));
     for (mine, theirs) in ours.logs.iter().zip(&sdk.logs) {
         assert_eq!(keys(mine), keys(theirs), "same log fields");
         for attribute in mine["attributes"].as_object().unwrap().values() {
@@ -749,6 +745,45 @@ async fn an_unknown_key_means_refused_credentials_without_the_key_in_the_reason(
     assert!(intake.entries(Vendor::Sentry).is_empty());
 }
 
+/// The worker encodes the next batch early and may send it long after (an
+/// outage): Relay would shift every log by the time between a `sent_at`
+/// stamped then and the arrival.
+#[tokio::test]
+async fn an_envelope_sent_an_hour_after_it_was_prepared_keeps_each_lines_time() {
+    let mut config = IntakeConfig::default();
+    config.sentry.keys = vec![KEY.to_string()];
+    config.sentry.limits.clock_ahead = Duration::from_secs(3600);
+    let intake = Intake::start(config).await.unwrap();
+    let s = intake_sink(&intake, KEY);
+    let lines = [queued(0, b"one"), queued(1, b"two")];
+    let prepared = s.prepare(&lines).unwrap();
+    s.send_prepared(&lines, prepared).await.unwrap();
+    let times: Vec<Value> = intake
+        .entries(Vendor::Sentry)
+        .into_iter()
+        .map(|e| e.value["timestamp"].clone())
+        .collect();
+    assert_eq!(
+        times,
+        [json!(1_700_000_000.123456), json!(1_700_000_000.123456)]
+    );
+}
+
+/// Relay refuses a whole envelope whose log container is over 12 MiB.
+#[tokio::test]
+async fn batches_of_long_lines_fit_relays_12_mib_log_container() {
+    let intake = intake().await;
+    let s = intake_sink(&intake, KEY);
+    let long = vec![b'x'; 1_000_000];
+    let lines: Vec<QueuedLine> = (0..13).map(|i| queued(i, &long)).collect();
+    let batches = batches(&s, lines);
+    assert!(batches.len() > 1, "13 MB of lines need two envelopes");
+    for batch in &batches {
+        assert_eq!(s.send(batch).await, Ok(SendOutcome::accepted()));
+    }
+    assert_eq!(intake.entries(Vendor::Sentry).len(), 13);
+}
+
 #[tokio::test]
 async fn a_payload_the_intake_refuses_is_rejected_for_splitting() {
     let mut config = IntakeConfig::default();
@@ -981,6 +1016,8 @@ mod reference {
     #[derive(Serialize)]
     struct Attributes<'a> {
         logger: Attr<&'a str>,
+        #[serde(rename = "logger.name")]
+        logger_name: Attr<&'a str>,
         server_name: Attr<&'a str>,
         environment: Attr<&'static str>,
         #[serde(rename = "sentry.environment")]
@@ -1009,6 +1046,7 @@ mod reference {
             body: Cow::Borrowed(""),
             attributes: Attributes {
                 logger: string(agent_id),
+                logger_name: string(agent_id),
                 server_name: string(&queued.agent_server_id),
                 environment: string(ENVIRONMENT),
                 sentry_environment: string(ENVIRONMENT),
@@ -1076,7 +1114,7 @@ fn the_hand_written_logs_are_byte_for_byte_what_serde_json_writes() {
             expected.extend(reference::log(agent, line, level, &trace));
         }
         expected.extend_from_slice(b"]}");
-        let encoded = request_builder::encode(agent, &lines, SystemTime::UNIX_EPOCH).unwrap();
+        let encoded = request_builder::encode(agent, &lines).unwrap();
         let envelope = gunzip(&encoded.body);
         let payload = envelope.split(|&b| b == b'\n').nth(2).unwrap();
         assert!(payload == expected.as_slice(), "payloads differ");

@@ -25,14 +25,19 @@ pub async fn start() -> Intake {
         .unwrap()
 }
 
-/// `n` log objects as a Datadog sink builds them.
+/// `n` log objects as a Datadog sink builds them, stamped now (Datadog
+/// drops logs older than 18 h).
 pub fn logs(n: usize) -> Value {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     Value::Array(
         (0..n)
             .map(|i| {
                 json!({
                     "message": format!("line {i}"),
-                    "timestamp": 1_714_564_800_000_i64 + i as i64,
+                    "timestamp": now_ms + i as i64,
                     "host": "agent-server-1",
                     "ddsource": "agent-1",
                     "service": "cloud.livekit.io",
