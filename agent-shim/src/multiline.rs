@@ -91,6 +91,9 @@ enum Kind {
 /// The event held, not yet emitted.
 struct Held {
     timestamp_ns: i64,
+    /// The event while it is one line, not copied (most lines stay alone).
+    first: Option<Bytes>,
+    /// The event's lines joined, once a second line came.
     data: BytesMut,
     lines: usize,
     kind: Kind,
@@ -100,6 +103,33 @@ struct Held {
     /// Index of this piece of an event cut at a bound.
     part: u32,
     last_line_at: Instant,
+}
+
+impl Held {
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.data.len(), Bytes::len)
+    }
+
+    fn ends_with(&self, suffix: &[u8]) -> bool {
+        self.first
+            .as_ref()
+            .map_or(self.data.ends_with(suffix), |first| first.ends_with(suffix))
+    }
+
+    /// Moves the single line into `data`, to append to it.
+    fn join(&mut self) {
+        if let Some(first) = self.first.take() {
+            self.data.reserve(first.len() + 256);
+            self.data.extend_from_slice(&first);
+        }
+    }
+
+    fn take(&mut self) -> Bytes {
+        match self.first.take() {
+            Some(first) => first,
+            None => std::mem::take(&mut self.data).freeze(),
+        }
+    }
 }
 
 /// Groups one stream's lines; see the module docs.
@@ -147,19 +177,18 @@ impl Grouper {
         let line = piece.data;
         if let Some(held) = &mut self.held {
             if let Some(kind) = continues(&self.mode, held, &line) {
-                self.append(kind, &line, now, out);
+                self.append(kind, line, now, out);
                 return;
             }
         }
         self.finish(out);
         if may_begin(&self.mode, &line) {
-            let mut data = BytesMut::with_capacity(line.len().max(256));
-            data.extend_from_slice(&line);
             self.held = Some(Held {
                 timestamp_ns,
-                data,
-                lines: 1,
                 kind: begins(&line),
+                first: Some(line),
+                data: BytesMut::new(),
+                lines: 1,
                 tentative: None,
                 part: 0,
                 last_line_at: now,
@@ -186,7 +215,7 @@ impl Grouper {
         out.push((
             held.timestamp_ns,
             Piece {
-                data: held.data.freeze(),
+                data: held.take(),
                 part: held.part,
                 more_parts: false,
             },
@@ -200,13 +229,13 @@ impl Grouper {
 
     /// Appends `line` to the held event, cutting the event first if the
     /// line would take it over a bound.
-    fn append(&mut self, kind: (Kind, bool), line: &[u8], now: Instant, out: &mut Vec<Out>) {
+    fn append(&mut self, kind: (Kind, bool), line: Bytes, now: Instant, out: &mut Vec<Out>) {
         let Some(held) = &mut self.held else { return };
         let (kind, tentative) = kind;
         if held.lines >= self.bounds.max_lines
-            || held.data.len() + 1 + line.len() > self.bounds.max_bytes
+            || held.len() + 1 + line.len() > self.bounds.max_bytes
         {
-            let cut = std::mem::take(&mut held.data).freeze();
+            let cut = held.take();
             out.push((
                 held.timestamp_ns,
                 Piece {
@@ -218,15 +247,16 @@ impl Grouper {
             held.part = held.part.saturating_add(1);
             held.lines = 1;
             held.tentative = None;
-            held.data.extend_from_slice(line);
+            held.first = Some(line);
         } else {
+            held.join();
             if tentative && held.tentative.is_none() {
                 held.tentative = Some(held.data.len());
             } else if !tentative {
                 held.tentative = None;
             }
             held.data.extend_from_slice(b"\n");
-            held.data.extend_from_slice(line);
+            held.data.extend_from_slice(&line);
             held.lines += 1;
         }
         held.kind = kind;
@@ -323,7 +353,7 @@ fn continues(mode: &Mode, held: &Held, line: &[u8]) -> Option<(Kind, bool)> {
             if indented(line)
                 || (held.lines > 1 && line.starts_with(b"Caused by: "))
                 || (line.starts_with(b"future: <Task")
-                    && held.data.ends_with(b"exception was never retrieved"))
+                    && held.ends_with(b"exception was never retrieved"))
             {
                 return Some((
                     if kind == Kind::PyChain {
