@@ -70,7 +70,8 @@ async fn wait_for_message(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_the_agent_prints_reach_no_intake_queue_or_log_but_its_own_stdout_shows_them() {
+async fn secrets_the_agent_prints_reach_no_intake_queue_or_log_but_its_own_stdout_shows_them_and_status_counts_them(
+) {
     let intake = intake().await;
     // New Relic refuses the key, so the queue keeps every line on disk.
     intake
@@ -124,6 +125,14 @@ echo "done""#;
     assert_eq!(
         messages(&agent_entries(&entries, "stderr")),
         ["[redacted:DATADOG_TOKEN]"]
+    );
+
+    // The masked counts reach the status, by name.
+    let status = agent_status(&gateway, "agent-redact").await;
+    assert_eq!(
+        status["agents"][0]["replicas"][0]["shim_redacted_total"],
+        serde_json::json!({"DATADOG_TOKEN": 2, "OPENAI_API_KEY": 2}),
+        "{status}"
     );
 
     assert!(gateway.terminate().success());

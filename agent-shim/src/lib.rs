@@ -159,7 +159,7 @@ pub async fn run_with(
     ));
     let (closing_tx, closing_rx) = watch::channel(false);
     let shipper = Shipper::new(
-        stream_config(&settings, &secrets),
+        stream_config(&settings, &secrets, Arc::clone(&redactor)),
         Arc::clone(&buffer),
         closing_rx,
     )?;
@@ -303,7 +303,7 @@ fn reap_orphans(subreaper: bool) -> bool {
     }
 }
 
-fn stream_config(settings: &Settings, secrets: &Secrets) -> StreamConfig {
+fn stream_config(settings: &Settings, secrets: &Secrets, redactor: Arc<Redactor>) -> StreamConfig {
     StreamConfig {
         gateways: settings.gateways.clone(),
         gateway_ca_pem: settings.gateway_ca_pem.clone(),
@@ -323,6 +323,7 @@ fn stream_config(settings: &Settings, secrets: &Secrets) -> StreamConfig {
         backoff_max: stream::BACKOFF_MAX,
         ack_timeout: stream::ACK_TIMEOUT,
         buffer_bytes: settings.buffer_bytes,
+        redactor,
     }
 }
 
