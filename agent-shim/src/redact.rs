@@ -18,6 +18,10 @@ use bytes::Bytes;
 
 /// Values shorter than this are left alone: they would mask common words.
 pub const MIN_SECRET_BYTES: usize = 8;
+/// How many bytes the marks may add to a line; past it, an occurrence is
+/// masked with `*` of its own length, so a line of many short secrets under
+/// long names cannot grow past what a batch can carry.
+pub const MAX_GROWTH_BYTES: usize = 4096;
 
 /// `--redact`: whether shipped lines are masked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -135,7 +139,13 @@ impl Redactor {
         for found in matches {
             let i = found.pattern().as_usize();
             out.extend_from_slice(&data[last..found.start()]);
-            out.extend_from_slice(&self.marks[i]);
+            let mark = &self.marks[i];
+            let grown = (out.len() + mark.len()).saturating_sub(found.end());
+            if grown <= MAX_GROWTH_BYTES {
+                out.extend_from_slice(mark);
+            } else {
+                out.resize(out.len() + found.len(), b'*');
+            }
             self.counts[i].fetch_add(1, Ordering::Relaxed);
             last = found.end();
         }
@@ -251,6 +261,21 @@ mod tests {
             masked(&r, "1 xxabcdefghyy 2 abcdefgh"),
             "1 [redacted:B_KEY] 2 [redacted:A_KEY]"
         );
+    }
+
+    #[test]
+    fn marks_grow_a_line_by_a_bounded_amount_and_every_occurrence_is_still_masked() {
+        let name = format!("{}_KEY", "N".repeat(200));
+        let r = redactor(&[(&name, "abcdefgh")]);
+        let line = "abcdefgh ".repeat(10_000);
+        let masked = masked(&r, &line);
+        assert!(
+            masked.len() <= line.len() + MAX_GROWTH_BYTES,
+            "{}",
+            masked.len()
+        );
+        assert!(!masked.contains("abcdefgh"));
+        assert_eq!(r.counts(), vec![(name, 10_000)]);
     }
 
     #[test]
