@@ -158,3 +158,65 @@ impl Outgoing {
         self.buffer.push_all(grouping.lines.drain(..));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn piece(data: &'static [u8]) -> Piece {
+        Piece {
+            data: Bytes::from_static(data),
+            part: 0,
+            more_parts: false,
+        }
+    }
+
+    fn shipped(buffer: &SharedBuffer) -> Vec<Bytes> {
+        buffer
+            .lock()
+            .next_batch(usize::MAX, usize::MAX)
+            .map(|batch| batch.lines.into_iter().map(|l| l.data).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_event_is_shipped_by_the_flush_task_once_its_time_passes_and_the_task_ends_with_the_stream(
+    ) {
+        let buffer = Arc::new(SharedBuffer::new(1 << 20, usize::MAX));
+        let bounds = Bounds {
+            max_lines: 100,
+            max_bytes: 1024,
+            flush: Duration::from_millis(200),
+        };
+        let redactor = Redactor::from_vars([("A_TOKEN".into(), "secret-value".into())], []);
+        let outgoing = Arc::new(Outgoing::new(
+            StreamKind::Stderr,
+            Arc::clone(&buffer),
+            Arc::new(redactor),
+            Mode::Auto,
+            bounds,
+        ));
+        let flushing = tokio::spawn(Arc::clone(&outgoing).flush_when_due());
+        outgoing.push(
+            1,
+            &mut vec![piece(b"Error: secret-value"), piece(b"    at f")],
+        );
+        tokio::time::sleep(Duration::from_millis(199)).await;
+        assert!(shipped(&buffer).is_empty(), "held until its flush time");
+        // Time moves on only once every task is idle: past 200 ms, the
+        // flush task has run.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(
+            shipped(&buffer),
+            [Bytes::from_static(b"Error: [redacted:A_TOKEN]\n    at f")]
+        );
+        outgoing.push(2, &mut vec![piece(b"last")]);
+        outgoing.end();
+        flushing.await.unwrap();
+        assert_eq!(shipped(&buffer), [Bytes::from_static(b"last")]);
+    }
+}
