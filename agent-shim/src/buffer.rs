@@ -287,6 +287,7 @@ impl Buffer {
             first_seq: taken.first_seq,
             lines: self.newest_in_flight(taken.lines).cloned().collect(),
             shim_dropped_total: taken.shim_dropped_total,
+            ..Batch::default()
         })
     }
 

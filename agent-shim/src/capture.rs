@@ -23,12 +23,11 @@ use std::io::{self, PipeReader, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use logdrain::v1::{Line, Origin, StreamKind};
 use tokio::sync::oneshot;
 
-use crate::buffer::SharedBuffer;
 use crate::diag::diag;
-use crate::splitter::{LineSplitter, Piece};
+use crate::outgoing::Outgoing;
+use crate::splitter::LineSplitter;
 use crate::sys;
 use crate::time;
 
@@ -137,18 +136,19 @@ impl<P: Read + AsFd> Source for AgentPipe<P> {
     }
 }
 
-/// Captures `source` until EOF, blocking; see the module docs.
+/// Captures `source` until EOF, blocking; see the module docs. Lines go
+/// out through `outgoing`, which is ended at EOF.
 pub fn capture<R, W>(
     mut source: R,
     mut passthrough: W,
-    stream: StreamKind,
-    buffer: &SharedBuffer,
+    outgoing: &Outgoing,
     max_line_bytes: usize,
 ) -> CaptureReport
 where
     R: Source,
     W: Write,
 {
+    let stream = outgoing.stream();
     let mut report = CaptureReport::default();
     let mut splitter = LineSplitter::new(max_line_bytes);
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
@@ -169,7 +169,8 @@ where
         let timestamp_ns = time::now_ns();
         report.bytes += read as u64;
         splitter.push(&chunk[..read], &mut pieces);
-        report.lines += push_pieces(buffer, timestamp_ns, stream, &mut pieces);
+        report.lines += pieces.len() as u64;
+        outgoing.push(timestamp_ns, &mut pieces);
         source.pushed();
         if !report.passthrough_failed {
             let written = passthrough
@@ -186,42 +187,58 @@ where
         }
     }
     splitter.finish(&mut pieces);
-    report.lines += push_pieces(buffer, time::now_ns(), stream, &mut pieces);
+    report.lines += pieces.len() as u64;
+    outgoing.push(time::now_ns(), &mut pieces);
+    outgoing.end();
     report
-}
-
-/// Pushes (and empties) `pieces` as lines, all at once; returns how many.
-fn push_pieces(
-    buffer: &SharedBuffer,
-    timestamp_ns: i64,
-    stream: StreamKind,
-    pieces: &mut Vec<Piece>,
-) -> u64 {
-    let count = pieces.len() as u64;
-    if count > 0 {
-        buffer.push_all(
-            pieces
-                .drain(..)
-                .map(|piece| agent_line(timestamp_ns, stream, piece)),
-        );
-    }
-    count
-}
-
-fn agent_line(timestamp_ns: i64, stream: StreamKind, piece: Piece) -> Line {
-    Line {
-        timestamp_ns,
-        stream: stream as i32,
-        data: piece.data,
-        origin: Origin::Agent as i32,
-        part: piece.part,
-        more_parts: piece.more_parts,
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::SharedBuffer;
+    use crate::multiline::{Bounds, Mode};
+    use crate::redact::Redactor;
+    use logdrain::v1::{Line, Origin, StreamKind};
+
+    fn plain(stream: StreamKind, buffer: &Arc<SharedBuffer>, max: usize) -> Outgoing {
+        Outgoing::plain(stream, Arc::clone(buffer), max)
+    }
+
+    #[test]
+    fn shipped_lines_are_masked_and_grouped_while_the_passthrough_stays_raw() {
+        let input: &[u8] = b"key sk-live-0123456789\nError: boom\n    at f (a.js:1:1)\nnext\n";
+        let buffer = Arc::new(SharedBuffer::new(1 << 20, usize::MAX));
+        let redactor =
+            Redactor::from_vars([("OPENAI_API_KEY".into(), "sk-live-0123456789".into())], []);
+        let bounds = Bounds {
+            max_lines: 100,
+            max_bytes: 1024,
+            flush: std::time::Duration::from_secs(3600),
+        };
+        let outgoing = Outgoing::new(
+            StreamKind::Stderr,
+            Arc::clone(&buffer),
+            Arc::new(redactor),
+            Mode::Auto,
+            bounds,
+        );
+        let mut out = Vec::new();
+        capture(input, &mut out, &outgoing, 1024);
+        assert_eq!(out, input);
+        let data: Vec<Vec<u8>> = buffered_lines(&buffer)
+            .into_iter()
+            .map(|l| l.data.to_vec())
+            .collect();
+        assert_eq!(
+            data,
+            [
+                b"key [redacted:OPENAI_API_KEY]".to_vec(),
+                b"Error: boom\n    at f (a.js:1:1)".to_vec(),
+                b"next".to_vec()
+            ]
+        );
+    }
 
     fn buffered_lines(buffer: &SharedBuffer) -> Vec<Line> {
         buffer
@@ -234,9 +251,14 @@ mod tests {
     #[test]
     fn bytes_pass_through_unchanged_and_lines_are_buffered() {
         let input: &[u8] = b"one\r\ntwo\n\xff\xfe\n\nlast";
-        let buffer = SharedBuffer::new(1 << 20, usize::MAX);
+        let buffer = Arc::new(SharedBuffer::new(1 << 20, usize::MAX));
         let mut out = Vec::new();
-        let report = capture(input, &mut out, StreamKind::Stderr, &buffer, 1024);
+        let report = capture(
+            input,
+            &mut out,
+            &plain(StreamKind::Stderr, &buffer, 1024),
+            1024,
+        );
         assert_eq!(out, input);
         assert_eq!(report.bytes, input.len() as u64);
         assert_eq!(report.lines, 5);
@@ -253,12 +275,11 @@ mod tests {
     #[test]
     fn long_lines_are_buffered_as_marked_pieces() {
         let input = vec![b'x'; 250];
-        let buffer = SharedBuffer::new(1 << 20, usize::MAX);
+        let buffer = Arc::new(SharedBuffer::new(1 << 20, usize::MAX));
         capture(
             &input[..],
             std::io::sink(),
-            StreamKind::Stdout,
-            &buffer,
+            &plain(StreamKind::Stdout, &buffer, 100),
             100,
         );
         let marks: Vec<(usize, u32, bool)> = buffered_lines(&buffer)
@@ -304,7 +325,12 @@ mod tests {
             let buffer = Arc::clone(&buffer);
             let source = AgentPipe::new(pipe, Some(Arc::new(exited)), caught_up);
             std::thread::spawn(move || {
-                capture(source, std::io::sink(), StreamKind::Stdout, &buffer, 1024)
+                capture(
+                    source,
+                    std::io::sink(),
+                    &plain(StreamKind::Stdout, &buffer, 1024),
+                    1024,
+                )
             })
         };
         writer.write_all(b"one\ntwo\n").unwrap();
@@ -328,12 +354,11 @@ mod tests {
     #[test]
     fn failing_passthrough_does_not_stop_capture() {
         let input: &[u8] = b"a\nb\nc\n";
-        let buffer = SharedBuffer::new(1 << 20, usize::MAX);
+        let buffer = Arc::new(SharedBuffer::new(1 << 20, usize::MAX));
         let report = capture(
             Trickle(input),
             BrokenPipe,
-            StreamKind::Stdout,
-            &buffer,
+            &plain(StreamKind::Stdout, &buffer, 1024),
             1024,
         );
         assert!(report.passthrough_failed);

@@ -76,6 +76,12 @@ pub async fn check(config: Config, secrets: &Secrets) -> CheckReport {
     let mut report = Report::default();
     report.line("agent-shim --check: the agent is not started");
     destinations(&mut report, secrets);
+    let token = config
+        .token
+        .clone()
+        .map(|t| ("LOGDRAIN_TOKEN".to_owned(), t));
+    let redactor = crate::redact::Redactor::from_vars(std::env::vars_os(), token);
+    report.line(crate::redact::check_line(config.redact, &redactor));
     match config.validate() {
         Ok(settings) => gateways(&mut report, &settings, secrets).await,
         Err(err) => {

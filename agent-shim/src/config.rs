@@ -16,6 +16,10 @@
 //! | `--gateway-ca-file PATH` | `LOGDRAIN_GATEWAY_CA_FILE` | Mozilla roots only |
 //! | `--subreaper` | `LOGDRAIN_SUBREAPER` | off (automatic as PID 1) |
 //! | `--check` | `LOGDRAIN_CHECK` | off |
+//! | `--redact MODE` | `LOGDRAIN_REDACT` | `auto` |
+//! | `--multiline MODE` | `LOGDRAIN_MULTILINE` | `off` |
+//! | `--multiline-max-lines N` | `LOGDRAIN_MULTILINE_MAX_LINES` | `1000` |
+//! | `--multiline-flush DURATION` | `LOGDRAIN_MULTILINE_FLUSH` | `200ms` |
 //!
 //! Environment values are read through clap only; this module never reads
 //! or changes the process environment itself. Secrets are not options: see
@@ -29,6 +33,8 @@ use std::time::Duration;
 use clap::Parser;
 use tonic::codegen::http::Uri;
 
+use crate::multiline::{Bounds, Mode, ModeError};
+use crate::redact::RedactMode;
 use crate::stream::ClientIdentity;
 
 /// Largest accepted `--max-line-bytes`: a batch always fits one line, and
@@ -40,6 +46,10 @@ pub const MIN_LINE_BYTES: usize = 64;
 pub const BUFFER_MIN_LINES: usize = 4;
 /// Largest accepted `--batch-lines`.
 pub const MAX_BATCH_LINES: usize = 100_000;
+/// Largest accepted `--multiline-max-lines`.
+pub const MAX_MULTILINE_LINES: usize = 100_000;
+/// Largest accepted `--multiline-flush`.
+pub const MAX_MULTILINE_FLUSH: Duration = Duration::from_secs(10);
 /// Largest accepted `--batch-linger`.
 pub const MAX_BATCH_LINGER: Duration = Duration::from_secs(5);
 
@@ -203,6 +213,43 @@ pub struct Config {
     )]
     pub check: bool,
 
+    /// `auto` masks, in every line shipped (never in the passthrough), each
+    /// value of 8 bytes or more of a variable named `*_KEY`, `*_SECRET`,
+    /// `*_TOKEN`, `*_PASSWORD`, `*_DSN` or `*API_KEY*` and of the drain's
+    /// own secrets, as `[redacted:NAME]`. `off` ships lines as written.
+    #[arg(long, env = "LOGDRAIN_REDACT", value_name = "MODE", value_enum, default_value_t = RedactMode::Auto)]
+    pub redact: RedactMode,
+
+    /// Groups multi-line events, per stream, into one shipped line joined
+    /// by newlines: `off` ships each line on its own; `auto` groups Python
+    /// tracebacks (chained, asyncio), Go panics, Java/Kotlin and Node.js
+    /// stack traces, Rust panics and lines that continue with leading
+    /// whitespace; `pattern:REGEX` starts an event at each line matching
+    /// REGEX, the lines that do not match continue it. An event holds at
+    /// most --multiline-max-lines lines and --max-line-bytes bytes (more is
+    /// cut into marked parts, never dropped).
+    #[arg(
+        long,
+        env = "LOGDRAIN_MULTILINE",
+        value_name = "MODE",
+        default_value = "off"
+    )]
+    pub multiline: String,
+
+    /// Most lines in one multi-line event.
+    #[arg(
+        long,
+        env = "LOGDRAIN_MULTILINE_MAX_LINES",
+        value_name = "N",
+        default_value_t = 1000
+    )]
+    pub multiline_max_lines: usize,
+
+    /// With --multiline, how long a line waits for a continuation before it
+    /// is shipped: the most an ordinary line is delayed.
+    #[arg(long, env = "LOGDRAIN_MULTILINE_FLUSH", value_name = "DURATION", default_value = "200ms", value_parser = parse_duration)]
+    pub multiline_flush: Duration,
+
     /// The agent to run, with its arguments (not needed with --check).
     #[arg(last = true, required_unless_present = "check", value_name = "COMMAND")]
     pub command: Vec<OsString>,
@@ -226,6 +273,10 @@ impl fmt::Debug for Config {
             .field("client_key", &self.client_key)
             .field("subreaper", &self.subreaper)
             .field("check", &self.check)
+            .field("redact", &self.redact)
+            .field("multiline", &self.multiline)
+            .field("multiline_max_lines", &self.multiline_max_lines)
+            .field("multiline_flush", &self.multiline_flush)
             .field("command", &self.command)
             .finish()
     }
@@ -274,6 +325,12 @@ pub enum ConfigError {
     },
     #[error("--batch-lines {value} is out of range: use 1 to {MAX_BATCH_LINES}")]
     BatchLines { value: usize },
+    #[error("invalid LOGDRAIN_MULTILINE / --multiline: {0}; use off, auto or pattern:REGEX (a regex that compiles, e.g. pattern:^\\d{{4}}-)")]
+    Multiline(#[from] ModeError),
+    #[error("--multiline-max-lines {value} is out of range: use 1 to {MAX_MULTILINE_LINES}")]
+    MultilineMaxLines { value: usize },
+    #[error("--multiline-flush {value:?} is out of range: use 1ms to 10s")]
+    MultilineFlush { value: Duration },
     #[error("--batch-linger {value:?} is too long: use at most 5s")]
     BatchLinger { value: Duration },
     #[error("cannot read --gateway-ca-file {path:?}: {source}; point it at a readable PEM file or unset it")]
@@ -319,6 +376,9 @@ pub struct Settings {
     pub client_identity: Option<ClientIdentity>,
     /// Reap orphans even when not PID 1.
     pub subreaper: bool,
+    pub redact: RedactMode,
+    pub multiline: Mode,
+    pub multiline_bounds: Bounds,
     /// Program and arguments (never empty, except with `--check`).
     pub command: Vec<OsString>,
 }
@@ -341,6 +401,9 @@ impl fmt::Debug for Settings {
             )
             .field("client_identity", &self.client_identity)
             .field("subreaper", &self.subreaper)
+            .field("redact", &self.redact)
+            .field("multiline", &self.multiline)
+            .field("multiline_bounds", &self.multiline_bounds)
             .field("command", &self.command)
             .finish()
     }
@@ -413,6 +476,17 @@ impl Config {
                 value: self.batch_linger,
             });
         }
+        let multiline = Mode::parse(&self.multiline)?;
+        if !(1..=MAX_MULTILINE_LINES).contains(&self.multiline_max_lines) {
+            return Err(ConfigError::MultilineMaxLines {
+                value: self.multiline_max_lines,
+            });
+        }
+        if self.multiline_flush.is_zero() || self.multiline_flush > MAX_MULTILINE_FLUSH {
+            return Err(ConfigError::MultilineFlush {
+                value: self.multiline_flush,
+            });
+        }
         let gateway_ca_pem = match self.gateway_ca_file {
             None => None,
             Some(path) => {
@@ -450,6 +524,13 @@ impl Config {
             gateway_ca_pem,
             client_identity,
             subreaper: self.subreaper,
+            redact: self.redact,
+            multiline,
+            multiline_bounds: Bounds {
+                max_lines: self.multiline_max_lines,
+                max_bytes: self.max_line_bytes,
+                flush: self.multiline_flush,
+            },
             command: self.command,
         })
     }

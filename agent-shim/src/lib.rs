@@ -14,6 +14,8 @@
 //! * [`capture`] drains the agent's pipes (a thread each), never waiting on
 //!   the network.
 //! * [`splitter`] is the pure line splitter (CRLF, long lines, bytes).
+//! * [`outgoing`] takes one stream's lines to the buffer: grouped into
+//!   events by [`multiline`], masked by [`redact`].
 //! * [`buffer`] holds unacked lines within a byte bound, dropping the
 //!   oldest (counted) when full.
 //! * [`stream`] owns the gRPC connection: open, send, ack, reconnect with
@@ -39,6 +41,9 @@ pub mod child;
 pub mod config;
 mod diag;
 pub mod lifecycle;
+pub mod multiline;
+pub mod outgoing;
+pub mod redact;
 mod scrub;
 pub mod secrets;
 pub mod splitter;
@@ -64,6 +69,8 @@ use buffer::SharedBuffer;
 use child::{ForwardedSignals, Reaper};
 use diag::diag;
 use lifecycle::AgentExit;
+use outgoing::Outgoing;
+use redact::{RedactMode, Redactor};
 use stream::{Shipped, Shipper, StreamConfig, StreamError};
 
 /// Exit code for a configuration error (as clap uses for usage errors).
@@ -110,25 +117,39 @@ pub fn run(config: Config) -> Result<i32, Error> {
         return Ok(check::run(config));
     }
     let settings = config.validate()?;
+    let secrets = Secrets::from_env();
+    let redactor = match settings.redact {
+        RedactMode::Auto => Redactor::from_vars(
+            std::env::vars_os(),
+            [("LOGDRAIN_TOKEN".to_owned(), settings.token.clone())],
+        ),
+        RedactMode::Off => Redactor::off(),
+    };
+    // After the environment was read for the redactor: the scrub blanks the
+    // token's value in place.
     if let Err(err) = scrub::hide_token() {
         diag!(
             "warning: cannot hide the ingest token from the agent ({err}); pass it in a file \
              with LOGDRAIN_TOKEN_FILE instead"
         );
     }
-    let secrets = Secrets::from_env();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
-    let code = runtime.block_on(run_with(settings, secrets));
+    let code = runtime.block_on(run_with(settings, secrets, Arc::new(redactor)));
     // Do not wait for blocked writes to our own stdout: the drain is over.
     runtime.shutdown_background();
     code
 }
 
-/// [`run`] with settings and secrets given (for tests and embedding).
-pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error> {
+/// [`run`] with settings, secrets and what to mask given (for tests and
+/// embedding).
+pub async fn run_with(
+    settings: Settings,
+    secrets: Secrets,
+    redactor: Arc<Redactor>,
+) -> Result<i32, Error> {
     for name in secrets.ignored_not_utf8() {
         diag!("ignoring {name}: its value is not valid UTF-8");
     }
@@ -147,7 +168,7 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
     ));
     let (closing_tx, closing_rx) = watch::channel(false);
     let shipper = Shipper::new(
-        stream_config(&settings, &secrets),
+        stream_config(&settings, &secrets, Arc::clone(&redactor)),
         Arc::clone(&buffer),
         closing_rx,
     )?;
@@ -183,19 +204,28 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
             };
             let (stdout_caught_up, stdout_told) = oneshot::channel();
             let (stderr_caught_up, stderr_told) = oneshot::channel();
+            let outgoing = [StreamKind::Stdout, StreamKind::Stderr].map(|stream| {
+                let outgoing = Arc::new(Outgoing::new(
+                    stream,
+                    Arc::clone(&buffer),
+                    Arc::clone(&redactor),
+                    settings.multiline.clone(),
+                    settings.multiline_bounds,
+                ));
+                tokio::spawn(Arc::clone(&outgoing).flush_when_due());
+                outgoing
+            });
             let captures = [
                 spawn_capture(
                     capture::AgentPipe::new(agent.stdout, exited_rx.clone(), stdout_caught_up),
                     stdout_passthrough(),
-                    StreamKind::Stdout,
-                    &buffer,
+                    Arc::clone(&outgoing[0]),
                     &settings,
                 ),
                 spawn_capture(
                     capture::AgentPipe::new(agent.stderr, exited_rx, stderr_caught_up),
                     Box::new(std::io::stderr()),
-                    StreamKind::Stderr,
-                    &buffer,
+                    Arc::clone(&outgoing[1]),
                     &settings,
                 ),
             ];
@@ -209,6 +239,10 @@ pub async fn run_with(settings: Settings, secrets: Secrets) -> Result<i32, Error
                 let _ = stderr_told.await;
             })
             .await;
+            // An event held for a continuation ends with the agent.
+            for outgoing in &outgoing {
+                outgoing.flush();
+            }
             let exit = match status {
                 Ok(status) => AgentExit::from_status(status),
                 Err(err) => {
@@ -278,7 +312,7 @@ fn reap_orphans(subreaper: bool) -> bool {
     }
 }
 
-fn stream_config(settings: &Settings, secrets: &Secrets) -> StreamConfig {
+fn stream_config(settings: &Settings, secrets: &Secrets, redactor: Arc<Redactor>) -> StreamConfig {
     StreamConfig {
         gateways: settings.gateways.clone(),
         gateway_ca_pem: settings.gateway_ca_pem.clone(),
@@ -298,6 +332,7 @@ fn stream_config(settings: &Settings, secrets: &Secrets) -> StreamConfig {
         backoff_max: stream::BACKOFF_MAX,
         ack_timeout: stream::ACK_TIMEOUT,
         buffer_bytes: settings.buffer_bytes,
+        redactor,
     }
 }
 
@@ -305,17 +340,15 @@ fn stream_config(settings: &Settings, secrets: &Secrets) -> StreamConfig {
 fn spawn_capture<R>(
     source: R,
     passthrough: Box<dyn Write + Send>,
-    stream: StreamKind,
-    buffer: &Arc<SharedBuffer>,
+    outgoing: Arc<Outgoing>,
     settings: &Settings,
 ) -> JoinHandle<capture::CaptureReport>
 where
     R: capture::Source + Send + 'static,
 {
-    let buffer = Arc::clone(buffer);
     let max_line_bytes = settings.max_line_bytes;
     tokio::task::spawn_blocking(move || {
-        capture::capture(source, passthrough, stream, &buffer, max_line_bytes)
+        capture::capture(source, passthrough, &outgoing, max_line_bytes)
     })
 }
 

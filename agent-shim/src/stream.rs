@@ -54,6 +54,7 @@ use crate::backoff::Backoff;
 use crate::buffer::{AckAheadOfSent, SharedBuffer};
 use crate::diag::{self, diag};
 use crate::lifecycle;
+use crate::redact::Redactor;
 use crate::wire::{self, Encoded, ShipCodec};
 
 /// Upper bound of a batch's line cost; a batch holds at least one line, and
@@ -117,6 +118,8 @@ pub struct StreamConfig {
     pub ack_timeout: Duration,
     /// The buffer's bound, quoted in the drop notice.
     pub buffer_bytes: usize,
+    /// Its masked counts travel in every batch.
+    pub redactor: Arc<Redactor>,
 }
 
 /// A client certificate and its private key, both PEM. `Debug` shows
@@ -224,6 +227,7 @@ pub struct Shipper {
     ack_timeout: Duration,
     buffer_bytes: usize,
     buffer: Arc<SharedBuffer>,
+    redactor: Arc<Redactor>,
     closing_rx: watch::Receiver<bool>,
     closing: bool,
     backoff: Backoff,
@@ -280,6 +284,7 @@ impl Shipper {
             ack_timeout: config.ack_timeout,
             buffer_bytes: config.buffer_bytes,
             buffer,
+            redactor: config.redactor,
             closing_rx: closing,
             closing: false,
             backoff: Backoff::new(config.backoff_min, config.backoff_max),
@@ -498,7 +503,12 @@ impl Shipper {
         };
         self.refused.send_replace(false);
         let mut inbound = response.into_inner();
-        let mut sending = Box::pin(send_batches(Arc::clone(&self.buffer), tx, self.batch));
+        let mut sending = Box::pin(send_batches(
+            Arc::clone(&self.buffer),
+            tx,
+            self.batch,
+            Arc::clone(&self.redactor),
+        ));
         let result = tokio::select! {
             // Acks and errors first: a broken stream is better explained by
             // the gateway's status than by the send side closing.
@@ -613,6 +623,7 @@ async fn send_batches(
     buffer: Arc<SharedBuffer>,
     tx: mpsc::Sender<Encoded>,
     limits: BatchLimits,
+    redactor: Arc<Redactor>,
 ) -> Result<(), StreamError> {
     loop {
         let permit = tx.reserve().await.map_err(|_| StreamError::Closed)?;
@@ -632,6 +643,7 @@ async fn send_batches(
                 break;
             }
         }
+        let redacted = redactor.counts();
         let encoded = {
             let mut buffer = buffer.lock();
             buffer.take_batch(limits.lines, limits.bytes).map(|taken| {
@@ -639,6 +651,7 @@ async fn send_batches(
                     taken.first_seq,
                     buffer.newest_in_flight(taken.lines),
                     taken.shim_dropped_total,
+                    &redacted,
                 )
             })
         };

@@ -31,6 +31,9 @@ const SHIM_MESSAGE_BATCH: u8 = key(2, LEN);
 const BATCH_FIRST_SEQ: u8 = key(1, VARINT);
 const BATCH_LINES: u8 = key(2, LEN);
 const BATCH_SHIM_DROPPED_TOTAL: u8 = key(3, VARINT);
+const BATCH_SHIM_REDACTED_TOTAL: u8 = key(4, LEN);
+const MAP_KEY: u8 = key(1, LEN);
+const MAP_VALUE: u8 = key(2, VARINT);
 const LINE_TIMESTAMP_NS: u8 = key(1, VARINT);
 const LINE_STREAM: u8 = key(2, VARINT);
 const LINE_DATA: u8 = key(3, LEN);
@@ -46,8 +49,14 @@ pub fn encode_message(message: &ShimMessage) -> Encoded {
     Bytes::from(message.encode_to_vec())
 }
 
-/// `ShimMessage { batch: Batch { first_seq, lines, shim_dropped_total } }`.
-pub fn encode_batch<'a, I>(first_seq: u64, lines: I, shim_dropped_total: u64) -> Encoded
+/// `ShimMessage { batch: Batch { first_seq, lines, shim_dropped_total,
+/// shim_redacted_total } }`; `redacted` holds names with counts above 0.
+pub fn encode_batch<'a, I>(
+    first_seq: u64,
+    lines: I,
+    shim_dropped_total: u64,
+    redacted: &[(String, u64)],
+) -> Encoded
 where
     I: Iterator<Item = &'a Line> + Clone,
 {
@@ -58,7 +67,17 @@ where
             1 + encoded_len_varint(len as u64) + len
         })
         .sum();
-    let batch_len = varint_field_len(first_seq) + lines_len + varint_field_len(shim_dropped_total);
+    let redacted_len: usize = redacted
+        .iter()
+        .map(|(name, count)| {
+            let len = entry_len(name, *count);
+            1 + encoded_len_varint(len as u64) + len
+        })
+        .sum();
+    let batch_len = varint_field_len(first_seq)
+        + lines_len
+        + varint_field_len(shim_dropped_total)
+        + redacted_len;
     let mut out = BytesMut::with_capacity(1 + encoded_len_varint(batch_len as u64) + batch_len);
     out.put_u8(SHIM_MESSAGE_BATCH);
     encode_varint(batch_len as u64, &mut out);
@@ -80,7 +99,20 @@ where
         put_varint_field(&mut out, LINE_MORE_PARTS, u64::from(line.more_parts));
     }
     put_varint_field(&mut out, BATCH_SHIM_DROPPED_TOTAL, shim_dropped_total);
+    for (name, count) in redacted {
+        out.put_u8(BATCH_SHIM_REDACTED_TOTAL);
+        encode_varint(entry_len(name, *count) as u64, &mut out);
+        out.put_u8(MAP_KEY);
+        encode_varint(name.len() as u64, &mut out);
+        out.put_slice(name.as_bytes());
+        put_varint_field(&mut out, MAP_VALUE, *count);
+    }
     out.freeze()
+}
+
+/// Encoded length of a map entry (a name is never empty).
+fn entry_len(name: &str, count: u64) -> usize {
+    1 + encoded_len_varint(name.len() as u64) + name.len() + varint_field_len(count)
 }
 
 /// Encoded length of a `Line`'s fields.
@@ -160,6 +192,7 @@ mod tests {
                 first_seq,
                 lines: lines.to_vec(),
                 shim_dropped_total: dropped,
+                ..Batch::default()
             })),
         }
         .encode_to_vec()
@@ -193,7 +226,7 @@ mod tests {
         ];
         for (first_seq, dropped) in [(1, 0), (0, 0), (u64::MAX, u64::MAX), (300, 12)] {
             assert_eq!(
-                &encode_batch(first_seq, lines.iter(), dropped)[..],
+                &encode_batch(first_seq, lines.iter(), dropped, &[])[..],
                 &prost_batch(first_seq, &lines, dropped)[..],
                 "first_seq {first_seq}, dropped {dropped}"
             );
@@ -203,7 +236,7 @@ mod tests {
     #[test]
     fn an_empty_batch_is_encoded_as_prost_encodes_it() {
         assert_eq!(
-            &encode_batch(0, [].iter(), 0)[..],
+            &encode_batch(0, [].iter(), 0, &[])[..],
             &prost_batch(0, &[], 0)[..]
         );
     }
@@ -213,12 +246,36 @@ mod tests {
         let lines: Vec<Line> = (0..1000)
             .map(|i| line(i, format!("line {i}").as_bytes(), 0, false))
             .collect();
-        let decoded = ShimMessage::decode(encode_batch(41, lines.iter(), 3)).unwrap();
+        let decoded = ShimMessage::decode(encode_batch(41, lines.iter(), 3, &[])).unwrap();
         let Some(shim_message::Kind::Batch(batch)) = decoded.kind else {
             unreachable!()
         };
         assert_eq!((batch.first_seq, batch.shim_dropped_total), (41, 3));
         assert_eq!(batch.lines, lines);
+    }
+
+    #[test]
+    fn masked_counts_are_encoded_as_prost_encodes_the_map() {
+        let lines = [line(1, b"x", 0, false)];
+        let redacted = [("OPENAI_API_KEY".to_owned(), 300)];
+        let prost = ShimMessage {
+            kind: Some(shim_message::Kind::Batch(Batch {
+                first_seq: 5,
+                lines: lines.to_vec(),
+                shim_dropped_total: 2,
+                shim_redacted_total: redacted.iter().cloned().collect(),
+            })),
+        };
+        assert_eq!(
+            &encode_batch(5, lines.iter(), 2, &redacted)[..],
+            &prost.encode_to_vec()[..]
+        );
+        let two = [("A_KEY".to_owned(), 1), ("B_TOKEN".to_owned(), u64::MAX)];
+        let decoded = ShimMessage::decode(encode_batch(5, lines.iter(), 0, &two)).unwrap();
+        let Some(shim_message::Kind::Batch(batch)) = decoded.kind else {
+            unreachable!()
+        };
+        assert_eq!(batch.shim_redacted_total, two.into_iter().collect());
     }
 
     #[test]

@@ -571,3 +571,42 @@ fn the_agent_cannot_read_the_token_in_the_shims_proc_files() {
         assert!(!stderr.contains(token), "{stderr}");
     }
 }
+
+#[test]
+fn check_lists_the_names_it_would_mask_never_their_values() {
+    let output = shim()
+        .env("OPENAI_API_KEY", "sk-never-printed-0123")
+        .env("DEEPGRAM_API_KEY", "short")
+        .env("HOME_DIR", "/not/a/secret/value")
+        .arg("--check")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&output.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("redaction: "))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(
+        line,
+        "redaction: auto; the values of LOGDRAIN_TOKEN, OPENAI_API_KEY are masked in what is shipped"
+    );
+    assert!(!report.contains("sk-never-printed-0123") && !report.contains("test-token"));
+}
+
+#[test]
+fn a_multiline_pattern_that_does_not_compile_is_refused_with_exit_2_and_the_fix() {
+    let output = shim()
+        .env("LOGDRAIN_MULTILINE", "pattern:^(unclosed")
+        .args(["--", "sh", "-c", "echo never"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty(), "the agent must not run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("LOGDRAIN_MULTILINE")
+            && stderr.contains("regex")
+            && stderr.contains("use off, auto or pattern:REGEX"),
+        "{stderr}"
+    );
+}

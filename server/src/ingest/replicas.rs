@@ -1,6 +1,7 @@
 //! The replica registry: for each agent, which agent-server replicas this
 //! gateway has heard from, when it last did, how many of their streams are
-//! open, and how many lines their shims say they dropped.
+//! open, how many lines their shims say they dropped, and how many secret
+//! values they masked, per variable name.
 //!
 //! It is bounded: at most [`MAX_REPLICAS_PER_AGENT`] replicas are remembered
 //! per agent; a new replica beyond that replaces the one seen longest ago
@@ -9,7 +10,7 @@
 //! restart it fills again as shims reconnect. It is written by ingest and
 //! only read by the status reports; it must not hold lines or secrets.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -17,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 /// Most replicas remembered per agent (the most recently seen ones).
 pub const MAX_REPLICAS_PER_AGENT: usize = 1_000;
+/// Most variable names whose masked counts are kept per replica.
+pub const MAX_REDACTED_NAMES: usize = 64;
+/// Longest variable name kept with a masked count.
+pub const MAX_REDACTED_NAME_BYTES: usize = 128;
 
 /// What the gateway knows about one replica of an agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +34,10 @@ pub struct ReplicaInfo {
     /// Lines its shim's buffer dropped since the shim started, as the shim
     /// last reported it.
     pub shim_dropped_total: u64,
+    /// Secret values its shim masked since it started, by variable name,
+    /// as the shim last reported them (names only, never values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub shim_redacted_total: BTreeMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -36,6 +45,7 @@ struct Entry {
     connected_streams: u32,
     last_seen: SystemTime,
     shim_dropped_total: u64,
+    shim_redacted_total: BTreeMap<String, u64>,
 }
 
 /// Shared registry; cheap to clone.
@@ -64,10 +74,30 @@ impl Replicas {
         });
     }
 
-    /// A batch arrived from `server`, whose shim reports `dropped_total`.
-    pub fn batch_received(&self, agent: &str, server: &str, dropped_total: u64) {
+    /// A batch arrived from `server`, whose shim reports `dropped_total`
+    /// and the masked counts `redacted_total` (bounded in names kept).
+    pub fn batch_received(
+        &self,
+        agent: &str,
+        server: &str,
+        dropped_total: u64,
+        redacted_total: &HashMap<String, u64>,
+    ) {
         self.touch(agent, server, |e| {
-            e.shim_dropped_total = e.shim_dropped_total.max(dropped_total)
+            e.shim_dropped_total = e.shim_dropped_total.max(dropped_total);
+            for (name, &count) in redacted_total {
+                if name.len() > MAX_REDACTED_NAME_BYTES {
+                    continue;
+                }
+                let room = e.shim_redacted_total.len() < MAX_REDACTED_NAMES;
+                match e.shim_redacted_total.get_mut(name) {
+                    Some(kept) => *kept = (*kept).max(count),
+                    None if room => {
+                        e.shim_redacted_total.insert(name.clone(), count);
+                    }
+                    None => {}
+                }
+            }
         });
     }
 
@@ -82,6 +112,7 @@ impl Replicas {
             connected_streams: 0,
             last_seen: now,
             shim_dropped_total: 0,
+            shim_redacted_total: BTreeMap::new(),
         });
         entry.last_seen = now;
         f(entry);
@@ -109,6 +140,7 @@ impl Replicas {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
                 shim_dropped_total: e.shim_dropped_total,
+                shim_redacted_total: e.shim_redacted_total.clone(),
             })
             .collect();
         list.sort_by(|a, b| a.agent_server_id.cmp(&b.agent_server_id));
@@ -136,8 +168,8 @@ mod tests {
         let replicas = Replicas::default();
         replicas.stream_opened("a1", "r1");
         replicas.stream_opened("a1", "r1");
-        replicas.batch_received("a1", "r1", 7);
-        replicas.batch_received("a1", "r1", 3);
+        replicas.batch_received("a1", "r1", 7, &HashMap::new());
+        replicas.batch_received("a1", "r1", 3, &HashMap::new());
         replicas.stream_closed("a1", "r1");
         let list = replicas.of("a1");
         assert_eq!(list.len(), 1);
@@ -153,12 +185,38 @@ mod tests {
         let replicas = Replicas::default();
         replicas.stream_opened("a1", "connected");
         for i in 0..MAX_REPLICAS_PER_AGENT + 5 {
-            replicas.batch_received("a1", &format!("r{i}"), 0);
+            replicas.batch_received("a1", &format!("r{i}"), 0, &HashMap::new());
         }
         let list = replicas.of("a1");
         assert_eq!(list.len(), MAX_REPLICAS_PER_AGENT);
         assert!(list.iter().any(|r| r.agent_server_id == "connected"));
         let newest = format!("r{}", MAX_REPLICAS_PER_AGENT + 4);
         assert!(list.iter().any(|r| r.agent_server_id == newest));
+    }
+
+    #[test]
+    fn masked_counts_are_kept_per_name_as_last_reported_within_bounds() {
+        let replicas = Replicas::default();
+        let report = |pairs: &[(&str, u64)]| -> HashMap<String, u64> {
+            pairs.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+        };
+        replicas.batch_received("a1", "r1", 0, &report(&[("OPENAI_API_KEY", 3)]));
+        replicas.batch_received(
+            "a1",
+            "r1",
+            0,
+            &report(&[("OPENAI_API_KEY", 2), ("DB_PASSWORD", 1)]),
+        );
+        let long = "X".repeat(MAX_REDACTED_NAME_BYTES + 1);
+        replicas.batch_received("a1", "r1", 0, &report(&[(&long, 1)]));
+        let many: Vec<(String, u64)> = (0..2 * MAX_REDACTED_NAMES)
+            .map(|i| (format!("N{i}_KEY"), 1))
+            .collect();
+        replicas.batch_received("a1", "r1", 0, &many.into_iter().collect());
+        let kept = &replicas.of("a1")[0].shim_redacted_total;
+        assert_eq!(kept.get("OPENAI_API_KEY"), Some(&3));
+        assert_eq!(kept.get("DB_PASSWORD"), Some(&1));
+        assert!(!kept.contains_key(&long));
+        assert_eq!(kept.len(), MAX_REDACTED_NAMES);
     }
 }

@@ -278,6 +278,7 @@ impl Session {
             &self.agent_id,
             &self.agent_server_id,
             batch.shim_dropped_total,
+            &batch.shim_redacted_total,
         );
         if batch.lines.is_empty() {
             // Nothing to write: answer with the stream's durable mark (the

@@ -125,8 +125,39 @@ impl fmt::Display for Level {
 }
 
 /// The level of one line: the level the line names, else the stream default.
+/// A multi-line event (a traceback the shim grouped) is read in its first
+/// line and its last, where an exception names itself.
 pub fn detect(line: &[u8], stream: StreamKind) -> Level {
-    named(line).unwrap_or_else(|| stream_default(stream))
+    let newline = |b: &u8| *b == b'\n';
+    let (Some(first), Some(last)) = (
+        line.iter().position(newline),
+        line.iter().rposition(newline),
+    ) else {
+        return named(line).unwrap_or_else(|| stream_default(stream));
+    };
+    let (first, last) = (&line[..first], &line[last + 1..]);
+    named(first)
+        .or_else(|| named(last))
+        .or_else(|| {
+            [first, last]
+                .into_iter()
+                .any(names_exception)
+                .then_some(Level::Error)
+        })
+        .unwrap_or_else(|| stream_default(stream))
+}
+
+/// `ValueError: ...`, `java.io.IOException: ...`, `Exception in thread ...`:
+/// a dotted name ending in `Error` or `Exception`, then `:`, a space or the end.
+fn names_exception(line: &[u8]) -> bool {
+    let line = line.trim_ascii();
+    let end = line
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'$')))
+        .unwrap_or(line.len());
+    let (name, rest) = line.split_at(end);
+    (name.ends_with(b"Error") || name.ends_with(b"Exception"))
+        && matches!(rest.first(), None | Some(b':' | b' '))
 }
 
 /// The level used for a line that names none: stderr → error, otherwise info.
@@ -587,6 +618,21 @@ mod tests {
 
     fn err(line: &str) -> Level {
         detect(line.as_bytes(), StreamKind::Stderr)
+    }
+
+    #[test]
+    fn a_multi_line_event_is_read_in_its_first_and_last_line() {
+        let traceback = "Traceback (most recent call last):\n  File \"a.py\", line 1, in <module>\njson.decoder.JSONDecodeError: Expecting value";
+        assert_eq!(out(traceback), Level::Error);
+        assert_eq!(
+            out("Exception in thread \"main\" java.lang.X: y\n\tat A.b(A.java:1)"),
+            Level::Error
+        );
+        assert_eq!(out("WARNING retrying\n  attempt 2"), Level::Warn);
+        assert_eq!(out("listening\n  on port 80"), Level::Info);
+        assert_eq!(err("starting\n  details"), Level::Error);
+        // A single line is read as before.
+        assert_eq!(out("ValueError: x"), Level::Info);
     }
 
     #[test]

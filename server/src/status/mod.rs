@@ -385,6 +385,23 @@ pub fn render_text(report: &Report) -> String {
                 &["AGENT-SERVER", "CONNECTED", "LAST SEEN", "SHIM DROPPED"],
                 &rows,
             );
+            for r in agent
+                .replicas
+                .iter()
+                .filter(|r| !r.shim_redacted_total.is_empty())
+            {
+                let counts: Vec<String> = r
+                    .shim_redacted_total
+                    .iter()
+                    .map(|(name, count)| format!("{name} {count}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {}: secrets masked before shipping: {}",
+                    r.agent_server_id,
+                    counts.join(", ")
+                );
+            }
         }
         out.push_str("\nDESTINATIONS\n");
         if agent.destinations.is_empty() {
@@ -506,6 +523,7 @@ mod tests {
                     connected_streams: 1,
                     last_seen_unix: 999_990,
                     shim_dropped_total: 4,
+                    shim_redacted_total: [("OPENAI_API_KEY".to_string(), 2)].into(),
                 }],
                 destinations: vec![DestinationStatus {
                     destination: "datadog".into(),
@@ -550,6 +568,7 @@ mod tests {
             "never",
             "REFUSED STREAMS",
             "unauthenticated  7        1970-01-12T13:46:35Z (5s ago)",
+            "r1: secrets masked before shipping: OPENAI_API_KEY 2",
         ] {
             assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
         }
