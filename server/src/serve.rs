@@ -139,8 +139,8 @@ pub async fn run(
         sinks.clone(),
         shutdown.clone(),
     );
-    for (route, secrets) in queue.routes()? {
-        engine.ensure_route(route, secrets);
+    for (route, secrets, first_seen_ms) in queue.stored_routes()? {
+        engine.ensure_route_since(route, secrets, first_seen_ms);
     }
 
     let grpc = bind(

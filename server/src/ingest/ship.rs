@@ -131,11 +131,14 @@ impl Session {
                 .engine
                 .current_secrets(&route)
                 .unwrap_or_else(|| offered.clone());
+            let first_seen_ms = ingest.engine.first_seen(&route);
             ingest
                 .queue
-                .put_route(&route, &secrets)
+                .put_route_since(&route, &secrets, first_seen_ms)
                 .map_err(queue_status)?;
-            ingest.engine.ensure_route(route.clone(), secrets);
+            ingest
+                .engine
+                .ensure_route_since(route.clone(), secrets, first_seen_ms);
             ingest.engine.offer_credentials(&route, &offered);
             routes.push(route);
         }

@@ -1408,3 +1408,21 @@ async fn any_single_flipped_byte_of_a_segment_file_loses_at_most_its_segment_and
         assert!(lost <= 10, "byte {at}: at most one segment lost");
     }
 }
+
+#[tokio::test]
+async fn when_a_routes_secrets_were_first_seen_survives_a_restart_and_an_update() {
+    let dir = TempDir::new().unwrap();
+    let r = route("a1", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route_since(&r, &secrets("token"), 1_000).unwrap();
+        // Adopting newer secrets stores their own first-seen time.
+        queue.put_route_since(&r, &secrets("newer"), 2_000).unwrap();
+        queue.flush().await.unwrap();
+    }
+    let (queue, _) = reopen(&dir);
+    assert_eq!(
+        queue.stored_routes().unwrap(),
+        vec![(r.clone(), secrets("newer"), 2_000)]
+    );
+}

@@ -1,8 +1,8 @@
 //! The delivery engine: one worker per route, written once for every vendor.
 //!
 //! [`Engine`] owns the set of routes being delivered. [`Engine::ensure_route`]
-//! starts a route's worker (idempotent); [`Engine::offer_credentials`] moves
-//! parked routes onto newer credentials; each worker runs in its own task
+//! starts a route's worker (idempotent); parked routes move onto newer
+//! credentials (below); each worker runs in its own task
 //! under a small supervisor that restarts it from the committed cursor if it
 //! ever panics. Routes share nothing that is held across an `.await` (no
 //! lock, no bounded channel), so a slow or failing vendor never delays
@@ -29,14 +29,18 @@
 //! | credentials refused (401, 403) | keep the lines, state `unauthorized`, try again every `park_interval` |
 //! | sink misconfigured | keep the lines, state `config`, try again every `park_interval` |
 //!
-//! A parked route (`unauthorized` or `config`) is not stuck with its
-//! credentials: when a stream of the same agent brings other credentials for
-//! the same destination ([`Engine::offer_credentials`]), the parked route
-//! adopts them (sink rebuilt, secrets stored with the route so a restart
-//! keeps them, worker restarted at once from its committed cursor) and
-//! delivers its backlog with them. A route that parks later adopts the
-//! credentials of the newest such stream whose route still delivers.
-//! Routes that deliver keep their own.
+//! Credentials move forward only. Every route knows when the credentials it
+//! delivers with were first seen (stored with the route). A parked route
+//! (`unauthorized` or `config`) adopts the credentials of another route of
+//! the same agent and destination only when those were first seen later
+//! than its own (a newer deployment) and have delivered since the gateway
+//! started: it adopts when it parks, or when such newer credentials first
+//! deliver (sink rebuilt, secrets and their first-seen time stored with the
+//! route so a restart keeps them, worker restarted at once from its
+//! committed cursor). A route whose own credentials are the newest stays
+//! parked with its own error and keeps its lines; it never falls back to an
+//! older deployment's credentials (another org or region). Routes that
+//! deliver keep their own.
 //!
 //! Delivery is at least once: a line is committed only after its request
 //! was accepted, so lines in flight at a crash are sent again.
@@ -112,9 +116,9 @@ struct RouteEntry {
     /// The secrets the route delivers with: its own, or the newer ones it
     /// adopted. `Debug` of [`Secrets`] never shows values.
     secrets: Secrets,
-    /// When a stream last opened with this route's credentials (a number
-    /// from `Inner::offers`; 0 = not since start).
-    offered: u64,
+    /// When `secrets` were first seen (Unix ms, 0 unknown): a route adopts
+    /// only credentials first seen later.
+    first_seen_ms: u64,
 }
 
 struct Inner<S> {
@@ -123,8 +127,9 @@ struct Inner<S> {
     sinks: Box<dyn BuildSink>,
     stop: Stop,
     routes: Mutex<HashMap<RouteKey, RouteEntry>>,
-    /// Counts [`Engine::offer_credentials`] calls, to find the newest.
-    offers: AtomicU64,
+    /// The last first-seen time handed out (Unix ms), so routes opened in
+    /// the same millisecond, or after the clock stepped back, still order.
+    clock: AtomicU64,
     /// Lines each route sent with the time of sending since the last
     /// [`Engine::take_restamps`], with the route's window.
     restamps: Mutex<HashMap<RouteKey, (late::Restamps, Duration)>>,
@@ -171,15 +176,33 @@ impl<S: Source> Inner<S> {
         }
     }
 
+    /// A first-seen time (Unix ms) later than every one handed out or
+    /// restored before.
+    fn next_first_seen(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let previous = self
+            .clock
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                Some(now.max(last.saturating_add(1)))
+            })
+            .unwrap_or_else(|last| last);
+        now.max(previous.saturating_add(1))
+    }
+
     /// `route` was just parked (credentials refused, or no sink): it adopts
-    /// the credentials of the most recently opened stream of the same agent
-    /// and destination whose route delivers with its own, other, secrets.
+    /// the credentials of the newest route of the same agent and destination
+    /// that were first seen after its own and have delivered.
     fn parked(self: &Arc<Self>, route: &RouteKey) {
         if self.stop.is_triggered() {
             return;
         }
         let mut routes = self.routes();
-        let Some(own) = routes.get(route).map(|entry| entry.secrets.clone()) else {
+        let Some((own, own_since)) = routes
+            .get(route)
+            .map(|entry| (entry.secrets.clone(), entry.first_seen_ms))
+        else {
             return;
         };
         let newest = routes
@@ -188,18 +211,43 @@ impl<S: Source> Inner<S> {
                 *key != route
                     && key.agent_id == route.agent_id
                     && key.kind == route.kind
-                    && entry.offered > 0
+                    && entry.first_seen_ms > own_since
                     && entry.secrets != own
+                    && delivers_with_own(entry)
             })
-            .filter(|(_, entry)| {
-                let status = entry.status.snapshot();
-                !is_parked(status.state) && status.adopted_cred_id.is_none()
-            })
-            .max_by_key(|(_, entry)| entry.offered)
-            .map(|(key, entry)| (key.clone(), entry.secrets.clone()));
-        if let Some((from, secrets)) = newest {
+            .max_by_key(|(_, entry)| entry.first_seen_ms)
+            .map(|(key, entry)| (key.clone(), entry.secrets.clone(), entry.first_seen_ms));
+        if let Some((from, secrets, since)) = newest {
             if let Some(entry) = routes.get_mut(route) {
-                self.adopt(route, entry, &from, &secrets);
+                self.adopt(route, entry, &from, &secrets, since);
+            }
+        }
+    }
+
+    /// `route` just delivered for the first time since its worker started:
+    /// every parked route of the same agent and destination whose
+    /// credentials were first seen before its own adopts them.
+    fn delivered(self: &Arc<Self>, route: &RouteKey) {
+        if self.stop.is_triggered() {
+            return;
+        }
+        let mut routes = self.routes();
+        let Some((secrets, since)) = routes
+            .get(route)
+            .filter(|entry| delivers_with_own(entry))
+            .map(|entry| (entry.secrets.clone(), entry.first_seen_ms))
+        else {
+            return;
+        };
+        for (key, entry) in routes.iter_mut() {
+            if key != route
+                && key.agent_id == route.agent_id
+                && key.kind == route.kind
+                && entry.first_seen_ms < since
+                && entry.secrets != secrets
+                && is_parked(entry.status.snapshot().state)
+            {
+                self.adopt(key, entry, route, &secrets, since);
             }
         }
     }
@@ -212,6 +260,7 @@ impl<S: Source> Inner<S> {
         entry: &mut RouteEntry,
         from: &RouteKey,
         secrets: &Secrets,
+        first_seen_ms: u64,
     ) {
         let sink = match self.sinks.build(route, secrets) {
             Ok(sink) => sink,
@@ -221,14 +270,14 @@ impl<S: Source> Inner<S> {
                 return;
             }
         };
-        if let Err(error) = self.source.put_route(route, secrets) {
+        if let Err(error) = self.source.put_route(route, secrets, first_seen_ms) {
             // Delivery goes ahead in memory. After a restart the route parks
             // again and adopts again when the newer stream reconnects.
             tracing::warn!(route = %route, error = %error,
                 "could not store the adopted credentials; they apply until the gateway restarts");
         }
         tracing::info!(route = %route, newer_cred_id = %from.cred_id,
-            "route parked with refused credentials adopts newer ones; replaying its backlog with them");
+            "route parked with refused credentials adopts a newer deployment's; replaying its backlog with them");
         entry.stop.route.trigger();
         let previous = entry.task.take();
         let stop = self.stop.for_route();
@@ -236,6 +285,7 @@ impl<S: Source> Inner<S> {
         let parts = self.parts(route, sink, &status, &stop);
         entry.stop = stop;
         entry.secrets = secrets.clone();
+        entry.first_seen_ms = first_seen_ms;
         let cred_id = from.cred_id.clone();
         entry.task = Some(tokio::spawn(async move {
             // The retired worker stops at its next wait; the new one starts
@@ -247,7 +297,7 @@ impl<S: Source> Inner<S> {
                 s.consecutive_failures = 0;
                 s.last_error = None;
             });
-            mark_adopted(&status, &cred_id);
+            mark_adopted(&status, &cred_id, first_seen_ms);
             status.set_state(RouteState::Starting);
             supervise(parts).await;
         }));
@@ -256,6 +306,15 @@ impl<S: Source> Inner<S> {
 
 fn is_parked(state: RouteState) -> bool {
     matches!(state, RouteState::Unauthorized | RouteState::Config)
+}
+
+/// Whether a route's own credentials have delivered since start and are
+/// not refused now: only those may be handed to an older route.
+fn delivers_with_own(entry: &RouteEntry) -> bool {
+    let status = entry.status.snapshot();
+    !is_parked(status.state)
+        && status.adopted_cred_id.is_none()
+        && status.last_success_unix.is_some()
 }
 
 /// Delivers every route's queued lines to its vendor. Cheap to clone.
@@ -292,7 +351,7 @@ impl<S: Source> Engine<S> {
                     route: Shutdown::new(),
                 },
                 routes: Mutex::new(HashMap::new()),
-                offers: AtomicU64::new(0),
+                clock: AtomicU64::new(0),
                 restamps: Mutex::new(HashMap::new()),
             }),
         }
@@ -308,11 +367,20 @@ impl<S: Source> Engine<S> {
     /// If the route's sink cannot be built from `secrets` (an invalid region,
     /// an unsupported destination), the route is parked in state `config`
     /// with the reason in its status, and its lines stay queued (until it
-    /// adopts other credentials, see [`Engine::offer_credentials`]).
+    /// adopts newer credentials, see the module docs). The secrets count as
+    /// first seen now.
     pub fn ensure_route(&self, route: RouteKey, secrets: Secrets) {
+        let first_seen_ms = self.first_seen(&route);
+        self.ensure_route_since(route, secrets, first_seen_ms);
+    }
+
+    /// As [`Engine::ensure_route`], for secrets first seen at
+    /// `first_seen_ms` (Unix ms, 0 unknown; as stored with the route).
+    pub fn ensure_route_since(&self, route: RouteKey, secrets: Secrets, first_seen_ms: u64) {
         if self.inner.stop.is_triggered() {
             return;
         }
+        self.inner.clock.fetch_max(first_seen_ms, Ordering::Relaxed);
         let mut routes = self.routes();
         if routes.contains_key(&route) {
             return;
@@ -339,7 +407,7 @@ impl<S: Source> Engine<S> {
                 task,
                 stop,
                 secrets,
-                offered: 0,
+                first_seen_ms,
             },
         );
         drop(routes);
@@ -356,38 +424,36 @@ impl<S: Source> Engine<S> {
         self.routes().get(route).map(|entry| entry.secrets.clone())
     }
 
-    /// A stream opened with `secrets` for `offered_by` (its own route, made
-    /// known with [`Engine::ensure_route`] first). Every other route of the
-    /// same agent and destination that is parked because its credentials
-    /// were refused (or its secrets build no sink) adopts them: its sink is
-    /// rebuilt from `secrets`, which are stored with the route so a restart
-    /// keeps them, its worker restarts at once from the committed cursor,
-    /// and its backlog is delivered with them in order. Routes that deliver
-    /// keep their own credentials. A route that parks later adopts the
-    /// credentials of the most recently opened stream that still delivers.
-    ///
-    /// A route that already delivers with exactly these secrets (it adopted
-    /// them before a restart) is only marked as replaying in its status.
+    /// When the secrets a known route delivers with were first seen (Unix
+    /// ms); for a new route, a time later than every route known so far.
+    pub fn first_seen(&self, route: &RouteKey) -> u64 {
+        match self.routes().get(route) {
+            Some(entry) => entry.first_seen_ms,
+            None => self.inner.next_first_seen(),
+        }
+    }
+
+    /// A stream opened with `secrets` for `offered_by` (made known with
+    /// [`Engine::ensure_route`] first). A route that already delivers with
+    /// exactly these secrets (it adopted them before a restart) is marked
+    /// as such in its status. Adoption itself happens when a route parks or
+    /// newer credentials deliver (module docs), never because a stream
+    /// opened: credentials that have not delivered are never adopted.
     pub fn offer_credentials(&self, offered_by: &RouteKey, secrets: &Secrets) {
         if self.inner.stop.is_triggered() {
             return;
         }
-        let offer = self.inner.offers.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut routes = self.routes();
-        for (key, entry) in routes.iter_mut() {
-            if key == offered_by {
-                entry.offered = offer;
-                continue;
-            }
-            if key.agent_id != offered_by.agent_id || key.kind != offered_by.kind {
-                continue;
-            }
-            if entry.secrets == *secrets {
-                mark_adopted(&entry.status, &offered_by.cred_id);
-                continue;
-            }
-            if is_parked(entry.status.snapshot().state) {
-                self.inner.adopt(key, entry, offered_by, secrets);
+        let routes = self.routes();
+        let Some(since) = routes.get(offered_by).map(|entry| entry.first_seen_ms) else {
+            return;
+        };
+        for (key, entry) in routes.iter() {
+            if key != offered_by
+                && key.agent_id == offered_by.agent_id
+                && key.kind == offered_by.kind
+                && entry.secrets == *secrets
+            {
+                mark_adopted(&entry.status, &offered_by.cred_id, since);
             }
         }
     }
@@ -499,12 +565,14 @@ impl<S: Source> Engine<S> {
 }
 
 /// Shows in `status` that the route delivers with the credentials of the
-/// route `cred_id` (a hash, never a secret).
-fn mark_adopted(status: &StatusCell, cred_id: &str) {
+/// route `cred_id` (a hash, never a secret), first seen at `first_seen_ms`.
+fn mark_adopted(status: &StatusCell, cred_id: &str, first_seen_ms: u64) {
+    let seen = std::time::UNIX_EPOCH + Duration::from_millis(first_seen_ms);
+    let seen = humantime::format_rfc3339_seconds(seen);
     status.update(|s| {
         s.adopted_cred_id = Some(cred_id.to_string());
         s.note = Some(format!(
-            "replaying with newer credentials (cred id {cred_id})"
+            "delivering with a newer deployment's credentials (cred id {cred_id}, first seen {seen}); this route's own were refused or invalid"
         ));
     });
 }

@@ -38,9 +38,15 @@ pub trait Source: Send + Sync + 'static {
     /// A signal that changes whenever lines are appended for `agent_id`.
     fn subscribe(&self, agent_id: &str) -> watch::Receiver<u64>;
 
-    /// Stores the secrets `route` delivers with, so they survive a restart
-    /// (used when a parked route adopts newer credentials).
-    fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), Self::Error>;
+    /// Stores the secrets `route` delivers with and when they were first
+    /// seen (Unix ms), so they survive a restart (used when a parked route
+    /// adopts newer credentials).
+    fn put_route(
+        &self,
+        route: &RouteKey,
+        secrets: &Secrets,
+        first_seen_ms: u64,
+    ) -> Result<(), Self::Error>;
 }
 
 impl Source for Queue {
@@ -68,8 +74,13 @@ impl Source for Queue {
         Queue::subscribe(self, agent_id)
     }
 
-    fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), QueueError> {
-        Queue::put_route(self, route, secrets)
+    fn put_route(
+        &self,
+        route: &RouteKey,
+        secrets: &Secrets,
+        first_seen_ms: u64,
+    ) -> Result<(), QueueError> {
+        Queue::put_route_since(self, route, secrets, first_seen_ms)
     }
 }
 
@@ -212,7 +223,12 @@ pub(crate) mod memory {
                 .subscribe()
         }
 
-        fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), MemoryError> {
+        fn put_route(
+            &self,
+            route: &RouteKey,
+            secrets: &Secrets,
+            _first_seen_ms: u64,
+        ) -> Result<(), MemoryError> {
             let mut state = self.state.lock().unwrap();
             state.stored.insert(route.clone(), secrets.clone());
             Ok(())

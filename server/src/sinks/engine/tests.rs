@@ -962,9 +962,12 @@ async fn a_route_parked_with_refused_credentials_replays_its_backlog_with_newer_
     assert_eq!(engine.current_secrets(&old), Some(token("key-b")));
     let status = status_of_route(&engine, &old);
     assert_eq!(status.adopted_cred_id.as_deref(), Some("bbbb"));
-    assert_eq!(
-        status.note.as_deref(),
-        Some("replaying with newer credentials (cred id bbbb)")
+    let note = status.note.clone().unwrap_or_default();
+    assert!(
+        note.starts_with(
+            "delivering with a newer deployment's credentials (cred id bbbb, first seen 20"
+        ),
+        "{note}"
     );
     assert_eq!(status.consecutive_failures, 0);
     let json = serde_json::to_string(&status).unwrap();
@@ -1170,17 +1173,121 @@ async fn a_parked_route_never_adopts_credentials_that_are_refused_too() {
     .await;
 
     sleep(Duration::from_secs(600)).await;
-    // A took B's key when B's stream opened (B was not known to be refused
-    // yet); once both are refused neither hands its key to the other again.
-    assert_eq!(engine.current_secrets(&a), Some(token("key-b")));
+    // Credentials that never delivered are never handed on, either way.
+    assert_eq!(engine.current_secrets(&a), Some(token("key-a")));
     assert_eq!(engine.current_secrets(&b), Some(token("key-b")));
-    assert_eq!(
-        vendor.attempts_with("bbbb", "key-a").len(),
-        0,
-        "a refused key is never handed on"
-    );
+    assert!(vendor.attempts_with("aaaa", "key-b").is_empty());
+    assert!(vendor.attempts_with("bbbb", "key-a").is_empty());
     assert_eq!(source.committed_cursor(&a), None, "lines are kept");
     assert_eq!(source.committed_cursor(&b), None, "lines are kept");
+}
+
+/// Deploy 1 delivers with key A; deploy 2 brings `newer` for the same
+/// destination. Returns the engine and both routes once deploy 2's route
+/// has parked.
+async fn redeploy_with(
+    source: &MemorySource,
+    vendor: &KeyedVendor,
+    newer: &str,
+) -> (Engine<MemorySource>, RouteKey, RouteKey) {
+    let engine = vendor.engine(source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    push(source, "a1", &payloads("deploy-1", 2));
+    engine.ensure_route(old.clone(), token("key-a"));
+    engine.offer_credentials(&old, &token("key-a"));
+    until("deploy 1 delivered", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+    })
+    .await;
+    push(source, "a1", &payloads("deploy-2", 2));
+    engine.ensure_route(new.clone(), token(newer));
+    engine.offer_credentials(&new, &token(newer));
+    (engine, old, new)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_deployment_with_invalid_secrets_stays_parked_and_never_takes_the_older_credentials(
+) {
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-a"]);
+    let (engine, _old, new) = redeploy_with(&source, &vendor, "invalid-region").await;
+    sleep(Duration::from_secs(600)).await;
+
+    let status = status_of_route(&engine, &new);
+    assert_eq!(status.state, RouteState::Config, "{status:?}");
+    assert!(status.last_error.is_some(), "its own error is shown");
+    assert_eq!(status.adopted_cred_id, None);
+    assert_eq!(status.note, None);
+    assert_eq!(engine.current_secrets(&new), Some(token("invalid-region")));
+    assert_eq!(source.stored_secrets(&new), None);
+    assert!(
+        vendor.delivered_by("bbbb").is_empty(),
+        "nothing sent with key A"
+    );
+    assert_eq!(source.committed_cursor(&new), None, "lines are kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_deployment_whose_credentials_are_refused_stays_unauthorized_and_never_takes_the_older_ones(
+) {
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-a"]);
+    let (engine, _old, new) = redeploy_with(&source, &vendor, "key-b").await;
+    until("deploy 2 parked", || {
+        status_of_route(&engine, &new).state == RouteState::Unauthorized
+    })
+    .await;
+    sleep(Duration::from_secs(600)).await;
+
+    let status = status_of_route(&engine, &new);
+    assert_eq!(status.state, RouteState::Unauthorized, "{status:?}");
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("the vendor refused the credentials: Datadog answered 403 Forbidden"),
+        "the 403 is shown"
+    );
+    assert_eq!(status.adopted_cred_id, None);
+    assert_eq!(status.note, None);
+    assert_eq!(engine.current_secrets(&new), Some(token("key-b")));
+    assert!(
+        vendor.attempts_with("bbbb", "key-a").is_empty(),
+        "key A never used"
+    );
+    assert!(vendor.delivered_by("bbbb").is_empty());
+    assert_eq!(source.committed_cursor(&new), None, "lines are kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_older_deployment_refused_adopts_the_newer_credentials_once_they_deliver() {
+    // The mirror: deploy 1's key A is refused, deploy 2's key B is good.
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-b"]);
+    let engine = vendor.engine(&source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    let backlog = payloads("x", 3);
+    push(&source, "a1", &backlog);
+    engine.ensure_route(old.clone(), token("key-a"));
+    until("deploy 1 parked", || {
+        status_of_route(&engine, &old).state == RouteState::Unauthorized
+    })
+    .await;
+    engine.ensure_route(new.clone(), token("key-b"));
+    engine.offer_credentials(&new, &token("key-b"));
+    until("deploy 1's backlog delivered", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+    })
+    .await;
+
+    assert_eq!(vendor.delivered_by("aaaa"), with_token("key-b", &backlog));
+    assert_eq!(engine.current_secrets(&old), Some(token("key-b")));
+    assert_eq!(source.stored_secrets(&old), Some(token("key-b")));
+    let status = status_of_route(&engine, &old);
+    assert_eq!(status.adopted_cred_id.as_deref(), Some("bbbb"));
+    let note = status.note.unwrap_or_default();
+    assert!(note.contains("cred id bbbb, first seen "), "{note}");
+    assert!(!note.contains("key-"), "{note}");
 }
 
 /// What [`OverlapSink`] saw, in order.

@@ -97,8 +97,8 @@ pub(super) struct Parts<S> {
     pub settings: EngineSettings,
     pub status: StatusCell,
     pub stop: Stop,
-    /// The engine, told when the route parks so it can adopt newer
-    /// credentials. Weak: workers must not keep a stopped engine alive.
+    /// The engine, told when the route parks or first delivers, so routes
+    /// can adopt newer credentials. Weak: workers must not keep a stopped engine alive.
     pub engine: Weak<Inner<S>>,
 }
 
@@ -571,7 +571,10 @@ impl<S: Source> Worker<S> {
             .hold_off
             .map(|wait| Instant::now() + wait.min(self.parts.settings.retry.retry_after_cap));
         self.backoff.reset();
+        let mut first = false;
         self.parts.status.update(|s| {
+            // First success since start, or since it was parked.
+            first = s.last_success_unix.is_none() || super::is_parked(s.state);
             s.delivered_lines += sent - rejected;
             s.delivered_requests += 1;
             s.dropped_lines += rejected;
@@ -582,6 +585,12 @@ impl<S: Source> Worker<S> {
                 .map(|d| d.as_secs());
         });
         self.parts.status.set_state(RouteState::Delivering);
+        if first {
+            if let Some(engine) = self.parts.engine.upgrade() {
+                // Older parked routes may now adopt these credentials.
+                engine.delivered(&self.parts.route);
+            }
+        }
     }
 
     fn failed(&self, error: &SinkError, lines: usize) {
