@@ -134,6 +134,7 @@ pub async fn run(
         queue.clone(),
         EngineSettings {
             park_interval: config.auth_retry_interval,
+            max_routes_per_agent: config.max_routes_per_agent,
             ..EngineSettings::default()
         },
         sinks.clone(),

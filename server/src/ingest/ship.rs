@@ -124,8 +124,22 @@ impl Session {
                 )
             })?;
         let secrets = open.secrets.into_iter().collect();
+        let wanted = routes_for(&open.agent_id, &secrets, &ingest.credential_key);
+        // Check and add under one lock, so concurrent opens cannot both pass.
+        let _admission = ingest
+            .route_admission
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let keys: Vec<RouteKey> = wanted.iter().map(|(route, _)| route.clone()).collect();
+        ingest
+            .engine
+            .check_route_limit(&open.agent_id, &keys)
+            .map_err(|error| {
+                metrics::refused_streams("route_limit");
+                Status::resource_exhausted(error.to_string())
+            })?;
         let mut routes = Vec::new();
-        for (route, offered) in routes_for(&open.agent_id, &secrets, &ingest.credential_key) {
+        for (route, offered) in wanted {
             // A route that adopted newer credentials keeps them.
             let secrets = ingest
                 .engine
@@ -142,6 +156,7 @@ impl Session {
             ingest.engine.offer_credentials(&route, &offered);
             routes.push(route);
         }
+        drop(_admission);
         if routes.is_empty() {
             tracing::warn!(
                 agent = %open.agent_id,

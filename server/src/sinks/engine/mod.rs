@@ -83,7 +83,13 @@ pub struct EngineSettings {
     pub park_interval: Duration,
     /// Longest one send may take before it counts as a retryable failure.
     pub send_timeout: Duration,
+    /// Most routes one agent may have (see [`Engine::check_route_limit`]).
+    pub max_routes_per_agent: usize,
 }
+
+/// Default of [`EngineSettings::max_routes_per_agent`]: room for every
+/// destination of a few overlapping deployments.
+pub const DEFAULT_MAX_ROUTES_PER_AGENT: usize = 16;
 
 impl Default for EngineSettings {
     fn default() -> Self {
@@ -91,8 +97,21 @@ impl Default for EngineSettings {
             retry: RetryPolicy::default(),
             park_interval: Duration::from_secs(60),
             send_timeout: Duration::from_secs(120),
+            max_routes_per_agent: DEFAULT_MAX_ROUTES_PER_AGENT,
         }
     }
+}
+
+/// Why the engine refused something.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("agent {agent_id} already has {known} routes and this stream would add {adding}, over the limit of {limit} routes per agent (--max-routes-per-agent / LOGDRAIN_MAX_ROUTES_PER_AGENT); each distinct set of destination credentials is a route: fix the refused or invalid credentials of this agent's deployments or raise the limit")]
+    TooManyRoutes {
+        agent_id: String,
+        known: usize,
+        adding: usize,
+        limit: usize,
+    },
 }
 
 /// What [`Engine::shutdown`] did.
@@ -422,6 +441,37 @@ impl<S: Source> Engine<S> {
     /// refused ones, so the adoption survives a restart.
     pub fn current_secrets(&self, route: &RouteKey) -> Option<Secrets> {
         self.routes().get(route).map(|entry| entry.secrets.clone())
+    }
+
+    /// Whether `agent_id` may have `routes` too: refused when the routes
+    /// among them the engine does not know yet would take the agent over
+    /// [`EngineSettings::max_routes_per_agent`]. Known routes always pass.
+    /// The caller serialises the check with the [`Engine::ensure_route`]
+    /// calls that follow it.
+    pub fn check_route_limit(
+        &self,
+        agent_id: &str,
+        routes: &[RouteKey],
+    ) -> Result<(), EngineError> {
+        let known_routes = self.routes();
+        let known = known_routes
+            .keys()
+            .filter(|key| key.agent_id == agent_id)
+            .count();
+        let adding = routes
+            .iter()
+            .filter(|route| !known_routes.contains_key(*route))
+            .count();
+        let limit = self.inner.settings.max_routes_per_agent;
+        if adding > 0 && known + adding > limit {
+            return Err(EngineError::TooManyRoutes {
+                agent_id: agent_id.to_string(),
+                known,
+                adding,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// When the secrets a known route delivers with were first seen (Unix

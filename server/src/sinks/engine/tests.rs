@@ -1667,3 +1667,56 @@ async fn a_sink_without_a_window_gets_every_line_at_its_own_time() {
     until("delivered", || !seen.lock().unwrap().is_empty()).await;
     assert_eq!(*seen.lock().unwrap(), [(1, None)]);
 }
+
+// --- Bounded routes per agent ---
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_distinct_credentials_hits_the_route_limit_and_vendor_requests_stay_bounded() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 2));
+    // Every token is refused: each route parks.
+    let vendor = KeyedVendor::accepting(&[]);
+    let engine = vendor.engine(&source);
+    let limit = EngineSettings::default().max_routes_per_agent;
+    let mut refused = Vec::new();
+    for i in 0..300 {
+        let route = cred_route("a1", &format!("c{i:03}"));
+        match engine.check_route_limit("a1", std::slice::from_ref(&route)) {
+            Ok(()) => engine.ensure_route(route, token(&format!("bogus-{i}"))),
+            Err(error) => refused.push(error),
+        }
+    }
+    assert_eq!(refused.len(), 300 - limit);
+    assert_eq!(
+        refused[0],
+        EngineError::TooManyRoutes {
+            agent_id: "a1".into(),
+            known: limit,
+            adding: 1,
+            limit
+        }
+    );
+    let shown = refused[0].to_string();
+    assert!(
+        shown.contains("--max-routes-per-agent") && shown.contains("LOGDRAIN_MAX_ROUTES_PER_AGENT"),
+        "{shown}"
+    );
+    assert!(!shown.contains("bogus"), "{shown}");
+    // Known routes, and other agents, still pass.
+    assert_eq!(
+        engine.check_route_limit("a1", &[cred_route("a1", "c000")]),
+        Ok(())
+    );
+    assert_eq!(
+        engine.check_route_limit("a2", &[cred_route("a2", "c999")]),
+        Ok(())
+    );
+
+    sleep(Duration::from_secs(5 * 60)).await;
+    let statuses = engine.statuses();
+    assert_eq!(statuses.len(), limit);
+    assert!(statuses.iter().all(|s| s.state == RouteState::Unauthorized));
+    // Each parked route tries at most once per park interval (60 s).
+    let attempts = vendor.attempts.lock().unwrap().len();
+    assert!(attempts <= limit * (1 + 5), "{attempts} vendor requests");
+}
