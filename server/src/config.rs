@@ -129,7 +129,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// How often a route whose credentials were rejected tries again.
+    /// First wait of a route whose credentials were rejected (half to all
+    /// of it, at random); each later wait doubles, up to 30 times this, so
+    /// long-refused credentials cost the vendor few requests and routes
+    /// parked together do not retry together.
     #[arg(long, env = "LOGDRAIN_AUTH_RETRY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub auth_retry_interval: Duration,
 

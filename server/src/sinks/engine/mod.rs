@@ -26,8 +26,8 @@
 //! | accepted, but hold off (`SendOutcome::hold_off`) | as accepted, then no send on this route until the hold-off (capped like `Retry-After`) has passed |
 //! | retryable (network, 408, 429, 5xx) | count `retried`, wait `Retry-After` (at least the minimum backoff) or the jittered backoff, send the same lines again |
 //! | payload rejected (400, 413) | split the batch in halves until one line is rejected alone; drop and count only that line |
-//! | credentials refused (401, 403) | keep the lines, state `unauthorized`, try again every `park_interval` |
-//! | sink misconfigured | keep the lines, state `config`, try again every `park_interval` |
+//! | credentials refused (401, 403) | keep the lines, state `unauthorized`, try again after about `park_interval` (half to all of it), then slower, doubling up to 30 times it, each wait half random ([`RetryPolicy::parked`]) |
+//! | sink misconfigured | keep the lines, state `config`, try again like `unauthorized` |
 //!
 //! Credentials move forward only. Every route knows when the credentials it
 //! delivers with were first seen (stored with the route). A parked route
@@ -77,9 +77,9 @@ use worker::{Parts, Stop, Worker};
 pub struct EngineSettings {
     /// Backoff after retryable failures.
     pub retry: RetryPolicy,
-    /// Time between attempts while a route is parked (credentials refused
-    /// or sink misconfigured). Also the pause before restarting a worker
-    /// that panicked.
+    /// First wait of a parked route (credentials refused or sink
+    /// misconfigured); later waits grow ([`RetryPolicy::parked`]). Also the
+    /// pause before restarting a worker that panicked.
     pub park_interval: Duration,
     /// Longest one send may take before it counts as a retryable failure.
     pub send_timeout: Duration,

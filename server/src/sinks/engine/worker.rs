@@ -25,7 +25,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use super::batch::Pending;
 use super::late::{self, Restamps};
-use super::retry::{action_for, Action, Backoff};
+use super::retry::{action_for, Action, Backoff, RetryPolicy};
 use super::source::Source;
 use super::status::{RouteState, StatusCell};
 use super::{EngineSettings, Inner};
@@ -161,6 +161,8 @@ pub(super) struct Worker<S> {
     backoff: Backoff,
     /// Failures of the queue itself.
     source_backoff: Backoff,
+    /// Attempts while parked: slower each time, jittered.
+    park_backoff: Backoff,
     pending: Pending,
     /// The next full batch, cut while the current one is sent, so that its
     /// encoding overlaps the vendor's round trip. Requests still go out one
@@ -177,11 +179,13 @@ impl<S: Source> Worker<S> {
     pub fn new(parts: Parts<S>) -> Self {
         let limits = parts.sink.limits();
         let policy = parts.settings.retry;
+        let parts_park_interval = parts.settings.park_interval;
         Self {
             parts,
             limits,
             backoff: Backoff::new(policy),
             source_backoff: Backoff::new(policy),
+            park_backoff: parked_backoff(parts_park_interval),
             pending: Pending::new(),
             ahead: None,
             position: None,
@@ -494,10 +498,8 @@ impl<S: Source> Worker<S> {
                             // credentials: the sleep below then ends at once.
                             engine.parked(&self.parts.route);
                         }
-                        self.parts
-                            .stop
-                            .sleep(self.parts.settings.park_interval)
-                            .await?;
+                        let delay = self.park_backoff.fail(None);
+                        self.parts.stop.sleep(delay).await?;
                     }
                 }
             }
@@ -571,6 +573,7 @@ impl<S: Source> Worker<S> {
             .hold_off
             .map(|wait| Instant::now() + wait.min(self.parts.settings.retry.retry_after_cap));
         self.backoff.reset();
+        self.park_backoff = parked_backoff(self.parts.settings.park_interval);
         let mut first = false;
         self.parts.status.update(|s| {
             // First success since start, or since it was parked.
@@ -662,6 +665,11 @@ impl<S: Source> Worker<S> {
 }
 
 /// Nanoseconds since the Unix epoch (0 before it, saturating far after).
+/// The first wait is drawn from `[interval / 2, interval]`.
+fn parked_backoff(interval: Duration) -> Backoff {
+    Backoff::after(RetryPolicy::parked(interval), 1)
+}
+
 fn unix_nanos(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
