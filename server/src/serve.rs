@@ -219,6 +219,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         replicas,
         sinks,
+        test_sends: crate::status::test_send::Limiter::default(),
         admin_token: config.admin_token.clone(),
         tls: tls.is_some(),
     });

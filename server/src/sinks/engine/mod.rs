@@ -138,6 +138,9 @@ struct RouteEntry {
     /// When `secrets` were first seen (Unix ms, 0 unknown): a route adopts
     /// only credentials first seen later.
     first_seen_ms: u64,
+    /// The sink the worker sends with (`None` when it could not be built),
+    /// lent to `test-send` so it uses the route's pooled connections.
+    sink: Option<Arc<dyn crate::sinks::Sink>>,
 }
 
 struct Inner<S> {
@@ -301,7 +304,8 @@ impl<S: Source> Inner<S> {
         let previous = entry.task.take();
         let stop = self.stop.for_route();
         let status = entry.status.clone();
-        let parts = self.parts(route, sink, &status, &stop);
+        let parts = self.parts(route, Arc::clone(&sink), &status, &stop);
+        entry.sink = Some(sink);
         entry.stop = stop;
         entry.secrets = secrets.clone();
         entry.first_seen_ms = first_seen_ms;
@@ -406,16 +410,22 @@ impl<S: Source> Engine<S> {
         }
         let status = StatusCell::new(&route);
         let stop = self.inner.stop.for_route();
-        let task = match self.inner.sinks.build(&route, &secrets) {
-            Ok(sink) => Some(tokio::spawn(supervise(
-                self.inner.parts(&route, sink, &status, &stop),
-            ))),
+        let (task, sink) = match self.inner.sinks.build(&route, &secrets) {
+            Ok(sink) => (
+                Some(tokio::spawn(supervise(self.inner.parts(
+                    &route,
+                    Arc::clone(&sink),
+                    &status,
+                    &stop,
+                )))),
+                Some(sink),
+            ),
             Err(error) => {
                 tracing::warn!(route = %route, error = %error,
                     "route cannot deliver; its lines are kept");
                 status.update(|s| s.last_error = Some(error.to_string()));
                 status.set_state(RouteState::Config);
-                None
+                (None, None)
             }
         };
         let parked = task.is_none();
@@ -427,6 +437,7 @@ impl<S: Source> Engine<S> {
                 stop,
                 secrets,
                 first_seen_ms,
+                sink,
             },
         );
         drop(routes);
@@ -472,6 +483,15 @@ impl<S: Source> Engine<S> {
             });
         }
         Ok(())
+    }
+
+    /// The sink a known route's worker sends with, `None` when its secrets
+    /// build none. For single requests outside the queue (`test-send`),
+    /// which then share the route's connections.
+    pub fn route_sink(&self, route: &RouteKey) -> Option<Arc<dyn crate::sinks::Sink>> {
+        self.routes()
+            .get(route)
+            .and_then(|entry| entry.sink.clone())
     }
 
     /// When the secrets a known route delivers with were first seen (Unix

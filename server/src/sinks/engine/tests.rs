@@ -1747,3 +1747,24 @@ async fn a_flood_of_distinct_credentials_hits_the_route_limit_and_vendor_request
         .collect();
     assert!(second_attempts.len() > 1, "{second_attempts:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn test_send_borrows_the_routes_own_sink_and_a_route_without_one_lends_none() {
+    let source = MemorySource::default();
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |_, _| {
+        Reply::Now(Ok(SendOutcome::accepted()))
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+    let lent = engine
+        .route_sink(&route("a1"))
+        .expect("the route has a sink");
+    assert!(std::ptr::addr_eq(Arc::as_ptr(&lent), Arc::as_ptr(&sink)));
+
+    let vendor = KeyedVendor::accepting(&[]);
+    let keyed = vendor.engine(&source);
+    let invalid = cred_route("a1", "aaaa");
+    keyed.ensure_route(invalid.clone(), token("invalid-region"));
+    assert!(keyed.route_sink(&invalid).is_none());
+    assert!(keyed.route_sink(&cred_route("a1", "unknown")).is_none());
+}
