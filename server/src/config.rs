@@ -155,7 +155,9 @@ pub struct ServeConfig {
     /// set of credentials its replicas send is a route, with its own
     /// worker and vendor requests. A stream that would add more is refused
     /// with RESOURCE_EXHAUSTED naming this flag (the shim keeps its lines
-    /// buffered and retries).
+    /// buffered and retries). A route that is parked (credentials refused
+    /// or invalid) or has delivered nothing expires once no stream has
+    /// carried it for an hour and its lines are gone.
     #[arg(long, env = "LOGDRAIN_MAX_ROUTES_PER_AGENT", default_value_t = crate::sinks::engine::DEFAULT_MAX_ROUTES_PER_AGENT, value_parser = parse_max_routes)]
     pub max_routes_per_agent: usize,
 

@@ -143,6 +143,7 @@ pub async fn run(
     for (route, secrets, first_seen_ms) in queue.stored_routes()? {
         engine.ensure_route_since(route, secrets, first_seen_ms);
     }
+    engine.spawn_expiry();
 
     let grpc = bind(
         config.grpc_listen,

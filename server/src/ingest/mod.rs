@@ -48,9 +48,6 @@ pub struct Ingest {
     /// (waiting for `Open` included).
     pub(crate) max_streams: usize,
     streams: AtomicUsize,
-    /// Held while a stream checks the agent's route limit and adds its
-    /// routes.
-    pub(crate) route_admission: std::sync::Mutex<()>,
 }
 
 /// One of the `max_streams` places, held by a ship stream until it ends.
@@ -144,7 +141,6 @@ impl IngestService {
             open_timeout,
             max_streams,
             streams: AtomicUsize::new(0),
-            route_admission: std::sync::Mutex::new(()),
         }))
     }
 

@@ -125,11 +125,9 @@ impl Session {
             })?;
         let secrets = open.secrets.into_iter().collect();
         let wanted = routes_for(&open.agent_id, &secrets, &ingest.credential_key);
-        // Check and add under one lock, so concurrent opens cannot both pass.
-        let _admission = ingest
-            .route_admission
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Check, add and attach under one lock, so concurrent opens cannot
+        // both pass and no route expires in between.
+        let admission = ingest.engine.admission();
         let keys: Vec<RouteKey> = wanted.iter().map(|(route, _)| route.clone()).collect();
         ingest
             .engine
@@ -154,9 +152,10 @@ impl Session {
                 .engine
                 .ensure_route_since(route.clone(), secrets, first_seen_ms);
             ingest.engine.offer_credentials(&route, &offered);
+            ingest.engine.attach(&route);
             routes.push(route);
         }
-        drop(_admission);
+        drop(admission);
         if routes.is_empty() {
             tracing::warn!(
                 agent = %open.agent_id,
@@ -424,6 +423,14 @@ impl Drop for ActiveStream {
         metrics::agent_seen(&self.agent_id);
         self.replicas
             .stream_closed(&self.agent_id, &self.agent_server_id);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for route in &self.routes {
+            self.ingest.engine.detach(route);
+        }
     }
 }
 

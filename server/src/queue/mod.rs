@@ -437,6 +437,29 @@ impl Queue {
         Ok(())
     }
 
+    /// Removes a route (record, cursor, index entry) once no queued
+    /// segment is tagged with it; says whether it did. A stream that brings
+    /// the route again stores it again.
+    pub fn remove_route(&self, route: &RouteKey) -> Result<bool, QueueError> {
+        let inner = &self.inner;
+        let Some(agent) = read_lock(&inner.agents)
+            .get(route.agent_id.as_str())
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        let mut index = lock(&agent.index);
+        if !index.remove_route(route) {
+            return Ok(false);
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(keys::route(route));
+        batch.remove(keys::cursor(route));
+        inner.db.apply_batch(batch)?;
+        inner.files.forget_route(&keys::route(route));
+        Ok(true)
+    }
+
     /// Every stored route with its secrets, except routes sealed under
     /// another key (counted in [`OpenReport::sealed_under_other_key`]).
     pub fn routes(&self) -> Result<Vec<(RouteKey, Secrets)>, QueueError> {

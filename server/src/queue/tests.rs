@@ -1426,3 +1426,44 @@ async fn when_a_routes_secrets_were_first_seen_survives_a_restart_and_an_update(
         vec![(r.clone(), secrets("newer"), 2_000)]
     );
 }
+
+#[tokio::test]
+async fn a_route_is_removed_only_once_no_queued_segment_is_tagged_with_it() {
+    let dir = TempDir::new().unwrap();
+    let r1 = route("a1", "c1");
+    let r2 = route("a1", "c2");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r1, &secrets("one")).unwrap();
+        queue.put_route(&r2, &secrets("two")).unwrap();
+        append(
+            &queue,
+            "a1",
+            "srv",
+            1,
+            lines("l", 1, 3),
+            &[r1.clone(), r2.clone()],
+        )
+        .await;
+        let last = read_all(&queue, &r1).last().unwrap().cursor;
+        queue.commit(&r1, last).unwrap();
+        assert!(
+            !queue.remove_route(&r1).unwrap(),
+            "r2 still needs the segment tagged with r1"
+        );
+        queue.commit(&r2, last).unwrap();
+        queue.flush().await.unwrap();
+        assert_eq!(queue.depth("a1"), (0, 0), "the segment is deleted");
+        assert!(queue.remove_route(&r1).unwrap());
+        assert!(!queue.remove_route(&r1).unwrap(), "already gone");
+        queue.flush().await.unwrap();
+    }
+    let (queue, _) = reopen(&dir);
+    let stored: Vec<RouteKey> = queue
+        .routes()
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(stored, vec![r2.clone()]);
+}

@@ -85,7 +85,14 @@ pub struct EngineSettings {
     pub send_timeout: Duration,
     /// Most routes one agent may have (see [`Engine::check_route_limit`]).
     pub max_routes_per_agent: usize,
+    /// How long a route that is parked or has delivered nothing stays
+    /// after its last stream ended, once its lines are gone
+    /// ([`Engine::expire_idle`]).
+    pub route_idle_expiry: Duration,
 }
+
+/// Default of [`EngineSettings::route_idle_expiry`].
+pub const DEFAULT_ROUTE_IDLE_EXPIRY: Duration = Duration::from_secs(60 * 60);
 
 /// Default of [`EngineSettings::max_routes_per_agent`]: room for every
 /// destination of a few overlapping deployments.
@@ -98,6 +105,7 @@ impl Default for EngineSettings {
             park_interval: Duration::from_secs(60),
             send_timeout: Duration::from_secs(120),
             max_routes_per_agent: DEFAULT_MAX_ROUTES_PER_AGENT,
+            route_idle_expiry: DEFAULT_ROUTE_IDLE_EXPIRY,
         }
     }
 }
@@ -105,7 +113,7 @@ impl Default for EngineSettings {
 /// Why the engine refused something.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EngineError {
-    #[error("agent {agent_id} already has {known} routes and this stream would add {adding}, over the limit of {limit} routes per agent (--max-routes-per-agent / LOGDRAIN_MAX_ROUTES_PER_AGENT); each distinct set of destination credentials is a route: fix the refused or invalid credentials of this agent's deployments or raise the limit")]
+    #[error("agent {agent_id} already has {known} routes and this stream would add {adding}, over the limit of {limit} routes per agent (--max-routes-per-agent / LOGDRAIN_MAX_ROUTES_PER_AGENT); each distinct set of destination credentials is a route: fix the refused or invalid credentials of this agent's deployments (a route parked or without deliveries expires an hour after its last stream ended, once its lines are gone) or raise the limit")]
     TooManyRoutes {
         agent_id: String,
         known: usize,
@@ -141,6 +149,10 @@ struct RouteEntry {
     /// The sink the worker sends with (`None` when it could not be built),
     /// lent to `test-send` so it uses the route's pooled connections.
     sink: Option<Arc<dyn crate::sinks::Sink>>,
+    /// Live streams that carry this route ([`Engine::attach`]).
+    streams: usize,
+    /// Since when no stream carries it.
+    idle_since: tokio::time::Instant,
 }
 
 struct Inner<S> {
@@ -152,6 +164,9 @@ struct Inner<S> {
     /// The last first-seen time handed out (Unix ms), so routes opened in
     /// the same millisecond, or after the clock stepped back, still order.
     clock: AtomicU64,
+    /// Held while routes are admitted or expired, so a stream's limit check
+    /// and its routes, and an expiry, never interleave.
+    admission: Mutex<()>,
     /// Lines each route sent with the time of sending since the last
     /// [`Engine::take_restamps`], with the route's window.
     restamps: Mutex<HashMap<RouteKey, (late::Restamps, Duration)>>,
@@ -375,6 +390,7 @@ impl<S: Source> Engine<S> {
                 },
                 routes: Mutex::new(HashMap::new()),
                 clock: AtomicU64::new(0),
+                admission: Mutex::new(()),
                 restamps: Mutex::new(HashMap::new()),
             }),
         }
@@ -438,6 +454,8 @@ impl<S: Source> Engine<S> {
                 secrets,
                 first_seen_ms,
                 sink,
+                streams: 0,
+                idle_since: tokio::time::Instant::now(),
             },
         );
         drop(routes);
@@ -452,6 +470,101 @@ impl<S: Source> Engine<S> {
     /// refused ones, so the adoption survives a restart.
     pub fn current_secrets(&self, route: &RouteKey) -> Option<Secrets> {
         self.routes().get(route).map(|entry| entry.secrets.clone())
+    }
+
+    /// Held while a stream checks its agent's route limit, stores its
+    /// routes and attaches to them; [`Engine::expire_idle`] holds it too.
+    pub fn admission(&self) -> MutexGuard<'_, ()> {
+        // Guards no data of its own.
+        self.inner
+            .admission
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A stream carrying `route` opened: the route does not expire while
+    /// any does.
+    pub fn attach(&self, route: &RouteKey) {
+        if let Some(entry) = self.routes().get_mut(route) {
+            entry.streams += 1;
+        }
+    }
+
+    /// A stream carrying `route` ended.
+    pub fn detach(&self, route: &RouteKey) {
+        if let Some(entry) = self.routes().get_mut(route) {
+            entry.streams = entry.streams.saturating_sub(1);
+            if entry.streams == 0 {
+                entry.idle_since = tokio::time::Instant::now();
+            }
+        }
+    }
+
+    /// Removes routes that are parked or have delivered nothing since
+    /// start, that no stream has carried for
+    /// [`EngineSettings::route_idle_expiry`], and whose lines are gone (none
+    /// left to deliver, and no queued line tagged with them): the worker
+    /// stops and the stored record goes. A stream that brings the same
+    /// credentials again makes a new route. Returns the routes removed.
+    pub fn expire_idle(&self) -> Vec<RouteKey> {
+        let _admission = self.admission();
+        let expiry = self.inner.settings.route_idle_expiry;
+        let now = tokio::time::Instant::now();
+        let candidates: Vec<RouteKey> = self
+            .routes()
+            .iter()
+            .filter(|(_, entry)| {
+                let status = entry.status.snapshot();
+                entry.streams == 0
+                    && now.saturating_duration_since(entry.idle_since) >= expiry
+                    && (is_parked(status.state) || status.last_success_unix.is_none())
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let source = &self.inner.source;
+        let mut removed = Vec::new();
+        for key in candidates {
+            let waiting = source
+                .committed(&key)
+                .and_then(|after| source.read(&key, after, 1, 1));
+            match waiting {
+                Ok(lines) if lines.is_empty() => {}
+                Ok(_) => continue,
+                Err(error) => {
+                    tracing::debug!(route = %key, %error, "cannot tell whether an idle route has lines; kept");
+                    continue;
+                }
+            }
+            match source.remove_route(&key) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(error) => {
+                    tracing::warn!(route = %key, %error, "could not remove an expired route; kept");
+                    continue;
+                }
+            }
+            if let Some(entry) = self.routes().remove(&key) {
+                entry.stop.route.trigger();
+                entry.status.set_state(RouteState::Stopped);
+                tracing::info!(route = %key, idle = ?expiry,
+                    "route parked or without deliveries, idle and without lines: expired");
+                removed.push(key);
+            }
+        }
+        removed
+    }
+
+    /// Runs [`Engine::expire_idle`] every tenth of the idle expiry (at
+    /// most every minute) until shutdown.
+    pub fn spawn_expiry(&self) -> JoinHandle<()> {
+        let engine = self.clone();
+        let every = (self.inner.settings.route_idle_expiry / 10)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::spawn(async move {
+            while engine.inner.stop.sleep(every).await.is_ok() {
+                engine.expire_idle();
+            }
+        })
     }
 
     /// Whether `agent_id` may have `routes` too: refused when the routes

@@ -47,6 +47,10 @@ pub trait Source: Send + Sync + 'static {
         secrets: &Secrets,
         first_seen_ms: u64,
     ) -> Result<(), Self::Error>;
+
+    /// Removes an expired route once no queued line is tagged with it;
+    /// says whether it did.
+    fn remove_route(&self, route: &RouteKey) -> Result<bool, Self::Error>;
 }
 
 impl Source for Queue {
@@ -82,6 +86,10 @@ impl Source for Queue {
     ) -> Result<(), QueueError> {
         Queue::put_route_since(self, route, secrets, first_seen_ms)
     }
+
+    fn remove_route(&self, route: &RouteKey) -> Result<bool, QueueError> {
+        Queue::remove_route(self, route)
+    }
 }
 
 /// An in-memory [`Source`] for engine tests: every agent's lines in one
@@ -106,6 +114,7 @@ pub(crate) mod memory {
         committed: HashMap<RouteKey, Cursor>,
         signals: HashMap<String, watch::Sender<u64>>,
         stored: HashMap<RouteKey, Secrets>,
+        removed: Vec<RouteKey>,
         fail_reads: u32,
     }
 
@@ -163,6 +172,11 @@ pub(crate) mod memory {
         /// The secrets last stored for `route` with `put_route`.
         pub(crate) fn stored_secrets(&self, route: &RouteKey) -> Option<Secrets> {
             self.state.lock().unwrap().stored.get(route).cloned()
+        }
+
+        /// Routes removed with `remove_route`, in order.
+        pub(crate) fn removed(&self) -> Vec<RouteKey> {
+            self.state.lock().unwrap().removed.clone()
         }
 
         /// The cursor of the last line pushed for `agent`.
@@ -232,6 +246,14 @@ pub(crate) mod memory {
             let mut state = self.state.lock().unwrap();
             state.stored.insert(route.clone(), secrets.clone());
             Ok(())
+        }
+
+        fn remove_route(&self, route: &RouteKey) -> Result<bool, MemoryError> {
+            let mut state = self.state.lock().unwrap();
+            state.stored.remove(route);
+            state.committed.remove(route);
+            state.removed.push(route.clone());
+            Ok(true)
         }
     }
 }

@@ -1768,3 +1768,74 @@ async fn test_send_borrows_the_routes_own_sink_and_a_route_without_one_lends_non
     assert!(keyed.route_sink(&invalid).is_none());
     assert!(keyed.route_sink(&cred_route("a1", "unknown")).is_none());
 }
+
+// --- Idle routes expire ---
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_route_without_streams_or_lines_expires_after_the_idle_time_and_stops_calling_the_vendor(
+) {
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&[]);
+    let engine = vendor.engine(&source);
+    let refused = cred_route("a1", "aaaa");
+    engine.ensure_route(refused.clone(), token("key-a"));
+    engine.attach(&refused);
+    // Lines come, are refused, then are gone (as the quota drops them).
+    push(&source, "a1", &payloads("x", 2));
+    until("parked", || {
+        status_of_route(&engine, &refused).state == RouteState::Unauthorized
+    })
+    .await;
+    let expiry = EngineSettings::default().route_idle_expiry;
+    sleep(expiry * 2).await;
+    assert!(engine.expire_idle().is_empty(), "a stream still carries it");
+    engine.detach(&refused);
+    sleep(expiry * 2).await;
+    assert!(
+        engine.expire_idle().is_empty(),
+        "its lines are still queued"
+    );
+    engine.attach(&refused);
+    source
+        .commit(&refused, source.last_cursor("a1").unwrap())
+        .unwrap();
+    engine.detach(&refused);
+    sleep(expiry - Duration::from_secs(1)).await;
+    assert!(engine.expire_idle().is_empty(), "not idle long enough");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(engine.expire_idle(), std::slice::from_ref(&refused));
+
+    assert!(engine.statuses().is_empty());
+    assert_eq!(source.removed(), std::slice::from_ref(&refused));
+    let attempts = vendor.attempts_with("aaaa", "key-a").len();
+    sleep(Duration::from_secs(24 * 60 * 60)).await;
+    assert_eq!(vendor.attempts_with("aaaa", "key-a").len(), attempts);
+    // The route's credentials may come back: a new route.
+    engine.ensure_route(refused.clone(), token("key-a"));
+    assert_eq!(engine.statuses().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_that_delivers_never_expires_and_an_unused_one_does() {
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-a", "key-b"]);
+    let engine = vendor.engine(&source);
+    let delivering = cred_route("a1", "aaaa");
+    engine.ensure_route(delivering.clone(), token("key-a"));
+    push(&source, "a1", &payloads("x", 2));
+    until("delivered", || {
+        source.committed_cursor(&delivering) == source.last_cursor("a1")
+    })
+    .await;
+    // Known for another agent that never sends a line.
+    let unused = cred_route("a2", "bbbb");
+    engine.ensure_route(unused.clone(), token("key-b"));
+
+    sleep(EngineSettings::default().route_idle_expiry * 3).await;
+    assert_eq!(engine.expire_idle(), [unused]);
+    assert_eq!(engine.statuses().len(), 1);
+    assert_eq!(
+        status_of_route(&engine, &delivering).state,
+        RouteState::Idle
+    );
+}
