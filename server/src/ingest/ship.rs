@@ -152,8 +152,11 @@ impl Session {
                 .engine
                 .ensure_route_since(route.clone(), secrets, first_seen_ms);
             ingest.engine.offer_credentials(&route, &offered);
-            ingest.engine.attach(&route);
             routes.push(route);
+        }
+        // Detached when the session drops; attached only once it exists.
+        for route in &routes {
+            ingest.engine.attach(route);
         }
         drop(admission);
         if routes.is_empty() {
