@@ -42,6 +42,12 @@
 //! older deployment's credentials (another org or region). Routes that
 //! deliver keep their own.
 //!
+//! Routes are bounded: [`Engine::check_route_limit`] refuses routes past
+//! [`EngineSettings::max_routes_per_agent`], and [`Engine::expire_idle`]
+//! removes routes that are parked or have delivered nothing once no stream
+//! has carried them for [`EngineSettings::route_idle_expiry`] and their
+//! lines are gone.
+//!
 //! Delivery is at least once: a line is committed only after its request
 //! was accepted, so lines in flight at a crash are sent again.
 
