@@ -1839,3 +1839,38 @@ async fn a_route_that_delivers_never_expires_and_an_unused_one_does() {
         RouteState::Idle
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_the_stored_first_seen_times_decide_which_way_credentials_may_move() {
+    // As restored from the queue: deploy 1 (key A) and deploy 2, first seen
+    // a second apart, by a clock ahead of today's (it stepped back since).
+    let source = MemorySource::default();
+    let backlog = payloads("x", 2);
+    push(&source, "a1", &backlog);
+    let vendor = KeyedVendor::accepting(&["key-a"]);
+    let engine = vendor.engine(&source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    const DEPLOY_1: u64 = 4_000_000_000_000;
+    const DEPLOY_2: u64 = DEPLOY_1 + 1_000;
+    engine.ensure_route_since(old.clone(), token("key-a"), DEPLOY_1);
+    engine.ensure_route_since(new.clone(), token("key-b"), DEPLOY_2);
+    until("old delivered, new parked", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+            && status_of_route(&engine, &new).state == RouteState::Unauthorized
+    })
+    .await;
+    sleep(Duration::from_secs(600)).await;
+    assert_eq!(engine.current_secrets(&new), Some(token("key-b")));
+    assert!(vendor.attempts_with("bbbb", "key-a").is_empty());
+
+    // Key B starts working: deploy 1's route stays on its own key (it
+    // delivers), and a route opened now is newer than both.
+    vendor.accepted_tokens.lock().unwrap().push("key-b".into());
+    until("new delivered", || {
+        source.committed_cursor(&new) == source.last_cursor("a1")
+    })
+    .await;
+    assert_eq!(engine.current_secrets(&old), Some(token("key-a")));
+    assert!(engine.first_seen(&cred_route("a1", "cccc")) > DEPLOY_2);
+}
