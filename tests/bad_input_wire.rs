@@ -939,3 +939,66 @@ async fn racing_streams_overlapping_batches_and_extreme_seqs_never_get_an_ack_be
         "the jump to u64::MAX - 1 is counted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_distinct_credentials_is_refused_past_the_route_limit_naming_it() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(&dir, &intake, &[("LOGDRAIN_MAX_ROUTES_PER_AGENT", "3")]);
+    let mut client = client(&gateway).await;
+    let token = token("agent-flood");
+    let open_with_key = |replica: &str, key: &str| {
+        let mut open = open_as("agent-flood", replica, &token);
+        if let Some(shim_message::Kind::Open(o)) = open.kind.as_mut() {
+            o.secrets
+                .insert("DATADOG_TOKEN".to_string(), key.to_string());
+        }
+        open
+    };
+    let mut refused = Vec::new();
+    for i in 0..10 {
+        let replica = format!("replica-{i}");
+        let key = format!("bogus-key-number-{i:04}");
+        match ship(
+            &mut client,
+            vec![open_with_key(&replica, &key), batch(1, vec![line("x")])],
+        )
+        .await
+        {
+            Ok(acks) => assert_eq!(acks, vec![1], "{replica}"),
+            Err(status) => refused.push(status),
+        }
+    }
+    assert_eq!(refused.len(), 7, "{refused:?}");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let message = status.message();
+        assert!(
+            message.contains("limit of 3 routes per agent")
+                && message.contains("--max-routes-per-agent")
+                && message.contains("LOGDRAIN_MAX_ROUTES_PER_AGENT"),
+            "{message}"
+        );
+        assert!(!message.contains("bogus-key"), "{message}");
+    }
+    // A known route's credentials are still admitted.
+    let acks = ship(
+        &mut client,
+        vec![
+            open_with_key("replica-again", "bogus-key-number-0000"),
+            batch(1, vec![line("y")]),
+        ],
+    )
+    .await
+    .expect("known credentials pass");
+    assert_eq!(acks, vec![1]);
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "route_limit")]
+        ),
+        7.0
+    );
+}

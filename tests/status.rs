@@ -213,6 +213,19 @@ async fn test_send_delivers_one_marked_line_and_prints_accepted() {
     let (_, json) = status_of(&gateway, agent);
     assert_eq!(json["agents"][0]["destinations"][0]["delivered_lines"], 2);
     assert_no_secret(&[&sent, &json.to_string()], &[DD_KEY]);
+
+    // A second test-send within the interval is refused and sends nothing.
+    let (ok, again, err) = cli(
+        &gateway,
+        &["test-send", "--agent-id", agent, "--json"],
+        &[("LOGDRAIN_ADMIN_TOKEN", ADMIN_TOKEN)],
+    );
+    assert!(!ok, "{again}");
+    assert!(
+        err.contains("429") && err.contains("one per agent per 10s"),
+        "{err}"
+    );
+    assert_eq!(dd_messages(&intake, "logdrain-test-send").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

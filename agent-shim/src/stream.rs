@@ -708,7 +708,7 @@ fn describe_status(status: &Status) -> String {
              --agent-server-id and that shim and gateway versions match"
         ),
         Code::ResourceExhausted => format!(
-            "the gateway is out of capacity (RESOURCE_EXHAUSTED: {message}); lines wait in the buffer"
+            "the gateway is at a limit (RESOURCE_EXHAUSTED: {message}); lines wait in the buffer and the stream is retried"
         ),
         Code::Unavailable => format!(
             "the gateway is unavailable (UNAVAILABLE: {message}); lines wait in the buffer"

@@ -129,7 +129,10 @@ pub struct ServeConfig {
     #[arg(long, env = "LOGDRAIN_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// How often a route whose credentials were rejected tries again.
+    /// First wait of a route whose credentials were rejected (half to all
+    /// of it, at random); each later wait doubles, up to 30 times this, so
+    /// long-refused credentials cost the vendor few requests and routes
+    /// parked together do not retry together.
     #[arg(long, env = "LOGDRAIN_AUTH_RETRY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub auth_retry_interval: Duration,
 
@@ -147,6 +150,16 @@ pub struct ServeConfig {
     /// memory; keep the open file limit (`ulimit -n`) above this.
     #[arg(long, env = "LOGDRAIN_MAX_STREAMS", default_value_t = 10_000, value_parser = parse_max_streams)]
     pub max_streams: usize,
+
+    /// Most routes one agent may have: each destination of each distinct
+    /// set of credentials its replicas send is a route, with its own
+    /// worker and vendor requests. A stream that would add more is refused
+    /// with RESOURCE_EXHAUSTED naming this flag (the shim keeps its lines
+    /// buffered and retries). A route that is parked (credentials refused
+    /// or invalid) or has delivered nothing expires once no stream has
+    /// carried it for an hour and its lines are gone.
+    #[arg(long, env = "LOGDRAIN_MAX_ROUTES_PER_AGENT", default_value_t = crate::sinks::engine::DEFAULT_MAX_ROUTES_PER_AGENT, value_parser = parse_max_routes)]
+    pub max_routes_per_agent: usize,
 
     /// Most line data one agent may keep queued (like 512MiB or 2GB; at
     /// least 16MiB, one gRPC message). When its destinations fail long
@@ -511,6 +524,16 @@ fn parse_max_streams(value: &str) -> Result<usize, String> {
     }
 }
 
+/// `--max-routes-per-agent`: a whole number of at least 1.
+fn parse_max_routes(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "{value:?} is not a route count; use a whole number of at least 1, like 16"
+        )),
+    }
+}
+
 /// `--http-max-connections`: a whole number of at least 1.
 fn parse_http_max_connections(value: &str) -> Result<usize, String> {
     match value.trim().parse::<usize>() {
@@ -672,6 +695,15 @@ mod tests {
         assert_eq!(parse_max_streams("10000"), Ok(10_000));
         for bad in ["0", "-1", "many", ""] {
             let err = parse_max_streams(bad).unwrap_err();
+            assert!(err.contains("at least 1"), "{err}");
+        }
+    }
+
+    #[test]
+    fn max_routes_per_agent_must_be_a_positive_count() {
+        assert_eq!(parse_max_routes("16"), Ok(16));
+        for bad in ["0", "-1", "many", ""] {
+            let err = parse_max_routes(bad).unwrap_err();
             assert!(err.contains("at least 1"), "{err}");
         }
     }

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -49,8 +49,11 @@ pub struct HttpState {
     pub key: SigningKey,
     pub shutdown: Shutdown,
     pub replicas: Replicas,
-    /// Builds the fresh sinks of `test-send` (same settings as delivery).
+    /// Builds `test-send`'s sink for a route that has none (same settings
+    /// as delivery).
     pub sinks: SinkFactory,
+    /// One `test-send` per agent per interval.
+    pub test_sends: status::test_send::Limiter,
     pub admin_token: Option<AdminToken>,
     /// The listener serves TLS: the status cookie is marked `Secure`.
     pub tls: bool,
@@ -236,6 +239,22 @@ async fn test_send(
 ) -> Response {
     if let Err(refused) = state.may_read(&agent_id, bearer(&headers).unwrap_or("")) {
         return refused.into_response();
+    }
+    if let Err(wait) = state
+        .test_sends
+        .start(&agent_id, tokio::time::Instant::now())
+    {
+        let seconds = wait.as_secs().max(1);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, seconds.to_string())],
+            format!(
+                "agent {agent_id} ran test-send less than {}s ago (one per agent per {}s); try again in {seconds}s\n",
+                status::test_send::TEST_SEND_INTERVAL.as_secs(),
+                status::test_send::TEST_SEND_INTERVAL.as_secs(),
+            ),
+        )
+            .into_response();
     }
     Json(status::test_send::run(&state.engine, &state.sinks, &agent_id).await).into_response()
 }

@@ -134,14 +134,16 @@ pub async fn run(
         queue.clone(),
         EngineSettings {
             park_interval: config.auth_retry_interval,
+            max_routes_per_agent: config.max_routes_per_agent,
             ..EngineSettings::default()
         },
         sinks.clone(),
         shutdown.clone(),
     );
-    for (route, secrets) in queue.routes()? {
-        engine.ensure_route(route, secrets);
+    for (route, secrets, first_seen_ms) in queue.stored_routes()? {
+        engine.ensure_route_since(route, secrets, first_seen_ms);
     }
+    engine.spawn_expiry();
 
     let grpc = bind(
         config.grpc_listen,
@@ -218,6 +220,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         replicas,
         sinks,
+        test_sends: crate::status::test_send::Limiter::default(),
         admin_token: config.admin_token.clone(),
         tls: tls.is_some(),
     });

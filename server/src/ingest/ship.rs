@@ -124,21 +124,41 @@ impl Session {
                 )
             })?;
         let secrets = open.secrets.into_iter().collect();
+        let wanted = routes_for(&open.agent_id, &secrets, &ingest.credential_key);
+        // Check, add and attach under one lock, so concurrent opens cannot
+        // both pass and no route expires in between.
+        let admission = ingest.engine.admission();
+        let keys: Vec<RouteKey> = wanted.iter().map(|(route, _)| route.clone()).collect();
+        ingest
+            .engine
+            .check_route_limit(&open.agent_id, &keys)
+            .map_err(|error| {
+                metrics::refused_streams("route_limit");
+                Status::resource_exhausted(error.to_string())
+            })?;
         let mut routes = Vec::new();
-        for (route, offered) in routes_for(&open.agent_id, &secrets, &ingest.credential_key) {
+        for (route, offered) in wanted {
             // A route that adopted newer credentials keeps them.
             let secrets = ingest
                 .engine
                 .current_secrets(&route)
                 .unwrap_or_else(|| offered.clone());
+            let first_seen_ms = ingest.engine.first_seen(&route);
             ingest
                 .queue
-                .put_route(&route, &secrets)
+                .put_route_since(&route, &secrets, first_seen_ms)
                 .map_err(queue_status)?;
-            ingest.engine.ensure_route(route.clone(), secrets);
+            ingest
+                .engine
+                .ensure_route_since(route.clone(), secrets, first_seen_ms);
             ingest.engine.offer_credentials(&route, &offered);
             routes.push(route);
         }
+        // Detached when the session drops; attached only once it exists.
+        for route in &routes {
+            ingest.engine.attach(route);
+        }
+        drop(admission);
         if routes.is_empty() {
             tracing::warn!(
                 agent = %open.agent_id,
@@ -407,6 +427,14 @@ impl Drop for ActiveStream {
         metrics::agent_seen(&self.agent_id);
         self.replicas
             .stream_closed(&self.agent_id, &self.agent_server_id);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for route in &self.routes {
+            self.ingest.engine.detach(route);
+        }
     }
 }
 

@@ -156,6 +156,21 @@ impl AgentIndex {
         self.routes.iter().any(|r| r.tag.is(route))
     }
 
+    /// Forgets `route` if no queued segment is tagged with it (a tag
+    /// without its route would hold its segments forever); says whether it
+    /// did.
+    pub(crate) fn remove_route(&mut self, route: &RouteKey) -> bool {
+        let tagged = self
+            .segments
+            .values()
+            .any(|meta| meta.tags.iter().any(|t| t.is(route)));
+        if tagged || !self.has_route(route) {
+            return false;
+        }
+        self.routes.retain(|r| !r.tag.is(route));
+        true
+    }
+
     /// Adds a route if absent (an existing route keeps its cursor).
     pub(crate) fn add_route(&mut self, route: &RouteKey, cursor: Option<Cursor>) {
         if !self.has_route(route) {

@@ -394,21 +394,34 @@ impl Queue {
         self.inner.get_hwm(&key)
     }
 
-    /// Stores or updates a route and its secrets (idempotent). Becomes
-    /// durable with the next group commit; call before appending for it.
+    /// Stores or updates a route and its secrets (idempotent), first seen
+    /// at an unknown time (see [`Queue::put_route_since`]).
     pub fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), QueueError> {
+        self.put_route_since(route, secrets, 0)
+    }
+
+    /// Stores or updates a route and the secrets it delivers with, first
+    /// seen at `first_seen_ms` (Unix ms, 0 unknown: the delivery engine
+    /// lets a route adopt only credentials first seen after its own).
+    /// Idempotent. Becomes durable with the next group commit; call before
+    /// appending for it.
+    pub fn put_route_since(
+        &self,
+        route: &RouteKey,
+        secrets: &Secrets,
+        first_seen_ms: u64,
+    ) -> Result<(), QueueError> {
         let inner = &self.inner;
         let agent = inner.agent(&route.agent_id);
         let mut index = lock(&agent.index);
         let key = keys::route(route);
         let unchanged = match inner.db.get(&key)? {
-            Some(stored) => {
-                records::unseal_secrets(&inner.seal, &key, &stored).is_ok_and(|s| s == *secrets)
-            }
+            Some(stored) => records::unseal_secrets(&inner.seal, &key, &stored)
+                .is_ok_and(|stored| stored == (secrets.clone(), first_seen_ms)),
             None => false,
         };
         if !unchanged {
-            let sealed = records::seal_secrets(&inner.seal, &key, secrets);
+            let sealed = records::seal_secrets(&inner.seal, &key, secrets, first_seen_ms);
             inner.db.insert(key.as_slice(), sealed)?;
             // Segment files get the new record before their next segment.
             inner.files.forget_route(&key);
@@ -424,9 +437,42 @@ impl Queue {
         Ok(())
     }
 
+    /// Removes a route (record, cursor, index entry) once no queued
+    /// segment is tagged with it; says whether it did. A stream that brings
+    /// the route again stores it again.
+    pub fn remove_route(&self, route: &RouteKey) -> Result<bool, QueueError> {
+        let inner = &self.inner;
+        let Some(agent) = read_lock(&inner.agents)
+            .get(route.agent_id.as_str())
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        let mut index = lock(&agent.index);
+        if !index.remove_route(route) {
+            return Ok(false);
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(keys::route(route));
+        batch.remove(keys::cursor(route));
+        inner.db.apply_batch(batch)?;
+        inner.files.forget_route(&keys::route(route));
+        Ok(true)
+    }
+
     /// Every stored route with its secrets, except routes sealed under
     /// another key (counted in [`OpenReport::sealed_under_other_key`]).
     pub fn routes(&self) -> Result<Vec<(RouteKey, Secrets)>, QueueError> {
+        Ok(self
+            .stored_routes()?
+            .into_iter()
+            .map(|(route, secrets, _)| (route, secrets))
+            .collect())
+    }
+
+    /// As [`Queue::routes`], with when each route's secrets were first
+    /// seen (Unix ms, 0 unknown).
+    pub fn stored_routes(&self) -> Result<Vec<(RouteKey, Secrets, u64)>, QueueError> {
         let mut routes = Vec::new();
         for item in self.inner.db.scan_prefix(keys::route_prefix()) {
             let (key, value) = item?;
@@ -434,7 +480,7 @@ impl Queue {
                 return Err(corrupt(&key, RecordError::Key));
             };
             match records::unseal_secrets(&self.inner.seal, &key, &value) {
-                Ok(secrets) => routes.push((route, secrets)),
+                Ok((secrets, first_seen_ms)) => routes.push((route, secrets, first_seen_ms)),
                 Err(RecordError::OtherKey { .. }) => {}
                 Err(e) => return Err(corrupt(&key, e)),
             }

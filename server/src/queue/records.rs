@@ -95,6 +95,9 @@ pub(crate) fn decode_cursor(value: &[u8]) -> Result<Cursor, RecordError> {
 struct StoredSecrets {
     #[prost(btree_map = "string, string", tag = "1")]
     secrets: BTreeMap<String, String>,
+    /// When the gateway first saw these credentials (Unix ms; 0 unknown).
+    #[prost(uint64, tag = "2")]
+    first_seen_ms: u64,
 }
 
 /// Turns a route's secrets into the bytes stored on disk: the protobuf
@@ -103,21 +106,27 @@ struct StoredSecrets {
 ///
 /// With [`unseal_secrets`], the only place secrets cross the storage
 /// boundary.
-pub(crate) fn seal_secrets(key: &SealKey, context: &[u8], secrets: &Secrets) -> Vec<u8> {
+pub(crate) fn seal_secrets(
+    key: &SealKey,
+    context: &[u8],
+    secrets: &Secrets,
+    first_seen_ms: u64,
+) -> Vec<u8> {
     let stored = StoredSecrets {
         secrets: secrets.0.clone(),
+        first_seen_ms,
     };
     key.seal(context, &prost::Message::encode_to_vec(&stored))
 }
 
-/// Reads secrets stored by [`seal_secrets`].
+/// Reads secrets stored by [`seal_secrets`], with when they were first seen.
 pub(crate) fn unseal_secrets(
     key: &SealKey,
     context: &[u8],
     value: &[u8],
-) -> Result<Secrets, RecordError> {
+) -> Result<(Secrets, u64), RecordError> {
     let stored: StoredSecrets = prost::Message::decode(key.open(context, value)?.as_slice())?;
-    Ok(Secrets(stored.secrets))
+    Ok((Secrets(stored.secrets), stored.first_seen_ms))
 }
 
 #[cfg(test)]
@@ -134,11 +143,11 @@ mod tests {
     #[test]
     fn sealed_secrets_round_trip_and_are_not_readable_on_disk() {
         let key = SealKey::derive(b"0123456789abcdef0123");
-        let mut sealed = seal_secrets(&key, b"r/route", &secrets());
+        let mut sealed = seal_secrets(&key, b"r/route", &secrets(), 7);
         assert!(!sealed.windows(20).any(|w| w == b"tok-visible-in-plain"));
         assert_eq!(
             unseal_secrets(&key, b"r/route", &sealed).ok(),
-            Some(secrets())
+            Some((secrets(), 7))
         );
         let last = sealed.len() - 1;
         sealed[last] ^= 0xff;
@@ -157,7 +166,7 @@ mod tests {
     fn a_record_sealed_under_another_key_names_the_signing_key_as_the_fix() {
         let old = SealKey::derive(b"0123456789abcdef0123");
         let new = SealKey::derive(b"fedcba9876543210fedc");
-        let sealed = seal_secrets(&old, b"r/route", &secrets());
+        let sealed = seal_secrets(&old, b"r/route", &secrets(), 0);
         let err = unseal_secrets(&new, b"r/route", &sealed).unwrap_err();
         assert!(matches!(err, RecordError::OtherKey { .. }));
         let shown = err.to_string();

@@ -1408,3 +1408,62 @@ async fn any_single_flipped_byte_of_a_segment_file_loses_at_most_its_segment_and
         assert!(lost <= 10, "byte {at}: at most one segment lost");
     }
 }
+
+#[tokio::test]
+async fn when_a_routes_secrets_were_first_seen_survives_a_restart_and_an_update() {
+    let dir = TempDir::new().unwrap();
+    let r = route("a1", "c1");
+    {
+        let queue = open(&dir);
+        queue.put_route_since(&r, &secrets("token"), 1_000).unwrap();
+        // Adopting newer secrets stores their own first-seen time.
+        queue.put_route_since(&r, &secrets("newer"), 2_000).unwrap();
+        queue.flush().await.unwrap();
+    }
+    let (queue, _) = reopen(&dir);
+    assert_eq!(
+        queue.stored_routes().unwrap(),
+        vec![(r.clone(), secrets("newer"), 2_000)]
+    );
+}
+
+#[tokio::test]
+async fn a_route_is_removed_only_once_no_queued_segment_is_tagged_with_it() {
+    let dir = TempDir::new().unwrap();
+    let r1 = route("a1", "c1");
+    let r2 = route("a1", "c2");
+    {
+        let queue = open(&dir);
+        queue.put_route(&r1, &secrets("one")).unwrap();
+        queue.put_route(&r2, &secrets("two")).unwrap();
+        append(
+            &queue,
+            "a1",
+            "srv",
+            1,
+            lines("l", 1, 3),
+            &[r1.clone(), r2.clone()],
+        )
+        .await;
+        let last = read_all(&queue, &r1).last().unwrap().cursor;
+        queue.commit(&r1, last).unwrap();
+        assert!(
+            !queue.remove_route(&r1).unwrap(),
+            "r2 still needs the segment tagged with r1"
+        );
+        queue.commit(&r2, last).unwrap();
+        queue.flush().await.unwrap();
+        assert_eq!(queue.depth("a1"), (0, 0), "the segment is deleted");
+        assert!(queue.remove_route(&r1).unwrap());
+        assert!(!queue.remove_route(&r1).unwrap(), "already gone");
+        queue.flush().await.unwrap();
+    }
+    let (queue, _) = reopen(&dir);
+    let stored: Vec<RouteKey> = queue
+        .routes()
+        .unwrap()
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(stored, vec![r2.clone()]);
+}

@@ -180,7 +180,8 @@ pub struct DestinationStatus {
     /// Last request the vendor accepted (Unix seconds), since the gateway
     /// started.
     pub last_success_unix: Option<u64>,
-    /// For example "replaying with newer credentials (cred id …)".
+    /// For example "delivering with a newer deployment's credentials
+    /// (cred id …, first seen …)".
     pub note: Option<String>,
 }
 

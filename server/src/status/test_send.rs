@@ -2,13 +2,18 @@
 //! agent, with the credentials the gateway holds for it, and each vendor's
 //! answer.
 //!
-//! Each route gets a fresh sink built from its stored secrets (as its
-//! worker's was) and one [`crate::sinks::Sink::send`], outside the queue: the
-//! line is not queued, no cursor moves and the route's worker and status
-//! are not touched. Answers are the sinks' redacted errors; never a secret.
+//! Each route's own sink (its worker's, with its pooled connections) makes
+//! one [`crate::sinks::Sink::send`], outside the queue: the line is not
+//! queued, no cursor moves and the route's worker and status are not
+//! touched. A route whose secrets build no sink answers why. Answers are the
+//! sinks' redacted errors; never a secret. [`Limiter`] allows one test-send
+//! per agent per [`TEST_SEND_INTERVAL`].
 
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use logdrain::v1::{Line, Origin, StreamKind};
@@ -101,7 +106,11 @@ pub async fn run(engine: &Engine<Queue>, sinks: &SinkFactory, agent_id: &str) ->
                 return result;
             };
             result.location = locate(&route, &secrets, sinks.settings()).ok();
-            match sinks.build(&route, &secrets) {
+            let sink = match engine.route_sink(&route) {
+                Some(sink) => Ok(sink),
+                None => sinks.build(&route, &secrets),
+            };
+            match sink {
                 Err(e) => result.answer = e.to_string(),
                 Ok(sink) => match sink.send(std::slice::from_ref(&line)).await {
                     Ok(outcome) if outcome.rejected > 0 => {
@@ -137,6 +146,30 @@ pub async fn run(engine: &Engine<Queue>, sinks: &SinkFactory, agent_id: &str) ->
     }
 }
 
+/// Shortest time between two test-sends of one agent: each sends one
+/// request per route.
+pub const TEST_SEND_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When each agent last ran a test-send. Holds only agents within
+/// [`TEST_SEND_INTERVAL`] of their last one.
+#[derive(Clone, Default)]
+pub struct Limiter(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Limiter {
+    /// Starts a test-send of `agent_id` at `now`, or says how long until
+    /// the agent may run the next one.
+    pub fn start(&self, agent_id: &str, now: Instant) -> Result<(), Duration> {
+        // Times only: a panic elsewhere cannot leave them inconsistent.
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        last.retain(|_, at| now.saturating_duration_since(*at) < TEST_SEND_INTERVAL);
+        if let Some(at) = last.get(agent_id) {
+            return Err(TEST_SEND_INTERVAL.saturating_sub(now.saturating_duration_since(*at)));
+        }
+        last.insert(agent_id.to_string(), now);
+        Ok(())
+    }
+}
+
 /// The answer as text, one block per destination.
 pub fn render_text(report: &TestSendReport) -> String {
     let mut out = format!("sent to agent {}: {}\n", report.agent_id, report.line);
@@ -154,4 +187,27 @@ pub fn render_text(report: &TestSendReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_may_test_send_once_per_interval_and_others_are_not_held_back() {
+        let limiter = Limiter::default();
+        let t0 = Instant::now();
+        assert_eq!(limiter.start("a1", t0), Ok(()));
+        let soon = t0 + Duration::from_secs(3);
+        assert_eq!(
+            limiter.start("a1", soon),
+            Err(TEST_SEND_INTERVAL - Duration::from_secs(3))
+        );
+        assert_eq!(limiter.start("a2", soon), Ok(()));
+        assert_eq!(limiter.start("a1", t0 + TEST_SEND_INTERVAL), Ok(()));
+        // Only agents within the interval are remembered.
+        let later = t0 + TEST_SEND_INTERVAL * 3;
+        assert_eq!(limiter.start("a3", later), Ok(()));
+        assert_eq!(limiter.0.lock().unwrap().len(), 1);
+    }
 }

@@ -37,6 +37,19 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Waits of a parked route (credentials refused, sink misconfigured)
+    /// that first waited about `interval`: half of it to 30 times it, half
+    /// of each wait random, so routes parked together drift apart and
+    /// long-refused credentials cost few vendor requests.
+    pub fn parked(interval: Duration) -> Self {
+        Self {
+            min: interval / 2,
+            max: interval.saturating_mul(30),
+            jitter: 0.5,
+            retry_after_cap: interval.saturating_mul(30),
+        }
+    }
+
     /// The undithered delay after `failures` consecutive failures (1 = the
     /// first failure): `min × 2^(failures−1)`, capped at `max`.
     pub fn base_delay(&self, failures: u32) -> Duration {
@@ -91,6 +104,12 @@ impl Backoff {
             Some(after) => self.policy.honour(after),
             None => self.policy.delay(self.failures, rand::random::<f64>()),
         }
+    }
+
+    /// A backoff whose first delay is the one after `failures` earlier
+    /// failures.
+    pub fn after(policy: RetryPolicy, failures: u32) -> Self {
+        Self { policy, failures }
     }
 
     /// A success: the next failure starts again from `min`.

@@ -38,9 +38,19 @@ pub trait Source: Send + Sync + 'static {
     /// A signal that changes whenever lines are appended for `agent_id`.
     fn subscribe(&self, agent_id: &str) -> watch::Receiver<u64>;
 
-    /// Stores the secrets `route` delivers with, so they survive a restart
-    /// (used when a parked route adopts newer credentials).
-    fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), Self::Error>;
+    /// Stores the secrets `route` delivers with and when they were first
+    /// seen (Unix ms), so they survive a restart (used when a parked route
+    /// adopts newer credentials).
+    fn put_route(
+        &self,
+        route: &RouteKey,
+        secrets: &Secrets,
+        first_seen_ms: u64,
+    ) -> Result<(), Self::Error>;
+
+    /// Removes an expired route once no queued line is tagged with it;
+    /// says whether it did.
+    fn remove_route(&self, route: &RouteKey) -> Result<bool, Self::Error>;
 }
 
 impl Source for Queue {
@@ -68,8 +78,17 @@ impl Source for Queue {
         Queue::subscribe(self, agent_id)
     }
 
-    fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), QueueError> {
-        Queue::put_route(self, route, secrets)
+    fn put_route(
+        &self,
+        route: &RouteKey,
+        secrets: &Secrets,
+        first_seen_ms: u64,
+    ) -> Result<(), QueueError> {
+        Queue::put_route_since(self, route, secrets, first_seen_ms)
+    }
+
+    fn remove_route(&self, route: &RouteKey) -> Result<bool, QueueError> {
+        Queue::remove_route(self, route)
     }
 }
 
@@ -95,6 +114,7 @@ pub(crate) mod memory {
         committed: HashMap<RouteKey, Cursor>,
         signals: HashMap<String, watch::Sender<u64>>,
         stored: HashMap<RouteKey, Secrets>,
+        removed: Vec<RouteKey>,
         fail_reads: u32,
     }
 
@@ -152,6 +172,11 @@ pub(crate) mod memory {
         /// The secrets last stored for `route` with `put_route`.
         pub(crate) fn stored_secrets(&self, route: &RouteKey) -> Option<Secrets> {
             self.state.lock().unwrap().stored.get(route).cloned()
+        }
+
+        /// Routes removed with `remove_route`, in order.
+        pub(crate) fn removed(&self) -> Vec<RouteKey> {
+            self.state.lock().unwrap().removed.clone()
         }
 
         /// The cursor of the last line pushed for `agent`.
@@ -212,10 +237,23 @@ pub(crate) mod memory {
                 .subscribe()
         }
 
-        fn put_route(&self, route: &RouteKey, secrets: &Secrets) -> Result<(), MemoryError> {
+        fn put_route(
+            &self,
+            route: &RouteKey,
+            secrets: &Secrets,
+            _first_seen_ms: u64,
+        ) -> Result<(), MemoryError> {
             let mut state = self.state.lock().unwrap();
             state.stored.insert(route.clone(), secrets.clone());
             Ok(())
+        }
+
+        fn remove_route(&self, route: &RouteKey) -> Result<bool, MemoryError> {
+            let mut state = self.state.lock().unwrap();
+            state.stored.remove(route);
+            state.committed.remove(route);
+            state.removed.push(route.clone());
+            Ok(true)
         }
     }
 }

@@ -81,8 +81,8 @@ pub struct RouteStatus {
     /// newer credentials of another route for the same agent and
     /// destination: that route's credential id (a hash, never a secret).
     pub adopted_cred_id: Option<String>,
-    /// What an operator should know beyond the state, e.g. "replaying with
-    /// newer credentials (cred id …)". Never contains a secret.
+    /// What an operator should know beyond the state, e.g. "delivering with
+    /// a newer deployment's credentials (cred id …, first seen …)". Never contains a secret.
     pub note: Option<String>,
 }
 

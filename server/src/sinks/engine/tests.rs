@@ -411,14 +411,18 @@ async fn refused_credentials_park_the_route_keep_the_lines_and_resume() {
         None,
         "lines are kept"
     );
-    assert_eq!(sink.call_times(), [t0, t0 + Duration::from_secs(60)]);
+    // The first wait is half to all of the park interval (60 s).
+    let second = sink.call_times()[1] - t0;
+    assert!((30..=60).contains(&second.as_secs()), "{second:?}");
 
     accept.store(true, Ordering::SeqCst);
     until("committed", || {
         source.committed_cursor(&route("a1")).is_some()
     })
     .await;
-    assert_eq!(sink.call_times()[2], t0 + Duration::from_secs(120));
+    // The next one is slower: one to two park intervals.
+    let third = sink.call_times()[2] - sink.call_times()[1];
+    assert!((60..=120).contains(&third.as_secs()), "{third:?}");
     assert_eq!(sink.delivered(), ["x0", "x1", "x2"]);
     until("unparked", || {
         status_of(&engine, "a1").state == RouteState::Idle
@@ -962,9 +966,12 @@ async fn a_route_parked_with_refused_credentials_replays_its_backlog_with_newer_
     assert_eq!(engine.current_secrets(&old), Some(token("key-b")));
     let status = status_of_route(&engine, &old);
     assert_eq!(status.adopted_cred_id.as_deref(), Some("bbbb"));
-    assert_eq!(
-        status.note.as_deref(),
-        Some("replaying with newer credentials (cred id bbbb)")
+    let note = status.note.clone().unwrap_or_default();
+    assert!(
+        note.starts_with(
+            "delivering with a newer deployment's credentials (cred id bbbb, first seen 20"
+        ),
+        "{note}"
     );
     assert_eq!(status.consecutive_failures, 0);
     let json = serde_json::to_string(&status).unwrap();
@@ -1025,7 +1032,6 @@ async fn a_parked_route_whose_agent_never_redeploys_stays_parked_and_keeps_its_l
     };
     engine.offer_credentials(&other_kind, &token("key-b"));
 
-    // An hour and a second: attempts at 0, 60, ..., 3600 s.
     sleep(Duration::from_secs(3601)).await;
     let status = status_of_route(&engine, &parked);
     assert_eq!(status.state, RouteState::Unauthorized);
@@ -1033,8 +1039,14 @@ async fn a_parked_route_whose_agent_never_redeploys_stays_parked_and_keeps_its_l
     assert_eq!(source.committed_cursor(&parked), None, "lines are kept");
     assert_eq!(source.stored_secrets(&parked), None);
     assert!(vendor.delivered_by("aaaa").is_empty());
-    // Tried again every park interval, with its own key only.
-    assert_eq!(vendor.attempts_with("aaaa", "key-a").len(), 61);
+    // Tried again ever more slowly (at least 30 s, then 60, 120, ...
+    // up to 15 min between attempts), with its own key only.
+    let attempts = vendor.attempts_with("aaaa", "key-a");
+    assert!((2..=8).contains(&attempts.len()), "{attempts:?}");
+    for (i, pair) in attempts.windows(2).enumerate() {
+        let gap = (pair[1] - pair[0]).as_secs();
+        assert!(gap >= (30u64 << i.min(5)).min(900), "attempt {i}: {gap} s");
+    }
     assert!(vendor.attempts_with("aaaa", "key-b").is_empty());
 }
 
@@ -1170,17 +1182,121 @@ async fn a_parked_route_never_adopts_credentials_that_are_refused_too() {
     .await;
 
     sleep(Duration::from_secs(600)).await;
-    // A took B's key when B's stream opened (B was not known to be refused
-    // yet); once both are refused neither hands its key to the other again.
-    assert_eq!(engine.current_secrets(&a), Some(token("key-b")));
+    // Credentials that never delivered are never handed on, either way.
+    assert_eq!(engine.current_secrets(&a), Some(token("key-a")));
     assert_eq!(engine.current_secrets(&b), Some(token("key-b")));
-    assert_eq!(
-        vendor.attempts_with("bbbb", "key-a").len(),
-        0,
-        "a refused key is never handed on"
-    );
+    assert!(vendor.attempts_with("aaaa", "key-b").is_empty());
+    assert!(vendor.attempts_with("bbbb", "key-a").is_empty());
     assert_eq!(source.committed_cursor(&a), None, "lines are kept");
     assert_eq!(source.committed_cursor(&b), None, "lines are kept");
+}
+
+/// Deploy 1 delivers with key A; deploy 2 brings `newer` for the same
+/// destination. Returns the engine and both routes once deploy 2's route
+/// has parked.
+async fn redeploy_with(
+    source: &MemorySource,
+    vendor: &KeyedVendor,
+    newer: &str,
+) -> (Engine<MemorySource>, RouteKey, RouteKey) {
+    let engine = vendor.engine(source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    push(source, "a1", &payloads("deploy-1", 2));
+    engine.ensure_route(old.clone(), token("key-a"));
+    engine.offer_credentials(&old, &token("key-a"));
+    until("deploy 1 delivered", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+    })
+    .await;
+    push(source, "a1", &payloads("deploy-2", 2));
+    engine.ensure_route(new.clone(), token(newer));
+    engine.offer_credentials(&new, &token(newer));
+    (engine, old, new)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_deployment_with_invalid_secrets_stays_parked_and_never_takes_the_older_credentials(
+) {
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-a"]);
+    let (engine, _old, new) = redeploy_with(&source, &vendor, "invalid-region").await;
+    sleep(Duration::from_secs(600)).await;
+
+    let status = status_of_route(&engine, &new);
+    assert_eq!(status.state, RouteState::Config, "{status:?}");
+    assert!(status.last_error.is_some(), "its own error is shown");
+    assert_eq!(status.adopted_cred_id, None);
+    assert_eq!(status.note, None);
+    assert_eq!(engine.current_secrets(&new), Some(token("invalid-region")));
+    assert_eq!(source.stored_secrets(&new), None);
+    assert!(
+        vendor.delivered_by("bbbb").is_empty(),
+        "nothing sent with key A"
+    );
+    assert_eq!(source.committed_cursor(&new), None, "lines are kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newer_deployment_whose_credentials_are_refused_stays_unauthorized_and_never_takes_the_older_ones(
+) {
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-a"]);
+    let (engine, _old, new) = redeploy_with(&source, &vendor, "key-b").await;
+    until("deploy 2 parked", || {
+        status_of_route(&engine, &new).state == RouteState::Unauthorized
+    })
+    .await;
+    sleep(Duration::from_secs(600)).await;
+
+    let status = status_of_route(&engine, &new);
+    assert_eq!(status.state, RouteState::Unauthorized, "{status:?}");
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("the vendor refused the credentials: Datadog answered 403 Forbidden"),
+        "the 403 is shown"
+    );
+    assert_eq!(status.adopted_cred_id, None);
+    assert_eq!(status.note, None);
+    assert_eq!(engine.current_secrets(&new), Some(token("key-b")));
+    assert!(
+        vendor.attempts_with("bbbb", "key-a").is_empty(),
+        "key A never used"
+    );
+    assert!(vendor.delivered_by("bbbb").is_empty());
+    assert_eq!(source.committed_cursor(&new), None, "lines are kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_older_deployment_refused_adopts_the_newer_credentials_once_they_deliver() {
+    // The mirror: deploy 1's key A is refused, deploy 2's key B is good.
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-b"]);
+    let engine = vendor.engine(&source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    let backlog = payloads("x", 3);
+    push(&source, "a1", &backlog);
+    engine.ensure_route(old.clone(), token("key-a"));
+    until("deploy 1 parked", || {
+        status_of_route(&engine, &old).state == RouteState::Unauthorized
+    })
+    .await;
+    engine.ensure_route(new.clone(), token("key-b"));
+    engine.offer_credentials(&new, &token("key-b"));
+    until("deploy 1's backlog delivered", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+    })
+    .await;
+
+    assert_eq!(vendor.delivered_by("aaaa"), with_token("key-b", &backlog));
+    assert_eq!(engine.current_secrets(&old), Some(token("key-b")));
+    assert_eq!(source.stored_secrets(&old), Some(token("key-b")));
+    let status = status_of_route(&engine, &old);
+    assert_eq!(status.adopted_cred_id.as_deref(), Some("bbbb"));
+    let note = status.note.unwrap_or_default();
+    assert!(note.contains("cred id bbbb, first seen "), "{note}");
+    assert!(!note.contains("key-"), "{note}");
 }
 
 /// What [`OverlapSink`] saw, in order.
@@ -1559,4 +1675,202 @@ async fn a_sink_without_a_window_gets_every_line_at_its_own_time() {
     engine.ensure_route(route("a1"), Secrets::default());
     until("delivered", || !seen.lock().unwrap().is_empty()).await;
     assert_eq!(*seen.lock().unwrap(), [(1, None)]);
+}
+
+// --- Bounded routes per agent ---
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_distinct_credentials_hits_the_route_limit_and_vendor_requests_stay_bounded() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 2));
+    // Every token is refused: each route parks.
+    let vendor = KeyedVendor::accepting(&[]);
+    let engine = vendor.engine(&source);
+    let limit = EngineSettings::default().max_routes_per_agent;
+    let mut refused = Vec::new();
+    for i in 0..300 {
+        let route = cred_route("a1", &format!("c{i:03}"));
+        match engine.check_route_limit("a1", std::slice::from_ref(&route)) {
+            Ok(()) => engine.ensure_route(route, token(&format!("bogus-{i}"))),
+            Err(error) => refused.push(error),
+        }
+    }
+    assert_eq!(refused.len(), 300 - limit);
+    assert_eq!(
+        refused[0],
+        EngineError::TooManyRoutes {
+            agent_id: "a1".into(),
+            known: limit,
+            adding: 1,
+            limit
+        }
+    );
+    let shown = refused[0].to_string();
+    assert!(
+        shown.contains("--max-routes-per-agent") && shown.contains("LOGDRAIN_MAX_ROUTES_PER_AGENT"),
+        "{shown}"
+    );
+    assert!(!shown.contains("bogus"), "{shown}");
+    // Known routes, and other agents, still pass.
+    assert_eq!(
+        engine.check_route_limit("a1", &[cred_route("a1", "c000")]),
+        Ok(())
+    );
+    assert_eq!(
+        engine.check_route_limit("a2", &[cred_route("a2", "c999")]),
+        Ok(())
+    );
+
+    sleep(Duration::from_secs(5 * 60)).await;
+    let statuses = engine.statuses();
+    assert_eq!(statuses.len(), limit);
+    assert!(statuses.iter().all(|s| s.state == RouteState::Unauthorized));
+    // A parked route waits at least 30 s, then 60, then 120 s: at most 4
+    // attempts each in 5 minutes.
+    let attempts = vendor.attempts.lock().unwrap().clone();
+    assert!(
+        attempts.len() <= limit * 4,
+        "{} vendor requests",
+        attempts.len()
+    );
+    // Jittered: the routes parked together do not retry together.
+    let second_attempts: std::collections::HashSet<Instant> = (0..limit)
+        .filter_map(|i| {
+            let cred = format!("c{i:03}");
+            let mine: Vec<Instant> = attempts
+                .iter()
+                .filter(|(c, _, _)| *c == cred)
+                .map(|(_, _, at)| *at)
+                .collect();
+            mine.get(1).copied()
+        })
+        .collect();
+    assert!(second_attempts.len() > 1, "{second_attempts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn test_send_borrows_the_routes_own_sink_and_a_route_without_one_lends_none() {
+    let source = MemorySource::default();
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |_, _| {
+        Reply::Now(Ok(SendOutcome::accepted()))
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+    let lent = engine
+        .route_sink(&route("a1"))
+        .expect("the route has a sink");
+    assert!(std::ptr::addr_eq(Arc::as_ptr(&lent), Arc::as_ptr(&sink)));
+
+    let vendor = KeyedVendor::accepting(&[]);
+    let keyed = vendor.engine(&source);
+    let invalid = cred_route("a1", "aaaa");
+    keyed.ensure_route(invalid.clone(), token("invalid-region"));
+    assert!(keyed.route_sink(&invalid).is_none());
+    assert!(keyed.route_sink(&cred_route("a1", "unknown")).is_none());
+}
+
+// --- Idle routes expire ---
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_route_without_streams_or_lines_expires_after_the_idle_time_and_stops_calling_the_vendor(
+) {
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&[]);
+    let engine = vendor.engine(&source);
+    let refused = cred_route("a1", "aaaa");
+    engine.ensure_route(refused.clone(), token("key-a"));
+    engine.attach(&refused);
+    // Lines come, are refused, then are gone (as the quota drops them).
+    push(&source, "a1", &payloads("x", 2));
+    until("parked", || {
+        status_of_route(&engine, &refused).state == RouteState::Unauthorized
+    })
+    .await;
+    let expiry = EngineSettings::default().route_idle_expiry;
+    sleep(expiry * 2).await;
+    assert!(engine.expire_idle().is_empty(), "a stream still carries it");
+    engine.detach(&refused);
+    sleep(expiry * 2).await;
+    assert!(
+        engine.expire_idle().is_empty(),
+        "its lines are still queued"
+    );
+    engine.attach(&refused);
+    source
+        .commit(&refused, source.last_cursor("a1").unwrap())
+        .unwrap();
+    engine.detach(&refused);
+    sleep(expiry - Duration::from_secs(1)).await;
+    assert!(engine.expire_idle().is_empty(), "not idle long enough");
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(engine.expire_idle(), std::slice::from_ref(&refused));
+
+    assert!(engine.statuses().is_empty());
+    assert_eq!(source.removed(), std::slice::from_ref(&refused));
+    let attempts = vendor.attempts_with("aaaa", "key-a").len();
+    sleep(Duration::from_secs(24 * 60 * 60)).await;
+    assert_eq!(vendor.attempts_with("aaaa", "key-a").len(), attempts);
+    // The route's credentials may come back: a new route.
+    engine.ensure_route(refused.clone(), token("key-a"));
+    assert_eq!(engine.statuses().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_route_that_delivers_never_expires_and_an_unused_one_does() {
+    let source = MemorySource::default();
+    let vendor = KeyedVendor::accepting(&["key-a", "key-b"]);
+    let engine = vendor.engine(&source);
+    let delivering = cred_route("a1", "aaaa");
+    engine.ensure_route(delivering.clone(), token("key-a"));
+    push(&source, "a1", &payloads("x", 2));
+    until("delivered", || {
+        source.committed_cursor(&delivering) == source.last_cursor("a1")
+    })
+    .await;
+    // Known for another agent that never sends a line.
+    let unused = cred_route("a2", "bbbb");
+    engine.ensure_route(unused.clone(), token("key-b"));
+
+    sleep(EngineSettings::default().route_idle_expiry * 3).await;
+    assert_eq!(engine.expire_idle(), [unused]);
+    assert_eq!(engine.statuses().len(), 1);
+    assert_eq!(
+        status_of_route(&engine, &delivering).state,
+        RouteState::Idle
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_restart_the_stored_first_seen_times_decide_which_way_credentials_may_move() {
+    // As restored from the queue: deploy 1 (key A) and deploy 2, first seen
+    // a second apart, by a clock ahead of today's (it stepped back since).
+    let source = MemorySource::default();
+    let backlog = payloads("x", 2);
+    push(&source, "a1", &backlog);
+    let vendor = KeyedVendor::accepting(&["key-a"]);
+    let engine = vendor.engine(&source);
+    let old = cred_route("a1", "aaaa");
+    let new = cred_route("a1", "bbbb");
+    const DEPLOY_1: u64 = 4_000_000_000_000;
+    const DEPLOY_2: u64 = DEPLOY_1 + 1_000;
+    engine.ensure_route_since(old.clone(), token("key-a"), DEPLOY_1);
+    engine.ensure_route_since(new.clone(), token("key-b"), DEPLOY_2);
+    until("old delivered, new parked", || {
+        source.committed_cursor(&old) == source.last_cursor("a1")
+            && status_of_route(&engine, &new).state == RouteState::Unauthorized
+    })
+    .await;
+    sleep(Duration::from_secs(600)).await;
+    assert_eq!(engine.current_secrets(&new), Some(token("key-b")));
+    assert!(vendor.attempts_with("bbbb", "key-a").is_empty());
+
+    // Key B starts working: deploy 1's route stays on its own key (it
+    // delivers), and a route opened now is newer than both.
+    vendor.accepted_tokens.lock().unwrap().push("key-b".into());
+    until("new delivered", || {
+        source.committed_cursor(&new) == source.last_cursor("a1")
+    })
+    .await;
+    assert_eq!(engine.current_secrets(&old), Some(token("key-a")));
+    assert!(engine.first_seen(&cred_route("a1", "cccc")) > DEPLOY_2);
 }

@@ -25,7 +25,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use super::batch::Pending;
 use super::late::{self, Restamps};
-use super::retry::{action_for, Action, Backoff};
+use super::retry::{action_for, Action, Backoff, RetryPolicy};
 use super::source::Source;
 use super::status::{RouteState, StatusCell};
 use super::{EngineSettings, Inner};
@@ -97,8 +97,8 @@ pub(super) struct Parts<S> {
     pub settings: EngineSettings,
     pub status: StatusCell,
     pub stop: Stop,
-    /// The engine, told when the route parks so it can adopt newer
-    /// credentials. Weak: workers must not keep a stopped engine alive.
+    /// The engine, told when the route parks or first delivers, so routes
+    /// can adopt newer credentials. Weak: workers must not keep a stopped engine alive.
     pub engine: Weak<Inner<S>>,
 }
 
@@ -161,6 +161,8 @@ pub(super) struct Worker<S> {
     backoff: Backoff,
     /// Failures of the queue itself.
     source_backoff: Backoff,
+    /// Attempts while parked: slower each time, jittered.
+    park_backoff: Backoff,
     pending: Pending,
     /// The next full batch, cut while the current one is sent, so that its
     /// encoding overlaps the vendor's round trip. Requests still go out one
@@ -177,11 +179,13 @@ impl<S: Source> Worker<S> {
     pub fn new(parts: Parts<S>) -> Self {
         let limits = parts.sink.limits();
         let policy = parts.settings.retry;
+        let parts_park_interval = parts.settings.park_interval;
         Self {
             parts,
             limits,
             backoff: Backoff::new(policy),
             source_backoff: Backoff::new(policy),
+            park_backoff: parked_backoff(parts_park_interval),
             pending: Pending::new(),
             ahead: None,
             position: None,
@@ -494,10 +498,8 @@ impl<S: Source> Worker<S> {
                             // credentials: the sleep below then ends at once.
                             engine.parked(&self.parts.route);
                         }
-                        self.parts
-                            .stop
-                            .sleep(self.parts.settings.park_interval)
-                            .await?;
+                        let delay = self.park_backoff.fail(None);
+                        self.parts.stop.sleep(delay).await?;
                     }
                 }
             }
@@ -571,7 +573,11 @@ impl<S: Source> Worker<S> {
             .hold_off
             .map(|wait| Instant::now() + wait.min(self.parts.settings.retry.retry_after_cap));
         self.backoff.reset();
+        self.park_backoff = parked_backoff(self.parts.settings.park_interval);
+        let mut first = false;
         self.parts.status.update(|s| {
+            // First success since start, or since it was parked.
+            first = s.last_success_unix.is_none() || super::is_parked(s.state);
             s.delivered_lines += sent - rejected;
             s.delivered_requests += 1;
             s.dropped_lines += rejected;
@@ -582,6 +588,12 @@ impl<S: Source> Worker<S> {
                 .map(|d| d.as_secs());
         });
         self.parts.status.set_state(RouteState::Delivering);
+        if first {
+            if let Some(engine) = self.parts.engine.upgrade() {
+                // Older parked routes may now adopt these credentials.
+                engine.delivered(&self.parts.route);
+            }
+        }
     }
 
     fn failed(&self, error: &SinkError, lines: usize) {
@@ -653,6 +665,11 @@ impl<S: Source> Worker<S> {
 }
 
 /// Nanoseconds since the Unix epoch (0 before it, saturating far after).
+/// The first wait is drawn from `[interval / 2, interval]`.
+fn parked_backoff(interval: Duration) -> Backoff {
+    Backoff::after(RetryPolicy::parked(interval), 1)
+}
+
 fn unix_nanos(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
