@@ -28,7 +28,7 @@ use logdrain::v1::{Line, Origin, StreamKind};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::queue::{Append, Queue, QuotaDrop};
+use crate::queue::{Append, Queue, QueueError, QuotaDrop};
 use crate::route::RouteKey;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::status::{RouteState, RouteStatus};
@@ -74,10 +74,41 @@ impl Episode {
     }
 }
 
+/// The notice stream of this gateway run: one boot id, the next seq.
+struct NoticeStream {
+    boot_id: String,
+    seq: u64,
+}
+
+impl NoticeStream {
+    /// Queues `text` as one line for `route` only.
+    async fn write(
+        &mut self,
+        queue: &Queue,
+        route: &RouteKey,
+        text: String,
+    ) -> Result<(), QueueError> {
+        let written = queue
+            .append(Append {
+                agent_id: &route.agent_id,
+                agent_server_id: NOTICE_SERVER_ID,
+                boot_id: &self.boot_id,
+                first_seq: self.seq,
+                lines: vec![notice_line(text)],
+                routes: std::slice::from_ref(route),
+            })
+            .await;
+        self.seq += 1;
+        written.map(|_| ())
+    }
+}
+
 async fn run(queue: Queue, engine: Engine<Queue>, settings: NoticeSettings, shutdown: Shutdown) {
     let interval = settings.interval;
-    let boot_id = format!("{:032x}", rand::random::<u128>());
-    let mut seq = 1u64;
+    let mut notices = NoticeStream {
+        boot_id: format!("{:032x}", rand::random::<u128>()),
+        seq: 1,
+    };
     // One entry per route at most.
     let mut episodes: HashMap<RouteKey, Episode> = HashMap::new();
     let mut restamps_due = tokio::time::interval(interval);
@@ -97,34 +128,13 @@ async fn run(queue: Queue, engine: Engine<Queue>, settings: NoticeSettings, shut
         };
         for (route, restamps, max_age) in restamps {
             let text = restamps.notice(route.kind.name(), max_age);
-            let written = queue
-                .append(Append {
-                    agent_id: &route.agent_id,
-                    agent_server_id: NOTICE_SERVER_ID,
-                    boot_id: &boot_id,
-                    first_seq: seq,
-                    lines: vec![notice_line(text)],
-                    routes: std::slice::from_ref(&route),
-                })
-                .await;
-            seq += 1;
-            if let Err(error) = written {
+            if let Err(error) = notices.write(&queue, &route, text).await {
                 tracing::warn!(route = %route, %error, "cannot queue the re-stamp notice");
             }
         }
         for drop in queue.take_damage_drops() {
-            let written = queue
-                .append(Append {
-                    agent_id: &drop.route.agent_id,
-                    agent_server_id: NOTICE_SERVER_ID,
-                    boot_id: &boot_id,
-                    first_seq: seq,
-                    lines: vec![notice_line(damage_text(&drop))],
-                    routes: std::slice::from_ref(&drop.route),
-                })
-                .await;
-            seq += 1;
-            if let Err(error) = written {
+            let text = damage_text(&drop);
+            if let Err(error) = notices.write(&queue, &drop.route, text).await {
                 tracing::warn!(route = %drop.route, %error, "cannot queue the damage notice");
             }
         }
@@ -173,20 +183,10 @@ async fn run(queue: Queue, engine: Engine<Queue>, settings: NoticeSettings, shut
                 continue;
             }
             let text = notice_text(&episode.total, settings.quota_bytes, &episode.cause.text);
-            let written = queue
-                .append(Append {
-                    agent_id: &route.agent_id,
-                    agent_server_id: NOTICE_SERVER_ID,
-                    boot_id: &boot_id,
-                    first_seq: seq,
-                    lines: vec![notice_line(text)],
-                    routes: std::slice::from_ref(route),
-                })
-                .await;
-            seq += 1;
+            let written = notices.write(&queue, route, text).await;
             episode.last_sent = Some(now);
             match written {
-                Ok(_) => episode.reported = episode.total.lines,
+                Ok(()) => episode.reported = episode.total.lines,
                 // Tried again after the interval, with the totals then.
                 Err(error) => tracing::warn!(route = %route, %error,
                     "cannot queue the drop notice; trying again later"),
