@@ -264,25 +264,29 @@ pub enum DatadogRegion {
     Us3,
     Us5,
     Us1Fed,
+    Us2Fed,
     Eu,
     Ap1,
     Ap2,
+    Uk1,
 }
 
 impl DatadogRegion {
-    pub const ALL: [DatadogRegion; 7] = [
+    pub const ALL: [DatadogRegion; 9] = [
         DatadogRegion::Us1,
         DatadogRegion::Us3,
         DatadogRegion::Us5,
         DatadogRegion::Us1Fed,
+        DatadogRegion::Us2Fed,
         DatadogRegion::Eu,
         DatadogRegion::Ap1,
         DatadogRegion::Ap2,
+        DatadogRegion::Uk1,
     ];
 
     /// The accepted values of `DATADOG_REGION`, as problems list them
     /// (the names of [`DatadogRegion::ALL`], pinned by a test).
-    pub const ACCEPTED: &'static str = "us1, us3, us5, us1-fed, eu, ap1, ap2";
+    pub const ACCEPTED: &'static str = "us1, us3, us5, us1-fed, us2-fed, eu, ap1, ap2, uk1";
 
     pub fn name(self) -> &'static str {
         match self {
@@ -290,9 +294,11 @@ impl DatadogRegion {
             DatadogRegion::Us3 => "us3",
             DatadogRegion::Us5 => "us5",
             DatadogRegion::Us1Fed => "us1-fed",
+            DatadogRegion::Us2Fed => "us2-fed",
             DatadogRegion::Eu => "eu",
             DatadogRegion::Ap1 => "ap1",
             DatadogRegion::Ap2 => "ap2",
+            DatadogRegion::Uk1 => "uk1",
         }
     }
 
@@ -303,9 +309,11 @@ impl DatadogRegion {
             DatadogRegion::Us3 => "us3.datadoghq.com",
             DatadogRegion::Us5 => "us5.datadoghq.com",
             DatadogRegion::Us1Fed => "ddog-gov.com",
+            DatadogRegion::Us2Fed => "us2.ddog-gov.com",
             DatadogRegion::Eu => "datadoghq.eu",
             DatadogRegion::Ap1 => "ap1.datadoghq.com",
             DatadogRegion::Ap2 => "ap2.datadoghq.com",
+            DatadogRegion::Uk1 => "uk1.datadoghq.com",
         }
     }
 
@@ -719,7 +727,7 @@ mod tests {
         assert_eq!(
             texts(&problems),
             [
-                r#"DATADOG_REGION is not a Datadog region; use one of us1, us3, us5, us1-fed, eu, ap1, ap2"#
+                r#"DATADOG_REGION is not a Datadog region; use one of us1, us3, us5, us1-fed, us2-fed, eu, ap1, ap2, uk1"#
             ]
         );
         assert_eq!(problems[0].secret(), DATADOG_REGION);
@@ -829,9 +837,11 @@ mod tests {
             ("us3", "us3.datadoghq.com"),
             ("us5", "us5.datadoghq.com"),
             ("us1-fed", "ddog-gov.com"),
+            ("us2-fed", "us2.ddog-gov.com"),
             ("eu", "datadoghq.eu"),
             ("ap1", "ap1.datadoghq.com"),
             ("ap2", "ap2.datadoghq.com"),
+            ("uk1", "uk1.datadoghq.com"),
         ];
         for (name, site) in expected {
             let region = DatadogRegion::from_secret(Some(name)).unwrap();

@@ -246,7 +246,7 @@ mod tests {
         assert_eq!(
             secrets.warnings(),
             [
-                r#"DATADOG_REGION is not a Datadog region; use one of us1, us3, us5, us1-fed, eu, ap1, ap2; lines are still sent and kept by the gateway until a deployment brings valid secrets"#
+                r#"DATADOG_REGION is not a Datadog region; use one of us1, us3, us5, us1-fed, us2-fed, eu, ap1, ap2, uk1; lines are still sent and kept by the gateway until a deployment brings valid secrets"#
             ]
         );
         // Forwarded all the same: the gateway keeps the data.

@@ -266,7 +266,7 @@ fn wrong_secrets_are_warned_about_at_start_and_the_agent_still_runs() {
     assert_eq!(
         warning("DATADOG_REGION"),
         "agent-shim: warning: DATADOG_REGION is not a Datadog region; \
-         use one of us1, us3, us5, us1-fed, eu, ap1, ap2; \
+         use one of us1, us3, us5, us1-fed, us2-fed, eu, ap1, ap2, uk1; \
          lines are still sent and kept by the gateway until a deployment brings valid secrets"
     );
     assert!(
