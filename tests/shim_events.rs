@@ -285,9 +285,9 @@ while not os.path.exists({stop:?}):
     let mut shim = ShimBuilder::new(&gateway.url(), "agent-deep", "replica-1")
         .env("DATADOG_TOKEN", DD_KEY)
         .env("LOGDRAIN_MULTILINE", "auto")
-        // Long enough for the shim to read the whole traceback, written at
-        // once; the next line can only arrive by this flush.
-        .env("LOGDRAIN_MULTILINE_FLUSH", "1s")
+        // Far longer than a stall between two reads of the traceback, which
+        // is written at once; the next line can only arrive by this flush.
+        .env("LOGDRAIN_MULTILINE_FLUSH", "5s")
         .spawn_args(&["python3", "-c", &script]);
     let (out, err) = capture(&mut shim);
     let entries =

@@ -91,9 +91,6 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnect backoff floor and cap.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// Shortest token removed from the gateway's messages (real ones are far
-/// longer).
-const MIN_REDACTED_TOKEN: usize = 8;
 /// Between attempts while every gateway refuses the shim for good (a
 /// gateway may be redeployed with the right key or version meanwhile).
 pub const REFUSED_RETRY: Duration = Duration::from_secs(300);
@@ -382,7 +379,7 @@ impl Shipper {
     /// token too short to be one is left, or every message would be
     /// garbled).
     fn redacted(&self, text: String) -> String {
-        if self.open.token.len() < MIN_REDACTED_TOKEN {
+        if self.open.token.len() < crate::redact::MIN_SECRET_BYTES {
             return text;
         }
         text.replace(&self.open.token, "<token>")
