@@ -1,25 +1,8 @@
 //! The shim's configuration: one clap struct ([`Config`]) where every option
 //! also reads an environment variable, and its validated form ([`Settings`]).
 //!
-//! | option | environment variable | default |
-//! |---|---|---|
-//! | `--gateway URL[,URL...]` | `LOGDRAIN_GATEWAY` | required |
-//! | `--token TOKEN` | `LOGDRAIN_TOKEN` | required, or: |
-//! | `--token-file PATH` | `LOGDRAIN_TOKEN_FILE` | (the token, in a file) |
-//! | `--agent-id ID` | `LOGDRAIN_AGENT_ID` | required |
-//! | `--agent-server-id ID` | `LOGDRAIN_AGENT_SERVER_ID` | the host name |
-//! | `--buffer-bytes SIZE` | `LOGDRAIN_BUFFER_BYTES` | `64MiB` |
-//! | `--drain-timeout DURATION` | `LOGDRAIN_DRAIN_TIMEOUT` | `10s` |
-//! | `--max-line-bytes SIZE` | `LOGDRAIN_MAX_LINE_BYTES` | `256KiB` |
-//! | `--batch-lines N` | `LOGDRAIN_BATCH_LINES` | `1000` |
-//! | `--batch-linger DURATION` | `LOGDRAIN_BATCH_LINGER` | `20ms` |
-//! | `--gateway-ca-file PATH` | `LOGDRAIN_GATEWAY_CA_FILE` | Mozilla roots only |
-//! | `--subreaper` | `LOGDRAIN_SUBREAPER` | off (automatic as PID 1) |
-//! | `--check` | `LOGDRAIN_CHECK` | off |
-//! | `--redact MODE` | `LOGDRAIN_REDACT` | `auto` |
-//! | `--multiline MODE` | `LOGDRAIN_MULTILINE` | `off` |
-//! | `--multiline-max-lines N` | `LOGDRAIN_MULTILINE_MAX_LINES` | `1000` |
-//! | `--multiline-flush DURATION` | `LOGDRAIN_MULTILINE_FLUSH` | `200ms` |
+//! The options, their variables and defaults are documented by clap
+//! (`agent-shim --help`, and `docs/reference/agent-shim.md`, generated from it).
 //!
 //! Environment values are read through clap only; this module never reads
 //! or changes the process environment itself. Secrets are not options: see
