@@ -39,8 +39,9 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     Ok(handle)
 }
 
-/// The HELP text of every metric (needs the recorder installed).
-fn describe() {
+/// The HELP text of every metric, given to the installed recorder (the
+/// reference test in `tests/reference.rs` reads it from here).
+pub fn describe() {
     describe_counter!(
         "logdrain_received_lines_total",
         "Lines received from shim streams, before de-duplication."
