@@ -4,7 +4,7 @@
 #
 # With cargo in the builder image (the default, Rust's official image) they
 # are built from the source. Without it (the offline base image) they are
-# taken from docker/bin/, where docker/offline-images.sh staged them.
+# taken from docker/bin/, where docker/offline.sh staged them.
 set -eu
 
 out=$1
@@ -21,7 +21,7 @@ for bin in $bins; do
     if [ ! -x "docker/bin/$bin" ]; then
         echo "binaries: the builder image has no cargo and docker/bin/$bin is missing." \
             "Where images can be pulled, leave BUILDER_IMAGE unset (Rust's image builds them);" \
-            "with no registry, run docker/offline-images.sh, which stages them." >&2
+            "with no registry, run docker/offline.sh, which stages them." >&2
         exit 1
     fi
     cp "docker/bin/$bin" "$out/"
