@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of logdrain from a fresh clone.
 #
-# 1. Installs the Python test peers (moto_server for CloudWatch Logs) into
-#    ./.venv, once per change of tests/requirements.txt, and promtool
+# 1. Installs the Python test peers (moto_server for CloudWatch Logs) and
+#    kubernetes-validate (tests/kubernetes.rs) into ./.venv, once per change
+#    of tests/requirements.txt, and promtool
 #    (Debian's prometheus package, for tests/prometheus.rs) when it is
 #    missing, and chromium (Debian's package, for the status page test in
 #    tests/status.rs): as root or with sudo, else it stops and says how.
@@ -24,6 +25,11 @@ if [ ! -x "$venv/bin/moto_server" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want
   echo "$want" > "$stamp"
 fi
 export LOGDRAIN_TEST_MOTO_SERVER="$PWD/$venv/bin/moto_server"
+# tests/kubernetes.rs validates deploy/kubernetes/ with it.
+export LOGDRAIN_TEST_KUBERNETES_VALIDATE="$PWD/$venv/bin/kubernetes-validate"
+# Everything the tests need is installed above: a test that would skip for a
+# missing tool fails instead.
+export LOGDRAIN_TEST_REQUIRE_ALL=1
 
 # Installs Debian package $2 when command $1 is missing (as root or with
 # sudo); otherwise stops and says how. $3 says which test needs it.
@@ -46,7 +52,7 @@ need() {
     exit 1
   }
 }
-need promtool prometheus "tests/prometheus.rs"
+need promtool prometheus "tests/prometheus.rs and tests/kubernetes.rs"
 need chromium chromium "the status page test in tests/status.rs"
 
 cargo test --workspace

@@ -23,8 +23,11 @@
 # passes silently.
 #
 # Environment (all optional):
-#   BASE_IMAGE            image the fleet builds on (default logdrain-base:bookworm,
-#                         made by docker/base-image.sh when missing; needs root)
+#   E2E_BUILD             offline (default): docker/offline.sh builds the images on
+#                         a local base image it makes when missing (needs root),
+#                         with binaries built on this machine; pull: `compose
+#                         build` builds them from the registry's Rust and Debian
+#                         images, as `docker compose up` does
 #   E2E_OUT               directory for the collected data (default: a new temp dir)
 #   E2E_WARMUP_S          seconds of normal running before the failover (20)
 #   E2E_FAULT_S           seconds the vendors refuse before gateway-1 is killed (6)
@@ -48,7 +51,8 @@ OUTAGE_S=${E2E_OUTAGE_S:-20}
 DISCONNECT_S=${E2E_DISCONNECT_S:-30}
 AGENT_ID=demo-agent
 FLEET_AWS_REGION=us-west-2
-DEFAULT_BASE_IMAGE=logdrain-base:bookworm
+E2E_BUILD=${E2E_BUILD:-offline}
+case $E2E_BUILD in offline | pull) ;; *) echo "e2e: E2E_BUILD=$E2E_BUILD: use offline or pull" >&2; exit 2 ;; esac
 VENDORS=(datadog cloudwatch sentry newrelic)
 # The compose file lets a shim drain for 60 s after its agent exits: a longer
 # cut would lose the lines of an agent that crashes meanwhile, by design.
@@ -155,33 +159,21 @@ intake_entries() { # VENDOR: the count the intake accepted
 
 # ---- 1. build what is missing, bring the fleet up ----
 build_started=$SECONDS
-BASE=${BASE_IMAGE:-$DEFAULT_BASE_IMAGE}
-if [ "$BASE" = "$DEFAULT_BASE_IMAGE" ] && ! docker image inspect "$BASE" >/dev/null 2>&1; then
-    log "making the base image $BASE (docker/base-image.sh, debootstrap)"
-    t=$SECONDS
-    if [ "$(id -u)" = 0 ]; then
-        "$ROOT/docker/base-image.sh"
-    elif sudo -n true 2>/dev/null; then
-        sudo "$ROOT/docker/base-image.sh"
-    else
-        die "the base image $BASE is missing and making it needs root: run 'sudo docker/base-image.sh' once"
-    fi
-    log "base image made in $((SECONDS - t)) s"
+if [ "$E2E_BUILD" = offline ]; then
+    log "building the images offline (docker/offline.sh: base image if missing, cargo, ${COMPOSE[*]} build)"
+    "$ROOT/docker/offline.sh" >"$OUT/build.log" 2>&1 || {
+        tail -n 30 "$OUT/build.log"
+        die "docker/offline.sh failed (log above)"
+    }
+    export BASE_IMAGE=${LOGDRAIN_BASE_IMAGE:-logdrain-base:bookworm} BUILDER_IMAGE=${LOGDRAIN_BASE_IMAGE:-logdrain-base:bookworm}
+else
+    log "building the images from the registry's base images (${COMPOSE[*]} build)"
+    dc build >"$OUT/build.log" 2>&1 || {
+        tail -n 30 "$OUT/build.log"
+        die "image build failed (log above)"
+    }
 fi
-log "building the release binaries (docker/build-binaries.sh)"
-t=$SECONDS
-"$ROOT/docker/build-binaries.sh" >"$OUT/cargo.log" 2>&1 || {
-    tail -n 30 "$OUT/cargo.log"
-    die "cargo build failed (log above)"
-}
-log "binaries ready in $((SECONDS - t)) s"
-log "building the images on $BASE (${COMPOSE[*]} build)"
-t=$SECONDS
-dc build >"$OUT/build.log" 2>&1 || {
-    tail -n 30 "$OUT/build.log"
-    die "image build failed (log above)"
-}
-log "images built in $((SECONDS - t)) s; build phase $((SECONDS - build_started)) s"
+log "build phase $((SECONDS - build_started)) s"
 
 dc down -v --remove-orphans >/dev/null 2>&1 || true
 log "starting the fleet (project $COMPOSE_PROJECT_NAME)"
