@@ -1,0 +1,335 @@
+//! Retiring a gateway with `logdrain-gateway handoff`: its backlog reaches a
+//! peer and the vendor whole, also when the handoff is killed midway; a
+//! handoff that cannot start changes nothing.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use logdrain_test_intake::{Fault, Vendor};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const AGENT: &str = "agent-retire";
+const REPLICAS: [&str; 3] = ["replica-1", "replica-2", "replica-3"];
+const LINES: usize = 3000;
+
+fn handoff_command(data_dir: &std::path::Path, to: &str) -> Command {
+    let mut command = Command::new(bin("logdrain-gateway"));
+    command
+        .args(["handoff", "--to", to])
+        .env("LOGDRAIN_DATA_DIR", data_dir)
+        .env("LOGDRAIN_SIGNING_KEY", SIGNING_KEY)
+        .env("LOGDRAIN_LOG", "info");
+    command
+}
+
+fn handoff(data_dir: &std::path::Path, to: &str) -> Output {
+    handoff_command(data_dir, to)
+        .output()
+        .expect("run logdrain-gateway handoff")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn expected(replica: &str) -> Vec<String> {
+    (1..=LINES)
+        .map(|i| format!("{replica} line {i} of a backlog that outlives its gateway"))
+        .collect()
+}
+
+/// Runs the three replicas' shims against `gateway` until every line is
+/// acked (the shims exit 0 only once drained).
+async fn fill_backlog(gateway: &Gateway) {
+    for replica in REPLICAS {
+        let mut shim = ShimBuilder::new(&gateway.url(), AGENT, replica)
+            .env("DATADOG_TOKEN", DD_KEY)
+            .spawn_sh(&format!(
+                "seq -f '{replica} line %g of a backlog that outlives its gateway' 1 {LINES}"
+            ));
+        let pipes = capture(&mut shim);
+        let status = wait_exit(&mut shim, Duration::from_secs(120)).await;
+        let stderr = String::from_utf8_lossy(&pipes.1.join().unwrap()).to_string();
+        assert!(status.success(), "{stderr}");
+        assert_drained(&stderr);
+    }
+}
+
+/// A TCP relay to `to` that passes the first `limit` bytes each client
+/// sends and then holds the rest (closing nothing), so a handoff through it
+/// is stuck midway whatever the machine's speed. Dropping it closes every
+/// connection.
+struct Relay {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(to: SocketAddr, limit: usize) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let budget = Arc::new(AtomicUsize::new(limit));
+        let task = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(to).await else {
+                    continue;
+                };
+                let budget = Arc::clone(&budget);
+                connections.spawn(async move {
+                    let (mut client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let down = tokio::io::copy(&mut server_rx, &mut client_tx);
+                    let up = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        loop {
+                            let left = budget.load(Ordering::SeqCst);
+                            if left == 0 {
+                                std::future::pending::<()>().await;
+                            }
+                            let n = match client_rx.read(&mut buf[..left.min(16 * 1024)]).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            budget.fetch_sub(n, Ordering::SeqCst);
+                            if server_tx.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! { _ = down => {}, _ = up => {} }
+                });
+            }
+        });
+        Relay { addr, task }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn summary_count(stdout: &str, what: &str) -> u64 {
+    stdout
+        .lines()
+        .filter(|l| l.contains("logdrain-gateway: handoff ") && l.contains(what))
+        .filter_map(|l| {
+            let before = l.split(what).next()?;
+            before
+                .rsplit(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retired_gateways_backlog_handed_off_through_a_kill_reaches_the_vendor_whole() {
+    let intake = intake().await;
+    intake.inject(Fault::until_cleared(500)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Gateway::start(&dir.path().join("a"), &intake.base_url());
+    fill_backlog(&a).await;
+    let queued = metric_value(
+        &a.metrics().await,
+        "logdrain_queue_depth_lines",
+        &[("agent", AGENT)],
+    ) as u64;
+    assert!(queued >= (REPLICAS.len() * LINES) as u64, "{}", a.log());
+    assert!(a.terminate().success());
+    let retired_at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+
+    let b = Gateway::start(&dir.path().join("b"), &intake.base_url());
+    // First run: through a relay that passes 256 KiB of about 1 MiB, killed
+    // once the peer has acked some lines.
+    let relay = Relay::start(b.grpc, 256 * 1024).await;
+    let mut first: Child = handoff_command(&a.data_dir, &format!("http://{}", relay.addr))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut partial = 0.0;
+    let some = wait_until(Duration::from_secs(120), || {
+        let metrics = futures_lite_block(b.metrics());
+        partial = metric_value(
+            &metrics,
+            "logdrain_handoff_lines_total",
+            &[("agent", AGENT), ("outcome", "queued")],
+        );
+        partial > 0.0
+    })
+    .await;
+    assert!(some, "the peer acks the first lines\n{}", b.log());
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "held midway by the relay"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    drop(relay);
+    assert!(partial < queued as f64, "midway: {partial} of {queued}");
+    println!("handoff killed after the peer acked {partial} of {queued} lines");
+
+    // Second run, straight to the peer: goes on where the first stopped.
+    let second = handoff(&a.data_dir, &b.url());
+    assert!(second.status.success(), "{}", text(&second));
+    let stdout = String::from_utf8_lossy(&second.stdout).to_string();
+    assert!(stdout.contains("handoff complete"), "{}", text(&second));
+    let shipped = summary_count(&stdout, " lines shipped");
+    let already = summary_count(&stdout, " already at the peer");
+    println!("second run: {shipped} shipped, {already} already at the peer");
+
+    let metrics = b.metrics().await;
+    let on_b = metric_value(
+        &metrics,
+        "logdrain_handoff_lines_total",
+        &[("agent", AGENT), ("outcome", "queued")],
+    );
+    let duplicates = metric_value(
+        &metrics,
+        "logdrain_handoff_lines_total",
+        &[("agent", AGENT), ("outcome", "duplicate")],
+    );
+    assert_eq!(on_b as u64, queued, "every queued line once on the peer");
+    assert_eq!(duplicates, 0.0, "a re-run sends only what the peer lacks");
+    // What the first run left on the peer: at least what was seen acked;
+    // the lines the second run found there are some of those.
+    let by_first = on_b as u64 - shipped;
+    assert!(by_first >= partial as u64, "{by_first} < {partial}");
+    assert!(already <= by_first, "{already} > {by_first}");
+    // The retired queue is empty.
+    let third = handoff(&a.data_dir, &b.url());
+    assert!(third.status.success(), "{}", text(&third));
+    assert!(
+        String::from_utf8_lossy(&third.stdout).contains("holds no line to hand off"),
+        "{}",
+        text(&third)
+    );
+
+    intake.clear_faults();
+    let total = REPLICAS.len() * LINES;
+    let arrived = wait_until(Duration::from_secs(180), || {
+        REPLICAS
+            .iter()
+            .map(|r| dd_messages(&intake, r).len())
+            .sum::<usize>()
+            >= total
+    })
+    .await;
+    assert!(arrived, "{}", b.log());
+    let entries = intake.datadog_entries();
+    for replica in REPLICAS {
+        let agent_lines: Vec<String> = dd_messages(&intake, replica)
+            .into_iter()
+            .filter(|m| m.starts_with(replica))
+            .collect();
+        let unique: BTreeSet<&String> = agent_lines.iter().collect();
+        let want = expected(replica);
+        let lost = want.iter().filter(|l| !unique.contains(l)).count();
+        let duplicated = agent_lines.len() - unique.len();
+        println!("{replica}: lost {lost}, duplicated {duplicated}");
+        assert_eq!(lost, 0);
+        assert_eq!(
+            agent_lines, want,
+            "in order, each once, under its own agent-server id"
+        );
+        // The times the shim read them, not the handoff's.
+        for entry in entries.iter().filter(|e| e["host"] == replica) {
+            let at = Vendor::Datadog.entry_time_ms(entry).expect("timestamp");
+            assert!(at <= retired_at_ms, "{entry}");
+        }
+    }
+}
+
+async fn depth(gateway: &Gateway) -> f64 {
+    metric_value(
+        &gateway.metrics().await,
+        "logdrain_queue_depth_lines",
+        &[("agent", AGENT)],
+    )
+}
+
+/// Blocks on a future from inside `wait_until`'s check (a multi-thread
+/// runtime, so the rest keeps running).
+fn futures_lite_block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handoff_that_cannot_start_says_why_and_leaves_the_queue_untouched() {
+    let intake = intake().await;
+    intake.inject(Fault::until_cleared(500)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Gateway::start(&dir.path().join("a"), &intake.base_url());
+    let mut shim = ShimBuilder::new(&a.url(), AGENT, "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .spawn_sh("seq -f 'line %g' 1 500");
+    let pipes = capture(&mut shim);
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
+    assert_drained(&String::from_utf8_lossy(&pipes.1.join().unwrap()));
+    let before = depth(&a).await;
+    assert!(before >= 500.0);
+
+    // Handing off a running gateway's queue (to itself, or anywhere).
+    let running = handoff(&a.data_dir, &a.url());
+    assert!(!running.status.success(), "{}", text(&running));
+    assert!(text(&running).contains("lock"), "{}", text(&running));
+
+    assert!(a.terminate().success());
+    // A peer nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let down = handoff(&a.data_dir, &format!("http://127.0.0.1:{port}"));
+    assert!(!down.status.success(), "{}", text(&down));
+    let said = text(&down);
+    assert!(said.contains("cannot reach the peer gateway"), "{said}");
+    assert!(said.contains("queue is unchanged"), "{said}");
+
+    // A peer with another signing key.
+    let other = Gateway::start_with(
+        &dir.path().join("other"),
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        vec![(
+            "LOGDRAIN_SIGNING_KEY".to_string(),
+            "another-signing-key-0123456789abcdef".to_string(),
+        )],
+    );
+    let refused = handoff(&a.data_dir, &other.url());
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("share LOGDRAIN_SIGNING_KEY"),
+        "{}",
+        text(&refused)
+    );
+    assert!(
+        !text(&refused).contains(SIGNING_KEY) && !text(&refused).contains(DD_KEY),
+        "no secret in the output"
+    );
+
+    a.restart();
+    assert_eq!(depth(&a).await, before, "every line still queued");
+}
