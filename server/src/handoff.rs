@@ -392,6 +392,14 @@ impl<'a> RouteHandoff<'a> {
     }
 
     async fn run(&mut self, peer: &mut Peer) -> Result<(), Failure> {
+        let result = self.ship(peer).await;
+        if result.is_err() {
+            self.settle(peer);
+        }
+        result
+    }
+
+    async fn ship(&mut self, peer: &mut Peer) -> Result<(), Failure> {
         let mut after = self.queue.committed(self.route).map_err(Failure::Queue)?;
         loop {
             let segments = self
@@ -431,6 +439,7 @@ impl<'a> RouteHandoff<'a> {
         peer: &mut Peer,
         segment: QueuedSegment,
     ) -> Result<(), Failure> {
+        self.ready_events(peer)?;
         while self.in_flight_bytes >= WINDOW_BYTES || self.pending.len() >= WINDOW_SEGMENTS {
             self.next_event(peer).await?;
         }
@@ -611,7 +620,7 @@ impl<'a> RouteHandoff<'a> {
                 }
                 Err(status) => {
                     return Err(Failure::Peer(format!(
-                        "the peer refused a stream of agent-server id {server:?}: {}",
+                        "opening a stream of agent-server id {server:?} failed: {}",
                         status_text(&status)
                     )))
                 }
@@ -658,6 +667,33 @@ impl<'a> RouteHandoff<'a> {
                 "the connection to the peer closed".to_string(),
             ));
         };
+        self.apply(id, event)
+    }
+
+    /// Applies the acks and ends that have arrived, without waiting.
+    fn ready_events(&mut self, peer: &mut Peer) -> Result<(), Failure> {
+        while let Ok((id, event)) = peer.events.try_recv() {
+            self.apply(id, event)?;
+        }
+        Ok(())
+    }
+
+    /// After a failure: commits what the peer acked before it, so a re-run
+    /// does not read it again. Errors of other streams add nothing.
+    fn settle(&mut self, peer: &mut Peer) {
+        while let Ok((id, event)) = peer.events.try_recv() {
+            if let Event::Ack(seq) = event {
+                if let Some(stream) = self.streams.get_mut(&id) {
+                    stream.acked = stream.acked.max(seq);
+                }
+            }
+        }
+        if let Err(Failure::Queue(error)) = self.commit_acked() {
+            tracing::warn!(route = %self.route, %error, "cannot record what the peer acked; a re-run finds those lines at the peer");
+        }
+    }
+
+    fn apply(&mut self, id: usize, event: Event) -> Result<(), Failure> {
         let Some(stream) = self.streams.get_mut(&id) else {
             return Ok(());
         };
