@@ -333,3 +333,251 @@ async fn a_handoff_that_cannot_start_says_why_and_leaves_the_queue_untouched() {
     a.restart();
     assert_eq!(depth(&a).await, before, "every line still queued");
 }
+
+/// A port nobody listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handed_off_lines_go_out_with_their_own_credentials_and_never_move_the_peers_newer_route_back(
+) {
+    const NEWER: &str = "dd-key-of-the-next-deployment-not-enabled-yet";
+    let intake = intake().await; // accepts DD_KEY only: NEWER gets 403
+    let dir = tempfile::tempdir().unwrap();
+    // A cannot reach the vendor at all, so its lines wait.
+    let mut a = Gateway::start(
+        &dir.path().join("a"),
+        &format!("http://127.0.0.1:{}", closed_port()),
+    );
+    let mut old = ShimBuilder::new(&a.url(), AGENT, "replica-old")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .spawn_sh("seq -f 'old %g' 1 1000");
+    let pipes = capture(&mut old);
+    assert!(wait_exit(&mut old, Duration::from_secs(60)).await.success());
+    assert_drained(&String::from_utf8_lossy(&pipes.1.join().unwrap()));
+    assert!(a.terminate().success());
+
+    // On B the agent's newer deployment runs with a key the vendor refuses
+    // for now: its route parks, first seen after A's credentials.
+    let b = Gateway::start_with(
+        &dir.path().join("b"),
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        vec![("LOGDRAIN_AUTH_RETRY_INTERVAL".into(), "1h".into())],
+    );
+    let mut new = ShimBuilder::new(&b.url(), AGENT, "replica-new")
+        .env("DATADOG_TOKEN", NEWER)
+        .spawn_sh("seq -f 'new %g' 1 100");
+    let pipes = capture(&mut new);
+    assert!(wait_exit(&mut new, Duration::from_secs(60)).await.success());
+    assert_drained(&String::from_utf8_lossy(&pipes.1.join().unwrap()));
+    let parked = wait_until(Duration::from_secs(60), || {
+        let status = futures_lite_block(agent_status(&b, AGENT));
+        status["routes"][0]["state"] == "unauthorized"
+    })
+    .await;
+    assert!(parked, "{}", b.log());
+
+    let run = handoff(&a.data_dir, &b.url());
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(!text(&run).contains(DD_KEY), "no secret in the output");
+
+    let delivered = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-old").len() >= 1000
+    })
+    .await;
+    assert!(delivered, "{}", b.log());
+    let want: Vec<String> = (1..=1000).map(|i| format!("old {i}")).collect();
+    assert_eq!(dd_messages(&intake, "replica-old"), want);
+    assert!(
+        intake
+            .entries(Vendor::Datadog)
+            .iter()
+            .all(|e| e.key.as_deref() == Some(DD_KEY)),
+        "delivered with the credentials they were queued with"
+    );
+    // Once the handed-off credentials delivered, a parked route would adopt
+    // them if they passed for newer: the newer deployment stays parked.
+    let status = agent_status(&b, AGENT).await;
+    let routes = status["routes"].as_array().unwrap();
+    assert_eq!(routes.len(), 2, "{status}");
+    assert!(
+        routes.iter().all(|r| r["adopted_cred_id"].is_null()),
+        "{status}"
+    );
+    assert!(dd_messages(&intake, "replica-new").is_empty());
+    let text = status.to_string();
+    assert!(
+        !text.contains("replica-old"),
+        "a handoff is no replica: {text}"
+    );
+    assert!(!text.contains(DD_KEY) && !text.contains(NEWER), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_that_fails_midway_stops_the_handoff_with_what_it_acked_handed_off_and_the_rest_kept(
+) {
+    let intake = intake().await;
+    intake.inject(Fault::until_cleared(500)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Gateway::start(&dir.path().join("a"), &intake.base_url());
+    fill_backlog(&a).await;
+    let queued = depth(&a).await as u64;
+    assert!(a.terminate().success());
+
+    // A peer whose disk is below its watermark refuses every line.
+    let full = Gateway::start_with(
+        &dir.path().join("full"),
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        vec![("LOGDRAIN_DISK_MIN_FREE_BYTES".into(), "1000000GiB".into())],
+    );
+    let refused = handoff(&a.data_dir, &full.url());
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let said = text(&refused);
+    assert!(said.contains("disk"), "{said}");
+    assert!(said.contains("run handoff again"), "{said}");
+    drop(full);
+
+    // A peer killed while the handoff is held midway.
+    let mut b = Gateway::start(&dir.path().join("b"), &intake.base_url());
+    let relay = Relay::start(b.grpc, 256 * 1024).await;
+    let mut held: Child = handoff_command(&a.data_dir, &format!("http://{}", relay.addr))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipes = capture(&mut held);
+    let some = wait_until(Duration::from_secs(120), || {
+        let metrics = futures_lite_block(b.metrics());
+        metric_value(
+            &metrics,
+            "logdrain_handoff_lines_total",
+            &[("agent", AGENT), ("outcome", "queued")],
+        ) > 0.0
+    })
+    .await;
+    assert!(some, "{}", b.log());
+    b.kill9();
+    drop(relay);
+    let status = wait_exit(&mut held, Duration::from_secs(60)).await;
+    let stderr = String::from_utf8_lossy(&pipes.1.join().unwrap()).to_string();
+    let stdout = String::from_utf8_lossy(&pipes.0.join().unwrap()).to_string();
+    assert!(!status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("run handoff again"), "{stderr}");
+    println!("the peer died midway; the handoff said:\n{stdout}{stderr}");
+
+    b.restart();
+    let rest = handoff(&a.data_dir, &b.url());
+    assert!(rest.status.success(), "{}", text(&rest));
+    let on_b = metric_value(
+        &b.metrics().await,
+        "logdrain_handoff_lines_total",
+        &[("agent", AGENT), ("outcome", "queued")],
+    );
+    let stdout = String::from_utf8_lossy(&rest.stdout).to_string();
+    let shipped = summary_count(&stdout, " lines shipped");
+    let already = summary_count(&stdout, " already at the peer");
+    println!("after the restart: {shipped} shipped, {already} already at the peer");
+    assert_eq!(on_b as u64, shipped, "counted by the restarted peer");
+
+    intake.clear_faults();
+    let total = REPLICAS.len() * LINES;
+    let arrived = wait_until(Duration::from_secs(180), || {
+        REPLICAS
+            .iter()
+            .map(|r| dd_messages(&intake, r).len())
+            .sum::<usize>()
+            >= total
+    })
+    .await;
+    assert!(arrived, "{}", b.log());
+    let mut duplicated = 0;
+    for replica in REPLICAS {
+        let got = dd_messages(&intake, replica);
+        let unique: BTreeSet<&String> = got.iter().collect();
+        assert!(
+            expected(replica).iter().all(|l| unique.contains(l)),
+            "lost lines of {replica}"
+        );
+        duplicated += got.len() - unique.len();
+    }
+    println!("{queued} lines: lost 0, duplicated {duplicated}");
+    assert_eq!(duplicated, 0, "the peer's queue had every line once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_cannot_open_a_handoff_stream_without_the_gateways_proof() {
+    use logdrain::v1::drain_client::DrainClient;
+    use logdrain::v1::{shim_message, Batch, Handoff, Line, Open, Origin, ShimMessage, StreamKind};
+
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+    let mut client = DrainClient::connect(gateway.url()).await.unwrap();
+    // The agent's own token, a made-up proof, and credentials first seen
+    // "long ago" that would pass for older than any deployment's.
+    let messages = vec![
+        ShimMessage {
+            kind: Some(shim_message::Kind::Open(Open {
+                token: token(AGENT),
+                agent_id: AGENT.into(),
+                agent_server_id: "replica-1".into(),
+                boot_id: "0123456789abcdef0123456789abcdef".into(),
+                secrets: [("DATADOG_TOKEN".to_string(), DD_KEY.to_string())].into(),
+                protocol_version: logdrain::PROTOCOL_VERSION,
+                handoff: Some(Handoff {
+                    proof: token(AGENT),
+                    first_seen_ms: 1,
+                }),
+            })),
+        },
+        ShimMessage {
+            kind: Some(shim_message::Kind::Batch(Batch {
+                first_seq: 1,
+                lines: vec![Line {
+                    timestamp_ns: 1,
+                    stream: StreamKind::Stdout as i32,
+                    data: "forged".into(),
+                    origin: Origin::Agent as i32,
+                    part: 0,
+                    more_parts: false,
+                }],
+                ..Batch::default()
+            })),
+        },
+    ];
+    let status = client
+        .ship(tokio_stream::iter(messages))
+        .await
+        .expect_err("stream refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    assert!(
+        status.message().contains("handoff proof"),
+        "{}",
+        status.message()
+    );
+    assert!(!status.message().contains(DD_KEY));
+    let metrics = gateway.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "logdrain_received_lines_total",
+            &[("agent", AGENT)]
+        ),
+        0.0,
+        "nothing of it stored"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "logdrain_refused_streams_total",
+            &[("reason", "unauthenticated")]
+        ),
+        1.0
+    );
+}
