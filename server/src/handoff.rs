@@ -151,7 +151,7 @@ pub async fn run(config: &HandoffConfig, out: &mut dyn Write) -> Result<(), Hand
     }
     let _ = writeln!(
         out,
-        "logdrain-gateway: handing off {queued} queued lines of {} agents from {shown} to {url}",
+        "logdrain-gateway: handing off {queued} queued lines (agents: {}) from {shown} to {url}",
         agents.len()
     );
     let mut reports: BTreeMap<RouteKey, RouteReport> = BTreeMap::new();
@@ -205,7 +205,9 @@ pub async fn run(config: &HandoffConfig, out: &mut dyn Write) -> Result<(), Hand
     if left > 0 {
         return Err(HandoffError::Incomplete {
             dir: shown,
-            why: format!("{left} lines of segments damaged past their last readable line; they are counted as damaged and kept"),
+            why: format!(
+                "{left} lines that no route could read (segments damaged past their last readable line, counted as damaged, or tagged with a route whose record is gone); they are kept"
+            ),
         });
     }
     let _ = writeln!(

@@ -169,9 +169,10 @@ impl Session {
             // A route that adopted newer credentials keeps them.
             let current = ingest.engine.current_secrets(&route);
             // Handed-off credentials are as old as the retired gateway saw
-            // them, so they never pass for a newer deployment's.
+            // them (0, unknown, is oldest), so they never pass for a newer
+            // deployment's.
             let first_seen_ms = match (handoff_first_seen, &current) {
-                (Some(theirs), None) if theirs > 0 => theirs,
+                (Some(theirs), None) => theirs,
                 _ => ingest.engine.first_seen(&route),
             };
             let secrets = current.unwrap_or_else(|| offered.clone());
