@@ -581,3 +581,103 @@ async fn a_tenant_cannot_open_a_handoff_stream_without_the_gateways_proof() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_lines_each_route_has_not_delivered_are_handed_off_and_none_counts_as_skipped() {
+    const NR_KEY: &str = "nr-license-key-for-handoff-tests";
+    let mut config = logdrain_test_intake::IntakeConfig::with_datadog_keys([DD_KEY]);
+    config.newrelic.keys = vec![NR_KEY.to_string()];
+    let intake = logdrain_test_intake::Intake::start(config).await.unwrap();
+    let newrelic = vec![("LOGDRAIN_NEWRELIC_URL".to_string(), intake.base_url())];
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Gateway::start_with(
+        &dir.path().join("a"),
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        newrelic.clone(),
+    );
+    // One boot: Datadog takes its first 1,000 lines, then goes down; New
+    // Relic takes all 2,000.
+    let go_on = dir.path().join("go-on");
+    let mut shim = ShimBuilder::new(&a.url(), AGENT, "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .env("NEW_RELIC_LICENSE_KEY", NR_KEY)
+        .spawn_sh(&format!(
+            "seq -f 'both %g' 1 1000; while [ ! -e '{0}' ]; do sleep 0.1; done; seq -f 'both %g' 1001 2000",
+            go_on.display()
+        ));
+    let pipes = capture(&mut shim);
+    let first_half = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1").len() >= 1000
+    })
+    .await;
+    assert!(first_half, "{}", a.log());
+    intake
+        .inject(Fault::until_cleared(500).for_vendor(Vendor::Datadog))
+        .unwrap();
+    std::fs::write(&go_on, b"").unwrap();
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
+    assert_drained(&String::from_utf8_lossy(&pipes.1.join().unwrap()));
+    let nr_done = wait_until(Duration::from_secs(60), || {
+        intake.entries(Vendor::NewRelic).len() >= 2000
+    })
+    .await;
+    assert!(nr_done, "{}", a.log());
+    // Stopped with SIGTERM: New Relic's cursor is on disk.
+    assert!(a.terminate().success());
+
+    let b = Gateway::start_with(
+        &dir.path().join("b"),
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        newrelic,
+    );
+    let run = handoff(&a.data_dir, &b.url());
+    assert!(run.status.success(), "{}", text(&run));
+    let stdout = String::from_utf8_lossy(&run.stdout).to_string();
+    assert_eq!(summary_count(&stdout, " lines shipped"), 1000, "{stdout}");
+    let metrics = b.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "logdrain_handoff_lines_total",
+            &[("agent", AGENT), ("outcome", "queued")]
+        ),
+        1000.0
+    );
+    assert_eq!(
+        metric_value(&metrics, "logdrain_skipped_seqs_total", &[("agent", AGENT)]),
+        0.0,
+        "seqs 1 to 1000 were delivered by A, not skipped"
+    );
+    let status = agent_status(&b, AGENT).await;
+    let routes = status["routes"].as_array().unwrap();
+    assert_eq!(
+        routes.len(),
+        1,
+        "only Datadog had lines to hand off: {status}"
+    );
+    let again = handoff(&a.data_dir, &b.url());
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("holds no line to hand off"),
+        "{}",
+        text(&again)
+    );
+
+    intake.clear_faults();
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1").len() >= 2000
+    })
+    .await;
+    assert!(arrived, "{}", b.log());
+    let want: Vec<String> = (1..=2000).map(|i| format!("both {i}")).collect();
+    assert_eq!(
+        dd_messages(&intake, "replica-1"),
+        want,
+        "the first half from A, the rest from B, each once"
+    );
+}
