@@ -681,3 +681,55 @@ async fn only_the_lines_each_route_has_not_delivered_are_handed_off_and_none_cou
         "the first half from A, the rest from B, each once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handoff_reaches_a_peer_that_requires_mutual_tls_only_with_a_client_certificate() {
+    let intake = intake().await;
+    intake.inject(Fault::until_cleared(500)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Gateway::start(&dir.path().join("a"), &intake.base_url());
+    let mut shim = ShimBuilder::new(&a.url(), AGENT, "replica-1")
+        .env("DATADOG_TOKEN", DD_KEY)
+        .spawn_sh("seq -f 'tls %g' 1 300");
+    let pipes = capture(&mut shim);
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
+    assert_drained(&String::from_utf8_lossy(&pipes.1.join().unwrap()));
+    assert!(a.terminate().success());
+
+    let pki = common::pki::Pki::generate(&dir.path().join("pki"));
+    let b = Gateway::start_with(
+        &dir.path().join("b"),
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        pki.gateway_env(true),
+    );
+    let ca = common::pki::path(&pki.ca);
+    let without = handoff_command(&a.data_dir, &b.https_url())
+        .args(["--gateway-ca-file", &ca])
+        .output()
+        .unwrap();
+    assert!(!without.status.success(), "{}", text(&without));
+    println!("without a client certificate: {}", text(&without));
+    let said = text(&without);
+    assert!(said.contains("queue is unchanged"), "{said}");
+    assert!(said.contains("--client-cert"), "names the fix: {said}");
+
+    let with = handoff_command(&a.data_dir, &b.https_url())
+        .args(["--gateway-ca-file", &ca])
+        .args(["--client-cert", &common::pki::path(&pki.client_cert)])
+        .args(["--client-key", &common::pki::path(&pki.client_key)])
+        .output()
+        .unwrap();
+    assert!(with.status.success(), "{}", text(&with));
+    intake.clear_faults();
+    let arrived = wait_until(Duration::from_secs(60), || {
+        dd_messages(&intake, "replica-1").len() >= 300
+    })
+    .await;
+    assert!(arrived, "{}", b.log());
+    let want: Vec<String> = (1..=300).map(|i| format!("tls {i}")).collect();
+    assert_eq!(dd_messages(&intake, "replica-1"), want);
+}

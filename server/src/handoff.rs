@@ -226,6 +226,8 @@ enum Failure {
 /// The connection to the peer.
 struct Peer {
     url: String,
+    /// `https://` without a client certificate.
+    tls_without_identity: bool,
     client: DrainClient<Channel>,
     /// Stream events from every open stream, tagged with its number.
     events_tx: mpsc::UnboundedSender<(usize, Event)>,
@@ -276,6 +278,7 @@ impl Peer {
             .max_encoding_message_size(logdrain::MAX_MESSAGE_BYTES);
         let (events_tx, events) = mpsc::unbounded_channel();
         Ok(Peer {
+            tls_without_identity: config.to.scheme() == "https" && config.client_cert.is_none(),
             url,
             client,
             events_tx,
@@ -318,10 +321,21 @@ impl Peer {
                     reason: status_text(&status),
                 })
             }
-            Err(status) => Err(HandoffError::Refused {
-                url: self.url.clone(),
-                reason: status_text(&status),
-            }),
+            Err(status) => {
+                let mut reason = status_text(&status);
+                let dropped = matches!(status.code(), Code::Cancelled | Code::Unknown);
+                if dropped && self.tls_without_identity {
+                    // A refused client certificate often shows only as a
+                    // dropped connection.
+                    reason.push_str(
+                        "; if the peer requires client certificates (mutual TLS), pass --client-cert and --client-key",
+                    );
+                }
+                Err(HandoffError::Refused {
+                    url: self.url.clone(),
+                    reason,
+                })
+            }
         }
     }
 }
