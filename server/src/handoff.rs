@@ -266,13 +266,18 @@ impl Peer {
                 .tls_config(tls)
                 .map_err(|e| bad_url(e.to_string()))?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| HandoffError::Connect {
+        let channel = endpoint.connect().await.map_err(|e| {
+            let mut reason = error_chain(&e);
+            if reason.contains("CertificateRequired") && config.client_cert.is_none() {
+                reason.push_str(
+                    "; the peer requires a client certificate: pass --client-cert and --client-key",
+                );
+            }
+            HandoffError::Connect {
                 url: url.clone(),
-                reason: error_chain(&e),
-            })?;
+                reason,
+            }
+        })?;
         let client = DrainClient::new(channel)
             .max_decoding_message_size(logdrain::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(logdrain::MAX_MESSAGE_BYTES);
@@ -315,28 +320,33 @@ impl Peer {
                     status.message()
                 ),
             }),
-            Err(status) if matches!(status.code(), Code::Unavailable | Code::Unknown) => {
+            Err(status) if matches!(status.code(), Code::Unavailable) => {
                 Err(HandoffError::Connect {
                     url: self.url.clone(),
-                    reason: status_text(&status),
+                    reason: self.with_tls_hint(&status),
                 })
             }
-            Err(status) => {
-                let mut reason = status_text(&status);
-                let dropped = matches!(status.code(), Code::Cancelled | Code::Unknown);
-                if dropped && self.tls_without_identity {
-                    // A refused client certificate often shows only as a
-                    // dropped connection.
-                    reason.push_str(
-                        "; if the peer requires client certificates (mutual TLS), pass --client-cert and --client-key",
-                    );
-                }
-                Err(HandoffError::Refused {
-                    url: self.url.clone(),
-                    reason,
-                })
-            }
+            Err(status) => Err(HandoffError::Refused {
+                url: self.url.clone(),
+                reason: self.with_tls_hint(&status),
+            }),
         }
+    }
+
+    /// The status, and the fix when it may be a refused (missing) client
+    /// certificate: the peer's alert is often lost with the connection.
+    fn with_tls_hint(&self, status: &Status) -> String {
+        let mut reason = status_text(status);
+        let dropped = matches!(
+            status.code(),
+            Code::Cancelled | Code::Unknown | Code::Unavailable
+        );
+        if self.tls_without_identity && (dropped || reason.contains("CertificateRequired")) {
+            reason.push_str(
+                "; if the peer requires client certificates (mutual TLS), pass --client-cert and --client-key",
+            );
+        }
+        reason
     }
 }
 
