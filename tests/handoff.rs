@@ -307,6 +307,19 @@ async fn a_handoff_that_cannot_start_says_why_and_leaves_the_queue_untouched() {
     assert!(said.contains("cannot reach the peer gateway"), "{said}");
     assert!(said.contains("queue is unchanged"), "{said}");
 
+    // Without the signing key: none is made up.
+    let keyless = handoff_command(&a.data_dir, &a.url())
+        .env_remove("LOGDRAIN_SIGNING_KEY")
+        .output()
+        .unwrap();
+    assert!(!keyless.status.success(), "{}", text(&keyless));
+    assert!(
+        text(&keyless).contains("LOGDRAIN_SIGNING_KEY is unset"),
+        "{}",
+        text(&keyless)
+    );
+    assert!(!a.data_dir.join("signing.key").exists());
+
     // A peer with another signing key.
     let other = Gateway::start_with(
         &dir.path().join("other"),

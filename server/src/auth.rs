@@ -21,7 +21,8 @@ use sha2::Sha256;
 use crate::queue::SealKey;
 
 const TOKEN_PREFIX: &str = "ld1_";
-const KEY_FILE: &str = "signing.key";
+/// The generated signing key's file in the data dir.
+pub const KEY_FILE: &str = "signing.key";
 /// Shortest signing key accepted from the environment, in bytes.
 pub const MIN_KEY_BYTES: usize = 16;
 

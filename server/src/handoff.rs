@@ -64,6 +64,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum HandoffError {
     #[error(transparent)]
     Key(#[from] AuthError),
+    #[error("{dir} holds no signing key file and LOGDRAIN_SIGNING_KEY is unset; set it to the retired gateway's signing key (the one its peers share)")]
+    NoKey { dir: String },
     #[error("there is no queue in {dir}; point --data-dir (LOGDRAIN_DATA_DIR) at the retired gateway's data dir, or --queue at its queue")]
     NoQueue { dir: String },
     #[error("cannot open the queue in {dir}: {source}; nothing was handed off")]
@@ -115,6 +117,13 @@ pub struct RouteReport {
 /// prints what it did per route.
 pub async fn run(config: &HandoffConfig, out: &mut dyn Write) -> Result<(), HandoffError> {
     let data_dir = &config.key.data_dir;
+    // A key generated now would seal nothing in this queue and be no
+    // peer's: the retired gateway's own key is needed.
+    if config.key.signing_key.is_none() && !data_dir.join(crate::auth::KEY_FILE).is_file() {
+        return Err(HandoffError::NoKey {
+            dir: data_dir.display().to_string(),
+        });
+    }
     let key = SigningKey::load(config.key.signing_key.as_deref(), data_dir)?;
     let dir = config
         .queue
