@@ -161,6 +161,7 @@ async fn another_agents_token_cannot_open_a_stream_or_tail() {
             boot_id: "0123456789abcdef0123456789abcdef".into(),
             secrets: Default::default(),
             protocol_version: logdrain::PROTOCOL_VERSION,
+            handoff: None,
         })),
     };
     let status = client
@@ -295,6 +296,7 @@ async fn streams_claiming_another_agent_leave_that_agent_untouched() {
                 boot_id: "0123456789abcdef0123456789abcdef".into(),
                 secrets,
                 protocol_version: logdrain::PROTOCOL_VERSION,
+                handoff: None,
             })),
         };
         let batch = ShimMessage {

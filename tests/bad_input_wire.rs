@@ -36,6 +36,7 @@ fn open_as(agent_id: &str, server_id: &str, token: &str) -> ShimMessage {
             boot_id: BOOT.to_string(),
             secrets,
             protocol_version: logdrain::PROTOCOL_VERSION,
+            handoff: None,
         })),
     }
 }

@@ -123,6 +123,7 @@ async fn live_metrics_pass_promtool_and_hold_every_metric_the_alerts_and_dashboa
             boot_id: "0123456789abcdef0123456789abcdef".into(),
             secrets: Default::default(),
             protocol_version: logdrain::PROTOCOL_VERSION,
+            handoff: None,
         })),
     };
     let refused = client.ship(tokio_stream::iter(vec![open])).await;

@@ -154,6 +154,7 @@ async fn grpc_errors(gateway: &Gateway, dsn: &str) -> Vec<String> {
                 boot_id: "0123456789abcdef0123456789abcdef".into(),
                 secrets: secret_map.clone().into_iter().collect(),
                 protocol_version: logdrain::PROTOCOL_VERSION,
+                handoff: None,
             })),
         };
         let status = client

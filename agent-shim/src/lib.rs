@@ -324,6 +324,7 @@ fn stream_config(settings: &Settings, secrets: &Secrets, redactor: Arc<Redactor>
             boot_id: new_boot_id(),
             secrets: secrets.to_open_map(),
             protocol_version: logdrain::PROTOCOL_VERSION,
+            handoff: None,
         },
         batch_lines: settings.batch_lines,
         batch_max_bytes: stream::BATCH_MAX_BYTES,

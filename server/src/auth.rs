@@ -21,7 +21,8 @@ use sha2::Sha256;
 use crate::queue::SealKey;
 
 const TOKEN_PREFIX: &str = "ld1_";
-const KEY_FILE: &str = "signing.key";
+/// The generated signing key's file in the data dir.
+pub const KEY_FILE: &str = "signing.key";
 /// Shortest signing key accepted from the environment, in bytes.
 pub const MIN_KEY_BYTES: usize = 16;
 
@@ -144,6 +145,61 @@ impl SigningKey {
         mac.verify_slice(&tag).is_ok()
     }
 
+    /// The boot id under which `logdrain-gateway handoff` ships the lines of
+    /// one original boot for one route: 32 hex digits, the same on every
+    /// run (so a peer de-duplicates a re-run), never a shim's (those are
+    /// random) and unknown to anyone without the key.
+    pub fn handoff_boot_id(
+        &self,
+        agent_id: &str,
+        agent_server_id: &str,
+        boot_id: &str,
+        route: &str,
+    ) -> String {
+        let mut mac = self.mac("logdrain-handoff-boot-v1");
+        for part in [agent_id, agent_server_id, boot_id, route] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// What a handoff stream presents to show a gateway of the fleet opened
+    /// it (`Open.handoff.proof`).
+    pub fn handoff_proof(&self, agent_id: &str, agent_server_id: &str, boot_id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(
+            self.handoff_mac(agent_id, agent_server_id, boot_id)
+                .finalize()
+                .into_bytes(),
+        )
+    }
+
+    /// Whether `proof` is [`SigningKey::handoff_proof`] of these ids
+    /// (constant-time compare).
+    pub fn verify_handoff(
+        &self,
+        agent_id: &str,
+        agent_server_id: &str,
+        boot_id: &str,
+        proof: &str,
+    ) -> bool {
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(proof.trim()) else {
+            return false;
+        };
+        self.handoff_mac(agent_id, agent_server_id, boot_id)
+            .verify_slice(&tag)
+            .is_ok()
+    }
+
+    fn handoff_mac(&self, agent_id: &str, agent_server_id: &str, boot_id: &str) -> Hmac<Sha256> {
+        let mut mac = self.mac("logdrain-handoff-proof-v1");
+        for part in [agent_id, agent_server_id, boot_id] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        mac
+    }
+
     /// The key that encrypts route secrets at rest, derived from this key
     /// with HKDF-SHA256 under a label of its own.
     pub fn seal_key(&self) -> SealKey {
@@ -193,6 +249,35 @@ mod tests {
     fn short_key_from_env_is_refused_with_the_fix() {
         let err = SigningKey::load(Some("short"), Path::new("/nonexistent")).unwrap_err();
         assert!(err.to_string().contains("at least 16"));
+    }
+
+    #[test]
+    fn a_handoff_boot_is_stable_per_boot_and_route_and_its_proof_binds_the_ids() {
+        let key = SigningKey::for_tests(b"0123456789abcdef0123");
+        let boot = key.handoff_boot_id("a", "r", "b1", "datadog/c1");
+        assert_eq!(boot, key.handoff_boot_id("a", "r", "b1", "datadog/c1"));
+        assert_eq!(boot.len(), 32);
+        assert!(boot.bytes().all(|b| b.is_ascii_hexdigit()));
+        for other in [
+            key.handoff_boot_id("a", "r", "b1", "datadog/c2"),
+            key.handoff_boot_id("a", "r", "b2", "datadog/c1"),
+            key.handoff_boot_id("a", "r2", "b1", "datadog/c1"),
+            SigningKey::for_tests(b"fedcba9876543210fedc").handoff_boot_id(
+                "a",
+                "r",
+                "b1",
+                "datadog/c1",
+            ),
+        ] {
+            assert_ne!(boot, other);
+        }
+        let proof = key.handoff_proof("a", "r", &boot);
+        assert!(key.verify_handoff("a", "r", &boot, &proof));
+        assert!(!key.verify_handoff("b", "r", &boot, &proof));
+        assert!(!key.verify_handoff("a", "r", "b1", &proof));
+        assert!(!key.verify_handoff("a", "r", &boot, &key.token("a")));
+        let other = SigningKey::for_tests(b"fedcba9876543210fedc");
+        assert!(!other.verify_handoff("a", "r", &boot, &proof));
     }
 
     #[test]

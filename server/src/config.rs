@@ -51,6 +51,12 @@ pub enum Command {
     /// index from the segment files, so the next start delivers every line
     /// they hold. A queue that opens is left as it is.
     Recover(RecoverConfig),
+    /// Retire a gateway without stranding its backlog: with the gateway
+    /// stopped, ship every line still queued in its data dir, with its
+    /// route's credentials, to a peer gateway over the Ship protocol. A line
+    /// leaves this queue only once the peer has it on disk; run it again
+    /// after any failure to go on (the peer de-duplicates).
+    Handoff(HandoffConfig),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -418,6 +424,44 @@ pub struct RecoverConfig {
 
     /// The queue directory (default: `queue` in the data dir).
     pub queue: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HandoffConfig {
+    #[command(flatten)]
+    pub key: KeyArgs,
+
+    /// gRPC URL of the peer gateway that takes the lines over (`https://`
+    /// for TLS). It must share this gateway's signing key.
+    #[arg(long, env = "LOGDRAIN_HANDOFF_TO", value_name = "URL")]
+    pub to: Url,
+
+    /// The queue directory (default: `queue` in the data dir).
+    #[arg(long, value_name = "PATH")]
+    pub queue: Option<PathBuf>,
+
+    /// PEM file with extra CA certificates to trust for an `https://` peer
+    /// (for a private CA). The Mozilla roots are always trusted.
+    #[arg(long, env = "LOGDRAIN_GATEWAY_CA_FILE", value_name = "PATH")]
+    pub gateway_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate, for a peer that requires mutual TLS.
+    #[arg(
+        long,
+        env = "LOGDRAIN_CLIENT_CERT",
+        value_name = "PATH",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "LOGDRAIN_CLIENT_KEY",
+        value_name = "PATH",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -28,6 +28,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod handoff;
 pub mod http;
 pub mod http_listener;
 pub mod ingest;

@@ -72,6 +72,11 @@ fn run(config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Handoff(handoff_config) => runtime.block_on(async {
+            let mut stdout = std::io::stdout();
+            logdrain_gateway::handoff::run(&handoff_config, &mut stdout).await?;
+            Ok(())
+        }),
         Command::Status(status_config) => {
             let text = runtime.block_on(status::client::status(&status_config))?;
             print!("{text}");

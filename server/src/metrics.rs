@@ -59,6 +59,10 @@ pub fn describe() {
         "Sequence numbers a shim's batch skipped: lines its buffer dropped, or lines another gateway acked before a failover. Acked past, never counted as acked lines."
     );
     describe_counter!(
+        "logdrain_handoff_lines_total",
+        "Lines another gateway handed off (`logdrain-gateway handoff`): outcome queued (new here, acked) or duplicate (already queued from an earlier run). Also counted as received and acked lines."
+    );
+    describe_counter!(
         "logdrain_acked_lines_total",
         "Lines acked to shims as durably queued."
     );
@@ -194,6 +198,15 @@ pub fn duplicates(agent: &str, lines: u64) {
 /// buffer dropped, or lines another gateway acked before a failover.
 pub fn skipped_seqs(agent: &str, seqs: u64) {
     counter!("logdrain_skipped_seqs_total", "agent" => agent.to_string()).increment(seqs);
+}
+
+/// Lines of a handoff stream acked: `queued` new here, `duplicate`
+/// already queued by an earlier run of the handoff.
+pub fn handoff_lines(agent: &str, queued: u64, duplicate: u64) {
+    counter!("logdrain_handoff_lines_total", "agent" => agent.to_string(), "outcome" => "queued")
+        .increment(queued);
+    counter!("logdrain_handoff_lines_total", "agent" => agent.to_string(), "outcome" => "duplicate")
+        .increment(duplicate);
 }
 
 /// Lines acked to a shim as durably queued.

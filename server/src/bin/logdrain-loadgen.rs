@@ -151,6 +151,7 @@ async fn run(
                 boot_id: boot.clone(),
                 secrets: secrets.clone(),
                 protocol_version: logdrain::PROTOCOL_VERSION,
+                handoff: None,
             },
         };
         tasks.spawn(run_stream(endpoint.clone(), plan, pool.clone()));

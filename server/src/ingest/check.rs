@@ -38,5 +38,8 @@ pub(super) fn check(ingest: &Ingest, request: CheckRequest) -> Result<CheckReply
         .collect();
     tracing::debug!(agent = %request.agent_id, agent_server = %request.agent_server_id,
         "configuration check answered");
-    Ok(CheckReply { destinations })
+    Ok(CheckReply {
+        destinations,
+        accepts_handoff: true,
+    })
 }

@@ -6,6 +6,13 @@
 //! and acked with the stream's durable high-water mark. Nothing is acked
 //! before the queue says it is on disk.
 //!
+//! A handoff stream (`Open.handoff`, sent by `logdrain-gateway handoff` for
+//! a retired gateway) is admitted only with a proof made with the signing
+//! key. Its lines are stored as a shim's, but it offers its credentials to
+//! no other route, keeps a route's current credentials and first-seen time
+//! (a new route takes the retired gateway's), and is neither a replica in
+//! `status` nor shown on live tail.
+//!
 //! Seqs a batch skips (it starts above the mark + 1: the shim's buffer
 //! dropped them, or another gateway acked them before a failover) are
 //! counted (`logdrain_skipped_seqs_total`), never as acked lines. Only the
@@ -98,6 +105,8 @@ struct Session {
     /// Held while the stream reads; released when it stops.
     boot: Option<BootBinding>,
     routes: Vec<RouteKey>,
+    /// Lines another gateway handed off, not a shim's.
+    handoff: bool,
 }
 
 impl Session {
@@ -114,6 +123,25 @@ impl Session {
                 metrics::refused_streams(refused.reason);
                 refused.status
             })?;
+        let handoff_first_seen = match &open.handoff {
+            None => None,
+            Some(handoff) => {
+                let proven = ingest.key.verify_handoff(
+                    &open.agent_id,
+                    &open.agent_server_id,
+                    &open.boot_id,
+                    &handoff.proof,
+                );
+                if !proven {
+                    metrics::refused_streams("unauthenticated");
+                    return Err(Status::unauthenticated(format!(
+                        "the handoff proof is not valid for agent id {:?}: only a gateway with this gateway's signing key can hand off lines; run `logdrain-gateway handoff` with the LOGDRAIN_SIGNING_KEY this gateway uses",
+                        open.agent_id
+                    )));
+                }
+                Some(handoff.first_seen_ms)
+            }
+        };
         let boot = ingest
             .boots
             .bind(&open.agent_id, &open.agent_server_id, &open.boot_id)
@@ -139,11 +167,15 @@ impl Session {
         let mut routes = Vec::new();
         for (route, offered) in wanted {
             // A route that adopted newer credentials keeps them.
-            let secrets = ingest
-                .engine
-                .current_secrets(&route)
-                .unwrap_or_else(|| offered.clone());
-            let first_seen_ms = ingest.engine.first_seen(&route);
+            let current = ingest.engine.current_secrets(&route);
+            // Handed-off credentials are as old as the retired gateway saw
+            // them (0, unknown, is oldest), so they never pass for a newer
+            // deployment's.
+            let first_seen_ms = match (handoff_first_seen, &current) {
+                (Some(theirs), None) => theirs,
+                _ => ingest.engine.first_seen(&route),
+            };
+            let secrets = current.unwrap_or_else(|| offered.clone());
             ingest
                 .queue
                 .put_route_since(&route, &secrets, first_seen_ms)
@@ -151,7 +183,9 @@ impl Session {
             ingest
                 .engine
                 .ensure_route_since(route.clone(), secrets, first_seen_ms);
-            ingest.engine.offer_credentials(&route, &offered);
+            if handoff_first_seen.is_none() {
+                ingest.engine.offer_credentials(&route, &offered);
+            }
             routes.push(route);
         }
         // Detached when the session drops; attached only once it exists.
@@ -173,6 +207,7 @@ impl Session {
             boot_id: open.boot_id,
             boot: Some(boot),
             routes,
+            handoff: handoff_first_seen.is_some(),
         })
     }
 
@@ -183,17 +218,18 @@ impl Session {
         _slot: StreamSlot,
     ) {
         metrics::active_streams(1.0);
-        metrics::connected_replicas(&self.agent_id, 1.0);
         metrics::agent_seen(&self.agent_id);
-        self.ingest
-            .replicas
-            .stream_opened(&self.agent_id, &self.agent_server_id);
+        let replica = (!self.handoff).then(|| self.ingest.replicas.clone());
+        if let Some(replicas) = &replica {
+            metrics::connected_replicas(&self.agent_id, 1.0);
+            replicas.stream_opened(&self.agent_id, &self.agent_server_id);
+        }
         let _guard = ActiveStream {
             agent_id: self.agent_id.clone(),
             agent_server_id: Arc::clone(&self.agent_server_id),
-            replicas: self.ingest.replicas.clone(),
+            replica,
         };
-        tracing::info!(agent = %self.agent_id, agent_server = %self.agent_server_id, boot = %boots::fingerprint(&self.boot_id), routes = self.routes.len(), "stream opened");
+        tracing::info!(agent = %self.agent_id, agent_server = %self.agent_server_id, boot = %boots::fingerprint(&self.boot_id), routes = self.routes.len(), handoff = self.handoff, "stream opened");
 
         // Batches written to the queue and waiting for their group commit,
         // acked in order as they become durable. Reading the next batch
@@ -294,12 +330,14 @@ impl Session {
         let bytes: u64 = batch.lines.iter().map(|l| l.data.len() as u64).sum();
         metrics::received(&self.agent_id, count, bytes);
         metrics::agent_seen(&self.agent_id);
-        self.ingest.replicas.batch_received(
-            &self.agent_id,
-            &self.agent_server_id,
-            batch.shim_dropped_total,
-            &batch.shim_redacted_total,
-        );
+        if !self.handoff {
+            self.ingest.replicas.batch_received(
+                &self.agent_id,
+                &self.agent_server_id,
+                batch.shim_dropped_total,
+                &batch.shim_redacted_total,
+            );
+        }
         if batch.lines.is_empty() {
             // Nothing to write: answer with the stream's durable mark (the
             // stored one may still wait for its group commit).
@@ -317,10 +355,8 @@ impl Session {
                 Ok(seq)
             }));
         }
-        let tail_copy = self
-            .ingest
-            .tail
-            .has_followers(&self.agent_id)
+        // Handed-off lines are old: live tail shows only lines as they come.
+        let tail_copy = (!self.handoff && self.ingest.tail.has_followers(&self.agent_id))
             .then(|| batch.lines.clone());
         // This stream alone writes its boot, so the mark it reads is the one
         // the batch is written against.
@@ -347,12 +383,16 @@ impl Session {
         let agent_id = self.agent_id.clone();
         let agent_server_id = Arc::clone(&self.agent_server_id);
         let no_destination = self.routes.is_empty();
+        let handoff = self.handoff;
         Ok(Box::pin(async move {
             let outcome = written.durable().await.map_err(queue_status)?;
             let fresh = count - outcome.duplicates as u64;
             metrics::duplicates(&agent_id, outcome.duplicates as u64);
             metrics::acked(&agent_id, fresh);
-            if skipped > 0 {
+            if handoff {
+                // Its gaps are lines the retired gateway had delivered.
+                metrics::handoff_lines(&agent_id, fresh, outcome.duplicates as u64);
+            } else if skipped > 0 {
                 metrics::skipped_seqs(&agent_id, skipped);
                 tracing::debug!(agent = %agent_id, agent_server = %agent_server_id, skipped, "batch skipped seqs (dropped by the shim or acked by another gateway)");
             }
@@ -413,20 +453,22 @@ fn queue_status(e: QueueError) -> Status {
     ))
 }
 
-/// Counts a stream (and its agent's replica) as connected while it lives.
+/// Counts a stream (and its agent's replica, unless it is a handoff) as
+/// connected while it lives.
 struct ActiveStream {
     agent_id: String,
     agent_server_id: Arc<str>,
-    replicas: super::Replicas,
+    replica: Option<super::Replicas>,
 }
 
 impl Drop for ActiveStream {
     fn drop(&mut self) {
         metrics::active_streams(-1.0);
-        metrics::connected_replicas(&self.agent_id, -1.0);
         metrics::agent_seen(&self.agent_id);
-        self.replicas
-            .stream_closed(&self.agent_id, &self.agent_server_id);
+        if let Some(replicas) = &self.replica {
+            metrics::connected_replicas(&self.agent_id, -1.0);
+            replicas.stream_closed(&self.agent_id, &self.agent_server_id);
+        }
     }
 }
 

@@ -138,6 +138,7 @@ mod tests {
             boot_id: "0123456789abcdef0123456789abcdef".into(),
             secrets: Default::default(),
             protocol_version: logdrain::PROTOCOL_VERSION,
+            handoff: None,
         }
     }
 

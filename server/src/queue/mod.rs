@@ -98,6 +98,22 @@ pub struct QueuedLine {
     pub original_timestamp_ns: Option<i64>,
 }
 
+/// The lines of one segment a route has not delivered yet, with the stream
+/// they came in on (for `logdrain-gateway handoff`).
+#[derive(Clone, Debug)]
+pub struct QueuedSegment {
+    pub segment: u64,
+    pub agent_server_id: Arc<str>,
+    pub boot_id: Arc<str>,
+    /// Sequence number of the segment's line 0.
+    pub first_seq: u64,
+    /// Index of the segment's last line (its lines may be fewer: damaged
+    /// ones are left out, counted).
+    pub last_index: u32,
+    /// The lines that passed their checksum, with their index.
+    pub lines: Vec<(u32, Line)>,
+}
+
 /// One received batch of a shim stream.
 pub struct Append<'a> {
     pub agent_id: &'a str,
@@ -518,7 +534,7 @@ impl Queue {
                 return Ok(out);
             };
             for planned in plan {
-                let Some(Loaded { server, lines }) =
+                let Some(Loaded { server, lines, .. }) =
                     self.inner.load_segment(&agent, planned.segment)?
                 else {
                     continue;
@@ -549,6 +565,60 @@ impl Queue {
                 return Ok(out);
             }
             // Every planned segment was gone or damaged: look further.
+            after = Some(Cursor {
+                segment: last.segment,
+                index: u32::MAX,
+            });
+        }
+    }
+
+    /// As [`Queue::read`], but whole segments with the stream each came in
+    /// on: the segments tagged for `route` strictly after `after`, trimmed
+    /// to the lines after it, until about `max_lines` lines or `max_bytes`
+    /// data bytes (at least one segment if any is left). Damaged lines are
+    /// left out and counted as [`Queue::read`] counts them.
+    pub fn read_segments(
+        &self,
+        route: &RouteKey,
+        after: Option<Cursor>,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<QueuedSegment>, QueueError> {
+        let agent = self.inner.known_agent(route)?;
+        let mut after = after;
+        loop {
+            let plan = {
+                let index = lock(&agent.index);
+                if !index.has_route(route) {
+                    return Err(unknown(route));
+                }
+                index.plan_read(route, after, max_lines.max(1), max_bytes)
+            };
+            let Some(last) = plan.last().copied() else {
+                return Ok(Vec::new());
+            };
+            let mut out = Vec::with_capacity(plan.len());
+            for planned in plan {
+                let Some(loaded) = self.inner.load_segment(&agent, planned.segment)? else {
+                    continue;
+                };
+                out.push(QueuedSegment {
+                    segment: planned.segment,
+                    agent_server_id: loaded.server,
+                    boot_id: loaded.boot,
+                    first_seq: loaded.first_seq,
+                    last_index: loaded.last_index,
+                    lines: loaded
+                        .lines
+                        .into_iter()
+                        .filter(|(index, _)| *index >= planned.from_index)
+                        .collect(),
+                });
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            // Every planned segment was gone or wholly damaged.
             after = Some(Cursor {
                 segment: last.segment,
                 index: u32::MAX,
@@ -754,6 +824,9 @@ impl Inner {
         }
         Ok(Some(Loaded {
             server: Arc::from(checked.header.agent_server_id.as_str()),
+            boot: Arc::from(checked.header.boot_id.as_str()),
+            first_seq: checked.header.first_seq,
+            last_index: checked.lines.saturating_sub(1),
             lines: decoded.lines,
         }))
     }
@@ -815,6 +888,9 @@ impl Inner {
 /// indexes.
 struct Loaded {
     server: Arc<str>,
+    boot: Arc<str>,
+    first_seq: u64,
+    last_index: u32,
     lines: Vec<(u32, Line)>,
 }
 

@@ -223,6 +223,66 @@ async fn duplicate_batch_after_reconnect_is_not_queued_twice() {
 }
 
 #[tokio::test]
+async fn read_segments_gives_each_segment_its_stream_and_seqs_from_the_cursor_on() {
+    let dir = TempDir::new().unwrap();
+    let queue = open(&dir);
+    let (r, other) = (route("agent", "c1"), route("agent", "c2"));
+    queue.put_route(&r, &secrets("t")).unwrap();
+    queue.put_route(&other, &secrets("u")).unwrap();
+    append(&queue, "agent", "srv-a", 5, lines("a", 5, 9), one(&r)).await;
+    append(&queue, "agent", "srv-b", 1, lines("b", 1, 3), one(&other)).await;
+    append(&queue, "agent", "srv-a", 10, lines("a", 10, 11), one(&r)).await;
+
+    let all = queue.read_segments(&r, None, 100, usize::MAX).unwrap();
+    let seen: Vec<(&str, &str, u64, u32, Vec<u32>)> = all
+        .iter()
+        .map(|s| {
+            (
+                &*s.agent_server_id,
+                &*s.boot_id,
+                s.first_seq,
+                s.last_index,
+                s.lines.iter().map(|(i, _)| *i).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("srv-a", "boot-1", 5, 4, vec![0, 1, 2, 3, 4]),
+            ("srv-a", "boot-1", 10, 1, vec![0, 1]),
+        ],
+        "only the route's own segments"
+    );
+    // From inside the first segment: its later lines, then the next.
+    let after = Some(Cursor {
+        segment: all[0].segment,
+        index: 2,
+    });
+    let rest = queue.read_segments(&r, after, 100, usize::MAX).unwrap();
+    let indexes: Vec<Vec<u32>> = rest
+        .iter()
+        .map(|s| s.lines.iter().map(|(i, _)| *i).collect())
+        .collect();
+    assert_eq!(indexes, [vec![3, 4], vec![0, 1]]);
+    assert_eq!(
+        String::from_utf8_lossy(&rest[0].lines[0].1.data),
+        "a-8",
+        "index 3 of a segment starting at seq 5"
+    );
+    // At least one segment, however small the limit.
+    assert_eq!(queue.read_segments(&r, None, 1, 1).unwrap().len(), 1);
+    let end = Some(Cursor {
+        segment: all[1].segment,
+        index: 1,
+    });
+    assert!(queue
+        .read_segments(&r, end, 100, usize::MAX)
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
 async fn gap_in_sequence_is_accepted() {
     let dir = TempDir::new().unwrap();
     let queue = open(&dir);
