@@ -482,7 +482,7 @@ pub struct TailConfig {
     #[arg(long, env = "LOGDRAIN_AGENT_ID")]
     pub agent_id: String,
 
-    /// Gateway gRPC URL (`https://` for TLS).
+    /// The gateway's gRPC address (its --grpc-listen), `https://` for TLS.
     #[arg(
         long,
         env = "LOGDRAIN_GATEWAY",
