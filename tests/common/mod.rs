@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod tool;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
