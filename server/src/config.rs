@@ -659,6 +659,50 @@ mod tests {
     }
 
     #[test]
+    fn client_commands_read_the_token_from_its_file_trimmed_and_never_show_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  secret-token\n").unwrap();
+        let path_arg = path.to_str().unwrap();
+        let config = Config::try_parse_from([
+            "logdrain-gateway",
+            "tail",
+            "--agent-id",
+            "a",
+            "--token-file",
+            path_arg,
+        ])
+        .unwrap();
+        let Command::Tail(tail) = config.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(tail.token.required().unwrap(), "secret-token");
+        assert!(!format!("{tail:?}").contains("secret"));
+
+        std::fs::write(&path, "\n").unwrap();
+        let err = tail.token.required().unwrap_err();
+        assert!(err.contains("--token-file"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        let err = tail.token.required().unwrap_err();
+        assert!(
+            err.contains("cannot read --token-file") && err.contains(path_arg),
+            "{err}"
+        );
+        assert!(
+            Config::try_parse_from([
+                "logdrain-gateway",
+                "status",
+                "--token",
+                "t",
+                "--token-file",
+                path_arg
+            ])
+            .is_err(),
+            "one token, not two"
+        );
+    }
+
+    #[test]
     fn a_quota_smaller_than_one_batch_is_refused() {
         let err = parse_quota("1MiB").unwrap_err();
         assert!(err.contains("16MiB"), "{err}");
