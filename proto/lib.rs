@@ -7,14 +7,23 @@
 //!   so the shim's check at start and the gateway's sinks apply the same
 //!   rules;
 //! * the rule for tenant-supplied endpoints ([`endpoint`]): public
-//!   addresses only.
+//!   addresses only;
+//! * the rules for the ids a shim sends ([`ids`]), and the one parser of
+//!   sizes and of durations ([`units`]) behind every such option;
+//! * how a client reaches a gateway over gRPC ([`client`]), backoff between
+//!   attempts ([`backoff`]) and the error chain ([`error_chain`]).
 //!
 //! It must not contain any shim or gateway behaviour: no I/O beyond the
-//! generated client and server, no vendor endpoints, headers or clients.
+//! generated client and server, connecting, and reading the PEM files of
+//! the client's options; no vendor endpoints, headers or clients.
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+pub mod client;
 pub mod endpoint;
+pub mod ids;
 pub mod secrets;
+pub mod units;
 
 pub use secrets::SECRET_VARS;
 
@@ -29,6 +38,24 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Largest encoded gRPC message either side accepts (16 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// An error and its sources, joined with ": ", a source left out when the
+/// text so far already holds it (transport and HTTP errors keep the useful
+/// part, like "Connection refused" or an untrusted certificate, in their
+/// sources).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
 
 impl v1::StreamKind {
     /// The name vendors receive: `stdout` or `stderr`.

@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
 # Runs every test of logdrain from a fresh clone.
 #
+# 0. Gates on formatting and lints: `cargo fmt --all --check` and
+#    `cargo clippy --workspace --all-targets -- -D warnings` (the lints are
+#    the workspace's, in Cargo.toml), then `cargo deny check` of licences,
+#    bans and sources (deny.toml; no network).
 # 1. Installs the Python test peers (moto_server for CloudWatch Logs) and
 #    kubernetes-validate (tests/kubernetes.rs) into ./.venv, once per change
 #    of tests/requirements.txt, and promtool
 #    (Debian's prometheus package, for tests/prometheus.rs) when it is
 #    missing, and chromium (Debian's package, for the status page test in
 #    tests/status.rs): as root or with sudo, else it stops and says how.
-# 2. Runs `cargo test --workspace`: unit tests, and the integration and
-#    end-to-end tests that start the real binaries.
+# 2. Runs `cargo test --workspace` with LOGDRAIN_TEST_REQUIRE_ALL=1, so a
+#    test whose tool (moto, promtool, chromium) is missing fails instead of
+#    skipping: unit tests, and the integration and end-to-end tests that
+#    start the real binaries.
 # 3. Runs the docker compose fleet end to end (tests/compose/e2e.sh). It
 #    needs a Docker engine and fails loudly without one; set
 #    LOGDRAIN_SKIP_COMPOSE=1 to leave it out on purpose (it says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "tests/run.sh: cargo fmt --all --check"
+cargo fmt --all --check || {
+  echo "tests/run.sh: the code is not formatted; run: cargo fmt --all" >&2
+  exit 1
+}
+echo "tests/run.sh: cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 venv=.venv
 stamp="$venv/.requirements.sha256"
@@ -55,7 +69,7 @@ need() {
 need promtool prometheus "tests/prometheus.rs and tests/kubernetes.rs"
 need chromium chromium "the status page test in tests/status.rs"
 
-cargo test --workspace
+LOGDRAIN_TEST_REQUIRE_ALL=1 cargo test --workspace
 
 if [ "${LOGDRAIN_SKIP_COMPOSE:-0}" = 1 ]; then
   echo "tests/run.sh: SKIPPING the docker compose end-to-end test (LOGDRAIN_SKIP_COMPOSE=1)" >&2

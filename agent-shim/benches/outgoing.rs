@@ -60,6 +60,7 @@ fn secrets() -> Vec<(OsString, OsString)> {
         .collect()
 }
 
+#[allow(unsafe_code)]
 fn cpu_seconds() -> f64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes a `rusage` into the pointer it is given.

@@ -16,6 +16,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use logdrain::client::{self, code_name, connect_failure, ClientTls};
 use logdrain::v1::drain_client::DrainClient;
 use logdrain::v1::{CheckReply, CheckRequest};
 use tonic::transport::Uri;
@@ -23,7 +24,6 @@ use tonic::Code;
 
 use crate::config::{Config, Settings};
 use crate::secrets::{DestinationState, Secrets};
-use crate::stream;
 
 /// Exit code when everything checked is usable.
 pub const EXIT_CHECK_OK: i32 = 0;
@@ -31,7 +31,7 @@ pub const EXIT_CHECK_OK: i32 = 0;
 pub const EXIT_CHECK_FAILED: i32 = 1;
 
 /// How long one gateway has to accept the connection, and then to answer.
-pub const CHECK_TIMEOUT: Duration = stream::CONNECT_TIMEOUT;
+pub const CHECK_TIMEOUT: Duration = client::CONNECT_TIMEOUT;
 
 /// The report and how many problems it names.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -215,14 +215,7 @@ async fn gateways(report: &mut Report, settings: &Settings, secrets: &Secrets) {
             secrets: secrets.to_open_map(),
             protocol_version: logdrain::PROTOCOL_VERSION,
         };
-        match ask(
-            uri,
-            settings.gateway_ca_pem.as_deref(),
-            settings.client_identity.as_ref(),
-            request,
-        )
-        .await
-        {
+        match ask(uri, &settings.tls, request).await {
             Err(failure) => report.problem(format_args!("  {url}  {failure}")),
             Ok(reply) => {
                 let names: Vec<&str> = reply
@@ -261,36 +254,17 @@ async fn gateways(report: &mut Report, settings: &Settings, secrets: &Secrets) {
     }
 }
 
-/// What a failed connection means: the address is unreachable (TCP, DNS),
-/// or, for `https://`, the TLS handshake failed once connected.
-fn connect_failure(url: &Uri, error: &str) -> String {
-    let before_tls = error.contains("tcp connect error") || error.contains("dns error");
-    if url.scheme_str() == Some("https") && !before_tls {
-        format!(
-            "TLS handshake failed: {error}; check that this port serves TLS (else use http://) \
-             and that its certificate is trusted (--gateway-ca-file for a private CA)"
-        )
-    } else {
-        format!("unreachable: {error}")
-    }
-}
-
 /// Connects to one gateway and sends the check. The error says what
 /// happened, with the fix where one is known; never the token.
-async fn ask(
-    url: &Uri,
-    ca_pem: Option<&[u8]>,
-    identity: Option<&stream::ClientIdentity>,
-    request: CheckRequest,
-) -> Result<CheckReply, String> {
-    let endpoint = stream::endpoint(url, ca_pem, identity).map_err(|err| err.to_string())?;
+async fn ask(url: &Uri, tls: &ClientTls, request: CheckRequest) -> Result<CheckReply, String> {
+    let endpoint = client::endpoint(url, tls).map_err(|err| err.to_string())?;
     let channel = match tokio::time::timeout(CHECK_TIMEOUT, endpoint.connect()).await {
         Err(_) => {
             return Err(format!(
                 "unreachable: no connection within {CHECK_TIMEOUT:?}"
             ))
         }
-        Ok(Err(err)) => return Err(connect_failure(url, &stream::chain(&err))),
+        Ok(Err(err)) => return Err(connect_failure(url, &err)),
         Ok(Ok(channel)) => channel,
     };
     let mut client = DrainClient::new(channel)
@@ -306,38 +280,8 @@ async fn ask(
         )),
         Ok(Err(status)) => Err(format!(
             "refused ({}): {}",
-            stream::code_name(status.code()),
+            code_name(status.code()),
             status.message()
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_refused_connection_is_unreachable_even_over_https() {
-        let url: Uri = "https://gw.example:443".parse().unwrap();
-        let text = connect_failure(
-            &url,
-            "transport error: tcp connect error: Connection refused",
-        );
-        assert!(text.starts_with("unreachable: "), "{text}");
-        let text = connect_failure(&url, "transport error: dns error: no such host");
-        assert!(text.starts_with("unreachable: "), "{text}");
-    }
-
-    #[test]
-    fn a_failure_after_connecting_over_https_is_a_tls_failure_with_the_fix() {
-        let url: Uri = "https://gw.example:443".parse().unwrap();
-        let text = connect_failure(
-            &url,
-            "transport error: invalid peer certificate: UnknownIssuer",
-        );
-        assert!(text.starts_with("TLS handshake failed: "), "{text}");
-        assert!(text.contains("--gateway-ca-file"), "{text}");
-        let plain: Uri = "http://gw.example:80".parse().unwrap();
-        assert!(connect_failure(&plain, "transport error: reset").starts_with("unreachable: "));
     }
 }

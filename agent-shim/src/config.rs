@@ -10,15 +10,17 @@
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use logdrain::client::{ClientTls, PemError};
+use logdrain::ids::{self, IdError};
+use logdrain::units::{parse_duration, parse_size};
 use tonic::codegen::http::Uri;
 
 use crate::multiline::{Bounds, Mode, ModeError};
 use crate::redact::RedactMode;
-use crate::stream::ClientIdentity;
 
 /// Largest accepted `--max-line-bytes`: a batch always fits one line, and
 /// every batch must stay far below `logdrain::MAX_MESSAGE_BYTES`.
@@ -115,7 +117,7 @@ pub struct Config {
     /// oldest lines not yet sent are dropped, counted, and reported in the
     /// drain once delivery resumes; lines awaiting their ack (at most half
     /// the bound, and at most 16MiB) are never dropped.
-    #[arg(long, env = "LOGDRAIN_BUFFER_BYTES", value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    #[arg(long, env = "LOGDRAIN_BUFFER_BYTES", value_name = "SIZE", default_value = "64MiB", value_parser = parse_size::<usize>)]
     pub buffer_bytes: usize,
 
     /// After the agent exits, how long to keep delivering buffered lines
@@ -125,7 +127,7 @@ pub struct Config {
 
     /// Lines longer than this are sent as several marked pieces (never
     /// dropped). Between 64 and 4MiB.
-    #[arg(long, env = "LOGDRAIN_MAX_LINE_BYTES", value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
+    #[arg(long, env = "LOGDRAIN_MAX_LINE_BYTES", value_name = "SIZE", default_value = "256KiB", value_parser = parse_size::<usize>)]
     pub max_line_bytes: usize,
 
     /// Most lines per batch sent to the gateway (batches also stay below
@@ -290,11 +292,12 @@ pub enum ConfigError {
     MissingAgentId,
     #[error("no command given: run `agent-shim [OPTIONS] -- COMMAND [ARGS...]`, or pass --check to only check the configuration")]
     MissingCommand,
-    #[error("invalid {option} {value:?}: {reason}")]
+    /// An id the gateway would refuse: the message names the rule.
+    #[error("invalid {option}: {source}")]
     BadId {
         option: &'static str,
-        value: String,
-        reason: &'static str,
+        #[source]
+        source: IdError,
     },
     #[error("cannot read the host name for the default agent-server id ({0}); pass --agent-server-id ID or set LOGDRAIN_AGENT_SERVER_ID")]
     Hostname(#[source] std::io::Error),
@@ -316,27 +319,8 @@ pub enum ConfigError {
     MultilineFlush { value: Duration },
     #[error("--batch-linger {value:?} is too long: use at most 5s")]
     BatchLinger { value: Duration },
-    #[error("cannot read --gateway-ca-file {path:?}: {source}; point it at a readable PEM file or unset it")]
-    CaFile {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("--gateway-ca-file {path:?} holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\"); give the CA certificate in PEM form")]
-    CaFileNotPem { path: PathBuf },
-    #[error("cannot read {flag} {path:?}: {source}; point it at a readable PEM file or unset it")]
-    ClientFile {
-        flag: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{flag} {path:?} holds no PEM {what} (no \"-----BEGIN {what}\"); give it in PEM form")]
-    ClientFileNotPem {
-        flag: &'static str,
-        path: PathBuf,
-        what: &'static str,
-    },
+    #[error(transparent)]
+    Pem(#[from] PemError),
 }
 
 /// The configuration after validation: everything the shim runs with.
@@ -353,10 +337,9 @@ pub struct Settings {
     pub max_line_bytes: usize,
     pub batch_lines: usize,
     pub batch_linger: Duration,
-    /// Extra trusted CA certificates (PEM) for `https://` gateways.
-    pub gateway_ca_pem: Option<Vec<u8>>,
-    /// Client certificate for gateways that require mutual TLS.
-    pub client_identity: Option<ClientIdentity>,
+    /// Extra trusted CA certificates and the client identity for
+    /// `https://` gateways.
+    pub tls: ClientTls,
     /// Reap orphans even when not PID 1.
     pub subreaper: bool,
     pub redact: RedactMode,
@@ -378,11 +361,7 @@ impl fmt::Debug for Settings {
             .field("max_line_bytes", &self.max_line_bytes)
             .field("batch_lines", &self.batch_lines)
             .field("batch_linger", &self.batch_linger)
-            .field(
-                "gateway_ca_pem",
-                &self.gateway_ca_pem.as_ref().map(Vec::len),
-            )
-            .field("client_identity", &self.client_identity)
+            .field("tls", &self.tls)
             .field("subreaper", &self.subreaper)
             .field("redact", &self.redact)
             .field("multiline", &self.multiline)
@@ -411,7 +390,12 @@ impl Config {
         }
         let gateways = parse_gateways(self.gateway.as_deref().unwrap_or(""))?;
         let from_file = match &self.token_file {
-            Some(path) => Some(read_token_file(path)?),
+            Some(path) => Some(logdrain::client::read_token_file(path).map_err(|source| {
+                ConfigError::TokenFile {
+                    path: path.clone(),
+                    source,
+                }
+            })?),
             None => None,
         };
         let token = match from_file
@@ -426,16 +410,22 @@ impl Config {
             _ => return Err(ConfigError::MissingToken),
         };
         let agent_id = match self.agent_id {
-            Some(id) if !id.trim().is_empty() => check_id("--agent-id", id)?,
+            Some(id) if !id.trim().is_empty() => id,
             _ => return Err(ConfigError::MissingAgentId),
         };
-        let agent_server_id = match self.agent_server_id {
-            Some(id) => check_id("--agent-server-id", id)?,
-            None => check_id(
-                "--agent-server-id",
+        ids::check_agent_id(&agent_id).map_err(|source| ConfigError::BadId {
+            option: "--agent-id / LOGDRAIN_AGENT_ID",
+            source,
+        })?;
+        let (agent_server_id, option) = match self.agent_server_id {
+            Some(id) => (id, "--agent-server-id / LOGDRAIN_AGENT_SERVER_ID"),
+            None => (
                 hostname().map_err(ConfigError::Hostname)?,
-            )?,
+                "--agent-server-id (the host name by default)",
+            ),
         };
+        ids::check_agent_server_id(&agent_server_id)
+            .map_err(|source| ConfigError::BadId { option, source })?;
         if !(MIN_LINE_BYTES..=MAX_LINE_BYTES_LIMIT).contains(&self.max_line_bytes) {
             return Err(ConfigError::MaxLineBytes {
                 value: self.max_line_bytes,
@@ -470,30 +460,11 @@ impl Config {
                 value: self.multiline_flush,
             });
         }
-        let gateway_ca_pem = match self.gateway_ca_file {
-            None => None,
-            Some(path) => {
-                let pem = std::fs::read(&path).map_err(|source| ConfigError::CaFile {
-                    path: path.clone(),
-                    source,
-                })?;
-                if !pem
-                    .windows(b"-----BEGIN CERTIFICATE-----".len())
-                    .any(|w| w == b"-----BEGIN CERTIFICATE-----")
-                {
-                    return Err(ConfigError::CaFileNotPem { path });
-                }
-                Some(pem)
-            }
-        };
-        let client_identity = match (self.client_cert, self.client_key) {
-            (Some(cert), Some(key)) => Some(ClientIdentity {
-                cert_pem: read_pem("--client-cert", &cert, "CERTIFICATE")?,
-                key_pem: read_pem("--client-key", &key, "")?,
-            }),
-            // clap requires both or neither.
-            _ => None,
-        };
+        let tls = ClientTls::load(
+            self.gateway_ca_file.as_deref(),
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+        )?;
         Ok(Settings {
             gateways,
             token,
@@ -504,8 +475,7 @@ impl Config {
             max_line_bytes: self.max_line_bytes,
             batch_lines: self.batch_lines,
             batch_linger: self.batch_linger,
-            gateway_ca_pem,
-            client_identity,
+            tls,
             subreaper: self.subreaper,
             redact: self.redact,
             multiline,
@@ -517,41 +487,6 @@ impl Config {
             command: self.command,
         })
     }
-}
-
-/// Most bytes read from a token file: a token is 64 characters.
-const MAX_TOKEN_FILE_BYTES: u64 = 4096;
-
-fn read_token_file(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read;
-    let failed = |source| ConfigError::TokenFile {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|file| file.take(MAX_TOKEN_FILE_BYTES).read_to_string(&mut text))
-        .map_err(failed)?;
-    Ok(text)
-}
-
-/// Reads a PEM file of the client identity; `what` is the expected block
-/// type after "-----BEGIN " (empty: any).
-fn read_pem(flag: &'static str, path: &Path, what: &'static str) -> Result<Vec<u8>, ConfigError> {
-    let pem = std::fs::read(path).map_err(|source| ConfigError::ClientFile {
-        flag,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let marker = format!("-----BEGIN {what}");
-    if !pem.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-        return Err(ConfigError::ClientFileNotPem {
-            flag,
-            path: path.to_path_buf(),
-            what: if what.is_empty() { "PRIVATE KEY" } else { what },
-        });
-    }
-    Ok(pem)
 }
 
 /// Splits and checks a comma-separated list of gateway URLs.
@@ -582,84 +517,6 @@ pub fn parse_gateways(list: &str) -> Result<Vec<Uri>, ConfigError> {
         return Err(ConfigError::MissingGateway);
     }
     Ok(gateways)
-}
-
-/// Ids are sent as-is to the gateway and appear in vendors' tags, so they
-/// must be printable and short.
-fn check_id(option: &'static str, id: String) -> Result<String, ConfigError> {
-    let reason = if id.is_empty() {
-        Some("it is empty")
-    } else if id.len() > 256 {
-        Some("it is longer than 256 bytes")
-    } else if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        Some("it contains whitespace or control characters")
-    } else {
-        None
-    };
-    match reason {
-        Some(reason) => Err(ConfigError::BadId {
-            option,
-            value: id,
-            reason,
-        }),
-        None => Ok(id),
-    }
-}
-
-/// Parses a byte size: `65536`, `512KiB`, `64MiB`, `1GiB`, `64MB`.
-/// K/M/G and KiB/MiB/GiB are binary; KB/MB/GB are decimal. Case-insensitive.
-pub fn parse_size(text: &str) -> Result<usize, String> {
-    let help = || {
-        format!(
-            "invalid size {text:?}: expected a number of bytes with an optional unit, \
-             e.g. 65536, 512KiB, 64MiB, 1GiB"
-        )
-    };
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    let number: u64 = number.parse().map_err(|_| help())?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        _ => return Err(help()),
-    };
-    number
-        .checked_mul(multiplier)
-        .and_then(|bytes| usize::try_from(bytes).ok())
-        .ok_or_else(|| format!("size {text:?} is too large"))
-}
-
-/// Parses a duration: `500ms`, `10s`, `1.5s`, `2m`, `1h`; a bare number is
-/// seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let help =
-        || format!("invalid duration {text:?}: expected a number with a unit, e.g. 500ms, 10s, 2m");
-    let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
-        return Err(help());
-    }
-    let number: f64 = number.parse().map_err(|_| help())?;
-    let seconds_per_unit = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(help()),
-    };
-    Duration::try_from_secs_f64(number * seconds_per_unit)
-        .map_err(|_| format!("duration {text:?} is too large"))
 }
 
 #[cfg(test)]
@@ -805,11 +662,27 @@ mod tests {
     }
 
     #[test]
-    fn ids_with_whitespace_are_refused() {
-        let mut args = valid_args();
-        args[5] = "agent 1";
-        let err = config(&args).unwrap().validate().unwrap_err().to_string();
-        assert!(err.contains("\"agent 1\""), "{err}");
+    fn ids_the_gateway_refuses_are_refused_at_start_naming_the_rule() {
+        for bad in ["agent 1", "my/agent", "café", ".hidden"] {
+            let mut args = valid_args();
+            args[5] = bad;
+            let err = config(&args).unwrap().validate().unwrap_err();
+            assert!(matches!(err, ConfigError::BadId { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("--agent-id") && text.contains(ids::ID_CHARACTERS),
+                "{text}"
+            );
+        }
+        let err = config(&valid_args())
+            .unwrap()
+            .validate_with_hostname(|| Ok("host_a/b".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the host name") && err.contains(ids::ID_CHARACTERS),
+            "{err}"
+        );
     }
 
     #[test]
@@ -837,32 +710,6 @@ mod tests {
         assert!(!format!("{parsed:?}").contains("tok\""));
         let settings = parsed.validate_with_hostname(|| Ok("h".into())).unwrap();
         assert!(!format!("{settings:?}").contains("\"tok\""));
-    }
-
-    #[test]
-    fn sizes_accept_binary_and_decimal_units() {
-        assert_eq!(parse_size("65536"), Ok(65_536));
-        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("64m"), Ok(64 << 20));
-        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("2MB"), Ok(2_000_000));
-        assert!(parse_size("64XB").unwrap_err().contains("\"64XB\""));
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("-1").is_err());
-    }
-
-    #[test]
-    fn durations_accept_units() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_duration("10x").unwrap_err().contains("\"10x\""));
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("-1s").is_err());
     }
 
     #[test]

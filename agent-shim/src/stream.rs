@@ -36,10 +36,12 @@
 //! It must never block the capture: it only takes the buffer's lock for
 //! short, non-blocking operations. It never prints the token or secrets.
 
-use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use logdrain::backoff::Backoff;
+use logdrain::client::{self, code_name, status_detail, tls_hint, ClientTls, TlsError};
+use logdrain::error_chain;
 use logdrain::v1::{gateway_message, shim_message, GatewayMessage, Open, ShimMessage};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -47,10 +49,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
+use tonic::transport::{Endpoint, Uri};
 use tonic::{Code, GrpcMethod, Request, Status, Streaming};
 
-use crate::backoff::Backoff;
 use crate::buffer::{AckAheadOfSent, SharedBuffer};
 use crate::diag::{self, diag};
 use crate::lifecycle;
@@ -80,14 +81,11 @@ pub fn in_flight_window(buffer_bytes: usize) -> usize {
 }
 
 /// Connecting and opening a stream must finish within this.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONNECT_TIMEOUT: Duration = client::CONNECT_TIMEOUT;
 /// With lines outstanding, a gateway silent for this long is given up on.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the last ack, how long to wait for the gateway to end the stream.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
-/// HTTP/2 pings detect a dead connection while the stream is idle.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnect backoff floor and cap.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -100,10 +98,9 @@ pub const REFUSED_RETRY: Duration = Duration::from_secs(300);
 pub struct StreamConfig {
     /// Gateways in failover order.
     pub gateways: Vec<Uri>,
-    /// Extra CA certificates (PEM) for `https://` gateways.
-    pub gateway_ca_pem: Option<Vec<u8>>,
-    /// Client certificate for gateways that require mutual TLS.
-    pub client_identity: Option<ClientIdentity>,
+    /// Extra CA certificates and the client identity for `https://`
+    /// gateways.
+    pub tls: ClientTls,
     /// The `Open` sent first on every stream (holds the token and secrets:
     /// never print it).
     pub open: Open,
@@ -119,29 +116,12 @@ pub struct StreamConfig {
     pub redactor: Arc<Redactor>,
 }
 
-/// A client certificate and its private key, both PEM. `Debug` shows
-/// neither.
-#[derive(Clone)]
-pub struct ClientIdentity {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
-}
-
-impl std::fmt::Debug for ClientIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientIdentity(<redacted>)")
-    }
-}
-
 /// Why a session ended (or could not start).
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("invalid TLS settings for gateway {url}: {}; check --gateway-ca-file, --client-cert and --client-key", chain(.source))]
-    Tls {
-        url: Uri,
-        source: tonic::transport::Error,
-    },
-    #[error("cannot connect: {}{}", chain(.0), tls_hint(&chain(.0)))]
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot connect: {}{}", error_chain(.0), tls_hint(&error_chain(.0)))]
     Connect(tonic::transport::Error),
     #[error("no answer to the stream's opening within {0:?}")]
     OpenTimeout(Duration),
@@ -183,27 +163,6 @@ impl StreamError {
 struct Gateway {
     url: Uri,
     endpoint: Endpoint,
-    /// What to suggest when the TLS connection closes before the gateway
-    /// answered the opening (see [`mutual_tls_hint`]); empty for `http://`.
-    closed_at_opening_hint: &'static str,
-}
-
-/// Said when a TLS connection closes before the gateway answered: a gateway
-/// that requires client certificates does that to a refused one, and the
-/// alert that would say so is often lost in the race between the
-/// connection's end and the request.
-fn mutual_tls_hint(https: bool, has_identity: bool) -> &'static str {
-    match (https, has_identity) {
-        (false, _) => "",
-        (true, false) => {
-            "; if the gateway requires client certificates (mutual TLS), pass --client-cert \
-             and --client-key (LOGDRAIN_CLIENT_CERT / LOGDRAIN_CLIENT_KEY)"
-        }
-        (true, true) => {
-            "; if the gateway requires client certificates (mutual TLS), check that \
-             --client-cert is signed by the CA it was given with --tls-client-ca"
-        }
-    }
 }
 
 /// How [`Shipper::run`] ended.
@@ -227,6 +186,9 @@ pub struct Shipper {
     redactor: Arc<Redactor>,
     closing_rx: watch::Receiver<bool>,
     closing: bool,
+    /// Whether `https://` gateways get a client certificate (for the hint
+    /// when a TLS connection closes at the opening).
+    has_identity: bool,
     backoff: Backoff,
     rng: StdRng,
     /// Consecutive failed sessions; cleared (with a message) by an ack.
@@ -258,15 +220,7 @@ impl Shipper {
             .map(|url| {
                 Ok(Gateway {
                     url: url.clone(),
-                    endpoint: endpoint(
-                        url,
-                        config.gateway_ca_pem.as_deref(),
-                        config.client_identity.as_ref(),
-                    )?,
-                    closed_at_opening_hint: mutual_tls_hint(
-                        url.scheme_str() == Some("https"),
-                        config.client_identity.is_some(),
-                    ),
+                    endpoint: client::endpoint(url, &config.tls)?,
                 })
             })
             .collect::<Result<Vec<_>, StreamError>>()?;
@@ -284,6 +238,7 @@ impl Shipper {
             redactor: config.redactor,
             closing_rx: closing,
             closing: false,
+            has_identity: config.tls.identity.is_some(),
             backoff: Backoff::new(config.backoff_min, config.backoff_max),
             rng: StdRng::from_os_rng(),
             failures: 0,
@@ -472,7 +427,8 @@ impl Shipper {
     async fn session(&mut self, index: usize) -> Result<(), StreamError> {
         let url = self.gateways[index].url.clone();
         let endpoint = self.gateways[index].endpoint.clone();
-        let closed_hint = self.gateways[index].closed_at_opening_hint;
+        let https = url.scheme_str() == Some("https");
+        let has_identity = self.has_identity;
         let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
         tx.try_send(wire::encode_message(&ShimMessage {
             kind: Some(shim_message::Kind::Open(self.open.clone())),
@@ -481,13 +437,7 @@ impl Shipper {
         let opening = async {
             let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
             ship(channel, rx).await.map_err(|status| {
-                let dropped = matches!(status.code(), Code::Cancelled | Code::Unknown);
-                let explained = !tls_hint(&describe_status(&status)).is_empty();
-                let hint = if dropped && !explained {
-                    closed_hint
-                } else {
-                    ""
-                };
+                let hint = client::closed_at_opening_hint(&status, https, has_identity);
                 StreamError::Refused { status, hint }
             })
         };
@@ -663,34 +613,6 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|&closing| closing).await;
 }
 
-/// The tonic endpoint for one gateway URL: timeouts, keepalive, TLS.
-pub(crate) fn endpoint(
-    url: &Uri,
-    ca_pem: Option<&[u8]>,
-    identity: Option<&ClientIdentity>,
-) -> Result<Endpoint, StreamError> {
-    let endpoint = Endpoint::from(url.clone())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
-    if url.scheme_str() != Some("https") {
-        return Ok(endpoint);
-    }
-    let mut tls = ClientTlsConfig::new().with_webpki_roots();
-    if let Some(pem) = ca_pem {
-        tls = tls.ca_certificate(Certificate::from_pem(pem));
-    }
-    if let Some(identity) = identity {
-        tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
-    }
-    endpoint.tls_config(tls).map_err(|source| StreamError::Tls {
-        url: url.clone(),
-        source,
-    })
-}
-
 /// What a gateway status means for the operator, with the fix.
 fn describe_status(status: &Status) -> String {
     let message = status.message();
@@ -711,14 +633,7 @@ fn describe_status(status: &Status) -> String {
             "the gateway is unavailable (UNAVAILABLE: {message}); lines wait in the buffer"
         ),
         code => {
-            // A broken connection (a TLS alert such as a refused client
-            // certificate) is explained only in the status's sources.
-            let cause = StdError::source(status).map(chain).unwrap_or_default();
-            let detail = match cause.strip_prefix(message) {
-                _ if cause.is_empty() => message.to_string(),
-                Some(rest) => format!("{message}{rest}"),
-                None => format!("{message}: {cause}"),
-            };
+            let detail = status_detail(status);
             format!(
                 "the gateway ended the stream ({}: {detail}){}",
                 code_name(code),
@@ -726,62 +641,6 @@ fn describe_status(status: &Status) -> String {
             )
         }
     }
-}
-
-/// The fix for a TLS failure named in `detail` (rustls's names for the
-/// alerts and verification errors), or nothing.
-fn tls_hint(detail: &str) -> &'static str {
-    if detail.contains("CertificateRequired") {
-        "; the gateway requires a client certificate: pass --client-cert and --client-key \
-         (LOGDRAIN_CLIENT_CERT / LOGDRAIN_CLIENT_KEY) signed by its client CA"
-    } else if detail.contains("UnknownCA") || detail.contains("BadCertificate") {
-        "; the gateway does not accept this client certificate: use one signed by the CA it \
-         was given with --tls-client-ca"
-    } else if detail.contains("invalid peer certificate") {
-        "; the gateway's certificate is not trusted or not for this host name: pass its CA \
-         with --gateway-ca-file and connect with a name its certificate holds"
-    } else {
-        ""
-    }
-}
-
-/// The canonical gRPC name of a status code.
-pub(crate) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// An error and its sources, joined with ": " (transport errors keep the
-/// useful part, like "Connection refused", in their sources).
-pub(crate) fn chain(err: &dyn StdError) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -812,21 +671,6 @@ mod tests {
     }
 
     #[test]
-    fn tls_failures_name_their_fix() {
-        assert!(tls_hint("received fatal alert: CertificateRequired").contains("--client-cert"));
-        assert!(tls_hint("received fatal alert: UnknownCA").contains("--tls-client-ca"));
-        assert!(tls_hint("invalid peer certificate: UnknownIssuer").contains("--gateway-ca-file"));
-        assert_eq!(tls_hint("Connection refused"), "");
-    }
-
-    #[test]
-    fn a_tls_connection_closed_at_opening_suggests_the_client_certificate() {
-        assert_eq!(mutual_tls_hint(false, false), "");
-        assert!(mutual_tls_hint(true, false).contains("--client-cert"));
-        assert!(mutual_tls_hint(true, true).contains("--tls-client-ca"));
-    }
-
-    #[test]
     fn only_a_refused_token_id_or_protocol_version_is_a_refusal_for_good() {
         let refused = |status| StreamError::Refused { status, hint: "" };
         assert!(refused(Status::unauthenticated("token")).is_permanent());
@@ -854,11 +698,5 @@ mod tests {
             full(10).repeat_key(),
             StreamError::Status(Status::unavailable("x")).repeat_key()
         );
-    }
-
-    #[test]
-    fn https_endpoints_get_tls_and_http_ones_do_not() {
-        assert!(endpoint(&"https://gw.example:443".parse().unwrap(), None, None).is_ok());
-        assert!(endpoint(&"http://127.0.0.1:1".parse().unwrap(), None, None).is_ok());
     }
 }

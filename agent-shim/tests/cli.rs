@@ -221,6 +221,24 @@ fn missing_agent_id_is_a_clear_error_and_the_agent_does_not_run() {
 }
 
 #[test]
+fn an_agent_id_the_gateway_would_refuse_exits_2_naming_the_allowed_characters() {
+    for bad in ["my/agent", "café"] {
+        let output = shim()
+            .env("LOGDRAIN_AGENT_ID", bad)
+            .args(["--", "sh", "-c", "echo ran"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{bad}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--agent-id") && stderr.contains("A-Z a-z 0-9 . _ -"),
+            "{stderr}"
+        );
+        assert!(output.stdout.is_empty(), "the agent must not run");
+    }
+}
+
+#[test]
 fn bad_option_values_are_named_with_the_fix() {
     let output = run_shim(&["--buffer-bytes", "lots", "--", "true"]);
     assert_eq!(output.status.code(), Some(2));

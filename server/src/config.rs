@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use logdrain::units::{parse_duration, parse_size};
 use url::Url;
 
 /// logdrain-gateway: receives agent output from agent-shim over gRPC, queues
@@ -181,14 +182,14 @@ pub struct ServeConfig {
     /// than this; delivery goes on and appends resume by themselves. 0
     /// disables the check (sled stops writing after a full disk until
     /// restart: keep a margin).
-    #[arg(long, env = "LOGDRAIN_DISK_MIN_FREE_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    #[arg(long, env = "LOGDRAIN_DISK_MIN_FREE_BYTES", default_value = "256MiB", value_parser = parse_size::<u64>)]
     pub disk_min_free_bytes: u64,
 
     /// Memory for the queue database's page cache (like 64MiB): segment
     /// headers, cursors and routes. The lines themselves live in segment
     /// files on disk (read through the operating system's cache), so the
     /// gateway's memory does not follow a backlog while a vendor is down.
-    #[arg(long, env = "LOGDRAIN_QUEUE_CACHE_BYTES", default_value = "64MiB", value_parser = parse_size)]
+    #[arg(long, env = "LOGDRAIN_QUEUE_CACHE_BYTES", default_value = "64MiB", value_parser = parse_size::<u64>)]
     pub queue_cache_bytes: u64,
 
     /// At most one quota drop notice per route in this interval; each
@@ -331,10 +332,8 @@ pub struct GatewayHttpArgs {
     )]
     pub gateway_http: Url,
 
-    /// The agent's ingest token (see `logdrain-gateway token`); enough for
-    /// that one agent.
-    #[arg(long, env = "LOGDRAIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub token: AgentToken,
 
     /// The gateway's admin token (its --admin-token); needed for every
     /// agent at once, and accepted for any single agent.
@@ -355,7 +354,7 @@ pub struct GatewayHttpArgs {
 impl GatewayHttpArgs {
     /// The credential to send: the agent's token, else the admin token.
     /// Checks that the URL is http(s) and that a credential fits the ask.
-    pub fn bearer(&self, agent_id: Option<&str>) -> Result<&str, String> {
+    pub fn bearer(&self, agent_id: Option<&str>) -> Result<String, String> {
         if !matches!(self.gateway_http.scheme(), "http" | "https")
             || self.gateway_http.host_str().is_none()
         {
@@ -364,16 +363,73 @@ impl GatewayHttpArgs {
                 self.gateway_http
             ));
         }
-        match (agent_id, self.token.as_deref(), self.admin_token.as_deref()) {
+        match (agent_id, self.token.read()?, self.admin_token.as_deref()) {
             (Some(_), Some(token), _) => Ok(token),
-            (_, _, Some(admin)) => Ok(admin),
+            (_, _, Some(admin)) => Ok(admin.to_string()),
             (Some(agent), None, None) => Err(format!(
-                "no credential: pass the agent's token with --token / LOGDRAIN_TOKEN (`logdrain-gateway token --agent-id {agent}`) or the gateway's --admin-token"
+                "no credential: pass the agent's token with --token-file / LOGDRAIN_TOKEN_FILE or --token / LOGDRAIN_TOKEN (`logdrain-gateway token --agent-id {agent}`), or the gateway's --admin-token"
             )),
             (None, _, None) => Err(
                 "every agent at once needs the gateway's admin token: pass --admin-token / LOGDRAIN_ADMIN_TOKEN, or choose one agent with --agent-id and its --token".to_string(),
             ),
         }
+    }
+}
+
+/// The agent's ingest token, given as the shim takes it: in a file or as a
+/// value. `Debug` never shows it.
+#[derive(Clone, Args)]
+pub struct AgentToken {
+    /// The agent's ingest token (see `logdrain-gateway token`); prefer
+    /// --token-file.
+    #[arg(
+        long,
+        env = "LOGDRAIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
+    /// File holding the agent's ingest token (surrounding whitespace
+    /// ignored): it then appears in no command line or environment.
+    #[arg(
+        long,
+        env = "LOGDRAIN_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
+}
+
+impl AgentToken {
+    /// The token from --token-file, else --token; `None` when neither is
+    /// given. The error names the file, never its contents.
+    pub fn read(&self) -> Result<Option<String>, String> {
+        let token = match &self.token_file {
+            Some(path) => logdrain::client::read_token_file(path)
+                .map_err(|e| format!("cannot read --token-file / LOGDRAIN_TOKEN_FILE {path:?}: {e}; point it at the file holding the agent's ingest token"))?,
+            None => match &self.token {
+                Some(token) => token.clone(),
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(token.trim().to_string()).filter(|token| !token.is_empty()))
+    }
+
+    /// The token, which this command needs.
+    pub fn required(&self) -> Result<String, String> {
+        self.read()?.ok_or_else(|| {
+            "no ingest token: pass --token-file / LOGDRAIN_TOKEN_FILE or --token / LOGDRAIN_TOKEN (`logdrain-gateway token --agent-id ID`)".to_string()
+        })
+    }
+}
+
+impl std::fmt::Debug for AgentToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentToken")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .finish()
     }
 }
 
@@ -470,7 +526,7 @@ pub struct TailConfig {
     #[arg(long, env = "LOGDRAIN_AGENT_ID")]
     pub agent_id: String,
 
-    /// Gateway gRPC URL (`https://` for TLS).
+    /// The gateway's gRPC address (its --grpc-listen), `https://` for TLS.
     #[arg(
         long,
         env = "LOGDRAIN_GATEWAY",
@@ -478,9 +534,8 @@ pub struct TailConfig {
     )]
     pub gateway: Url,
 
-    /// The agent's ingest token (see `logdrain-gateway token`).
-    #[arg(long, env = "LOGDRAIN_TOKEN", hide_env_values = true)]
-    pub token: String,
+    #[command(flatten)]
+    pub token: AgentToken,
 
     /// Print one JSON object per line instead of text.
     #[arg(long)]
@@ -510,44 +565,12 @@ pub struct TailConfig {
     pub client_key: Option<PathBuf>,
 }
 
-fn parse_duration(value: &str) -> Result<Duration, String> {
-    humantime::parse_duration(value)
-        .map_err(|e| format!("{value:?} is not a duration ({e}); write it like 10s, 500ms or 2m"))
-}
-
 /// Smallest per-agent quota: one gRPC message (a batch is never split
 /// across appends, and one batch must always fit).
 pub const MIN_AGENT_QUOTA_BYTES: u64 = logdrain::MAX_MESSAGE_BYTES as u64;
 
-/// Parses a size: a whole number with an optional unit B, KB, MB, GB, TB
-/// (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), any case.
-pub fn parse_size(value: &str) -> Result<u64, String> {
-    let text = value.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let bad = || format!("{value:?} is not a size; write it like 1GiB, 512MiB, 100MB or 1048576");
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        _ => return Err(bad()),
-    };
-    number
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("{value:?} is too large; sizes must fit in 64 bits"))
-}
-
 fn parse_quota(value: &str) -> Result<u64, String> {
-    let bytes = parse_size(value)?;
+    let bytes: u64 = parse_size(value).map_err(|e| e.to_string())?;
     if bytes < MIN_AGENT_QUOTA_BYTES {
         return Err(format!(
             "{value:?} is below the smallest per-agent quota of 16MiB (one batch must always fit); raise it"
@@ -556,8 +579,6 @@ fn parse_quota(value: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// Rules for identifiers that arrive from shims and become vendor fields
-/// (log group names, hosts) and queue keys.
 /// `--max-streams`: a whole number of at least 1.
 fn parse_max_streams(value: &str) -> Result<usize, String> {
     match value.trim().parse::<usize>() {
@@ -585,77 +606,6 @@ fn parse_http_max_connections(value: &str) -> Result<usize, String> {
         _ => Err(format!(
             "{value:?} is not a connection count; use a whole number of at least 1, like 256"
         )),
-    }
-}
-
-pub mod ids {
-    /// Longest agent id accepted.
-    pub const MAX_AGENT_ID: usize = 128;
-    /// Longest agent-server id accepted.
-    pub const MAX_AGENT_SERVER_ID: usize = 255;
-
-    /// Checks an agent id: 1 to 128 characters of `A-Z a-z 0-9 . _ -`, not
-    /// starting with `.`.
-    pub fn check_agent_id(id: &str) -> Result<(), String> {
-        check("agent id", id, MAX_AGENT_ID)
-    }
-
-    /// Checks an agent-server id: 1 to 255 characters of `A-Z a-z 0-9 . _ -`,
-    /// not starting with `.`.
-    pub fn check_agent_server_id(id: &str) -> Result<(), String> {
-        check("agent-server id", id, MAX_AGENT_SERVER_ID)
-    }
-
-    fn check(what: &str, id: &str, max: usize) -> Result<(), String> {
-        if id.is_empty() {
-            return Err(format!("the {what} is empty; set it to a name of 1 to {max} characters of A-Z a-z 0-9 . _ -"));
-        }
-        if id.len() > max {
-            return Err(format!(
-                "the {what} is {} characters long; the limit is {max}",
-                id.len()
-            ));
-        }
-        if let Some(bad) = id
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-        {
-            return Err(format!(
-                "the {what} {:?} contains {:?}; use only A-Z a-z 0-9 . _ -",
-                id.escape_debug().to_string(),
-                bad
-            ));
-        }
-        if id.starts_with('.') {
-            return Err(format!(
-                "the {what} {id:?} starts with '.'; start it with a letter or digit"
-            ));
-        }
-        Ok(())
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn ordinary_ids_are_accepted() {
-            assert!(check_agent_id("CA_1x2y-3.z").is_ok());
-            assert!(check_agent_server_id("ip-10-0-0-1.ec2.internal").is_ok());
-        }
-
-        #[test]
-        fn slashes_dots_and_control_characters_are_refused() {
-            for bad in ["a/b", "..", "../etc", "a\nb", "a\u{0}b", "", "ü"] {
-                assert!(check_agent_id(bad).is_err(), "{bad:?} must be refused");
-            }
-        }
-
-        #[test]
-        fn over_long_ids_are_refused_naming_the_limit() {
-            let err = check_agent_id(&"a".repeat(300)).unwrap_err();
-            assert!(err.contains("128"), "{err}");
-        }
     }
 }
 
@@ -753,25 +703,47 @@ mod tests {
     }
 
     #[test]
-    fn sizes_accept_decimal_and_binary_units_in_any_case() {
-        assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("2gb"), Ok(2_000_000_000));
-        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
-    }
+    fn client_commands_read_the_token_from_its_file_trimmed_and_never_show_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  secret-token\n").unwrap();
+        let path_arg = path.to_str().unwrap();
+        let config = Config::try_parse_from([
+            "logdrain-gateway",
+            "tail",
+            "--agent-id",
+            "a",
+            "--token-file",
+            path_arg,
+        ])
+        .unwrap();
+        let Command::Tail(tail) = config.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(tail.token.required().unwrap(), "secret-token");
+        assert!(!format!("{tail:?}").contains("secret"));
 
-    #[test]
-    fn bad_sizes_name_the_value_and_the_form() {
-        for bad in ["", "ten", "1.5GiB", "12 parsecs", "-1"] {
-            let err = parse_size(bad).unwrap_err();
-            assert!(
-                err.contains(&format!("{bad:?}")) && err.contains("512MiB"),
-                "{err}"
-            );
-        }
-        assert!(parse_size("99999999999TiB")
-            .unwrap_err()
-            .contains("too large"));
+        std::fs::write(&path, "\n").unwrap();
+        let err = tail.token.required().unwrap_err();
+        assert!(err.contains("--token-file"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        let err = tail.token.required().unwrap_err();
+        assert!(
+            err.contains("cannot read --token-file") && err.contains(path_arg),
+            "{err}"
+        );
+        assert!(
+            Config::try_parse_from([
+                "logdrain-gateway",
+                "status",
+                "--token",
+                "t",
+                "--token-file",
+                path_arg
+            ])
+            .is_err(),
+            "one token, not two"
+        );
     }
 
     #[test]
@@ -779,11 +751,5 @@ mod tests {
         let err = parse_quota("1MiB").unwrap_err();
         assert!(err.contains("16MiB"), "{err}");
         assert_eq!(parse_quota("16MiB"), Ok(16 << 20));
-    }
-
-    #[test]
-    fn bad_duration_names_the_value_and_the_form() {
-        let err = parse_duration("ten").unwrap_err();
-        assert!(err.contains("\"ten\"") && err.contains("10s"), "{err}");
     }
 }

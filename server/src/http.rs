@@ -33,13 +33,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sha2::{Digest, Sha256};
 
 use crate::auth::SigningKey;
-use crate::config::{ids, AdminToken};
+use crate::config::AdminToken;
 use crate::ingest::replicas::Replicas;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::Engine;
 use crate::sinks::SinkFactory;
 use crate::status;
+use logdrain::ids;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -153,7 +154,7 @@ impl HttpState {
     /// The caller may read `agent_id` (its own token, or the admin token).
     fn may_read(&self, agent_id: &str, token: &str) -> Result<(), Denied> {
         if let Err(e) = ids::check_agent_id(agent_id) {
-            return Err(Denied(StatusCode::BAD_REQUEST, e));
+            return Err(Denied(StatusCode::BAD_REQUEST, e.to_string()));
         }
         if self.key.verify(agent_id, token) || self.is_admin(token) {
             return Ok(());

@@ -38,8 +38,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             Ok(())
         }),
         Command::Token(token_config) => {
-            logdrain_gateway::config::ids::check_agent_id(&token_config.agent_id)
-                .map_err(anyhow::Error::msg)?;
+            logdrain::ids::check_agent_id(&token_config.agent_id)?;
             let key = auth::SigningKey::load(
                 token_config.key.signing_key.as_deref(),
                 &token_config.key.data_dir,

@@ -6,9 +6,11 @@
 
 use std::io::Write;
 
+use logdrain::client::{self, ClientTls, PemError, TlsError};
 use logdrain::v1::drain_client::DrainClient;
 use logdrain::v1::{Origin, StreamKind, TailLine, TailRequest};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::codegen::http::uri::InvalidUri;
+use tonic::transport::Uri;
 
 use crate::config::TailConfig;
 
@@ -16,25 +18,20 @@ use crate::config::TailConfig;
 pub enum TailError {
     #[error("the gateway URL {url} is not usable: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("cannot connect to the gateway at {url}: {reason}; check --gateway / LOGDRAIN_GATEWAY and that the gateway runs")]
+    #[error(transparent)]
+    Pem(#[from] PemError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot connect to the gateway at {url}: {reason}; check --gateway / LOGDRAIN_GATEWAY (its --grpc-listen address) and that the gateway runs")]
     Connect { url: String, reason: String },
+    #[error("{0}")]
+    Token(String),
     #[error("the gateway refused the tail: {0}")]
     Refused(String),
     #[error("the tail stream broke: {0}")]
     Stream(String),
     #[error("cannot write to stdout: {0}")]
     Output(std::io::Error),
-    #[error("cannot read {flag} {path:?}: {source}; point it at a readable PEM file")]
-    ReadPem {
-        flag: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{flag} {path:?} holds no PEM block (\"-----BEGIN ...\"); give the file in PEM form")]
-    NotPem {
-        flag: &'static str,
-        path: std::path::PathBuf,
-    },
 }
 
 /// Follows the agent until the gateway ends the stream or `stop` resolves.
@@ -44,42 +41,41 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), TailError> {
     let url = config.gateway.to_string();
-    let mut endpoint = Endpoint::from_shared(url.clone()).map_err(|e| TailError::BadUrl {
+    let uri: Uri = url.parse().map_err(|e: InvalidUri| TailError::BadUrl {
         url: url.clone(),
         reason: e.to_string(),
     })?;
-    if config.gateway.scheme() == "https" {
-        let mut tls = ClientTlsConfig::new().with_webpki_roots();
-        if let Some(path) = &config.gateway_ca_file {
-            tls = tls.ca_certificate(Certificate::from_pem(read_pem("--gateway-ca-file", path)?));
-        }
-        if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
-            tls = tls.identity(Identity::from_pem(
-                read_pem("--client-cert", cert)?,
-                read_pem("--client-key", key)?,
-            ));
-        }
-        endpoint = endpoint.tls_config(tls).map_err(|e| TailError::BadUrl {
-            url: url.clone(),
-            reason: e.to_string(),
-        })?;
-    }
-    let channel = endpoint.connect().await.map_err(|e| TailError::Connect {
-        url: url.clone(),
-        reason: error_chain(&e),
-    })?;
+    let tls = ClientTls::load(
+        config.gateway_ca_file.as_deref(),
+        config.client_cert.as_deref(),
+        config.client_key.as_deref(),
+    )?;
+    let channel =
+        client::endpoint(&uri, &tls)?
+            .connect()
+            .await
+            .map_err(|e| TailError::Connect {
+                url: url.clone(),
+                reason: client::connect_failure(&uri, &e),
+            })?;
     let mut client =
         DrainClient::new(channel).max_decoding_message_size(logdrain::MAX_MESSAGE_BYTES);
+    let token = config.token.required().map_err(TailError::Token)?;
     let mut stream = client
         .tail(TailRequest {
-            token: config.token.clone(),
+            token,
             agent_id: config.agent_id.clone(),
         })
         .await
-        .map_err(|s| {
-            let without_identity =
-                config.gateway.scheme() == "https" && config.client_cert.is_none();
-            TailError::Refused(refusal(&s, without_identity))
+        .map_err(|status| {
+            let https = uri.scheme_str() == Some("https");
+            let detail = client::status_detail(&status);
+            TailError::Refused(format!(
+                "{} ({detail}){}{}",
+                client::code_name(status.code()),
+                client::tls_hint(&detail),
+                client::closed_at_opening_hint(&status, https, tls.identity.is_some())
+            ))
         })?
         .into_inner();
     tokio::pin!(stop);
@@ -96,61 +92,9 @@ pub async fn run(
                 Err(e) => return Err(TailError::Output(e)),
             },
             Ok(None) => return Ok(()),
-            Err(status) => return Err(TailError::Stream(status.message().to_string())),
+            Err(status) => return Err(TailError::Stream(client::status_detail(&status))),
         }
     }
-}
-
-/// Why the gateway refused, with the TLS cause when there is one (a refused
-/// client certificate shows only in the status's sources, if at all: the
-/// alert can be lost in the race between the connection's end and the
-/// request, hence the hint for a TLS connection `without_identity`).
-fn refusal(status: &tonic::Status, without_identity: bool) -> String {
-    let cause = match std::error::Error::source(status) {
-        Some(source) => error_chain(source),
-        None => status.message().to_string(),
-    };
-    let dropped = matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown);
-    let hint = if cause.contains("CertificateRequired") {
-        "; the gateway requires a client certificate: pass --client-cert and --client-key"
-    } else if cause.contains("UnknownCA") || cause.contains("BadCertificate") {
-        "; the gateway does not accept this client certificate: use one signed by its client CA"
-    } else if without_identity && dropped {
-        "; if the gateway requires client certificates (mutual TLS), pass --client-cert and \
-         --client-key"
-    } else {
-        ""
-    };
-    format!("{cause}{hint}")
-}
-
-/// Reads a PEM file given on the command line.
-fn read_pem(flag: &'static str, path: &std::path::Path) -> Result<Vec<u8>, TailError> {
-    let pem = std::fs::read(path).map_err(|source| TailError::ReadPem {
-        flag,
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(TailError::NotPem {
-            flag,
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(pem)
-}
-
-/// An error with its sources, so a TLS failure names the certificate
-/// problem rather than only "transport error".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 fn write_line(out: &mut (dyn Write + Send), item: &TailLine, json: bool) -> std::io::Result<()> {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod pki;
+pub mod tool;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -308,6 +309,7 @@ fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some((grpc?, http?))
 }
 
+#[allow(unsafe_code)]
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a child pid we own.
     unsafe {

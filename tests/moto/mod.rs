@@ -15,11 +15,18 @@
 //! 2. `moto_server` on `PATH`;
 //! 3. `.venv/bin/moto_server` in the repository.
 //!
-//! If none is found, [`MotoServer::start`] panics with the command that
-//! installs it: a test that needs moto fails, it never passes silently.
-//! Uses only the standard library, so any test crate can include it.
+//! If none is found, the test is skipped with one loud line, or fails with
+//! the command that installs it under `LOGDRAIN_TEST_REQUIRE_ALL=1`
+//! (`tests/common/tool.rs`). Uses only the standard library, so any test
+//! crate can include it.
 
 #![allow(dead_code)] // each test crate uses the part it needs
+
+// Also a module of `tests/common`; included here for `server/tests`, which
+// have no `common`.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/tool.rs"]
+mod tool;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -53,16 +60,21 @@ pub struct MotoServer {
 
 impl MotoServer {
     /// Starts `moto_server` on `127.0.0.1` and a free port, and waits until
-    /// it answers HTTP. Panics, saying how to install it, if it cannot be
-    /// found; panics with its output if it does not come up.
-    pub fn start() -> MotoServer {
-        let exe = find_executable().unwrap_or_else(|looked| {
-            panic!(
-                "moto_server (PyPI moto[server]) is needed for this test and was not found \
-                 ({looked}). Install it from the repository root with:\n    {INSTALL_HINT}\n\
-                 or point {MOTO_ENV} at a moto_server executable."
-            )
-        });
+    /// it answers HTTP. `None` when it cannot be found (see
+    /// `tests/common/tool.rs`); panics with its output if it does not come
+    /// up.
+    pub fn start() -> Option<MotoServer> {
+        let exe = match find_executable() {
+            Ok(exe) => exe,
+            Err(looked) => {
+                return tool::missing(
+                    &format!("moto_server (PyPI moto[server]; {looked})"),
+                    &format!(
+                        "from the repository root, {INSTALL_HINT}, or point {MOTO_ENV} at one"
+                    ),
+                )
+            }
+        };
         // Port 0: the server picks a free port and prints it, so two tests
         // never race for one.
         let mut child = Command::new(&exe)
@@ -118,22 +130,22 @@ impl MotoServer {
             }
             thread::sleep(Duration::from_millis(50));
         }
-        server
+        Some(server)
     }
 
     /// The server that tests running now share, started if none is running.
     /// It is killed when the last test holding it drops it.
-    pub fn shared() -> Arc<MotoServer> {
+    pub fn shared() -> Option<Arc<MotoServer>> {
         static SHARED: Mutex<Weak<MotoServer>> = Mutex::new(Weak::new());
         // Held while starting, so tests that arrive meanwhile wait for this
         // server instead of starting their own.
         let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(running) = slot.upgrade() {
-            return running;
+            return Some(running);
         }
-        let started = Arc::new(MotoServer::start());
+        let started = Arc::new(MotoServer::start()?);
         *slot = Arc::downgrade(&started);
-        started
+        Some(started)
     }
 
     /// The endpoint URL, like `http://127.0.0.1:34567`.

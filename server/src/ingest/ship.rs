@@ -37,10 +37,10 @@ use super::boots::{self, BootBinding};
 use super::tail::TailBatch;
 use super::validate;
 use super::{BoxStream, Ingest, StreamSlot};
-use crate::config::ids;
 use crate::metrics;
 use crate::queue::{Append, QueueError};
 use crate::route::{routes_for, RouteKey};
+use logdrain::ids;
 
 /// Acks buffered towards a slow shim.
 const ACK_BUFFER: usize = 16;
@@ -485,7 +485,7 @@ pub(super) fn tail(
     ingest: Arc<Ingest>,
     request: TailRequest,
 ) -> Result<BoxStream<TailLine>, Status> {
-    ids::check_agent_id(&request.agent_id).map_err(Status::invalid_argument)?;
+    ids::check_agent_id(&request.agent_id).map_err(validate::refused)?;
     if !ingest.key.verify(&request.agent_id, &request.token) {
         metrics::refused_streams("unauthenticated");
         return Err(Status::unauthenticated(format!(

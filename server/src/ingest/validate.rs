@@ -21,10 +21,8 @@ use std::collections::HashMap;
 use logdrain::v1::{shim_message, Batch, Line, Open, Origin, ShimMessage, StreamKind};
 use tonic::Status;
 
-use crate::config::ids;
+use logdrain::ids;
 
-/// Longest boot id accepted.
-pub const MAX_BOOT_ID: usize = 64;
 /// Largest single secret value accepted.
 pub const MAX_SECRET_BYTES: usize = 16 * 1024;
 
@@ -43,14 +41,7 @@ pub fn opening(first: ShimMessage) -> Result<Open, Status> {
 /// otherwise.
 pub fn check_open(open: &Open) -> Result<(), Status> {
     check_identity(open.protocol_version, &open.agent_id, &open.agent_server_id)?;
-    if open.boot_id.is_empty()
-        || open.boot_id.len() > MAX_BOOT_ID
-        || !open.boot_id.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
-        return Err(Status::invalid_argument(format!(
-            "the boot id must be 1 to {MAX_BOOT_ID} letters or digits (the shim sends 32 hex digits)"
-        )));
-    }
+    ids::check_boot_id(&open.boot_id).map_err(refused)?;
     check_secret_sizes(&open.secrets)
 }
 
@@ -68,8 +59,13 @@ pub fn check_identity(
             logdrain::PROTOCOL_VERSION
         )));
     }
-    ids::check_agent_id(agent_id).map_err(Status::invalid_argument)?;
-    ids::check_agent_server_id(agent_server_id).map_err(Status::invalid_argument)
+    ids::check_agent_id(agent_id).map_err(refused)?;
+    ids::check_agent_server_id(agent_server_id).map_err(refused)
+}
+
+/// INVALID_ARGUMENT naming the id rule.
+pub fn refused(error: ids::IdError) -> Status {
+    Status::invalid_argument(error.to_string())
 }
 
 /// Refuses a secret value larger than any real credential, naming the
@@ -171,7 +167,7 @@ mod tests {
 
     #[test]
     fn bad_boot_ids_are_refused() {
-        for boot_id in ["", "a-b", &"a".repeat(MAX_BOOT_ID + 1)] {
+        for boot_id in ["", "a-b", &"a".repeat(ids::MAX_BOOT_ID + 1)] {
             let status = check_open(&Open {
                 boot_id: boot_id.into(),
                 ..open()

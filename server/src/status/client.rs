@@ -5,12 +5,14 @@
 //! source of truth. Tokens travel only in the `Authorization` header and
 //! never appear in errors.
 
+use logdrain::client::read_pem;
+use logdrain::{error_chain, ids};
 use reqwest::StatusCode;
 use url::Url;
 
 use super::test_send::TestSendReport;
 use super::{render_text, Report};
-use crate::config::{ids, GatewayHttpArgs, StatusConfig, TestSendConfig};
+use crate::config::{GatewayHttpArgs, StatusConfig, TestSendConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -47,24 +49,13 @@ async fn call(
     let shown = url.to_string();
     let mut builder = reqwest::Client::builder().timeout(args.timeout);
     if let Some(path) = &args.gateway_ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            ClientError::Config(format!(
-                "cannot read --gateway-ca-file {}: {e}; give the PEM file of the CA that signed the gateway's certificate",
-                path.display()
-            ))
-        })?;
+        let pem = read_pem("--gateway-ca-file", path, "CERTIFICATE")
+            .map_err(|e| ClientError::Config(e.to_string()))?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             ClientError::Config(format!(
-                "--gateway-ca-file {} holds no usable PEM certificate ({e}); give the CA certificate in PEM form",
-                path.display()
+                "--gateway-ca-file {path:?} holds no usable PEM certificate ({e}); give the CA certificate in PEM form"
             ))
         })?;
-        if certificates.is_empty() {
-            return Err(ClientError::Config(format!(
-                "--gateway-ca-file {} holds no PEM certificate; give the CA certificate in PEM form",
-                path.display()
-            )));
-        }
         for certificate in certificates {
             builder = builder.add_root_certificate(certificate);
         }
@@ -97,7 +88,7 @@ async fn call(
 }
 
 fn checked_agent(agent_id: &str) -> Result<(), ClientError> {
-    ids::check_agent_id(agent_id).map_err(ClientError::Config)
+    ids::check_agent_id(agent_id).map_err(|e| ClientError::Config(e.to_string()))
 }
 
 /// Fetches the report (one agent, or every agent with the admin token).
@@ -168,20 +159,4 @@ pub async fn test_send(config: &TestSendConfig) -> Result<String, ClientError> {
     } else {
         Ok(super::test_send::render_text(&report))
     }
-}
-
-/// An error with its sources (reqwest's own text says only "error sending
-/// request"; the cause, such as an untrusted certificate, is in a source).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -1,12 +1,15 @@
 //! Retry policy, written once for every vendor.
 //!
-//! Owns exponential backoff with a minimum, a maximum and jitter; parsing of
+//! Owns the policy of the shared backoff ([`Backoff`]: a minimum, a maximum
+//! and jitter); parsing of
 //! `Retry-After` (delta-seconds and HTTP-date); and the mapping from a
 //! [`SinkError`] class to what the worker does next ([`Action`]). Consecutive
 //! failures grow the backoff up to its maximum: that growth is the route's
 //! circuit breaker. This module must not sleep, send or touch the queue.
 
 use std::time::{Duration, SystemTime};
+
+use logdrain::backoff::Backoff;
 
 use crate::sinks::SinkError;
 
@@ -18,7 +21,7 @@ pub struct RetryPolicy {
     /// Largest delay; reached after about log2(max/min) consecutive failures.
     pub max: Duration,
     /// Fraction of each delay that is random, in `0.0..=1.0`: the delay is
-    /// drawn from `[base × (1 − jitter), base]`, never below `min`.
+    /// drawn from `[base × (1 − jitter), base]`.
     pub jitter: f64,
     /// Longest `Retry-After` honoured; a larger value is cut to this, so a
     /// wrong header cannot park a route for days.
@@ -50,75 +53,25 @@ impl RetryPolicy {
         }
     }
 
-    /// The undithered delay after `failures` consecutive failures (1 = the
-    /// first failure): `min × 2^(failures−1)`, capped at `max`.
-    pub fn base_delay(&self, failures: u32) -> Duration {
-        let doublings = failures.saturating_sub(1).min(63);
-        let factor = 1u64 << doublings;
-        let nanos = (self.min.as_nanos()).saturating_mul(u128::from(factor));
-        let max = self.max.max(self.min);
-        if nanos >= max.as_nanos() {
-            max
-        } else {
-            // Below `max`, which fits in a Duration.
-            Duration::from_nanos(nanos as u64)
-        }
+    /// A backoff of this policy with `failures` failures behind it.
+    pub fn backoff(&self, failures: u32) -> Backoff {
+        Backoff::new(self.min, self.max)
+            .with_jitter(self.jitter)
+            .after(failures)
     }
 
-    /// The delay after `failures` consecutive failures for a jitter sample
-    /// `sample` in `[0, 1)`.
-    pub fn delay(&self, failures: u32, sample: f64) -> Duration {
-        let base = self.base_delay(failures);
-        let jitter = self.jitter.clamp(0.0, 1.0) * sample.clamp(0.0, 1.0);
-        base.mul_f64(1.0 - jitter).max(self.min)
+    /// Counts one more failure and returns how long to wait: the vendor's
+    /// `Retry-After` when given (bounded by the policy), otherwise the
+    /// backoff's jittered delay.
+    pub fn next_wait(&self, backoff: &mut Backoff, retry_after: Option<Duration>) -> Duration {
+        let delay = backoff.next_delay(&mut rand::rng());
+        retry_after.map_or(delay, |after| self.honour(after))
     }
 
     /// The delay the vendor asked for, bounded by `min` and
     /// `retry_after_cap`.
     pub fn honour(&self, retry_after: Duration) -> Duration {
         retry_after.min(self.retry_after_cap).max(self.min)
-    }
-}
-
-/// Consecutive failures of one route, and the delay they earn.
-#[derive(Debug)]
-pub struct Backoff {
-    policy: RetryPolicy,
-    failures: u32,
-}
-
-impl Backoff {
-    pub fn new(policy: RetryPolicy) -> Self {
-        Self {
-            policy,
-            failures: 0,
-        }
-    }
-
-    /// Records one more failure and returns how long to wait before the next
-    /// attempt: the vendor's `Retry-After` when given (bounded by the
-    /// policy), otherwise the jittered exponential delay.
-    pub fn fail(&mut self, retry_after: Option<Duration>) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        match retry_after {
-            Some(after) => self.policy.honour(after),
-            None => self.policy.delay(self.failures, rand::random::<f64>()),
-        }
-    }
-
-    /// A backoff whose first delay is the one after `failures` earlier
-    /// failures.
-    pub fn after(policy: RetryPolicy, failures: u32) -> Self {
-        Self { policy, failures }
-    }
-
-    /// A success: the next failure starts again from `min`.
-    pub fn reset(&mut self) {
-        self.failures = 0;
-    }
-
-    pub fn failures(&self) -> u32 {
-        self.failures
     }
 }
 
@@ -176,59 +129,42 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_min_and_stops_at_max() {
-        let p = policy(0.0);
-        let delays: Vec<_> = (1..=12).map(|n| p.delay(n, 0.0)).collect();
+        let mut b = policy(0.0).backoff(0);
+        let delays: Vec<_> = (0..12)
+            .map(|_| policy(0.0).next_wait(&mut b, None))
+            .collect();
         assert_eq!(delays[0], Duration::from_millis(100));
         assert_eq!(delays[1], Duration::from_millis(200));
-        assert_eq!(delays[2], Duration::from_millis(400));
         assert_eq!(delays[9], Duration::from_millis(51_200));
         assert_eq!(delays[10], Duration::from_secs(60));
         assert_eq!(delays[11], Duration::from_secs(60));
-        assert_eq!(p.delay(u32::MAX, 0.0), Duration::from_secs(60));
+        assert_eq!(b.failures(), 12);
     }
 
     #[test]
-    fn jitter_stays_within_its_fraction_and_never_below_min() {
-        let p = policy(0.5);
-        for failures in 1..=20 {
-            let base = p.base_delay(failures);
-            for sample in [0.0, 0.25, 0.5, 0.999_999] {
-                let d = p.delay(failures, sample);
-                assert!(d <= base, "{d:?} above {base:?}");
-                assert!(
-                    d >= base.mul_f64(0.5).max(p.min),
-                    "{d:?} too low for {base:?}"
-                );
-                assert!(d >= p.min && d <= p.max);
-            }
+    fn a_parked_route_first_waits_half_to_all_of_its_interval() {
+        let interval = Duration::from_secs(60);
+        let parked = RetryPolicy::parked(interval);
+        for _ in 0..50 {
+            let wait = parked.next_wait(&mut parked.backoff(1), None);
+            assert!(wait >= interval / 2 && wait <= interval, "{wait:?}");
         }
-        // The jitter really varies the delay.
-        assert_ne!(p.delay(5, 0.0), p.delay(5, 0.9));
     }
 
     #[test]
-    fn random_backoff_is_bounded_and_resets_on_success() {
-        let mut b = Backoff::new(RetryPolicy::default());
-        for _ in 0..40 {
-            let d = b.fail(None);
-            assert!(d >= Duration::from_millis(100) && d <= Duration::from_secs(60));
-        }
-        assert_eq!(b.failures(), 40);
-        b.reset();
-        assert_eq!(b.failures(), 0);
-        assert!(b.fail(None) <= Duration::from_millis(100));
-    }
-
-    #[test]
-    fn retry_after_is_honoured_within_min_and_cap() {
-        let mut b = Backoff::new(policy(0.0));
+    fn retry_after_is_honoured_within_min_and_cap_and_counts_a_failure() {
+        let p = policy(0.0);
+        let mut b = p.backoff(0);
         assert_eq!(
-            b.fail(Some(Duration::from_secs(30))),
+            p.next_wait(&mut b, Some(Duration::from_secs(30))),
             Duration::from_secs(30)
         );
-        assert_eq!(b.fail(Some(Duration::ZERO)), Duration::from_millis(100));
         assert_eq!(
-            b.fail(Some(Duration::from_secs(86_400))),
+            p.next_wait(&mut b, Some(Duration::ZERO)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            p.next_wait(&mut b, Some(Duration::from_secs(86_400))),
             Duration::from_secs(15 * 60)
         );
         assert_eq!(b.failures(), 3);

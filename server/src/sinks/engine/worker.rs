@@ -19,13 +19,14 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use logdrain::backoff::Backoff;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 
 use super::batch::Pending;
 use super::late::{self, Restamps};
-use super::retry::{action_for, Action, Backoff, RetryPolicy};
+use super::retry::{action_for, Action, RetryPolicy};
 use super::source::Source;
 use super::status::{RouteState, StatusCell};
 use super::{EngineSettings, Inner};
@@ -183,8 +184,8 @@ impl<S: Source> Worker<S> {
         Self {
             parts,
             limits,
-            backoff: Backoff::new(policy),
-            source_backoff: Backoff::new(policy),
+            backoff: policy.backoff(0),
+            source_backoff: policy.backoff(0),
             park_backoff: parked_backoff(parts_park_interval),
             pending: Pending::new(),
             ahead: None,
@@ -384,7 +385,7 @@ impl<S: Source> Worker<S> {
     }
 
     async fn source_failed(&mut self, doing: &'static str, error: String) -> Result<(), Stopped> {
-        let delay = self.source_backoff.fail(None);
+        let delay = self.source_backoff.next_delay(&mut rand::rng());
         tracing::warn!(route = %self.parts.route, error = %error, retry_in = ?delay,
             "queue failed while {doing}; retrying");
         self.parts
@@ -471,7 +472,8 @@ impl<S: Source> Worker<S> {
                     Action::Retry { retry_after } => {
                         let route = &self.parts.route;
                         metrics::retried(&route.agent_id, route.kind.name(), lines.len() as u64);
-                        let delay = self.backoff.fail(retry_after);
+                        let retry = &self.parts.settings.retry;
+                        let delay = retry.next_wait(&mut self.backoff, retry_after);
                         self.parts.status.set_state(RouteState::Retrying);
                         self.parts.stop.sleep(delay).await?;
                     }
@@ -486,7 +488,7 @@ impl<S: Source> Worker<S> {
                         break;
                     }
                     Action::ParkUnauthorized | Action::ParkConfig => {
-                        self.backoff.fail(None);
+                        self.backoff.next_delay(&mut rand::rng());
                         let state = if matches!(error, SinkError::Unauthorized { .. }) {
                             RouteState::Unauthorized
                         } else {
@@ -498,7 +500,7 @@ impl<S: Source> Worker<S> {
                             // credentials: the sleep below then ends at once.
                             engine.parked(&self.parts.route);
                         }
-                        let delay = self.park_backoff.fail(None);
+                        let delay = self.park_backoff.next_delay(&mut rand::rng());
                         self.parts.stop.sleep(delay).await?;
                     }
                 }
@@ -667,7 +669,7 @@ impl<S: Source> Worker<S> {
 /// Nanoseconds since the Unix epoch (0 before it, saturating far after).
 /// The first wait is drawn from `[interval / 2, interval]`.
 fn parked_backoff(interval: Duration) -> Backoff {
-    Backoff::after(RetryPolicy::parked(interval), 1)
+    RetryPolicy::parked(interval).backoff(1)
 }
 
 fn unix_nanos(time: SystemTime) -> i64 {

@@ -1,8 +1,10 @@
-//! Reconnect delays: exponential backoff with a floor, a cap and jitter.
+//! Delays between attempts, for the shim's reconnects and the gateway's
+//! vendor retries: exponential backoff with a floor, a cap and jitter.
 //!
-//! The n-th consecutive failure waits a random delay in `[base/2, base]`
-//! where `base = min(max, min * 2^n)` ("equal jitter"): delays grow, never
-//! exceed the cap, and shims that failed together do not retry together.
+//! The n-th consecutive failure (from 0) waits a random delay in
+//! `[base × (1 − jitter), base]` where `base = min(max, min × 2^n)`: delays
+//! grow, never exceed the cap, and clients that failed together do not retry
+//! together. The default jitter, one half, is "equal jitter".
 //!
 //! It must not sleep: callers sleep for the delay it returns. Randomness is
 //! passed in so tests can make it deterministic.
@@ -16,26 +18,42 @@ use rand::Rng;
 pub struct Backoff {
     min: Duration,
     max: Duration,
+    jitter: f64,
     failures: u32,
 }
 
 impl Backoff {
-    /// Backoff starting around `min` and never above `max` (`max >= min`).
+    /// Backoff starting around `min` and never above `max` (`max >= min`),
+    /// half of each delay random.
     pub fn new(min: Duration, max: Duration) -> Self {
         Self {
             min,
             max: max.max(min),
+            jitter: 0.5,
             failures: 0,
         }
+    }
+
+    /// The random fraction of each delay, clamped to `0.0..=1.0` (0: no
+    /// jitter).
+    pub fn with_jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Starts as if `failures` attempts had already failed.
+    pub fn after(mut self, failures: u32) -> Self {
+        self.failures = failures;
+        self
     }
 
     /// The delay before the next attempt; counts one more failure.
     pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
         let base = self.base();
         self.failures = self.failures.saturating_add(1);
-        let half = base / 2;
-        let jitter_nanos = u64::try_from((base - half).as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(rng.random_range(0..=jitter_nanos))
+        let low = base.mul_f64(1.0 - self.jitter);
+        let jitter_nanos = u64::try_from((base - low).as_nanos()).unwrap_or(u64::MAX);
+        low + Duration::from_nanos(rng.random_range(0..=jitter_nanos))
     }
 
     /// Forgets past failures (call once delivery works again).
@@ -127,6 +145,29 @@ mod tests {
             assert!(backoff.next_delay(&mut rng) <= Duration::from_secs(60));
         }
         assert_eq!(backoff.failures(), 10_000);
+    }
+
+    #[test]
+    fn without_jitter_delays_are_the_bases_and_after_skips_ahead() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut backoff = Backoff::new(MIN, MAX).with_jitter(0.0).after(2);
+        assert_eq!(backoff.next_delay(&mut rng), MIN * 4);
+        assert_eq!(backoff.next_delay(&mut rng), MIN * 8);
+        assert_eq!(backoff.failures(), 4);
+    }
+
+    #[test]
+    fn a_jitter_fraction_bounds_the_delay_from_below() {
+        let mut rng = StdRng::seed_from_u64(11);
+        for n in 0..20u32 {
+            let mut backoff = Backoff::new(MIN, MAX).with_jitter(0.25).after(n);
+            let base = MIN.saturating_mul(2u32.saturating_pow(n)).min(MAX);
+            let delay = backoff.next_delay(&mut rng);
+            assert!(
+                delay >= base.mul_f64(0.75) && delay <= base,
+                "{n}: {delay:?}"
+            );
+        }
     }
 
     #[test]
