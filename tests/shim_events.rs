@@ -1,11 +1,15 @@
 //! What the shim ships of an agent's output, end to end (shim → gateway →
-//! Datadog intake): secrets the agent prints are masked before they leave
-//! (`--redact auto`, the default) while its own terminal shows them, and
-//! with `--multiline auto` a traceback arrives as one event at level error.
+//! intakes, and `tail`): secrets the agent prints are masked before they
+//! leave (`--redact auto`, the default) while its own terminal shows them,
+//! and with `--multiline auto` a traceback arrives as one event at level
+//! error.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -69,8 +73,56 @@ async fn wait_for_message(
     entries
 }
 
+/// `logdrain-gateway tail` of `agent_id`, its output lines kept as they
+/// come; killed on drop.
+struct Tail {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tail {
+    fn start(gateway: &Gateway, agent_id: &str) -> Tail {
+        let mut child = Command::new(bin("logdrain-gateway"))
+            .args(["tail", "--agent-id", agent_id, "--gateway", &gateway.url()])
+            .env("LOGDRAIN_TOKEN", token(agent_id))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Tail { child, lines }
+    }
+
+    fn output(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, line: &str) -> Vec<String> {
+        let seen = wait_until(Duration::from_secs(60), || {
+            self.output().iter().any(|l| l == line)
+        })
+        .await;
+        assert!(seen, "tail never showed {line:?}: {:?}", self.output());
+        self.output()
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_the_agent_prints_reach_no_intake_queue_or_log_but_its_own_stdout_shows_them_and_status_counts_them(
+async fn secrets_the_agent_prints_reach_no_intake_queue_tail_or_log_but_its_own_stdout_shows_them_and_status_counts_them(
 ) {
     let intake = intake().await;
     // New Relic refuses the key, so the queue keeps every line on disk.
@@ -89,9 +141,17 @@ async fn secrets_the_agent_prints_reach_no_intake_queue_or_log_but_its_own_stdou
             ("LOGDRAIN_NEWRELIC_URL".into(), intake.base_url()),
         ],
     );
-    let script = r#"echo "$OPENAI_API_KEY"; echo "$DATADOG_TOKEN" >&2
-echo "{\"openai\":\"$OPENAI_API_KEY\",\"dd\":\"key=$DATADOG_TOKEN;\"}"
-echo "done""#;
+    // The agent prints its secrets only once `tail` has shown its first
+    // line, so tail sees everything that is shipped.
+    let tail = Tail::start(&gateway, "agent-redact");
+    let go = dir.path().join("go");
+    let script = format!(
+        r#"echo waiting; while [ ! -e {go:?} ]; do sleep 0.05; done
+echo "$OPENAI_API_KEY"; echo "$DATADOG_TOKEN" >&2
+echo "{{\"openai\":\"$OPENAI_API_KEY\",\"dd\":\"key=$DATADOG_TOKEN;\"}}"
+echo "done""#,
+        go = go.to_str().unwrap()
+    );
     let mut shim = ShimBuilder::new(&gateway.url(), "agent-redact", "replica-1")
         .env("DATADOG_TOKEN", DD_KEY)
         .env("OPENAI_API_KEY", OPENAI_KEY)
@@ -99,8 +159,10 @@ echo "done""#;
             "NEW_RELIC_LICENSE_KEY",
             "nr-secret-H4jK7lP0oI9uY6tT5rE2wQNRAL",
         )
-        .spawn_sh(script);
+        .spawn_sh(&script);
     let (out, err) = capture(&mut shim);
+    tail.wait_for("replica-1 stdout waiting").await;
+    std::fs::write(&go, b"").unwrap();
     assert!(wait_exit(&mut shim, Duration::from_secs(60))
         .await
         .success());
@@ -116,6 +178,7 @@ echo "done""#;
     assert_eq!(
         messages(&agent_entries(&entries, "stdout")),
         [
+            "waiting",
             "[redacted:OPENAI_API_KEY]",
             r#"{"openai":"[redacted:OPENAI_API_KEY]","dd":"key=[redacted:DATADOG_TOKEN];"}"#,
             "done",
@@ -127,18 +190,40 @@ echo "done""#;
         ["[redacted:DATADOG_TOKEN]"]
     );
 
-    // The masked counts reach the status, by name.
+    let tailed = tail.wait_for("replica-1 stdout done").await;
+    assert!(
+        tailed.contains(&"replica-1 stdout [redacted:OPENAI_API_KEY]".to_string()),
+        "{tailed:?}"
+    );
+    drop(tail);
+
+    // The masked counts reach the status, by name, in JSON and on the page.
     let status = agent_status(&gateway, "agent-redact").await;
     assert_eq!(
         status["agents"][0]["replicas"][0]["shim_redacted_total"],
         serde_json::json!({"DATADOG_TOKEN": 2, "OPENAI_API_KEY": 2}),
         "{status}"
     );
+    let page = reqwest::Client::new()
+        .get(format!("http://{}/?agent_id=agent-redact", gateway.http))
+        .bearer_auth(token("agent-redact"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<td>DATADOG_TOKEN 2, OPENAI_API_KEY 2</td>"),
+        "{page}"
+    );
 
     assert!(gateway.terminate().success());
     let intake_text = format!("{entries:?}");
     for secret in [OPENAI_KEY, DD_KEY] {
         assert!(!intake_text.contains(secret), "intake: {secret}");
+        assert!(!tailed.iter().any(|l| l.contains(secret)), "tail: {secret}");
+        assert!(!page.contains(secret), "status page: {secret}");
         assert!(!gateway.log().contains(secret), "gateway log: {secret}");
         let files = files_holding(&data_dir, secret);
         assert!(files.is_empty(), "{secret} in {files:?}");
