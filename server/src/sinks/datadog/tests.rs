@@ -599,3 +599,34 @@ async fn the_browser_intake_takes_a_client_token_batch_with_a_long_line_whole_an
     let long = entries[7].value["message"].as_str().unwrap();
     assert!(long.ends_with("…[truncated by logdrain: 307200 bytes]"));
 }
+
+/// A pino line carries its own `hostname`, `service`, `level` and `time`.
+/// Datadog does not expand JSON inside a JSON log's `message` (its docs;
+/// the test intake reads `message` as Datadog does), so the log keeps the
+/// contract's host, service and source, and the line whole as its message.
+#[tokio::test]
+async fn a_json_line_with_its_own_host_and_service_keeps_the_contracts() {
+    use logdrain_test_intake::{Intake, IntakeConfig};
+    let intake = Intake::start(IntakeConfig::with_datadog_keys([API_KEY]))
+        .await
+        .unwrap();
+    let s = sink(API_KEY, Some(Url::parse(&intake.base_url()).unwrap()));
+    let pino = br#"{"level":50,"time":1700000000000,"pid":7,"hostname":"pod-xyz","service":"their-svc","host":"their-host","msg":"boom"}"#;
+    let mut line = queued(0, pino);
+    line.line.timestamp_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap();
+    assert_eq!(s.send(&[line]).await, Ok(SendOutcome::accepted()));
+    let entries = intake.datadog_entries();
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+    assert_eq!(entry["host"], "replica-7");
+    assert_eq!(entry["service"], request_builder::SERVICE);
+    assert_eq!(entry["ddsource"], "agent-42");
+    assert_eq!(entry["message"], std::str::from_utf8(pino).unwrap());
+    assert!(entry.get("hostname").is_none(), "{entry}");
+}
