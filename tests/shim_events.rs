@@ -1,11 +1,16 @@
 //! What the shim ships of an agent's output, end to end (shim → gateway →
-//! Datadog intake): secrets the agent prints are masked before they leave
-//! (`--redact auto`, the default) while its own terminal shows them, and
-//! with `--multiline auto` a traceback arrives as one event at level error.
+//! intakes, and `tail`): secrets the agent prints are masked before they
+//! leave (`--redact auto`, the default) while its own terminal shows them,
+//! and with `--multiline auto` a traceback arrives as one event at level
+//! error.
 
 mod common;
+mod moto;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -69,8 +74,56 @@ async fn wait_for_message(
     entries
 }
 
+/// `logdrain-gateway tail` of `agent_id`, its output lines kept as they
+/// come; killed on drop.
+struct Tail {
+    child: std::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tail {
+    fn start(gateway: &Gateway, agent_id: &str) -> Tail {
+        let mut child = Command::new(bin("logdrain-gateway"))
+            .args(["tail", "--agent-id", agent_id, "--gateway", &gateway.url()])
+            .env("LOGDRAIN_TOKEN", token(agent_id))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Tail { child, lines }
+    }
+
+    fn output(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, line: &str) -> Vec<String> {
+        let seen = wait_until(Duration::from_secs(60), || {
+            self.output().iter().any(|l| l == line)
+        })
+        .await;
+        assert!(seen, "tail never showed {line:?}: {:?}", self.output());
+        self.output()
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secrets_the_agent_prints_reach_no_intake_queue_or_log_but_its_own_stdout_shows_them_and_status_counts_them(
+async fn secrets_the_agent_prints_reach_no_intake_queue_tail_or_log_but_its_own_stdout_shows_them_and_status_counts_them(
 ) {
     let intake = intake().await;
     // New Relic refuses the key, so the queue keeps every line on disk.
@@ -89,9 +142,17 @@ async fn secrets_the_agent_prints_reach_no_intake_queue_or_log_but_its_own_stdou
             ("LOGDRAIN_NEWRELIC_URL".into(), intake.base_url()),
         ],
     );
-    let script = r#"echo "$OPENAI_API_KEY"; echo "$DATADOG_TOKEN" >&2
-echo "{\"openai\":\"$OPENAI_API_KEY\",\"dd\":\"key=$DATADOG_TOKEN;\"}"
-echo "done""#;
+    // The agent prints its secrets only once `tail` has shown its first
+    // line, so tail sees everything that is shipped.
+    let tail = Tail::start(&gateway, "agent-redact");
+    let go = dir.path().join("go");
+    let script = format!(
+        r#"echo waiting; while [ ! -e {go:?} ]; do sleep 0.05; done
+echo "$OPENAI_API_KEY"; echo "$DATADOG_TOKEN" >&2
+echo "{{\"openai\":\"$OPENAI_API_KEY\",\"dd\":\"key=$DATADOG_TOKEN;\"}}"
+echo "done""#,
+        go = go.to_str().unwrap()
+    );
     let mut shim = ShimBuilder::new(&gateway.url(), "agent-redact", "replica-1")
         .env("DATADOG_TOKEN", DD_KEY)
         .env("OPENAI_API_KEY", OPENAI_KEY)
@@ -99,8 +160,10 @@ echo "done""#;
             "NEW_RELIC_LICENSE_KEY",
             "nr-secret-H4jK7lP0oI9uY6tT5rE2wQNRAL",
         )
-        .spawn_sh(script);
+        .spawn_sh(&script);
     let (out, err) = capture(&mut shim);
+    tail.wait_for("replica-1 stdout waiting").await;
+    std::fs::write(&go, b"").unwrap();
     assert!(wait_exit(&mut shim, Duration::from_secs(60))
         .await
         .success());
@@ -116,6 +179,7 @@ echo "done""#;
     assert_eq!(
         messages(&agent_entries(&entries, "stdout")),
         [
+            "waiting",
             "[redacted:OPENAI_API_KEY]",
             r#"{"openai":"[redacted:OPENAI_API_KEY]","dd":"key=[redacted:DATADOG_TOKEN];"}"#,
             "done",
@@ -127,18 +191,40 @@ echo "done""#;
         ["[redacted:DATADOG_TOKEN]"]
     );
 
-    // The masked counts reach the status, by name.
+    let tailed = tail.wait_for("replica-1 stdout done").await;
+    assert!(
+        tailed.contains(&"replica-1 stdout [redacted:OPENAI_API_KEY]".to_string()),
+        "{tailed:?}"
+    );
+    drop(tail);
+
+    // The masked counts reach the status, by name, in JSON and on the page.
     let status = agent_status(&gateway, "agent-redact").await;
     assert_eq!(
         status["agents"][0]["replicas"][0]["shim_redacted_total"],
         serde_json::json!({"DATADOG_TOKEN": 2, "OPENAI_API_KEY": 2}),
         "{status}"
     );
+    let page = reqwest::Client::new()
+        .get(format!("http://{}/?agent_id=agent-redact", gateway.http))
+        .bearer_auth(token("agent-redact"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<td>DATADOG_TOKEN 2, OPENAI_API_KEY 2</td>"),
+        "{page}"
+    );
 
     assert!(gateway.terminate().success());
     let intake_text = format!("{entries:?}");
     for secret in [OPENAI_KEY, DD_KEY] {
         assert!(!intake_text.contains(secret), "intake: {secret}");
+        assert!(!tailed.iter().any(|l| l.contains(secret)), "tail: {secret}");
+        assert!(!page.contains(secret), "status page: {secret}");
         assert!(!gateway.log().contains(secret), "gateway log: {secret}");
         let files = files_holding(&data_dir, secret);
         assert!(files.is_empty(), "{secret} in {files:?}");
@@ -169,13 +255,81 @@ print("after on stdout", flush=True)
 main()
 "#;
 
+const SENTRY_KEY: &str = "0123456789abcdef0123456789abcdef";
+const NR_KEY: &str = "0123456789abcdef0123456789abcdef0123NRAL";
+
+/// CloudWatch's events of `agent_id`'s replica `replica` as moto stores
+/// them, the shim's own lines left out: (stream, message), read through the
+/// CloudWatch Logs API.
+async fn cloudwatch_events(moto: &str, agent_id: &str, replica: &str) -> Vec<(String, String)> {
+    let page: Value = reqwest::Client::new()
+        .post(moto)
+        .header("X-Amz-Target", "Logs_20140328.GetLogEvents")
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIDLOGDRAINTEST/20260101/us-west-2/logs/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )
+        .body(
+            serde_json::json!({
+                "logGroupName": format!("livekit/{agent_id}"),
+                "logStreamName": replica,
+                "startFromHead": true,
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or_default();
+    page["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|event| serde_json::from_str(event["message"].as_str().unwrap_or("{}")).unwrap())
+        .filter(|message: &Value| message["logdrain"]["origin"] != "shim")
+        .map(|message| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (text(&message["stream"]), text(&message["message"]))
+        })
+        .collect()
+}
+
+/// Each vendor receives the traceback the agent printed on stderr as one
+/// event at level error (CloudWatch has no level field), and the one it
+/// printed on stdout whole, before the line that followed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_python_chained_exception_arrives_as_one_event_at_level_error() {
-    let intake = intake().await;
+async fn a_python_chained_exception_arrives_at_every_vendor_as_one_event_at_level_error() {
+    let mut config = logdrain_test_intake::IntakeConfig::with_datadog_keys([DD_KEY]);
+    config.sentry.keys = vec![SENTRY_KEY.to_string()];
+    config.newrelic.keys = vec![NR_KEY.to_string()];
+    let intake = logdrain_test_intake::Intake::start(config).await.unwrap();
+    let moto = moto::MotoServer::shared();
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(&dir.path().join("gw"), &intake.base_url());
+    let gateway = Gateway::start_with(
+        &dir.path().join("gw"),
+        &intake.base_url(),
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+        vec![
+            ("LOGDRAIN_NEWRELIC_URL".into(), intake.base_url()),
+            ("LOGDRAIN_CLOUDWATCH_URL".into(), moto.url()),
+        ],
+    );
     let mut shim = ShimBuilder::new(&gateway.url(), "agent-py", "replica-1")
         .env("DATADOG_TOKEN", DD_KEY)
+        .env(
+            "SENTRY_DSN",
+            &logdrain_test_intake::sentry::dsn(&intake.base_url(), SENTRY_KEY, 42),
+        )
+        .env("NEW_RELIC_LICENSE_KEY", NR_KEY)
+        .env("AWS_ACCESS_KEY_ID", "AKIDLOGDRAINTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "logdrain-test-secret")
+        .env("AWS_REGION", "us-west-2")
         .env("LOGDRAIN_MULTILINE", "auto")
         // Events end with the agent, however slow the machine.
         .env("LOGDRAIN_MULTILINE_FLUSH", "10s")
@@ -188,22 +342,100 @@ async fn a_python_chained_exception_arrives_as_one_event_at_level_error() {
     let stdout = String::from_utf8(out.join().unwrap()).unwrap();
     let stderr = String::from_utf8(err.join().unwrap()).unwrap();
     let traceback = stdout.strip_suffix("after on stdout\n").unwrap().trim_end();
+    let on_stderr = stderr
+        .lines()
+        .filter(|l| !l.starts_with("agent-shim: "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(on_stderr.starts_with("Traceback (most recent call last):"));
+    assert!(on_stderr.contains("The above exception was the direct cause"));
 
+    // Datadog.
     let entries = wait_for_message(&intake, &gateway, "stderr", |m| {
         m.ends_with("config unreadable")
     })
     .await;
-    let on_stdout = agent_entries(&entries, "stdout");
-    assert_eq!(messages(&on_stdout), [traceback, "after on stdout"]);
+    let dd_stdout = agent_entries(&entries, "stdout");
+    assert_eq!(messages(&dd_stdout), [traceback, "after on stdout"]);
     // On stdout, the level comes from the exception line, the last.
-    assert_eq!(on_stdout[0]["status"], "error");
-    let on_stderr = agent_entries(&entries, "stderr");
-    assert_eq!(on_stderr.len(), 1, "{on_stderr:#?}");
-    assert_eq!(on_stderr[0]["status"], "error");
-    let shipped = on_stderr[0]["message"].as_str().unwrap();
-    assert!(stderr.contains(shipped), "{shipped}\n---\n{stderr}");
-    assert!(shipped.starts_with("Traceback (most recent call last):"));
-    assert!(shipped.contains("The above exception was the direct cause"));
+    assert_eq!(dd_stdout[0]["status"], "error");
+    let dd_stderr = agent_entries(&entries, "stderr");
+    assert_eq!(messages(&dd_stderr), [on_stderr.as_str()]);
+    assert_eq!(dd_stderr[0]["status"], "error");
+
+    // Sentry and New Relic: (stream, message, level) of the agent's lines.
+    let sentry = || -> Vec<(String, String, String)> {
+        intake
+            .entries(Vendor::Sentry)
+            .iter()
+            .filter(|e| e.value["attributes"]["logdrain.origin"]["value"] != "shim")
+            .map(|e| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                let v = &e.value;
+                (
+                    text(&v["attributes"]["stream"]["value"]),
+                    text(&v["body"]),
+                    text(&v["level"]),
+                )
+            })
+            .collect()
+    };
+    let newrelic = || -> Vec<(String, String, String)> {
+        intake
+            .entries(Vendor::NewRelic)
+            .iter()
+            .filter(|e| e.value["logdrain.origin"] != "shim")
+            .map(|e| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                let v = &e.value;
+                (text(&v["stream"]), text(&v["message"]), text(&v["level"]))
+            })
+            .collect()
+    };
+    for (vendor, received) in [
+        ("sentry", &sentry as &dyn Fn() -> _),
+        ("newrelic", &newrelic),
+    ] {
+        let arrived = wait_until(Duration::from_secs(60), || {
+            received()
+                .iter()
+                .any(|(_, m, _)| m.ends_with("config unreadable"))
+        })
+        .await;
+        let got = received();
+        assert!(arrived, "{vendor}: {got:#?}\n{}", gateway.log());
+        let stderr_events: Vec<_> = got.iter().filter(|(s, _, _)| s == "stderr").collect();
+        assert_eq!(stderr_events.len(), 1, "{vendor}: {got:#?}");
+        assert_eq!(stderr_events[0].1, on_stderr, "{vendor}");
+        assert_eq!(stderr_events[0].2, "error", "{vendor}");
+        let stdout_events: Vec<_> = got.iter().filter(|(s, _, _)| s == "stdout").collect();
+        assert_eq!(stdout_events[0].1, traceback, "{vendor}");
+        assert_eq!(stdout_events[0].2, "error", "{vendor}");
+    }
+
+    // CloudWatch (moto).
+    let arrived = wait_until(Duration::from_secs(60), || {
+        let url = moto.url();
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(cloudwatch_events(
+                &url,
+                "agent-py",
+                "replica-1",
+            ))
+        })
+        .iter()
+        .any(|(_, m)| m.ends_with("config unreadable"))
+    })
+    .await;
+    let events = cloudwatch_events(&moto.url(), "agent-py", "replica-1").await;
+    assert!(arrived, "cloudwatch: {events:#?}\n{}", gateway.log());
+    let cw_stderr: Vec<&String> = events
+        .iter()
+        .filter(|(s, _)| s == "stderr")
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(cw_stderr, [&on_stderr]);
+    assert!(events.contains(&("stdout".to_string(), traceback.to_string())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::Bytes;
 use logdrain::v1::{Line, Origin, StreamKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -33,6 +34,9 @@ struct Grouping {
     out: Vec<Out>,
     /// `out` masked, outside the buffer's lock.
     lines: Vec<Line>,
+    /// The end of the last part shipped of a cut line that could begin a
+    /// secret: it goes at the start of the line's next part.
+    carry: Vec<u8>,
     ended: bool,
 }
 
@@ -52,6 +56,7 @@ impl Outgoing {
                 grouper: Grouper::new(mode, bounds),
                 out: Vec::new(),
                 lines: Vec::new(),
+                carry: Vec::new(),
                 ended: false,
             }),
             held: Notify::new(),
@@ -145,16 +150,29 @@ impl Outgoing {
             return;
         }
         let stream = self.stream as i32;
-        grouping
-            .lines
-            .extend(grouping.out.drain(..).map(|(timestamp_ns, piece)| Line {
+        for (timestamp_ns, piece) in grouping.out.drain(..) {
+            let mut data = piece.data;
+            // The pieces of a cut line come one after the other: the bytes
+            // held back from the last one start this one.
+            if !grouping.carry.is_empty() {
+                let mut joined = std::mem::take(&mut grouping.carry);
+                joined.extend_from_slice(&data);
+                data = Bytes::from(joined);
+            }
+            if piece.more_parts {
+                let held = self.redactor.held_back(&data);
+                grouping.carry.extend_from_slice(&data[data.len() - held..]);
+                data.truncate(data.len() - held);
+            }
+            grouping.lines.push(Line {
                 timestamp_ns,
                 stream,
-                data: self.redactor.redact(piece.data),
+                data: self.redactor.redact(data),
                 origin: Origin::Agent as i32,
                 part: piece.part,
                 more_parts: piece.more_parts,
-            }));
+            });
+        }
         self.buffer.push_all(grouping.lines.drain(..));
     }
 }
@@ -163,9 +181,8 @@ impl Outgoing {
 mod tests {
     use std::time::Duration;
 
-    use bytes::Bytes;
-
     use super::*;
+    use crate::splitter::LineSplitter;
 
     fn piece(data: &'static [u8]) -> Piece {
         Piece {
@@ -218,5 +235,55 @@ mod tests {
         outgoing.end();
         flushing.await.unwrap();
         assert_eq!(shipped(&buffer), [Bytes::from_static(b"last")]);
+    }
+
+    /// A secret cut by the split of an over-long line, at every offset:
+    /// each shipped part holds no piece of it, and the parts joined are the
+    /// line with the value masked once.
+    #[tokio::test]
+    async fn a_secret_straddling_the_cut_of_a_long_line_is_masked_whole_wherever_it_falls() {
+        const SECRET: &str = "sk-proj-Zq8wX3vN7mK2pL9rT4yB";
+        const MAX: usize = 16;
+        for offset in 0..=2 * MAX {
+            let buffer = Arc::new(SharedBuffer::new(1 << 20, usize::MAX));
+            let redactor = Redactor::from_vars([("OPENAI_API_KEY".into(), SECRET.into())], []);
+            let bounds = Bounds {
+                max_lines: 1,
+                max_bytes: MAX,
+                flush: Duration::ZERO,
+            };
+            let outgoing = Outgoing::new(
+                StreamKind::Stdout,
+                Arc::clone(&buffer),
+                Arc::new(redactor),
+                Mode::Off,
+                bounds,
+            );
+            let line = format!("{}{SECRET} and s", ".".repeat(offset));
+            let mut splitter = LineSplitter::new(MAX);
+            let mut pieces = Vec::new();
+            // Each part is shipped as the agent writes it, before the next.
+            for chunk in line.as_bytes().chunks(MAX) {
+                splitter.push(chunk, &mut pieces);
+                outgoing.push(1, &mut pieces);
+            }
+            splitter.push(b"\n", &mut pieces);
+            outgoing.push(1, &mut pieces);
+            let parts = shipped(&buffer);
+            assert!(parts.len() > 1, "{offset}: the line is cut");
+            for part in &parts {
+                for piece in SECRET.as_bytes().windows(3) {
+                    assert!(
+                        !part.windows(3).any(|w| w == piece),
+                        "{offset}: {part:?} holds part of the secret"
+                    );
+                }
+            }
+            let joined: Vec<u8> = parts.iter().flat_map(|p| p.to_vec()).collect();
+            assert_eq!(
+                String::from_utf8(joined).unwrap(),
+                format!("{}[redacted:OPENAI_API_KEY] and s", ".".repeat(offset))
+            );
+        }
     }
 }

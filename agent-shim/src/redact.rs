@@ -5,7 +5,9 @@
 //! drain's own secrets, and builds one multi-pattern matcher. Each shipped
 //! line (or multi-line event) is then masked as a whole: every occurrence of
 //! a value, at any position, becomes `[redacted:<NAME>]`. Occurrences are
-//! counted per name.
+//! counted per name. Where a long line is cut into parts, the bytes at a
+//! part's end that could begin a value move to the next part
+//! ([`Redactor::held_back`]), so a value straddling the cut is masked whole.
 //!
 //! It owns the values and must never print, log or return one: only names
 //! and counts leave this module. It never touches the passthrough.
@@ -58,6 +60,8 @@ pub struct Redactor {
     names: Vec<String>,
     /// Occurrences of pattern `i` masked so far.
     counts: Vec<AtomicU64>,
+    /// The values, to find one begun at the end of a cut part.
+    values: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -115,8 +119,25 @@ impl Redactor {
                 .map(|(name, _)| Bytes::from(format!("[redacted:{name}]")))
                 .collect(),
             counts: secrets.iter().map(|_| AtomicU64::new(0)).collect(),
+            values: secrets.iter().map(|(_, value)| value.clone()).collect(),
             names: secrets.into_iter().map(|(name, _)| name).collect(),
         }
+    }
+
+    /// How many bytes at the end of `data` could begin a secret value (the
+    /// longest end that is a proper start of one). A line cut there is
+    /// masked only once those bytes are joined to the next part, so no part
+    /// of a value leaves in either piece.
+    pub fn held_back(&self, data: &[u8]) -> usize {
+        self.values
+            .iter()
+            .filter_map(|value| {
+                (1..value.len().min(data.len() + 1))
+                    .rev()
+                    .find(|&n| data.ends_with(&value[..n]))
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The names whose values are masked (sorted; never the values).

@@ -228,7 +228,11 @@ fn batch_building(c: &mut Criterion) {
     let fill = |lines: Vec<QueuedLine>| {
         let mut pending = Pending::new();
         for line in lines {
-            let size = datadog::request_builder::event_size(AGENT, &line);
+            let size = datadog::request_builder::event_size(
+                AGENT,
+                &line,
+                datadog::request_builder::MAX_MESSAGE_JSON_BYTES,
+            );
             pending.push(line, size, now);
         }
         let full = pending.is_full(&limits);
@@ -245,7 +249,13 @@ fn batch_building(c: &mut Criterion) {
 
 fn vendor_bodies(c: &mut Criterion) {
     let lines = queued();
-    let datadog = |lines: &[QueuedLine]| datadog::request_builder::encode(AGENT, lines);
+    let datadog = |lines: &[QueuedLine]| {
+        datadog::request_builder::encode(
+            AGENT,
+            lines,
+            datadog::request_builder::MAX_MESSAGE_JSON_BYTES,
+        )
+    };
     let newrelic = |lines: &[QueuedLine]| newrelic::request_builder::encode(AGENT, lines);
     // Sentry takes at most 100 logs per envelope: 10 envelopes.
     let sentry = |lines: &[QueuedLine]| {

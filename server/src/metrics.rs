@@ -127,7 +127,7 @@ pub fn describe() {
     describe_counter!(
         "logdrain_restamped_lines_total",
         "Lines sent with the time of sending because their own time was outside the \
-         destination's window (reason: too_old, too_new); each keeps its own time in \
+         destination's window (reason: too_old, too_new; expired: refused by CloudWatch for the group's retention); each keeps its own time in \
          logdrain.original_timestamp."
     );
     describe_counter!(
@@ -258,7 +258,7 @@ pub fn delivery_latency(destination: &str, latency: Duration) {
 }
 
 /// Lines sent with the time of sending because their own time is outside
-/// the destination's window (`reason`: `too_old`, `too_new`).
+/// the destination's window (`reason`: `too_old`, `too_new`, `expired`).
 pub fn restamped(destination: &str, reason: &'static str, lines: u64) {
     counter!("logdrain_restamped_lines_total", "destination" => destination.to_string(), "reason" => reason)
         .increment(lines);

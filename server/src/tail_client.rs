@@ -1,8 +1,12 @@
 //! `logdrain-gateway tail`: a client that prints an agent's lines live.
 //!
 //! Each line is prefixed with the agent-server id and stream it came from, or
-//! printed as one JSON object per line with `--json`. This module only reads
-//! from a gateway; it never writes to one.
+//! printed as one JSON object per line with `--json`. A multi-line event
+//! (one line on the wire holding `\n`) prints each of its lines with the
+//! same prefix, the stream marked `+` after its first line
+//! (`replica-1 stderr+   File ...`), so no line of an event reads as an
+//! event of its own. This module only reads from a gateway; it never writes
+//! to one.
 
 use std::io::Write;
 
@@ -122,7 +126,11 @@ fn write_line(out: &mut (dyn Write + Send), item: &TailLine, json: bool) -> std:
         });
         writeln!(out, "{value}")?;
     } else {
-        writeln!(out, "{} {stream} {text}", item.agent_server_id)?;
+        let mut marker = "";
+        for text in text.split('\n') {
+            writeln!(out, "{} {stream}{marker} {text}", item.agent_server_id)?;
+            marker = "+";
+        }
     }
     out.flush()
 }
@@ -154,6 +162,34 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "replica-1 stderr hello \u{fffd}\n"
         );
+    }
+
+    #[test]
+    fn a_multi_line_event_prints_each_line_prefixed_and_continuations_marked() {
+        let mut event = item();
+        if let Some(line) = &mut event.line {
+            line.data = bytes::Bytes::from_static(
+                b"Traceback (most recent call last):\n  File \"a.py\", line 1\n\nValueError: x",
+            );
+        }
+        let mut out = Vec::new();
+        write_line(&mut out, &event, false).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "replica-1 stderr Traceback (most recent call last):\n\
+             replica-1 stderr+   File \"a.py\", line 1\n\
+             replica-1 stderr+ \n\
+             replica-1 stderr+ ValueError: x\n"
+        );
+        // With --json, the event is one object, its newlines escaped.
+        let mut out = Vec::new();
+        write_line(&mut out, &event, true).unwrap();
+        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(v["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("\n\nValueError: x"));
     }
 
     #[test]

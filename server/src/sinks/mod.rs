@@ -79,6 +79,11 @@ pub struct SendOutcome {
     /// engine waits this long (bounded like `Retry-After`) before the route's
     /// next send; it is not a failure.
     pub hold_off: Option<Duration>,
+    /// Lines the vendor refused for their time that the sink sent again
+    /// with the time of sending (their own kept in
+    /// `logdrain.original_timestamp`); counted like the engine's own
+    /// re-stamps ([`engine::late`]), not as dropped.
+    pub restamped: engine::late::Restamps,
 }
 
 impl SendOutcome {

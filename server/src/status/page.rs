@@ -111,7 +111,8 @@ pub fn render(report: &Report, refresh_seconds: u32) -> String {
             html.push_str("<p class=\"muted\">none since the gateway started</p>");
         } else {
             html.push_str(
-                "<table><tr><th>agent-server</th><th>connected</th><th>last seen</th><th>shim dropped</th></tr>",
+                "<table><tr><th>agent-server</th><th>connected</th><th>last seen</th><th>shim dropped</th>\
+                 <th>secrets masked by the shim</th></tr>",
             );
             for r in &agent.replicas {
                 let (class, connected) = if r.connected_streams > 0 {
@@ -119,13 +120,21 @@ pub fn render(report: &Report, refresh_seconds: u32) -> String {
                 } else {
                     ("retrying", "no".to_string())
                 };
+                // Names only, with how many values were masked: never a value.
+                let masked: Vec<String> = r
+                    .shim_redacted_total
+                    .iter()
+                    .map(|(name, count)| format!("{} {count}", escape(name)))
+                    .collect();
                 let _ = write!(
                     html,
-                    "<tr><td>{}</td><td class=\"{class}\">{connected}</td><td>{}</td><td class=\"{}\">{}</td></tr>",
+                    "<tr><td>{}</td><td class=\"{class}\">{connected}</td><td>{}</td><td class=\"{}\">{}</td>\
+                     <td>{}</td></tr>",
                     escape(&r.agent_server_id),
                     escape(&when(Some(r.last_seen_unix), now)),
                     if r.shim_dropped_total > 0 { "failing" } else { "" },
-                    r.shim_dropped_total
+                    r.shim_dropped_total,
+                    if masked.is_empty() { "-".to_string() } else { masked.join(", ") }
                 );
             }
             html.push_str("</table>");
@@ -176,5 +185,33 @@ mod tests {
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("class=\"state retrying\">retrying"));
+    }
+
+    #[test]
+    fn each_replica_shows_the_names_its_shim_masked_and_how_often() {
+        let mut masked = Report {
+            schema: SCHEMA,
+            generated_unix: 100,
+            agents: vec![AgentStatus {
+                agent_id: "a1".into(),
+                queued_lines: 0,
+                queued_bytes: 0,
+                replicas: vec![],
+                destinations: vec![],
+            }],
+            refused_streams: vec![],
+        };
+        masked.agents[0].replicas = vec![crate::ingest::replicas::ReplicaInfo {
+            agent_server_id: "replica-1".into(),
+            connected_streams: 1,
+            last_seen_unix: 100,
+            shim_dropped_total: 0,
+            shim_redacted_total: [("OPENAI_API_KEY".to_string(), 2), ("<b>".to_string(), 1)].into(),
+        }];
+        let page = render(&masked, 10);
+        assert!(
+            page.contains("<td>&lt;b&gt; 1, OPENAI_API_KEY 2</td></tr>"),
+            "{page}"
+        );
     }
 }

@@ -8,6 +8,13 @@
 //!   are accepted for any configured key; the form used is recorded so
 //!   tests can pin which one a sink chose. Missing or unknown key → 403
 //!   `{"errors":["Forbidden"]}`.
+//! * The browser intake (a client token in the query) takes what Datadog's
+//!   browser SDK sends (`packages/core/src/domain/configuration/` in
+//!   <https://github.com/DataDog/browser-sdk>): the query parameters of
+//!   [`BROWSER_PARAMS`] (400 naming a missing one: stricter than Datadog,
+//!   whose answer is unknown), at most 50 entries per request (413), and an
+//!   entry of 256 KiB or more is marked `oversized` (the SDK discards such
+//!   a message: the "Logs intake limit").
 //! * Body: a gzip-compressed JSON array of objects.
 //! * Limits: at most 1,000 entries and 5 MB uncompressed per request (413
 //!   otherwise); an entry over 1 MB is accepted and marked `oversized`,
@@ -53,6 +60,14 @@ pub const PATH: &str = "/api/v2/logs";
 pub const API_KEY_HEADER: &str = "DD-API-KEY";
 /// Query parameter carrying a client token (browser intake).
 pub const CLIENT_TOKEN_PARAM: &str = "dd-api-key";
+/// The other query parameters the browser SDK sends with every request
+/// (`buildEndpointParameters` in `endpointBuilder.ts`).
+pub const BROWSER_PARAMS: [&str; 4] = [
+    "ddsource",
+    "dd-evp-origin-version",
+    "dd-evp-origin",
+    "dd-request-id",
+];
 
 /// Earliest plausible `timestamp` (2000-01-01T00:00:00Z) in milliseconds.
 const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
@@ -73,6 +88,12 @@ pub struct DatadogLimits {
     /// (<https://docs.datadoghq.com/api/latest/logs/#send-logs>). `None`: no
     /// window.
     pub max_age: Option<std::time::Duration>,
+    /// Entries per request to the browser intake (the SDK's
+    /// `batchMessagesLimit`).
+    pub browser_max_entries: usize,
+    /// Serialized bytes per entry to the browser intake: the SDK discards a
+    /// message of `messageBytesLimit` (256 KiB) or more.
+    pub browser_max_entry_bytes: usize,
 }
 
 impl Default for DatadogLimits {
@@ -82,11 +103,22 @@ impl Default for DatadogLimits {
             max_payload_bytes: 5_000_000,
             max_entry_bytes: 1_000_000,
             max_age: Some(std::time::Duration::from_secs(18 * 3600)),
+            browser_max_entries: 50,
+            browser_max_entry_bytes: 256 * 1024 - 1,
         }
     }
 }
 
 impl DatadogLimits {
+    /// The limits of the browser intake: the smaller of each.
+    fn browser(&self) -> DatadogLimits {
+        DatadogLimits {
+            max_entries: self.max_entries.min(self.browser_max_entries),
+            max_entry_bytes: self.max_entry_bytes.min(self.browser_max_entry_bytes),
+            ..self.clone()
+        }
+    }
+
     /// Largest compressed body read. Deflate never grows data by anything
     /// near 10%, so a larger body must decompress past the payload limit.
     fn max_body_bytes(&self) -> usize {
@@ -150,6 +182,7 @@ async fn check(
             ),
         )
     })?;
+    let browser = matches!(form, AuthForm::Query(_));
     pending.auth = Some(form);
     let key = store
         .accepted_key(Vendor::Datadog, &presented)
@@ -162,6 +195,14 @@ async fn check(
     pending.key = Some(key);
 
     check_headers(headers)?;
+    let browser_limits;
+    let limits = if browser {
+        check_browser_query(query.unwrap_or_default())?;
+        browser_limits = limits.browser();
+        &browser_limits
+    } else {
+        limits
+    };
 
     let compressed = body::read(body, limits.max_body_bytes())
         .await
@@ -206,6 +247,27 @@ fn credential(headers: &HeaderMap, query: Option<&str>) -> Option<(AuthForm, Str
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(name, _)| name == CLIENT_TOKEN_PARAM)
         .map(|(_, token)| (AuthForm::Query(CLIENT_TOKEN_PARAM), token.into_owned()))
+}
+
+/// The browser intake's query: every parameter of [`BROWSER_PARAMS`],
+/// non-empty.
+fn check_browser_query(query: &str) -> Result<(), Rejection> {
+    let present: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    for name in BROWSER_PARAMS {
+        if !present.iter().any(|(n, v)| n == name && !v.is_empty()) {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the browser intake's query has no {name}: send the parameters Datadog's \
+                     browser SDK sends ({})",
+                    BROWSER_PARAMS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_headers(headers: &HeaderMap) -> Result<(), Rejection> {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{gzip, json_body, logs, post, post_bytes, start, CLIENT_TOKEN, KEY};
-use logdrain_test_intake::{AuthForm, Fault, Vendor};
+use logdrain_test_intake::{AuthForm, Fault, Intake, Vendor};
 use serde_json::{json, Value};
 
 #[tokio::test]
@@ -34,11 +34,33 @@ async fn gzip_json_array_with_a_valid_key_is_accepted_and_recorded() {
         .all(|e| e.request_id == request.id && !e.oversized));
 }
 
+/// The query Datadog's browser SDK sends with a client token.
+fn browser_query(token: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ddsource", "agent-1".to_string()),
+        ("dd-api-key", token.to_string()),
+        ("dd-evp-origin-version", "6.0.0".to_string()),
+        ("dd-evp-origin", "browser".to_string()),
+        (
+            "dd-request-id",
+            "0b7c3ad6-3c25-4c5c-9f0e-2d1f0c9c8f11".to_string(),
+        ),
+    ]
+}
+
+/// A client-token request with `query` and `body`.
+fn post_browser(
+    intake: &Intake,
+    query: &[(&str, String)],
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    post_bytes(intake, gzip(body.to_string().as_bytes())).query(query)
+}
+
 #[tokio::test]
 async fn a_client_token_in_the_query_is_accepted_and_its_form_recorded() {
     let intake = start().await;
-    let response = post_bytes(&intake, gzip(logs(1).to_string().as_bytes()))
-        .query(&[("dd-api-key", CLIENT_TOKEN), ("ddsource", "agent-1")])
+    let response = post_browser(&intake, &browser_query(CLIENT_TOKEN), &logs(1))
         .send()
         .await
         .unwrap();
@@ -46,6 +68,63 @@ async fn a_client_token_in_the_query_is_accepted_and_its_form_recorded() {
     let request = &intake.requests()[0];
     assert_eq!(request.auth, Some(AuthForm::Query("dd-api-key")));
     assert_eq!(request.key.as_deref(), Some(CLIENT_TOKEN));
+}
+
+#[tokio::test]
+async fn the_browser_intake_wants_each_parameter_the_browser_sdk_sends() {
+    let intake = start().await;
+    for missing in [
+        "ddsource",
+        "dd-evp-origin-version",
+        "dd-evp-origin",
+        "dd-request-id",
+    ] {
+        let query: Vec<_> = browser_query(CLIENT_TOKEN)
+            .into_iter()
+            .filter(|(name, _)| *name != missing)
+            .collect();
+        let response = post_browser(&intake, &query, &logs(1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{missing}");
+        let body = json_body(response).await;
+        let detail = body["errors"][0]["detail"].as_str().unwrap().to_string();
+        assert!(detail.contains(missing), "{detail}");
+    }
+    assert!(intake.datadog_entries().is_empty());
+}
+
+#[tokio::test]
+async fn the_browser_intake_takes_50_entries_and_marks_one_of_256_kib_oversized() {
+    let intake = start().await;
+    let query = browser_query(CLIENT_TOKEN);
+    let at_limit = post_browser(&intake, &query, &logs(50))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(at_limit.status(), 202);
+    let over = post_browser(&intake, &query, &logs(51))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 413);
+    intake.reset();
+
+    // The SDK discards a message of 256 KiB or more; the API intake's
+    // limit is 1 MB.
+    let mut big = logs(2);
+    big[0]["message"] = json!("x".repeat(256 * 1024));
+    let response = post_browser(&intake, &query, &big).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let response = post(&intake, &big).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let oversized: Vec<bool> = intake
+        .entries(Vendor::Datadog)
+        .iter()
+        .map(|e| e.oversized)
+        .collect();
+    assert_eq!(oversized, [true, false, false, false]);
 }
 
 #[tokio::test]

@@ -35,7 +35,7 @@
 //! | time span | under 24 h per request: split | [`request_builder::MAX_SPAN_MS`] |
 //! | streams | one request per log stream: a batch is grouped by agent-server id | [`request_builder::plan`] |
 //! | window | 14 days back, 2 h ahead (<https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_PutLogEvents.html>): the engine sends lines outside it with the time of sending, their own time in `logdrain.original_timestamp` (ms) | [`MAX_AGE`], [`crate::sinks::engine::late`] |
-//! | too new (> 2 h ahead), too old (> 14 days), expired (retention) | accepted requests report them in `rejectedLogEventsInfo` (end indexes exclusive, the too-new start inclusive): counted as dropped, never retried | [`outcome::Tally`], [`service::verdicts`] |
+//! | too new (> 2 h ahead), too old (> 14 days), expired (the group's retention, which may be shorter) | accepted requests report them in `rejectedLogEventsInfo` (end indexes exclusive, the too-new start inclusive): sent once more with the time of sending, their own in `logdrain.original_timestamp`, counted in `logdrain_restamped_lines_total` (reason `too_old`, `too_new`, `expired`); refused again, they are counted as dropped | [`outcome::Tally`], [`service::verdicts`], [`CloudWatchSink::send_prepared`] |
 //! | errors | throttling/unavailable/network → retry; access denied and bad keys → credentials; invalid parameter → payload; quotas → config | [`service::classify`] |
 //! | group and stream | created on first write; `ResourceAlreadyExistsException` is success; a put answered `ResourceNotFoundException` creates them and is sent once more | [`service::Service`] |
 //!
@@ -71,21 +71,23 @@ pub mod service;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_cloudwatchlogs::config::SharedHttpClient;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use futures::StreamExt;
 
-use crate::queue::QueuedLine;
+use crate::queue::{Cursor, QueuedLine};
 use crate::route::{DestinationKind, RouteKey, Secrets};
+use crate::sinks::engine::late;
 use crate::sinks::{
     BatchLimits, Prepared, SecretError, SendOutcome, Sink, SinkError, SinkSettings,
 };
-use outcome::Accepted;
+use outcome::{Accepted, Verdict};
 use service::Service;
 
 /// Most log streams one send writes to at the same time.
@@ -93,7 +95,7 @@ pub const PARALLEL_STREAMS: usize = 4;
 
 /// Oldest event CloudWatch Logs takes at its own time (older ones come back
 /// in `rejectedLogEventsInfo`); the group's retention may be shorter, and
-/// those events are still counted as expired.
+/// events it refuses as expired are sent again with the time of sending.
 pub const MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// The HTTPS client every CloudWatch sink shares (one connection pool, one
@@ -192,29 +194,41 @@ impl Sink for CloudWatchSink {
         request_builder::event_size(line)
     }
 
-    /// The SDK builds the requests: nothing to prepare ahead.
+    /// The SDK builds the requests: nothing to prepare ahead. Events
+    /// CloudWatch refuses for their time (a group whose retention is
+    /// shorter than [`MAX_AGE`], or a clock that moved) are sent once more
+    /// with the time of sending, their own kept in
+    /// `logdrain.original_timestamp`, and reported as re-stamped; only those
+    /// refused again are counted as dropped.
     async fn send_prepared(
         &self,
         lines: &[QueuedLine],
         _prepared: Prepared,
     ) -> Result<SendOutcome, SinkError> {
         let (to_send, mut tally) = self.accepted.split(lines);
-        let mut failure: Option<SinkError> = None;
-        let mut taken = Vec::new();
-        if !to_send.is_empty() {
-            let plans = request_builder::plan(to_send);
-            let mut results = futures::stream::iter(plans)
-                .map(|plan| self.service.deliver_stream(plan.stream, plan.puts))
-                .buffer_unordered(PARALLEL_STREAMS);
-            while let Some(result) = results.next().await {
-                taken.extend(result.taken);
-                if let Some(error) = result.error {
-                    failure = Some(match failure {
-                        Some(worst) => service::most_severe(worst, error),
-                        None => error,
-                    });
-                }
-            }
+        let (mut taken, mut failure) = self.deliver(to_send).await;
+        let refused: HashMap<Cursor, late::Reason> = taken
+            .iter()
+            .filter_map(|(cursor, v)| Some((*cursor, v.restamp_reason()?)))
+            .collect();
+        if failure.is_none() && !refused.is_empty() {
+            taken.retain(|(cursor, _)| !refused.contains_key(cursor));
+            let now_ns = late::unix_nanos(SystemTime::now());
+            let again: Vec<QueuedLine> = lines
+                .iter()
+                .filter(|l| refused.contains_key(&l.cursor))
+                .map(|l| {
+                    let mut l = l.clone();
+                    late::restamp_now(&mut l, now_ns);
+                    l
+                })
+                .collect();
+            let (retaken, error) = self.deliver(again.iter().collect()).await;
+            taken.extend(retaken.into_iter().map(|(cursor, v)| match v {
+                Verdict::Stored => (cursor, Verdict::Restamped(refused[&cursor])),
+                refused_again => (cursor, refused_again),
+            }));
+            failure = error;
         }
         match failure {
             Some(error) => {
@@ -229,5 +243,34 @@ impl Sink for CloudWatchSink {
                 Ok(tally.outcome())
             }
         }
+    }
+}
+
+impl CloudWatchSink {
+    /// Puts `lines` to their streams, a few streams at a time: what
+    /// CloudWatch took, and the most severe failure, if any.
+    async fn deliver(
+        &self,
+        lines: Vec<&QueuedLine>,
+    ) -> (Vec<(Cursor, Verdict)>, Option<SinkError>) {
+        let mut failure: Option<SinkError> = None;
+        let mut taken = Vec::new();
+        if lines.is_empty() {
+            return (taken, failure);
+        }
+        let plans = request_builder::plan(lines);
+        let mut results = futures::stream::iter(plans)
+            .map(|plan| self.service.deliver_stream(plan.stream, plan.puts))
+            .buffer_unordered(PARALLEL_STREAMS);
+        while let Some(result) = results.next().await {
+            taken.extend(result.taken);
+            if let Some(error) = result.error {
+                failure = Some(match failure {
+                    Some(worst) => service::most_severe(worst, error),
+                    None => error,
+                });
+            }
+        }
+        (taken, failure)
     }
 }

@@ -1,5 +1,6 @@
-//! What CloudWatch did with each line: stored it or refused it for its time
-//! ([`Verdict`]), the count of a send ([`Tally`] → [`SendOutcome`]), and the
+//! What CloudWatch did with each line: stored it, refused it for its time,
+//! or stored it once re-stamped with the time of sending ([`Verdict`]),
+//! the count of a send ([`Tally`] → [`SendOutcome`]), and the
 //! lines it already took during a send that failed as a whole
 //! ([`Accepted`]).
 //!
@@ -16,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::queue::{Cursor, QueuedLine};
+use crate::sinks::engine::late::{self, Restamps};
 use crate::sinks::SendOutcome;
 
 /// Most lines remembered: two full requests.
@@ -31,6 +33,26 @@ pub enum Verdict {
     TooOld,
     /// Older than the log group's retention.
     Expired,
+    /// Refused for its time (the reason), then stored with the time of
+    /// sending.
+    Restamped(late::Reason),
+}
+
+impl Verdict {
+    /// Refused for its time: worth sending again with the time of sending.
+    pub fn is_refused(self) -> bool {
+        matches!(self, Verdict::TooNew | Verdict::TooOld | Verdict::Expired)
+    }
+
+    /// Why a refused event is sent again with the time of sending.
+    pub fn restamp_reason(self) -> Option<late::Reason> {
+        match self {
+            Verdict::TooNew => Some(late::Reason::TooNew),
+            Verdict::TooOld => Some(late::Reason::TooOld),
+            Verdict::Expired => Some(late::Reason::Expired),
+            Verdict::Stored | Verdict::Restamped(_) => None,
+        }
+    }
 }
 
 /// Counts of a send's verdicts.
@@ -40,6 +62,7 @@ pub struct Tally {
     pub too_new: u64,
     pub too_old: u64,
     pub expired: u64,
+    pub restamped: Restamps,
 }
 
 impl Tally {
@@ -49,6 +72,10 @@ impl Tally {
             Verdict::TooNew => self.too_new += 1,
             Verdict::TooOld => self.too_old += 1,
             Verdict::Expired => self.expired += 1,
+            Verdict::Restamped(reason) => {
+                self.stored += 1;
+                self.restamped.add(reason);
+            }
         }
     }
 
@@ -80,6 +107,7 @@ impl Tally {
                 )
             }),
             hold_off: None,
+            restamped: self.restamped,
         }
     }
 }
@@ -118,8 +146,14 @@ impl Accepted {
         (to_send, tally)
     }
 
-    /// After a send that failed: remembers what CloudWatch took.
+    /// After a send that failed: remembers what CloudWatch stored. Events
+    /// it refused are not remembered: the resend sends them again.
     pub fn remember(&self, taken: &[(Cursor, Verdict)]) {
+        let taken: Vec<(Cursor, Verdict)> = taken
+            .iter()
+            .copied()
+            .filter(|(_, v)| !v.is_refused())
+            .collect();
         let mut known = self.lines();
         if known.len() + taken.len() > MEMO_MAX_LINES {
             known.clear();

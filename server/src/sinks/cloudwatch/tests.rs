@@ -27,6 +27,7 @@ use super::request_builder::{
 use super::*;
 use crate::queue::Cursor;
 use crate::sinks::engine::batch::Pending;
+use crate::sinks::engine::late;
 use crate::sinks::{build_sink, HttpClients, SinkSettings};
 
 const KEY_ID: &str = "AKIAROUTEKEYID123456";
@@ -372,12 +373,14 @@ fn lines_already_taken_are_skipped_until_their_send_succeeds() {
     let lines = [line(0, b"a"), line(1, b"b"), line(2, b"c")];
     memo.remember(&[
         (lines[0].cursor, Verdict::Stored),
-        (lines[2].cursor, Verdict::TooOld),
+        (lines[1].cursor, Verdict::TooOld),
+        (lines[2].cursor, Verdict::Restamped(late::Reason::Expired)),
     ]);
+    // A refused event is not remembered: the resend sends it again.
     let (to_send, tally) = memo.split(&lines);
     assert_eq!(to_send.len(), 1);
     assert_eq!(to_send[0].cursor, lines[1].cursor);
-    assert_eq!((tally.stored, tally.too_old), (1, 1));
+    assert_eq!((tally.stored, tally.restamped.expired), (2, 1));
     memo.forget(&lines);
     assert!(memo.is_empty());
 }
@@ -670,13 +673,33 @@ async fn a_stream_still_missing_after_creation_is_retryable_not_a_loop() {
     assert_eq!(puts, 2);
 }
 
+/// The events of the `n`th PutLogEvents call: (timestamp ms, message).
+fn put_events(calls: &Mutex<Vec<Call>>, n: usize) -> Vec<(i64, Value)> {
+    let calls = calls.lock().unwrap();
+    let put = calls
+        .iter()
+        .filter(|c| c.operation == "PutLogEvents")
+        .nth(n)
+        .unwrap_or_else(|| panic!("no PutLogEvents call {n}"));
+    put.body["logEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let message = serde_json::from_str(e["message"].as_str().unwrap()).unwrap();
+            (e["timestamp"].as_i64().unwrap(), message)
+        })
+        .collect()
+}
+
 /// A canned PutLogEvents answer read by the real SDK: the end indexes are
 /// exclusive and the too-new start inclusive, as AWS documents (moto reads
-/// the ends as inclusive, so its tests cannot pin this).
+/// the ends as inclusive, so its tests cannot pin this). The refused events
+/// are sent once more with the time of sending and counted as re-stamped.
 #[tokio::test]
-async fn refused_events_are_counted_by_aws_documented_index_semantics() {
-    let (url, _) = fake(|call, _| match call.operation.as_str() {
-        "PutLogEvents" => (
+async fn refused_events_are_found_by_aws_documented_index_semantics_and_sent_again_restamped() {
+    let (url, calls) = fake(|call, n| match call.operation.as_str() {
+        "PutLogEvents" if n == 1 => (
             StatusCode::OK,
             json!({
                 "nextSequenceToken": "49039859",
@@ -690,16 +713,96 @@ async fn refused_events_are_counted_by_aws_documented_index_semantics() {
         _ => ok(),
     })
     .await;
-    let lines: Vec<QueuedLine> = (0..6).map(|i| line(i, b"x")).collect();
+    let lines: Vec<QueuedLine> = (0..6u8)
+        .map(|i| queued(u32::from(i), "replica-7", T0_NS + i64::from(i), &[b'a' + i]))
+        .collect();
+    let before_ms = late::unix_nanos(std::time::SystemTime::now()) / 1_000_000;
     let outcome = sink(Some(url)).send(&lines).await.unwrap();
-    // 0 expired, 1 too old, 2 and 3 stored, 4 and 5 too new.
-    assert_eq!(outcome.rejected, 4);
+    // 0 expired, 1 too old, 2 and 3 stored, 4 and 5 too new: none dropped.
+    assert_eq!(outcome.rejected, 0, "{outcome:?}");
+    assert_eq!(
+        outcome.restamped,
+        late::Restamps {
+            too_old: 1,
+            too_new: 2,
+            expired: 1
+        }
+    );
+    let again = put_events(&calls, 1);
+    let messages: Vec<&str> = again
+        .iter()
+        .map(|(_, m)| m["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(messages, ["a", "b", "e", "f"]);
+    for ((timestamp, message), own) in again.iter().zip([0, 1, 4, 5]) {
+        assert!(*timestamp >= before_ms, "{timestamp} < {before_ms}");
+        assert_eq!(
+            message["logdrain"]["original_timestamp"],
+            (T0_NS + own) / 1_000_000,
+            "{message}"
+        );
+    }
+}
+
+/// A group whose retention (say 3 days) is shorter than CloudWatch's 14
+/// days refuses a 5-day-old line as expired: it arrives with the time of
+/// sending, its own time kept, and is counted as re-stamped, not dropped.
+#[tokio::test]
+async fn lines_older_than_the_groups_retention_arrive_restamped_not_dropped() {
+    let (url, calls) = fake(|call, _| match call.operation.as_str() {
+        // Each put's events are older than the group keeps until re-stamped.
+        "PutLogEvents"
+            if call.body["logEvents"][0]["timestamp"].as_i64() < Some(T0_NS / 1_000_000 + 1) =>
+        {
+            (
+                StatusCode::OK,
+                json!({"rejectedLogEventsInfo": {"expiredLogEventEndIndex": 2}}),
+            )
+        }
+        _ => ok(),
+    })
+    .await;
+    let lines = [line(0, b"old-0"), line(1, b"old-1")];
+    let outcome = sink(Some(url)).send(&lines).await.unwrap();
+    assert_eq!((outcome.rejected, outcome.restamped.expired), (0, 2));
+    assert_eq!(put_events(&calls, 1).len(), 2);
+    assert_eq!(
+        late::Restamps {
+            expired: 2,
+            ..late::Restamps::default()
+        }
+        .notice("cloudwatch", MAX_AGE),
+        "logdrain: 2 lines were sent with the time of sending (2 refused by cloudwatch as older \
+         than what the destination keeps); each keeps its own time in logdrain.original_timestamp"
+    );
+}
+
+/// Refused again at the time of sending (the clock is far off), an event is
+/// counted as dropped with CloudWatch's reason: never silently lost, never
+/// sent in a loop.
+#[tokio::test]
+async fn events_refused_again_after_restamping_are_counted_as_dropped() {
+    let (url, calls) = fake(|call, _| match call.operation.as_str() {
+        "PutLogEvents" => (
+            StatusCode::OK,
+            json!({"rejectedLogEventsInfo": {"tooNewLogEventStartIndex": 0}}),
+        ),
+        _ => ok(),
+    })
+    .await;
+    let outcome = sink(Some(url)).send(&[line(0, b"x")]).await.unwrap();
+    assert_eq!(outcome.rejected, 1);
+    assert!(outcome.restamped.is_empty());
     assert_eq!(
         outcome.rejected_reason.as_deref(),
-        Some(
-            "CloudWatch Logs refused events for their timestamps: 2 more than 2 h in the future, \
-             1 more than 14 days old, 1 older than the log group's retention"
-        )
+        Some("CloudWatch Logs refused events for their timestamps: 1 more than 2 h in the future")
+    );
+    assert_eq!(
+        operations(&calls)
+            .iter()
+            .filter(|o| *o == "PutLogEvents")
+            .count(),
+        2
     );
 }
 

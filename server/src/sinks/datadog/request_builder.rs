@@ -16,11 +16,13 @@
 //!
 //! * `message` is the raw line converted to UTF-8 lossily: bytes that are
 //!   not UTF-8 become U+FFFD, because JSON strings must be Unicode.
-//! * A message whose JSON text exceeds [`MAX_MESSAGE_JSON_BYTES`] is cut at
-//!   a character boundary and ends with a visible marker
-//!   (`…[truncated by logdrain: N bytes]`, [`text::json_text`]); Datadog
-//!   would truncate a log over 1 MB anyway, and cutting it here keeps every
-//!   log within a request.
+//! * A message whose JSON text exceeds the intake's budget
+//!   ([`MAX_MESSAGE_JSON_BYTES`], [`MAX_BROWSER_MESSAGE_JSON_BYTES`] for the
+//!   browser intake) is cut at a character boundary and ends with a visible
+//!   marker (`…[truncated by logdrain: N bytes]`, [`text::json_text`]);
+//!   Datadog would truncate a log over 1 MB anyway (the browser SDK
+//!   discards one of 256 KiB), and cutting it here keeps every log within a
+//!   request.
 
 use std::io;
 
@@ -44,6 +46,15 @@ pub const MAX_LOG_BYTES: usize = 1_000_000;
 /// Most bytes of a message's JSON text; the rest of the object fits in what
 /// is left of [`MAX_LOG_BYTES`].
 pub const MAX_MESSAGE_JSON_BYTES: usize = MAX_LOG_BYTES - 4_096;
+/// Most bytes of one log to the browser intake (client tokens): Datadog's
+/// browser SDK discards a message of 256 KiB or more, the "Logs intake
+/// limit" (`messageBytesLimit` in
+/// `packages/core/src/domain/configuration/configuration.ts`,
+/// <https://github.com/DataDog/browser-sdk>).
+pub const MAX_BROWSER_LOG_BYTES: usize = 256 * 1024;
+/// [`MAX_MESSAGE_JSON_BYTES`] for the browser intake: the object stays
+/// under [`MAX_BROWSER_LOG_BYTES`].
+pub const MAX_BROWSER_MESSAGE_JSON_BYTES: usize = MAX_BROWSER_LOG_BYTES - 4_096;
 /// The `service` of every log.
 pub const SERVICE: &str = "cloud.livekit.io";
 
@@ -71,12 +82,17 @@ fn write_head(out: &mut impl JsonOut, agent_id: &str, host: &str) {
 
 /// The rest of `queued`'s log object after [`write_head`], closing brace
 /// included.
-fn write_rest(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) -> io::Result<()> {
+fn write_rest(
+    out: &mut impl JsonOut,
+    queued: &QueuedLine,
+    level: Level,
+    max_message_json: usize,
+) -> io::Result<()> {
     let line = &queued.line;
     out.raw(b",\"stream\":");
     out.quoted(line.stream().name().as_bytes());
     out.raw(b",\"message\":");
-    text::write_json_text(out, &line.data, MAX_MESSAGE_JSON_BYTES);
+    text::write_json_text(out, &line.data, max_message_json);
     out.raw(b",\"timestamp\":");
     out.int(line.timestamp_ns.div_euclid(1_000_000));
     out.raw(b",\"status\":");
@@ -90,11 +106,12 @@ fn write_rest(out: &mut impl JsonOut, queued: &QueuedLine, level: Level) -> io::
 /// separator (a comma, or for the first object the closing bracket), counted
 /// with the longest `status` ([`Level::WIDEST`]) so the line's level need
 /// not be detected twice. A batch's sum plus one opening bracket is the body
-/// length, or at most 4 bytes per line more.
-pub fn event_size(agent_id: &str, line: &QueuedLine) -> usize {
+/// length, or at most 4 bytes per line more. `max_message_json` is the
+/// intake's message budget, as for [`encode`].
+pub fn event_size(agent_id: &str, line: &QueuedLine, max_message_json: usize) -> usize {
     text::json_out_len(|out| {
         write_head(out, agent_id, &line.agent_server_id);
-        write_rest(out, line, Level::WIDEST)
+        write_rest(out, line, Level::WIDEST, max_message_json)
     }) + 1
 }
 
@@ -108,8 +125,14 @@ pub struct Encoded {
     pub events: usize,
 }
 
-/// Encodes `lines` as one gzipped JSON array.
-pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
+/// Encodes `lines` as one gzipped JSON array, each message cut to
+/// `max_message_json` bytes of JSON ([`MAX_MESSAGE_JSON_BYTES`] or
+/// [`MAX_BROWSER_MESSAGE_JSON_BYTES`]).
+pub fn encode(
+    agent_id: &str,
+    lines: &[QueuedLine],
+    max_message_json: usize,
+) -> io::Result<Encoded> {
     let estimate: usize = lines.iter().map(|l| l.line.data.len() + 160).sum();
     let mut json = Vec::with_capacity(estimate.min(MAX_PAYLOAD_BYTES));
     json.push(b'[');
@@ -129,7 +152,7 @@ pub fn encode(agent_id: &str, lines: &[QueuedLine]) -> io::Result<Encoded> {
         }
         json.extend_from_slice(&head);
         let level = level::detect(&line.line.data, line.line.stream());
-        write_rest(&mut json, line, level)?;
+        write_rest(&mut json, line, level, max_message_json)?;
     }
     json.push(b']');
     let json_bytes = json.len();

@@ -23,10 +23,45 @@ pub const API_KEY_HEADER: &str = "DD-API-KEY";
 /// Query parameter carrying a client token.
 pub const CLIENT_TOKEN_PARAM: &str = "dd-api-key";
 
-/// Posts one gzipped JSON array.
+/// The query of a browser-intake request, in the browser SDK's order
+/// (`buildEndpointParameters` in
+/// `packages/core/src/domain/configuration/endpointBuilder.ts`,
+/// <https://github.com/DataDog/browser-sdk>): `ddsource` (the agent id, the
+/// body's `ddsource`, so either reading gives the contract's), the token,
+/// the sender's version, `dd-evp-origin=browser` and a new request id. The
+/// SDK's `dd-evp-encoding` is left out: it names the SDK's own compression,
+/// and this body says gzip in `Content-Encoding`.
+fn browser_query(url: &mut url::Url, agent_id: &str, token: &str) {
+    url.query_pairs_mut()
+        .append_pair("ddsource", agent_id)
+        .append_pair(CLIENT_TOKEN_PARAM, token)
+        .append_pair("dd-evp-origin-version", env!("CARGO_PKG_VERSION"))
+        .append_pair("dd-evp-origin", "browser")
+        .append_pair("dd-request-id", &request_id());
+}
+
+/// A random (version 4) UUID, as the browser SDK's `generateUUID` makes
+/// one for `dd-request-id`.
+fn request_id() -> String {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// Posts one gzipped JSON array of `agent_id`'s lines.
 pub async fn post(
     client: &reqwest::Client,
     endpoint: &Endpoint,
+    agent_id: &str,
     body: Vec<u8>,
 ) -> Result<(), SinkError> {
     let secret = endpoint.secret();
@@ -36,7 +71,7 @@ pub async fn post(
             .header(API_KEY_HEADER, key.clone()),
         Credential::Query(token) => {
             let mut url = endpoint.url.clone();
-            url.query_pairs_mut().append_pair(CLIENT_TOKEN_PARAM, token);
+            browser_query(&mut url, agent_id, token);
             client.post(url)
         }
     };
@@ -81,6 +116,31 @@ pub fn classify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_fresh_version_4_uuids() {
+        let (a, b) = (request_id(), request_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let uuid = uuid_parts(&id);
+            assert_eq!(
+                uuid.iter().map(|p| p.len()).collect::<Vec<_>>(),
+                [8, 4, 4, 4, 12],
+                "{id}"
+            );
+            assert!(uuid[2].starts_with('4'), "{id}");
+            assert!(matches!(&uuid[3][..1], "8" | "9" | "a" | "b"), "{id}");
+        }
+    }
+
+    fn uuid_parts(id: &str) -> Vec<&str> {
+        let parts: Vec<&str> = id.split('-').collect();
+        assert!(
+            id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()),
+            "{id}"
+        );
+        parts
+    }
 
     fn outcome(code: u16, retry_after: Option<Duration>) -> Result<(), SinkError> {
         classify(StatusCode::from_u16(code).unwrap(), retry_after, "")

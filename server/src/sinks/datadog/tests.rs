@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use url::Url;
 
-use super::request_builder::{self, MAX_LOG_BYTES, MAX_PAYLOAD_BYTES};
+use super::request_builder::{self, MAX_LOG_BYTES, MAX_MESSAGE_JSON_BYTES, MAX_PAYLOAD_BYTES};
 use super::*;
 use crate::queue::Cursor;
 use crate::sinks::engine::batch::Pending;
@@ -66,7 +66,7 @@ fn gunzip(body: &[u8]) -> Vec<u8> {
 }
 
 fn decode(lines: &[QueuedLine]) -> Vec<Value> {
-    let encoded = request_builder::encode("agent-42", lines).unwrap();
+    let encoded = request_builder::encode("agent-42", lines, MAX_MESSAGE_JSON_BYTES).unwrap();
     let json = gunzip(&encoded.body);
     assert_eq!(json.len(), encoded.json_bytes);
     match serde_json::from_slice(&json).unwrap() {
@@ -165,7 +165,7 @@ fn an_over_long_line_is_cut_with_a_visible_marker_within_one_log() {
         let message = entry["message"].as_str().unwrap();
         let marker = format!("…[truncated by logdrain: {} bytes]", data.len());
         assert!(message.ends_with(&marker), "no marker");
-        let size = request_builder::event_size("agent-42", &line);
+        let size = request_builder::event_size("agent-42", &line, MAX_MESSAGE_JSON_BYTES);
         assert!(size <= MAX_LOG_BYTES, "{size}");
         assert!(size > MAX_LOG_BYTES - 10_000, "cut far too short: {size}");
     }
@@ -179,21 +179,21 @@ fn event_sizes_add_up_to_the_body_length_counted_with_the_longest_status() {
     lines[3].line.more_parts = true;
     lines[4].line.origin = Origin::Shim as i32;
     lines[5].line.timestamp_ns = -1_500_000; // before the epoch still encodes
-    let encoded = request_builder::encode("agent-42", &lines).unwrap();
+    let encoded = request_builder::encode("agent-42", &lines, MAX_MESSAGE_JSON_BYTES).unwrap();
     let sum: usize = lines
         .iter()
-        .map(|l| request_builder::event_size("agent-42", l))
+        .map(|l| request_builder::event_size("agent-42", l, MAX_MESSAGE_JSON_BYTES))
         .sum();
     // Sizes count `"critical"`; these lines are `"info"`: 4 bytes each.
     assert_eq!(sum + 1, encoded.json_bytes + 4 * lines.len());
     let critical: Vec<QueuedLine> = (0..5).map(|i| queued(i, b"CRITICAL boom")).collect();
     let sum: usize = critical
         .iter()
-        .map(|l| request_builder::event_size("agent-42", l))
+        .map(|l| request_builder::event_size("agent-42", l, MAX_MESSAGE_JSON_BYTES))
         .sum();
     assert_eq!(
         sum + 1,
-        request_builder::encode("agent-42", &critical)
+        request_builder::encode("agent-42", &critical, MAX_MESSAGE_JSON_BYTES)
             .unwrap()
             .json_bytes
     );
@@ -276,12 +276,12 @@ fn the_hand_written_body_is_byte_for_byte_what_serde_json_writes() {
             serde_json::to_writer(&mut expected, &reference(agent, line, level)).unwrap();
         }
         expected.push(b']');
-        let encoded = request_builder::encode(agent, &lines).unwrap();
+        let encoded = request_builder::encode(agent, &lines, MAX_MESSAGE_JSON_BYTES).unwrap();
         assert!(gunzip(&encoded.body) == expected, "bodies differ");
         for line in &lines {
             let widest = serde_json::to_vec(&reference(agent, line, Level::WIDEST)).unwrap();
             assert_eq!(
-                request_builder::event_size(agent, line),
+                request_builder::event_size(agent, line, MAX_MESSAGE_JSON_BYTES),
                 widest.len() + 1,
                 "{:?}",
                 line.cursor
@@ -330,7 +330,7 @@ fn batches_stay_within_5_mb_uncompressed() {
     let cut = batches(&s, lines);
     assert!(cut.len() >= 2);
     for batch in &cut {
-        let encoded = request_builder::encode("agent-42", batch).unwrap();
+        let encoded = request_builder::encode("agent-42", batch, MAX_MESSAGE_JSON_BYTES).unwrap();
         assert!(
             encoded.json_bytes <= MAX_PAYLOAD_BYTES,
             "{}",
@@ -342,7 +342,7 @@ fn batches_stay_within_5_mb_uncompressed() {
     let cut = batches(&s, big);
     assert_eq!(cut.iter().map(Vec::len).collect::<Vec<_>>(), [5, 5, 2]);
     for batch in &cut {
-        let encoded = request_builder::encode("agent-42", batch).unwrap();
+        let encoded = request_builder::encode("agent-42", batch, MAX_MESSAGE_JSON_BYTES).unwrap();
         assert!(encoded.json_bytes <= MAX_PAYLOAD_BYTES);
     }
 }
@@ -422,20 +422,77 @@ async fn an_api_key_request_has_the_header_and_a_gzipped_json_array() {
 }
 
 #[tokio::test]
-async fn a_client_token_request_carries_the_token_in_the_query_only() {
+async fn a_client_token_request_carries_what_the_browser_sdk_sends_in_the_query() {
     let (base, received) = intake(StatusCode::ACCEPTED, vec![], "").await;
     let s = sink(CLIENT_TOKEN, Some(base));
     s.send(&[queued(0, b"one")]).await.unwrap();
+    s.send(&[queued(1, b"two")]).await.unwrap();
 
     let received = received.lock().unwrap();
-    let r = &received[0];
-    assert_eq!(r.path, "/api/v2/logs");
-    assert_eq!(
-        r.query.as_deref(),
-        Some(format!("dd-api-key={CLIENT_TOKEN}").as_str())
-    );
-    assert!(r.headers.get("dd-api-key").is_none());
-    assert_eq!(r.headers["content-encoding"], "gzip");
+    let queries: Vec<Vec<(String, String)>> = received
+        .iter()
+        .map(|r| {
+            url::form_urlencoded::parse(r.query.as_deref().unwrap_or_default().as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .collect();
+    for (r, query) in received.iter().zip(&queries) {
+        assert_eq!(r.path, "/api/v2/logs");
+        let names: Vec<&str> = query.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "ddsource",
+                "dd-api-key",
+                "dd-evp-origin-version",
+                "dd-evp-origin",
+                "dd-request-id"
+            ]
+        );
+        assert_eq!(query[0].1, "agent-42", "the body's ddsource");
+        assert_eq!(query[1].1, CLIENT_TOKEN);
+        assert_eq!(query[2].1, env!("CARGO_PKG_VERSION"));
+        assert_eq!(query[3].1, "browser");
+        assert!(r.headers.get("dd-api-key").is_none());
+        assert_eq!(r.headers["content-encoding"], "gzip");
+    }
+    assert_ne!(queries[0][4], queries[1][4], "a new request id per request");
+}
+
+#[tokio::test]
+async fn a_line_over_the_browser_intakes_256_kib_is_cut_with_the_marker_only_for_client_tokens() {
+    let data = vec![b'q'; 300 * 1024];
+    for (token, cut) in [(CLIENT_TOKEN, true), (API_KEY, false)] {
+        let (base, received) = intake(StatusCode::ACCEPTED, vec![], "").await;
+        let s = sink(token, Some(base));
+        let line = queued(0, &data);
+        assert!(
+            s.event_size(&line)
+                < if cut {
+                    request_builder::MAX_BROWSER_LOG_BYTES
+                } else {
+                    MAX_LOG_BYTES
+                }
+        );
+        s.send(&[line]).await.unwrap();
+        let received = received.lock().unwrap();
+        let entries: Value = serde_json::from_slice(&gunzip(&received[0].body)).unwrap();
+        let entry = &entries[0];
+        let message = entry["message"].as_str().unwrap();
+        let marker = format!("…[truncated by logdrain: {} bytes]", data.len());
+        assert_eq!(message.ends_with(&marker), cut, "{token}");
+        if cut {
+            let object = serde_json::to_vec(entry).unwrap();
+            assert!(
+                object.len() < request_builder::MAX_BROWSER_LOG_BYTES,
+                "{}",
+                object.len()
+            );
+        } else {
+            assert_eq!(message.len(), data.len());
+        }
+    }
 }
 
 #[tokio::test]
@@ -510,4 +567,66 @@ fn debug_of_the_sink_never_shows_the_credential() {
         let debug = format!("{:?}", sink(token, None));
         assert!(!debug.contains(token), "{debug}");
     }
+}
+
+/// Against the test intake's model of the browser intake: its query, its
+/// 50 entries and its 256 KiB per message, nothing marked oversized.
+#[tokio::test]
+async fn the_browser_intake_takes_a_client_token_batch_with_a_long_line_whole_and_marked() {
+    use logdrain_test_intake::{Intake, IntakeConfig, Vendor};
+    let intake = Intake::start(IntakeConfig::with_datadog_keys([CLIENT_TOKEN]))
+        .await
+        .unwrap();
+    let s = sink(CLIENT_TOKEN, Some(Url::parse(&intake.base_url()).unwrap()));
+    let now_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap();
+    let mut lines: Vec<QueuedLine> = (0..request_builder::MAX_BROWSER_EVENTS as u32)
+        .map(|i| queued(i, format!("line {i}").as_bytes()))
+        .collect();
+    lines[7] = queued(7, &vec![b'q'; 300 * 1024]);
+    for line in &mut lines {
+        line.line.timestamp_ns = now_ns;
+    }
+    assert_eq!(s.send(&lines).await, Ok(SendOutcome::accepted()));
+    let entries = intake.entries(Vendor::Datadog);
+    assert_eq!(entries.len(), lines.len());
+    assert!(entries.iter().all(|e| !e.oversized));
+    let long = entries[7].value["message"].as_str().unwrap();
+    assert!(long.ends_with("…[truncated by logdrain: 307200 bytes]"));
+}
+
+/// A pino line carries its own `hostname`, `service`, `level` and `time`.
+/// Datadog does not expand JSON inside a JSON log's `message` (its docs;
+/// the test intake reads `message` as Datadog does), so the log keeps the
+/// contract's host, service and source, and the line whole as its message.
+#[tokio::test]
+async fn a_json_line_with_its_own_host_and_service_keeps_the_contracts() {
+    use logdrain_test_intake::{Intake, IntakeConfig};
+    let intake = Intake::start(IntakeConfig::with_datadog_keys([API_KEY]))
+        .await
+        .unwrap();
+    let s = sink(API_KEY, Some(Url::parse(&intake.base_url()).unwrap()));
+    let pino = br#"{"level":50,"time":1700000000000,"pid":7,"hostname":"pod-xyz","service":"their-svc","host":"their-host","msg":"boom"}"#;
+    let mut line = queued(0, pino);
+    line.line.timestamp_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap();
+    assert_eq!(s.send(&[line]).await, Ok(SendOutcome::accepted()));
+    let entries = intake.datadog_entries();
+    assert_eq!(entries.len(), 1);
+    let entry = &entries[0];
+    assert_eq!(entry["host"], "replica-7");
+    assert_eq!(entry["service"], request_builder::SERVICE);
+    assert_eq!(entry["ddsource"], "agent-42");
+    assert_eq!(entry["message"], std::str::from_utf8(pino).unwrap());
+    assert!(entry.get("hostname").is_none(), "{entry}");
 }

@@ -10,9 +10,12 @@
 //! `logdrain.original_timestamp` in the vendor's form. Nothing is dropped
 //! for its time and nothing is placed at the wrong time silently: the
 //! lines are counted (`logdrain_restamped_lines_total`) and the route's
-//! status says so (see [`Restamps`]).
+//! status says so (see [`Restamps`]). A sink whose vendor still refuses a
+//! line for its time (CloudWatch, for a group whose retention is shorter
+//! than its 14 days) re-stamps it with [`restamp_now`] and reports it in
+//! [`crate::sinks::SendOutcome::restamped`], counted the same way.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::queue::QueuedLine;
 
@@ -26,6 +29,9 @@ pub const MAX_AHEAD: Duration = Duration::from_secs(2 * 3600);
 pub enum Reason {
     TooOld,
     TooNew,
+    /// Refused by the vendor as older than what the destination keeps
+    /// (CloudWatch: the log group's retention).
+    Expired,
 }
 
 impl Reason {
@@ -34,6 +40,7 @@ impl Reason {
         match self {
             Reason::TooOld => "too_old",
             Reason::TooNew => "too_new",
+            Reason::Expired => "expired",
         }
     }
 }
@@ -50,10 +57,23 @@ pub fn restamp(line: &mut QueuedLine, max_age: Duration, now_ns: i64) -> Option<
     } else {
         return None;
     };
-    // A line re-stamped once keeps its first own time.
-    line.original_timestamp_ns.get_or_insert(own);
-    line.line.timestamp_ns = now_ns;
+    restamp_now(line, now_ns);
     Some(reason)
+}
+
+/// Gives `line` the time `now_ns`, keeping its own time (a line re-stamped
+/// before keeps its first own time).
+pub fn restamp_now(line: &mut QueuedLine, now_ns: i64) {
+    line.original_timestamp_ns
+        .get_or_insert(line.line.timestamp_ns);
+    line.line.timestamp_ns = now_ns;
+}
+
+/// The gateway's clock in nanoseconds since the Unix epoch (0 before it,
+/// saturating far after).
+pub fn unix_nanos(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Lines re-stamped since the route's last report, by reason.
@@ -61,6 +81,7 @@ pub fn restamp(line: &mut QueuedLine, max_age: Duration, now_ns: i64) -> Option<
 pub struct Restamps {
     pub too_old: u64,
     pub too_new: u64,
+    pub expired: u64,
 }
 
 impl Restamps {
@@ -68,7 +89,24 @@ impl Restamps {
         match reason {
             Reason::TooOld => self.too_old += 1,
             Reason::TooNew => self.too_new += 1,
+            Reason::Expired => self.expired += 1,
         }
+    }
+
+    /// Adds `other`'s counts.
+    pub fn merge(&mut self, other: Restamps) {
+        self.too_old += other.too_old;
+        self.too_new += other.too_new;
+        self.expired += other.expired;
+    }
+
+    /// Each reason with its count.
+    pub fn by_reason(&self) -> [(Reason, u64); 3] {
+        [
+            (Reason::TooOld, self.too_old),
+            (Reason::TooNew, self.too_new),
+            (Reason::Expired, self.expired),
+        ]
     }
 
     pub fn is_empty(&self) -> bool {
@@ -93,10 +131,16 @@ impl Restamps {
                 humantime::format_duration(MAX_AHEAD)
             ));
         }
+        if self.expired > 0 {
+            parts.push(format!(
+                "{} refused by {vendor} as older than what the destination keeps",
+                self.expired
+            ));
+        }
         format!(
             "logdrain: {} lines were sent with the time of sending ({}); each keeps its own time in \
              logdrain.original_timestamp",
-            self.too_old + self.too_new,
+            self.too_old + self.too_new + self.expired,
             parts.join(", ")
         )
     }

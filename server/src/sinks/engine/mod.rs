@@ -196,8 +196,7 @@ impl<S: Source> Inner<S> {
         let entry = all
             .entry(route.clone())
             .or_insert((late::Restamps::default(), max_age));
-        entry.0.too_old += restamps.too_old;
-        entry.0.too_new += restamps.too_new;
+        entry.0.merge(restamps);
         entry.1 = max_age;
     }
 

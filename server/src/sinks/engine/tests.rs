@@ -682,6 +682,33 @@ async fn lines_a_vendor_refuses_inside_an_accepted_request_are_counted_as_droppe
 }
 
 #[tokio::test(start_paused = true)]
+async fn lines_a_sink_sent_again_restamped_are_delivered_and_kept_for_the_routes_notice() {
+    let source = MemorySource::default();
+    push(&source, "a1", &payloads("x", 3));
+    let sink = FakeSink::new(limits(100, Duration::ZERO), |_, _| {
+        Reply::Now(Ok(SendOutcome {
+            restamped: late::Restamps {
+                expired: 2,
+                ..late::Restamps::default()
+            },
+            ..SendOutcome::default()
+        }))
+    });
+    let engine = engine(&source, vec![(route("a1"), sink.clone())], settings());
+    engine.ensure_route(route("a1"), Secrets::default());
+
+    until("committed", || {
+        source.committed_cursor(&route("a1")) == source.last_cursor("a1")
+    })
+    .await;
+    let status = status_of(&engine, "a1");
+    assert_eq!((status.delivered_lines, status.dropped_lines), (3, 0));
+    let restamps = engine.take_restamps();
+    assert_eq!(restamps.len(), 1);
+    assert_eq!(restamps[0].1.expired, 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_accepted_request_that_asks_to_hold_off_delays_only_the_next_send() {
     let source = MemorySource::default();
     push(&source, "a1", &payloads("x", 3));
@@ -1580,7 +1607,8 @@ async fn a_20_hour_old_backlog_reaches_datadog_restamped_with_its_own_time_kept(
             route("a1"),
             late::Restamps {
                 too_old: 1,
-                too_new: 1
+                too_new: 1,
+                expired: 0
             },
             crate::sinks::datadog::MAX_AGE
         )]

@@ -339,7 +339,7 @@ impl<S: Source> Worker<S> {
                     let now = Instant::now();
                     let before = self.pending.len();
                     let window = self.parts.sink.max_age();
-                    let now_ns = unix_nanos(SystemTime::now());
+                    let now_ns = late::unix_nanos(SystemTime::now());
                     let mut restamps = Restamps::default();
                     for mut line in lines {
                         if self.position.is_some_and(|p| line.cursor <= p) {
@@ -371,10 +371,7 @@ impl<S: Source> Worker<S> {
     /// route's next notice.
     fn restamped(&self, restamps: Restamps, max_age: Duration) {
         let dest = self.parts.route.kind.name();
-        for (reason, lines) in [
-            (late::Reason::TooOld, restamps.too_old),
-            (late::Reason::TooNew, restamps.too_new),
-        ] {
+        for (reason, lines) in restamps.by_reason() {
             if lines > 0 {
                 metrics::restamped(dest, reason.label(), lines);
             }
@@ -569,6 +566,10 @@ impl<S: Source> Worker<S> {
                 reason = outcome.rejected_reason.as_deref().unwrap_or("not given"),
                 "vendor refused lines of an accepted request; they are dropped");
         }
+        if !outcome.restamped.is_empty() {
+            let window = self.parts.sink.max_age().unwrap_or_default();
+            self.restamped(outcome.restamped, window);
+        }
         // A wrong header must not park the route for days: bounded like
         // `Retry-After`.
         self.hold_until = outcome
@@ -666,15 +667,9 @@ impl<S: Source> Worker<S> {
     }
 }
 
-/// Nanoseconds since the Unix epoch (0 before it, saturating far after).
 /// The first wait is drawn from `[interval / 2, interval]`.
 fn parked_backoff(interval: Duration) -> Backoff {
     RetryPolicy::parked(interval).backoff(1)
-}
-
-fn unix_nanos(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 /// Time since a Unix timestamp in nanoseconds; zero if it is in the future

@@ -20,7 +20,12 @@
 //! Unconfirmed (see `docs/vendors-edges.md`): the Japan Log API endpoint
 //! (`jp` keys go to the US one unless `--newrelic-url`), and whether a JSON
 //! `message` carrying its own `hostname`, `service_name` or `source`
-//! replaces the values sent in `common`.
+//! replaces the values sent in `common`. New Relic documents that it parses
+//! a `message` that is JSON (a string message only when its first 4,096
+//! characters are whole JSON:
+//! <https://docs.newrelic.com/docs/logs/troubleshooting/json-message-not-parsed/>)
+//! but not which value wins when a parsed key names an attribute already
+//! sent; the test intake does not parse messages.
 //!
 //! Files: [`config`] (license key → endpoint), [`request_builder`] (lines →
 //! gzipped JSON), [`service`] (HTTP call → classification). Retry, batching
