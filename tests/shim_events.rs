@@ -308,7 +308,9 @@ async fn a_python_chained_exception_arrives_at_every_vendor_as_one_event_at_leve
     config.sentry.keys = vec![SENTRY_KEY.to_string()];
     config.newrelic.keys = vec![NR_KEY.to_string()];
     let intake = logdrain_test_intake::Intake::start(config).await.unwrap();
-    let moto = moto::MotoServer::shared();
+    let Some(moto) = moto::MotoServer::shared() else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start_with(
         &dir.path().join("gw"),
