@@ -322,7 +322,8 @@ fn parse_admin_token(value: &str) -> Result<AdminToken, String> {
 }
 
 /// How `status` and `test-send` reach and authenticate to a gateway.
-#[derive(Debug, Clone, Args)]
+/// `Debug` never shows the admin token.
+#[derive(Clone, Args)]
 pub struct GatewayHttpArgs {
     /// The gateway's HTTP address (its --http-listen), `https://` for TLS.
     #[arg(
@@ -421,6 +422,21 @@ impl AgentToken {
         self.read()?.ok_or_else(|| {
             "no ingest token: pass --token-file / LOGDRAIN_TOKEN_FILE or --token / LOGDRAIN_TOKEN (`logdrain-gateway token --agent-id ID`)".to_string()
         })
+    }
+}
+
+impl std::fmt::Debug for GatewayHttpArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHttpArgs")
+            .field("gateway_http", &self.gateway_http.as_str())
+            .field("token", &self.token)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("gateway_ca_file", &self.gateway_ca_file)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -661,6 +677,23 @@ mod tests {
         assert_eq!(nets, ["10.20.0.0/16", "192.168.1.7/32", "fd00::/8"]);
         assert_eq!(parse_nets(""), Ok(AllowedNets(Vec::new())));
         assert!(parse_nets("10.0.0.0/8,intranet").is_err());
+    }
+
+    #[test]
+    fn status_settings_never_show_the_admin_token_or_the_agent_token() {
+        let cli = Config::try_parse_from([
+            "logdrain-gateway",
+            "status",
+            "--admin-token",
+            "admin-secret-0123456789",
+            "--agent-id",
+            "a",
+            "--token",
+            "agent-secret-0123456789",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]
