@@ -29,13 +29,14 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use logdrain::client::{self, ClientTls, PemError};
 use logdrain::v1::drain_client::DrainClient;
 use logdrain::v1::{
     gateway_message, shim_message, Batch, CheckRequest, Handoff, Line, Open, ShimMessage,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::auth::{AuthError, SigningKey};
@@ -80,12 +81,8 @@ pub enum HandoffError {
     },
     #[error("the peer URL {url} is not usable: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("cannot read {flag} {path:?}: {source}; point it at a readable PEM file")]
-    ReadPem {
-        flag: &'static str,
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Pem(#[from] PemError),
     #[error("cannot reach the peer gateway at {url}: {reason}; nothing was handed off and the queue is unchanged: check --to and that the peer runs")]
     Connect { url: String, reason: String },
     #[error("the peer gateway at {url} refused the handoff: {reason}; nothing was handed off and the queue is unchanged")]
@@ -256,37 +253,20 @@ impl Peer {
             url: url.clone(),
             reason,
         };
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| bad_url(e.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT);
-        if config.to.scheme() == "https" {
-            let mut tls = ClientTlsConfig::new().with_webpki_roots();
-            if let Some(path) = &config.gateway_ca_file {
-                tls =
-                    tls.ca_certificate(Certificate::from_pem(read_pem("--gateway-ca-file", path)?));
-            }
-            if let (Some(cert), Some(key)) = (&config.client_cert, &config.client_key) {
-                tls = tls.identity(Identity::from_pem(
-                    read_pem("--client-cert", cert)?,
-                    read_pem("--client-key", key)?,
-                ));
-            }
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| bad_url(e.to_string()))?;
-        }
-        let channel = endpoint.connect().await.map_err(|e| {
-            let mut reason = error_chain(&e);
-            if reason.contains("CertificateRequired") && config.client_cert.is_none() {
-                reason.push_str(
-                    "; the peer requires a client certificate: pass --client-cert and --client-key",
-                );
-            }
-            HandoffError::Connect {
+        let uri: tonic::transport::Uri = url.parse().map_err(|e| bad_url(format!("{e}")))?;
+        let tls = ClientTls::load(
+            config.gateway_ca_file.as_deref(),
+            config.client_cert.as_deref(),
+            config.client_key.as_deref(),
+        )?;
+        let channel = client::endpoint(&uri, &tls)
+            .map_err(|e| bad_url(logdrain::error_chain(&e)))?
+            .connect()
+            .await
+            .map_err(|e| HandoffError::Connect {
                 url: url.clone(),
-                reason,
-            }
-        })?;
+                reason: client::connect_failure(&uri, &e),
+            })?;
         let client = DrainClient::new(channel)
             .max_decoding_message_size(logdrain::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(logdrain::MAX_MESSAGE_BYTES);
@@ -345,17 +325,18 @@ impl Peer {
     /// The status, and the fix when it may be a refused (missing) client
     /// certificate: the peer's alert is often lost with the connection.
     fn with_tls_hint(&self, status: &Status) -> String {
-        let mut reason = status_text(status);
+        let detail = client::status_detail(status);
         let dropped = matches!(
             status.code(),
             Code::Cancelled | Code::Unknown | Code::Unavailable
         );
-        if self.tls_without_identity && (dropped || reason.contains("CertificateRequired")) {
-            reason.push_str(
-                "; if the peer requires client certificates (mutual TLS), pass --client-cert and --client-key",
-            );
-        }
-        reason
+        let hint = match client::tls_hint(&detail) {
+            "" if self.tls_without_identity && dropped => {
+                "; if the peer requires client certificates (mutual TLS), pass --client-cert and --client-key"
+            }
+            hint => hint,
+        };
+        format!("{detail}{hint}")
     }
 }
 
@@ -656,7 +637,7 @@ impl<'a> RouteHandoff<'a> {
                 Err(status) => {
                     return Err(Failure::Peer(format!(
                         "opening a stream of agent-server id {server:?} failed: {}",
-                        status_text(&status)
+                        client::status_detail(&status)
                     )))
                 }
             }
@@ -740,7 +721,7 @@ impl<'a> RouteHandoff<'a> {
                 let unacked = stream.acked < stream.sent;
                 self.commit_acked()?;
                 match result {
-                    Err(status) => return Err(Failure::Peer(status_text(&status))),
+                    Err(status) => return Err(Failure::Peer(client::status_detail(&status))),
                     Ok(()) if unacked => {
                         return Err(Failure::Peer(
                             "the peer ended a stream before acking every line sent".to_string(),
@@ -797,35 +778,6 @@ fn runs(first_seq: u64, lines: Vec<(u32, Line)>) -> Vec<(u64, Vec<Line>)> {
 
 fn lost_stream(id: usize) -> Failure {
     Failure::Peer(format!("stream {id} to the peer ended unexpectedly"))
-}
-
-fn status_text(status: &Status) -> String {
-    match std::error::Error::source(status) {
-        Some(source) => format!("{} ({})", status.message(), error_chain(source)),
-        None => format!("{:?}: {}", status.code(), status.message()),
-    }
-}
-
-fn read_pem(flag: &'static str, path: &std::path::Path) -> Result<Vec<u8>, HandoffError> {
-    std::fs::read(path).map_err(|source| HandoffError::ReadPem {
-        flag,
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
