@@ -233,6 +233,7 @@ fn catalogue() -> Vec<(String, Metric)> {
         m::refused_batches("a", "disk_full");
         m::http_refused("too_large");
         m::queue_set_aside();
+        m::handoff_lines("a", 1, 1);
     });
     let order = capture.described.into_inner().unwrap();
     let mut metrics = capture.metrics.into_inner().unwrap();
@@ -429,6 +430,8 @@ fn every_metric_has_help_text_and_known_labels() {
 /// Flags of tools other than ours that the docs show in commands.
 const OTHER_TOOLS_FLAGS: &[&str] = &[
     // cargo and the test harness
+    "--all",
+    "--all-targets",
     "--bench",
     "--bins",
     "--ignored",
@@ -438,10 +441,16 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--test",
     "--test-threads",
     "--workspace",
-    // docker compose, curl, perf
+    // docker compose, docker build, curl, perf
     "--build",
     "--cacert",
     "--sort",
+    "--target",
+    // kubectl
+    "--for",
+    "--from",
+    "--from-literal",
+    "--replicas",
 ];
 
 /// `--flag` tokens in `text`.
