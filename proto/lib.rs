@@ -7,13 +7,17 @@
 //!   so the shim's check at start and the gateway's sinks apply the same
 //!   rules;
 //! * the rule for tenant-supplied endpoints ([`endpoint`]): public
-//!   addresses only.
+//!   addresses only;
+//! * how a fleet of gateways is found and shared out ([`fleet`]): names
+//!   resolved to every address, the rendezvous ranking of gateways.
 //!
 //! It must not contain any shim or gateway behaviour: no I/O beyond the
-//! generated client and server, no vendor endpoints, headers or clients.
+//! generated client and server and resolving gateway names, no vendor
+//! endpoints, headers or clients.
 #![forbid(unsafe_code)]
 
 pub mod endpoint;
+pub mod fleet;
 pub mod secrets;
 
 pub use secrets::SECRET_VARS;

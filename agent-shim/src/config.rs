@@ -88,9 +88,14 @@ Durations accept 500ms, 10s, 2m, 1h.";
     after_help = AFTER_HELP
 )]
 pub struct Config {
-    /// Gateway gRPC URL; several URLs, comma-separated, are tried in turn
-    /// (failover). `https://` uses TLS, `http://` plain text. Example:
-    /// `https://logdrain.example.com:4317`
+    /// Gateway gRPC URL, or several, comma-separated. A host name that
+    /// resolves to several addresses (a Kubernetes headless Service,
+    /// compose's service DNS) is that many gateways; names are resolved
+    /// again on every reconnect. The shim ranks the gateways for its
+    /// agent-server id (rendezvous hashing, so a fleet's shims spread
+    /// evenly), ships to the first and fails over in rank order. `https://`
+    /// uses TLS (checked against the host name), `http://` plain text.
+    /// Example: `https://logdrain.example.com:4317`
     #[arg(long, env = "LOGDRAIN_GATEWAY", value_name = "URL[,URL...]")]
     pub gateway: Option<String>,
 

@@ -2,6 +2,15 @@
 //! batches, applies acks to the buffer, and reconnects (with backoff and
 //! failover between gateways) whenever anything goes wrong.
 //!
+//! Which gateway: every round of attempts resolves the `--gateway` names
+//! again (each address is a gateway; a name that fails keeps its last
+//! addresses) and ranks them for this shim's agent-server id with
+//! [`logdrain::fleet::rank`], so a fleet's shims spread evenly. A round
+//! tries them best first, then backs off. A stream that delivered and then
+//! broke starts a new round, so a shim goes back to its first choice as soon
+//! as that gateway is back; a shim served by another gateway stays there
+//! until its stream ends (no stampede when a gateway returns).
+//!
 //! Per connection ("session"):
 //! 1. connect, send `Open` (token, ids, boot id, secrets, protocol version);
 //! 2. resend everything unacked from the oldest line, then new lines as they
@@ -36,10 +45,12 @@
 //! It must never block the capture: it only takes the buffer's lock for
 //! short, non-blocking operations. It never prints the token or secrets.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use logdrain::fleet::{Resolved, Targets};
 use logdrain::v1::{gateway_message, shim_message, GatewayMessage, Open, ShimMessage};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -98,7 +109,7 @@ pub const REFUSED_RETRY: Duration = Duration::from_secs(300);
 /// Everything a [`Shipper`] needs; built by `run()` from the settings.
 #[derive(Clone)]
 pub struct StreamConfig {
-    /// Gateways in failover order.
+    /// Gateway URLs; their names may resolve to several gateways.
     pub gateways: Vec<Uri>,
     /// Extra CA certificates (PEM) for `https://` gateways.
     pub gateway_ca_pem: Option<Vec<u8>>,
@@ -180,8 +191,13 @@ impl StreamError {
     }
 }
 
+/// One resolved gateway, for one round of attempts.
 struct Gateway {
-    url: Uri,
+    /// How the shim's messages name it (URL, and its address).
+    shown: String,
+    /// Its name in the fleet (`ip:port`), what the ranking hashes.
+    name: String,
+    addr: std::net::SocketAddr,
     endpoint: Endpoint,
     /// What to suggest when the TLS connection closes before the gateway
     /// answered the opening (see [`mutual_tls_hint`]); empty for `http://`.
@@ -218,7 +234,9 @@ pub enum Shipped {
 
 /// Ships the buffer to the gateways; see the module docs.
 pub struct Shipper {
-    gateways: Vec<Gateway>,
+    targets: Targets,
+    gateway_ca_pem: Option<Vec<u8>>,
+    client_identity: Option<ClientIdentity>,
     open: Open,
     batch: BatchLimits,
     ack_timeout: Duration,
@@ -234,8 +252,13 @@ pub struct Shipper {
     /// True from a round in which every gateway refused for good until a
     /// stream opens.
     refused: watch::Sender<bool>,
-    /// The last failure logged per gateway, to log repeats sparsely.
-    last_logged: Vec<String>,
+    /// The last failure logged per gateway name, to log repeats sparsely
+    /// (only names of the latest round are kept).
+    last_logged: HashMap<String, String>,
+    /// The resolution errors logged last, to log a change only.
+    last_resolve_errors: String,
+    /// An ack arrived in the current session.
+    progressed: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -252,26 +275,17 @@ impl Shipper {
         buffer: Arc<SharedBuffer>,
         closing: watch::Receiver<bool>,
     ) -> Result<Self, StreamError> {
-        let gateways = config
-            .gateways
-            .iter()
-            .map(|url| {
-                Ok(Gateway {
-                    url: url.clone(),
-                    endpoint: endpoint(
-                        url,
-                        config.gateway_ca_pem.as_deref(),
-                        config.client_identity.as_ref(),
-                    )?,
-                    closed_at_opening_hint: mutual_tls_hint(
-                        url.scheme_str() == Some("https"),
-                        config.client_identity.is_some(),
-                    ),
-                })
-            })
-            .collect::<Result<Vec<_>, StreamError>>()?;
+        for url in &config.gateways {
+            endpoint(
+                url,
+                config.gateway_ca_pem.as_deref(),
+                config.client_identity.as_ref(),
+            )?;
+        }
         Ok(Self {
-            gateways,
+            targets: Targets::new(config.gateways),
+            gateway_ca_pem: config.gateway_ca_pem,
+            client_identity: config.client_identity,
             open: config.open,
             batch: BatchLimits {
                 lines: config.batch_lines.max(1),
@@ -288,7 +302,9 @@ impl Shipper {
             rng: StdRng::from_os_rng(),
             failures: 0,
             refused: watch::Sender::new(false),
-            last_logged: vec![String::new(); config.gateways.len()],
+            last_logged: HashMap::new(),
+            last_resolve_errors: String::new(),
+            progressed: false,
         })
     }
 
@@ -300,66 +316,128 @@ impl Shipper {
     /// Ships until closing and fully acked, or closing while refused for
     /// good; never returns otherwise.
     pub async fn run(mut self) -> Shipped {
-        if self.gateways.is_empty() {
+        if self.targets.urls().is_empty() {
             diag!("no gateway configured; lines are not shipped");
             return Shipped::Drained;
         }
-        let mut index = 0;
-        let mut failures_this_round = 0;
-        let mut refusals_this_round = 0;
-        loop {
+        'rounds: loop {
             if self.drained() {
                 return Shipped::Drained;
             }
-            let failed = index;
-            let url = self.gateways[index].url.clone();
-            let err = match self.session(index).await {
-                Ok(()) => return Shipped::Drained,
-                Err(err) => err,
-            };
-            // Whether the gateway stored what was in flight is unknown: it
-            // is resent on the next connection, and evictable until then.
-            self.buffer.lock().requeue_in_flight();
-            if needs_new_boot(&err) {
-                self.start_new_boot();
-            }
-            if self.drained() {
-                return Shipped::Drained;
-            }
-            self.failures += 1;
-            index = (index + 1) % self.gateways.len();
-            failures_this_round += 1;
-            refusals_this_round += usize::from(err.is_permanent());
-            let failure = self.redacted(format!("gateway {url}: {err}"));
-            let kind = err.repeat_key();
-            if failures_this_round < self.gateways.len() {
-                let next = self.gateways[index].url.clone();
-                self.log_failure(failed, failure, kind, format_args!("trying {next} next"));
+            let gateways = self.ranked_gateways().await;
+            if gateways.is_empty() {
+                // Nothing resolved yet (said by `ranked_gateways`).
+                self.failures += 1;
+                let delay = self.backoff.next_delay(&mut self.rng);
+                self.sleep_unless_drained(delay).await;
                 continue;
             }
-            failures_this_round = 0;
-            if std::mem::take(&mut refusals_this_round) == self.gateways.len() {
-                self.refused.send_replace(true);
-                self.log_refusal(failed, failure, kind);
-                if self.closing() || self.sleep_unless_closing(REFUSED_RETRY).await {
-                    return Shipped::Refused;
+            let mut refusals = 0;
+            for (rank, gateway) in gateways.iter().enumerate() {
+                self.progressed = false;
+                let err = match self.session(gateway).await {
+                    Ok(()) => return Shipped::Drained,
+                    Err(err) => err,
+                };
+                // Whether the gateway stored what was in flight is unknown:
+                // it is resent on the next connection, and evictable until
+                // then.
+                self.buffer.lock().requeue_in_flight();
+                if needs_new_boot(&err) {
+                    self.start_new_boot();
                 }
-                continue;
+                if self.drained() {
+                    return Shipped::Drained;
+                }
+                self.failures += 1;
+                refusals += usize::from(err.is_permanent());
+                let failure = self.redacted(format!("gateway {}: {err}", gateway.shown));
+                let kind = err.repeat_key();
+                if self.progressed {
+                    self.log_failure(
+                        &gateway.name,
+                        failure,
+                        kind,
+                        format_args!("reconnecting, first-ranked gateway first"),
+                    );
+                    continue 'rounds;
+                }
+                if let Some(next) = gateways.get(rank + 1) {
+                    self.log_failure(
+                        &gateway.name,
+                        failure,
+                        kind,
+                        format_args!("trying {} next", next.shown),
+                    );
+                    continue;
+                }
+                if refusals == gateways.len() {
+                    self.refused.send_replace(true);
+                    self.log_refusal(&gateway.name, failure, kind);
+                    if self.closing() || self.sleep_unless_closing(REFUSED_RETRY).await {
+                        return Shipped::Refused;
+                    }
+                    continue 'rounds;
+                }
+                let delay = self.backoff.next_delay(&mut self.rng);
+                self.log_failure(
+                    &gateway.name,
+                    failure,
+                    kind,
+                    format_args!("retrying in {delay:.1?}"),
+                );
+                self.sleep_unless_drained(delay).await;
             }
-            let delay = self.backoff.next_delay(&mut self.rng);
-            self.log_failure(
-                failed,
-                failure,
-                kind,
-                format_args!("retrying in {delay:.1?}"),
-            );
-            self.sleep_unless_drained(delay).await;
         }
     }
 
+    /// Resolves the gateways again and ranks them for this shim's
+    /// agent-server id, best first. Resolution errors are said when they
+    /// change; a name that fails keeps its last good addresses.
+    async fn ranked_gateways(&mut self) -> Vec<Gateway> {
+        let (resolved, errors) = self.targets.resolve().await;
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let errors = errors.join("; ");
+        if errors != self.last_resolve_errors {
+            if errors.is_empty() {
+                diag!("gateway names resolve again");
+            } else if resolved.is_empty() {
+                diag!("{errors}; no gateway address known yet, retrying");
+            } else {
+                diag!("{errors}; going on with the addresses resolved before");
+            }
+            self.last_resolve_errors = errors;
+        }
+        let names: Vec<String> = resolved.iter().map(Resolved::name).collect();
+        self.last_logged.retain(|name, _| names.contains(name));
+        let mut gateways = Vec::with_capacity(resolved.len());
+        for index in logdrain::fleet::rank(&self.open.agent_server_id, &names) {
+            let gateway = &resolved[index];
+            // Checked for every URL in `new`.
+            let Ok(endpoint) = endpoint(
+                &gateway.url,
+                self.gateway_ca_pem.as_deref(),
+                self.client_identity.as_ref(),
+            ) else {
+                continue;
+            };
+            gateways.push(Gateway {
+                shown: gateway.describe(),
+                name: names[index].clone(),
+                addr: gateway.addr,
+                endpoint,
+                closed_at_opening_hint: mutual_tls_hint(
+                    gateway.url.scheme_str() == Some("https"),
+                    self.client_identity.is_some(),
+                ),
+            });
+        }
+        gateways
+    }
+
     /// Logs a refusal for good once per gateway, however often it repeats.
-    fn log_refusal(&mut self, gateway: usize, failure: String, kind: String) {
-        if kind != self.last_logged[gateway] {
+    fn log_refusal(&mut self, gateway: &str, failure: String, kind: String) {
+        if self.last_logged.get(gateway) != Some(&kind) {
             let code = crate::EXIT_REFUSED;
             let next_step = if self.closing() {
                 format!("the shim stops now (exit status {code} if the agent exited 0)")
@@ -372,7 +450,7 @@ impl Shipper {
             };
             diag!("{failure}; retrying cannot help: {next_step}");
         }
-        self.last_logged[gateway] = kind;
+        self.last_logged.insert(gateway.to_string(), kind);
     }
 
     /// `text` without the token, should a gateway's message echo it (a
@@ -392,12 +470,12 @@ impl Shipper {
     /// changes each time (free bytes on a full disk) is still a repeat.
     fn log_failure(
         &mut self,
-        gateway: usize,
+        gateway: &str,
         failure: String,
         kind: String,
         next_step: std::fmt::Arguments<'_>,
     ) {
-        let repeat = kind == self.last_logged[gateway];
+        let repeat = self.last_logged.get(gateway) == Some(&kind);
         if !repeat {
             diag!("{failure}; {next_step}");
         } else if self.failures.is_power_of_two() {
@@ -406,7 +484,7 @@ impl Shipper {
                 self.failures
             );
         }
-        self.last_logged[gateway] = kind;
+        self.last_logged.insert(gateway.to_string(), kind);
     }
 
     /// Goes on under a new boot id, every held line numbered from 1 again.
@@ -469,17 +547,19 @@ impl Shipper {
     }
 
     /// One connection: returns `Ok` once drained, `Err` when it broke.
-    async fn session(&mut self, index: usize) -> Result<(), StreamError> {
-        let url = self.gateways[index].url.clone();
-        let endpoint = self.gateways[index].endpoint.clone();
-        let closed_hint = self.gateways[index].closed_at_opening_hint;
+    async fn session(&mut self, gateway: &Gateway) -> Result<(), StreamError> {
+        let closed_hint = gateway.closed_at_opening_hint;
         let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
         tx.try_send(wire::encode_message(&ShimMessage {
             kind: Some(shim_message::Kind::Open(self.open.clone())),
         }))
         .map_err(|_| StreamError::Closed)?;
         let opening = async {
-            let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
+            let channel = gateway
+                .endpoint
+                .connect_with_connector(logdrain::fleet::dial(gateway.addr))
+                .await
+                .map_err(StreamError::Connect)?;
             ship(channel, rx).await.map_err(|status| {
                 let dropped = matches!(status.code(), Code::Cancelled | Code::Unknown);
                 let explained = !tls_hint(&describe_status(&status)).is_empty();
@@ -510,7 +590,7 @@ impl Shipper {
             // Acks and errors first: a broken stream is better explained by
             // the gateway's status than by the send side closing.
             biased;
-            result = self.receive_acks(&mut inbound, &url) => result,
+            result = self.receive_acks(&mut inbound, &gateway.shown) => result,
             result = &mut sending => result,
         };
         if result.is_ok() {
@@ -526,7 +606,7 @@ impl Shipper {
     async fn receive_acks(
         &mut self,
         inbound: &mut Streaming<GatewayMessage>,
-        url: &Uri,
+        url: &str,
     ) -> Result<(), StreamError> {
         // Granularity of the ack timeout check.
         let mut ticker = tokio::time::interval(self.ack_timeout / 10 + Duration::from_millis(1));
@@ -558,8 +638,9 @@ impl Shipper {
         }
     }
 
-    fn on_ack(&mut self, acked_seq: u64, url: &Uri) -> Result<(), StreamError> {
+    fn on_ack(&mut self, acked_seq: u64, url: &str) -> Result<(), StreamError> {
         let dropped = self.buffer.ack(acked_seq)?;
+        self.progressed = true;
         if self.failures > 0 {
             diag!(
                 "gateway {url}: delivering again after {} failed attempt{}",
@@ -567,7 +648,7 @@ impl Shipper {
                 if self.failures == 1 { "" } else { "s" }
             );
             self.failures = 0;
-            self.last_logged.iter_mut().for_each(String::clear);
+            self.last_logged.clear();
         }
         self.backoff.reset();
         if let Some(dropped) = dropped {

@@ -771,6 +771,41 @@ async fn second_gateway_takes_over_when_the_first_is_down() {
 }
 
 #[tokio::test]
+async fn the_shim_ships_to_its_first_ranked_gateway_and_fails_over_in_rank_order() {
+    let gateways = [
+        Gateway::start(Behavior::AckAll).await,
+        Gateway::start(Behavior::AckAll).await,
+        Gateway::start(Behavior::AckAll).await,
+    ];
+    let names: Vec<String> = gateways.iter().map(|g| g.addr.to_string()).collect();
+    let order = logdrain::fleet::rank("replica-1", &names);
+    let urls: Vec<String> = gateways.iter().map(Gateway::url).collect();
+    // Listed worst first: the list's order does not decide.
+    let listed: Vec<&str> = order.iter().rev().map(|&i| urls[i].as_str()).collect();
+    let done = finish(shim(&listed.join(","), &[], "echo first").spawn().unwrap()).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    let texts: Vec<Vec<String>> = gateways
+        .iter()
+        .map(|g| stdout_texts(&g.lines_by_seq()))
+        .collect();
+    assert_eq!(texts[order[0]], ["first"], "the first-ranked gateway");
+    assert!(texts[order[1]].is_empty() && texts[order[2]].is_empty());
+
+    // With the first-ranked one down, the second-ranked one.
+    let [a, b, c] = gateways;
+    let mut gateways = [Some(a), Some(b), Some(c)];
+    drop(gateways[order[0]].take());
+    let down = names[order[0]].clone();
+    let done = finish(shim(&listed.join(","), &[], "echo second").spawn().unwrap()).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(done.stderr.contains(&down), "{}", done.stderr);
+    let second = gateways[order[1]].as_ref().unwrap();
+    assert_eq!(stdout_texts(&second.lines_by_seq()), ["second"]);
+    let third = gateways[order[2]].as_ref().unwrap();
+    assert!(stdout_texts(&third.lines_by_seq()).is_empty());
+}
+
+#[tokio::test]
 async fn long_lines_arrive_as_marked_pieces_and_exit_events_as_shim_lines() {
     let gateway = Gateway::start(Behavior::AckAll).await;
     let script = "head -c 300 /dev/zero | tr '\\0' x; echo; exit 7";
