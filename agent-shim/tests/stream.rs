@@ -16,7 +16,7 @@ use std::time::Duration;
 use logdrain::v1::drain_server::{Drain, DrainServer};
 use logdrain::v1::{
     gateway_message, shim_message, Ack, Batch, CheckReply, CheckRequest, GatewayMessage, Open,
-    Origin, ShimMessage, StreamKind, TailLine, TailRequest,
+    Origin, ShimMessage, StatusReply, StatusRequest, StreamKind, TailLine, TailRequest,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -220,6 +220,13 @@ impl Drain for Recorder {
     /// Answers like a gateway older than `Drain.Check`.
     async fn check(&self, _request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
         Err(Status::unimplemented("unknown method Check"))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        Err(Status::unimplemented("not part of these tests"))
     }
 }
 
