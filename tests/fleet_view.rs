@@ -377,3 +377,43 @@ async fn a_peer_that_never_answers_costs_the_timeout_and_is_named_missing() {
     drop(fleet);
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peers_tail_call_is_answered_from_its_own_replicas_and_never_fans_out() {
+    let intake = intake().await;
+    let fleet = Fleet::start(&intake.base_url(), &[]);
+    let agent = "agent-local";
+    let on = fleet.one_replica_per_gateway("r");
+    // What a gateway sends its peers, sent by hand to gateway 1.
+    let mut client = DrainClient::connect(format!("http://{}", fleet.names[0]))
+        .await
+        .unwrap();
+    let mut local = client
+        .tail(TailRequest {
+            token: token(agent),
+            agent_id: agent.into(),
+            local_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // A line on gateway 2 first, then one on gateway 1: fanned out, the
+    // first would arrive first (after a coverage notice).
+    for (replica, text) in [(&on[1], "on gateway 2"), (&on[0], "on gateway 1")] {
+        let mut shim = ShimBuilder::new(&fleet.list(), agent, replica)
+            .env("DATADOG_TOKEN", DD_KEY)
+            .spawn_sh(&format!("echo '{text}'"));
+        let _pipes = capture(&mut shim);
+        assert!(wait_exit(&mut shim, Duration::from_secs(60))
+            .await
+            .success());
+    }
+    let first = tokio::time::timeout(Duration::from_secs(60), local.message())
+        .await
+        .expect("a line")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.agent_server_id, on[0].as_str());
+    assert_eq!(&first.line.unwrap().data[..], b"on gateway 1");
+    assert_eq!(first.gateway, fleet.names[0]);
+}
