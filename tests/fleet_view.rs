@@ -277,6 +277,20 @@ async fn tail_and_status_asked_of_one_gateway_show_every_replica_with_its_gatewa
         fleet.names[2]
     ))
     .await;
+    // Back on the same address: the tail follows it again.
+    fleet.gateways[2].restart();
+    tail.wait_for(&format!("peer {} answers again", fleet.names[2]))
+        .await;
+    let replica = &replicas_by_gateway[2];
+    let mut shim = ShimBuilder::new(&fleet.list(), agent, replica)
+        .env("DATADOG_TOKEN", DD_KEY)
+        .spawn_sh("echo 'back again'");
+    let _pipes = capture(&mut shim);
+    assert!(wait_exit(&mut shim, Duration::from_secs(60))
+        .await
+        .success());
+    let line = tail.wait_for("back again").await;
+    assert_eq!(line["gateway"], fleet.names[2].as_str(), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
