@@ -8,26 +8,30 @@
 #   1. counts, from each gateway's status API, the replicas it holds a
 #      stream of (every shim's stream must be up);
 #   2. stops gateway 2 (SIGTERM) and counts again: which shims moved;
-#   3. starts gateway 2 again and counts once more: which shims moved.
+#   3. starts gateway 2 again and waits until it holds as many streams as
+#      at the start (shims check for their first-ranked gateway every
+#      --rebalance-after to twice that): which shims moved back.
 # Prints the counts and one JSON line.
 #
 # Needs: curl, jq. Uses target/debug binaries unless --bin-dir says
 # otherwise (spreading does not depend on the build profile).
 #
-# Usage: benches/spread.sh [--shims N] [--gateways G] [--port P] [--bin-dir DIR]
+# Usage: benches/spread.sh [--shims N] [--gateways G] [--port P] [--rebalance-after D] [--bin-dir DIR]
 set -euo pipefail
 
 SHIMS=300
 GATEWAYS=3
 PORT=50151
+REBALANCE=2s
 BIN_DIR="$(cd "$(dirname "$0")/.." && pwd)/target/debug"
 while [ $# -gt 0 ]; do
     case "$1" in
         --shims) SHIMS="$2"; shift 2 ;;
         --gateways) GATEWAYS="$2"; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
+        --rebalance-after) REBALANCE="$2"; shift 2 ;;
         --bin-dir) BIN_DIR="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -96,7 +100,7 @@ done
 TOKEN="$("$GW" token --agent-id spread)"
 for n in $(seq -f %03g "$SHIMS"); do
     LOGDRAIN_TOKEN="$TOKEN" "$SHIM" --gateway "$LIST" --agent-id spread \
-        --agent-server-id "spread-$n" --buffer-bytes 2MiB -- sleep 3600 \
+        --agent-server-id "spread-$n" --buffer-bytes 2MiB --rebalance-after "$REBALANCE" -- sleep 3600 \
         >/dev/null 2>>"$WORK/shims.log" &
     SHIM_PIDS+=($!)
 done
@@ -107,10 +111,13 @@ OTHERS=$(seq "$GATEWAYS" | grep -vx 2)
 kill -TERM "${GW_PIDS[2]}"; wait "${GW_PIDS[2]}" 2>/dev/null || true
 snapshot left $OTHERS
 start_gateway 2
-# Give reconnects that would follow the return the time to happen: none
-# should (a shim stays where its stream is up).
-sleep 5
+RETURN_START=$SECONDS
 snapshot back $ALL
+for _ in $(seq 600); do
+    [ "$(wc -l <"$WORK/back.2")" -ge "$(wc -l <"$WORK/start.2")" ] && break
+    sleep 0.2
+    snapshot back $ALL
+done
 
 count() { wc -l <"$WORK/$1"; }
 echo "shims: $SHIMS over $GATEWAYS gateways"
@@ -122,5 +129,8 @@ done
 STAYED=0
 for i in $OTHERS; do STAYED=$((STAYED + $(comm -12 "$WORK/start.$i" "$WORK/left.$i" | wc -l))); done
 echo "gateway 2 left: $(count start.2) of its shims moved; $STAYED of the $((SHIMS - $(count start.2))) others stayed put"
-echo "gateway 2 returned: $(count back.2) shims moved to it"
-echo "$JSON,\"moved_when_2_left\":$(count start.2),\"others_stayed\":$STAYED,\"moved_back_when_2_returned\":$(count back.2)}"
+RETURN_SECONDS=$((SECONDS - RETURN_START))
+RESTORED=true
+for i in $ALL; do cmp -s "$WORK/start.$i" "$WORK/back.$i" || RESTORED=false; done
+echo "gateway 2 returned: $(count back.2) shims moved back to it within ${RETURN_SECONDS}s (--rebalance-after $REBALANCE); every shim where it started: $RESTORED"
+echo "$JSON,\"moved_when_2_left\":$(count start.2),\"others_stayed\":$STAYED,\"moved_back_when_2_returned\":$(count back.2),\"restored\":$RESTORED,\"return_seconds\":$RETURN_SECONDS}"

@@ -13,6 +13,7 @@
 //! | `--max-line-bytes SIZE` | `LOGDRAIN_MAX_LINE_BYTES` | `256KiB` |
 //! | `--batch-lines N` | `LOGDRAIN_BATCH_LINES` | `1000` |
 //! | `--batch-linger DURATION` | `LOGDRAIN_BATCH_LINGER` | `20ms` |
+//! | `--rebalance-after DURATION` | `LOGDRAIN_REBALANCE_AFTER` | `5m` |
 //! | `--gateway-ca-file PATH` | `LOGDRAIN_GATEWAY_CA_FILE` | Mozilla roots only |
 //! | `--subreaper` | `LOGDRAIN_SUBREAPER` | off (automatic as PID 1) |
 //! | `--check` | `LOGDRAIN_CHECK` | off |
@@ -165,6 +166,15 @@ pub struct Config {
     #[arg(long, env = "LOGDRAIN_BATCH_LINGER", value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
 
+    /// While the shim streams to a gateway other than its first-ranked one,
+    /// it checks every DURATION to 2×DURATION (at random) whether that
+    /// one answers again, and if so moves its stream back at a moment when
+    /// no line is in flight (nothing is sent twice). Gateways that come
+    /// back so refill gradually, without a stampede. 0 stays put until the
+    /// stream ends.
+    #[arg(long, env = "LOGDRAIN_REBALANCE_AFTER", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub rebalance_after: Duration,
+
     /// PEM file with extra CA certificates to trust for `https://`
     /// gateways (for a private CA). The Mozilla roots are always trusted.
     #[arg(long, env = "LOGDRAIN_GATEWAY_CA_FILE", value_name = "PATH")]
@@ -273,6 +283,7 @@ impl fmt::Debug for Config {
             .field("max_line_bytes", &self.max_line_bytes)
             .field("batch_lines", &self.batch_lines)
             .field("batch_linger", &self.batch_linger)
+            .field("rebalance_after", &self.rebalance_after)
             .field("gateway_ca_file", &self.gateway_ca_file)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
@@ -375,6 +386,8 @@ pub struct Settings {
     pub max_line_bytes: usize,
     pub batch_lines: usize,
     pub batch_linger: Duration,
+    /// How often to check whether the first-ranked gateway is back (0: never).
+    pub rebalance_after: Duration,
     /// Extra trusted CA certificates (PEM) for `https://` gateways.
     pub gateway_ca_pem: Option<Vec<u8>>,
     /// Client certificate for gateways that require mutual TLS.
@@ -400,6 +413,7 @@ impl fmt::Debug for Settings {
             .field("max_line_bytes", &self.max_line_bytes)
             .field("batch_lines", &self.batch_lines)
             .field("batch_linger", &self.batch_linger)
+            .field("rebalance_after", &self.rebalance_after)
             .field(
                 "gateway_ca_pem",
                 &self.gateway_ca_pem.as_ref().map(Vec::len),
@@ -526,6 +540,7 @@ impl Config {
             max_line_bytes: self.max_line_bytes,
             batch_lines: self.batch_lines,
             batch_linger: self.batch_linger,
+            rebalance_after: self.rebalance_after,
             gateway_ca_pem,
             client_identity,
             subreaper: self.subreaper,

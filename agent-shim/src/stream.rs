@@ -7,9 +7,11 @@
 //! addresses) and ranks them for this shim's agent-server id with
 //! [`logdrain::fleet::rank`], so a fleet's shims spread evenly. A round
 //! tries them best first, then backs off. A stream that delivered and then
-//! broke starts a new round, so a shim goes back to its first choice as soon
-//! as that gateway is back; a shim served by another gateway stays there
-//! until its stream ends (no stampede when a gateway returns).
+//! broke starts a new round, first choice first. A shim streaming to
+//! another gateway checks every `--rebalance-after` to twice that (at
+//! random) whether its first choice answers again, and moves back at a
+//! moment when no line is in flight, so nothing is sent twice and a gateway
+//! that returns refills gradually, without a stampede.
 //!
 //! Per connection ("session"):
 //! 1. connect, send `Open` (token, ids, boot id, secrets, protocol version);
@@ -53,7 +55,7 @@ use std::time::Duration;
 use logdrain::fleet::{Resolved, Targets};
 use logdrain::v1::{gateway_message, shim_message, GatewayMessage, Open, ShimMessage};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -121,6 +123,9 @@ pub struct StreamConfig {
     pub batch_lines: usize,
     pub batch_max_bytes: usize,
     pub batch_linger: Duration,
+    /// On a gateway other than the first-ranked, how often (to twice as
+    /// often, at random) to check whether that one is back; zero: never.
+    pub rebalance_after: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub ack_timeout: Duration,
@@ -168,6 +173,10 @@ pub enum StreamError {
     AckAheadOfSent(#[from] AckAheadOfSent),
     #[error("no ack for {0:?} although lines are outstanding")]
     AckTimeout(Duration),
+    /// Not a failure: the first-ranked gateway answers again and no line
+    /// is in flight, so the stream moves back to it.
+    #[error("moving to the first-ranked gateway, which answers again")]
+    Rebalance,
 }
 
 impl StreamError {
@@ -240,6 +249,7 @@ pub struct Shipper {
     open: Open,
     batch: BatchLimits,
     ack_timeout: Duration,
+    rebalance_after: Duration,
     buffer_bytes: usize,
     buffer: Arc<SharedBuffer>,
     redactor: Arc<Redactor>,
@@ -293,6 +303,7 @@ impl Shipper {
                 linger: config.batch_linger,
             },
             ack_timeout: config.ack_timeout,
+            rebalance_after: config.rebalance_after,
             buffer_bytes: config.buffer_bytes,
             buffer,
             redactor: config.redactor,
@@ -335,7 +346,8 @@ impl Shipper {
             let mut refusals = 0;
             for (rank, gateway) in gateways.iter().enumerate() {
                 self.progressed = false;
-                let err = match self.session(gateway).await {
+                let home = (rank > 0).then(|| &gateways[0]);
+                let err = match self.session(gateway, home).await {
                     Ok(()) => return Shipped::Drained,
                     Err(err) => err,
                 };
@@ -348,6 +360,14 @@ impl Shipper {
                 }
                 if self.drained() {
                     return Shipped::Drained;
+                }
+                if matches!(err, StreamError::Rebalance) {
+                    diag!(
+                        "gateway {}: moving back to {}, this shim's first-ranked gateway, which answers again",
+                        gateway.shown,
+                        gateways[0].shown
+                    );
+                    continue 'rounds;
                 }
                 self.failures += 1;
                 refusals += usize::from(err.is_permanent());
@@ -547,7 +567,14 @@ impl Shipper {
     }
 
     /// One connection: returns `Ok` once drained, `Err` when it broke.
-    async fn session(&mut self, gateway: &Gateway) -> Result<(), StreamError> {
+    /// `home` is the first-ranked gateway when `gateway` is not: the
+    /// session ends ([`StreamError::Rebalance`]) once it answers again and
+    /// no line is in flight.
+    async fn session(
+        &mut self,
+        gateway: &Gateway,
+        home: Option<&Gateway>,
+    ) -> Result<(), StreamError> {
         let closed_hint = gateway.closed_at_opening_hint;
         let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
         tx.try_send(wire::encode_message(&ShimMessage {
@@ -586,11 +613,16 @@ impl Shipper {
             self.batch,
             Arc::clone(&self.redactor),
         ));
+        let home_back = std::pin::pin!(home_answers(
+            home,
+            self.rebalance_after,
+            StdRng::from_rng(&mut self.rng),
+        ));
         let result = tokio::select! {
             // Acks and errors first: a broken stream is better explained by
             // the gateway's status than by the send side closing.
             biased;
-            result = self.receive_acks(&mut inbound, &gateway.shown) => result,
+            result = self.receive_acks(&mut inbound, &gateway.shown, home_back) => result,
             result = &mut sending => result,
         };
         if result.is_ok() {
@@ -607,15 +639,21 @@ impl Shipper {
         &mut self,
         inbound: &mut Streaming<GatewayMessage>,
         url: &str,
+        mut home_back: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<(), StreamError> {
         // Granularity of the ack timeout check.
         let mut ticker = tokio::time::interval(self.ack_timeout / 10 + Duration::from_millis(1));
         let mut last_progress = Instant::now();
+        let mut moving = false;
         loop {
             if self.drained() {
                 return Ok(());
             }
+            if moving && !self.buffer.lock().has_sent_unacked() {
+                return Err(StreamError::Rebalance);
+            }
             tokio::select! {
+                () = &mut home_back, if !moving => moving = true,
                 message = inbound.message() => match message {
                     Ok(Some(GatewayMessage { kind: Some(gateway_message::Kind::Ack(ack)) })) => {
                         self.on_ack(ack.acked_seq, url)?;
@@ -658,6 +696,25 @@ impl Shipper {
                 .push_notice(lifecycle::shim_line(notice), dropped);
         }
         Ok(())
+    }
+}
+
+/// Resolves once `home` accepts a connection, checked every `every` to
+/// 2×`every` (at random, so shims that failed over together come back
+/// spread out); never without a home or with `every` zero.
+async fn home_answers(home: Option<&Gateway>, every: Duration, mut rng: StdRng) {
+    let Some(home) = home.filter(|_| !every.is_zero()) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let nanos = u64::try_from(every.as_nanos()).unwrap_or(u64::MAX);
+        tokio::time::sleep(every + Duration::from_nanos(rng.random_range(0..=nanos))).await;
+        let connect = home
+            .endpoint
+            .connect_with_connector(logdrain::fleet::dial(home.addr));
+        if let Ok(Ok(_)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            return;
+        }
     }
 }
 

@@ -813,6 +813,36 @@ async fn the_shim_ships_to_its_first_ranked_gateway_and_fails_over_in_rank_order
 }
 
 #[tokio::test]
+async fn a_shim_moves_back_to_its_first_ranked_gateway_once_it_answers_and_sends_no_line_twice() {
+    let addrs = [free_addr().await, free_addr().await];
+    let names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let order = logdrain::fleet::rank("replica-1", &names);
+    let (home, other) = (addrs[order[0]], addrs[order[1]]);
+    let fallback = Gateway::serve(TcpListener::bind(other).await.unwrap(), Behavior::AckAll);
+    let list = format!("http://{home},http://{other}");
+    let script = "i=1; while [ $i -le 300 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.02; done";
+    let child = shim(&list, &["--rebalance-after", "100ms"], script)
+        .spawn()
+        .unwrap();
+    // The first-ranked gateway starts once the shim streams elsewhere.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while fallback.lines_by_seq().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = Gateway::serve(TcpListener::bind(home).await.unwrap(), Behavior::AckAll);
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(done.stderr.contains("moving back to"), "{}", done.stderr);
+    let on_home = stdout_texts(&first.lines_by_seq());
+    assert!(!on_home.is_empty(), "the shim moved back");
+    let mut all = stdout_texts(&fallback.lines_by_seq());
+    all.extend(on_home);
+    let expected: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+    assert_eq!(all, expected, "every line once, in order");
+}
+
+#[tokio::test]
 async fn long_lines_arrive_as_marked_pieces_and_exit_events_as_shim_lines() {
     let gateway = Gateway::start(Behavior::AckAll).await;
     let script = "head -c 300 /dev/zero | tr '\\0' x; echo; exit 7";

@@ -60,18 +60,23 @@ pub struct View {
 
 /// The current [`View`]; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct Fleet(watch::Receiver<Arc<View>>);
+pub struct Fleet {
+    view: watch::Receiver<Arc<View>>,
+    /// `--peers` was given (even if none resolves yet).
+    configured: bool,
+}
 
 impl Fleet {
     /// A gateway on its own, named `own_name`.
     pub fn alone(own_name: String) -> Self {
-        Fleet(
-            watch::Sender::new(Arc::new(View {
+        Fleet {
+            view: watch::Sender::new(Arc::new(View {
                 own_name,
                 peers: Vec::new(),
             }))
             .subscribe(),
-        )
+            configured: false,
+        }
     }
 
     /// Resolves the peers once, then again every `refresh` until shutdown.
@@ -116,19 +121,27 @@ impl Fleet {
                 }
             }
         });
-        let fleet = Fleet(rx);
+        let fleet = Fleet {
+            view: rx,
+            configured: true,
+        };
         let view = fleet.view();
         tracing::info!(own = %view.own_name, peers = %names(&view.peers), "fleet resolved");
         fleet
     }
 
     pub fn view(&self) -> Arc<View> {
-        Arc::clone(&self.0.borrow())
+        Arc::clone(&self.view.borrow())
+    }
+
+    /// Whether this gateway has peers to ask (`--peers`), now or later.
+    pub fn is_configured(&self) -> bool {
+        self.configured
     }
 
     /// Resolves when the fleet changes (never, for a gateway alone).
     pub async fn changed(&mut self) {
-        if self.0.changed().await.is_err() {
+        if self.view.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     }

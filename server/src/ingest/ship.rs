@@ -455,7 +455,7 @@ pub(super) fn tail(
     let shutdown = ingest.shutdown.clone();
     let fleet = &ingest.status.fleet;
     let own = fleet.view().own_name.clone();
-    if !request.local_only && !fleet.view().peers.is_empty() {
+    if !request.local_only && fleet.is_configured() {
         super::fleet_tail::spawn(
             fleet.clone(),
             request,
