@@ -431,3 +431,50 @@ async fn a_peers_tail_call_is_answered_from_its_own_replicas_and_never_fans_out(
     assert_eq!(&first.line.unwrap().data[..], b"on gateway 1");
     assert_eq!(first.gateway, fleet.names[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fleet_wide_tails_are_bounded_and_a_closed_one_frees_its_place() {
+    let intake = intake().await;
+    let fleet = Fleet::start(&intake.base_url(), &[]);
+    let agent = "agent-many";
+    let mut client = DrainClient::connect(format!("http://{}", fleet.names[0]))
+        .await
+        .unwrap();
+    let request = TailRequest {
+        token: token(agent),
+        agent_id: agent.into(),
+        local_only: false,
+    };
+    let mut open = Vec::new();
+    for _ in 0..256 {
+        open.push(client.tail(request.clone()).await.unwrap().into_inner());
+    }
+    let refused = client
+        .tail(request.clone())
+        .await
+        .expect_err("over the bound");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(refused.message().contains("at most 256"), "{refused:?}");
+    // Peers' own calls are not fleet-wide tails: still served.
+    let local = TailRequest {
+        local_only: true,
+        ..request.clone()
+    };
+    assert!(client.tail(local).await.is_ok());
+
+    drop(open.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.tail(request.clone()).await {
+            Ok(_) => break,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the closed tail's place was never freed"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}

@@ -8,7 +8,9 @@
 //! per peer that is missing; a peer that drops out or comes back is said
 //! too, and a missing peer is asked again every [`RETRY`]. Its tasks end
 //! with the caller's stream or at shutdown; peers added or gone on a
-//! refresh of the fleet are followed or left.
+//! refresh of the fleet are followed or left. At most
+//! [`super::MAX_FLEET_TAILS`] run at once; a tail past that is refused
+//! with `RESOURCE_EXHAUSTED`.
 //!
 //! It must not touch the queue, and never fans out a `local_only` tail.
 
@@ -38,12 +40,15 @@ pub(super) fn spawn(
     out: Out,
     timeout: Duration,
     shutdown: Shutdown,
+    slot: super::FleetTailSlot,
 ) {
     let request = TailRequest {
         local_only: true,
         ..request
     };
     tokio::spawn(async move {
+        // Held until this task ends, with the caller's stream.
+        let _slot = slot;
         let view = fleet.view();
         // The first peers are opened together, so the coverage notice
         // comes once and says it all.

@@ -53,6 +53,8 @@ pub struct Ingest {
     /// (waiting for `Open` included).
     pub(crate) max_streams: usize,
     streams: AtomicUsize,
+    /// Fleet-wide tails being served (each holds one tail on every peer).
+    fleet_tails: AtomicUsize,
     /// Reports for the peers' `Status`, and the fleet a tail follows.
     pub(crate) status: StatusSource,
 }
@@ -76,6 +78,30 @@ impl StreamSlot {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Most fleet-wide tails served at once: each holds a tail on every peer.
+pub const MAX_FLEET_TAILS: usize = 256;
+
+/// One of the [`MAX_FLEET_TAILS`] places, held until the tail ends.
+pub(crate) struct FleetTailSlot(Arc<Ingest>);
+
+impl FleetTailSlot {
+    pub(crate) fn take(ingest: &Arc<Ingest>) -> Option<Self> {
+        ingest
+            .fleet_tails
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_FLEET_TAILS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(ingest)))
+    }
+}
+
+impl Drop for FleetTailSlot {
+    fn drop(&mut self) {
+        self.0.fleet_tails.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -149,6 +175,7 @@ impl IngestService {
             open_timeout,
             max_streams,
             streams: AtomicUsize::new(0),
+            fleet_tails: AtomicUsize::new(0),
             status,
         }))
     }

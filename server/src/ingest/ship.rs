@@ -450,18 +450,29 @@ pub(super) fn tail(
             request.agent_id
         )));
     }
+    let fleet = &ingest.status.fleet;
+    let fan_out = !request.local_only && fleet.is_configured();
+    let slot = match fan_out {
+        true => Some(super::FleetTailSlot::take(&ingest).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "this gateway serves at most {} fleet-wide tails at once; try again later",
+                super::MAX_FLEET_TAILS
+            ))
+        })?),
+        false => None,
+    };
     let mut rx = ingest.tail.subscribe(&request.agent_id);
     let (tx, out) = mpsc::channel(256);
     let shutdown = ingest.shutdown.clone();
-    let fleet = &ingest.status.fleet;
     let own = fleet.view().own_name.clone();
-    if !request.local_only && fleet.is_configured() {
+    if let Some(slot) = slot {
         super::fleet_tail::spawn(
             fleet.clone(),
             request,
             tx.clone(),
             ingest.status.peer_timeout,
             shutdown.clone(),
+            slot,
         );
     }
     tokio::spawn(async move {
