@@ -478,3 +478,76 @@ async fn fleet_wide_tails_are_bounded_and_a_closed_one_frees_its_place() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mutual_tls_fleet_shows_every_replica_through_its_peers() {
+    let intake = intake().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki::Pki::generate(&dir.path().join("pki"));
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let names: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let peers: Vec<String> = names.iter().map(|n| format!("https://{n}")).collect();
+    let gateways: Vec<Gateway> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let mut env = pki.gateway_env(true);
+            env.push(("LOGDRAIN_PEERS".into(), peers.join(",")));
+            env.push(("LOGDRAIN_PEER_CA_FILE".into(), pki::path(&pki.ca)));
+            Gateway::start_with(
+                &dir.path().join(format!("gw{i}")),
+                &intake.base_url(),
+                name,
+                "127.0.0.1:0",
+                env,
+            )
+        })
+        .collect();
+    let agent = "agent-tls-fleet";
+    let mut expected = Vec::new();
+    for g in 0..2 {
+        let replica = (0..)
+            .map(|n| format!("t-{n}"))
+            .find(|id| logdrain::fleet::rank(id, &names)[0] == g)
+            .unwrap();
+        let mut shim = ShimBuilder::new(&peers.join(","), agent, &replica)
+            .env("DATADOG_TOKEN", DD_KEY)
+            .env("LOGDRAIN_GATEWAY_CA_FILE", &pki::path(&pki.ca))
+            .env("LOGDRAIN_CLIENT_CERT", &pki::path(&pki.client_cert))
+            .env("LOGDRAIN_CLIENT_KEY", &pki::path(&pki.client_key))
+            .spawn_sh("echo hello");
+        let _pipes = capture(&mut shim);
+        assert!(wait_exit(&mut shim, Duration::from_secs(60))
+            .await
+            .success());
+        expected.push((replica, names[g].clone()));
+    }
+    let report: Value = pki
+        .http_client()
+        .get(format!(
+            "{}/v1/agents/{agent}/status",
+            gateways[0].https_base()
+        ))
+        .bearer_auth(token(agent))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        report["missing_gateways"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    expected.sort();
+    assert_eq!(replicas(&report), expected, "{report}");
+}

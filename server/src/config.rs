@@ -222,7 +222,8 @@ pub struct ServeConfig {
     pub tls_client_ca: Option<PathBuf>,
     /// The fleet's gateways, so `tail`, `status` and the status page asked
     /// of this one show every replica and route of the fleet: their gRPC
-    /// addresses (`HOST:PORT` or `http://HOST:PORT`), comma-separated. A
+    /// addresses (`HOST:PORT`, `http://HOST:PORT`, or `https://HOST:PORT`
+    /// for gateways serving TLS, checked against HOST), comma-separated. A
     /// name that resolves to several addresses (a headless Service,
     /// compose's service DNS) is that many gateways. This gateway finds
     /// itself among them (--advertise) and asks the others, with the
@@ -230,6 +231,13 @@ pub struct ServeConfig {
     /// callers' tokens.
     #[arg(long, env = "LOGDRAIN_PEERS", value_name = "ADDR[,ADDR...]", value_parser = parse_peers)]
     pub peers: Option<PeerList>,
+
+    /// PEM CA certificate(s) to trust for `https://` peers (the Mozilla
+    /// roots are always trusted). When this gateway requires client
+    /// certificates (--tls-client-ca), it presents its own --tls-cert to
+    /// its peers, which must then allow client authentication too.
+    #[arg(long, env = "LOGDRAIN_PEER_CA_FILE", value_name = "PATH")]
+    pub peer_ca_file: Option<PathBuf>,
 
     /// How often --peers is resolved again (a name that fails keeps its
     /// last addresses).
@@ -275,8 +283,8 @@ fn parse_peers(value: &str) -> Result<PeerList, String> {
             format!("peer {item:?} {reason}; give HOST:PORT or http://HOST:PORT, the gRPC address of a gateway")
         };
         let uri: tonic::transport::Uri = url.parse().map_err(|_| bad("is not an address"))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(bad("is not http:// (peers are asked over plain gRPC; TLS between peers is not supported yet)"));
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad("is neither http:// nor https://"));
         }
         if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
             return Err(bad("has no host or port"));
@@ -749,6 +757,25 @@ mod tests {
         };
         let err = status.gateway.bearer(None).unwrap_err();
         assert!(err.contains("--admin-token"), "{err}");
+    }
+
+    #[test]
+    fn peers_are_addresses_or_grpc_urls_and_a_bad_one_is_named_with_the_form() {
+        let peers =
+            parse_peers("gw-0:50051, http://10.0.0.2:50051,,https://gw.example:4317").unwrap();
+        let shown: Vec<String> = peers.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "http://gw-0:50051/",
+                "http://10.0.0.2:50051/",
+                "https://gw.example:4317/"
+            ]
+        );
+        for bad in ["gw-0", "ftp://gw:21", "http://gw:1/path", "gw:notaport"] {
+            let err = parse_peers(bad).unwrap_err();
+            assert!(err.contains(bad) && err.contains("HOST:PORT"), "{err}");
+        }
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct FleetSettings {
     pub advertise: Option<String>,
     /// The gRPC listener's address.
     pub listen: SocketAddr,
+    /// For `https://` peers (see [`crate::tls::peer_client`]).
+    pub tls: tonic::transport::ClientTlsConfig,
 }
 
 /// One other gateway.
@@ -201,7 +203,13 @@ impl Resolver {
             let name = gateway.name();
             let channel = match previous.iter().find(|p| p.name == name) {
                 Some(known) => known.channel.clone(),
-                None => connect_lazy(&gateway),
+                None => match connect_lazy(&gateway, &self.settings.tls) {
+                    Ok(channel) => channel,
+                    Err(e) => {
+                        tracing::warn!(peer = %name, error = %e, "cannot set up TLS to the peer; it is left out");
+                        continue;
+                    }
+                },
             };
             peers.push(Peer { name, channel });
         }
@@ -212,11 +220,17 @@ impl Resolver {
     }
 }
 
-/// A channel to a peer, connected on first use (and again after a break).
-fn connect_lazy(gateway: &Resolved) -> Channel {
-    Endpoint::from(gateway.url.clone())
-        .connect_timeout(PEER_CONNECT_TIMEOUT)
-        .connect_with_connector_lazy(logdrain::fleet::dial(gateway.addr))
+/// A channel to a peer, connected on first use (and again after a break);
+/// TLS, checked against the URL's host, for `https://`.
+fn connect_lazy(
+    gateway: &Resolved,
+    tls: &tonic::transport::ClientTlsConfig,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut endpoint = Endpoint::from(gateway.url.clone()).connect_timeout(PEER_CONNECT_TIMEOUT);
+    if gateway.url.scheme_str() == Some("https") {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    Ok(endpoint.connect_with_connector_lazy(logdrain::fleet::dial(gateway.addr)))
 }
 
 /// Whether `addr` is this gateway (see the module docs).
@@ -270,6 +284,7 @@ mod tests {
                 refresh: Duration::from_secs(3600),
                 advertise: None,
                 listen: addr("127.0.0.2:50051"),
+                tls: tonic::transport::ClientTlsConfig::new(),
             },
             Shutdown::new(),
         )

@@ -178,6 +178,13 @@ pub async fn run(
             refresh: config.peer_refresh,
             advertise: config.advertise.clone(),
             listen: grpc_addr,
+            tls: crate::tls::peer_client(
+                config.peer_ca_file.as_deref(),
+                config
+                    .tls_client_ca
+                    .as_ref()
+                    .and(config.tls_cert.as_deref().zip(config.tls_key.as_deref())),
+            )?,
         },
         shutdown.clone(),
     )
