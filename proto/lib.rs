@@ -11,16 +11,19 @@
 //! * the rules for the ids a shim sends ([`ids`]), and the one parser of
 //!   sizes and of durations ([`units`]) behind every such option;
 //! * how a client reaches a gateway over gRPC ([`client`]), backoff between
-//!   attempts ([`backoff`]) and the error chain ([`error_chain`]).
+//!   attempts ([`backoff`]) and the error chain ([`error_chain`]);
+//! * how a fleet of gateways is found and shared out ([`fleet`]): names
+//!   resolved to every address, the rendezvous ranking of gateways.
 //!
 //! It must not contain any shim or gateway behaviour: no I/O beyond the
-//! generated client and server, connecting, and reading the PEM files of
+//! generated client and server, connecting, resolving gateway names, and reading the PEM files of
 //! the client's options; no vendor endpoints, headers or clients.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod client;
 pub mod endpoint;
+pub mod fleet;
 pub mod ids;
 pub mod secrets;
 pub mod units;

@@ -175,6 +175,7 @@ async fn another_agents_token_cannot_open_a_stream_or_tail() {
         .tail(TailRequest {
             token: token("agent-b"),
             agent_id: "agent-a".into(),
+            local_only: false,
         })
         .await
         .expect_err("tail refused");

@@ -168,6 +168,7 @@ async fn grpc_errors(gateway: &Gateway, dsn: &str) -> Vec<String> {
         .tail(TailRequest {
             token: DD_SECRET.into(),
             agent_id: AGENT.into(),
+            local_only: false,
         })
         .await
         .expect_err("tail refused");

@@ -117,6 +117,7 @@ async fn plain_text_clients_are_refused_on_the_tls_ports() {
     let tail = TailRequest {
         token: token("agent-tls"),
         agent_id: "agent-tls".into(),
+        local_only: false,
     };
     match DrainClient::connect(s.gateway.url()).await {
         Err(_) => {}

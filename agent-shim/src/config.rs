@@ -73,9 +73,14 @@ Durations accept 500ms, 10s, 2m, 1h.";
     after_help = AFTER_HELP
 )]
 pub struct Config {
-    /// Gateway gRPC URL; several URLs, comma-separated, are tried in turn
-    /// (failover). `https://` uses TLS, `http://` plain text. Example:
-    /// `https://logdrain.example.com:4317`
+    /// Gateway gRPC URL, or several, comma-separated. A host name that
+    /// resolves to several addresses (a Kubernetes headless Service,
+    /// compose's service DNS) is that many gateways; names are resolved
+    /// again on every reconnect. The shim ranks the gateways for its
+    /// agent-server id (rendezvous hashing, so a fleet's shims spread
+    /// evenly), ships to the first and fails over in rank order. `https://`
+    /// uses TLS (checked against the host name), `http://` plain text.
+    /// Example: `https://logdrain.example.com:4317`
     #[arg(long, env = "LOGDRAIN_GATEWAY", value_name = "URL[,URL...]")]
     pub gateway: Option<String>,
 
@@ -144,6 +149,15 @@ pub struct Config {
     /// full. 0 sends every line at once.
     #[arg(long, env = "LOGDRAIN_BATCH_LINGER", value_name = "DURATION", default_value = "20ms", value_parser = parse_duration)]
     pub batch_linger: Duration,
+
+    /// While the shim streams to a gateway other than its first-ranked one,
+    /// it checks every DURATION to 2×DURATION (at random) whether that
+    /// one answers again, and if so moves its stream back at a moment when
+    /// no line is in flight (nothing is sent twice). Gateways that come
+    /// back so refill gradually, without a stampede. 0 stays put until the
+    /// stream ends.
+    #[arg(long, env = "LOGDRAIN_REBALANCE_AFTER", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub rebalance_after: Duration,
 
     /// PEM file with extra CA certificates to trust for `https://`
     /// gateways (for a private CA). The Mozilla roots are always trusted.
@@ -253,6 +267,7 @@ impl fmt::Debug for Config {
             .field("max_line_bytes", &self.max_line_bytes)
             .field("batch_lines", &self.batch_lines)
             .field("batch_linger", &self.batch_linger)
+            .field("rebalance_after", &self.rebalance_after)
             .field("gateway_ca_file", &self.gateway_ca_file)
             .field("client_cert", &self.client_cert)
             .field("client_key", &self.client_key)
@@ -337,6 +352,8 @@ pub struct Settings {
     pub max_line_bytes: usize,
     pub batch_lines: usize,
     pub batch_linger: Duration,
+    /// How often to check whether the first-ranked gateway is back (0: never).
+    pub rebalance_after: Duration,
     /// Extra trusted CA certificates and the client identity for
     /// `https://` gateways.
     pub tls: ClientTls,
@@ -361,6 +378,7 @@ impl fmt::Debug for Settings {
             .field("max_line_bytes", &self.max_line_bytes)
             .field("batch_lines", &self.batch_lines)
             .field("batch_linger", &self.batch_linger)
+            .field("rebalance_after", &self.rebalance_after)
             .field("tls", &self.tls)
             .field("subreaper", &self.subreaper)
             .field("redact", &self.redact)
@@ -475,6 +493,7 @@ impl Config {
             max_line_bytes: self.max_line_bytes,
             batch_lines: self.batch_lines,
             batch_linger: self.batch_linger,
+            rebalance_after: self.rebalance_after,
             tls,
             subreaper: self.subreaper,
             redact: self.redact,

@@ -327,6 +327,7 @@ fn stream_config(settings: &Settings, secrets: &Secrets, redactor: Arc<Redactor>
         batch_lines: settings.batch_lines,
         batch_max_bytes: stream::BATCH_MAX_BYTES,
         batch_linger: settings.batch_linger,
+        rebalance_after: settings.rebalance_after,
         backoff_min: stream::BACKOFF_MIN,
         backoff_max: stream::BACKOFF_MAX,
         ack_timeout: stream::ACK_TIMEOUT,

@@ -2,6 +2,17 @@
 //! batches, applies acks to the buffer, and reconnects (with backoff and
 //! failover between gateways) whenever anything goes wrong.
 //!
+//! Which gateway: every round of attempts resolves the `--gateway` names
+//! again (each address is a gateway; a name that fails keeps its last
+//! addresses) and ranks them for this shim's agent-server id with
+//! [`logdrain::fleet::rank`], so a fleet's shims spread evenly. A round
+//! tries them best first, then backs off. A stream that delivered and then
+//! broke starts a new round, first choice first. A shim streaming to
+//! another gateway checks every `--rebalance-after` to twice that (at
+//! random) whether its first choice answers again, and moves back at a
+//! moment when no line is in flight, so nothing is sent twice and a gateway
+//! that returns refills gradually, without a stampede.
+//!
 //! Per connection ("session"):
 //! 1. connect, send `Open` (token, ids, boot id, secrets, protocol version);
 //! 2. resend everything unacked from the oldest line, then new lines as they
@@ -36,15 +47,17 @@
 //! It must never block the capture: it only takes the buffer's lock for
 //! short, non-blocking operations. It never prints the token or secrets.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use logdrain::backoff::Backoff;
 use logdrain::client::{self, code_name, status_detail, tls_hint, ClientTls, TlsError};
 use logdrain::error_chain;
+use logdrain::fleet::{Resolved, Targets};
 use logdrain::v1::{gateway_message, shim_message, GatewayMessage, Open, ShimMessage};
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -96,7 +109,7 @@ pub const REFUSED_RETRY: Duration = Duration::from_secs(300);
 /// Everything a [`Shipper`] needs; built by `run()` from the settings.
 #[derive(Clone)]
 pub struct StreamConfig {
-    /// Gateways in failover order.
+    /// Gateway URLs; their names may resolve to several gateways.
     pub gateways: Vec<Uri>,
     /// Extra CA certificates and the client identity for `https://`
     /// gateways.
@@ -107,6 +120,9 @@ pub struct StreamConfig {
     pub batch_lines: usize,
     pub batch_max_bytes: usize,
     pub batch_linger: Duration,
+    /// On a gateway other than the first-ranked, how often (to twice as
+    /// often, at random) to check whether that one is back; zero: never.
+    pub rebalance_after: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub ack_timeout: Duration,
@@ -137,6 +153,10 @@ pub enum StreamError {
     AckAheadOfSent(#[from] AckAheadOfSent),
     #[error("no ack for {0:?} although lines are outstanding")]
     AckTimeout(Duration),
+    /// Not a failure: the first-ranked gateway answers again and no line
+    /// is in flight, so the stream moves back to it.
+    #[error("moving to the first-ranked gateway, which answers again")]
+    Rebalance,
 }
 
 impl StreamError {
@@ -160,9 +180,15 @@ impl StreamError {
     }
 }
 
+/// One resolved gateway, for one round of attempts.
 struct Gateway {
-    url: Uri,
+    /// How the shim's messages name it (URL, and its address).
+    shown: String,
+    /// Its name in the fleet (`ip:port`), what the ranking hashes.
+    name: String,
+    addr: std::net::SocketAddr,
     endpoint: Endpoint,
+    https: bool,
 }
 
 /// How [`Shipper::run`] ended.
@@ -177,18 +203,17 @@ pub enum Shipped {
 
 /// Ships the buffer to the gateways; see the module docs.
 pub struct Shipper {
-    gateways: Vec<Gateway>,
+    targets: Targets,
+    tls: ClientTls,
     open: Open,
     batch: BatchLimits,
     ack_timeout: Duration,
+    rebalance_after: Duration,
     buffer_bytes: usize,
     buffer: Arc<SharedBuffer>,
     redactor: Arc<Redactor>,
     closing_rx: watch::Receiver<bool>,
     closing: bool,
-    /// Whether `https://` gateways get a client certificate (for the hint
-    /// when a TLS connection closes at the opening).
-    has_identity: bool,
     backoff: Backoff,
     rng: StdRng,
     /// Consecutive failed sessions; cleared (with a message) by an ack.
@@ -196,8 +221,13 @@ pub struct Shipper {
     /// True from a round in which every gateway refused for good until a
     /// stream opens.
     refused: watch::Sender<bool>,
-    /// The last failure logged per gateway, to log repeats sparsely.
-    last_logged: Vec<String>,
+    /// The last failure logged per gateway name, to log repeats sparsely
+    /// (only names of the latest round are kept).
+    last_logged: HashMap<String, String>,
+    /// The resolution errors logged last, to log a change only.
+    last_resolve_errors: String,
+    /// An ack arrived in the current session.
+    progressed: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -214,18 +244,12 @@ impl Shipper {
         buffer: Arc<SharedBuffer>,
         closing: watch::Receiver<bool>,
     ) -> Result<Self, StreamError> {
-        let gateways = config
-            .gateways
-            .iter()
-            .map(|url| {
-                Ok(Gateway {
-                    url: url.clone(),
-                    endpoint: client::endpoint(url, &config.tls)?,
-                })
-            })
-            .collect::<Result<Vec<_>, StreamError>>()?;
+        for url in &config.gateways {
+            client::endpoint(url, &config.tls)?;
+        }
         Ok(Self {
-            gateways,
+            targets: Targets::new(config.gateways),
+            tls: config.tls,
             open: config.open,
             batch: BatchLimits {
                 lines: config.batch_lines.max(1),
@@ -233,17 +257,19 @@ impl Shipper {
                 linger: config.batch_linger,
             },
             ack_timeout: config.ack_timeout,
+            rebalance_after: config.rebalance_after,
             buffer_bytes: config.buffer_bytes,
             buffer,
             redactor: config.redactor,
             closing_rx: closing,
             closing: false,
-            has_identity: config.tls.identity.is_some(),
             backoff: Backoff::new(config.backoff_min, config.backoff_max),
             rng: StdRng::from_os_rng(),
             failures: 0,
             refused: watch::Sender::new(false),
-            last_logged: vec![String::new(); config.gateways.len()],
+            last_logged: HashMap::new(),
+            last_resolve_errors: String::new(),
+            progressed: false,
         })
     }
 
@@ -255,66 +281,130 @@ impl Shipper {
     /// Ships until closing and fully acked, or closing while refused for
     /// good; never returns otherwise.
     pub async fn run(mut self) -> Shipped {
-        if self.gateways.is_empty() {
+        if self.targets.urls().is_empty() {
             diag!("no gateway configured; lines are not shipped");
             return Shipped::Drained;
         }
-        let mut index = 0;
-        let mut failures_this_round = 0;
-        let mut refusals_this_round = 0;
-        loop {
+        'rounds: loop {
             if self.drained() {
                 return Shipped::Drained;
             }
-            let failed = index;
-            let url = self.gateways[index].url.clone();
-            let err = match self.session(index).await {
-                Ok(()) => return Shipped::Drained,
-                Err(err) => err,
-            };
-            // Whether the gateway stored what was in flight is unknown: it
-            // is resent on the next connection, and evictable until then.
-            self.buffer.lock().requeue_in_flight();
-            if needs_new_boot(&err) {
-                self.start_new_boot();
-            }
-            if self.drained() {
-                return Shipped::Drained;
-            }
-            self.failures += 1;
-            index = (index + 1) % self.gateways.len();
-            failures_this_round += 1;
-            refusals_this_round += usize::from(err.is_permanent());
-            let failure = self.redacted(format!("gateway {url}: {err}"));
-            let kind = err.repeat_key();
-            if failures_this_round < self.gateways.len() {
-                let next = self.gateways[index].url.clone();
-                self.log_failure(failed, failure, kind, format_args!("trying {next} next"));
+            let gateways = self.ranked_gateways().await;
+            if gateways.is_empty() {
+                // Nothing resolved yet (said by `ranked_gateways`).
+                self.failures += 1;
+                let delay = self.backoff.next_delay(&mut self.rng);
+                self.sleep_unless_drained(delay).await;
                 continue;
             }
-            failures_this_round = 0;
-            if std::mem::take(&mut refusals_this_round) == self.gateways.len() {
-                self.refused.send_replace(true);
-                self.log_refusal(failed, failure, kind);
-                if self.closing() || self.sleep_unless_closing(REFUSED_RETRY).await {
-                    return Shipped::Refused;
+            let mut refusals = 0;
+            for (rank, gateway) in gateways.iter().enumerate() {
+                self.progressed = false;
+                let home = (rank > 0).then(|| &gateways[0]);
+                let err = match self.session(gateway, home).await {
+                    Ok(()) => return Shipped::Drained,
+                    Err(err) => err,
+                };
+                // Whether the gateway stored what was in flight is unknown:
+                // it is resent on the next connection, and evictable until
+                // then.
+                self.buffer.lock().requeue_in_flight();
+                if needs_new_boot(&err) {
+                    self.start_new_boot();
                 }
-                continue;
+                if self.drained() {
+                    return Shipped::Drained;
+                }
+                if matches!(err, StreamError::Rebalance) {
+                    diag!(
+                        "gateway {}: moving back to {}, this shim's first-ranked gateway, which answers again",
+                        gateway.shown,
+                        gateways[0].shown
+                    );
+                    continue 'rounds;
+                }
+                self.failures += 1;
+                refusals += usize::from(err.is_permanent());
+                let failure = self.redacted(format!("gateway {}: {err}", gateway.shown));
+                let kind = err.repeat_key();
+                if self.progressed {
+                    self.log_failure(
+                        &gateway.name,
+                        failure,
+                        kind,
+                        format_args!("reconnecting, first-ranked gateway first"),
+                    );
+                    continue 'rounds;
+                }
+                if let Some(next) = gateways.get(rank + 1) {
+                    self.log_failure(
+                        &gateway.name,
+                        failure,
+                        kind,
+                        format_args!("trying {} next", next.shown),
+                    );
+                    continue;
+                }
+                if refusals == gateways.len() {
+                    self.refused.send_replace(true);
+                    self.log_refusal(&gateway.name, failure, kind);
+                    if self.closing() || self.sleep_unless_closing(REFUSED_RETRY).await {
+                        return Shipped::Refused;
+                    }
+                    continue 'rounds;
+                }
+                let delay = self.backoff.next_delay(&mut self.rng);
+                self.log_failure(
+                    &gateway.name,
+                    failure,
+                    kind,
+                    format_args!("retrying in {delay:.1?}"),
+                );
+                self.sleep_unless_drained(delay).await;
             }
-            let delay = self.backoff.next_delay(&mut self.rng);
-            self.log_failure(
-                failed,
-                failure,
-                kind,
-                format_args!("retrying in {delay:.1?}"),
-            );
-            self.sleep_unless_drained(delay).await;
         }
     }
 
+    /// Resolves the gateways again and ranks them for this shim's
+    /// agent-server id, best first. Resolution errors are said when they
+    /// change; a name that fails keeps its last good addresses.
+    async fn ranked_gateways(&mut self) -> Vec<Gateway> {
+        let (resolved, errors) = self.targets.resolve().await;
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let errors = errors.join("; ");
+        if errors != self.last_resolve_errors {
+            if errors.is_empty() {
+                diag!("gateway names resolve again");
+            } else if resolved.is_empty() {
+                diag!("{errors}; no gateway address known yet, retrying");
+            } else {
+                diag!("{errors}; going on with the addresses resolved before");
+            }
+            self.last_resolve_errors = errors;
+        }
+        let names: Vec<String> = resolved.iter().map(Resolved::name).collect();
+        self.last_logged.retain(|name, _| names.contains(name));
+        let mut gateways = Vec::with_capacity(resolved.len());
+        for index in logdrain::fleet::rank(&self.open.agent_server_id, &names) {
+            let gateway = &resolved[index];
+            // Checked for every URL in `new`.
+            let Ok(endpoint) = client::endpoint(&gateway.url, &self.tls) else {
+                continue;
+            };
+            gateways.push(Gateway {
+                shown: gateway.describe(),
+                name: names[index].clone(),
+                addr: gateway.addr,
+                endpoint,
+                https: gateway.url.scheme_str() == Some("https"),
+            });
+        }
+        gateways
+    }
+
     /// Logs a refusal for good once per gateway, however often it repeats.
-    fn log_refusal(&mut self, gateway: usize, failure: String, kind: String) {
-        if kind != self.last_logged[gateway] {
+    fn log_refusal(&mut self, gateway: &str, failure: String, kind: String) {
+        if self.last_logged.get(gateway) != Some(&kind) {
             let code = crate::EXIT_REFUSED;
             let next_step = if self.closing() {
                 format!("the shim stops now (exit status {code} if the agent exited 0)")
@@ -327,7 +417,7 @@ impl Shipper {
             };
             diag!("{failure}; retrying cannot help: {next_step}");
         }
-        self.last_logged[gateway] = kind;
+        self.last_logged.insert(gateway.to_string(), kind);
     }
 
     /// `text` without the token, should a gateway's message echo it (a
@@ -347,12 +437,12 @@ impl Shipper {
     /// changes each time (free bytes on a full disk) is still a repeat.
     fn log_failure(
         &mut self,
-        gateway: usize,
+        gateway: &str,
         failure: String,
         kind: String,
         next_step: std::fmt::Arguments<'_>,
     ) {
-        let repeat = kind == self.last_logged[gateway];
+        let repeat = self.last_logged.get(gateway) == Some(&kind);
         if !repeat {
             diag!("{failure}; {next_step}");
         } else if self.failures.is_power_of_two() {
@@ -361,7 +451,7 @@ impl Shipper {
                 self.failures
             );
         }
-        self.last_logged[gateway] = kind;
+        self.last_logged.insert(gateway.to_string(), kind);
     }
 
     /// Goes on under a new boot id, every held line numbered from 1 again.
@@ -424,18 +514,27 @@ impl Shipper {
     }
 
     /// One connection: returns `Ok` once drained, `Err` when it broke.
-    async fn session(&mut self, index: usize) -> Result<(), StreamError> {
-        let url = self.gateways[index].url.clone();
-        let endpoint = self.gateways[index].endpoint.clone();
-        let https = url.scheme_str() == Some("https");
-        let has_identity = self.has_identity;
+    /// `home` is the first-ranked gateway when `gateway` is not: the
+    /// session ends ([`StreamError::Rebalance`]) once it answers again and
+    /// no line is in flight.
+    async fn session(
+        &mut self,
+        gateway: &Gateway,
+        home: Option<&Gateway>,
+    ) -> Result<(), StreamError> {
+        let https = gateway.https;
+        let has_identity = self.tls.identity.is_some();
         let (tx, rx) = mpsc::channel(OUTBOUND_BATCHES);
         tx.try_send(wire::encode_message(&ShimMessage {
             kind: Some(shim_message::Kind::Open(self.open.clone())),
         }))
         .map_err(|_| StreamError::Closed)?;
         let opening = async {
-            let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
+            let channel = gateway
+                .endpoint
+                .connect_with_connector(logdrain::fleet::dial(gateway.addr))
+                .await
+                .map_err(StreamError::Connect)?;
             ship(channel, rx).await.map_err(|status| {
                 let hint = client::closed_at_opening_hint(&status, https, has_identity);
                 StreamError::Refused { status, hint }
@@ -456,11 +555,16 @@ impl Shipper {
             self.batch,
             Arc::clone(&self.redactor),
         ));
+        let home_back = std::pin::pin!(home_answers(
+            home,
+            self.rebalance_after,
+            StdRng::from_rng(&mut self.rng),
+        ));
         let result = tokio::select! {
             // Acks and errors first: a broken stream is better explained by
             // the gateway's status than by the send side closing.
             biased;
-            result = self.receive_acks(&mut inbound, &url) => result,
+            result = self.receive_acks(&mut inbound, &gateway.shown, home_back) => result,
             result = &mut sending => result,
         };
         if result.is_ok() {
@@ -476,16 +580,22 @@ impl Shipper {
     async fn receive_acks(
         &mut self,
         inbound: &mut Streaming<GatewayMessage>,
-        url: &Uri,
+        url: &str,
+        mut home_back: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ) -> Result<(), StreamError> {
         // Granularity of the ack timeout check.
         let mut ticker = tokio::time::interval(self.ack_timeout / 10 + Duration::from_millis(1));
         let mut last_progress = Instant::now();
+        let mut moving = false;
         loop {
             if self.drained() {
                 return Ok(());
             }
+            if moving && !self.buffer.lock().has_sent_unacked() {
+                return Err(StreamError::Rebalance);
+            }
             tokio::select! {
+                () = &mut home_back, if !moving => moving = true,
                 message = inbound.message() => match message {
                     Ok(Some(GatewayMessage { kind: Some(gateway_message::Kind::Ack(ack)) })) => {
                         self.on_ack(ack.acked_seq, url)?;
@@ -508,8 +618,9 @@ impl Shipper {
         }
     }
 
-    fn on_ack(&mut self, acked_seq: u64, url: &Uri) -> Result<(), StreamError> {
+    fn on_ack(&mut self, acked_seq: u64, url: &str) -> Result<(), StreamError> {
         let dropped = self.buffer.ack(acked_seq)?;
+        self.progressed = true;
         if self.failures > 0 {
             diag!(
                 "gateway {url}: delivering again after {} failed attempt{}",
@@ -517,7 +628,7 @@ impl Shipper {
                 if self.failures == 1 { "" } else { "s" }
             );
             self.failures = 0;
-            self.last_logged.iter_mut().for_each(String::clear);
+            self.last_logged.clear();
         }
         self.backoff.reset();
         if let Some(dropped) = dropped {
@@ -527,6 +638,25 @@ impl Shipper {
                 .push_notice(lifecycle::shim_line(notice), dropped);
         }
         Ok(())
+    }
+}
+
+/// Resolves once `home` accepts a connection, checked every `every` to
+/// 2×`every` (at random, so shims that failed over together come back
+/// spread out); never without a home or with `every` zero.
+async fn home_answers(home: Option<&Gateway>, every: Duration, mut rng: StdRng) {
+    let Some(home) = home.filter(|_| !every.is_zero()) else {
+        return std::future::pending().await;
+    };
+    loop {
+        let nanos = u64::try_from(every.as_nanos()).unwrap_or(u64::MAX);
+        tokio::time::sleep(every + Duration::from_nanos(rng.random_range(0..=nanos))).await;
+        let connect = home
+            .endpoint
+            .connect_with_connector(logdrain::fleet::dial(home.addr));
+        if let Ok(Ok(_)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            return;
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use logdrain::v1::drain_server::{Drain, DrainServer};
 use logdrain::v1::{
     gateway_message, shim_message, Ack, Batch, CheckReply, CheckRequest, GatewayMessage, Open,
-    Origin, ShimMessage, StreamKind, TailLine, TailRequest,
+    Origin, ShimMessage, StatusReply, StatusRequest, StreamKind, TailLine, TailRequest,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpListener;
@@ -220,6 +220,13 @@ impl Drain for Recorder {
     /// Answers like a gateway older than `Drain.Check`.
     async fn check(&self, _request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
         Err(Status::unimplemented("unknown method Check"))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        Err(Status::unimplemented("not part of these tests"))
     }
 }
 
@@ -768,6 +775,71 @@ async fn second_gateway_takes_over_when_the_first_is_down() {
     let done = finish(child).await;
     assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
     assert_eq!(stdout_texts(&gateway.lines_by_seq()), vec!["via-failover"]);
+}
+
+#[tokio::test]
+async fn the_shim_ships_to_its_first_ranked_gateway_and_fails_over_in_rank_order() {
+    let gateways = [
+        Gateway::start(Behavior::AckAll).await,
+        Gateway::start(Behavior::AckAll).await,
+        Gateway::start(Behavior::AckAll).await,
+    ];
+    let names: Vec<String> = gateways.iter().map(|g| g.addr.to_string()).collect();
+    let order = logdrain::fleet::rank("replica-1", &names);
+    let urls: Vec<String> = gateways.iter().map(Gateway::url).collect();
+    // Listed worst first: the list's order does not decide.
+    let listed: Vec<&str> = order.iter().rev().map(|&i| urls[i].as_str()).collect();
+    let done = finish(shim(&listed.join(","), &[], "echo first").spawn().unwrap()).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    let texts: Vec<Vec<String>> = gateways
+        .iter()
+        .map(|g| stdout_texts(&g.lines_by_seq()))
+        .collect();
+    assert_eq!(texts[order[0]], ["first"], "the first-ranked gateway");
+    assert!(texts[order[1]].is_empty() && texts[order[2]].is_empty());
+
+    // With the first-ranked one down, the second-ranked one.
+    let [a, b, c] = gateways;
+    let mut gateways = [Some(a), Some(b), Some(c)];
+    drop(gateways[order[0]].take());
+    let down = names[order[0]].clone();
+    let done = finish(shim(&listed.join(","), &[], "echo second").spawn().unwrap()).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(done.stderr.contains(&down), "{}", done.stderr);
+    let second = gateways[order[1]].as_ref().unwrap();
+    assert_eq!(stdout_texts(&second.lines_by_seq()), ["second"]);
+    let third = gateways[order[2]].as_ref().unwrap();
+    assert!(stdout_texts(&third.lines_by_seq()).is_empty());
+}
+
+#[tokio::test]
+async fn a_shim_moves_back_to_its_first_ranked_gateway_once_it_answers_and_sends_no_line_twice() {
+    let addrs = [free_addr().await, free_addr().await];
+    let names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    let order = logdrain::fleet::rank("replica-1", &names);
+    let (home, other) = (addrs[order[0]], addrs[order[1]]);
+    let fallback = Gateway::serve(TcpListener::bind(other).await.unwrap(), Behavior::AckAll);
+    let list = format!("http://{home},http://{other}");
+    let script = "i=1; while [ $i -le 300 ]; do echo \"line $i\"; i=$((i+1)); sleep 0.02; done";
+    let child = shim(&list, &["--rebalance-after", "100ms"], script)
+        .spawn()
+        .unwrap();
+    // The first-ranked gateway starts once the shim streams elsewhere.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while fallback.lines_by_seq().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = Gateway::serve(TcpListener::bind(home).await.unwrap(), Behavior::AckAll);
+    let done = finish(child).await;
+    assert_eq!(done.status.code(), Some(0), "{}", done.stderr);
+    assert!(done.stderr.contains("moving back to"), "{}", done.stderr);
+    let on_home = stdout_texts(&first.lines_by_seq());
+    assert!(!on_home.is_empty(), "the shim moved back");
+    let mut all = stdout_texts(&fallback.lines_by_seq());
+    all.extend(on_home);
+    let expected: Vec<String> = (1..=300).map(|i| format!("line {i}")).collect();
+    assert_eq!(all, expected, "every line once, in order");
 }
 
 #[tokio::test]

@@ -216,6 +216,56 @@ impl SigningKey {
     }
 }
 
+/// Who may read status: an agent's own token reads that agent, the admin
+/// token reads every agent. One rule for the HTTP API, the status page and
+/// the peers' `Status` calls.
+#[derive(Clone, Debug)]
+pub struct ReadAccess {
+    pub key: SigningKey,
+    pub admin_token: Option<crate::config::AdminToken>,
+}
+
+/// Why a status read is refused; each message names the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadDenied {
+    #[error(transparent)]
+    BadAgentId(#[from] logdrain::ids::IdError),
+    #[error("send `Authorization: Bearer <token>` with this agent's own token (`logdrain-gateway token --agent-id <id>`) or the gateway's admin token")]
+    NotThisAgent,
+    #[error("the all-agents status is disabled: start the gateway with --admin-token / LOGDRAIN_ADMIN_TOKEN, or ask for one agent with its own token (GET /v1/agents/<id>/status, or `status --agent-id <id> --token <token>`)")]
+    AllDisabled,
+    #[error("send `Authorization: Bearer <admin token>` with the gateway's --admin-token")]
+    NotAdmin,
+}
+
+impl ReadAccess {
+    fn is_admin(&self, token: &str) -> bool {
+        use sha2::Digest;
+        // Compared as digests: the time taken says nothing about the token.
+        self.admin_token.as_ref().is_some_and(|admin| {
+            Sha256::digest(admin.as_str().as_bytes()) == Sha256::digest(token.trim().as_bytes())
+        })
+    }
+
+    /// The caller may read `agent_id` (its own token, or the admin token).
+    pub fn may_read(&self, agent_id: &str, token: &str) -> Result<(), ReadDenied> {
+        logdrain::ids::check_agent_id(agent_id)?;
+        if self.key.verify(agent_id, token) || self.is_admin(token) {
+            return Ok(());
+        }
+        Err(ReadDenied::NotThisAgent)
+    }
+
+    /// The caller may read every agent (the admin token).
+    pub fn may_read_all(&self, token: &str) -> Result<(), ReadDenied> {
+        match &self.admin_token {
+            None => Err(ReadDenied::AllDisabled),
+            Some(_) if self.is_admin(token) => Ok(()),
+            Some(_) => Err(ReadDenied::NotAdmin),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,12 +227,81 @@ pub struct ServeConfig {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
+    /// The fleet's gateways, so `tail`, `status` and the status page asked
+    /// of this one show every replica and route of the fleet: their gRPC
+    /// addresses (`HOST:PORT`, `http://HOST:PORT`, or `https://HOST:PORT`
+    /// for gateways serving TLS, checked against HOST), comma-separated. A
+    /// name that resolves to several addresses (a headless Service,
+    /// compose's service DNS) is that many gateways. This gateway finds
+    /// itself among them (--advertise) and asks the others, with the
+    /// caller's own token. List only the fleet's gateways: they receive
+    /// callers' tokens.
+    #[arg(long, env = "LOGDRAIN_PEERS", value_name = "ADDR[,ADDR...]", value_parser = parse_peers)]
+    pub peers: Option<PeerList>,
+
+    /// PEM CA certificate(s) to trust for `https://` peers (the Mozilla
+    /// roots are always trusted). When this gateway requires client
+    /// certificates (--tls-client-ca), it presents its own --tls-cert to
+    /// its peers, which must then allow client authentication too.
+    #[arg(long, env = "LOGDRAIN_PEER_CA_FILE", value_name = "PATH")]
+    pub peer_ca_file: Option<PathBuf>,
+
+    /// How often --peers is resolved again (a name that fails keeps its
+    /// last addresses).
+    #[arg(long, env = "LOGDRAIN_PEER_REFRESH", default_value = "30s", value_parser = parse_duration)]
+    pub peer_refresh: Duration,
+
+    /// How long a peer has to answer a fleet-wide status, or to start a
+    /// tail; one that does not is listed as missing.
+    #[arg(long, env = "LOGDRAIN_PEER_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub peer_timeout: Duration,
+
+    /// This gateway's gRPC address as its peers reach it (`IP:PORT`; on
+    /// Kubernetes the pod IP from the downward API and the gRPC port).
+    /// Without it, the peer address equal to --grpc-listen is this gateway,
+    /// or, listening on 0.0.0.0, the one with its port that is an address
+    /// of this host. It names this gateway in the fleet-wide views.
+    #[arg(long, env = "LOGDRAIN_ADVERTISE", value_name = "IP:PORT")]
+    pub advertise: Option<String>,
+
     /// Token for the all-agents status (`GET /v1/status`, the status page
     /// without `agent_id`), at least 16 characters. It also reads any one
     /// agent's status and may test-send. When unset, only per-agent status
     /// with that agent's own token is available.
     #[arg(long, env = "LOGDRAIN_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<AdminToken>,
+}
+
+/// The gRPC URLs of `--peers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerList(pub Vec<tonic::transport::Uri>);
+
+/// A comma-separated list of `HOST:PORT` or `http://HOST:PORT`; empty
+/// items are skipped.
+fn parse_peers(value: &str) -> Result<PeerList, String> {
+    let mut peers = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let url = if item.contains("://") {
+            item.to_string()
+        } else {
+            format!("http://{item}")
+        };
+        let bad = |reason: &str| {
+            format!("peer {item:?} {reason}; give HOST:PORT or http://HOST:PORT, the gRPC address of a gateway")
+        };
+        let uri: tonic::transport::Uri = url.parse().map_err(|_| bad("is not an address"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad("is neither http:// nor https://"));
+        }
+        if uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+            return Err(bad("has no host or port"));
+        }
+        if !matches!(uri.path(), "" | "/") {
+            return Err(bad("has a path"));
+        }
+        peers.push(uri);
+    }
+    Ok(PeerList(peers))
 }
 
 /// The networks of one `--allow-endpoint-net` value.
@@ -715,6 +784,25 @@ mod tests {
         };
         let err = status.gateway.bearer(None).unwrap_err();
         assert!(err.contains("--admin-token"), "{err}");
+    }
+
+    #[test]
+    fn peers_are_addresses_or_grpc_urls_and_a_bad_one_is_named_with_the_form() {
+        let peers =
+            parse_peers("gw-0:50051, http://10.0.0.2:50051,,https://gw.example:4317").unwrap();
+        let shown: Vec<String> = peers.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "http://gw-0:50051/",
+                "http://10.0.0.2:50051/",
+                "https://gw.example:4317/"
+            ]
+        );
+        for bad in ["gw-0", "ftp://gw:21", "http://gw:1/path", "gw:notaport"] {
+            let err = parse_peers(bad).unwrap_err();
+            assert!(err.contains(bad) && err.contains("HOST:PORT"), "{err}");
+        }
     }
 
     #[test]

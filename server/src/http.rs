@@ -5,8 +5,8 @@
 //! | `GET /metrics` | none | Prometheus text; labels are agent ids, destinations and reasons, never secrets |
 //! | `GET /healthz` | none | 200 while the process serves |
 //! | `GET /readyz` | none | 200 when the queue is open, its disk above the free-space watermark and the gateway not shutting down, else 503 |
-//! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token or the admin token>` (the scheme in any case) | the agent's status report (schema 1, [`crate::status`]) plus the engine's raw `routes` |
-//! | `GET /v1/status` | `Authorization: Bearer <admin token>` | the status report of every agent |
+//! | `GET /v1/agents/{agent_id}/status` | `Authorization: Bearer <that agent's token or the admin token>` (the scheme in any case) | the agent's status report across the fleet (schema 1, [`crate::status`], with each `--peers` gateway's part) plus this gateway's engine's raw `routes` |
+//! | `GET /v1/status` | `Authorization: Bearer <admin token>` | the status report of every agent, across the fleet |
 //! | `POST /v1/agents/{agent_id}/test-send` | agent token or admin token | sends one marked test line through each destination, answers each vendor's reply |
 //! | `GET /` | admin token, or `?agent_id=` with that agent's token | the status page (HTML) |
 //!
@@ -30,16 +30,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use sha2::{Digest, Sha256};
-
-use crate::auth::SigningKey;
-use crate::config::AdminToken;
-use crate::ingest::replicas::Replicas;
+use crate::auth::ReadDenied;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::Engine;
 use crate::sinks::SinkFactory;
 use crate::status;
+use crate::status::fleet::StatusSource;
 use logdrain::ids;
 
 #[derive(Clone)]
@@ -47,15 +44,14 @@ pub struct HttpState {
     pub metrics: PrometheusHandle,
     pub engine: Engine<Queue>,
     pub queue: Queue,
-    pub key: SigningKey,
     pub shutdown: Shutdown,
-    pub replicas: Replicas,
+    /// The reports, this gateway's and the fleet's.
+    pub status: StatusSource,
     /// Builds `test-send`'s sink for a route that has none (same settings
     /// as delivery).
     pub sinks: SinkFactory,
     /// One `test-send` per agent per interval.
     pub test_sends: status::test_send::Limiter,
-    pub admin_token: Option<AdminToken>,
     /// The listener serves TLS: the status cookie is marked `Secure`.
     pub tls: bool,
 }
@@ -143,58 +139,26 @@ impl IntoResponse for Denied {
     }
 }
 
-impl HttpState {
-    fn is_admin(&self, token: &str) -> bool {
-        // Compared as digests: the time taken says nothing about the token.
-        self.admin_token.as_ref().is_some_and(|admin| {
-            Sha256::digest(admin.as_str().as_bytes()) == Sha256::digest(token.trim().as_bytes())
-        })
+impl From<ReadDenied> for Denied {
+    fn from(denied: ReadDenied) -> Self {
+        let code = match denied {
+            ReadDenied::BadAgentId(_) => StatusCode::BAD_REQUEST,
+            ReadDenied::AllDisabled => StatusCode::FORBIDDEN,
+            ReadDenied::NotThisAgent | ReadDenied::NotAdmin => StatusCode::UNAUTHORIZED,
+        };
+        Denied(code, denied.to_string())
     }
+}
 
+impl HttpState {
     /// The caller may read `agent_id` (its own token, or the admin token).
     fn may_read(&self, agent_id: &str, token: &str) -> Result<(), Denied> {
-        if let Err(e) = ids::check_agent_id(agent_id) {
-            return Err(Denied(StatusCode::BAD_REQUEST, e.to_string()));
-        }
-        if self.key.verify(agent_id, token) || self.is_admin(token) {
-            return Ok(());
-        }
-        Err(Denied(
-            StatusCode::UNAUTHORIZED,
-            "send `Authorization: Bearer <token>` with this agent's own token (`logdrain-gateway token --agent-id <id>`) or the gateway's admin token".to_string(),
-        ))
+        Ok(self.status.access.may_read(agent_id, token)?)
     }
 
     /// The caller may read every agent (the admin token).
     fn may_read_all(&self, token: &str) -> Result<(), Denied> {
-        if self.admin_token.is_none() {
-            return Err(Denied(
-                StatusCode::FORBIDDEN,
-                "the all-agents status is disabled: start the gateway with --admin-token / LOGDRAIN_ADMIN_TOKEN, or ask for one agent with its own token (GET /v1/agents/<id>/status, or `status --agent-id <id> --token <token>`)".to_string(),
-            ));
-        }
-        if self.is_admin(token) {
-            Ok(())
-        } else {
-            Err(Denied(
-                StatusCode::UNAUTHORIZED,
-                "send `Authorization: Bearer <admin token>` with the gateway's --admin-token"
-                    .to_string(),
-            ))
-        }
-    }
-
-    fn report(&self, agents: Option<&[String]>) -> status::Report {
-        status::build(
-            &status::Sources {
-                engine: &self.engine,
-                queue: &self.queue,
-                replicas: &self.replicas,
-                sinks: self.sinks.settings(),
-            },
-            agents,
-            std::time::SystemTime::now(),
-        )
+        Ok(self.status.access.may_read_all(token)?)
     }
 }
 
@@ -203,21 +167,28 @@ async fn agent_status(
     Path(agent_id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refused) = state.may_read(&agent_id, bearer(&headers).unwrap_or("")) {
+    let token = bearer(&headers).unwrap_or("");
+    if let Err(refused) = state.may_read(&agent_id, token) {
         return refused.into_response();
     }
+    let report = state.status.fleet_wide(Some(&agent_id), token).await;
+    // The engine's own view of this gateway's routes.
     let routes: Vec<_> = state
         .engine
         .statuses()
         .into_iter()
         .filter(|s| s.agent_id == agent_id)
         .collect();
-    let (queued_lines, queued_bytes) = state.queue.depth(&agent_id);
-    let report = state.report(Some(std::slice::from_ref(&agent_id)));
+    let (queued_lines, queued_bytes) = report
+        .agents
+        .first()
+        .map_or((0, 0), |a| (a.queued_lines, a.queued_bytes));
     Json(serde_json::json!({
         "schema": report.schema,
         "generated_unix": report.generated_unix,
         "agents": report.agents,
+        "gateways": report.gateways,
+        "missing_gateways": report.missing_gateways,
         "agent_id": agent_id,
         "queued_lines": queued_lines,
         "queued_bytes": queued_bytes,
@@ -227,10 +198,11 @@ async fn agent_status(
 }
 
 async fn all_status(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = state.may_read_all(bearer(&headers).unwrap_or("")) {
+    let token = bearer(&headers).unwrap_or("");
+    if let Err(refused) = state.may_read_all(token) {
         return refused.into_response();
     }
-    Json(state.report(None)).into_response()
+    Json(state.status.fleet_wide(None, token).await).into_response()
 }
 
 async fn test_send(
@@ -309,7 +281,10 @@ async fn page(
     if let Err(refused) = allowed {
         return refused.into_response();
     }
-    let report = state.report(query.agent_id.as_ref().map(std::slice::from_ref));
+    let report = state
+        .status
+        .fleet_wide(query.agent_id.as_deref(), &token)
+        .await;
     (
         [
             ("content-type", "text/html; charset=utf-8"),

@@ -19,6 +19,8 @@
 //! * [`tls`] loads the gateway's certificates and runs TLS handshakes.
 //! * [`logging`] sets up the log, keeping credentials the AWS SDK would
 //!   print out of it.
+//! * [`fleet`] knows the other gateways of the fleet, which the tail and
+//!   the status ask.
 //! * [`status`] renders what the others know (replicas, destinations,
 //!   delivery state, where to look) for the admin API, `status` and the
 //!   status page.
@@ -28,6 +30,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod fleet;
 pub mod handoff;
 pub mod http;
 pub mod http_listener;

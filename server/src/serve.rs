@@ -17,11 +17,13 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
-use crate::auth::{AuthError, SigningKey};
+use crate::auth::{AuthError, ReadAccess, SigningKey};
 use crate::config::ServeConfig;
+use crate::fleet::{Fleet, FleetSettings};
 use crate::http::{self, HttpState};
 use crate::http_listener::{self, HttpLimits};
 use crate::ingest::notice;
+use crate::ingest::replicas::Replicas;
 use crate::ingest::IngestService;
 use crate::listener;
 use crate::queue::{Queue, QueueError, QueueLimits};
@@ -29,6 +31,7 @@ use crate::shutdown::Shutdown;
 use crate::sinks::endpoint::EndpointPolicy;
 use crate::sinks::engine::{Engine, EngineSettings};
 use crate::sinks::{cloudwatch, SinkError, SinkFactory, SinkSettings};
+use crate::status::fleet::StatusSource;
 use crate::tls::{ServerTls, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +172,35 @@ pub async fn run(
         "serving"
     );
 
+    let fleet = Fleet::start(
+        FleetSettings {
+            peers: config.peers.clone().map(|p| p.0).unwrap_or_default(),
+            refresh: config.peer_refresh,
+            advertise: config.advertise.clone(),
+            listen: grpc_addr,
+            tls: crate::tls::peer_client(
+                config.peer_ca_file.as_deref(),
+                config
+                    .tls_client_ca
+                    .as_ref()
+                    .and(config.tls_cert.as_deref().zip(config.tls_key.as_deref())),
+            )?,
+        },
+        shutdown.clone(),
+    )
+    .await;
+    let status = StatusSource {
+        engine: engine.clone(),
+        queue: queue.clone(),
+        replicas: Replicas::default(),
+        sinks: sinks.clone(),
+        access: ReadAccess {
+            key: key.clone(),
+            admin_token: config.admin_token.clone(),
+        },
+        fleet,
+        peer_timeout: config.peer_timeout,
+    };
     let service = IngestService::new(
         queue.clone(),
         engine.clone(),
@@ -176,8 +208,8 @@ pub async fn run(
         shutdown.clone(),
         config.open_timeout,
         config.max_streams,
+        status.clone(),
     );
-    let replicas = service.replicas();
     let notices = notice::spawn(
         queue.clone(),
         engine.clone(),
@@ -216,12 +248,10 @@ pub async fn run(
         metrics: metrics_handle,
         engine: engine.clone(),
         queue: queue.clone(),
-        key,
         shutdown: shutdown.clone(),
-        replicas,
+        status,
         sinks,
         test_sends: crate::status::test_send::Limiter::default(),
-        admin_token: config.admin_token.clone(),
         tls: tls.is_some(),
     });
     let http_limits = HttpLimits {

@@ -69,6 +69,7 @@ pub async fn run(
         .tail(TailRequest {
             token,
             agent_id: config.agent_id.clone(),
+            local_only: false,
         })
         .await
         .map_err(|status| {
@@ -123,6 +124,7 @@ fn write_line(out: &mut (dyn Write + Send), item: &TailLine, json: bool) -> std:
             "part": line.part,
             "more_parts": line.more_parts,
             "message": text,
+            "gateway": item.gateway,
         });
         writeln!(out, "{value}")?;
     } else {
@@ -143,6 +145,7 @@ mod tests {
     fn item() -> TailLine {
         TailLine {
             agent_server_id: "replica-1".into(),
+            gateway: "10.0.0.1:50051".into(),
             line: Some(Line {
                 timestamp_ns: 5,
                 stream: StreamKind::Stderr as i32,

@@ -151,6 +151,31 @@ impl ServerTls {
     }
 }
 
+/// The client side of this gateway's calls to `https://` peers: the
+/// Mozilla roots and `peer_ca` (`--peer-ca-file`) are trusted; with
+/// `identity` (its own `--tls-cert` and `--tls-key`, when peers require
+/// client certificates) it presents that.
+pub fn peer_client(
+    peer_ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls = ClientTlsConfig::new().with_webpki_roots();
+    if let Some(path) = peer_ca {
+        certificates("--peer-ca-file", path)?;
+        tls = tls.ca_certificate(Certificate::from_pem(read("--peer-ca-file", path)?));
+    }
+    if let Some((cert, key)) = identity {
+        certificates("--tls-cert", cert)?;
+        private_key(key)?;
+        tls = tls.identity(Identity::from_pem(
+            read("--tls-cert", cert)?,
+            read("--tls-key", key)?,
+        ));
+    }
+    Ok(tls)
+}
+
 fn read(flag: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         flag,

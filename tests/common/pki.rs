@@ -1,5 +1,6 @@
 //! Test certificates, made at test time (no private key is committed): a CA,
-//! a gateway certificate for `127.0.0.1`/`localhost` and a client
+//! a gateway certificate for `127.0.0.1`/`localhost` (server and client
+//! authentication, as a gateway presents it to its peers) and a client
 //! certificate signed by it, and a second, unrelated CA.
 
 use std::path::{Path, PathBuf};
@@ -36,14 +37,14 @@ fn ca(name: &str) -> (CertificateParams, KeyPair, String) {
 
 fn leaf(
     names: &[&str],
-    purpose: ExtendedKeyUsagePurpose,
+    purposes: &[ExtendedKeyUsagePurpose],
     issuer: &Issuer<'_, &KeyPair>,
 ) -> (String, String) {
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
             .expect("leaf params");
     params.distinguished_name.push(DnType::CommonName, names[0]);
-    params.extended_key_usages = vec![purpose];
+    params.extended_key_usages = purposes.to_vec();
     let key = KeyPair::generate().expect("leaf key");
     let cert = params.signed_by(&key, issuer).expect("sign leaf");
     (cert.pem(), key.serialize_pem())
@@ -62,19 +63,23 @@ impl Pki {
         let issuer = Issuer::from_params(&ca_params, &ca_key);
         let (gw_cert, gw_key) = leaf(
             &["127.0.0.1", "localhost"],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            // Client too: a gateway presents it to its mutual-TLS peers.
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
             &issuer,
         );
         let (client_cert, client_key) = leaf(
             &["shim-client"],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
             &issuer,
         );
         let (other_params, other_key, other_pem) = ca("some other CA");
         let other_issuer = Issuer::from_params(&other_params, &other_key);
         let (stranger_cert, stranger_key) = leaf(
             &["stranger"],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
             &other_issuer,
         );
         Pki {

@@ -8,6 +8,7 @@
 
 mod boots;
 mod check;
+mod fleet_tail;
 pub mod notice;
 pub mod replicas;
 mod ship;
@@ -21,13 +22,17 @@ use std::time::Duration;
 
 use futures::Stream;
 use logdrain::v1::drain_server::Drain;
-use logdrain::v1::{CheckReply, CheckRequest, GatewayMessage, ShimMessage, TailLine, TailRequest};
+use logdrain::v1::{
+    CheckReply, CheckRequest, GatewayMessage, ShimMessage, StatusReply, StatusRequest, TailLine,
+    TailRequest,
+};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::SigningKey;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::Engine;
+use crate::status::fleet::StatusSource;
 use boots::LiveBoots;
 use replicas::Replicas;
 use tail::TailHub;
@@ -48,6 +53,10 @@ pub struct Ingest {
     /// (waiting for `Open` included).
     pub(crate) max_streams: usize,
     streams: AtomicUsize,
+    /// Fleet-wide tails being served (each holds one tail on every peer).
+    fleet_tails: AtomicUsize,
+    /// Reports for the peers' `Status`, and the fleet a tail follows.
+    pub(crate) status: StatusSource,
 }
 
 /// One of the `max_streams` places, held by a ship stream until it ends.
@@ -69,6 +78,30 @@ impl StreamSlot {
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         self.0.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Most fleet-wide tails served at once: each holds a tail on every peer.
+pub const MAX_FLEET_TAILS: usize = 256;
+
+/// One of the [`MAX_FLEET_TAILS`] places, held until the tail ends.
+pub(crate) struct FleetTailSlot(Arc<Ingest>);
+
+impl FleetTailSlot {
+    pub(crate) fn take(ingest: &Arc<Ingest>) -> Option<Self> {
+        ingest
+            .fleet_tails
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_FLEET_TAILS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(ingest)))
+    }
+}
+
+impl Drop for FleetTailSlot {
+    fn drop(&mut self) {
+        self.0.fleet_tails.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -127,6 +160,7 @@ impl IngestService {
         shutdown: Shutdown,
         open_timeout: Duration,
         max_streams: usize,
+        status: StatusSource,
     ) -> Self {
         let credential_key = key.credential_hash_key();
         Self(Arc::new(Ingest {
@@ -135,12 +169,14 @@ impl IngestService {
             key,
             credential_key,
             tail: TailHub::default(),
-            replicas: Replicas::default(),
+            replicas: status.replicas.clone(),
             boots: LiveBoots::default(),
             shutdown,
             open_timeout,
             max_streams,
             streams: AtomicUsize::new(0),
+            fleet_tails: AtomicUsize::new(0),
+            status,
         }))
     }
 
@@ -183,5 +219,32 @@ impl Drain for IngestService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckReply>, Status> {
         let reply = check::check(&self.0, request.into_inner())?;
         Ok(Response::new(reply))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        let request = request.into_inner();
+        let access = &self.0.status.access;
+        let denied = |denied: crate::auth::ReadDenied| match denied {
+            crate::auth::ReadDenied::BadAgentId(e) => Status::invalid_argument(e.to_string()),
+            crate::auth::ReadDenied::AllDisabled => Status::permission_denied(denied.to_string()),
+            other => Status::unauthenticated(other.to_string()),
+        };
+        let agents = if request.agent_id.is_empty() {
+            access.may_read_all(&request.token).map_err(denied)?;
+            None
+        } else {
+            access
+                .may_read(&request.agent_id, &request.token)
+                .map_err(denied)?;
+            Some(vec![request.agent_id])
+        };
+        // This gateway's own part only: a peer's call never fans out.
+        let report = self.0.status.local(agents.as_deref());
+        let report_json = serde_json::to_string(&report)
+            .map_err(|e| Status::internal(format!("cannot encode the status report: {e}")))?;
+        Ok(Response::new(StatusReply { report_json }))
     }
 }

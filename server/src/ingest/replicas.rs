@@ -38,6 +38,9 @@ pub struct ReplicaInfo {
     /// as the shim last reported them (names only, never values).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub shim_redacted_total: BTreeMap<String, u64>,
+    /// The gateway holding the replica's streams (its name in the fleet).
+    #[serde(default)]
+    pub gateway: String,
 }
 
 #[derive(Debug)]
@@ -141,6 +144,7 @@ impl Replicas {
                     .map_or(0, |d| d.as_secs()),
                 shim_dropped_total: e.shim_dropped_total,
                 shim_redacted_total: e.shim_redacted_total.clone(),
+                gateway: String::new(),
             })
             .collect();
         list.sort_by(|a, b| a.agent_server_id.cmp(&b.agent_server_id));

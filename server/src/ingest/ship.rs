@@ -23,11 +23,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use logdrain::v1::{
-    gateway_message, shim_message, Ack, Batch, GatewayMessage, Line, Open, Origin, ShimMessage,
-    StreamKind, TailLine, TailRequest,
+    gateway_message, shim_message, Ack, Batch, GatewayMessage, Open, ShimMessage, TailLine,
+    TailRequest,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -493,9 +492,31 @@ pub(super) fn tail(
             request.agent_id
         )));
     }
+    let fleet = &ingest.status.fleet;
+    let fan_out = !request.local_only && fleet.is_configured();
+    let slot = match fan_out {
+        true => Some(super::FleetTailSlot::take(&ingest).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "this gateway serves at most {} fleet-wide tails at once; try again later",
+                super::MAX_FLEET_TAILS
+            ))
+        })?),
+        false => None,
+    };
     let mut rx = ingest.tail.subscribe(&request.agent_id);
     let (tx, out) = mpsc::channel(256);
     let shutdown = ingest.shutdown.clone();
+    let own = fleet.view().own_name.clone();
+    if let Some(slot) = slot {
+        super::fleet_tail::spawn(
+            fleet.clone(),
+            request,
+            tx.clone(),
+            ingest.status.peer_timeout,
+            shutdown.clone(),
+            slot,
+        );
+    }
     tokio::spawn(async move {
         loop {
             let batch = tokio::select! {
@@ -509,6 +530,7 @@ pub(super) fn tail(
                         let item = TailLine {
                             agent_server_id: batch.agent_server_id.to_string(),
                             line: Some(line.clone()),
+                            gateway: own.clone(),
                         };
                         if tx.send(Ok(item)).await.is_err() {
                             return;
@@ -516,19 +538,10 @@ pub(super) fn tail(
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    let notice = TailLine {
-                        agent_server_id: "logdrain-gateway".to_string(),
-                        line: Some(Line {
-                            timestamp_ns: now_ns(),
-                            stream: StreamKind::Stderr as i32,
-                            data: Bytes::from(format!(
-                                "logdrain-gateway: tail skipped {missed} batches because this client reads too slowly (delivery to vendors is not affected)"
-                            )),
-                            origin: Origin::Shim as i32,
-                            part: 0,
-                            more_parts: false,
-                        }),
-                    };
+                    let notice = super::fleet_tail::notice(
+                        format!("tail skipped {missed} batches because this client reads too slowly (delivery to vendors is not affected)"),
+                        &own,
+                    );
                     if tx.send(Ok(notice)).await.is_err() {
                         return;
                     }
@@ -538,11 +551,4 @@ pub(super) fn tail(
         }
     });
     Ok(Box::pin(ReceiverStream::new(out)))
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }

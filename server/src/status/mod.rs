@@ -14,6 +14,7 @@
 //! vendor's `config::location`.
 
 pub mod client;
+pub mod fleet;
 pub mod page;
 pub mod test_send;
 
@@ -46,6 +47,22 @@ pub struct Report {
     /// Only in the report of every agent; empty in one agent's.
     #[serde(default)]
     pub refused_streams: Vec<RefusedStreams>,
+    /// The gateways whose answers the report holds, the asked one first
+    /// (its `ip:port` in the fleet, or its listen address alone).
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// The peers that did not answer: their replicas and destinations are
+    /// missing from this report.
+    #[serde(default)]
+    pub missing_gateways: Vec<MissingGateway>,
+}
+
+/// A peer whose answer is missing from a fleet-wide report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingGateway {
+    pub gateway: String,
+    /// Why: no answer within the timeout, a refusal, an older version.
+    pub reason: String,
 }
 
 /// Streams refused for one reason (`logdrain_refused_streams_total`).
@@ -183,6 +200,9 @@ pub struct DestinationStatus {
     /// For example "delivering with a newer deployment's credentials
     /// (cred id …, first seen …)".
     pub note: Option<String>,
+    /// The gateway whose queue and worker this route is.
+    #[serde(default)]
+    pub gateway: String,
 }
 
 /// What a report is built from.
@@ -191,6 +211,8 @@ pub struct Sources<'a> {
     pub queue: &'a Queue,
     pub replicas: &'a Replicas,
     pub sinks: &'a SinkSettings,
+    /// This gateway's name in the fleet.
+    pub gateway: &'a str,
 }
 
 /// The report of `agents`, or of every agent the gateway knows when `None`.
@@ -268,12 +290,17 @@ pub fn build(sources: &Sources<'_>, agents: Option<&[String]>, now: SystemTime) 
                         dropped_lines: s.dropped_lines + damaged,
                         last_success_unix: s.last_success_unix,
                         note,
+                        gateway: sources.gateway.to_string(),
                     }
                 })
                 .collect();
             let (queued_lines, queued_bytes) = sources.queue.depth(&agent_id);
+            let mut replicas = sources.replicas.of(&agent_id);
+            for replica in &mut replicas {
+                replica.gateway = sources.gateway.to_string();
+            }
             AgentStatus {
-                replicas: sources.replicas.of(&agent_id),
+                replicas,
                 agent_id,
                 queued_lines,
                 queued_bytes,
@@ -297,6 +324,8 @@ pub fn build(sources: &Sources<'_>, agents: Option<&[String]>, now: SystemTime) 
         generated_unix: now_unix,
         agents,
         refused_streams,
+        gateways: vec![sources.gateway.to_string()],
+        missing_gateways: Vec::new(),
     }
 }
 
@@ -350,6 +379,19 @@ pub const NO_DESTINATION: &str = "no destination is switched on: no stream of th
 pub fn render_text(report: &Report) -> String {
     let now = report.generated_unix;
     let mut out = String::new();
+    if report.gateways.len() > 1 || !report.missing_gateways.is_empty() {
+        let _ = writeln!(out, "GATEWAYS  {}", report.gateways.join(", "));
+    }
+    for missing in &report.missing_gateways {
+        let _ = writeln!(
+            out,
+            "MISSING   {}: {}; its replicas and destinations are not in this report",
+            missing.gateway, missing.reason
+        );
+    }
+    if !out.is_empty() {
+        out.push('\n');
+    }
     if report.agents.is_empty() {
         out.push_str("no agents: no shim has connected to this gateway since it started, and no queued route\n");
     }
@@ -378,12 +420,19 @@ pub fn render_text(report: &Report) -> String {
                         },
                         when(Some(r.last_seen_unix), now),
                         r.shim_dropped_total.to_string(),
+                        r.gateway.clone(),
                     ]
                 })
                 .collect();
             table(
                 &mut out,
-                &["AGENT-SERVER", "CONNECTED", "LAST SEEN", "SHIM DROPPED"],
+                &[
+                    "AGENT-SERVER",
+                    "CONNECTED",
+                    "LAST SEEN",
+                    "SHIM DROPPED",
+                    "GATEWAY",
+                ],
                 &rows,
             );
             for r in agent
@@ -420,6 +469,7 @@ pub fn render_text(report: &Report) -> String {
                             .map_or("-".to_string(), age),
                         d.delivered_lines.to_string(),
                         when(d.last_success_unix, now),
+                        d.gateway.clone(),
                         d.enabled_by.join(","),
                     ]
                 })
@@ -433,12 +483,17 @@ pub fn render_text(report: &Report) -> String {
                     "OLDEST",
                     "DELIVERED",
                     "LAST SUCCESS",
+                    "GATEWAY",
                     "SWITCHED ON BY",
                 ],
                 &rows,
             );
             for d in &agent.destinations {
-                let _ = writeln!(out, "\n  {} (cred id {}):", d.destination, d.cred_id);
+                let _ = writeln!(
+                    out,
+                    "\n  {} (cred id {}, on gateway {}):",
+                    d.destination, d.cred_id, d.gateway
+                );
                 match &d.location {
                     Some(location) => {
                         let _ = writeln!(out, "    where to look: {}", location.summary);
@@ -525,6 +580,7 @@ mod tests {
                     last_seen_unix: 999_990,
                     shim_dropped_total: 4,
                     shim_redacted_total: [("OPENAI_API_KEY".to_string(), 2)].into(),
+                    gateway: "10.0.0.1:50051".into(),
                 }],
                 destinations: vec![DestinationStatus {
                     destination: "datadog".into(),
@@ -544,6 +600,7 @@ mod tests {
                     dropped_lines: 0,
                     last_success_unix: None,
                     note: None,
+                    gateway: "10.0.0.1:50051".into(),
                 }],
             }],
             refused_streams: vec![RefusedStreams {
@@ -551,6 +608,8 @@ mod tests {
                 count: 7,
                 last_unix: 999_995,
             }],
+            gateways: vec!["10.0.0.1:50051".into()],
+            missing_gateways: Vec::new(),
         }
     }
 

@@ -47,6 +47,21 @@ pub fn render(report: &Report, refresh_seconds: u32) -> String {
          <span class=\"failing\">&nbsp;failing&nbsp;</span></p>",
         escape(&when(Some(now), now))
     );
+    if report.gateways.len() > 1 || !report.missing_gateways.is_empty() {
+        let _ = write!(
+            html,
+            "<p>gateways: {}</p>",
+            escape(&report.gateways.join(", "))
+        );
+    }
+    for missing in &report.missing_gateways {
+        let _ = write!(
+            html,
+            "<p class=\"failing missing\">missing gateway {}: {}; its replicas and destinations are not on this page</p>",
+            escape(&missing.gateway),
+            escape(&missing.reason)
+        );
+    }
     if report.agents.is_empty() {
         html.push_str("<p>No agents: no shim has connected to this gateway since it started, and no route is queued.</p>");
     }
@@ -75,13 +90,13 @@ pub fn render(report: &Report, refresh_seconds: u32) -> String {
         } else {
             html.push_str(
                 "<table><tr><th>destination</th><th>state</th><th>switched on by</th><th>where to look</th>\
-                 <th>queued</th><th>oldest undelivered</th><th>delivered</th><th>last success</th><th>last error</th></tr>",
+                 <th>queued</th><th>oldest undelivered</th><th>delivered</th><th>last success</th><th>last error</th><th>gateway</th></tr>",
             );
             for d in &agent.destinations {
                 let _ = write!(
                     html,
                     "<tr><td>{}<br><span class=\"muted\">cred id {}</span></td><td class=\"state {}\">{}</td><td>{}</td><td>{}</td>\
-                     <td>{} lines<br>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"err\">{}{}</td></tr>",
+                     <td>{} lines<br>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"err\">{}{}</td><td>{}</td></tr>",
                     escape(&d.destination),
                     escape(&d.cred_id),
                     d.health.name(),
@@ -102,6 +117,7 @@ pub fn render(report: &Report, refresh_seconds: u32) -> String {
                         .as_deref()
                         .map(|n| format!("\n{}", escape(n)))
                         .unwrap_or_default(),
+                    escape(&d.gateway),
                 );
             }
             html.push_str("</table>");
@@ -112,7 +128,7 @@ pub fn render(report: &Report, refresh_seconds: u32) -> String {
         } else {
             html.push_str(
                 "<table><tr><th>agent-server</th><th>connected</th><th>last seen</th><th>shim dropped</th>\
-                 <th>secrets masked by the shim</th></tr>",
+                 <th>secrets masked by the shim</th><th>gateway</th></tr>",
             );
             for r in &agent.replicas {
                 let (class, connected) = if r.connected_streams > 0 {
@@ -129,12 +145,13 @@ pub fn render(report: &Report, refresh_seconds: u32) -> String {
                 let _ = write!(
                     html,
                     "<tr><td>{}</td><td class=\"{class}\">{connected}</td><td>{}</td><td class=\"{}\">{}</td>\
-                     <td>{}</td></tr>",
+                     <td>{}</td><td>{}</td></tr>",
                     escape(&r.agent_server_id),
                     escape(&when(Some(r.last_seen_unix), now)),
                     if r.shim_dropped_total > 0 { "failing" } else { "" },
                     r.shim_dropped_total,
-                    if masked.is_empty() { "-".to_string() } else { masked.join(", ") }
+                    if masked.is_empty() { "-".to_string() } else { masked.join(", ") },
+                    escape(&r.gateway)
                 );
             }
             html.push_str("</table>");
@@ -177,14 +194,21 @@ mod tests {
                     dropped_lines: 0,
                     last_success_unix: None,
                     note: None,
+                    gateway: "10.0.0.1:50051".into(),
                 }],
             }],
             refused_streams: vec![],
+            gateways: vec!["10.0.0.1:50051".into()],
+            missing_gateways: vec![MissingGateway {
+                gateway: "<peer>".into(),
+                reason: "no answer within 2s".into(),
+            }],
         };
         let html = render(&report, 10);
         assert!(!html.contains("<script>"), "{html}");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("class=\"state retrying\">retrying"));
+        assert!(html.contains("missing gateway &lt;peer&gt;: no answer within 2s"));
     }
 
     #[test]
@@ -200,6 +224,8 @@ mod tests {
                 destinations: vec![],
             }],
             refused_streams: vec![],
+            gateways: vec!["gw-1".into()],
+            missing_gateways: vec![],
         };
         masked.agents[0].replicas = vec![crate::ingest::replicas::ReplicaInfo {
             agent_server_id: "replica-1".into(),
@@ -207,10 +233,11 @@ mod tests {
             last_seen_unix: 100,
             shim_dropped_total: 0,
             shim_redacted_total: [("OPENAI_API_KEY".to_string(), 2), ("<b>".to_string(), 1)].into(),
+            gateway: "gw-1".into(),
         }];
         let page = render(&masked, 10);
         assert!(
-            page.contains("<td>&lt;b&gt; 1, OPENAI_API_KEY 2</td></tr>"),
+            page.contains("<td>&lt;b&gt; 1, OPENAI_API_KEY 2</td><td>gw-1</td></tr>"),
             "{page}"
         );
     }
