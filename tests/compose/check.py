@@ -13,7 +13,7 @@ What `verify` proves, and why it can:
 
 * What was produced is known exactly: the demo agent writes every line it
   prints into a ledger (DIR/ledger/<host>-<boot>.jsonl), after printing it.
-* No agent container is ever killed: gateway-1 is SIGKILLed, one replica is
+* No agent container is ever killed: a gateway is SIGKILLed, one replica is
   cut from the network for 30 s, and agents crash by exiting (the shim then
   drains with a 60 s timeout, longer than any outage). The shim keeps every
   unacked line, the gateway acks only what is on disk. So every ledger line
@@ -26,14 +26,16 @@ What `verify` proves, and why it can:
   check accounts for them); a line never written is "unexpected" (a fault).
 * Independently of the ledger, every record's first line carries
   `seq=N boot=B`: per (host, boot) the received seqs must be 1..max.
-* gateway-1's backlog: while every vendor refuses (the intake answers 503,
-  moto is cut off the network), gateway-1 is scraped and killed. Its
+* The killed gateway's backlog: the shims spread over the gateways by
+  rendezvous hashing, and the gateway serving the most replicas is the one
+  killed (`victim` in run.json). While every vendor refuses (the intake
+  answers 503, moto is cut off the network), it is scraped and killed. Its
   acked-minus-delivered lines had only one copy, on its disk (acked lines
   leave the shims' buffers). At least that many lines read before the kill
-  must arrive after gateway-1's restart, and the restarted gateway-1's own
-  counter must reach that number.
-* Failover: a replica's lines written while gateway-1 was down that arrived
-  before it came back can only have gone through gateway-2.
+  must arrive after its restart, and the restarted gateway's own counter
+  must reach that number.
+* Failover: a replica's lines written while that gateway was down that
+  arrived before it came back can only have gone through the other one.
 """
 
 import json
@@ -349,24 +351,24 @@ def verify_vendor(v, vendor, received, accepted, ledger, run, metrics, figures):
             + (" (no agent crashed during the run: lower DEMO_LIFETIME)" if not expected else "")
             + (f"; per host seen {dict(crashes_seen)} written {dict(expected)}" if crashes_seen != expected else ""))
 
-    _check_window(v, vendor, "lines written while gateway-1 was down arrived",
+    _check_window(v, vendor, "lines written while the killed gateway was down arrived",
                   ledger, received, None, run["t_kill_ms"], run["t_gw1_started_ms"], None)
     _check_failover(v, vendor, ledger, received, run)
     _check_window(v, vendor, "lines the cut-off replica wrote while disconnected arrived after the reconnection",
                   ledger, received, run["disconnected_host"], run["t_disconnected_ms"],
                   run["t_reconnect_ms"], run["t_reconnect_ms"])
 
-    # The backlog had its only copy on gateway-1's disk, so it can only have
-    # arrived after gateway-1 came back.
+    # The backlog had its only copy on the killed gateway's disk, so it can
+    # only have arrived after that gateway came back.
     backlog = run["gateway1_backlog"].get(vendor, 0)
-    after = prom_sum(metrics.get("gateway-1.final") or "", "logdrain_delivered_lines_total", destination=vendor)
+    after = prom_sum(metrics.get("victim.final") or "", "logdrain_delivered_lines_total", destination=vendor)
     late = sum(1 for r in received if isinstance(r.timestamp, int) and r.timestamp < run["t_kill_ms"]
                and r.arrived is not None and r.arrived >= run["t_gw1_started_ms"])
-    v.check(f"{vendor}: gateway-1 delivered its disk backlog after the restart",
+    v.check(f"{vendor}: the killed gateway ({run.get('victim')}) delivered its disk backlog after the restart",
             backlog > 0 and late >= backlog and after >= backlog,
-            f"{backlog:.0f} lines acked but not delivered when gateway-1 was killed; "
+            f"{backlog:.0f} lines acked but not delivered when it was killed; "
             f"{late} lines read before the kill arrived after its restart; "
-            f"the restarted gateway-1 counts {after:.0f} delivered"
+            f"the restarted gateway counts {after:.0f} delivered"
             + ("" if backlog > 0 else " (no backlog was built: the test could not show it)"))
 
     total = delivered_by_gateways(metrics, vendor)
@@ -393,8 +395,8 @@ def _describe_lost(lost, ledger):
 
 
 def _check_failover(v, vendor, ledger, received, run):
-    """Each replica's records written while gateway-1 was down, and arrived
-    before it came back, can only have gone through gateway-2."""
+    """Each replica's records written while the killed gateway was down, and
+    arrived before it came back, can only have gone through the other one."""
     start, end = run["t_kill_ms"], run["t_gw1_started_ms"]
     first_arrival = {}
     for r in received:
@@ -406,8 +408,8 @@ def _check_failover(v, vendor, ledger, received, run):
         through = [k for k in written if first_arrival.get(k, end) < end]
         per_host[host] = (len(through), len(written))
     ok = all(through > 0 for through, _ in per_host.values())
-    v.check(f"{vendor}: every replica failed over to gateway-2 while gateway-1 was down", ok,
-            "records written during the outage that arrived before gateway-1 came back, per replica: "
+    v.check(f"{vendor}: every replica delivered while {run.get('victim')} was down", ok,
+            "records written during the outage that arrived before it came back, per replica: "
             + ", ".join(f"{h} {t} of {w}" for h, (t, w) in sorted(per_host.items())))
 
 
@@ -454,7 +456,7 @@ def verify(directory):
     agent_id = run["agent_id"]
     ledger = Ledger(os.path.join(directory, "ledger"))
     metrics = {name: read_text(os.path.join(directory, "metrics", f"{name}.prom"))
-               for name in ("gateway-1.before-kill", "gateway-1.final", "gateway-2.final")}
+               for name in ("victim.before-kill", "victim.final", "survivor.final")}
     stats, _ = read_json(os.path.join(directory, "intake", "stats.json"))
     requests, _ = read_json(os.path.join(directory, "intake", "requests.json"))
     arrivals = intake_arrivals(requests if isinstance(requests, list) else [])
@@ -468,8 +470,8 @@ def verify(directory):
             f"hosts {sorted(ledger.hosts)}")
     v.check("every demo agent run ended (stopped or crashed) before counting", not ledger.unfinished,
             "all ledgers closed" if not ledger.unfinished else f"still open: {examples(ledger.unfinished)}")
-    print(f"gateway-2 held {run.get('gateway2_streams_during_outage')} shim streams when scraped during "
-          f"gateway-1's outage (a replica whose agent just crashed may be between two streams)")
+    print(f"{run.get('survivor')} held {run.get('gateway2_streams_during_outage')} shim streams when scraped during "
+          f"{run.get('victim')}'s outage (a replica whose agent just crashed may be between two streams)")
     v.check("the cut-off replica really was cut off",
             run.get("disconnected_host") in run["replica_hosts"],
             f"replica {run.get('disconnected_host')} disconnected for "

@@ -5,10 +5,10 @@
 #  1. builds what is missing (base image, release binaries, images) and brings
 #     the fleet up;
 #  2. lets it run, then makes every vendor refuse (the intake answers 503,
-#     moto is cut off the network) so that gateway-1, which all shims use
-#     first, holds a backlog on disk;
-#  3. SIGKILLs gateway-1: the shims fail over to gateway-2; clears the fault;
-#     starts gateway-1 again, which must deliver its backlog;
+#     moto is cut off the network) so that the gateway serving the most
+#     replicas (the shims spread by rendezvous hashing) holds a backlog on disk;
+#  3. SIGKILLs that gateway: its shims fail over to the other; clears the
+#     fault; starts it again, which must deliver its backlog;
 #  4. cuts one agent replica off the network for 30 s, then reconnects it:
 #     what it wrote meanwhile must arrive after the reconnection;
 #  5. stops the agents (SIGTERM: the demo agents exit 0, the shims drain),
@@ -30,8 +30,8 @@
 #                         images, as `docker compose up` does
 #   E2E_OUT               directory for the collected data (default: a new temp dir)
 #   E2E_WARMUP_S          seconds of normal running before the failover (20)
-#   E2E_FAULT_S           seconds the vendors refuse before gateway-1 is killed (6)
-#   E2E_OUTAGE_S          seconds gateway-1 stays down after the fault is cleared (20)
+#   E2E_FAULT_S           seconds the vendors refuse before a gateway is killed (6)
+#   E2E_OUTAGE_S          seconds the killed gateway stays down after the fault is cleared (20)
 #   E2E_DISCONNECT_S      seconds the replica is cut off (30)
 #   DEMO_RECORDS_PER_SECOND, DEMO_LIFETIME   passed to the demo agents (10, 20-50)
 #   COMPOSE_PROJECT_NAME  (default logdrain-e2e, so a running fleet is left alone)
@@ -197,11 +197,20 @@ until [ "$(intake GET '/_intake/datadog/entries' | check hosts host)" = 3 ]; do
 done
 log "Datadog stand-in receives from all 3 replicas"
 
-# ---- 2./3. backlog on gateway-1, kill it, fail over, bring it back ----
+# ---- 2./3. backlog on one gateway, kill it, fail over, bring it back ----
 log "running normally for ${WARMUP_S} s"
 sleep "$WARMUP_S"
+# Each shim ranks the gateways by its agent-server id (rendezvous hashing), so
+# which gateway serves which replica differs from run to run: the one serving
+# the most replicas (gateway-1 on a tie) is the one killed.
+fresh_scrape gateway-1 "$(now_ms)" "$OUT/metrics/gateway-1.warm.prom"
+fresh_scrape gateway-2 "$(now_ms)" "$OUT/metrics/gateway-2.warm.prom"
+G1_WARM=$(metric "$OUT/metrics/gateway-1.warm.prom" logdrain_active_streams)
+G2_WARM=$(metric "$OUT/metrics/gateway-2.warm.prom" logdrain_active_streams)
+if [ "$G2_WARM" -gt "$G1_WARM" ]; then VICTIM=gateway-2 SURVIVOR=gateway-1; else VICTIM=gateway-1 SURVIVOR=gateway-2; fi
+log "shim streams: gateway-1 $G1_WARM, gateway-2 $G2_WARM; $VICTIM is the one killed"
 # Every vendor refuses: the intake answers 503, and moto (which cannot be
-# told to fail) is cut off the network. gateway-1 keeps acking to disk.
+# told to fail) is cut off the network. $VICTIM keeps acking to disk.
 CW=$(container_of cloudwatch)
 NET=$(docker inspect -f '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{"\n"}}{{end}}' "$CW" | head -n 1)
 T_FAULT=$(now_ms)
@@ -209,28 +218,28 @@ intake POST /_intake/faults '{"status":503}' >/dev/null || die "cannot inject a 
 docker network disconnect "$NET" "$CW" || die "cannot disconnect the cloudwatch stand-in from $NET"
 log "the intake answers 503 and moto is unreachable; waiting ${FAULT_S} s for a backlog"
 sleep "$FAULT_S"
-fresh_scrape gateway-1 "$(now_ms)" "$OUT/metrics/gateway-1.before-kill.prom"
+fresh_scrape "$VICTIM" "$(now_ms)" "$OUT/metrics/victim.before-kill.prom"
 T_KILL=$(now_ms)
-dc kill gateway-1 >/dev/null 2>&1 || die "cannot kill gateway-1"
-log "gateway-1 killed (SIGKILL)"
+dc kill "$VICTIM" >/dev/null 2>&1 || die "cannot kill $VICTIM"
+log "$VICTIM killed (SIGKILL)"
 sleep 2
-state=$(docker inspect -f '{{.State.Status}}' "$(container_of gateway-1)")
-[ "$state" != running ] || die "gateway-1 is running again right after the kill: its restart policy restarted it"
+state=$(docker inspect -f '{{.State.Status}}' "$(container_of "$VICTIM")")
+[ "$state" != running ] || die "$VICTIM is running again right after the kill: its restart policy restarted it"
 sleep 3
 intake DELETE /_intake/faults >/dev/null || die "cannot clear the fault at the intake"
 docker network connect --alias cloudwatch "$NET" "$CW" || die "cannot reconnect the cloudwatch stand-in to $NET"
-log "vendors reachable again; gateway-1 stays down for ${OUTAGE_S} s"
+log "vendors reachable again; $VICTIM stays down for ${OUTAGE_S} s"
 sleep "$OUTAGE_S"
-fresh_scrape gateway-2 "$(now_ms)" "$OUT/metrics/gateway-2.during-outage.prom"
-G2_STREAMS=$(metric "$OUT/metrics/gateway-2.during-outage.prom" logdrain_active_streams)
-log "gateway-2 holds $G2_STREAMS shim streams"
+fresh_scrape "$SURVIVOR" "$(now_ms)" "$OUT/metrics/survivor.during-outage.prom"
+G2_STREAMS=$(metric "$OUT/metrics/survivor.during-outage.prom" logdrain_active_streams)
+log "$SURVIVOR holds $G2_STREAMS shim streams"
 T_GW1_START=$(now_ms)
-dc start gateway-1 >/dev/null 2>&1 || die "cannot start gateway-1 again"
-wait_healthy gateway-1 60
-log "gateway-1 back and healthy"
+dc start "$VICTIM" >/dev/null 2>&1 || die "cannot start $VICTIM again"
+wait_healthy "$VICTIM" 60
+log "$VICTIM back and healthy"
 
-BEFORE=$OUT/metrics/gateway-1.before-kill.prom
-# Acked lines have left the shims' buffers: their only copy is on gateway-1's disk.
+BEFORE=$OUT/metrics/victim.before-kill.prom
+# Acked lines have left the shims' buffers: their only copy is on $VICTIM's disk.
 acked=$(metric "$BEFORE" logdrain_acked_lines_total agent="$AGENT_ID")
 backlog_json=""
 declare -A BACKLOG
@@ -239,17 +248,17 @@ for vendor in "${VENDORS[@]}"; do
     BACKLOG[$vendor]=$((acked - delivered))
     backlog_json+="${backlog_json:+, }\"$vendor\": ${BACKLOG[$vendor]}"
 done
-log "gateway-1's backlog at the kill (acked minus delivered): { $backlog_json }"
+log "$VICTIM's backlog at the kill (acked minus delivered): { $backlog_json }"
 deadline=$((SECONDS + 90))
 while :; do
-    fresh_scrape gateway-1 "$(now_ms)" "$OUT/metrics/gateway-1.after-restart.prom"
-    done_lines=$(metric "$OUT/metrics/gateway-1.after-restart.prom" logdrain_delivered_lines_total destination=datadog)
+    fresh_scrape "$VICTIM" "$(now_ms)" "$OUT/metrics/victim.after-restart.prom"
+    done_lines=$(metric "$OUT/metrics/victim.after-restart.prom" logdrain_delivered_lines_total destination=datadog)
     if [ "$done_lines" -ge "${BACKLOG[datadog]}" ]; then
-        log "the restarted gateway-1 delivered $done_lines Datadog lines (backlog ${BACKLOG[datadog]})"
+        log "the restarted $VICTIM delivered $done_lines Datadog lines (backlog ${BACKLOG[datadog]})"
         break
     fi
     if [ "$SECONDS" -ge "$deadline" ]; then
-        log "the restarted gateway-1 delivered only $done_lines of its ${BACKLOG[datadog]} Datadog backlog in 90 s"
+        log "the restarted $VICTIM delivered only $done_lines of its ${BACKLOG[datadog]} Datadog backlog in 90 s"
         break
     fi
 done
@@ -310,8 +319,8 @@ while :; do
 done
 log "settled: $counts"
 T_SETTLED=$(now_ms)
-fresh_scrape gateway-1 "$T_SETTLED" "$OUT/metrics/gateway-1.final.prom"
-fresh_scrape gateway-2 "$T_SETTLED" "$OUT/metrics/gateway-2.final.prom"
+fresh_scrape "$VICTIM" "$T_SETTLED" "$OUT/metrics/victim.final.prom"
+fresh_scrape "$SURVIVOR" "$T_SETTLED" "$OUT/metrics/survivor.final.prom"
 
 # ---- 6. collect and judge ----
 intake GET /_intake/stats >"$OUT/intake/stats.json"
@@ -331,6 +340,8 @@ cat >"$OUT/run.json" <<EOF
   "agent_id": "$AGENT_ID",
   "replica_hosts": [${hosts_json%, }],
   "t_fault_ms": $T_FAULT,
+  "victim": "$VICTIM",
+  "survivor": "$SURVIVOR",
   "t_kill_ms": $T_KILL,
   "t_gw1_started_ms": $T_GW1_START,
   "gateway1_backlog": { $backlog_json },
