@@ -53,7 +53,7 @@ async fn a_wrong_token_is_refused_and_nothing_is_queued() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_refused_id_is_said_once_never_retried_and_counted_by_reason_in_status_and_metrics() {
+async fn a_refused_token_is_said_once_never_retried_and_counted_by_reason_in_status_and_metrics() {
     const ADMIN_TOKEN: &str = "admin-token-for-auth-tests-0123456";
     let intake = intake().await;
     let dir = tempfile::tempdir().unwrap();
@@ -68,11 +68,13 @@ async fn a_refused_id_is_said_once_never_retried_and_counted_by_reason_in_status
     let fifo = dir.path().join("release");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status();
     assert!(made.unwrap().success());
-    let secret_token = token("agent-ok");
+    // Another agent's token: the shim cannot tell, the gateway refuses it.
+    // (An id the gateway would refuse never gets this far: the shim checks
+    // it at start with the same rule.)
+    let secret_token = token("agent-other");
     let mut shim = ShimBuilder::new(&gateway.url(), "agent-ok", "replica-1")
         .env("DATADOG_TOKEN", DD_KEY)
-        // The shim takes it; the gateway's id rules refuse it.
-        .env("LOGDRAIN_AGENT_ID", "agent/one")
+        .env("LOGDRAIN_TOKEN", &secret_token)
         .spawn_sh(&format!(
             "echo started; read _ < '{}'; echo still-running",
             fifo.display()
@@ -92,19 +94,19 @@ async fn a_refused_id_is_said_once_never_retried_and_counted_by_reason_in_status
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("no refusal on the shim's stderr: {stderr:?}"));
         stderr.push(line.clone());
-        if line.contains("INVALID_ARGUMENT") {
+        if line.contains("UNAUTHENTICATED") {
             break line;
         }
     };
     assert!(
-        refusal.contains("agent id") && refusal.contains("--agent-id"),
+        refusal.contains("logdrain-gateway token --agent-id"),
         "the cause and the fix: {refusal}"
     );
     let refused = |metrics: &str| {
         metric_value(
             metrics,
             "logdrain_refused_streams_total",
-            &[("reason", "invalid_argument")],
+            &[("reason", "unauthenticated")],
         )
     };
     assert_eq!(refused(&gateway.metrics().await), 1.0);
@@ -124,7 +126,7 @@ async fn a_refused_id_is_said_once_never_retried_and_counted_by_reason_in_status
     assert!(
         by_reason
             .iter()
-            .any(|r| r["reason"] == "invalid_argument" && r["count"] == 1),
+            .any(|r| r["reason"] == "unauthenticated" && r["count"] == 1),
         "{status}"
     );
 
@@ -137,7 +139,7 @@ async fn a_refused_id_is_said_once_never_retried_and_counted_by_reason_in_status
         "started\nstill-running\n",
         "the agent ran on"
     );
-    let said_refusal = stderr.iter().filter(|l| l.contains("INVALID_ARGUMENT"));
+    let said_refusal = stderr.iter().filter(|l| l.contains("UNAUTHENTICATED"));
     assert_eq!(said_refusal.count(), 1, "said once: {stderr:#?}");
     assert!(
         !stderr.iter().any(|l| l.contains(&secret_token)),

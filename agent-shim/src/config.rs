@@ -308,12 +308,9 @@ pub enum ConfigError {
     #[error("no command given: run `agent-shim [OPTIONS] -- COMMAND [ARGS...]`, or pass --check to only check the configuration")]
     MissingCommand,
     /// An id the gateway would refuse: the message names the rule.
-    #[error("invalid {option}: {source}")]
-    BadId {
-        option: &'static str,
-        #[source]
-        source: IdError,
-    },
+    /// (The rule is in the message, so it is not repeated as a source.)
+    #[error("invalid {option}: {rule}")]
+    BadId { option: &'static str, rule: IdError },
     #[error("cannot read the host name for the default agent-server id ({0}); pass --agent-server-id ID or set LOGDRAIN_AGENT_SERVER_ID")]
     Hostname(#[source] std::io::Error),
     #[error("--max-line-bytes {value} is out of range: use a size between {MIN_LINE_BYTES} and {MAX_LINE_BYTES_LIMIT} bytes (4MiB)")]
@@ -431,9 +428,9 @@ impl Config {
             Some(id) if !id.trim().is_empty() => id,
             _ => return Err(ConfigError::MissingAgentId),
         };
-        ids::check_agent_id(&agent_id).map_err(|source| ConfigError::BadId {
+        ids::check_agent_id(&agent_id).map_err(|rule| ConfigError::BadId {
             option: "--agent-id / LOGDRAIN_AGENT_ID",
-            source,
+            rule,
         })?;
         let (agent_server_id, option) = match self.agent_server_id {
             Some(id) => (id, "--agent-server-id / LOGDRAIN_AGENT_SERVER_ID"),
@@ -443,7 +440,7 @@ impl Config {
             ),
         };
         ids::check_agent_server_id(&agent_server_id)
-            .map_err(|source| ConfigError::BadId { option, source })?;
+            .map_err(|rule| ConfigError::BadId { option, rule })?;
         if !(MIN_LINE_BYTES..=MAX_LINE_BYTES_LIMIT).contains(&self.max_line_bytes) {
             return Err(ConfigError::MaxLineBytes {
                 value: self.max_line_bytes,
