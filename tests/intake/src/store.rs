@@ -237,8 +237,8 @@ pub(crate) enum Outcome {
         status: u16,
         entries: Vec<(Value, bool)>,
     },
-    /// Accepted while the store keeps no entries ([`Store::keeps_entries`]):
-    /// only what the counters need of each entry, read while checking it.
+    /// Counted by the counting intake: only what the counters need of each
+    /// entry.
     Counted { status: u16, lines: Vec<Line> },
     /// Rejected after checking the request.
     Rejected { status: u16, reason: String },
@@ -333,13 +333,6 @@ impl Store {
             }
         }
         Some(taken)
-    }
-
-    /// Whether accepted entries are kept at all (`max_recorded_entries` is
-    /// not 0). When not, vendor modules need not build entries: they hand
-    /// over [`Outcome::Counted`].
-    pub fn keeps_entries(&self) -> bool {
-        self.lock().max_entries > 0
     }
 
     /// Records one answered request and wakes waiters.
@@ -555,8 +548,6 @@ mod tests {
             max_recorded_entries: 0,
             ..IntakeConfig::default()
         });
-        assert!(!store.keeps_entries());
-        assert!(self::store().keeps_entries());
         let mut arrived = pending();
         arrived.arrived_unix_ms = 1_714_564_810_000;
         let line = |time_ms, oversized| Line { time_ms, oversized };
