@@ -47,7 +47,7 @@ async fn main() {
     let lines = env_usize("LOGDRAIN_BENCH_LINES", 1_000_000);
     let replicas = env_usize("LOGDRAIN_BENCH_REPLICAS", 1);
     let mut config = IntakeConfig::with_datadog_keys([DD_KEY]);
-    config.max_recorded_entries = 0;
+    config.count_only = true;
     config.max_recorded_requests = 0;
     let intake = Intake::start(config).await.expect("start intake");
     let dir = tempfile::tempdir().expect("temp dir");

@@ -152,11 +152,11 @@ watch_hwm() {
     done
 }
 
-# Intake: counts and times lines, keeps none.
+# Intake: the counting intake counts and times lines, checks and keeps none.
 intake_port=$(free_port)
 intake=http://127.0.0.1:$intake_port
 INTAKE_LISTEN=127.0.0.1:$intake_port INTAKE_DATADOG_KEYS=$dd_key INTAKE_SENTRY_KEYS=$sentry_key \
-    INTAKE_NEWRELIC_KEYS=$nr_key INTAKE_MAX_ENTRIES=0 RUST_LOG=warn \
+    INTAKE_NEWRELIC_KEYS=$nr_key INTAKE_COUNT_ONLY=true RUST_LOG=warn \
     "$bin/logdrain-test-intake" >"$out/intake.log" 2>&1 &
 intake_pid=$!
 pids+=("$intake_pid")

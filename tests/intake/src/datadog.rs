@@ -28,15 +28,8 @@
 //! `timestamp`, when present, must be integer milliseconds between the years
 //! 2000 and 2100 (seconds or nanoseconds would be placed at the wrong time).
 //!
-//! The payload is read into a tree that borrows from the body (`json`);
-//! entries become `serde_json::Value`s only when the store keeps entries,
-//! otherwise only each entry's time and `oversized` mark are handed on, and
-//! a payload that plainly passes is read without building anything (`scan`).
-//!
 //! This module must not keep state of its own: recording and faults live in
 //! the shared store.
-
-use std::fmt;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -44,14 +37,11 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{json, Value};
 
 use crate::body::{self, BodyError};
-use crate::handler::{self, reject, Accepted, Entries, Rejection};
-use crate::json::Tree;
-use crate::scan;
-use crate::store::{AuthForm, Line, Pending, Store};
+use crate::handler::{self, json_kind, json_len, reject, Accepted, Entries, Rejection};
+use crate::store::{AuthForm, Pending, Store};
 use crate::Vendor;
 
 /// The logs intake path.
@@ -230,11 +220,7 @@ async fn check(
     })?;
     pending.decoded_bytes = Some(decoded.len());
 
-    if store.keeps_entries() {
-        parse_payload(&decoded, limits).map(Entries::Kept)
-    } else {
-        count_payload(&decoded, limits).map(Entries::Counted)
-    }
+    parse_payload(&decoded, limits).map(Entries::Kept)
 }
 
 /// The credential and where it was: the header wins over the query.
@@ -302,134 +288,21 @@ fn check_headers(headers: &HeaderMap) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Checks the uncompressed payload and returns its entries with their
-/// `oversized` mark.
-fn parse_payload(decoded: &[u8], limits: &DatadogLimits) -> Result<Vec<(Value, bool)>, Rejection> {
-    let (entries, lines) = check_payload(decoded, limits)?;
-    Ok(entries
-        .into_iter()
-        .zip(lines)
-        .map(|(entry, line)| (entry.into_value(), line.oversized))
-        .collect())
-}
-
-/// Checks the uncompressed payload like [`parse_payload`], and returns
-/// only what the counters need of each entry.
-fn count_payload(decoded: &[u8], limits: &DatadogLimits) -> Result<Vec<Line>, Rejection> {
-    match scan::read(decoded, PlainPayload(limits)) {
-        Some(lines) => Ok(lines),
-        None => check_payload(decoded, limits).map(|(_, lines)| lines),
-    }
-}
-
-/// The fast path of [`count_payload`] (see `scan`): a payload that plainly
-/// passes the checks, an array of at most `max_entries` objects, each with
-/// one string `message`, at most one `timestamp` (integer milliseconds of
-/// the years 2000 to 2100) and a length bound within `max_entry_bytes`.
-/// Gives up on anything else.
-struct PlainPayload<'l>(&'l DatadogLimits);
-
-impl<'de> DeserializeSeed<'de> for PlainPayload<'_> {
-    type Value = Vec<Line>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Line>, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for PlainPayload<'_> {
-    type Value = Vec<Line>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of log objects")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Line>, A::Error> {
-        let mut lines = Vec::new();
-        while let Some(line) = seq.next_element_seed(PlainEntry(self.0))? {
-            if lines.len() == self.0.max_entries {
-                return Err(scan::give_up());
-            }
-            lines.push(line);
-        }
-        Ok(lines)
-    }
-}
-
-/// One entry of a [`PlainPayload`].
-struct PlainEntry<'l>(&'l DatadogLimits);
-
-impl<'de> DeserializeSeed<'de> for PlainEntry<'_> {
-    type Value = Line;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Line, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for PlainEntry<'_> {
-    type Value = Line;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a log object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Line, A::Error> {
-        const FIELDS: &[&str] = &["message", "timestamp"];
-        let mut message = false;
-        let mut time_ms = None;
-        let mut bound: usize = 2;
-        while let Some((field, key_bound)) = map.next_key_seed(scan::Key(FIELDS))? {
-            let value_bound = match field {
-                Some(0) if !message => {
-                    message = true;
-                    map.next_value_seed(scan::Str(|_: &str| true))?
-                }
-                Some(1) if time_ms.is_none() => {
-                    let ms = map.next_value_seed(scan::Int)?;
-                    if !(MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms) {
-                        return Err(scan::give_up());
-                    }
-                    time_ms = Some(ms);
-                    scan::NUMBER_BOUND
-                }
-                Some(_) => return Err(scan::give_up()), // a repeated field
-                None => map.next_value_seed(scan::Any)?.1,
-            };
-            bound = bound
-                .saturating_add(key_bound)
-                .saturating_add(value_bound)
-                .saturating_add(2);
-        }
-        if !message || bound > self.0.max_entry_bytes {
-            return Err(scan::give_up());
-        }
-        Ok(Line {
-            time_ms,
-            oversized: false,
-        })
-    }
-}
-
 /// Runs the payload's checks: JSON, an array, the entry count, then each
-/// entry in order. Returns the entries and, for each, its time and
-/// `oversized` mark.
-fn check_payload<'a>(
-    decoded: &'a [u8],
-    limits: &DatadogLimits,
-) -> Result<(Vec<Tree<'a>>, Vec<Line>), Rejection> {
-    let payload = Tree::parse(decoded).map_err(|e| {
+/// entry in order. Returns the entries with their `oversized` mark.
+fn parse_payload(decoded: &[u8], limits: &DatadogLimits) -> Result<Vec<(Value, bool)>, Rejection> {
+    let payload: Value = serde_json::from_slice(decoded).map_err(|e| {
         reject(
             StatusCode::BAD_REQUEST,
             format!("the payload is not JSON: {e}"),
         )
     })?;
-    let Tree::Array(entries) = payload else {
+    let Value::Array(entries) = payload else {
         return Err(reject(
             StatusCode::BAD_REQUEST,
             format!(
                 "the payload is a JSON {}: send an array of log objects",
-                payload.kind()
+                json_kind(&payload)
             ),
         ));
     };
@@ -443,40 +316,39 @@ fn check_payload<'a>(
             ),
         ));
     }
-    let lines = entries
-        .iter()
-        .enumerate()
-        .map(|(index, entry)| {
-            Ok(Line {
-                time_ms: check_entry(index, entry)?,
-                oversized: entry.json_len_exceeds(limits.max_entry_bytes),
-            })
+    for (index, entry) in entries.iter().enumerate() {
+        check_entry(index, entry)?;
+    }
+    Ok(entries
+        .into_iter()
+        .map(|entry| {
+            let oversized = json_len(&entry) > limits.max_entry_bytes;
+            (entry, oversized)
         })
-        .collect::<Result<_, Rejection>>()?;
-    Ok((entries, lines))
+        .collect())
 }
 
-/// Checks one entry; returns its `timestamp`, if it has one.
-fn check_entry(index: usize, entry: &Tree<'_>) -> Result<Option<i64>, Rejection> {
+/// Checks one entry.
+fn check_entry(index: usize, entry: &Value) -> Result<(), Rejection> {
     let bad = |what: String| reject(StatusCode::BAD_REQUEST, format!("entry {index}: {what}"));
-    if !matches!(entry, Tree::Object(_)) {
+    if !entry.is_object() {
         return Err(bad(format!(
             "is a JSON {}, expected an object",
-            entry.kind()
+            json_kind(entry)
         )));
     }
     match entry.get("message") {
-        Some(Tree::String(_)) => {}
+        Some(Value::String(_)) => {}
         Some(other) => {
             return Err(bad(format!(
                 "message is a JSON {}, expected a string",
-                other.kind()
+                json_kind(other)
             )))
         }
         None => return Err(bad("has no message".to_string())),
     }
     let Some(timestamp) = entry.get("timestamp") else {
-        return Ok(None);
+        return Ok(());
     };
     let ms = timestamp.as_i64().ok_or_else(|| {
         bad(format!(
@@ -489,7 +361,7 @@ fn check_entry(index: usize, entry: &Tree<'_>) -> Result<Option<i64>, Rejection>
              (seconds or nanoseconds?)"
         )));
     }
-    Ok(Some(ms))
+    Ok(())
 }
 
 /// When the shim read an accepted entry: its `timestamp` (integer
@@ -516,7 +388,6 @@ fn error_response(status: StatusCode, detail: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timing;
 
     fn limits() -> DatadogLimits {
         DatadogLimits::default()
@@ -528,34 +399,6 @@ mod tests {
 
     fn status_of(payload: &str) -> StatusCode {
         parse(payload).unwrap_err().status
-    }
-
-    /// Length of the entry as compact JSON.
-    fn serialized_len(value: &Value) -> usize {
-        value.to_string().len()
-    }
-
-    #[test]
-    fn an_array_of_log_objects_is_accepted() {
-        let entries =
-            parse(r#"[{"message":"a","timestamp":1714564800000},{"message":"b"}]"#).unwrap();
-        assert_eq!(entries.len(), 2);
-        assert!(entries.iter().all(|(_, oversized)| !oversized));
-    }
-
-    #[test]
-    fn payloads_that_are_not_arrays_of_objects_are_bad_requests() {
-        assert_eq!(status_of(r#"{"message":"a"}"#), StatusCode::BAD_REQUEST);
-        assert_eq!(status_of(r#"["a"]"#), StatusCode::BAD_REQUEST);
-        assert_eq!(status_of("not json"), StatusCode::BAD_REQUEST);
-    }
-
-    #[test]
-    fn entries_without_a_string_message_are_bad_requests() {
-        let err = parse(r#"[{"message":"a"},{"msg":"b"}]"#).unwrap_err();
-        assert_eq!(err.status, StatusCode::BAD_REQUEST);
-        assert!(err.reason.contains("entry 1"), "{}", err.reason);
-        assert_eq!(status_of(r#"[{"message":7}]"#), StatusCode::BAD_REQUEST);
     }
 
     #[test]
@@ -581,33 +424,6 @@ mod tests {
     }
 
     #[test]
-    fn too_many_entries_is_payload_too_large() {
-        let at_limit = format!("[{}]", vec![r#"{"message":"a"}"#; 1_000].join(","));
-        assert_eq!(parse(&at_limit).unwrap().len(), 1_000);
-        let over = format!("[{}]", vec![r#"{"message":"a"}"#; 1_001].join(","));
-        assert_eq!(status_of(&over), StatusCode::PAYLOAD_TOO_LARGE);
-    }
-
-    #[test]
-    fn an_entry_over_the_entry_limit_is_accepted_and_marked_oversized() {
-        let small = DatadogLimits {
-            max_entry_bytes: 20,
-            ..limits()
-        };
-        let exactly = r#"{"message":"abcdefg"}"#; // 21 bytes
-        let entries = parse_payload(
-            format!(r#"[{{"message":"a"}},{exactly}]"#).as_bytes(),
-            &small,
-        )
-        .unwrap();
-        assert_eq!(serialized_len(&entries[1].0), 21);
-        assert_eq!(
-            entries.iter().map(|(_, big)| *big).collect::<Vec<_>>(),
-            [false, true]
-        );
-    }
-
-    #[test]
     fn the_header_form_wins_over_the_query_form() {
         let mut headers = HeaderMap::new();
         assert_eq!(
@@ -620,254 +436,6 @@ mod tests {
             Some((AuthForm::Header(API_KEY_HEADER), "apikey".to_string()))
         );
         assert_eq!(credential(&HeaderMap::new(), Some("other=1")), None);
-    }
-
-    /// The checks as they were made on a `serde_json::Value` of the whole
-    /// payload, before entries were read into a borrowed tree: what the
-    /// intake must still answer, to the byte.
-    fn reference(decoded: &[u8], limits: &DatadogLimits) -> Result<Vec<(Value, bool)>, Rejection> {
-        let kind = |value: &Value| match value {
-            Value::Null => "null",
-            Value::Bool(_) => "boolean",
-            Value::Number(_) => "number",
-            Value::String(_) => "string",
-            Value::Array(_) => "array",
-            Value::Object(_) => "object",
-        };
-        let payload: Value = serde_json::from_slice(decoded).map_err(|e| {
-            reject(
-                StatusCode::BAD_REQUEST,
-                format!("the payload is not JSON: {e}"),
-            )
-        })?;
-        let Value::Array(entries) = payload else {
-            return Err(reject(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the payload is a JSON {}: send an array of log objects",
-                    kind(&payload)
-                ),
-            ));
-        };
-        if entries.len() > limits.max_entries {
-            return Err(reject(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "{} entries in one request: send at most {}",
-                    entries.len(),
-                    limits.max_entries
-                ),
-            ));
-        }
-        for (index, entry) in entries.iter().enumerate() {
-            let bad =
-                |what: String| reject(StatusCode::BAD_REQUEST, format!("entry {index}: {what}"));
-            let Value::Object(fields) = entry else {
-                return Err(bad(format!(
-                    "is a JSON {}, expected an object",
-                    kind(entry)
-                )));
-            };
-            match fields.get("message") {
-                Some(Value::String(_)) => {}
-                Some(other) => {
-                    return Err(bad(format!(
-                        "message is a JSON {}, expected a string",
-                        kind(other)
-                    )))
-                }
-                None => return Err(bad("has no message".to_string())),
-            }
-            if let Some(timestamp) = fields.get("timestamp") {
-                let ms = timestamp.as_i64().ok_or_else(|| {
-                    bad(format!(
-                        "timestamp is {timestamp}, expected integer milliseconds since the epoch"
-                    ))
-                })?;
-                if !(MIN_TIMESTAMP_MS..=MAX_TIMESTAMP_MS).contains(&ms) {
-                    return Err(bad(format!(
-                        "timestamp {ms} is not milliseconds between the years 2000 and 2100 \
-                         (seconds or nanoseconds?)"
-                    )));
-                }
-            }
-        }
-        Ok(entries
-            .into_iter()
-            .map(|entry| {
-                let oversized = serialized_len(&entry) > limits.max_entry_bytes;
-                (entry, oversized)
-            })
-            .collect())
-    }
-
-    /// Payloads that pass and fail every check, in every place a check
-    /// can look.
-    fn tricky_payloads() -> Vec<Vec<u8>> {
-        let mut payloads: Vec<Vec<u8>> = [
-            "", "not json", "[", "[1,", "[] x", "{}", "[]", "null", "\"s\"", "7", "[1]", "[\"a\"]",
-            "[null]", "[[]]", "[true]",
-            r#"[{"message":"a"}]"#,
-            r#"[{"message":"a","timestamp":1714564800000}]"#,
-            r#"[{"message":"a","timestamp":1714564800000.0}]"#,
-            r#"[{"message":"a","timestamp":1714564800000.5}]"#,
-            r#"[{"message":"a","timestamp":"1714564800000"}]"#,
-            r#"[{"message":"a","timestamp":1714564800}]"#,
-            r#"[{"message":"a","timestamp":-1}]"#,
-            r#"[{"message":"a","timestamp":18446744073709551615}]"#,
-            r#"[{"message":"a","timestamp":1e13}]"#,
-            r#"[{"message":"a","timestamp":null}]"#,
-            r#"[{"message":"a","timestamp":{"b":1,"a":[2,"x"]}}]"#,
-            r#"[{"message":"a","timestamp":946684800000},{"message":"b","timestamp":4102444800000}]"#,
-            r#"[{"message":"a","timestamp":946684799999}]"#,
-            r#"[{"message":"a","timestamp":4102444800001}]"#,
-            r#"[{"message":7}]"#, r#"[{"message":null}]"#, r#"[{"message":[]}]"#,
-            r#"[{"message":{}}]"#, r#"[{"message":true}]"#, r#"[{"msg":"a"}]"#,
-            r#"[{"message":"a","message":7}]"#, r#"[{"message":7,"message":"a"}]"#,
-            r#"[{"message":"a","timestamp":"x","timestamp":1714564800000}]"#,
-            r#"[{"message":"a","timestamp":1714564800000,"timestamp":"x"}]"#,
-            r#"[{"message":"a\"b\\c\n\u0001é\u00e9\ud83d\ude00"}]"#,
-            r#"[{"mess\u0061ge":"a"}]"#,
-            " [ { \"message\" : \"a\" } , {\"message\":\"b\"} ] ",
-            r#"[{"message":"a"},{"msg":"b"},{"message":7}]"#,
-            r#"[{"msg":"b"},{"message": }]"#,
-            r#"[{"msg":1},{},{},{}]"#,
-            r#"[{"message":"a","n":1e5,"m":-0,"k":1E300,"z":2.50,"big":123456789012345678901234567890}]"#,
-            r#"[{"message":"a","o":{"k":1,"k":"a longer string than one"}}]"#,
-            r#"[{"message":"a","e":{},"l":[],"d":{"x":{"y":{"z":null}}}}]"#,
-        ]
-        .iter()
-        .map(|text| text.as_bytes().to_vec())
-        .collect();
-        payloads.push(b"[{\"message\":\"caf\xe9\"}]".to_vec());
-        payloads.push(b"[{\"message\":\"a\"}]\xff".to_vec());
-        payloads.push(b"[{\"message\":\"a\"},\xff]".to_vec());
-        let deep = |depth: usize| {
-            format!(
-                r#"[{{"message":"a","x":{}{}}}]"#,
-                "[".repeat(depth),
-                "]".repeat(depth)
-            )
-        };
-        payloads.push(deep(125).into_bytes());
-        payloads.push(deep(126).into_bytes());
-        payloads.push(deep(127).into_bytes());
-        for len in 0..60 {
-            payloads.push(format!(r#"[{{"message":"{}"}}]"#, "x".repeat(len)).into_bytes());
-            payloads.push(format!(r#"[{{"message":"{}"}}]"#, "\\n".repeat(len / 2)).into_bytes());
-            payloads
-                .push(format!(r#"[{{"message":"a","n":{}}}]"#, "9".repeat(len + 1)).into_bytes());
-        }
-        payloads
-    }
-
-    #[test]
-    fn every_payload_is_answered_as_the_value_based_checks_answered_it() {
-        let small = DatadogLimits {
-            max_entries: 3,
-            max_entry_bytes: 40,
-            ..limits()
-        };
-        for limits in [limits(), small] {
-            for payload in tricky_payloads() {
-                let text = String::from_utf8_lossy(&payload);
-                let verdict = |r: Result<Vec<(Value, bool)>, Rejection>| {
-                    r.map_err(|rejection| (rejection.status, rejection.reason))
-                };
-                let expected = verdict(reference(&payload, &limits));
-                assert_eq!(
-                    verdict(parse_payload(&payload, &limits)),
-                    expected,
-                    "{text}"
-                );
-                let counted = count_payload(&payload, &limits)
-                    .map_err(|rejection| (rejection.status, rejection.reason));
-                let expected_lines = expected.map(|entries| {
-                    entries
-                        .iter()
-                        .map(|(value, oversized)| Line {
-                            time_ms: entry_time_ms(value),
-                            oversized: *oversized,
-                        })
-                        .collect::<Vec<_>>()
-                });
-                assert_eq!(counted, expected_lines, "{text}");
-            }
-        }
-    }
-
-    #[test]
-    fn the_fast_path_passes_only_what_the_full_checks_pass_with_the_same_lines() {
-        let small = DatadogLimits {
-            max_entries: 3,
-            max_entry_bytes: 40,
-            ..limits()
-        };
-        let mut passed = 0;
-        for limits in [limits(), small] {
-            for payload in tricky_payloads() {
-                if let Some(lines) = scan::read(&payload, PlainPayload(&limits)) {
-                    let full = check_payload(&payload, &limits).map(|(_, lines)| lines);
-                    let text = String::from_utf8_lossy(&payload);
-                    assert_eq!(full.map_err(|r| r.reason), Ok(lines), "{text}");
-                    passed += 1;
-                }
-            }
-        }
-        assert!(passed > 50, "the fast path takes plain payloads ({passed})");
-        let sink = sink_payload(1_000);
-        assert_eq!(
-            scan::read(&sink, PlainPayload(&limits())),
-            Some(count_payload(&sink, &limits()).unwrap())
-        );
-    }
-
-    /// A request body of `lines` lines as the gateway's Datadog sink writes
-    /// them (fields in its order), uncompressed.
-    fn sink_payload(lines: usize) -> Vec<u8> {
-        let entries: Vec<String> = (0..lines)
-            .map(|i| {
-                format!(
-                    r#"{{"host":"replica-1","ddsource":"bench","service":"cloud.livekit.io","stream":"stdout","message":"{}","timestamp":{},"status":"info"}}"#,
-                    timing::line(i),
-                    timing::STAMP_MS + i as i64
-                )
-            })
-            .collect();
-        format!("[{}]", entries.join(",")).into_bytes()
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    #[ignore = "timing harness: run alone, in release mode (see the timing module)"]
-    async fn ns_per_line_of_a_gzipped_1000_line_request() {
-        let body = bytes::Bytes::from(timing::gzip(&sink_payload(timing::LINES)));
-        let mut headers = HeaderMap::new();
-        headers.insert(API_KEY_HEADER, "k".parse().unwrap());
-        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
-        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
-        for (mode, mut config) in [
-            ("counting", timing::counting_config()),
-            ("recording", crate::IntakeConfig::default()),
-        ] {
-            config.datadog.keys = vec!["k".to_string()];
-            let store = Store::new(&config);
-            let mut requests = 0;
-            timing::ns_per_line(&format!("datadog, {mode}"), timing::LINES, || {
-                requests += 1;
-                if requests % 50 == 0 {
-                    store.reset(); // bounds the memory of the recording run
-                }
-                let answer = receive(
-                    State(store.clone()),
-                    Extension(config.datadog.limits.clone()),
-                    RawQuery(None),
-                    headers.clone(),
-                    Body::from(body.clone()),
-                );
-                async move { assert_eq!(answer.await.status(), StatusCode::ACCEPTED) }
-            })
-            .await;
-        }
     }
 
     #[test]

@@ -16,6 +16,23 @@ use serde_json::Value;
 use crate::store::{Line, Outcome, Pending, Store};
 use crate::Vendor;
 
+/// The JSON type's name, for messages.
+pub(crate) fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Length of `value` as compact JSON.
+pub(crate) fn json_len(value: &Value) -> usize {
+    value.to_string().len()
+}
+
 /// Why a request is refused: its status and a reason naming the problem.
 #[derive(Debug)]
 pub(crate) struct Rejection {
@@ -30,14 +47,12 @@ pub(crate) fn reject(status: StatusCode, reason: impl Into<String>) -> Rejection
     }
 }
 
-/// The entries of an accepted request, in the form the store wants
-/// ([`Store::keeps_entries`]).
+/// The entries of an accepted request.
 #[derive(Debug)]
 pub(crate) enum Entries {
-    /// Every entry as (value, oversized), for a store that keeps entries.
+    /// Every entry as (value, oversized), from a fake vendor.
     Kept(Vec<(Value, bool)>),
-    /// Only what the counters need of each entry, for a store that keeps
-    /// none.
+    /// Only what the counters need of each entry, from the counting intake.
     Counted(Vec<Line>),
 }
 

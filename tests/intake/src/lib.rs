@@ -13,20 +13,19 @@
 //! | Sentry | `POST /api/{project_id}/envelope/` | [`sentry`] |
 //! | control | `/_intake/...` | [`control`] |
 //!
-//! For benchmarks, every accepted entry's read → accepted latency (its
-//! timestamp against the request's arrival) goes into a bounded histogram
-//! per vendor ([`latency`]), reported in `GET /_intake/stats` with the time
-//! each vendor last accepted an entry; with `max_recorded_entries` set to 0
-//! the intake only counts and times lines, and builds no entries to do so.
+//! Every accepted entry's read → accepted latency (its timestamp against
+//! the request's arrival) goes into a bounded histogram per vendor
+//! ([`latency`]), reported in `GET /_intake/stats` with the times each
+//! vendor first and last accepted an entry. For benchmarks,
+//! [`IntakeConfig::count_only`] serves the counting intake (`count`) on the
+//! same paths instead of the fake vendors: it counts and times lines and
+//! checks nothing.
 //!
 //! Use it in-process with [`Intake::start`], or as the
 //! `logdrain-test-intake` binary (for `docker compose`), which serves the
 //! same routes. Shared recording lives in [`store`] and fault injection in
-//! [`control`]. Request JSON is read into a tree borrowing from the body
-//! (the private `json` module); when the intake only counts, a request that
-//! plainly passes is first read without building anything (`scan`), and
-//! anything else gets the full checks on the tree. A vendor module only
-//! checks its requests and shapes its answers, so a new vendor is one more
+//! [`control`]. A vendor module only checks its requests (read into
+//! `serde_json::Value`s) and shapes its answers, so a new vendor is one more
 //! module of the same shape.
 //!
 //! This crate must not be used to deliver real logs: it keeps everything in
@@ -35,16 +34,13 @@
 
 mod body;
 pub mod control;
+mod count;
 pub mod datadog;
 mod handler;
-mod json;
 pub mod latency;
 pub mod newrelic;
-mod scan;
 pub mod sentry;
 pub mod store;
-#[cfg(test)]
-mod timing;
 
 use std::future::Future;
 use std::io;
@@ -133,6 +129,9 @@ pub struct IntakeConfig {
     /// Answered requests kept; later ones are counted in
     /// [`Stats::dropped_requests`].
     pub max_recorded_requests: usize,
+    /// Serve the counting intake instead of the fake vendors (benchmarks):
+    /// lines are counted and timed, never checked or kept.
+    pub count_only: bool,
 }
 
 impl Default for IntakeConfig {
@@ -143,6 +142,7 @@ impl Default for IntakeConfig {
             sentry: SentryConfig::default(),
             max_recorded_entries: 10_000_000,
             max_recorded_requests: 1_000_000,
+            count_only: false,
         }
     }
 }
@@ -179,12 +179,15 @@ pub enum IntakeError {
 
 /// The router serving every intake and the control API over `store`.
 fn router(store: Store, config: &IntakeConfig) -> Router {
-    Router::new()
-        .merge(datadog::routes(config.datadog.limits.clone()))
-        .merge(newrelic::routes(config.newrelic.limits.clone()))
-        .merge(sentry::routes(config.sentry.limits.clone()))
-        .merge(control::routes())
-        .with_state(store)
+    let vendors = if config.count_only {
+        count::routes()
+    } else {
+        Router::new()
+            .merge(datadog::routes(config.datadog.limits.clone()))
+            .merge(newrelic::routes(config.newrelic.limits.clone()))
+            .merge(sentry::routes(config.sentry.limits.clone()))
+    };
+    vendors.merge(control::routes()).with_state(store)
 }
 
 /// A running intake server. Dropping it stops the server (gracefully, in

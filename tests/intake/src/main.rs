@@ -46,10 +46,15 @@ struct Args {
     )]
     newrelic_keys: Vec<String>,
 
-    /// Entries kept in memory before further ones are only counted (0 =
-    /// count and time lines only, for benchmarks: see `/_intake/stats`).
+    /// Entries kept in memory before further ones are only counted.
     #[arg(long, env = "INTAKE_MAX_ENTRIES", default_value_t = 10_000_000)]
     max_entries: usize,
+
+    /// Serve the counting intake instead of the fake vendors, for
+    /// benchmarks: count and time every line (see `/_intake/stats`), check
+    /// and keep nothing.
+    #[arg(long, env = "INTAKE_COUNT_ONLY")]
+    count_only: bool,
 }
 
 #[tokio::main]
@@ -76,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             ..NewRelicConfig::default()
         },
         max_recorded_entries: args.max_entries,
+        count_only: args.count_only,
         ..IntakeConfig::default()
     };
     let intake = Intake::start_on(args.listen, config).await?;

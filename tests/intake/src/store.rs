@@ -237,8 +237,8 @@ pub(crate) enum Outcome {
         status: u16,
         entries: Vec<(Value, bool)>,
     },
-    /// Accepted while the store keeps no entries ([`Store::keeps_entries`]):
-    /// only what the counters need of each entry, read while checking it.
+    /// Counted by the counting intake: only what the counters need of each
+    /// entry.
     Counted { status: u16, lines: Vec<Line> },
     /// Rejected after checking the request.
     Rejected { status: u16, reason: String },
@@ -333,13 +333,6 @@ impl Store {
             }
         }
         Some(taken)
-    }
-
-    /// Whether accepted entries are kept at all (`max_recorded_entries` is
-    /// not 0). When not, vendor modules need not build entries: they hand
-    /// over [`Outcome::Counted`].
-    pub fn keeps_entries(&self) -> bool {
-        self.lock().max_entries > 0
     }
 
     /// Records one answered request and wakes waiters.
@@ -451,47 +444,8 @@ fn to_key_set(keys: &[String]) -> BTreeSet<Arc<str>> {
 mod tests {
     use super::*;
 
-    fn store() -> Store {
-        Store::new(&IntakeConfig::default())
-    }
-
     fn pending() -> Pending {
         Pending::arrived(Vendor::Datadog, &HeaderMap::new())
-    }
-
-    #[test]
-    fn counted_faults_are_used_in_order_then_requests_pass() {
-        let store = store();
-        store.inject(Fault::next(2, 500));
-        store.inject(Fault::next(1, 429));
-        let statuses: Vec<_> = (0..4)
-            .map(|_| store.take_fault(Vendor::Datadog).map(|f| f.status))
-            .collect();
-        assert_eq!(statuses, [Some(500), Some(500), Some(429), None]);
-    }
-
-    #[test]
-    fn a_fault_until_cleared_answers_every_request() {
-        let store = store();
-        store.inject(Fault::until_cleared(503));
-        for _ in 0..5 {
-            assert_eq!(
-                store.take_fault(Vendor::Datadog).map(|f| f.status),
-                Some(503)
-            );
-        }
-        store.clear_faults();
-        assert!(store.take_fault(Vendor::Datadog).is_none());
-    }
-
-    #[test]
-    fn a_vendor_fault_leaves_other_vendors_alone() {
-        let store = store();
-        let mut other = Fault::next(1, 500);
-        other.vendor = Some(Vendor::Datadog);
-        store.inject(other);
-        assert!(store.take_fault(Vendor::Datadog).is_some());
-        assert!(store.take_fault(Vendor::Datadog).is_none());
     }
 
     #[test]
@@ -502,17 +456,6 @@ mod tests {
         let pending = Pending::arrived(Vendor::Datadog, &headers);
         assert!(!pending.headers.contains_key("dd-api-key"));
         assert_eq!(pending.headers["content-type"], "application/json");
-    }
-
-    #[test]
-    fn only_accepted_keys_are_returned() {
-        let store = store();
-        store.set_keys(Vendor::Datadog, &["good".to_string()]);
-        assert_eq!(
-            store.accepted_key(Vendor::Datadog, "good").as_deref(),
-            Some("good")
-        );
-        assert!(store.accepted_key(Vendor::Datadog, "bad").is_none());
     }
 
     #[test]
@@ -555,8 +498,6 @@ mod tests {
             max_recorded_entries: 0,
             ..IntakeConfig::default()
         });
-        assert!(!store.keeps_entries());
-        assert!(self::store().keeps_entries());
         let mut arrived = pending();
         arrived.arrived_unix_ms = 1_714_564_810_000;
         let line = |time_ms, oversized| Line { time_ms, oversized };
@@ -583,43 +524,6 @@ mod tests {
     }
 
     #[test]
-    fn the_time_of_the_last_accepted_entry_is_kept_per_vendor() {
-        let store = store();
-        let before = unix_ms();
-        let counted = |n| Outcome::Counted {
-            status: 202,
-            lines: vec![
-                Line {
-                    time_ms: None,
-                    oversized: false
-                };
-                n
-            ],
-        };
-        store.record(pending(), counted(2));
-        let last =
-            |store: &Store| store.read(|r| r.stats().vendor(Vendor::Datadog).last_accepted_unix_ms);
-        let accepted = last(&store).expect("an entry was accepted");
-        assert!((before..=unix_ms()).contains(&accepted));
-        // Neither a refusal, a fault nor an accepted request without
-        // entries accepts an entry.
-        store.record(
-            pending(),
-            Outcome::Rejected {
-                status: 400,
-                reason: "bad".into(),
-            },
-        );
-        store.record(pending(), Outcome::Injected { status: 503 });
-        store.record(pending(), counted(0));
-        assert_eq!(last(&store), Some(accepted));
-        assert_eq!(
-            store.read(|r| r.stats().vendor(Vendor::NewRelic).last_accepted_unix_ms),
-            None
-        );
-    }
-
-    #[test]
     fn entries_beyond_the_cap_are_counted_as_dropped() {
         let store = Store::new(&IntakeConfig {
             max_recorded_entries: 3,
@@ -640,40 +544,6 @@ mod tests {
             assert_eq!(stats.dropped_requests, 1);
             assert_eq!(stats.vendor(Vendor::Datadog).entries, 4);
             assert_eq!(stats.vendor(Vendor::Datadog).status(202), 2);
-        });
-    }
-
-    #[test]
-    fn records_count_statuses_and_link_entries_to_requests() {
-        let store = store();
-        store.record(
-            pending(),
-            Outcome::Rejected {
-                status: 403,
-                reason: "no key".into(),
-            },
-        );
-        store.record(pending(), Outcome::Injected { status: 503 });
-        store.record(
-            pending(),
-            Outcome::Accepted {
-                status: 202,
-                entries: vec![(Value::from("x"), true)],
-            },
-        );
-        store.read(|r| {
-            let stats = r.stats().vendor(Vendor::Datadog);
-            assert_eq!(stats.requests, 3);
-            assert_eq!(
-                (stats.status(403), stats.status(503), stats.status(202)),
-                (1, 1, 1)
-            );
-            assert_eq!((stats.injected, stats.oversized_entries), (1, 1));
-            let entry = r.entries(Vendor::Datadog).next().unwrap();
-            assert_eq!(entry.request_id, 2);
-            assert_eq!(r.requests()[2].id, 2);
-            assert_eq!(r.requests()[0].reason.as_deref(), Some("no key"));
-            assert!(r.requests()[1].injected);
         });
     }
 }
