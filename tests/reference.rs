@@ -212,6 +212,7 @@ fn catalogue() -> Vec<(String, Metric)> {
         m::received("a", 1, 1);
         m::duplicates("a", 1);
         m::skipped_seqs("a", 1);
+        m::handoff_lines("a", 1, 1);
         m::acked("a", 1);
         m::queue_pushed("a", 1, 1);
         m::queue_popped("a", 1, 1);
@@ -223,7 +224,7 @@ fn catalogue() -> Vec<(String, Metric)> {
         m::delivery_latency("datadog", std::time::Duration::ZERO);
         m::restamped("datadog", "too_old", 1);
         m::dropped("a", "quota", 1);
-        m::route_state("a", "datadog", "auth", false);
+        m::route_state("a", "datadog", "credentials_rejected", false);
         m::active_streams(0.0);
         m::connected_replicas("a", 0.0);
         m::agent_seen("a");
@@ -438,10 +439,20 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--test",
     "--test-threads",
     "--workspace",
-    // docker compose, curl, perf
+    "--all",
+    "--all-targets",
+    // docker compose, docker build, curl, perf
     "--build",
     "--cacert",
+    "--from",
     "--sort",
+    "--target",
+    // kubectl
+    "--for",
+    "--from-literal",
+    "--replicas",
+    // the example agent's own arguments in docs/kubernetes.md
+    "--its",
 ];
 
 /// `--flag` tokens in `text`.

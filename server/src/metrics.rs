@@ -105,12 +105,12 @@ pub fn describe() {
     );
     describe_counter!(
         "logdrain_failed_lines_total",
-        "Lines in requests that failed, by class (retryable, permanent, auth, config); \
-         they stay queued unless counted in logdrain_dropped_lines_total."
+        "Lines in requests that failed, by class (retryable, permanent, credentials_rejected, \
+         invalid_secret); they stay queued unless counted in logdrain_dropped_lines_total."
     );
     describe_counter!(
         "logdrain_failed_requests_total",
-        "Requests to a destination that failed, by class (retryable, permanent, auth, config)."
+        "Requests to a destination that failed, by class (retryable, permanent, credentials_rejected, invalid_secret)."
     );
     describe_counter!(
         "logdrain_retried_lines_total",
@@ -137,8 +137,8 @@ pub fn describe() {
     );
     describe_gauge!(
         "logdrain_route_blocked",
-        "1 while a route cannot deliver, by reason (auth: credentials refused, config: \
-         secrets or endpoint unusable, retrying: vendor failing); 0 otherwise."
+        "1 while a route cannot deliver, by reason (credentials_rejected: credentials refused, \
+         invalid_secret: secrets or endpoint unusable, retrying: vendor failing); 0 otherwise."
     );
     describe_gauge!(
         "logdrain_active_streams",
@@ -238,8 +238,8 @@ pub fn delivered(agent: &str, destination: &str, lines: u64) {
     counter!("logdrain_delivered_requests_total", "agent" => agent.to_string(), "destination" => destination.to_string()).increment(1);
 }
 
-/// A request to a destination failed (`class`: retryable, permanent, auth,
-/// config). The lines are still queued unless [`dropped`] says otherwise.
+/// A request to a destination failed (`class`: retryable, permanent,
+/// credentials_rejected, invalid_secret). The lines are still queued unless [`dropped`] says otherwise.
 pub fn failed(agent: &str, destination: &str, class: &'static str, lines: u64) {
     counter!("logdrain_failed_lines_total", "agent" => agent.to_string(), "destination" => destination.to_string(), "class" => class).increment(lines);
     counter!("logdrain_failed_requests_total", "agent" => agent.to_string(), "destination" => destination.to_string(), "class" => class).increment(1);
@@ -271,8 +271,8 @@ pub fn dropped(agent: &str, reason: &'static str, lines: u64) {
         .increment(lines);
 }
 
-/// Whether a route is currently blocked (1) and why (`auth`, `config`,
-/// `retrying`), or delivering normally (0 for every reason).
+/// Whether a route is currently blocked (1) and why (`retrying`,
+/// `credentials_rejected`, `invalid_secret`), or delivering normally (0 for every reason).
 pub fn route_state(agent: &str, destination: &str, state: &'static str, on: bool) {
     gauge!("logdrain_route_blocked", "agent" => agent.to_string(), "destination" => destination.to_string(), "reason" => state)
         .set(if on { 1.0 } else { 0.0 });

@@ -487,9 +487,9 @@ impl<S: Source> Worker<S> {
                     Action::ParkUnauthorized | Action::ParkConfig => {
                         self.backoff.next_delay(&mut rand::rng());
                         let state = if matches!(error, SinkError::Unauthorized { .. }) {
-                            RouteState::Unauthorized
+                            RouteState::CredentialsRejected
                         } else {
-                            RouteState::Config
+                            RouteState::InvalidSecret
                         };
                         self.parts.status.set_state(state);
                         if let Some(engine) = self.parts.engine.upgrade() {
@@ -580,7 +580,7 @@ impl<S: Source> Worker<S> {
         let mut first = false;
         self.parts.status.update(|s| {
             // First success since start, or since it was parked.
-            first = s.last_success_unix.is_none() || super::is_parked(s.state);
+            first = s.last_success_unix.is_none() || s.state.is_parked();
             s.delivered_lines += sent - rejected;
             s.delivered_requests += 1;
             s.dropped_lines += rejected;
