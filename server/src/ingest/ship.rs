@@ -100,6 +100,7 @@ pub(super) async fn accept(
 struct Session {
     ingest: Arc<Ingest>,
     agent_id: String,
+    metrics: Arc<metrics::Ingest>,
     agent_server_id: Arc<str>,
     boot_id: String,
     /// Held while the stream reads; released when it stops.
@@ -202,6 +203,7 @@ impl Session {
         }
         Ok(Self {
             ingest,
+            metrics: Arc::new(metrics::Ingest::new(&open.agent_id)),
             agent_id: open.agent_id,
             agent_server_id: Arc::from(open.agent_server_id),
             boot_id: open.boot_id,
@@ -218,7 +220,7 @@ impl Session {
         _slot: StreamSlot,
     ) {
         metrics::active_streams(1.0);
-        metrics::agent_seen(&self.agent_id);
+        self.metrics.seen();
         let replica = (!self.handoff).then(|| self.ingest.replicas.clone());
         if let Some(replicas) = &replica {
             metrics::connected_replicas(&self.agent_id, 1.0);
@@ -226,6 +228,7 @@ impl Session {
         }
         let _guard = ActiveStream {
             agent_id: self.agent_id.clone(),
+            metrics: Arc::clone(&self.metrics),
             agent_server_id: Arc::clone(&self.agent_server_id),
             replica,
         };
@@ -328,8 +331,7 @@ impl Session {
         validate::check_batch(&batch)?;
         let count = batch.lines.len() as u64;
         let bytes: u64 = batch.lines.iter().map(|l| l.data.len() as u64).sum();
-        metrics::received(&self.agent_id, count, bytes);
-        metrics::agent_seen(&self.agent_id);
+        self.metrics.received(count, bytes);
         if !self.handoff {
             self.ingest.replicas.batch_received(
                 &self.agent_id,
@@ -381,23 +383,21 @@ impl Session {
 
         let ingest = Arc::clone(&self.ingest);
         let agent_id = self.agent_id.clone();
+        let metrics = Arc::clone(&self.metrics);
         let agent_server_id = Arc::clone(&self.agent_server_id);
         let no_destination = self.routes.is_empty();
         let handoff = self.handoff;
         Ok(Box::pin(async move {
             let outcome = written.durable().await.map_err(queue_status)?;
             let fresh = count - outcome.duplicates as u64;
-            metrics::duplicates(&agent_id, outcome.duplicates as u64);
-            metrics::acked(&agent_id, fresh);
-            if handoff {
-                // Its gaps are lines the retired gateway had delivered.
-                metrics::handoff_lines(&agent_id, fresh, outcome.duplicates as u64);
-            } else if skipped > 0 {
-                metrics::skipped_seqs(&agent_id, skipped);
+            metrics.acked(fresh, outcome.duplicates as u64, handoff);
+            // A handoff's gaps are lines the retired gateway had delivered.
+            if !handoff && skipped > 0 {
+                metrics.skipped_seqs(skipped);
                 tracing::debug!(agent = %agent_id, agent_server = %agent_server_id, skipped, "batch skipped seqs (dropped by the shim or acked by another gateway)");
             }
             if no_destination {
-                metrics::dropped(&agent_id, "no_destination", fresh);
+                metrics.no_destination(fresh);
             }
             if let Some(mut lines) = tail_copy {
                 let lines = lines.split_off(outcome.duplicates.min(lines.len()));
@@ -457,6 +457,7 @@ fn queue_status(e: QueueError) -> Status {
 /// connected while it lives.
 struct ActiveStream {
     agent_id: String,
+    metrics: Arc<metrics::Ingest>,
     agent_server_id: Arc<str>,
     replica: Option<super::Replicas>,
 }
@@ -464,7 +465,7 @@ struct ActiveStream {
 impl Drop for ActiveStream {
     fn drop(&mut self) {
         metrics::active_streams(-1.0);
-        metrics::agent_seen(&self.agent_id);
+        self.metrics.seen();
         if let Some(replicas) = &self.replica {
             metrics::connected_replicas(&self.agent_id, -1.0);
             replicas.stream_closed(&self.agent_id, &self.agent_server_id);

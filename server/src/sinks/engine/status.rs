@@ -168,10 +168,10 @@ impl StatusCell {
         if old != state {
             let dest = status.destination.name();
             if old.is_blocked() {
-                metrics::route_state(&status.agent_id, dest, old.as_str(), false);
+                metrics::route_state(&status.agent_id, dest, old, false);
             }
             if state.is_blocked() {
-                metrics::route_state(&status.agent_id, dest, state.as_str(), true);
+                metrics::route_state(&status.agent_id, dest, state, true);
             }
         }
     }
