@@ -31,39 +31,18 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::sinks::engine::{late, RouteState};
 
-// Every metric's name, written once.
-const RECEIVED_LINES: &str = "logdrain_received_lines_total";
-const RECEIVED_BYTES: &str = "logdrain_received_bytes_total";
-const DUPLICATE_LINES: &str = "logdrain_duplicate_lines_total";
-const SKIPPED_SEQS: &str = "logdrain_skipped_seqs_total";
-const HANDOFF_LINES: &str = "logdrain_handoff_lines_total";
-const ACKED_LINES: &str = "logdrain_acked_lines_total";
-const QUEUE_PUSHED_LINES: &str = "logdrain_queue_pushed_lines_total";
-const QUEUE_PUSHED_BYTES: &str = "logdrain_queue_pushed_bytes_total";
-const QUEUE_POPPED_LINES: &str = "logdrain_queue_popped_lines_total";
-const QUEUE_POPPED_BYTES: &str = "logdrain_queue_popped_bytes_total";
-const QUEUE_DEPTH_LINES: &str = "logdrain_queue_depth_lines";
-const QUEUE_DEPTH_BYTES: &str = "logdrain_queue_depth_bytes";
-const QUEUE_OLDEST_LINE_AGE_SECONDS: &str = "logdrain_queue_oldest_line_age_seconds";
-const DELIVERED_LINES: &str = "logdrain_delivered_lines_total";
-const DELIVERED_REQUESTS: &str = "logdrain_delivered_requests_total";
-const FAILED_LINES: &str = "logdrain_failed_lines_total";
-const FAILED_REQUESTS: &str = "logdrain_failed_requests_total";
-const RETRIED_LINES: &str = "logdrain_retried_lines_total";
-const RETRIED_REQUESTS: &str = "logdrain_retried_requests_total";
-const DELIVERY_LATENCY_SECONDS: &str = "logdrain_delivery_latency_seconds";
-const RESTAMPED_LINES: &str = "logdrain_restamped_lines_total";
-const DROPPED_LINES: &str = "logdrain_dropped_lines_total";
-const ROUTE_BLOCKED: &str = "logdrain_route_blocked";
-const ACTIVE_STREAMS: &str = "logdrain_active_streams";
-const CONNECTED_REPLICAS: &str = "logdrain_connected_replicas";
-const AGENT_LAST_SEEN_TIMESTAMP_SECONDS: &str = "logdrain_agent_last_seen_timestamp_seconds";
-const REFUSED_STREAMS: &str = "logdrain_refused_streams_total";
-const QUEUE_REBUILT_LINES: &str = "logdrain_queue_rebuilt_lines_total";
-const QUEUE_DISK_FULL: &str = "logdrain_queue_disk_full";
-const REFUSED_BATCHES: &str = "logdrain_refused_batches_total";
-const HTTP_REFUSED: &str = "logdrain_http_refused_total";
-const QUEUE_SET_ASIDE: &str = "logdrain_queue_set_aside_total";
+/// Defines each metric's name (a constant) and HELP text together, once.
+macro_rules! metrics {
+    ($($describe:ident $name:ident = $value:literal, $help:literal;)*) => {
+        $(const $name: &str = $value;)*
+
+        /// The HELP text of every metric, given to the installed recorder
+        /// (the reference test in `tests/reference.rs` reads it from here).
+        pub fn describe() {
+            $($describe!($name, $help);)*
+        }
+    };
+}
 
 /// Installs the global Prometheus recorder, describes every metric, and
 /// returns the handle that renders `/metrics`.
@@ -81,133 +60,82 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     Ok(handle)
 }
 
-/// The HELP text of every metric, given to the installed recorder (the
-/// reference test in `tests/reference.rs` reads it from here).
-pub fn describe() {
-    describe_counter!(
-        RECEIVED_LINES,
-        "Lines received from shim streams, before de-duplication."
-    );
-    describe_counter!(
-        RECEIVED_BYTES,
-        "Bytes of line data received from shim streams, before de-duplication."
-    );
-    describe_counter!(
-        DUPLICATE_LINES,
-        "Received lines already queued from an earlier send (resent after a reconnect)."
-    );
-    describe_counter!(
-        SKIPPED_SEQS,
-        "Sequence numbers a shim's batch skipped: lines its buffer dropped, or lines another gateway acked before a failover. Acked past, never counted as acked lines."
-    );
-    describe_counter!(
-        HANDOFF_LINES,
-        "Lines another gateway handed off (`logdrain-gateway handoff`): outcome queued (new here, acked) or duplicate (already queued from an earlier run). Also counted as received and acked lines."
-    );
-    describe_counter!(ACKED_LINES, "Lines acked to shims as durably queued.");
-    describe_counter!(QUEUE_PUSHED_LINES, "Lines that entered the agent's queue.");
-    describe_counter!(
-        QUEUE_PUSHED_BYTES,
-        "Bytes of line data that entered the agent's queue."
-    );
-    describe_counter!(
-        QUEUE_POPPED_LINES,
-        "Lines that left the agent's queue (every destination done with them)."
-    );
-    describe_counter!(
-        QUEUE_POPPED_BYTES,
-        "Bytes of line data that left the agent's queue."
-    );
-    describe_gauge!(
-        QUEUE_DEPTH_LINES,
-        "Lines queued for the agent and not yet delivered to every destination."
-    );
-    describe_gauge!(
-        QUEUE_DEPTH_BYTES,
-        "Bytes of line data queued for the agent and not yet delivered to every destination."
-    );
-    describe_gauge!(
-        QUEUE_OLDEST_LINE_AGE_SECONDS,
+metrics! {
+    describe_counter RECEIVED_LINES = "logdrain_received_lines_total",
+        "Lines received from shim streams, before de-duplication.";
+    describe_counter RECEIVED_BYTES = "logdrain_received_bytes_total",
+        "Bytes of line data received from shim streams, before de-duplication.";
+    describe_counter DUPLICATE_LINES = "logdrain_duplicate_lines_total",
+        "Received lines already queued from an earlier send (resent after a reconnect).";
+    describe_counter SKIPPED_SEQS = "logdrain_skipped_seqs_total",
+        "Sequence numbers a shim's batch skipped: lines its buffer dropped, or lines another gateway acked before a failover. Acked past, never counted as acked lines.";
+    describe_counter HANDOFF_LINES = "logdrain_handoff_lines_total",
+        "Lines another gateway handed off (`logdrain-gateway handoff`): outcome queued (new here, acked) or duplicate (already queued from an earlier run). Also counted as received and acked lines.";
+    describe_counter ACKED_LINES = "logdrain_acked_lines_total",
+        "Lines acked to shims as durably queued.";
+    describe_counter QUEUE_PUSHED_LINES = "logdrain_queue_pushed_lines_total",
+        "Lines that entered the agent's queue.";
+    describe_counter QUEUE_PUSHED_BYTES = "logdrain_queue_pushed_bytes_total",
+        "Bytes of line data that entered the agent's queue.";
+    describe_counter QUEUE_POPPED_LINES = "logdrain_queue_popped_lines_total",
+        "Lines that left the agent's queue (every destination done with them).";
+    describe_counter QUEUE_POPPED_BYTES = "logdrain_queue_popped_bytes_total",
+        "Bytes of line data that left the agent's queue.";
+    describe_gauge QUEUE_DEPTH_LINES = "logdrain_queue_depth_lines",
+        "Lines queued for the agent and not yet delivered to every destination.";
+    describe_gauge QUEUE_DEPTH_BYTES = "logdrain_queue_depth_bytes",
+        "Bytes of line data queued for the agent and not yet delivered to every destination.";
+    describe_gauge QUEUE_OLDEST_LINE_AGE_SECONDS = "logdrain_queue_oldest_line_age_seconds",
         "Age of the oldest line a destination has not yet accepted (from the shim reading it; \
-         0 when nothing waits), computed at scrape time."
-    );
-    describe_counter!(DELIVERED_LINES, "Lines a destination accepted.");
-    describe_counter!(DELIVERED_REQUESTS, "Requests a destination accepted.");
-    describe_counter!(
-        FAILED_LINES,
+         0 when nothing waits), computed at scrape time.";
+    describe_counter DELIVERED_LINES = "logdrain_delivered_lines_total",
+        "Lines a destination accepted.";
+    describe_counter DELIVERED_REQUESTS = "logdrain_delivered_requests_total",
+        "Requests a destination accepted.";
+    describe_counter FAILED_LINES = "logdrain_failed_lines_total",
         "Lines in requests that failed, by class (retryable, permanent, credentials_rejected, \
-         invalid_secret); they stay queued unless counted in logdrain_dropped_lines_total."
-    );
-    describe_counter!(
-        FAILED_REQUESTS,
-        "Requests to a destination that failed, by class (retryable, permanent, credentials_rejected, invalid_secret)."
-    );
-    describe_counter!(
-        RETRIED_LINES,
-        "Lines in requests sent again after a retryable failure."
-    );
-    describe_counter!(
-        RETRIED_REQUESTS,
-        "Requests sent again after a retryable failure."
-    );
-    describe_histogram!(
-        DELIVERY_LATENCY_SECONDS,
-        "Time from the shim reading a line to the destination accepting it (oldest line of each request)."
-    );
-    describe_counter!(
-        RESTAMPED_LINES,
+         invalid_secret); they stay queued unless counted in logdrain_dropped_lines_total.";
+    describe_counter FAILED_REQUESTS = "logdrain_failed_requests_total",
+        "Requests to a destination that failed, by class (retryable, permanent, credentials_rejected, invalid_secret).";
+    describe_counter RETRIED_LINES = "logdrain_retried_lines_total",
+        "Lines in requests sent again after a retryable failure.";
+    describe_counter RETRIED_REQUESTS = "logdrain_retried_requests_total",
+        "Requests sent again after a retryable failure.";
+    describe_histogram DELIVERY_LATENCY_SECONDS = "logdrain_delivery_latency_seconds",
+        "Time from the shim reading a line to the destination accepting it (oldest line of each request).";
+    describe_counter RESTAMPED_LINES = "logdrain_restamped_lines_total",
         "Lines sent with the time of sending because their own time was outside the \
          destination's window (reason: too_old, too_new; expired: refused by CloudWatch for the group's retention); each keeps its own time in \
-         logdrain.original_timestamp."
-    );
-    describe_counter!(
-        DROPPED_LINES,
+         logdrain.original_timestamp.";
+    describe_counter DROPPED_LINES = "logdrain_dropped_lines_total",
         "Lines dropped for good, by reason (rejected_by_vendor, no_destination, quota, damaged: \
-         failed their checksum in the queue's segment files)."
-    );
-    describe_gauge!(
-        ROUTE_BLOCKED,
+         failed their checksum in the queue's segment files).";
+    describe_gauge ROUTE_BLOCKED = "logdrain_route_blocked",
         "1 while a route cannot deliver, by reason (credentials_rejected: credentials refused, \
-         invalid_secret: secrets or endpoint unusable, retrying: vendor failing); 0 otherwise."
-    );
-    describe_gauge!(ACTIVE_STREAMS, "Shim streams connected to this gateway.");
-    describe_gauge!(
-        CONNECTED_REPLICAS,
-        "Shim streams of the agent connected to this gateway (one per running replica)."
-    );
-    describe_gauge!(
-        AGENT_LAST_SEEN_TIMESTAMP_SECONDS,
-        "Unix time a replica of the agent last opened, used or closed a stream on this gateway."
-    );
-    describe_counter!(
-        REFUSED_STREAMS,
-        "Shim streams refused at admission, by reason (unauthenticated, invalid_argument, ...)."
-    );
-    describe_counter!(
-        QUEUE_REBUILT_LINES,
+         invalid_secret: secrets or endpoint unusable, retrying: vendor failing); 0 otherwise.";
+    describe_gauge ACTIVE_STREAMS = "logdrain_active_streams",
+        "Shim streams connected to this gateway.";
+    describe_gauge CONNECTED_REPLICAS = "logdrain_connected_replicas",
+        "Shim streams of the agent connected to this gateway (one per running replica).";
+    describe_gauge AGENT_LAST_SEEN_TIMESTAMP_SECONDS = "logdrain_agent_last_seen_timestamp_seconds",
+        "Unix time a replica of the agent last opened, used or closed a stream on this gateway.";
+    describe_counter REFUSED_STREAMS = "logdrain_refused_streams_total",
+        "Shim streams refused at admission, by reason (unauthenticated, invalid_argument, ...).";
+    describe_counter QUEUE_REBUILT_LINES = "logdrain_queue_rebuilt_lines_total",
         "Lines the queue restored from its segment files at start because its index (sled) did \
-         not list them; a destination may receive them a second time."
-    );
-    describe_gauge!(
-        QUEUE_DISK_FULL,
-        "1 while free space on the queue's disk is below --disk-min-free-bytes or a queue write met a full disk (new batches are refused), else 0."
-    );
-    describe_counter!(
-        REFUSED_BATCHES,
-        "Batches the queue refused, by reason (disk_full, over_quota); the shim keeps their lines and retries."
-    );
-    describe_counter!(
-        HTTP_REFUSED,
+         not list them; a destination may receive them a second time.";
+    describe_gauge QUEUE_DISK_FULL = "logdrain_queue_disk_full",
+        "1 while free space on the queue's disk is below --disk-min-free-bytes or a queue write met a full disk (new batches are refused), else 0.";
+    describe_counter REFUSED_BATCHES = "logdrain_refused_batches_total",
+        "Batches the queue refused, by reason (disk_full, over_quota); the shim keeps their lines and retries.";
+    describe_counter HTTP_REFUSED = "logdrain_http_refused_total",
         "HTTP connections and requests refused by the listener's limits, by reason \
          (connection_cap: every connection busy; idle_evicted: an idle or half-sent \
          connection closed to admit a new one; header_timeout: headers not sent in time; \
-         too_large: headers or body over the size cap)."
-    );
-    describe_counter!(
-        QUEUE_SET_ASIDE,
+         too_large: headers or body over the size cap).";
+    describe_counter QUEUE_SET_ASIDE = "logdrain_queue_set_aside_total",
         "Queue indexes (sled's files) that sled reported corrupt at start, set aside; the index \
-         was rebuilt from the segment files."
-    );
+         was rebuilt from the segment files.";
 }
 
 /// The `agent` label: shared by every handle of the agent, never copied.
