@@ -239,7 +239,7 @@ fn catalogue() -> Vec<(String, Metric)> {
         );
         m::active_streams(0.0);
         m::connected_replicas("a", 0.0);
-        m::refused_streams("reference_test");
+        m::refused_streams(m::StreamRefused::NoOpen);
         m::queue_rebuilt_lines(0);
         m::queue_disk_full(false);
         m::refused_batches("a", m::BatchRefused::DiskFull);

@@ -191,6 +191,31 @@ label_values! {
     }
 }
 
+label_values! {
+    /// Why a shim stream (or check, or tail) was refused at admission
+    /// (`logdrain_refused_streams_total`).
+    StreamRefused {
+        Unauthenticated => "unauthenticated",
+        InvalidArgument => "invalid_argument",
+        ProtocolVersion => "protocol_version",
+        NoOpen => "no_open",
+        ShuttingDown => "shutting_down",
+        ResourceExhausted => "resource_exhausted",
+        BootLive => "boot_live",
+        RouteLimit => "route_limit",
+    }
+}
+
+impl StreamRefused {
+    /// The reason for an id or protocol check's refusal `status`.
+    pub fn invalid(status: &tonic::Status) -> Self {
+        match status.code() {
+            tonic::Code::FailedPrecondition => StreamRefused::ProtocolVersion,
+            _ => StreamRefused::InvalidArgument,
+        }
+    }
+}
+
 /// The ingest metrics of one agent, registered when its stream opens so
 /// that a batch allocates no label.
 pub struct Ingest {
@@ -441,12 +466,13 @@ pub fn http_refused(reason: HttpRefused) {
 /// Streams refused since start by reason, with the time of the last one:
 /// the counts of `logdrain_refused_streams_total`, kept for the status
 /// report (the recorder cannot be read back).
-static REFUSED_SO_FAR: Mutex<BTreeMap<&str, (u64, SystemTime)>> = Mutex::new(BTreeMap::new());
+static REFUSED_SO_FAR: Mutex<BTreeMap<StreamRefused, (u64, SystemTime)>> =
+    Mutex::new(BTreeMap::new());
 
 /// Streams refused, by fixed reason (`unauthenticated`, `invalid_argument`,
 /// `resource_exhausted`, ...).
-pub fn refused_streams(reason: &'static str) {
-    counter!(REFUSED_STREAMS, "reason" => reason).increment(1);
+pub fn refused_streams(reason: StreamRefused) {
+    counter!(REFUSED_STREAMS, "reason" => reason.as_str()).increment(1);
     let mut refused = REFUSED_SO_FAR
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -462,7 +488,7 @@ pub fn refused_streams_so_far() -> Vec<(&'static str, u64, SystemTime)> {
         .unwrap_or_else(PoisonError::into_inner);
     refused
         .iter()
-        .map(|(&reason, &(count, last))| (reason, count, last))
+        .map(|(&reason, &(count, last))| (reason.as_str(), count, last))
         .collect()
 }
 

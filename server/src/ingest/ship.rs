@@ -37,7 +37,7 @@ use super::boots::{self, BootBinding};
 use super::tail::TailBatch;
 use super::validate;
 use super::{BoxStream, Ingest, StreamSlot};
-use crate::metrics;
+use crate::metrics::{self, StreamRefused};
 use crate::queue::{Append, QueueError};
 use crate::route::{routes_for, RouteKey};
 use logdrain::ids;
@@ -54,13 +54,13 @@ pub(super) async fn accept(
     mut inbound: Streaming<ShimMessage>,
 ) -> Result<BoxStream<GatewayMessage>, Status> {
     if ingest.shutdown.is_triggered() {
-        metrics::refused_streams("shutting_down");
+        metrics::refused_streams(StreamRefused::ShuttingDown);
         return Err(Status::unavailable(
             "this gateway is shutting down; connect to another gateway",
         ));
     }
     let Some(slot) = StreamSlot::take(&ingest) else {
-        metrics::refused_streams("resource_exhausted");
+        metrics::refused_streams(StreamRefused::ResourceExhausted);
         return Err(Status::resource_exhausted(format!(
             "this gateway already serves its limit of {} streams (--max-streams); retry later or connect to another gateway",
             ingest.max_streams
@@ -68,7 +68,7 @@ pub(super) async fn accept(
     };
     let first = match tokio::time::timeout(ingest.open_timeout, inbound.message()).await {
         Err(_) => {
-            metrics::refused_streams("no_open");
+            metrics::refused_streams(StreamRefused::NoOpen);
             return Err(Status::deadline_exceeded(format!(
                 "no opening message within {:?}; a stream must start with Open",
                 ingest.open_timeout
@@ -77,19 +77,20 @@ pub(super) async fn accept(
         Ok(Err(status)) => {
             let status = inbound_error(status);
             if status.code() == Code::ResourceExhausted {
-                metrics::refused_streams("resource_exhausted");
+                metrics::refused_streams(StreamRefused::ResourceExhausted);
             }
             return Err(status);
         }
         Ok(Ok(None)) => {
-            metrics::refused_streams("no_open");
+            metrics::refused_streams(StreamRefused::NoOpen);
             return Err(Status::invalid_argument(
                 "the stream ended before its opening message",
             ));
         }
         Ok(Ok(Some(message))) => message,
     };
-    let open = validate::opening(first).inspect_err(|_| metrics::refused_streams("no_open"))?;
+    let open = validate::opening(first)
+        .inspect_err(|_| metrics::refused_streams(StreamRefused::NoOpen))?;
     let session = Session::open(ingest, open)?;
     let (tx, rx) = mpsc::channel(ACK_BUFFER);
     tokio::spawn(session.run(inbound, tx, slot));
@@ -112,12 +113,8 @@ struct Session {
 
 impl Session {
     fn open(ingest: Arc<Ingest>, open: Open) -> Result<Self, Status> {
-        validate::check_open(&open).inspect_err(|status| {
-            metrics::refused_streams(match status.code() {
-                Code::FailedPrecondition => "protocol_version",
-                _ => "invalid_argument",
-            })
-        })?;
+        validate::check_open(&open)
+            .inspect_err(|status| metrics::refused_streams(StreamRefused::invalid(status)))?;
         ingest
             .authenticate(&open.agent_id, &open.token)
             .map_err(|refused| {
@@ -134,7 +131,7 @@ impl Session {
                     &handoff.proof,
                 );
                 if !proven {
-                    metrics::refused_streams("unauthenticated");
+                    metrics::refused_streams(StreamRefused::Unauthenticated);
                     return Err(Status::unauthenticated(format!(
                         "the handoff proof is not valid for agent id {:?}: only a gateway with this gateway's signing key can hand off lines; run `logdrain-gateway handoff` with the LOGDRAIN_SIGNING_KEY this gateway uses",
                         open.agent_id
@@ -147,7 +144,7 @@ impl Session {
             .boots
             .bind(&open.agent_id, &open.agent_server_id, &open.boot_id)
             .ok_or_else(|| {
-                metrics::refused_streams("boot_live");
+                metrics::refused_streams(StreamRefused::BootLive);
                 Status::aborted(
                     "this boot id is being written by another stream; go on under a new boot id (agent-shim does), or retry once that stream has ended",
                 )
@@ -162,7 +159,7 @@ impl Session {
             .engine
             .check_route_limit(&open.agent_id, &keys)
             .map_err(|error| {
-                metrics::refused_streams("route_limit");
+                metrics::refused_streams(StreamRefused::RouteLimit);
                 Status::resource_exhausted(error.to_string())
             })?;
         let mut routes = Vec::new();
@@ -488,7 +485,7 @@ pub(super) fn tail(
 ) -> Result<BoxStream<TailLine>, Status> {
     ids::check_agent_id(&request.agent_id).map_err(validate::refused)?;
     if !ingest.key.verify(&request.agent_id, &request.token) {
-        metrics::refused_streams("unauthenticated");
+        metrics::refused_streams(StreamRefused::Unauthenticated);
         return Err(Status::unauthenticated(format!(
             "the token is not valid for agent id {:?}; tail needs that agent's own token",
             request.agent_id
