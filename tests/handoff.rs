@@ -389,7 +389,7 @@ async fn handed_off_lines_go_out_with_their_own_credentials_and_never_move_the_p
     assert_drained(&String::from_utf8_lossy(&pipes.1.join().unwrap()));
     let parked = wait_until(Duration::from_secs(60), || {
         let status = futures_lite_block(agent_status(&b, AGENT));
-        status["routes"][0]["state"] == "unauthorized"
+        status["routes"][0]["state"] == "credentials_rejected"
     })
     .await;
     assert!(parked, "{}", b.log());

@@ -297,8 +297,8 @@ fn the_prometheus_rules_groups_equal_alerts_yml_and_pass_promtool() {
 
     let broken = broken_copy(
         "monitoring/prometheusrule.yaml",
-        "logdrain_route_blocked{reason=\"auth\"}",
-        "logdrain_route_blocked{reason=\"authn\"}",
+        "logdrain_route_blocked{reason=\"credentials_rejected\"}",
+        "logdrain_route_blocked{reason=\"credentials_refused\"}",
     );
     let out = fails_on(&checker, &["rules", rules_arg], &broken);
     assert!(

@@ -209,31 +209,42 @@ fn catalogue() -> Vec<(String, Metric)> {
         m::describe();
         // Each function that records a metric, once, so its labels are
         // known. A metric added without a call here fails the checks below.
-        m::received("a", 1, 1);
-        m::duplicates("a", 1);
-        m::skipped_seqs("a", 1);
-        m::acked("a", 1);
-        m::queue_pushed("a", 1, 1);
-        m::queue_popped("a", 1, 1);
-        m::queue_depth("a", 1, 1);
+        let ingest = m::Ingest::new("a");
+        ingest.received(1, 1);
+        ingest.acked(1, 1, true);
+        ingest.skipped_seqs(1);
+        ingest.no_destination(1);
+        let queued = m::Queued::new("a");
+        queued.pushed(1, 1);
+        queued.popped(1, 1);
+        queued.depth(1, 1);
         m::queue_oldest_line_ages([("a", "datadog", None)], std::time::SystemTime::now());
-        m::delivered("a", "datadog", 1);
+        let delivery = m::Delivery::new("a", "datadog");
+        delivery.delivered(1);
+        delivery.retried(1);
+        delivery.rejected(1);
+        delivery.latency(std::time::Duration::ZERO);
         m::failed("a", "datadog", "retryable", 1);
-        m::retried("a", "datadog", 1);
-        m::delivery_latency("datadog", std::time::Duration::ZERO);
-        m::restamped("datadog", "too_old", 1);
-        m::dropped("a", "quota", 1);
-        m::route_state("a", "datadog", "auth", false);
+        m::restamped(
+            "datadog",
+            logdrain_gateway::sinks::engine::late::Reason::TooOld,
+            1,
+        );
+        m::dropped("a", m::Dropped::Quota, 1);
+        m::route_state(
+            "a",
+            "datadog",
+            logdrain_gateway::sinks::engine::RouteState::Retrying,
+            false,
+        );
         m::active_streams(0.0);
         m::connected_replicas("a", 0.0);
-        m::agent_seen("a");
-        m::refused_streams("reference_test");
+        m::refused_streams(m::StreamRefused::NoOpen);
         m::queue_rebuilt_lines(0);
         m::queue_disk_full(false);
-        m::refused_batches("a", "disk_full");
-        m::http_refused("too_large");
+        m::refused_batches("a", m::BatchRefused::DiskFull);
+        m::http_refused(m::HttpRefused::TooLarge);
         m::queue_set_aside();
-        m::handoff_lines("a", 1, 1);
     });
     let order = capture.described.into_inner().unwrap();
     let mut metrics = capture.metrics.into_inner().unwrap();
@@ -430,8 +441,6 @@ fn every_metric_has_help_text_and_known_labels() {
 /// Flags of tools other than ours that the docs show in commands.
 const OTHER_TOOLS_FLAGS: &[&str] = &[
     // cargo and the test harness
-    "--all",
-    "--all-targets",
     "--bench",
     "--bins",
     "--ignored",
@@ -441,16 +450,20 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--test",
     "--test-threads",
     "--workspace",
+    "--all",
+    "--all-targets",
     // docker compose, docker build, curl, perf
     "--build",
     "--cacert",
+    "--from",
     "--sort",
     "--target",
     // kubectl
     "--for",
-    "--from",
     "--from-literal",
     "--replicas",
+    // the example agent's own arguments in docs/kubernetes.md
+    "--its",
 ];
 
 /// `--flag` tokens in `text`.

@@ -279,10 +279,10 @@ async fn secrets_never_leak(level: &str) {
                 .unwrap();
             let states = route_states(&serde_json::from_str(&status_text).unwrap_or(Value::Null));
             let expected = [
-                ("cloudwatch", "config"),
-                ("datadog", "unauthorized"),
-                ("newrelic", "unauthorized"),
-                ("sentry", "unauthorized"),
+                ("cloudwatch", "invalid_secret"),
+                ("datadog", "credentials_rejected"),
+                ("newrelic", "credentials_rejected"),
+                ("sentry", "credentials_rejected"),
             ]
             .map(|(d, s)| (d.to_string(), s.to_string()));
             if states == expected {

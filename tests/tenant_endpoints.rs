@@ -58,7 +58,7 @@ async fn parked_route(gateway: &Gateway, agent: &str) -> serde_json::Value {
     let mut last = serde_json::Value::Null;
     for _ in 0..600 {
         last = agent_status(gateway, agent).await["routes"][0].clone();
-        if last["state"] == "config" {
+        if last["state"] == "invalid_secret" {
             return last;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -30,7 +30,7 @@ fn datadog_requests(intake: &logdrain_test_intake::Intake) -> Vec<RequestRecord>
 async fn wait_parked(gateway: &Gateway, agent_id: &str) {
     for _ in 0..600 {
         let status = agent_status(gateway, agent_id).await;
-        if status["routes"][0]["state"] == "unauthorized" {
+        if status["routes"][0]["state"] == "credentials_rejected" {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use crate::metrics::HttpRefused;
 use crate::shutdown::Shutdown;
 
 /// Cap of hyper's read buffer for a request head (request line and
@@ -74,7 +75,7 @@ impl Conns {
                 .position(|c| c.requests.load(Ordering::SeqCst) == 0)?;
             if let Some(evicted) = open.remove(idle) {
                 evicted.evict.notify_one();
-                crate::metrics::http_refused("idle_evicted");
+                crate::metrics::http_refused(HttpRefused::IdleEvicted);
             }
         }
         let conn = Arc::new(Conn {
@@ -109,7 +110,7 @@ where
             (io, _) = listener.accept() => io,
         };
         let Some(conn) = conns.admit(limits.max_connections.max(1)) else {
-            crate::metrics::http_refused("connection_cap");
+            crate::metrics::http_refused(HttpRefused::ConnectionCap);
             continue;
         };
         tasks.spawn(serve_connection(
@@ -162,9 +163,9 @@ async fn serve_connection<Io>(
     };
     if let Some(Err(e)) = ended {
         if e.is_timeout() {
-            crate::metrics::http_refused("header_timeout");
+            crate::metrics::http_refused(HttpRefused::HeaderTimeout);
         } else if e.is_parse_too_large() {
-            crate::metrics::http_refused("too_large");
+            crate::metrics::http_refused(HttpRefused::TooLarge);
         }
     }
     conns.remove(conn.id);
@@ -178,7 +179,7 @@ async fn refuse_large_bodies(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
-        crate::metrics::http_refused("too_large");
+        crate::metrics::http_refused(HttpRefused::TooLarge);
         return (
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request bodies are limited to {MAX_BODY_BYTES} bytes\n"),

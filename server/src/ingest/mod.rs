@@ -29,6 +29,7 @@ use logdrain::v1::{
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::SigningKey;
+use crate::metrics::StreamRefused;
 use crate::queue::Queue;
 use crate::shutdown::Shutdown;
 use crate::sinks::engine::Engine;
@@ -108,7 +109,7 @@ impl Drop for FleetTailSlot {
 /// Why a caller was not admitted: a fixed reason (the `reason` label of
 /// `logdrain_refused_streams_total`) and the status it gets.
 pub(crate) struct Refused {
-    pub reason: &'static str,
+    pub reason: StreamRefused,
     pub status: Status,
 }
 
@@ -124,10 +125,7 @@ impl Ingest {
     ) -> Result<(), Refused> {
         validate::check_identity(protocol_version, agent_id, agent_server_id).map_err(
             |status| Refused {
-                reason: match status.code() {
-                    tonic::Code::FailedPrecondition => "protocol_version",
-                    _ => "invalid_argument",
-                },
+                reason: StreamRefused::invalid(&status),
                 status,
             },
         )?;
@@ -138,7 +136,7 @@ impl Ingest {
     pub(crate) fn authenticate(&self, agent_id: &str, token: &str) -> Result<(), Refused> {
         if !self.key.verify(agent_id, token) {
             return Err(Refused {
-                reason: "unauthenticated",
+                reason: StreamRefused::Unauthenticated,
                 status: Status::unauthenticated(format!(
                     "the token is not valid for agent id {agent_id:?}; get one with `logdrain-gateway token --agent-id {agent_id}` and pass it as LOGDRAIN_TOKEN"
                 )),

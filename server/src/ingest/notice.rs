@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::queue::{Append, Queue, QueueError, QuotaDrop};
 use crate::route::RouteKey;
 use crate::shutdown::Shutdown;
-use crate::sinks::engine::status::{RouteState, RouteStatus};
+use crate::sinks::engine::status::RouteStatus;
 use crate::sinks::engine::Engine;
 
 /// The agent-server id notices are queued under (the "host" vendors show).
@@ -239,7 +239,7 @@ pub(crate) struct Cause {
 impl Cause {
     pub(crate) fn of(destination: &str, status: Option<&RouteStatus>) -> Cause {
         match status {
-            Some(s) if s.consecutive_failures > 0 || blocked(s.state) => {
+            Some(s) if s.consecutive_failures > 0 || s.state.is_blocked() => {
                 let last = s.last_error.as_deref().unwrap_or("no error recorded");
                 Cause {
                     text: format!(
@@ -287,13 +287,6 @@ pub(crate) fn damage_text(drop: &QuotaDrop) -> String {
     )
 }
 
-fn blocked(state: RouteState) -> bool {
-    matches!(
-        state,
-        RouteState::Retrying | RouteState::Unauthorized | RouteState::Config
-    )
-}
-
 fn timestamp(ns: i64) -> String {
     match u64::try_from(ns) {
         Ok(ns) if ns > 0 => {
@@ -335,6 +328,7 @@ fn human_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::route::DestinationKind;
+    use crate::sinks::engine::status::RouteState;
 
     fn drop_of(lines: u64, bytes: u64) -> QuotaDrop {
         QuotaDrop {

@@ -36,7 +36,7 @@ use super::boots::{self, BootBinding};
 use super::tail::TailBatch;
 use super::validate;
 use super::{BoxStream, Ingest, StreamSlot};
-use crate::metrics;
+use crate::metrics::{self, StreamRefused};
 use crate::queue::{Append, QueueError};
 use crate::route::{routes_for, RouteKey};
 use logdrain::ids;
@@ -53,13 +53,13 @@ pub(super) async fn accept(
     mut inbound: Streaming<ShimMessage>,
 ) -> Result<BoxStream<GatewayMessage>, Status> {
     if ingest.shutdown.is_triggered() {
-        metrics::refused_streams("shutting_down");
+        metrics::refused_streams(StreamRefused::ShuttingDown);
         return Err(Status::unavailable(
             "this gateway is shutting down; connect to another gateway",
         ));
     }
     let Some(slot) = StreamSlot::take(&ingest) else {
-        metrics::refused_streams("resource_exhausted");
+        metrics::refused_streams(StreamRefused::ResourceExhausted);
         return Err(Status::resource_exhausted(format!(
             "this gateway already serves its limit of {} streams (--max-streams); retry later or connect to another gateway",
             ingest.max_streams
@@ -67,7 +67,7 @@ pub(super) async fn accept(
     };
     let first = match tokio::time::timeout(ingest.open_timeout, inbound.message()).await {
         Err(_) => {
-            metrics::refused_streams("no_open");
+            metrics::refused_streams(StreamRefused::NoOpen);
             return Err(Status::deadline_exceeded(format!(
                 "no opening message within {:?}; a stream must start with Open",
                 ingest.open_timeout
@@ -76,19 +76,20 @@ pub(super) async fn accept(
         Ok(Err(status)) => {
             let status = inbound_error(status);
             if status.code() == Code::ResourceExhausted {
-                metrics::refused_streams("resource_exhausted");
+                metrics::refused_streams(StreamRefused::ResourceExhausted);
             }
             return Err(status);
         }
         Ok(Ok(None)) => {
-            metrics::refused_streams("no_open");
+            metrics::refused_streams(StreamRefused::NoOpen);
             return Err(Status::invalid_argument(
                 "the stream ended before its opening message",
             ));
         }
         Ok(Ok(Some(message))) => message,
     };
-    let open = validate::opening(first).inspect_err(|_| metrics::refused_streams("no_open"))?;
+    let open = validate::opening(first)
+        .inspect_err(|_| metrics::refused_streams(StreamRefused::NoOpen))?;
     let session = Session::open(ingest, open)?;
     let (tx, rx) = mpsc::channel(ACK_BUFFER);
     tokio::spawn(session.run(inbound, tx, slot));
@@ -99,6 +100,7 @@ pub(super) async fn accept(
 struct Session {
     ingest: Arc<Ingest>,
     agent_id: String,
+    metrics: Arc<metrics::Ingest>,
     agent_server_id: Arc<str>,
     boot_id: String,
     /// Held while the stream reads; released when it stops.
@@ -110,12 +112,8 @@ struct Session {
 
 impl Session {
     fn open(ingest: Arc<Ingest>, open: Open) -> Result<Self, Status> {
-        validate::check_open(&open).inspect_err(|status| {
-            metrics::refused_streams(match status.code() {
-                Code::FailedPrecondition => "protocol_version",
-                _ => "invalid_argument",
-            })
-        })?;
+        validate::check_open(&open)
+            .inspect_err(|status| metrics::refused_streams(StreamRefused::invalid(status)))?;
         ingest
             .authenticate(&open.agent_id, &open.token)
             .map_err(|refused| {
@@ -132,7 +130,7 @@ impl Session {
                     &handoff.proof,
                 );
                 if !proven {
-                    metrics::refused_streams("unauthenticated");
+                    metrics::refused_streams(StreamRefused::Unauthenticated);
                     return Err(Status::unauthenticated(format!(
                         "the handoff proof is not valid for agent id {:?}: only a gateway with this gateway's signing key can hand off lines; run `logdrain-gateway handoff` with the LOGDRAIN_SIGNING_KEY this gateway uses",
                         open.agent_id
@@ -145,7 +143,7 @@ impl Session {
             .boots
             .bind(&open.agent_id, &open.agent_server_id, &open.boot_id)
             .ok_or_else(|| {
-                metrics::refused_streams("boot_live");
+                metrics::refused_streams(StreamRefused::BootLive);
                 Status::aborted(
                     "this boot id is being written by another stream; go on under a new boot id (agent-shim does), or retry once that stream has ended",
                 )
@@ -160,7 +158,7 @@ impl Session {
             .engine
             .check_route_limit(&open.agent_id, &keys)
             .map_err(|error| {
-                metrics::refused_streams("route_limit");
+                metrics::refused_streams(StreamRefused::RouteLimit);
                 Status::resource_exhausted(error.to_string())
             })?;
         let mut routes = Vec::new();
@@ -201,6 +199,7 @@ impl Session {
         }
         Ok(Self {
             ingest,
+            metrics: Arc::new(metrics::Ingest::new(&open.agent_id)),
             agent_id: open.agent_id,
             agent_server_id: Arc::from(open.agent_server_id),
             boot_id: open.boot_id,
@@ -217,7 +216,7 @@ impl Session {
         _slot: StreamSlot,
     ) {
         metrics::active_streams(1.0);
-        metrics::agent_seen(&self.agent_id);
+        self.metrics.seen();
         let replica = (!self.handoff).then(|| self.ingest.replicas.clone());
         if let Some(replicas) = &replica {
             metrics::connected_replicas(&self.agent_id, 1.0);
@@ -225,6 +224,7 @@ impl Session {
         }
         let _guard = ActiveStream {
             agent_id: self.agent_id.clone(),
+            metrics: Arc::clone(&self.metrics),
             agent_server_id: Arc::clone(&self.agent_server_id),
             replica,
         };
@@ -327,8 +327,7 @@ impl Session {
         validate::check_batch(&batch)?;
         let count = batch.lines.len() as u64;
         let bytes: u64 = batch.lines.iter().map(|l| l.data.len() as u64).sum();
-        metrics::received(&self.agent_id, count, bytes);
-        metrics::agent_seen(&self.agent_id);
+        self.metrics.received(count, bytes);
         if !self.handoff {
             self.ingest.replicas.batch_received(
                 &self.agent_id,
@@ -380,23 +379,21 @@ impl Session {
 
         let ingest = Arc::clone(&self.ingest);
         let agent_id = self.agent_id.clone();
+        let metrics = Arc::clone(&self.metrics);
         let agent_server_id = Arc::clone(&self.agent_server_id);
         let no_destination = self.routes.is_empty();
         let handoff = self.handoff;
         Ok(Box::pin(async move {
             let outcome = written.durable().await.map_err(queue_status)?;
             let fresh = count - outcome.duplicates as u64;
-            metrics::duplicates(&agent_id, outcome.duplicates as u64);
-            metrics::acked(&agent_id, fresh);
-            if handoff {
-                // Its gaps are lines the retired gateway had delivered.
-                metrics::handoff_lines(&agent_id, fresh, outcome.duplicates as u64);
-            } else if skipped > 0 {
-                metrics::skipped_seqs(&agent_id, skipped);
+            metrics.acked(fresh, outcome.duplicates as u64, handoff);
+            // A handoff's gaps are lines the retired gateway had delivered.
+            if !handoff && skipped > 0 {
+                metrics.skipped_seqs(skipped);
                 tracing::debug!(agent = %agent_id, agent_server = %agent_server_id, skipped, "batch skipped seqs (dropped by the shim or acked by another gateway)");
             }
             if no_destination {
-                metrics::dropped(&agent_id, "no_destination", fresh);
+                metrics.no_destination(fresh);
             }
             if let Some(mut lines) = tail_copy {
                 let lines = lines.split_off(outcome.duplicates.min(lines.len()));
@@ -456,6 +453,7 @@ fn queue_status(e: QueueError) -> Status {
 /// connected while it lives.
 struct ActiveStream {
     agent_id: String,
+    metrics: Arc<metrics::Ingest>,
     agent_server_id: Arc<str>,
     replica: Option<super::Replicas>,
 }
@@ -463,7 +461,7 @@ struct ActiveStream {
 impl Drop for ActiveStream {
     fn drop(&mut self) {
         metrics::active_streams(-1.0);
-        metrics::agent_seen(&self.agent_id);
+        self.metrics.seen();
         if let Some(replicas) = &self.replica {
             metrics::connected_replicas(&self.agent_id, -1.0);
             replicas.stream_closed(&self.agent_id, &self.agent_server_id);
@@ -486,7 +484,7 @@ pub(super) fn tail(
 ) -> Result<BoxStream<TailLine>, Status> {
     ids::check_agent_id(&request.agent_id).map_err(validate::refused)?;
     if !ingest.key.verify(&request.agent_id, &request.token) {
-        metrics::refused_streams("unauthenticated");
+        metrics::refused_streams(StreamRefused::Unauthenticated);
         return Err(Status::unauthenticated(format!(
             "the token is not valid for agent id {:?}; tail needs that agent's own token",
             request.agent_id

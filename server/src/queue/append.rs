@@ -103,7 +103,7 @@ impl Inner {
         }
 
         self.disk.check(|| self.queued_bytes()).inspect_err(|_| {
-            metrics::refused_batches(agent_id, "disk_full");
+            metrics::refused_batches(agent_id, metrics::BatchRefused::DiskFull);
         })?;
         let header = segment::Header {
             agent_id: agent_id.to_string(),
@@ -157,7 +157,7 @@ impl Inner {
         let incoming: u64 = encoded.iter().map(|e| e.bytes).sum();
         let quota = self.limits.agent_quota_bytes;
         if incoming > quota {
-            metrics::refused_batches(agent_id, "over_quota");
+            metrics::refused_batches(agent_id, metrics::BatchRefused::OverQuota);
             return Err(QueueError::OverQuota {
                 agent_id: agent_id.to_string(),
                 batch_bytes: incoming,
@@ -225,8 +225,8 @@ impl Inner {
             let lost = plan.lost_lines;
             let removed = index.apply_quota(&plan);
             self.files.release(removed.files);
-            metrics::queue_popped(agent_id, removed.lines, removed.bytes);
-            metrics::dropped(agent_id, "quota", lost);
+            agent.metrics.popped(removed.lines, removed.bytes);
+            metrics::dropped(agent_id, metrics::Dropped::Quota, lost);
             tracing::warn!(
                 agent = agent_id,
                 segments = plan.segments.len(),
@@ -244,9 +244,9 @@ impl Inner {
             newest = id;
             index.insert_segment(id, meta);
         }
-        metrics::queue_pushed(agent_id, lines, bytes);
+        agent.metrics.pushed(lines, bytes);
         let (depth_lines, depth_bytes) = index.depth();
-        metrics::queue_depth(agent_id, depth_lines, depth_bytes);
+        agent.metrics.depth(depth_lines, depth_bytes);
         drop(index);
         // At most the lines of one received batch.
         let queued = usize::try_from(lines).unwrap_or(usize::MAX);

@@ -271,6 +271,7 @@ struct Inner {
 
 struct Agent {
     id: Arc<str>,
+    metrics: metrics::Queued,
     index: Mutex<AgentIndex>,
     newest: watch::Sender<u64>,
 }
@@ -672,7 +673,7 @@ impl Queue {
         }
         index.set_cursor(route, through);
         let removed = index.remove_segments(&freed);
-        report_popped(&agent.id, &index, &removed);
+        report_popped(&agent, &index, &removed);
         drop(index);
         inner.release(removed.files);
         Ok(())
@@ -847,7 +848,7 @@ impl Inner {
             reason,
             "queued lines are damaged on disk and cannot be delivered; the rest of the segment is"
         );
-        metrics::dropped(&agent.id, "damaged", lines);
+        metrics::dropped(&agent.id, metrics::Dropped::Damaged, lines);
         let mut drops = lock(&self.damage_drops);
         for tag in routes {
             let route = RouteKey {
@@ -898,6 +899,7 @@ impl Agent {
     fn new(id: Arc<str>, index: AgentIndex) -> Arc<Agent> {
         let newest = index.newest_segment().unwrap_or(0);
         Arc::new(Agent {
+            metrics: metrics::Queued::new(&id),
             id,
             index: Mutex::new(index),
             newest: watch::Sender::new(newest),
@@ -905,11 +907,11 @@ impl Agent {
     }
 }
 
-fn report_popped(agent_id: &str, index: &AgentIndex, removed: &Removed) {
+fn report_popped(agent: &Agent, index: &AgentIndex, removed: &Removed) {
     if removed.lines > 0 {
-        metrics::queue_popped(agent_id, removed.lines, removed.bytes);
+        agent.metrics.popped(removed.lines, removed.bytes);
         let (lines, bytes) = index.depth();
-        metrics::queue_depth(agent_id, lines, bytes);
+        agent.metrics.depth(lines, bytes);
     }
 }
 

@@ -553,10 +553,11 @@ pub(super) fn open(
     let mut agents = HashMap::with_capacity(indexes.len());
     for (agent_id, index) in indexes {
         let (lines, bytes) = index.depth();
-        metrics::queue_depth(&agent_id, lines, bytes);
         report.segments += index.segment_count() as u64;
         report.lines += lines;
-        agents.insert(agent_id.clone(), Agent::new(agent_id, index));
+        let agent = Agent::new(agent_id.clone(), index);
+        agent.metrics.depth(lines, bytes);
+        agents.insert(agent_id, agent);
     }
     let files = Arc::new(seg_files);
     let inner = Inner {

@@ -125,8 +125,8 @@ impl SinkError {
         match self {
             SinkError::Retryable { .. } => "retryable",
             SinkError::PayloadRejected { .. } => "permanent",
-            SinkError::Unauthorized { .. } => "auth",
-            SinkError::Config { .. } => "config",
+            SinkError::Unauthorized { .. } => "credentials_rejected",
+            SinkError::Config { .. } => "invalid_secret",
         }
     }
 }
@@ -554,6 +554,14 @@ mod tests {
             }
             .class(),
         ];
-        assert_eq!(classes, ["retryable", "permanent", "auth", "config"]);
+        assert_eq!(
+            classes,
+            [
+                "retryable",
+                "permanent",
+                "credentials_rejected",
+                "invalid_secret"
+            ]
+        );
     }
 }

@@ -89,61 +89,6 @@ pub struct AgentStatus {
     pub destinations: Vec<DestinationStatus>,
 }
 
-/// What a destination is doing, as an operator names it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Delivery {
-    /// Sending, or idle with nothing to send.
-    Delivering,
-    /// The last request failed in a way worth retrying (vendor down, 429,
-    /// 5xx, network); lines wait and are retried with backoff.
-    Retrying,
-    /// The vendor refused the credentials (401/403); lines are kept and
-    /// retried slowly until the key works or a newer one arrives.
-    CredentialsRejected,
-    /// The secrets cannot work as given (malformed value, wrong region
-    /// form, DSN typo) or the vendor said the endpoint is wrong; lines are
-    /// kept until a deployment brings valid secrets.
-    InvalidSecret,
-    /// The gateway is shutting down.
-    Stopped,
-}
-
-impl Delivery {
-    fn of(state: RouteState) -> Delivery {
-        match state {
-            RouteState::Starting | RouteState::Idle | RouteState::Delivering => {
-                Delivery::Delivering
-            }
-            RouteState::Retrying => Delivery::Retrying,
-            RouteState::Unauthorized => Delivery::CredentialsRejected,
-            RouteState::Config => Delivery::InvalidSecret,
-            RouteState::Stopped => Delivery::Stopped,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Delivery::Delivering => "delivering",
-            Delivery::Retrying => "retrying",
-            Delivery::CredentialsRejected => "credentials_rejected",
-            Delivery::InvalidSecret => "invalid_secret",
-            Delivery::Stopped => "stopped",
-        }
-    }
-
-    /// The colour class: healthy, retrying or failing.
-    pub fn health(self) -> Health {
-        match self {
-            Delivery::Delivering => Health::Healthy,
-            Delivery::Retrying => Health::Retrying,
-            Delivery::CredentialsRejected | Delivery::InvalidSecret | Delivery::Stopped => {
-                Health::Failing
-            }
-        }
-    }
-}
-
 /// Green, amber, red.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -154,6 +99,15 @@ pub enum Health {
 }
 
 impl Health {
+    /// The colour of a route in `state`.
+    pub fn of(state: RouteState) -> Health {
+        match state.reported() {
+            RouteState::Delivering => Health::Healthy,
+            RouteState::Retrying => Health::Retrying,
+            _ => Health::Failing,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Health::Healthy => "healthy",
@@ -170,7 +124,9 @@ pub struct DestinationStatus {
     pub destination: String,
     /// Keyed hash of the credentials: tells two keys apart, reveals nothing.
     pub cred_id: String,
-    pub state: Delivery,
+    /// The route's state as [`RouteState::reported`]: never `starting` or
+    /// `idle`.
+    pub state: RouteState,
     pub health: Health,
     /// The secret names that switched it on (never their values).
     pub enabled_by: Vec<String>,
@@ -255,13 +211,13 @@ pub fn build(sources: &Sources<'_>, agents: Option<&[String]>, now: SystemTime) 
                         .iter()
                         .find(|(route, _)| *route == key)
                         .and_then(|(_, head)| *head);
-                    let state = Delivery::of(s.state);
+                    let state = s.state.reported();
                     // Lines lost to damage on the gateway's disk: unhealthy.
                     let damaged = sources.queue.route_damaged(&key);
                     let health = if damaged > 0 {
                         Health::Failing
                     } else {
-                        state.health()
+                        Health::of(state)
                     };
                     let note = match (damaged, &s.note) {
                         (0, note) => note.clone(),
@@ -463,7 +419,7 @@ pub fn render_text(report: &Report) -> String {
                 .map(|d| {
                     vec![
                         d.destination.clone(),
-                        d.state.name().to_string(),
+                        d.state.as_str().to_string(),
                         format!("{} lines ({})", d.queued_lines, bytes(d.queued_bytes)),
                         d.oldest_undelivered_age_seconds
                             .map_or("-".to_string(), age),
@@ -585,7 +541,7 @@ mod tests {
                 destinations: vec![DestinationStatus {
                     destination: "datadog".into(),
                     cred_id: "00aa".into(),
-                    state: Delivery::CredentialsRejected,
+                    state: RouteState::CredentialsRejected,
                     health: Health::Failing,
                     enabled_by: vec!["DATADOG_TOKEN".into()],
                     location: None,

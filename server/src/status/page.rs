@@ -100,7 +100,7 @@ pub fn render(report: &Report, refresh_seconds: u32) -> String {
                     escape(&d.destination),
                     escape(&d.cred_id),
                     d.health.name(),
-                    d.state.name(),
+                    d.state.as_str(),
                     escape(&d.enabled_by.join(", ")),
                     escape(
                         d.location
@@ -179,7 +179,7 @@ mod tests {
                 destinations: vec![DestinationStatus {
                     destination: "sentry".into(),
                     cred_id: "ff".into(),
-                    state: Delivery::Retrying,
+                    state: RouteState::Retrying,
                     health: Health::Retrying,
                     enabled_by: vec!["SENTRY_DSN".into()],
                     location: None,

@@ -47,7 +47,7 @@ pub struct TestSendResult {
     /// `accepted`, `refused` (the vendor answered with an error) or
     /// `invalid_secret` (no request could be made).
     pub outcome: String,
-    /// For a refusal: `retryable`, `permanent`, `auth` or `config`.
+    /// For a refusal: `retryable`, `permanent`, `credentials_rejected` or `invalid_secret`.
     pub class: Option<String>,
     /// What the vendor answered (status code and excerpt, redacted) or why
     /// nothing was sent.

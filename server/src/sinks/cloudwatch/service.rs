@@ -588,7 +588,7 @@ mod tests {
             "InvalidSignatureException",
             "ExpiredTokenException",
         ] {
-            assert_eq!(class_of(code, 400), "auth", "{code}");
+            assert_eq!(class_of(code, 400), "credentials_rejected", "{code}");
         }
         let no_code = Failure::Answer {
             code: None,
@@ -597,7 +597,7 @@ mod tests {
         };
         assert_eq!(
             classify(Call::PutLogEvents, "g / s", &no_code, &[]).class(),
-            "auth"
+            "credentials_rejected"
         );
     }
 
@@ -608,11 +608,11 @@ mod tests {
 
     #[test]
     fn quotas_and_unknown_answers_are_configuration_problems() {
-        assert_eq!(class_of("LimitExceededException", 400), "config");
-        assert_eq!(class_of("UnknownOperationException", 404), "config");
+        assert_eq!(class_of("LimitExceededException", 400), "invalid_secret");
+        assert_eq!(class_of("UnknownOperationException", 404), "invalid_secret");
         // CloudWatch names a bad payload by its code, never by the status.
-        assert_eq!(class_of("SomethingNew", 400), "config");
-        assert_eq!(class_of("SomethingNew", 413), "config");
+        assert_eq!(class_of("SomethingNew", 400), "invalid_secret");
+        assert_eq!(class_of("SomethingNew", 413), "invalid_secret");
     }
 
     #[test]
@@ -629,7 +629,7 @@ mod tests {
         };
         assert_eq!(
             classify(Call::PutLogEvents, "g / s", &setup, &[]).class(),
-            "config"
+            "invalid_secret"
         );
     }
 

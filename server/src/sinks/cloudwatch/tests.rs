@@ -567,10 +567,10 @@ async fn each_named_exception_is_classified_from_a_real_sdk_answer() {
     let cases = [
         ("ThrottlingException", "retryable"),
         ("ServiceUnavailableException", "retryable"),
-        ("AccessDeniedException", "auth"),
-        ("UnrecognizedClientException", "auth"),
-        ("InvalidSignatureException", "auth"),
-        ("ExpiredTokenException", "auth"),
+        ("AccessDeniedException", "credentials_rejected"),
+        ("UnrecognizedClientException", "credentials_rejected"),
+        ("InvalidSignatureException", "credentials_rejected"),
+        ("ExpiredTokenException", "credentials_rejected"),
         ("InvalidParameterException", "permanent"),
     ];
     for (code, class) in cases {

@@ -36,7 +36,7 @@ pub enum Reason {
 
 impl Reason {
     /// The `reason` label of `logdrain_restamped_lines_total`.
-    pub fn label(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Reason::TooOld => "too_old",
             Reason::TooNew => "too_new",

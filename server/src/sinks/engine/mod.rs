@@ -26,12 +26,12 @@
 //! | accepted, but hold off (`SendOutcome::hold_off`) | as accepted, then no send on this route until the hold-off (capped like `Retry-After`) has passed |
 //! | retryable (network, 408, 429, 5xx) | count `retried`, wait `Retry-After` (at least the minimum backoff) or the jittered backoff, send the same lines again |
 //! | payload rejected (400, 413) | split the batch in halves until one line is rejected alone; drop and count only that line |
-//! | credentials refused (401, 403) | keep the lines, state `unauthorized`, try again after about `park_interval` (half to all of it), then slower, doubling up to 30 times it, each wait half random ([`RetryPolicy::parked`]) |
-//! | sink misconfigured | keep the lines, state `config`, try again like `unauthorized` |
+//! | credentials refused (401, 403) | keep the lines, state `credentials_rejected`, try again after about `park_interval` (half to all of it), then slower, doubling up to 30 times it, each wait half random ([`RetryPolicy::parked`]) |
+//! | sink misconfigured | keep the lines, state `invalid_secret`, try again like `credentials_rejected` |
 //!
 //! Credentials move forward only. Every route knows when the credentials it
 //! delivers with were first seen (stored with the route). A parked route
-//! (`unauthorized` or `config`) adopts the credentials of another route of
+//! (`credentials_rejected` or `invalid_secret`) adopts the credentials of another route of
 //! the same agent and destination only when those were first seen later
 //! than its own (a newer deployment) and have delivered since the gateway
 //! started: it adopts when it parks, or when such newer credentials first
@@ -287,7 +287,7 @@ impl<S: Source> Inner<S> {
                 && key.kind == route.kind
                 && entry.first_seen_ms < since
                 && entry.secrets != secrets
-                && is_parked(entry.status.snapshot().state)
+                && entry.status.snapshot().state.is_parked()
             {
                 self.adopt(key, entry, route, &secrets, since);
             }
@@ -347,15 +347,11 @@ impl<S: Source> Inner<S> {
     }
 }
 
-fn is_parked(state: RouteState) -> bool {
-    matches!(state, RouteState::Unauthorized | RouteState::Config)
-}
-
 /// Whether a route's own credentials have delivered since start and are
 /// not refused now: only those may be handed to an older route.
 fn delivers_with_own(entry: &RouteEntry) -> bool {
     let status = entry.status.snapshot();
-    !is_parked(status.state)
+    !status.state.is_parked()
         && status.adopted_cred_id.is_none()
         && status.last_success_unix.is_some()
 }
@@ -409,7 +405,7 @@ impl<S: Source> Engine<S> {
     /// inside a Tokio runtime.
     ///
     /// If the route's sink cannot be built from `secrets` (an invalid region,
-    /// an unsupported destination), the route is parked in state `config`
+    /// an unsupported destination), the route is parked in state `invalid_secret`
     /// with the reason in its status, and its lines stay queued (until it
     /// adopts newer credentials, see the module docs). The secrets count as
     /// first seen now.
@@ -445,7 +441,7 @@ impl<S: Source> Engine<S> {
                 tracing::warn!(route = %route, error = %error,
                     "route cannot deliver; its lines are kept");
                 status.update(|s| s.last_error = Some(error.to_string()));
-                status.set_state(RouteState::Config);
+                status.set_state(RouteState::InvalidSecret);
                 (None, None)
             }
         };
@@ -522,7 +518,7 @@ impl<S: Source> Engine<S> {
                 let status = entry.status.snapshot();
                 entry.streams == 0
                     && now.saturating_duration_since(entry.idle_since) >= expiry
-                    && (is_parked(status.state) || status.last_success_unix.is_none())
+                    && (status.state.is_parked() || status.last_success_unix.is_none())
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -664,7 +660,7 @@ impl<S: Source> Engine<S> {
         let mut parked = Vec::new();
         for (key, entry) in self.routes().iter() {
             let status = entry.status.snapshot();
-            if entry.task.is_none() && status.state == RouteState::Config {
+            if entry.task.is_none() && status.state == RouteState::InvalidSecret {
                 parked.push(key.clone());
             } else {
                 oldest.push((key.clone(), status.oldest_undelivered_ns));

@@ -8,41 +8,69 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::metrics;
 use crate::route::{DestinationKind, RouteKey};
 
-/// What a route's worker is doing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// What a route is doing: the one vocabulary of the engine's JSON, the
+/// status report and page, and the `logdrain_route_blocked` metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteState {
-    /// Reading its committed position.
+    /// Reading its committed position (reported as `delivering`).
     Starting,
-    /// Nothing to send; waiting for lines.
+    /// Nothing to send; waiting for lines (reported as `delivering`).
     Idle,
     /// Filling a batch or sending.
     Delivering,
-    /// Waiting after a retryable failure; the delay grows with each
-    /// consecutive failure (the route's circuit breaker).
+    /// The last request failed in a way worth retrying (vendor down, 429,
+    /// 5xx, network); lines wait and are retried with a delay that grows
+    /// with each consecutive failure (the route's circuit breaker).
     Retrying,
-    /// The vendor refused the credentials; lines are kept and retried slowly.
-    Unauthorized,
-    /// The route cannot deliver as configured (invalid or unsupported
-    /// secrets, wrong endpoint); lines are kept.
-    Config,
+    /// The vendor refused the credentials (401/403); lines are kept and
+    /// retried slowly until the key works or a newer one arrives.
+    CredentialsRejected,
+    /// The secrets cannot work as given (malformed value, wrong region
+    /// form, DSN typo) or the vendor said the endpoint is wrong; lines are
+    /// kept until a deployment brings valid secrets.
+    InvalidSecret,
     /// The worker has stopped (shutdown).
     Stopped,
 }
 
 impl RouteState {
-    /// The `reason` label of `metrics::route_state` while in this state.
-    fn blocked_reason(self) -> Option<&'static str> {
+    pub fn as_str(self) -> &'static str {
         match self {
-            RouteState::Retrying => Some("retrying"),
-            RouteState::Unauthorized => Some("auth"),
-            RouteState::Config => Some("config"),
-            _ => None,
+            RouteState::Starting => "starting",
+            RouteState::Idle => "idle",
+            RouteState::Delivering => "delivering",
+            RouteState::Retrying => "retrying",
+            RouteState::CredentialsRejected => "credentials_rejected",
+            RouteState::InvalidSecret => "invalid_secret",
+            RouteState::Stopped => "stopped",
+        }
+    }
+
+    /// Kept from delivering until its credentials change: only a new
+    /// deployment's secrets (or a slow retry) can unblock it.
+    pub fn is_parked(self) -> bool {
+        matches!(
+            self,
+            RouteState::CredentialsRejected | RouteState::InvalidSecret
+        )
+    }
+
+    /// Cannot deliver now: `logdrain_route_blocked` is 1 for this state.
+    pub fn is_blocked(self) -> bool {
+        self == RouteState::Retrying || self.is_parked()
+    }
+
+    /// The state an operator is shown: starting and idle are delivering.
+    pub fn reported(self) -> RouteState {
+        match self {
+            RouteState::Starting | RouteState::Idle => RouteState::Delivering,
+            state => state,
         }
     }
 }
@@ -74,7 +102,7 @@ pub struct RouteStatus {
     /// When the shim read the route's oldest line not yet accepted (Unix
     /// nanoseconds, the shim's clock), as the worker last saw it; `None`
     /// while it has nothing to send, and for a route without a worker
-    /// (state `config`: [`super::Engine::oldest_undelivered`] reads those
+    /// (state `invalid_secret`: [`super::Engine::oldest_undelivered`] reads those
     /// from the queue). Feeds `logdrain_queue_oldest_line_age_seconds`.
     pub oldest_undelivered_ns: Option<i64>,
     /// Set when this route's credentials were refused and it adopted the
@@ -137,13 +165,13 @@ impl StatusCell {
         let mut status = self.lock();
         let old = status.state;
         status.state = state;
-        if old.blocked_reason() != state.blocked_reason() {
+        if old != state {
             let dest = status.destination.name();
-            if let Some(reason) = old.blocked_reason() {
-                metrics::route_state(&status.agent_id, dest, reason, false);
+            if old.is_blocked() {
+                metrics::route_state(&status.agent_id, dest, old, false);
             }
-            if let Some(reason) = state.blocked_reason() {
-                metrics::route_state(&status.agent_id, dest, reason, true);
+            if state.is_blocked() {
+                metrics::route_state(&status.agent_id, dest, state, true);
             }
         }
     }
@@ -161,10 +189,10 @@ mod tests {
             cred_id: "0011aabb".into(),
         };
         let cell = StatusCell::new(&route);
-        cell.set_state(RouteState::Unauthorized);
+        cell.set_state(RouteState::CredentialsRejected);
         let json = serde_json::to_value(cell.snapshot()).unwrap();
         assert_eq!(json["destination"], "datadog");
-        assert_eq!(json["state"], "unauthorized");
+        assert_eq!(json["state"], "credentials_rejected");
         assert_eq!(json["cred_id"], "0011aabb");
         assert_eq!(json["adopted_cred_id"], serde_json::Value::Null);
     }

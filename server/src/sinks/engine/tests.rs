@@ -403,7 +403,7 @@ async fn refused_credentials_park_the_route_keep_the_lines_and_resume() {
 
     until("second attempt", || sink.call_count() == 2).await;
     let status = status_of(&engine, "a1");
-    assert_eq!(status.state, RouteState::Unauthorized);
+    assert_eq!(status.state, RouteState::CredentialsRejected);
     assert!(status.last_error.unwrap().contains("403"));
     assert_eq!(status.pending_lines, 3);
     assert_eq!(
@@ -610,7 +610,7 @@ async fn a_route_whose_secrets_build_no_sink_is_parked_in_config_and_keeps_its_l
     sleep(Duration::from_secs(60)).await;
 
     let status = status_of(&engine, "a1");
-    assert_eq!(status.state, RouteState::Config);
+    assert_eq!(status.state, RouteState::InvalidSecret);
     assert_eq!(
         status.last_error.as_deref(),
         Some(r#"DATADOG_REGION is not a Datadog region; use one of us1, eu"#)
@@ -803,7 +803,7 @@ async fn a_parked_route_reports_its_oldest_line_from_the_queue() {
     // No sink for this route: it is parked in `config` without a worker.
     let engine = engine(&source, vec![], settings());
     engine.ensure_route(route("a1"), Secrets::default());
-    assert_eq!(status_of(&engine, "a1").state, RouteState::Config);
+    assert_eq!(status_of(&engine, "a1").state, RouteState::InvalidSecret);
     assert_eq!(
         engine.oldest_undelivered(),
         [(route("a1"), Some(1_700_000_000_000_000_000))]
@@ -961,7 +961,7 @@ async fn a_route_parked_with_refused_credentials_replays_its_backlog_with_newer_
     let new = cred_route("a1", "bbbb");
     engine.ensure_route(old.clone(), token("key-a"));
     until("parked", || {
-        status_of_route(&engine, &old).state == RouteState::Unauthorized
+        status_of_route(&engine, &old).state == RouteState::CredentialsRejected
     })
     .await;
     assert_eq!(source.committed_cursor(&old), None, "lines are kept");
@@ -1061,7 +1061,7 @@ async fn a_parked_route_whose_agent_never_redeploys_stays_parked_and_keeps_its_l
 
     sleep(Duration::from_secs(3601)).await;
     let status = status_of_route(&engine, &parked);
-    assert_eq!(status.state, RouteState::Unauthorized);
+    assert_eq!(status.state, RouteState::CredentialsRejected);
     assert_eq!(status.adopted_cred_id, None);
     assert_eq!(source.committed_cursor(&parked), None, "lines are kept");
     assert_eq!(source.stored_secrets(&parked), None);
@@ -1087,12 +1087,18 @@ async fn a_route_parked_for_invalid_secrets_adopts_newer_valid_ones() {
     let old = cred_route("a1", "aaaa");
     let new = cred_route("a1", "bbbb");
     engine.ensure_route(old.clone(), token("invalid-region"));
-    assert_eq!(status_of_route(&engine, &old).state, RouteState::Config);
+    assert_eq!(
+        status_of_route(&engine, &old).state,
+        RouteState::InvalidSecret
+    );
 
     // Newer secrets that build no sink either leave it parked.
     let also_bad = cred_route("a1", "dddd");
     engine.offer_credentials(&also_bad, &token("invalid-too"));
-    assert_eq!(status_of_route(&engine, &old).state, RouteState::Config);
+    assert_eq!(
+        status_of_route(&engine, &old).state,
+        RouteState::InvalidSecret
+    );
     assert_eq!(source.stored_secrets(&old), None);
 
     engine.ensure_route(new.clone(), token("key-b"));
@@ -1198,13 +1204,13 @@ async fn a_parked_route_never_adopts_credentials_that_are_refused_too() {
     engine.ensure_route(a.clone(), token("key-a"));
     engine.offer_credentials(&a, &token("key-a"));
     until("a parked", || {
-        status_of_route(&engine, &a).state == RouteState::Unauthorized
+        status_of_route(&engine, &a).state == RouteState::CredentialsRejected
     })
     .await;
     engine.ensure_route(b.clone(), token("key-b"));
     engine.offer_credentials(&b, &token("key-b"));
     until("b parked", || {
-        status_of_route(&engine, &b).state == RouteState::Unauthorized
+        status_of_route(&engine, &b).state == RouteState::CredentialsRejected
     })
     .await;
 
@@ -1251,7 +1257,7 @@ async fn a_newer_deployment_with_invalid_secrets_stays_parked_and_never_takes_th
     sleep(Duration::from_secs(600)).await;
 
     let status = status_of_route(&engine, &new);
-    assert_eq!(status.state, RouteState::Config, "{status:?}");
+    assert_eq!(status.state, RouteState::InvalidSecret, "{status:?}");
     assert!(status.last_error.is_some(), "its own error is shown");
     assert_eq!(status.adopted_cred_id, None);
     assert_eq!(status.note, None);
@@ -1265,19 +1271,19 @@ async fn a_newer_deployment_with_invalid_secrets_stays_parked_and_never_takes_th
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_newer_deployment_whose_credentials_are_refused_stays_unauthorized_and_never_takes_the_older_ones(
+async fn a_newer_deployment_whose_credentials_are_refused_stays_credentials_rejected_and_never_takes_the_older_ones(
 ) {
     let source = MemorySource::default();
     let vendor = KeyedVendor::accepting(&["key-a"]);
     let (engine, _old, new) = redeploy_with(&source, &vendor, "key-b").await;
     until("deploy 2 parked", || {
-        status_of_route(&engine, &new).state == RouteState::Unauthorized
+        status_of_route(&engine, &new).state == RouteState::CredentialsRejected
     })
     .await;
     sleep(Duration::from_secs(600)).await;
 
     let status = status_of_route(&engine, &new);
-    assert_eq!(status.state, RouteState::Unauthorized, "{status:?}");
+    assert_eq!(status.state, RouteState::CredentialsRejected, "{status:?}");
     assert_eq!(
         status.last_error.as_deref(),
         Some("the vendor refused the credentials: Datadog answered 403 Forbidden"),
@@ -1306,7 +1312,7 @@ async fn an_older_deployment_refused_adopts_the_newer_credentials_once_they_deli
     push(&source, "a1", &backlog);
     engine.ensure_route(old.clone(), token("key-a"));
     until("deploy 1 parked", || {
-        status_of_route(&engine, &old).state == RouteState::Unauthorized
+        status_of_route(&engine, &old).state == RouteState::CredentialsRejected
     })
     .await;
     engine.ensure_route(new.clone(), token("key-b"));
@@ -1515,7 +1521,7 @@ async fn an_encoder_that_panics_in_place_parks_the_route_with_its_lines_kept() {
     });
     let engine = engine_with_sink(&source, sink);
     until("parked", || {
-        status_of(&engine, "a1").state == RouteState::Config
+        status_of(&engine, "a1").state == RouteState::InvalidSecret
     })
     .await;
     let status = status_of(&engine, "a1");
@@ -1752,7 +1758,9 @@ async fn a_flood_of_distinct_credentials_hits_the_route_limit_and_vendor_request
     sleep(Duration::from_secs(5 * 60)).await;
     let statuses = engine.statuses();
     assert_eq!(statuses.len(), limit);
-    assert!(statuses.iter().all(|s| s.state == RouteState::Unauthorized));
+    assert!(statuses
+        .iter()
+        .all(|s| s.state == RouteState::CredentialsRejected));
     // A parked route waits at least 30 s, then 60, then 120 s: at most 4
     // attempts each in 5 minutes.
     let attempts = vendor.attempts.lock().unwrap().clone();
@@ -1811,7 +1819,7 @@ async fn a_parked_route_without_streams_or_lines_expires_after_the_idle_time_and
     // Lines come, are refused, then are gone (as the quota drops them).
     push(&source, "a1", &payloads("x", 2));
     until("parked", || {
-        status_of_route(&engine, &refused).state == RouteState::Unauthorized
+        status_of_route(&engine, &refused).state == RouteState::CredentialsRejected
     })
     .await;
     let expiry = EngineSettings::default().route_idle_expiry;
@@ -1885,7 +1893,7 @@ async fn after_a_restart_the_stored_first_seen_times_decide_which_way_credential
     engine.ensure_route_since(new.clone(), token("key-b"), DEPLOY_2);
     until("old delivered, new parked", || {
         source.committed_cursor(&old) == source.last_cursor("a1")
-            && status_of_route(&engine, &new).state == RouteState::Unauthorized
+            && status_of_route(&engine, &new).state == RouteState::CredentialsRejected
     })
     .await;
     sleep(Duration::from_secs(600)).await;

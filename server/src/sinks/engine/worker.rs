@@ -174,6 +174,7 @@ pub(super) struct Worker<S> {
     /// No request before this instant: the vendor accepted the last one but
     /// asked to hold off.
     hold_until: Option<Instant>,
+    metrics: metrics::Delivery,
 }
 
 impl<S: Source> Worker<S> {
@@ -181,6 +182,7 @@ impl<S: Source> Worker<S> {
         let limits = parts.sink.limits();
         let policy = parts.settings.retry;
         let parts_park_interval = parts.settings.park_interval;
+        let metrics = metrics::Delivery::new(&parts.route.agent_id, parts.route.kind.name());
         Self {
             parts,
             limits,
@@ -191,6 +193,7 @@ impl<S: Source> Worker<S> {
             ahead: None,
             position: None,
             hold_until: None,
+            metrics,
         }
     }
 
@@ -373,7 +376,7 @@ impl<S: Source> Worker<S> {
         let dest = self.parts.route.kind.name();
         for (reason, lines) in restamps.by_reason() {
             if lines > 0 {
-                metrics::restamped(dest, reason.label(), lines);
+                metrics::restamped(dest, reason, lines);
             }
         }
         if let Some(engine) = self.parts.engine.upgrade() {
@@ -467,8 +470,7 @@ impl<S: Source> Worker<S> {
                 self.failed(&error, lines.len());
                 match action_for(&error, lines.len()) {
                     Action::Retry { retry_after } => {
-                        let route = &self.parts.route;
-                        metrics::retried(&route.agent_id, route.kind.name(), lines.len() as u64);
+                        self.metrics.retried(lines.len() as u64);
                         let retry = &self.parts.settings.retry;
                         let delay = retry.next_wait(&mut self.backoff, retry_after);
                         self.parts.status.set_state(RouteState::Retrying);
@@ -487,9 +489,9 @@ impl<S: Source> Worker<S> {
                     Action::ParkUnauthorized | Action::ParkConfig => {
                         self.backoff.next_delay(&mut rand::rng());
                         let state = if matches!(error, SinkError::Unauthorized { .. }) {
-                            RouteState::Unauthorized
+                            RouteState::CredentialsRejected
                         } else {
-                            RouteState::Config
+                            RouteState::InvalidSecret
                         };
                         self.parts.status.set_state(state);
                         if let Some(engine) = self.parts.engine.upgrade() {
@@ -547,21 +549,20 @@ impl<S: Source> Worker<S> {
 
     fn accepted(&mut self, lines: &[QueuedLine], outcome: SendOutcome) {
         let route = &self.parts.route;
-        let dest = route.kind.name();
         let sent = lines.len() as u64;
         if let Some(last) = lines.last() {
             self.commit(last.cursor);
         }
-        metrics::delivered(&route.agent_id, dest, sent);
+        self.metrics.delivered(sent);
         // One latency sample per request, from its oldest line: the worst
         // latency of the request, without one histogram sample per line.
         let own_time = |l: &QueuedLine| l.original_timestamp_ns.unwrap_or(l.line.timestamp_ns);
         if let Some(oldest) = lines.iter().map(own_time).min() {
-            metrics::delivery_latency(dest, since_unix_nanos(oldest));
+            self.metrics.latency(since_unix_nanos(oldest));
         }
         let rejected = outcome.rejected.min(sent);
         if rejected > 0 {
-            metrics::dropped(&route.agent_id, "rejected_by_vendor", rejected);
+            self.metrics.rejected(rejected);
             tracing::warn!(route = %route, lines = rejected,
                 reason = outcome.rejected_reason.as_deref().unwrap_or("not given"),
                 "vendor refused lines of an accepted request; they are dropped");
@@ -580,7 +581,7 @@ impl<S: Source> Worker<S> {
         let mut first = false;
         self.parts.status.update(|s| {
             // First success since start, or since it was parked.
-            first = s.last_success_unix.is_none() || super::is_parked(s.state);
+            first = s.last_success_unix.is_none() || s.state.is_parked();
             s.delivered_lines += sent - rejected;
             s.delivered_requests += 1;
             s.dropped_lines += rejected;
@@ -628,7 +629,7 @@ impl<S: Source> Worker<S> {
     fn drop_rejected(&mut self, lines: &[QueuedLine], error: &SinkError) {
         let route = &self.parts.route;
         let count = lines.len() as u64;
-        metrics::dropped(&route.agent_id, "rejected_by_vendor", count);
+        self.metrics.rejected(count);
         if let Some(line) = lines.first() {
             tracing::warn!(route = %route, segment = line.cursor.segment, index = line.cursor.index,
                 bytes = line.line.data.len(), error = %error,
