@@ -404,9 +404,15 @@ async fn agent_ids_breaking_the_naming_rule_are_refused_and_leave_nothing_on_dis
     let long = "a".repeat(300);
 
     for (id, says) in [
-        ("a/b", "contains '/'; an agent id is 1 to 128 characters of A-Z a-z 0-9 . _ -"),
+        (
+            "a/b",
+            "contains '/'; an agent id is 1 to 128 characters of A-Z a-z 0-9 . _ -",
+        ),
         ("..", "starts with '.'"),
-        ("a\nb", "contains '\\n'; an agent id is 1 to 128 characters of A-Z a-z 0-9 . _ -"),
+        (
+            "a\nb",
+            "contains '\\n'; an agent id is 1 to 128 characters of A-Z a-z 0-9 . _ -",
+        ),
         (long.as_str(), "an agent id is 1 to 128 characters"),
     ] {
         let status = ship(

@@ -458,6 +458,10 @@ const OTHER_TOOLS_FLAGS: &[&str] = &[
     "--from",
     "--sort",
     "--target",
+    // the test intake (--count-only) and benches/spread.sh
+    "--count-only",
+    "--gateways",
+    "--shims",
     // kubectl
     "--for",
     "--from-literal",
